@@ -1,0 +1,19 @@
+"""Batch-system backends: one module per system, each a handful of small hooks (see ``base``)."""
+
+from __future__ import annotations
+
+from hpcbridge.backends.base import Backend, BatchCommandError, JobNotFound, JobStatus
+from hpcbridge.backends.local import LocalBackend
+from hpcbridge.backends.slurm import SlurmBackend
+
+BACKENDS: dict[str, type] = {"slurm": SlurmBackend, "local": LocalBackend}
+
+__all__ = ["Backend", "BatchCommandError", "JobNotFound", "JobStatus", "get_backend", "BACKENDS"]
+
+
+def get_backend(scheduler: str) -> Backend:
+    """The backend for a scheduler name as the spec spells it (``slurm``, ``local``)."""
+    try:
+        return BACKENDS[scheduler]()
+    except KeyError:
+        raise ValueError(f"no backend for scheduler {scheduler!r}; known: {', '.join(BACKENDS)}") from None

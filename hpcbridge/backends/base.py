@@ -1,0 +1,86 @@
+"""What every batch-system backend provides, and the errors they raise.
+
+A backend is a handful of small hooks around the batch system's own commands: submit a
+rendered script, ask for a job's state (with the reason it waits, in words), cancel it, and say
+where its output goes. Backends never render: they take the script text the renderer produced.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state as the batch system reports it, normalised across backends.
+
+    ``state`` is one of PENDING, RUNNING, COMPLETING, COMPLETED, FAILED, CANCELLED, TIMEOUT or
+    UNKNOWN; ``reason`` explains a wait or a failure in words where the scheduler gives one.
+    """
+
+    job_id: str
+    state: str
+    reason: str | None = None
+    exit_code: int | None = None
+    log: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the job can no longer run (its outcome is final)."""
+        return self.state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values, for ``--json`` and for MATLAB."""
+        return {**asdict(self), "finished": self.finished}
+
+
+class Backend(Protocol):
+    """The hooks one batch system implements."""
+
+    name: str
+
+    def submit(self, script: str) -> str:
+        """Submit the script text; return the job id."""
+
+    def status(self, job_id: str) -> JobStatus:
+        """Return the job's current state."""
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the batch system to end the job."""
+
+    def log_path(self, job_id: str) -> Path | None:
+        """Where the job's output goes, when known."""
+
+
+class BatchCommandError(RuntimeError):
+    """A batch-system command failed; carries the command, exit code, stdout and stderr."""
+
+    def __init__(self, command: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
+        self.command = list(command)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        detail = (stderr or stdout).strip() or "no output"
+        super().__init__(f"{' '.join(self.command)} failed with exit code {returncode}: {detail}")
+
+
+class JobNotFound(LookupError):
+    """The batch system does not know (or no longer knows) this job id."""
+
+
+def run_command(command: Sequence[str], stdin: str | None = None, timeout: float = 60) -> str:
+    """Run a batch-system command and return its stdout; raise :class:`BatchCommandError`."""
+    try:
+        done = subprocess.run(
+            list(command), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise BatchCommandError(command, 127, "", f"{command[0]}: command not found on this machine") from None
+    except subprocess.TimeoutExpired:
+        raise BatchCommandError(command, -1, "", f"no answer after {timeout:g} s") from None
+    if done.returncode != 0:
+        raise BatchCommandError(command, done.returncode, done.stdout, done.stderr)
+    return done.stdout

@@ -1,0 +1,186 @@
+"""The ``hpcbridge`` command: thin click commands over spec → render → submit → connect.
+
+Every failure a user can cause (a bad option value, a batch command that refuses, a job that
+does not exist, a cluster that does not answer) ends as one ``Error:`` line and a non-zero exit
+code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from hpcbridge import __version__
+from hpcbridge.backends import BatchCommandError, JobNotFound, get_backend
+from hpcbridge.spec import MODES, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, spec_fields
+
+
+class _Group(click.Group):
+    """Turn the errors users cause into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from hpcbridge.bridge import ConnectError
+
+        try:
+            return super().invoke(ctx)
+        except SpecError as error:
+            option = "--" + error.field.replace("_", "-")
+            raise click.UsageError(f"invalid value for {option}: {error.value!r}; expected {error.allowed}") from None
+        except (BatchCommandError, JobNotFound, ConnectError, OSError) as error:
+            raise click.ClickException(str(error)) from None
+
+
+def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that describe a job, shared by ``render`` and ``submit``; they build a spec."""
+    options = [
+        click.option("--scheduler", type=click.Choice(SCHEDULERS), default="local", show_default=True,
+                     help="The batch system the script is for."),
+        click.option("--mode", type=click.Choice(MODES), default="scheduler-file", show_default=True,
+                     help="How the Dask processes are launched."),
+        click.option("--nodes", help="Nodes to allocate.  [default: 1]"),
+        click.option("--ntasks-per-node", help="Dask workers per node.  [default: 1]"),
+        click.option("--cpus-per-task", help="CPUs (and threads) per worker.  [default: 1]"),
+        click.option("--mem-per-cpu", help="Memory per CPU, e.g. 4G (Slurm's M, G are MiB, GiB)."),
+        click.option("--mem", help="Memory per node, e.g. 64G."),
+        click.option("--walltime", help="Wall time: HH:MM:SS, D-HH:MM:SS, 90m, 2h or minutes."),
+        click.option("--account", help="Account (project) to charge."),
+        click.option("--queue", "--partition", "queue", help="Queue or partition."),
+        click.option("--job-name", help="The job's name.  [default: hpcbridge]"),
+        click.option("--interface", help="Network interface for Dask, e.g. ib0 for InfiniBand."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default="tcp", show_default=True,
+                     help="Dask's communication protocol."),
+        click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
+                     "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json]"),
+        click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable)."),
+        click.option("--setup", multiple=True, help="Shell command to run before Dask starts (repeatable)."),
+        click.option("--python", help="Python interpreter on the compute nodes.  [default: python3]"),
+    ]
+
+    @functools.wraps(command)
+    def build_spec(**values: Any) -> Any:
+        spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
+        return command(spec=JobSpec.from_dict(spec_values), **values)
+
+    for option in reversed(options):
+        build_spec = option(build_spec)
+    return build_spec
+
+
+_SPEC_OPTION_NAMES = set(spec_fields())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpcbridge")
+def main() -> None:
+    """Run a Dask cluster on a Slurm batch system (or this machine) and send work to it."""
+
+
+@main.command()
+@spec_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the script to this file (made executable) instead of printing it.")
+def render(spec: JobSpec, output: str | None) -> None:
+    """Print the batch script for a job, or write it with -o FILE."""
+    from hpcbridge.render import render_script, write_script
+
+    if output:
+        write_script(spec, output)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(render_script(spec), nl=False)
+
+
+@main.command()
+@spec_options
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON, for programs.")
+def submit(spec: JobSpec, as_json: bool) -> None:
+    """Submit a job; print its id and where its scheduler file will appear."""
+    from hpcbridge import jobs
+
+    job = jobs.submit(spec)
+    if as_json:
+        click.echo(json.dumps(job.as_dict()))
+    else:
+        click.echo(f"job id:         {job.job_id}")
+        click.echo(f"scheduler file: {job.scheduler_file}")
+        click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
+
+
+def _scheduler_for(job_id: str, scheduler: str | None) -> str:
+    return scheduler or ("local" if job_id.startswith("local-") else "slurm")
+
+
+_job_scheduler_option = click.option(
+    "--scheduler", type=click.Choice(SCHEDULERS), default=None,
+    help="The job's batch system.  [default: local for local-* ids, else slurm]")
+
+
+@main.command()
+@click.argument("job_id")
+@_job_scheduler_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for programs.")
+def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
+    """Show a job's state, why it waits, and where its output goes."""
+    state = get_backend(_scheduler_for(job_id, scheduler)).status(job_id)
+    if as_json:
+        click.echo(json.dumps(state.as_dict()))
+        return
+    click.echo(f"{state.job_id}: {state.state}")
+    if state.reason:
+        click.echo(f"  reason: {state.reason}")
+    if state.exit_code is not None:
+        click.echo(f"  exit code: {state.exit_code}")
+    if state.log:
+        click.echo(f"  log: {state.log}")
+
+
+@main.command()
+@click.argument("job_id")
+@_job_scheduler_option
+def cancel(job_id: str, scheduler: str | None) -> None:
+    """Cancel a job, ending its Dask cluster."""
+    get_backend(_scheduler_for(job_id, scheduler)).cancel(job_id)
+    click.echo(f"cancelled {job_id}")
+
+
+@main.command()
+@click.argument("scheduler_file", type=click.Path(dir_okay=False))
+@click.option("--workers", "n_workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Wait until this many workers have joined.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=300, show_default=True,
+              help="Seconds to wait for the file, the scheduler and the workers.")
+def connect(scheduler_file: str, n_workers: int, timeout: float) -> None:
+    """Attach to a cluster through its scheduler file and describe it."""
+    from hpcbridge.bridge import connect as attach
+
+    with attach(scheduler_file, n_workers=n_workers, timeout=timeout) as bridge:
+        click.echo(f"scheduler: {bridge.client.scheduler.address}")
+        click.echo(f"workers:   {bridge.n_workers} ({bridge.total_threads} threads)")
+        click.echo(f"dashboard: {bridge.dashboard_link}")
+
+
+@main.command()
+@click.option("--upper", type=click.IntRange(min=3), default=1_000_000, show_default=True,
+              help="Sum the distinct prime factors of every integer in [2, UPPER).")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=2, show_default=True,
+              help="Local Dask workers (one thread each).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=120, show_default=True,
+              help="Seconds to wait for the cluster to start.")
+def demo(upper: int, workers: int, timeout: float) -> None:
+    """Start a local cluster as a job, attach through its scheduler file, and compute."""
+    from hpcbridge.demo import run_demo
+
+    click.echo(f"hpcbridge demo: the sum of the distinct prime factors of every integer in [2, {upper:,})")
+    result = run_demo(upper, workers, timeout=timeout, say=lambda line: click.echo(f"  {line}"))
+    click.echo(f"  sum:     {result.total}")
+    click.echo(f"  workers: {result.workers}")
+    click.echo(f"  time:    {result.compute_seconds:.2f} s computing, {result.total_seconds:.2f} s in all")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Submit a spec as a batch job and follow it: the one place where render meets a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcbridge.backends import JobStatus, get_backend
+from hpcbridge.render import render_script
+from hpcbridge.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A submitted job: its id, its batch system, and where its scheduler file will appear."""
+
+    job_id: str
+    scheduler: str
+    scheduler_file: str
+
+    def status(self) -> JobStatus:
+        """The job's state now."""
+        return get_backend(self.scheduler).status(self.job_id)
+
+    def cancel(self) -> None:
+        """End the job (and with it the Dask cluster)."""
+        get_backend(self.scheduler).cancel(self.job_id)
+
+    def log_path(self) -> Path | None:
+        """Where the job's output goes."""
+        return get_backend(self.scheduler).log_path(self.job_id)
+
+    def as_dict(self) -> dict[str, str]:
+        """Plain values, for ``--json`` and for MATLAB."""
+        return {"job_id": self.job_id, "scheduler": self.scheduler, "scheduler_file": self.scheduler_file}
+
+
+def submit(spec: JobSpec) -> SubmittedJob:
+    """Render ``spec`` and submit it; the script is complete before anything is submitted."""
+    script = render_script(spec)
+    job_id = get_backend(spec.scheduler).submit(script)
+    return SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file_for(job_id))

@@ -1,0 +1,107 @@
+"""Render a :class:`~hpcbridge.spec.JobSpec` into a batch script from the Jinja templates.
+
+Quoting happens here and only here: every ``{{ value }}`` a template prints goes through
+:func:`shlex.quote` (the environment's ``finalize`` hook), so a template cannot forget it. The
+two things that must reach the script as shell code are marked by the renderer's own filters:
+``verbatim`` for the user's setup lines (shell commands by design) and ``shell_path`` for paths
+that expand ``$HOME`` and the job id when the job runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from hpcbridge import __version__, units
+from hpcbridge.spec import JOB_ID_PLACEHOLDER, JobSpec
+
+
+class ShellCode(str):
+    """Text that goes into the script as it is, because the renderer built or vetted it."""
+
+
+def packaged_template_dir() -> Path:
+    """The templates shipped with hpcbridge: inside the wheel, or ``templates/`` in a checkout."""
+    installed = Path(str(resources.files("hpcbridge"))) / "templates"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def template_name(spec: JobSpec) -> str:
+    """The template that renders ``spec``: one file per scheduler and launch mode."""
+    return f"{spec.scheduler}/{spec.mode}.sh.j2"
+
+
+def render_script(spec: JobSpec) -> str:
+    """Return the batch script for ``spec`` as text."""
+    template = _environment().get_template(template_name(spec))
+    return template.render(spec=spec, version=__version__)
+
+
+def write_script(spec: JobSpec, path: str | os.PathLike[str]) -> Path:
+    """Render ``spec`` and write it to ``path`` atomically, executable; nothing is written on error."""
+    text = render_script(spec)
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return target
+
+
+def _quote(value: object) -> str:
+    if isinstance(value, ShellCode):
+        return value
+    return shlex.quote(str(value))
+
+
+def shell_path(path: str, job_id_variable: str = "JOB_ID") -> ShellCode:
+    """Quote a path for the script, keeping a leading ``~/`` and ``{job_id}`` live.
+
+    >>> print(shell_path("~/.hpcbridge/jobs/{job_id}/scheduler.json"))
+    "$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
+    >>> print(shell_path("/scratch/my dir/f.json"))
+    '/scratch/my dir/f.json'
+    """
+    pieces: list[str] = []
+    if path.startswith("~/"):
+        pieces.append('"$HOME"/')
+        path = path[2:]
+    literals = path.split(JOB_ID_PLACEHOLDER)
+    for index, literal in enumerate(literals):
+        if index:
+            pieces.append(f'"${job_id_variable}"')
+        if literal:
+            pieces.append(shlex.quote(literal))
+    return ShellCode("".join(pieces))
+
+
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(packaged_template_dir())]),
+        undefined=jinja2.StrictUndefined,
+        finalize=_quote,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(
+        verbatim=ShellCode,
+        shell_path=shell_path,
+        slurm_memory=units.slurm_memory,
+        slurm_walltime=units.slurm_walltime,
+        clock_walltime=units.clock_walltime,
+    )
+    return environment

@@ -1,0 +1,217 @@
+"""The job spec: one typed, validated description of a Dask cluster on a batch system.
+
+Every value a user can set is a field of :class:`JobSpec`, and every rule about what a field
+may hold lives in this module. A spec that exists is valid: the constructor parses text the way
+users type it (``"4G"``, ``"01:00:00"``, ``"2"``), checks it, and raises :class:`SpecError`
+naming the field, the value and what is allowed. The renderer can then trust every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hpcbridge.units import MEMORY_HELP, WALLTIME_HELP, parse_memory_mib, parse_walltime_seconds
+
+SCHEDULERS = ("slurm", "local")
+MODES = ("scheduler-file",)
+PROTOCOLS = ("tcp",)
+JOB_ID_PLACEHOLDER = "{job_id}"
+DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}(,[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63})*$")
+_INTERFACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
+_MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+/@:-]{0,127}$")
+_PLACEHOLDER = re.compile(r"\{[^}]*\}")
+
+
+class SpecError(ValueError):
+    """A spec value that is not allowed: names the field, the value and what is allowed."""
+
+    def __init__(self, field_name: str, value: object, allowed: str) -> None:
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}: {value!r} is not allowed; expected {allowed}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A Dask cluster to run as one batch job.
+
+    The batch step runs the Dask scheduler and writes its address to ``scheduler_file``; each of
+    the ``nodes * ntasks_per_node`` tasks runs one Dask worker with ``cpus_per_task`` threads.
+    Memory is either per CPU (``mem_per_cpu``) or per node (``mem``), in MiB once parsed; with
+    neither, workers take their share of whatever the scheduler allocated.
+
+    ``scheduler_file`` may contain ``{job_id}`` (replaced by the batch system's job id when the
+    job runs) and may start with ``~/`` (the home directory on the compute node). ``setup``
+    lines are shell commands run before Dask starts (``source ~/venv/bin/activate``): they are
+    the only values that reach the script unquoted, by design.
+    """
+
+    scheduler: str = "local"
+    mode: str = "scheduler-file"
+    nodes: int = 1
+    ntasks_per_node: int = 1
+    cpus_per_task: int = 1
+    mem_per_cpu: int | None = None
+    mem: int | None = None
+    walltime: int | None = None
+    account: str | None = None
+    queue: str | None = None
+    job_name: str = "hpcbridge"
+    interface: str | None = None
+    protocol: str = "tcp"
+    scheduler_file: str = DEFAULT_SCHEDULER_FILE
+    modules: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    python: str = "python3"
+    scheduler_timeout: int = 120
+
+    def __post_init__(self) -> None:
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+        if self.scheduler == "local" and self.interface is None:
+            object.__setattr__(self, "interface", "lo")  # one machine: keep Dask off the network
+        self._check_combinations()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> JobSpec:
+        """Build a spec from a mapping (CLI options, a site profile), ignoring ``None`` values.
+
+        An unknown key is an error that lists every known one, so a typo never passes silently.
+        """
+        known = set(spec_fields())
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SpecError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
+        return cls(**{key: value for key, value in values.items() if value is not None})
+
+    @property
+    def workers(self) -> int:
+        """How many Dask workers the job starts (one per task)."""
+        return self.nodes * self.ntasks_per_node
+
+    def scheduler_file_for(self, job_id: str) -> str:
+        """The scheduler file's path for a submitted job, as the client on this machine sees it."""
+        return os.path.expanduser(self.scheduler_file.replace(JOB_ID_PLACEHOLDER, str(job_id)))
+
+    def _check_combinations(self) -> None:
+        if self.mem is not None and self.mem_per_cpu is not None:
+            raise SpecError("mem", f"{self.mem}M", "either mem (per node) or mem_per_cpu, not both")
+        if self.scheduler == "local" and self.nodes != 1:
+            raise SpecError("nodes", self.nodes, "1 with the local scheduler (it runs on this machine)")
+
+
+def _choice(options: tuple[str, ...]):
+    def check(name: str, value: object) -> str:
+        text = str(value).strip().lower()
+        if text not in options:
+            raise SpecError(name, value, "one of " + ", ".join(options))
+        return text
+
+    return check
+
+
+def _count(low: int, high: int):
+    def check(name: str, value: object) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise SpecError(name, value, f"a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise SpecError(name, value, f"a whole number from {low} to {high}")
+        return number
+
+    return check
+
+
+def _memory(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        return value if isinstance(value, int) and value > 0 else parse_memory_mib(str(value))
+    except ValueError:
+        raise SpecError(name, value, MEMORY_HELP) from None
+
+
+def _walltime(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        return value if isinstance(value, int) and value >= 60 else parse_walltime_seconds(str(value))
+    except ValueError:
+        raise SpecError(name, value, WALLTIME_HELP) from None
+
+
+def _pattern(regex: re.Pattern[str], allowed: str, optional: bool = True):
+    def check(name: str, value: object) -> str | None:
+        if value is None and optional:
+            return None
+        text = str(value)
+        if not regex.match(text):
+            raise SpecError(name, value, allowed)
+        return text
+
+    return check
+
+
+def _one_line(name: str, value: object) -> str:
+    text = str(value)
+    if not text.strip() or "\n" in text or "\r" in text or "\0" in text:
+        raise SpecError(name, value, "one non-empty line of text")
+    return text
+
+
+def _lines(item_check):
+    def check(name: str, value: object) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else list(value or ())
+        return tuple(item_check(name, item) for item in items)
+
+    return check
+
+
+def _scheduler_file(name: str, value: object) -> str:
+    text = _one_line(name, value).strip()
+    stray = [p for p in _PLACEHOLDER.findall(text) if p != JOB_ID_PLACEHOLDER]
+    if stray or text.endswith("/"):
+        raise SpecError(name, value, "a file path, optionally containing {job_id} and starting with ~/")
+    if text.startswith("~") and not text.startswith("~/"):
+        raise SpecError(name, value, "a path starting with ~/ (your own home), not another user's")
+    if not text.startswith("~/") and not os.path.isabs(text):
+        text = os.path.abspath(text)
+    return text
+
+
+_NAME_HELP = "letters, digits and _ . + - (at most 64, not starting with . + or -)"
+_CHECKS = {
+    "scheduler": _choice(SCHEDULERS),
+    "mode": _choice(MODES),
+    "nodes": _count(1, 100_000),
+    "ntasks_per_node": _count(1, 4096),
+    "cpus_per_task": _count(1, 4096),
+    "mem_per_cpu": _memory,
+    "mem": _memory,
+    "walltime": _walltime,
+    "account": _pattern(_NAME, _NAME_HELP),
+    "queue": _pattern(_QUEUE, _NAME_HELP + ", or several of them separated by commas"),
+    "job_name": _pattern(_NAME, _NAME_HELP, optional=False),
+    "interface": _pattern(_INTERFACE, "a network interface name such as ib0, eth0 or lo"),
+    "protocol": _choice(PROTOCOLS),
+    "scheduler_file": _scheduler_file,
+    "modules": _lines(_pattern(_MODULE, "module names such as gcc/12.2 or python/3.11", optional=False)),
+    "setup": _lines(_one_line),
+    "python": _one_line,
+    "scheduler_timeout": _count(5, 86_400),
+}
+
+
+def spec_fields() -> Iterable[str]:
+    """The names of every field a user can set, in declaration order."""
+    return (f.name for f in dataclasses.fields(JobSpec))

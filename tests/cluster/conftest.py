@@ -1,0 +1,186 @@
+"""Fixtures that start a real Slurm cluster on this machine with `tests/cluster/slurm-cluster`.
+
+The clusters are core test infrastructure, not an optional extra: when one cannot start (not
+root, no namespaces, a package missing) the fixture fails with the script's reason instead of
+skipping, so a broken machine never passes silently.
+
+Each fixture starts its cluster in a fresh world-executable directory under /tmp (munged refuses
+a socket below a 0700 directory, which rules out pytest's own tmp_path), exports the cluster's
+env file into os.environ while it runs, and always brings the cluster down afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("slurm-cluster")
+UP_TIMEOUT = 180.0  # includes apt-get install on a fresh machine
+DOWN_TIMEOUT = 60.0
+ACTIVE_JOB_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "UNKNOWN"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster:
+    """A running cluster, as the tests see it.
+
+    env: the variables of the cluster's env file (SLURM_CONF, HPCB_SLURM_*, OMPI_ALLOW_*);
+      they are also in os.environ while the fixture is active.
+    nodes / node_addresses: node names and their addresses, in the same order
+      (node1 -> 127.0.0.1 on one node; nodeK -> 10.77.0.K with several).
+    interface: the network interface Dask should bind to on the nodes ("lo" or "ib0").
+    host_address: the host's address as the nodes see it (127.0.0.1, or the bridge's .254).
+    netns: the nodes' network namespaces (empty on one node); bridge: the host bridge or "".
+    """
+
+    dir: Path
+    env_file: Path
+    env: dict[str, str]
+    nodes: list[str]
+    node_addresses: list[str]
+    interface: str
+    host_address: str
+    netns: list[str]
+    bridge: str
+
+    def run(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a command (e.g. sbatch, squeue) with the cluster's environment; text output."""
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env})
+
+    def sbatch(self, *argv: str) -> str:
+        """Submit a batch job (`sbatch --parsable ...`); return its job id."""
+        result = self.run("sbatch", "--parsable", *argv)
+        assert result.returncode == 0, f"sbatch failed: {result.stderr}"
+        return result.stdout.strip().split(";")[0]
+
+    def job_state(self, job_id: str) -> str:
+        """The job's state as `scontrol show job` gives it (PENDING, RUNNING, COMPLETED, ...)."""
+        fields = self.run("scontrol", "show", "job", "-o", job_id).stdout.split()
+        return next((f.split("=", 1)[1] for f in fields if f.startswith("JobState=")), "UNKNOWN")
+
+    def wait_for_job(self, job_id: str, timeout: float = 30.0) -> str:
+        """Poll until the job has left PENDING/RUNNING/COMPLETING; return its final state."""
+        deadline = time.monotonic() + timeout
+        while (state := self.job_state(job_id)) in ACTIVE_JOB_STATES:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {state} after {timeout:.0f} s")
+            time.sleep(0.2)
+        return state
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The `export KEY=VALUE` lines of an env file written by `slurm-cluster up`."""
+    env = {}
+    for line in path.read_text().splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export":
+            key, _, value = words[1].partition("=")
+            env[key] = value
+    return env
+
+
+def cluster_from_env(env_file: Path) -> SlurmCluster:
+    env = read_env_file(env_file)
+    return SlurmCluster(
+        dir=Path(env["HPCB_SLURM_DIR"]),
+        env_file=env_file,
+        env=env,
+        nodes=env["HPCB_SLURM_NODES"].split(","),
+        node_addresses=env["HPCB_SLURM_NODE_ADDRESSES"].split(","),
+        interface=env["HPCB_SLURM_INTERFACE"],
+        host_address=env["HPCB_SLURM_HOST_ADDRESS"],
+        netns=[name for name in env["HPCB_SLURM_NETNS"].split(",") if name],
+        bridge=env["HPCB_SLURM_BRIDGE"],
+    )
+
+
+def cluster_command(*argv: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@contextlib.contextmanager
+def exported(env: dict[str, str]) -> Iterator[None]:
+    """Set variables in os.environ for the duration; restore the previous values afterwards."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def running_cluster(nodes: int = 1, *options: str) -> Iterator[SlurmCluster]:
+    """Bring a cluster up in a fresh directory, yield it, and always bring it down again.
+
+    The directory is deleted after a clean `down`; when `up` fails it is kept for its logs.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="hpcb-slurm-", dir="/tmp"))
+    directory.chmod(0o755)
+    try:
+        up = cluster_command("up", "--dir", str(directory), "--nodes", str(nodes), *options,
+                             timeout=UP_TIMEOUT)
+        if up.returncode != 0:
+            pytest.fail(f"slurm-cluster up failed (logs in {directory}):\n{up.stderr}{up.stdout}",
+                        pytrace=False)
+        cluster = cluster_from_env(Path(up.stdout.strip().splitlines()[-1]))
+        with exported(cluster.env):
+            yield cluster
+    finally:
+        down = cluster_command("down", "--dir", str(directory), timeout=DOWN_TIMEOUT)
+        if down.returncode != 0:
+            pytest.fail(f"slurm-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slurm: runs on a real Slurm cluster started by tests/cluster/slurm-cluster"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this folder `slurm`, so `-m "not slurm"` leaves them out."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """One node (`node1`) on loopback; Dask binds to `lo`."""
+    with running_cluster(1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster_3nodes() -> Iterator[SlurmCluster]:
+    """Three nodes (`node1`..`node3`), each in its own network namespace on `ib0` 10.77.0.K."""
+    with running_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def slurm_cluster_factory() -> Callable[..., ContextManager[SlurmCluster]]:
+    """`with slurm_cluster_factory(nodes, "--subnet", "10.77.1") as cluster:` for own set-ups.
+
+    Pass another --subnet when a several-node cluster must run beside `slurm_cluster_3nodes`.
+    """
+    return running_cluster
