@@ -1,0 +1,111 @@
+"""Rendered scripts are valid shell, pass shellcheck, carry every option, and quote every value."""
+
+from __future__ import annotations
+
+import doctest
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcbridge import render
+from hpcbridge.render import render_script, write_script
+from hpcbridge.spec import JobSpec
+
+SPECS = {
+    "slurm-minimal": JobSpec(scheduler="slurm"),
+    "slurm-full": JobSpec(
+        scheduler="slurm", nodes=3, ntasks_per_node=2, cpus_per_task=4, mem_per_cpu="2G",
+        walltime="1-00:00:00", account="proj-42", queue="debug,long", job_name="fe-sweep",
+        interface="ib0", scheduler_file="/scratch/my runs/{job_id}/scheduler.json",
+        modules=("gcc/12.2", "python/3.11"), setup=("source ~/venv/bin/activate", "export OMP_NUM_THREADS=1"),
+        python="/opt/py 3/bin/python",
+    ),
+    "slurm-mem-per-node": JobSpec(scheduler="slurm", ntasks_per_node=4, mem="64G"),
+    "local-minimal": JobSpec(),
+    "local-full": JobSpec(ntasks_per_node=3, cpus_per_task=2, mem="6G", python="/usr/bin/python3",
+                          setup=("export A=1",), scheduler_file="~/runs/{job_id}.json"),
+}
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(render).failed == 0
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_scripts_are_valid_bash_and_pass_shellcheck(name: str, tmp_path: Path) -> None:
+    script = write_script(SPECS[name], tmp_path / "job.sh")
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert shutil.which("shellcheck"), "shellcheck is installed by the test command (make test)"
+    checked = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_slurm_directives_carry_every_option() -> None:
+    script = render_script(SPECS["slurm-full"])
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert directives == [
+        "#SBATCH --job-name=fe-sweep",
+        "#SBATCH --nodes=3",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem-per-cpu=2048M",
+        "#SBATCH --time=1-00:00:00",
+        "#SBATCH --account=proj-42",
+        "#SBATCH --partition=debug,long",
+        "#SBATCH --output=fe-sweep-%j.out",
+    ]
+    assert "module load gcc/12.2 python/3.11\n" in script
+    assert "    source ~/venv/bin/activate\n" in script
+    assert "srun --nodes=3 --ntasks=6 --ntasks-per-node=2 \\\n    --cpus-per-task=4" in script
+    assert "--interface ib0" in script and "--nthreads 4" in script
+
+
+def test_unset_options_leave_no_directive() -> None:
+    script = render_script(SPECS["slurm-minimal"])
+    for absent in ("#SBATCH --mem", "--time", "--account", "--partition", "--interface", "module load"):
+        assert absent not in script
+    assert "#SBATCH --mem=65536M" in render_script(SPECS["slurm-mem-per-node"])
+
+
+def _shell_value(script: str, variable: str, environment: str = "JOB_ID=4242; HOME=/home/ada") -> str:
+    """Evaluate the script's assignment of ``variable`` in bash and return the value it gets."""
+    line = next(line for line in script.splitlines() if line.startswith(f"{variable}="))
+    done = subprocess.run(["bash", "-c", f'{environment}; {line}; printf %s "${variable}"'],
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    "python",
+    ["/opt/py 3/bin/python", "/tmp/$(touch /tmp/hpcbridge-pwned)/python", "/x/`id`/py", "/a'b\"c/py", "py;reboot"],
+)
+def test_values_reach_the_script_literally(python: str) -> None:
+    script = render_script(JobSpec(scheduler="slurm", python=python))
+    assert _shell_value(script, "PYTHON") == python
+    assert not Path("/tmp/hpcbridge-pwned").exists()
+
+
+def test_scheduler_file_expands_home_and_job_id_only() -> None:
+    spec = JobSpec(scheduler="slurm", scheduler_file="~/runs $(x)/{job_id}/f'{job_id}'.json")
+    assert _shell_value(render_script(spec), "SCHEDULER_FILE") == "/home/ada/runs $(x)/4242/f'4242'.json"
+
+
+def test_write_script_leaves_no_file_when_rendering_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "job.sh"
+    target.write_text("the user's old script\n")
+
+    def broken(spec: JobSpec) -> str:
+        raise RuntimeError("template failed")
+
+    monkeypatch.setattr(render, "render_script", broken)
+    with pytest.raises(RuntimeError):
+        write_script(SPECS["slurm-minimal"], target)
+    assert target.read_text() == "the user's old script\n"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_written_scripts_are_executable(tmp_path: Path) -> None:
+    script = write_script(SPECS["slurm-minimal"], tmp_path / "job.sh")
+    assert script.stat().st_mode & 0o111

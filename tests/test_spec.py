@@ -1,0 +1,92 @@
+"""The job spec accepts what users type and rejects everything else, naming the field."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hpcbridge.spec import JobSpec, SpecError
+
+
+def test_text_values_are_parsed_into_units() -> None:
+    spec = JobSpec(scheduler="SLURM", nodes="3", ntasks_per_node="2", cpus_per_task=4,
+                   mem_per_cpu="2G", walltime="1-02:00:00")
+    assert (spec.scheduler, spec.nodes, spec.ntasks_per_node, spec.cpus_per_task) == ("slurm", 3, 2, 4)
+    assert spec.mem_per_cpu == 2048
+    assert spec.walltime == 26 * 3600
+    assert spec.workers == 6
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("scheduler", "sge", "one of slurm, local"),
+        ("nodes", "0", "a whole number from 1"),
+        ("nodes", "two", "a whole number from 1"),
+        ("ntasks_per_node", -1, "a whole number from 1"),
+        ("cpus_per_task", "1.5", "a whole number from 1"),
+        ("mem_per_cpu", "lots", "a size such as"),
+        ("mem", "0M", "a size such as"),
+        ("walltime", "10:00", "a time such as"),
+        ("walltime", "30s", "a time such as"),
+        ("account", "proj; rm -rf ~", "letters, digits"),
+        ("queue", "debug,", "letters, digits"),
+        ("job_name", "", "letters, digits"),
+        ("job_name", "-x", "letters, digits"),
+        ("interface", "a-name-that-is-too-long", "a network interface name"),
+        ("protocol", "http", "one of tcp"),
+        ("modules", ["gcc/12; reboot"], "module names"),
+        ("setup", ["echo a\necho b"], "one non-empty line"),
+        ("python", "", "one non-empty line"),
+        ("scheduler_file", "/tmp/{user}.json", "{job_id}"),
+        ("scheduler_file", "~other/f.json", "your own home"),
+        ("scheduler_file", "/tmp/dir/", "a file path"),
+    ],
+)
+def test_bad_values_name_the_field_the_value_and_what_is_allowed(field: str, value: object, allowed: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        JobSpec(**{"scheduler": "slurm", field: value})
+    assert caught.value.field == field
+    assert caught.value.value == (value[0] if isinstance(value, list) else value)
+    assert allowed in caught.value.allowed
+    assert "\n" not in str(caught.value)
+
+
+def test_memory_per_node_and_per_cpu_exclude_each_other() -> None:
+    with pytest.raises(SpecError, match="not both"):
+        JobSpec(scheduler="slurm", mem="8G", mem_per_cpu="1G")
+
+
+def test_local_scheduler_runs_one_node_on_loopback() -> None:
+    with pytest.raises(SpecError) as caught:
+        JobSpec(scheduler="local", nodes=2)
+    assert caught.value.field == "nodes"
+    assert JobSpec(scheduler="local").interface == "lo"
+    assert JobSpec(scheduler="slurm").interface is None
+
+
+def test_unknown_keys_list_every_known_field() -> None:
+    with pytest.raises(SpecError) as caught:
+        JobSpec.from_dict({"scheduler": "slurm", "nodse": 2})
+    assert caught.value.field == "nodse"
+    assert "nodes" in caught.value.allowed and "walltime" in caught.value.allowed
+
+
+def test_from_dict_ignores_unset_values() -> None:
+    assert JobSpec.from_dict({"scheduler": "slurm", "nodes": None}).nodes == 1
+
+
+def test_scheduler_file_resolves_relative_paths_and_the_job_id(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = JobSpec(scheduler="slurm", scheduler_file="run/{job_id}.json")
+    assert spec.scheduler_file == str(tmp_path / "run/{job_id}.json")
+    assert spec.scheduler_file_for("77") == str(tmp_path / "run/77.json")
+    home_spec = JobSpec(scheduler="slurm")
+    assert home_spec.scheduler_file_for("5") == os.path.expanduser("~/.hpcbridge/jobs/5/scheduler.json")
+
+
+def test_single_strings_for_repeatable_fields_become_one_item() -> None:
+    spec = JobSpec(scheduler="slurm", modules="gcc/12.2", setup="source ~/venv/bin/activate")
+    assert spec.modules == ("gcc/12.2",)
+    assert spec.setup == ("source ~/venv/bin/activate",)

@@ -1,0 +1,48 @@
+"""Memory and wall-time parsing and each scheduler's formatting."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from hpcbridge import units
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(units).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"), [("1", 1), ("512M", 512), ("512MB", 512), ("4g", 4096), ("4 GiB", 4096), ("1T", 1048576),
+                      ("0.5G", 512), ("1536K", 2)]
+)
+def test_memory(text: str, mib: int) -> None:
+    assert units.parse_memory_mib(text) == mib
+
+
+@pytest.mark.parametrize("text", ["", "G", "4X", "-1G", "0", "4 G B"])
+def test_bad_memory(text: str) -> None:
+    with pytest.raises(ValueError):
+        units.parse_memory_mib(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1", 60), ("90m", 5400), ("2h", 7200), ("1d", 86400), ("00:05:00", 300), ("100:00:00", 360000),
+     ("2-12:00:00", 216000)],
+)
+def test_walltime(text: str, seconds: int) -> None:
+    assert units.parse_walltime_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10:00", "1:60:00", "0", "59s", "1.5h", "1-2"])
+def test_bad_walltime(text: str) -> None:
+    with pytest.raises(ValueError):
+        units.parse_walltime_seconds(text)
+
+
+def test_slurm_formats_round_trip() -> None:
+    for seconds in (60, 3599, 86400, 90061, 40 * 86400):
+        assert units.parse_walltime_seconds(units.slurm_walltime(seconds)) == seconds
+    assert units.parse_memory_mib(units.slurm_memory(1234)) == 1234
