@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hpcbridge import jobs
+from hpcbridge.backends.local import state_home
 from hpcbridge.bridge import connect
 from hpcbridge.spec import JobSpec
 
@@ -60,7 +61,7 @@ def run_demo(upper: int, workers: int, timeout: float = 120.0, say: Callable[[st
     """Start a local cluster of ``workers`` single-threaded workers, compute, and shut it down."""
     started = time.perf_counter()
     spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=1, python=sys.executable,
-                   job_name="hpcbridge-demo")
+                   job_name="hpcbridge-demo", scheduler_file=str(state_home() / "{job_id}" / "scheduler.json"))
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hpcbridge.backends import JobStatus, get_backend
 from hpcbridge.render import render_script
-from hpcbridge.spec import JobSpec
+from hpcbridge.spec import JOB_ID_PLACEHOLDER, JobSpec
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,13 @@ class SubmittedJob:
 
 
 def submit(spec: JobSpec) -> SubmittedJob:
-    """Render ``spec`` and submit it; the script is complete before anything is submitted."""
+    """Render ``spec`` and submit it; the script is complete before anything is submitted.
+
+    A scheduler file without ``{job_id}`` may still hold an earlier job's address; it is removed
+    before submitting, so a client that attaches right away cannot reach the old cluster.
+    """
     script = render_script(spec)
+    if JOB_ID_PLACEHOLDER not in spec.scheduler_file:
+        Path(spec.scheduler_file).expanduser().unlink(missing_ok=True)
     job_id = get_backend(spec.scheduler).submit(script)
     return SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file_for(job_id))

@@ -1,0 +1,70 @@
+"""Shared fixtures: a private hpcbridge home, and local jobs that are always cleaned up."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcbridge import jobs
+from hpcbridge.spec import JobSpec
+
+
+def job_processes(job_id: str) -> list[int]:
+    """PIDs of live processes started by a local job (they carry HPCBRIDGE_JOB_ID in their environment)."""
+    marker = f"HPCBRIDGE_JOB_ID={job_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for(condition, timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return bool(result)
+
+
+@pytest.fixture(autouse=True)
+def hpcbridge_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep every test's local job records out of the real home directory."""
+    home = tmp_path_factory.mktemp("hpcbridge-home")
+    monkeypatch.setenv("HPCBRIDGE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def local_jobs() -> Iterator[list[jobs.SubmittedJob]]:
+    """A list to append submitted local jobs to; each is cancelled and its processes checked gone."""
+    started: list[jobs.SubmittedJob] = []
+    yield started
+    for job in started:
+        if not job.status().finished:
+            job.cancel()
+        assert wait_for(lambda: not job_processes(job.job_id), timeout=30), (
+            f"processes of {job.job_id} still running: {job_processes(job.job_id)}")
+
+
+@pytest.fixture
+def local_spec(tmp_path: Path):
+    """Build a local spec whose Python is this interpreter and whose scheduler file is private."""
+
+    def make(**values) -> JobSpec:
+        values.setdefault("python", sys.executable)
+        values.setdefault("scheduler_file", str(tmp_path / "{job_id}" / "scheduler.json"))
+        return JobSpec(scheduler="local", **values)
+
+    return make

@@ -1,0 +1,36 @@
+"""Attaching through a scheduler file: every wait has a deadline and a message that says why."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from hpcbridge import jobs
+from hpcbridge.bridge import ConnectError, connect
+
+
+def test_a_missing_scheduler_file_times_out_instead_of_hanging(tmp_path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match="no scheduler file at .*missing.json after 1 s"):
+        connect(tmp_path / "missing.json", timeout=1)
+    assert time.monotonic() - started < 10
+
+
+def test_a_file_pointing_at_a_dead_scheduler_says_so(tmp_path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on once the socket closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "stale.json"
+    path.write_text(json.dumps({"address": f"tcp://127.0.0.1:{port}", "type": "Scheduler"}))
+    with pytest.raises(ConnectError, match="does not answer"):
+        connect(path, timeout=3)
+
+
+def test_too_few_workers_is_reported_with_the_count(local_spec, local_jobs) -> None:
+    job = jobs.submit(local_spec(ntasks_per_node=1))
+    local_jobs.append(job)
+    with pytest.raises(ConnectError, match="only 1 of 3 workers joined"):
+        connect(job.scheduler_file, n_workers=3, timeout=15)

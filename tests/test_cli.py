@@ -1,0 +1,100 @@
+"""The hpcbridge command: clear one-line errors, no half-written files, no job from bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import job_processes, wait_for
+
+
+def hpcbridge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed command line the way a user does."""
+    return subprocess.run([sys.executable, "-m", "hpcbridge.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"),
+    [
+        (["--nodes", "0"], "--nodes", "'0'"),
+        (["--cpus-per-task", "many"], "--cpus-per-task", "'many'"),
+        (["--mem-per-cpu", "4Q"], "--mem-per-cpu", "'4Q'"),
+        (["--walltime", "10:00"], "--walltime", "'10:00'"),
+        (["--partition", "a b"], "--queue", "'a b'"),
+        (["--job-name", "x;reboot"], "--job-name", "'x;reboot'"),
+        (["--interface", "eth0/1"], "--interface", "'eth0/1'"),
+        (["--module", "gcc 12"], "--modules", "'gcc 12'"),
+        (["--scheduler-file", "/tmp/{user}.json"], "--scheduler-file", "'/tmp/{user}.json'"),
+        (["--protocol", "http"], "--protocol", "'http'"),
+        (["--scheduler", "sge"], "--scheduler", "'sge'"),
+    ],
+)
+def test_bad_values_get_one_line_naming_the_option_and_write_nothing(
+    args: list[str], option: str, value: str, tmp_path: Path
+) -> None:
+    target = tmp_path / "job.sh"
+    done = hpcbridge("render", "--scheduler", "slurm", *args, "-o", str(target))
+    assert done.returncode == 2
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1, done.stderr
+    assert option in error_lines[0] and value in error_lines[0]
+    assert "Traceback" not in done.stderr
+    assert not target.exists()
+
+
+def test_render_prints_or_writes_the_same_script(tmp_path: Path) -> None:
+    args = ["--scheduler", "slurm", "--nodes", "2", "--ntasks-per-node", "2", "--mem-per-cpu", "1G",
+            "--interface", "ib0", "--module", "gcc/12", "--module", "python/3.11"]
+    printed = hpcbridge("render", *args)
+    assert printed.returncode == 0, printed.stderr
+    written = hpcbridge("render", *args, "-o", str(tmp_path / "job.sh"))
+    assert written.returncode == 0
+    assert (tmp_path / "job.sh").read_text() == printed.stdout
+    assert os.access(tmp_path / "job.sh", os.X_OK)
+    assert "module load gcc/12 python/3.11" in printed.stdout
+
+
+def test_submit_with_a_bad_value_submits_nothing(hpcbridge_home: Path) -> None:
+    done = hpcbridge("submit", "--scheduler", "local", "--ntasks-per-node", "0")
+    assert done.returncode == 2 and "--ntasks-per-node" in done.stderr
+    assert not (hpcbridge_home / "local").exists()
+
+
+def test_submit_status_and_cancel_a_local_job(tmp_path: Path) -> None:
+    submitted = hpcbridge("submit", "--scheduler", "local", "--python", sys.executable,
+                          "--scheduler-file", str(tmp_path / "{job_id}.json"), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    try:
+        assert job["scheduler"] == "local"
+        assert job["scheduler_file"] == str(tmp_path / f"{job['job_id']}.json")
+        assert wait_for(lambda: Path(job["scheduler_file"]).exists(), timeout=60)
+        attached = hpcbridge("connect", job["scheduler_file"], "--workers", "1", "--timeout", "60")
+        assert attached.returncode == 0, attached.stderr
+        assert "workers:   1 (1 threads)" in attached.stdout
+        status = json.loads(hpcbridge("status", job["job_id"], "--json").stdout)
+        assert status["state"] == "RUNNING" and status["finished"] is False
+    finally:
+        cancelled = hpcbridge("cancel", job["job_id"])
+    assert cancelled.returncode == 0
+    assert wait_for(lambda: "CANCELLED" in hpcbridge("status", job["job_id"]).stdout, timeout=30)
+    assert wait_for(lambda: not job_processes(job["job_id"]), timeout=30)
+
+
+def test_unknown_jobs_are_a_clear_error() -> None:
+    done = hpcbridge("status", "local-00000000")
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: no local job 'local-00000000'")
+    assert "Traceback" not in done.stderr
+
+
+def test_connect_to_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    done = hpcbridge("connect", str(tmp_path / "nothing.json"), "--timeout", "1")
+    assert done.returncode == 1
+    assert "no scheduler file at" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,78 @@
+"""The local backend runs the same scheduler-file script as a batch job, as real processes."""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hpcbridge import jobs
+from hpcbridge.bridge import connect, wait_for_scheduler_file
+from hpcbridge.demo import sum_prime_factors
+from tests.conftest import job_processes, wait_for
+
+
+def test_demo_computes_the_exact_sum_and_leaves_nothing_running(hpcbridge_home: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "demo", "--upper", "10000", "--workers", "2"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^  sum: +10218029$", done.stdout, re.MULTILINE), done.stdout
+    assert re.search(r"^  workers: +2$", done.stdout, re.MULTILINE)
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/status", done.stdout)
+    job_id = re.search(r"local job (local-[0-9a-f]+)", done.stdout).group(1)
+    assert job_processes(job_id) == []
+    assert (hpcbridge_home / "local" / job_id / "exitcode").read_text().strip() == "0"
+    assert done.stderr.count("Traceback") == 0
+
+
+def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None:
+    job = jobs.submit(local_spec(ntasks_per_node=2, cpus_per_task=1, mem="2G"))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+        assert job.status().state == "RUNNING"
+        assert bridge.n_workers == 2 and bridge.total_threads == 2
+        limits = {w["memory_limit"] for w in bridge.client.scheduler_info(n_workers=-1)["workers"].values()}
+        assert limits == {1024 * 2**20}
+        offset = bridge.broadcast(np.arange(1000.0))
+        results = bridge.gather(bridge.map(operator.add, range(20), offset))
+        assert [float(r.sum()) for r in results] == [499500.0 + 1000 * i for i in range(20)]
+        assert bridge.gather([bridge.submit(sum_prime_factors, (2, 10000))]) == [10218029]
+        bridge.shutdown()
+    assert wait_for(lambda: job.status().finished, timeout=30)
+    assert (job.status().state, job.status().exit_code) == ("COMPLETED", 0)
+    assert not Path(job.scheduler_file).exists()
+    assert wait_for(lambda: not job_processes(job.job_id), timeout=15)
+
+
+def test_cancel_ends_every_process_of_the_job(local_spec, local_jobs) -> None:
+    job = jobs.submit(local_spec(ntasks_per_node=2))
+    local_jobs.append(job)
+    wait_for_scheduler_file(job.scheduler_file, timeout=60)
+    assert len(job_processes(job.job_id)) >= 3
+    job.cancel()
+    assert wait_for(lambda: job.status().state == "CANCELLED", timeout=30)
+    assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+
+
+def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs) -> None:
+    job = jobs.submit(local_spec(python="/nonexistent/bin/python3"))
+    local_jobs.append(job)
+    assert wait_for(lambda: job.status().finished, timeout=20)
+    status = job.status()
+    assert status.state == "FAILED" and status.exit_code == 1
+    assert "the Dask scheduler exited before writing" in Path(status.log).read_text()
+
+
+def test_a_stale_scheduler_file_is_replaced_before_the_scheduler_starts(local_spec, local_jobs, tmp_path) -> None:
+    path = tmp_path / "fixed-name.json"
+    path.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "type": "Scheduler"}))
+    job = jobs.submit(local_spec(scheduler_file=str(path)))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
+        assert bridge.client.scheduler.address != "tcp://127.0.0.1:9"
+        bridge.shutdown()
