@@ -1,0 +1,21 @@
+# The two commands of the README's quick start, on a fresh Debian machine (as root for `test`):
+#   make demo   install hpcbridge into .venv and run `hpcbridge demo` on a local cluster
+#   make test   install the system packages the real-Slurm tests need, then run every test
+PYTHON ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/python -m pip
+
+.PHONY: demo test install system-packages
+
+demo: install
+	$(VENV)/bin/hpcbridge demo
+
+test: system-packages install
+	$(VENV)/bin/python -m pytest
+
+install:
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check --editable '.[test]'
+
+system-packages:
+	tests/cluster/slurm-cluster install

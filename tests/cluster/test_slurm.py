@@ -1,0 +1,122 @@
+"""Rendered scheduler-file scripts on a real Slurm: sbatch, attach through the file, compute, end.
+
+The cluster comes from tests/cluster/slurm-cluster: one node on loopback, or three nodes in
+network namespaces whose interface is ib0, so the Dask scheduler, the workers and the client on
+this host talk over real (virtual) network links.
+"""
+
+from __future__ import annotations
+
+import operator
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcbridge import jobs
+from hpcbridge.backends import BatchCommandError
+from hpcbridge.bridge import connect, wait_for_scheduler_file
+from hpcbridge.demo import sum_prime_factors, split_range
+from hpcbridge.spec import JobSpec
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def slurm_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Build Slurm specs that run this interpreter and keep files in the test's folder."""
+    monkeypatch.chdir(tmp_path)  # sbatch writes the job's output into the submit directory
+
+    def make(cluster, **values) -> JobSpec:
+        values.setdefault("interface", cluster.interface)
+        values.setdefault("python", sys.executable)
+        values.setdefault("scheduler_file", str(tmp_path / "{job_id}" / "scheduler.json"))
+        values.setdefault("walltime", "10m")
+        return JobSpec(scheduler="slurm", **values)
+
+    return make
+
+
+@pytest.fixture
+def slurm_jobs():
+    """Submitted jobs, each cancelled at the end of the test if it still runs."""
+    submitted: list[jobs.SubmittedJob] = []
+    yield submitted
+    for job in submitted:
+        if not job.status().finished:
+            job.cancel()
+        assert wait_for(lambda: job.status().finished, timeout=60), f"job {job.job_id} did not end"
+
+
+def _finish(job: jobs.SubmittedJob) -> None:
+    assert wait_for(lambda: job.status().finished, timeout=60), job.status()
+    status = job.status()
+    assert (status.state, status.exit_code) == ("COMPLETED", 0), Path(status.log).read_text()
+
+
+def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, slurm_spec, slurm_jobs) -> None:
+    job = jobs.submit(slurm_spec(slurm_cluster, ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="300M",
+                                 job_name="one-node"))
+    slurm_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+        status = job.status()
+        assert status.state == "RUNNING"
+        assert status.log == str(Path.cwd() / f"one-node-{job.job_id}.out")
+        workers = bridge.client.scheduler_info(n_workers=-1)["workers"].values()
+        assert sorted(w["nthreads"] for w in workers) == [1, 1]
+        assert {w["memory_limit"] for w in workers} == {300 * 2**20}
+        assert bridge.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        weights = bridge.broadcast(np.full(10_000, 2.0))
+        results = bridge.gather(bridge.map(operator.mul, range(8), weights))
+        assert [float(r.sum()) for r in results] == [20_000.0 * i for i in range(8)]
+        bridge.shutdown()
+    _finish(job)
+    log = Path(job.status().log).read_text()
+    assert "hpcbridge: the scheduler exited (status 0)" in log
+    assert not Path(job.scheduler_file).exists()
+
+
+def test_pending_job_says_why_and_cancel_ends_it(slurm_cluster, slurm_spec, slurm_jobs) -> None:
+    cpus = int(slurm_cluster.run("sinfo", "-h", "-o", "%c").stdout.split()[0])
+    first = jobs.submit(slurm_spec(slurm_cluster, ntasks_per_node=cpus, mem_per_cpu="100M", job_name="fills-node"))
+    slurm_jobs.append(first)
+    second = jobs.submit(slurm_spec(slurm_cluster, mem_per_cpu="100M", job_name="waits"))
+    slurm_jobs.append(second)
+    wait_for_scheduler_file(first.scheduler_file, timeout=60)
+    assert wait_for(lambda: second.status().reason is not None, timeout=30)
+    waiting = second.status()
+    assert waiting.state == "PENDING"
+    assert waiting.reason == "Resources: waiting for nodes to become free"
+    first.cancel()
+    assert wait_for(lambda: first.status().state == "CANCELLED", timeout=60)
+    with connect(second.scheduler_file, n_workers=1, timeout=120) as bridge:
+        bridge.shutdown()
+    _finish(second)
+
+
+def test_sbatch_refusal_reaches_the_user_with_slurms_words(slurm_cluster, slurm_spec) -> None:
+    with pytest.raises(BatchCommandError) as refused:
+        jobs.submit(slurm_spec(slurm_cluster, queue="no-such-partition"))
+    assert refused.value.command == ["sbatch", "--parsable"]
+    assert refused.value.returncode != 0
+    assert "invalid partition" in refused.value.stderr.lower()
+    assert "no-such-partition" in str(refused.value)
+
+
+def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, slurm_spec, slurm_jobs) -> None:
+    cluster = slurm_cluster_3nodes
+    job = jobs.submit(slurm_spec(cluster, nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="600M"))
+    slurm_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=3, timeout=120) as bridge:
+        assert bridge.client.scheduler.address.startswith(f"tcp://{cluster.node_addresses[0]}:")
+        workers = bridge.client.scheduler_info(n_workers=-1)["workers"]
+        hosts = sorted(address.split("//")[1].rsplit(":", 1)[0] for address in workers)
+        assert hosts == sorted(cluster.node_addresses)
+        assert sorted(bridge.client.run(socket.gethostname).values()) == sorted(cluster.nodes)
+        assert {w["nthreads"] for w in workers.values()} == {2}
+        assert {w["memory_limit"] for w in workers.values()} == {600 * 2**20}
+        total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, 10_000, 12))))
+        assert total == 10218029
+        bridge.shutdown()
+    _finish(job)

@@ -1,0 +1,32 @@
+"""The wheel carries the templates, so a non-editable install renders without the source tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_the_templates_and_renders_from_them(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
+                    str(ROOT)], check=True, timeout=300)
+    wheel = next(tmp_path.glob("hpcbridge-*.whl"))
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("hpcbridge/templates/")}
+    expected = {f"hpcbridge/templates/{p.relative_to(ROOT / 'templates')}" for p in (ROOT / "templates").rglob("*.j2")}
+    assert expected and expected <= shipped
+
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import hpcbridge.render as r; from hpcbridge.spec import JobSpec;"
+         "print(r.packaged_template_dir()); print(r.render_script(JobSpec(scheduler='slurm')))"],
+        cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    )
+    template_dir, script = done.stdout.split("\n", 1)
+    assert template_dir == str(unpacked / "hpcbridge" / "templates")
+    assert script.startswith("#!/bin/bash\n#SBATCH --job-name=hpcbridge\n")
