@@ -37,7 +37,8 @@ class SlurmCluster:
     env: the variables of the cluster's env file (SLURM_CONF, HPCB_SLURM_*, OMPI_ALLOW_*);
       they are also in os.environ while the fixture is active.
     nodes / node_addresses: node names and their addresses, in the same order
-      (node1 -> 127.0.0.1 on one node; nodeK -> 10.77.0.K with several).
+      (node1 -> 127.0.0.1 on one node; nodeK -> 10.77.0.K with several, or 10.77.X.K when
+      another cluster on this machine already holds 10.77.0.0/24).
     interface: the network interface Dask should bind to on the nodes ("lo" or "ib0").
     host_address: the host's address as the nodes see it (127.0.0.1, or the bridge's .254).
     netns: the nodes' network namespaces (empty on one node); bridge: the host bridge or "".
@@ -179,8 +180,8 @@ def slurm_cluster_3nodes() -> Iterator[SlurmCluster]:
 
 @pytest.fixture
 def slurm_cluster_factory() -> Callable[..., ContextManager[SlurmCluster]]:
-    """`with slurm_cluster_factory(nodes, "--subnet", "10.77.1") as cluster:` for own set-ups.
+    """`with slurm_cluster_factory(nodes, *extra_up_options) as cluster:` for own set-ups.
 
-    Pass another --subnet when a several-node cluster must run beside `slurm_cluster_3nodes`.
+    A several-node cluster started beside another one takes the next free subnet (10.77.1 ...).
     """
     return running_cluster

@@ -10,14 +10,17 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:  # conftest is not importable as a module in every pytest import mode
     from conftest import SlurmCluster
 
 SCRIPT = Path(__file__).with_name("slurm-cluster")
 
-REPORT_NODE = 'echo "$SLURMD_NODENAME $(hostname) $(ip -4 -o addr show {iface} | grep -o "inet [0-9.]*")"'
+# One line per task: "<SLURMD_NODENAME> <hostname> inet <address on the interface>".
+REPORT_NODE = (
+    'echo "$SLURMD_NODENAME $(hostname) $(ip -4 -o addr show {iface} | grep -o "inet [0-9.]*")"'
+)
 
 
 def run_batch(cluster: SlurmCluster, name: str, *sbatch_args: str, timeout: float = 30.0) -> str:
@@ -63,11 +66,13 @@ def test_pbs_job_through_qsub_sees_pbs_variables(slurm_cluster: SlurmCluster) ->
 def test_three_nodes_each_see_their_own_ib0(slurm_cluster_3nodes: SlurmCluster) -> None:
     cluster = slurm_cluster_3nodes
     assert cluster.interface == "ib0"
+    assert cluster.nodes == ["node1", "node2", "node3"]
+    subnet = cluster.host_address.rsplit(".", 1)[0]  # 10.77.0 unless another cluster holds it
+    assert cluster.node_addresses == [f"{subnet}.{k}" for k in (1, 2, 3)]
     script = "srun " + f"bash -c '{REPORT_NODE.format(iface='ib0')}'"
     text = run_batch(cluster, "three-nodes", "-N", "3", "--wrap", script)
-    expected = {f"node{k}": (f"node{k}", f"10.77.0.{k}") for k in (1, 2, 3)}
+    expected = {node: (node, addr) for node, addr in zip(cluster.nodes, cluster.node_addresses)}
     assert node_reports(text) == expected
-    assert cluster.node_addresses == ["10.77.0.1", "10.77.0.2", "10.77.0.3"]
 
 
 def test_pmix_step_spans_three_nodes(slurm_cluster_3nodes: SlurmCluster) -> None:
@@ -81,16 +86,16 @@ def test_pmix_step_spans_three_nodes(slurm_cluster_3nodes: SlurmCluster) -> None
 
 def test_host_reaches_a_server_inside_node1(slurm_cluster_3nodes: SlurmCluster) -> None:
     """A Dask client on the host will connect to a scheduler bound to node1's ib0."""
-    port = 45678
+    address = (slurm_cluster_3nodes.node_addresses[0], 45678)
     server = (
-        "import socket; s = socket.create_server(('10.77.0.1', %d)); "
-        "c, _ = s.accept(); c.sendall(b'hello from ' + socket.gethostname().encode())" % port
+        "import socket; s = socket.create_server(%r); "
+        "c, _ = s.accept(); c.sendall(b'hello from ' + socket.gethostname().encode())" % (address,)
     )
     job_id = slurm_cluster_3nodes.sbatch(
         "-w", "node1", "-o", str(slurm_cluster_3nodes.dir / "server.out"),
         "--wrap", f'timeout 20 python3 -c "{server}"',
     )
-    assert receive_from(("10.77.0.1", port), timeout=15.0) == b"hello from node1"
+    assert receive_from(address, timeout=15.0) == b"hello from node1"
     assert slurm_cluster_3nodes.wait_for_job(job_id) == "COMPLETED"
 
 
@@ -107,9 +112,16 @@ def receive_from(address: tuple[str, int], timeout: float) -> bytes:
             time.sleep(0.2)
 
 
-def test_down_leaves_nothing_behind(slurm_cluster_factory) -> None:
-    """A job step still running at `down` ends with the daemons; namespaces and bridge go."""
-    with slurm_cluster_factory(2, "--subnet", "10.77.1") as cluster:
+def test_down_leaves_nothing_behind(
+    slurm_cluster_3nodes: SlurmCluster, slurm_cluster_factory: Callable
+) -> None:
+    """A job step still running at `down` ends with the daemons; namespaces and bridge go.
+
+    It runs beside the 3-node cluster, so it also shows that a second several-node cluster
+    takes the next free subnet.
+    """
+    with slurm_cluster_factory(2) as cluster:
+        assert cluster.host_address != slurm_cluster_3nodes.host_address
         job_id = cluster.sbatch("-N", "2", "-o", "/dev/null", "--wrap", "srun sleep 300")
         wait_for_state(cluster, job_id, "RUNNING")
         wait_until_found(lambda: processes_of(cluster.dir, with_steps=True), "slurmstepd")
@@ -128,13 +140,15 @@ def test_down_leaves_nothing_behind(slurm_cluster_factory) -> None:
 
 
 def wait_for_state(cluster: SlurmCluster, job_id: str, wanted: str, timeout: float = 20) -> None:
+    """Poll until the job reaches `wanted` (e.g. RUNNING)."""
     deadline = time.monotonic() + timeout
     while (state := cluster.job_state(job_id)) != wanted:
         assert time.monotonic() < deadline, f"job {job_id} is {state}, not {wanted}"
         time.sleep(0.2)
 
 
-def wait_until_found(find, what: str, timeout: float = 10.0) -> None:
+def wait_until_found(find: Callable[[], dict[int, str]], what: str, timeout: float = 10.0) -> None:
+    """Poll `find` until a process named `what` shows up in its {pid: name} answer."""
     deadline = time.monotonic() + timeout
     while what not in find().values():
         assert time.monotonic() < deadline, f"no {what} appeared"
@@ -161,7 +175,8 @@ def processes_of(directory: Path, with_steps: bool) -> dict[int, str]:
     return found
 
 
-def all_processes():
+def all_processes() -> Iterator[tuple[int, str, str]]:
+    """(pid, name, command line) of every process that can still be read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -174,5 +189,6 @@ def all_processes():
 
 
 def netns_names() -> list[str]:
+    """Names of the network namespaces `ip netns` knows."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listing.splitlines() if line.strip()]
