@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["JobSpec", "SpecError", "connect", "Bridge", "__version__"]
+__all__ = ["JobSpec", "SpecError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "__version__"]
 
 if TYPE_CHECKING:
-    from hpcbridge.bridge import Bridge, connect
+    from hpcbridge.bridge import Bridge, Broadcast, ItemError, Run, connect
     from hpcbridge.spec import JobSpec, SpecError
 
 
 def __getattr__(name: str) -> Any:
     """Import on first use, so ``hpcbridge render`` does not pay for importing Dask."""
-    if name in ("connect", "Bridge"):
+    if name in ("connect", "Bridge", "Broadcast", "Run", "ItemError"):
         from hpcbridge import bridge
 
         return getattr(bridge, name)

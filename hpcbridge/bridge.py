@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from distributed import Client, Future
+
+from hpcbridge import broadcast as broadcasts
+from hpcbridge import functions, mapping
+from hpcbridge.broadcast import Broadcast
+from hpcbridge.mapping import ItemError, Run, RunError
 
 _POLL_SECONDS = 0.2
 
@@ -69,15 +75,12 @@ def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout:
     return bridge
 
 
-def _call(item: Any, fn: Callable[..., Any], extra: Sequence[Any]) -> Any:
-    return fn(item, *extra)
-
-
 class Bridge:
-    """A client attached to a cluster: broadcast inputs, map work, gather results.
+    """A client attached to a cluster: broadcast inputs, map work, collect results by name.
 
     Use it as a context manager, or call :meth:`close`; :meth:`shutdown` also ends the cluster
-    (and with it the batch job).
+    (and with it the batch job). Broadcasts and runs belong to the cluster, not to this client:
+    they stay after :meth:`close` until released, and another client can use them by name.
     """
 
     def __init__(self, client: Client) -> None:
@@ -108,24 +111,87 @@ class Bridge:
         """The address of the cluster's dashboard."""
         return self.client.dashboard_link
 
-    def broadcast(self, obj: Any) -> Future:
-        """Send ``obj`` to every worker once; pass the returned handle to :meth:`map`."""
-        return self.client.scatter([obj], broadcast=True, hash=False)[0]
+    def broadcast(self, obj: Any, name: str | None = None) -> Broadcast:
+        """Send ``obj`` to every worker, once from this client; pass the handle to :meth:`map`.
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run ``fn(*args)`` on a worker."""
-        return self.client.submit(fn, *args, pure=False)
+        The object goes to one worker directly (never through the scheduler), and workers copy it
+        from each other, including workers that join later. It stays on every worker, safe from
+        Dask's Active Memory Manager, until :meth:`release` (or the cluster ends). The handle
+        says how many bytes left this client and how long it took.
+        """
+        return broadcasts.send(self.client, obj, name)
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any], *broadcast: Future) -> list[Future]:
-        """Run ``fn(item, *broadcast)`` for every item; the broadcast handles reach every call."""
-        return self.client.map(_call, list(items), fn=fn, extra=tuple(broadcast), pure=False)
+    def submit(self, fn: Callable[..., Any] | str, *args: Any) -> Future:
+        """Run ``fn(*args)`` on a worker; broadcast handles among ``args`` are not resolved."""
+        return self.client.submit(functions.resolve(fn), *args, pure=False)
 
-    def gather(self, futures: Sequence[Future]) -> list[Any]:
-        """Wait for ``futures`` and return their results, in order."""
-        return self.client.gather(list(futures))
+    def map(self, fn: Callable[..., Any] | str, items: Iterable[Any], *broadcast: Any, name: str | None = None,
+            stack: bool = False, chunk_size: int | None = None, progress: bool = True) -> Run:
+        """Run ``fn(item, *broadcast)`` for every item, in chunks sized from measured durations.
+
+        ``fn`` is a function or its name (``"module:function"``, ``"path/file.py:function"``).
+        Broadcast handles become the broadcast objects on the workers; other extra arguments are
+        passed as they are. The run is held by the cluster under ``name`` (default
+        ``run-<date>-<time>-<random>``) until collected: :meth:`gather` it, or, from any client,
+        :meth:`results` by name. ``stack=True`` stacks NumPy results on the workers, chunk by
+        chunk, so that :meth:`gather` joins a few arrays instead of many. ``chunk_size`` fixes
+        the number of items per task instead of measuring.
+        """
+        if progress:
+            print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
+        return mapping.start(self.client, functions.resolve(fn), _as_sequence(items), broadcast,
+                             name=name, stack=stack, chunk_size=chunk_size)
+
+    def gather(self, run: Run | Sequence[Future] | str, stack: bool = False, timeout: float | None = None,
+               progress: bool = True, release: bool = True) -> Any:
+        """Wait for a run (or futures) and return the results in input order.
+
+        ``stack=True`` returns one contiguous NumPy array (results stacked along a new first
+        axis). ``timeout`` is in seconds; on timeout the run stays on the cluster. With
+        ``release=True`` the cluster forgets the run once its results are here. A failing item
+        raises :class:`~hpcbridge.mapping.ItemError` with the item and the remote traceback.
+        """
+        if isinstance(run, str):
+            return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
+        if not isinstance(run, Run):
+            values = self.client.gather(list(run))
+            return mapping._join([values], stack) if stack else values
+        values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress)
+        if release and run.name in self.client.list_datasets():
+            self.client.unpublish_dataset(run.name)
+        return values
+
+    def results(self, name: str, stack: bool = False, timeout: float | None = None, progress: bool = True,
+                release: bool = True) -> Any:
+        """Collect run ``name`` from the cluster, also when another (dead) client started it."""
+        return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
+                           progress=progress, release=release)
+
+    def run(self, name: str) -> Run:
+        """The run held under ``name``, to follow its progress (``done_items()``) or gather it."""
+        return mapping.reattach(self.client, name)
+
+    def runs(self) -> list[str]:
+        """Names of the runs (and other published datasets) the cluster holds."""
+        return list(self.client.list_datasets())
+
+    def broadcasts(self) -> list[str]:
+        """Names of the broadcasts the cluster holds."""
+        return broadcasts.names(self.client)
+
+    def release(self, handle: Run | Broadcast | str) -> None:
+        """Free a run's results or a broadcast's copies on the cluster (by handle or by name)."""
+        if isinstance(handle, Broadcast):
+            broadcasts.release(self.client, handle.name)
+        elif isinstance(handle, Run):
+            mapping.release(self.client, handle.name)
+        elif handle in self.client.list_datasets():
+            mapping.release(self.client, handle)
+        else:
+            broadcasts.release(self.client, handle)
 
     def close(self) -> None:
-        """Detach this client; the cluster keeps running."""
+        """Detach this client; the cluster keeps running, with its broadcasts and runs."""
         self.client.close()
 
     def shutdown(self) -> None:
@@ -137,3 +203,16 @@ class Bridge:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _as_sequence(items: Iterable[Any]) -> Sequence[Any]:
+    if isinstance(items, (list, tuple, range)):
+        return items
+    try:
+        import numpy as np
+
+        if isinstance(items, np.ndarray):
+            return items  # slices stay arrays: one buffer per chunk, not one object per item
+    except ImportError:
+        pass
+    return list(items)

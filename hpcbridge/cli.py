@@ -17,7 +17,7 @@ import click
 
 from hpcbridge import __version__
 from hpcbridge.backends import BatchCommandError, JobNotFound, get_backend
-from hpcbridge.spec import MODES, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, spec_fields
+from hpcbridge.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, spec_fields
 
 
 class _Group(click.Group):
@@ -51,14 +51,26 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--account", help="Account (project) to charge."),
         click.option("--queue", "--partition", "queue", help="Queue or partition."),
         click.option("--job-name", help="The job's name.  [default: hpcbridge]"),
-        click.option("--interface", help="Network interface for Dask, e.g. ib0 for InfiniBand."),
+        click.option("--interface", help="Network interface for the workers, e.g. ib0 for InfiniBand."),
+        click.option("--scheduler-interface", help="Network interface the scheduler listens on, if clients "
+                     "cannot reach the workers' one.  [default: --interface]"),
         click.option("--protocol", type=click.Choice(PROTOCOLS), default="tcp", show_default=True,
                      help="Dask's communication protocol."),
+        click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM)."),
+        click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
+        click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
         click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
                      "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json]"),
         click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable)."),
         click.option("--setup", multiple=True, help="Shell command to run before Dask starts (repeatable)."),
         click.option("--python", help="Python interpreter on the compute nodes.  [default: python3]"),
+        click.option("--client-script", help="With --mode mpi: a Python script that MPI rank 1 runs as the client; "
+                     "the cluster ends when it returns."),
+        click.option("--client-arg", "client_args", multiple=True, help="An argument for the client script (repeatable)."),
+        click.option("--pbs-flavor", type=click.Choice(PBS_FLAVORS), default=None,
+                     help="PBS resource syntax: select=... (pbspro, also OpenPBS) or nodes=...:ppn=... (torque).  "
+                     "[default: pbspro]"),
+        click.option("--lifetime-margin", help="Workers retire this long before the walltime, e.g. 5m.  [default: 5m]"),
     ]
 
     @functools.wraps(command)

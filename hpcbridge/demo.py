@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 from hpcbridge import jobs
 from hpcbridge.backends.local import state_home
-from hpcbridge.bridge import connect
+from hpcbridge.bridge import Bridge, connect
 from hpcbridge.spec import JobSpec
 
 CHUNK_NUMBERS = 20_000
@@ -57,26 +58,41 @@ class DemoResult:
     scheduler_file: str
 
 
-def run_demo(upper: int, workers: int, timeout: float = 120.0, say: Callable[[str], None] = print) -> DemoResult:
-    """Start a local cluster of ``workers`` single-threaded workers, compute, and shut it down."""
-    started = time.perf_counter()
-    spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=1, python=sys.executable,
-                   job_name="hpcbridge-demo", scheduler_file=str(state_home() / "{job_id}" / "scheduler.json"))
+@contextmanager
+def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], None] = print,
+                  job_name: str = "hpcbridge-demo", threads_per_worker: int = 1
+                  ) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
+    """Start a local cluster as a scheduler-file job, attach, and yield the job and the bridge.
+
+    The cluster is started the way a batch job starts it (the local backend runs the rendered
+    script), and ended on exit: shut down through the client, and cancelled if it is still running.
+    """
+    spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=threads_per_worker,
+                   python=sys.executable, job_name=job_name,
+                   scheduler_file=str(state_home() / "{job_id}" / "scheduler.json"))
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
     try:
         with connect(job.scheduler_file, n_workers=workers, timeout=timeout) as bridge:
             say(f"dashboard: {bridge.dashboard_link}")
-            pieces = max(workers * 8, math.ceil((upper - 2) / CHUNK_NUMBERS))
-            compute_start = time.perf_counter()
-            total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, upper, pieces))))
-            compute_seconds = time.perf_counter() - compute_start
-            dashboard = bridge.dashboard_link
+            yield job, bridge
             bridge.shutdown()
         _wait_until_finished(job, timeout=30)
     finally:
         if not job.status().finished:
             job.cancel()
+            _wait_until_finished(job, timeout=30)
+
+
+def run_demo(upper: int, workers: int, timeout: float = 120.0, say: Callable[[str], None] = print) -> DemoResult:
+    """Start a local cluster of ``workers`` single-threaded workers, compute, and shut it down."""
+    started = time.perf_counter()
+    with local_cluster(workers, timeout=timeout, say=say) as (job, bridge):
+        pieces = max(workers * 8, math.ceil((upper - 2) / CHUNK_NUMBERS))
+        compute_start = time.perf_counter()
+        total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, upper, pieces))))
+        compute_seconds = time.perf_counter() - compute_start
+        dashboard = bridge.dashboard_link
     return DemoResult(upper, total, workers, compute_seconds, time.perf_counter() - started, dashboard,
                       job.job_id, job.scheduler_file)
 

@@ -103,5 +103,8 @@ def _environment() -> jinja2.Environment:
         slurm_memory=units.slurm_memory,
         slurm_walltime=units.slurm_walltime,
         clock_walltime=units.clock_walltime,
+        pbs_memory=units.pbs_memory,
+        lsf_memory=units.lsf_memory,
+        lsf_walltime=units.lsf_walltime,
     )
     return environment

@@ -17,9 +17,10 @@ from typing import Any
 
 from hpcbridge.units import MEMORY_HELP, WALLTIME_HELP, parse_memory_mib, parse_walltime_seconds
 
-SCHEDULERS = ("slurm", "local")
-MODES = ("scheduler-file",)
-PROTOCOLS = ("tcp",)
+SCHEDULERS = ("slurm", "pbs", "lsf", "local")
+MODES = ("scheduler-file", "mpi")
+PROTOCOLS = ("tcp", "tls", "ucx")
+PBS_FLAVORS = ("pbspro", "torque")
 JOB_ID_PLACEHOLDER = "{job_id}"
 DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"
 
@@ -53,6 +54,15 @@ class JobSpec:
     job runs) and may start with ``~/`` (the home directory on the compute node). ``setup``
     lines are shell commands run before Dask starts (``source ~/venv/bin/activate``): they are
     the only values that reach the script unquoted, by design.
+
+    In ``mpi`` mode the job is one MPI program (dask-mpi): rank 0 runs the scheduler, rank 1 runs
+    ``client_script`` when one is given, and every other rank is a worker.
+
+    ``interface`` is the workers' network interface; ``scheduler_interface`` (default: the same)
+    is the one the scheduler listens on, which clients must be able to reach. With protocol
+    ``tls`` the three ``tls_*`` files are required: the CA and a certificate and key that the
+    scheduler, workers and clients share. Workers retire ``lifetime_margin`` before the walltime
+    so they close cleanly instead of being killed.
     """
 
     scheduler: str = "local"
@@ -67,11 +77,19 @@ class JobSpec:
     queue: str | None = None
     job_name: str = "hpcbridge"
     interface: str | None = None
+    scheduler_interface: str | None = None
     protocol: str = "tcp"
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     scheduler_file: str = DEFAULT_SCHEDULER_FILE
     modules: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
     python: str = "python3"
+    client_script: str | None = None
+    client_args: tuple[str, ...] = ()
+    pbs_flavor: str = "pbspro"
+    lifetime_margin: int = 300
     scheduler_timeout: int = 120
 
     def __post_init__(self) -> None:
@@ -79,6 +97,8 @@ class JobSpec:
             object.__setattr__(self, name, check(name, getattr(self, name)))
         if self.scheduler == "local" and self.interface is None:
             object.__setattr__(self, "interface", "lo")  # one machine: keep Dask off the network
+        if self.scheduler_interface is None:
+            object.__setattr__(self, "scheduler_interface", self.interface)
         self._check_combinations()
 
     @classmethod
@@ -94,9 +114,28 @@ class JobSpec:
         return cls(**{key: value for key, value in values.items() if value is not None})
 
     @property
-    def workers(self) -> int:
-        """How many Dask workers the job starts (one per task)."""
+    def tasks(self) -> int:
+        """How many tasks (MPI ranks in ``mpi`` mode) the job runs."""
         return self.nodes * self.ntasks_per_node
+
+    @property
+    def workers(self) -> int:
+        """How many Dask workers the job starts: one per task, less the scheduler and client ranks in mpi mode."""
+        if self.mode == "mpi":
+            return self.tasks - self.mpi_reserved_ranks
+        return self.tasks
+
+    @property
+    def mpi_reserved_ranks(self) -> int:
+        """MPI ranks that are not workers: the scheduler, and the client when there is a script."""
+        return 2 if self.client_script else 1
+
+    @property
+    def worker_lifetime(self) -> int | None:
+        """Seconds a worker lives before retiring, when a walltime is known and long enough."""
+        if self.walltime is None or self.walltime - self.lifetime_margin < 60:
+            return None
+        return self.walltime - self.lifetime_margin
 
     def scheduler_file_for(self, job_id: str) -> str:
         """The scheduler file's path for a submitted job, as the client on this machine sees it."""
@@ -107,6 +146,24 @@ class JobSpec:
             raise SpecError("mem", f"{self.mem}M", "either mem (per node) or mem_per_cpu, not both")
         if self.scheduler == "local" and self.nodes != 1:
             raise SpecError("nodes", self.nodes, "1 with the local scheduler (it runs on this machine)")
+        if self.scheduler == "local" and self.mode == "mpi":
+            raise SpecError("mode", self.mode, "scheduler-file with the local scheduler")
+        if self.mode == "mpi" and self.workers < 1:
+            needed = self.mpi_reserved_ranks + 1
+            raise SpecError("ntasks_per_node", self.ntasks_per_node,
+                            f"at least {needed} tasks in all in mpi mode (scheduler, "
+                            f"{'client, ' if self.client_script else ''}one worker); nodes x ntasks_per_node is {self.tasks}")
+        if (self.client_script or self.client_args) and self.mode != "mpi":
+            raise SpecError("client_script", self.client_script, "a client script only in mpi mode")
+        tls_files = {"tls_ca_file": self.tls_ca_file, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
+        if self.protocol == "tls":
+            for name, value in tls_files.items():
+                if value is None:
+                    raise SpecError(name, value, "a file path: protocol tls needs tls_ca_file, tls_cert and tls_key")
+        else:
+            for name, value in tls_files.items():
+                if value is not None:
+                    raise SpecError(name, value, "no TLS files unless protocol is tls")
 
 
 def _choice(options: tuple[str, ...]):
@@ -182,13 +239,29 @@ def _scheduler_file(name: str, value: object) -> str:
     stray = [p for p in _PLACEHOLDER.findall(text) if p != JOB_ID_PLACEHOLDER]
     if stray or text.endswith("/"):
         raise SpecError(name, value, "a file path, optionally containing {job_id} and starting with ~/")
+    return _optional_path(name, text)
+
+
+def _optional_path(name: str, value: object) -> str | None:
+    """A file path as the compute nodes see it: absolute (relative ones resolve here) or ~/..."""
+    if value is None:
+        return None
+    text = _one_line(name, value).strip()
     if text.startswith("~") and not text.startswith("~/"):
         raise SpecError(name, value, "a path starting with ~/ (your own home), not another user's")
-    if not text.startswith("~/") and not os.path.isabs(text):
-        text = os.path.abspath(text)
-    return text
+    return text if text.startswith("~/") or os.path.isabs(text) else os.path.abspath(text)
 
 
+def _duration_seconds(name: str, value: object) -> int:
+    if isinstance(value, int) and value >= 0:
+        return value
+    try:
+        return parse_walltime_seconds(str(value))
+    except ValueError:
+        raise SpecError(name, value, WALLTIME_HELP) from None
+
+
+_INTERFACE_HELP = "a network interface name such as ib0, eth0 or lo"
 _NAME_HELP = "letters, digits and _ . + - (at most 64, not starting with . + or -)"
 _CHECKS = {
     "scheduler": _choice(SCHEDULERS),
@@ -202,12 +275,20 @@ _CHECKS = {
     "account": _pattern(_NAME, _NAME_HELP),
     "queue": _pattern(_QUEUE, _NAME_HELP + ", or several of them separated by commas"),
     "job_name": _pattern(_NAME, _NAME_HELP, optional=False),
-    "interface": _pattern(_INTERFACE, "a network interface name such as ib0, eth0 or lo"),
+    "interface": _pattern(_INTERFACE, _INTERFACE_HELP),
+    "scheduler_interface": _pattern(_INTERFACE, _INTERFACE_HELP),
     "protocol": _choice(PROTOCOLS),
+    "tls_ca_file": _optional_path,
+    "tls_cert": _optional_path,
+    "tls_key": _optional_path,
     "scheduler_file": _scheduler_file,
     "modules": _lines(_pattern(_MODULE, "module names such as gcc/12.2 or python/3.11", optional=False)),
     "setup": _lines(_one_line),
     "python": _one_line,
+    "client_script": _optional_path,
+    "client_args": _lines(_one_line),
+    "pbs_flavor": _choice(PBS_FLAVORS),
+    "lifetime_margin": _duration_seconds,
     "scheduler_timeout": _count(5, 86_400),
 }
 

@@ -98,3 +98,34 @@ def clock_walltime(seconds: int) -> str:
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def pbs_memory(mib: int) -> str:
+    """Format MiB for ``#PBS -l mem=`` (PBS's mb is MiB).
+
+    >>> pbs_memory(4096)
+    '4096mb'
+    """
+    return f"{mib}mb"
+
+
+def lsf_memory(mib: int) -> str:
+    """Format MiB for ``#BSUB -M`` and ``rusage[mem=...]`` with an explicit unit (LSF 10.1.0.2+).
+
+    Without a unit LSF reads the number in ``LSF_UNIT_FOR_LIMITS`` (KB unless the site changed
+    it), so the unit is always written.
+
+    >>> lsf_memory(2048)
+    '2048MB'
+    """
+    return f"{mib}MB"
+
+
+def lsf_walltime(seconds: int) -> str:
+    """Format seconds for ``#BSUB -W`` as ``HH:MM``, rounding up to whole minutes.
+
+    >>> lsf_walltime(5400), lsf_walltime(61)
+    ('01:30', '00:02')
+    """
+    minutes = -(-int(seconds) // 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from hpcbridge.backends.base import Backend, BatchCommandError, JobNotFound, JobStatus
 from hpcbridge.backends.local import LocalBackend
+from hpcbridge.backends.lsf import LSFBackend
+from hpcbridge.backends.pbs import PBSBackend
 from hpcbridge.backends.slurm import SlurmBackend
 
-BACKENDS: dict[str, type] = {"slurm": SlurmBackend, "local": LocalBackend}
+BACKENDS: dict[str, type] = {"slurm": SlurmBackend, "pbs": PBSBackend, "lsf": LSFBackend, "local": LocalBackend}
 
 __all__ = ["Backend", "BatchCommandError", "JobNotFound", "JobStatus", "get_backend", "BACKENDS"]
 
 
 def get_backend(scheduler: str) -> Backend:
-    """The backend for a scheduler name as the spec spells it (``slurm``, ``local``)."""
+    """The backend for a scheduler name as the spec spells it (``slurm``, ``pbs``, ``lsf``, ``local``)."""
     try:
         return BACKENDS[scheduler]()
     except KeyError:

@@ -1,0 +1,83 @@
+"""LSF: ``bsub < script``, ``bjobs -o``, ``bkill``.
+
+No LSF runs where hpcbridge is tested: the parsing here follows IBM's documented output formats
+and is tested on those; the scripts themselves are run under an emulated LSF environment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+
+_SUBMITTED = re.compile(r"Job <(\d+(?:\[\d+\])?)> is submitted")
+_STATES = {
+    "PEND": "PENDING", "PSUSP": "PENDING", "WAIT": "PENDING",
+    "RUN": "RUNNING", "USUSP": "RUNNING", "SSUSP": "RUNNING", "PROV": "RUNNING",
+    "DONE": "COMPLETED", "EXIT": "FAILED", "ZOMBI": "FAILED", "UNKWN": "UNKNOWN",
+}
+_FIELDS = ("stat", "exit_code", "output_file", "pend_reason")
+
+
+def parse_job_id(bsub_output: str) -> str:
+    """Return the id from ``bsub``'s ``Job <1234> is submitted to queue <normal>.``
+
+    >>> parse_job_id("Job <1234> is submitted to queue <normal>.\\n")
+    '1234'
+    """
+    match = _SUBMITTED.search(bsub_output)
+    if not match:
+        raise ValueError(f"bsub printed no job id: {bsub_output.strip()!r}")
+    return match.group(1)
+
+
+def parse_bjobs(line: str) -> dict[str, str]:
+    """Split one line of ``bjobs -noheader -o "stat exit_code output_file pend_reason delimiter='|'"``.
+
+    The pending reason comes last because it is free text. ``-`` means no value.
+
+    >>> parse_bjobs("PEND|-|/home/a/job-1.out|Job's resource requirements not satisfied")["pend_reason"]
+    "Job's resource requirements not satisfied"
+    """
+    values = line.strip().split("|", len(_FIELDS) - 1)
+    return {key: value.strip() for key, value in zip(_FIELDS, values) if value.strip() not in ("", "-")}
+
+
+class LSFBackend:
+    """Submit, query and cancel LSF jobs with ``bsub``, ``bjobs`` and ``bkill``."""
+
+    name = "lsf"
+
+    def submit(self, script: str) -> str:
+        return parse_job_id(run_command(["bsub"], stdin=script))
+
+    def status(self, job_id: str) -> JobStatus:
+        fields = self._show(job_id)
+        state = _STATES.get(fields.get("stat", ""), "UNKNOWN")
+        exit_code = int(fields["exit_code"]) if fields.get("exit_code", "").isdigit() else None
+        if state == "COMPLETED":
+            exit_code = 0
+        return JobStatus(job_id, state, reason=fields.get("pend_reason"), exit_code=exit_code,
+                         log=fields.get("output_file"))
+
+    def cancel(self, job_id: str) -> None:
+        self._show(job_id)
+        run_command(["bkill", job_id])
+
+    def log_path(self, job_id: str) -> Path | None:
+        output = self._show(job_id).get("output_file")
+        return Path(output) if output else None
+
+    @staticmethod
+    def _show(job_id: str) -> dict[str, str]:
+        format_option = " ".join(_FIELDS) + " delimiter='|'"
+        try:
+            output = run_command(["bjobs", "-noheader", "-o", format_option, job_id])
+        except BatchCommandError as error:
+            if "not found" in (error.stderr + error.stdout):
+                raise JobNotFound(f"LSF does not know job {job_id}") from None
+            raise
+        if "not found" in output or not output.strip():
+            raise JobNotFound(f"LSF does not know job {job_id}")
+        return parse_bjobs(output.splitlines()[0])

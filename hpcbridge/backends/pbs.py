@@ -1,0 +1,109 @@
+"""PBS (PBS Pro, OpenPBS, Torque, and Slurm's Torque wrappers): ``qsub``, ``qstat -f``, ``qdel``.
+
+``qsub`` needs the script as a file, and where the job's output goes is not always reported
+back (Slurm's Torque wrappers ignore ``#PBS -o`` and show no ``Output_Path``), so each
+submission keeps its script and output path under ``$HPCBRIDGE_HOME/pbs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+
+_JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$")
+_ATTRIBUTE = re.compile(r"^\s+([\w.]+) = (.*)$")
+_STATES = {
+    "Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "S": "PENDING",
+    "R": "RUNNING", "B": "RUNNING", "E": "COMPLETING", "C": "COMPLETED", "F": "COMPLETED", "X": "COMPLETED",
+}
+
+
+def state_home() -> Path:
+    """Where hpcbridge keeps the scripts and output paths of PBS submissions."""
+    return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / "pbs"
+
+
+def parse_job_id(qsub_output: str) -> str:
+    """Return the job id ``qsub`` printed (``4242.server`` on PBS Pro, ``4242`` on the wrappers).
+
+    >>> parse_job_id("4242.pbs01\\n"), parse_job_id("17")
+    ('4242.pbs01', '17')
+    """
+    match = _JOB_ID.match(qsub_output)
+    if not match:
+        raise ValueError(f"qsub printed no job id: {qsub_output.strip()!r}")
+    return match.group(1)
+
+
+def parse_qstat_full(text: str) -> dict[str, str]:
+    """Return the ``key = value`` attributes of ``qstat -f`` output (continuation lines joined).
+
+    >>> parse_qstat_full("Job Id: 7\\n    job_state = Q\\n    comment = Not Running: Insuff\\n\\ticient ncpus\\n")
+    {'job_state': 'Q', 'comment': 'Not Running: Insufficient ncpus'}
+    """
+    attributes: dict[str, str] = {}
+    last = None
+    for line in text.splitlines():
+        attribute = _ATTRIBUTE.match(line)
+        if attribute:
+            last = attribute.group(1)
+            attributes[last] = attribute.group(2)
+        elif last and line.startswith("\t"):
+            attributes[last] += line.strip()
+    return attributes
+
+
+class PBSBackend:
+    """Submit, query and cancel PBS jobs with ``qsub``, ``qstat`` and ``qdel``."""
+
+    name = "pbs"
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or state_home()
+
+    def submit(self, script: str) -> str:
+        self.home.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(4)
+        script_path = self.home / f"job-{token}.sh"
+        script_path.write_text(script)
+        output = Path.cwd() / f"pbs-{token}.out"
+        job_id = parse_job_id(run_command(["qsub", "-o", str(output), "-e", str(output), str(script_path)]))
+        (self.home / f"{_safe(job_id)}.json").write_text(json.dumps({"script": str(script_path), "log": str(output)}))
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        attributes = self._show(job_id)
+        state = _STATES.get(attributes.get("job_state", ""), "UNKNOWN")
+        exit_code = int(attributes["Exit_status"]) if attributes.get("Exit_status", "").lstrip("-").isdigit() else None
+        if state == "COMPLETED" and exit_code not in (None, 0):
+            state = "FAILED"
+        return JobStatus(job_id, state, reason=attributes.get("comment"), exit_code=exit_code,
+                         log=str(self.log_path(job_id) or "") or None)
+
+    def cancel(self, job_id: str) -> None:
+        self._show(job_id)
+        run_command(["qdel", job_id])
+
+    def log_path(self, job_id: str) -> Path | None:
+        record = self.home / f"{_safe(job_id)}.json"
+        if record.exists():
+            return Path(json.loads(record.read_text())["log"])
+        return None
+
+    @staticmethod
+    def _show(job_id: str) -> dict[str, str]:
+        try:
+            return parse_qstat_full(run_command(["qstat", "-f", job_id]))
+        except BatchCommandError as error:
+            if error.returncode == 153 or "Unknown Job" in error.stderr:
+                raise JobNotFound(f"PBS does not know job {job_id}") from None
+            raise
+
+
+def _safe(job_id: str) -> str:
+    return re.sub(r"[^\w.-]", "_", job_id)

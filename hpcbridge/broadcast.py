@@ -1,0 +1,221 @@
+"""Broadcast: one object sent once from the client, copied worker to worker, kept until released.
+
+Why not ``client.scatter(x, broadcast=True)``: it routes the data through the scheduler (whose
+memory grows by the full size), and Dask's Active Memory Manager deletes the extra replicas
+within about two seconds, so tasks then fetch the data again from the one worker that still
+holds it (distributed 2026.8, measured here).
+
+How it works instead:
+
+1. The client serializes the object once and sends it straight to one worker (no scheduler hop).
+2. A :class:`BroadcastCopy` worker plugin named after the broadcast is registered. The scheduler
+   keeps only the plugin (a few hundred bytes) and runs its ``setup`` on every worker, now and on
+   every worker that joins later. ``setup`` fetches the object from a peer that holds it; each
+   holder serves at most :data:`MAX_SENDS_PER_HOLDER` copies at a time and turns the rest away,
+   so the copies spread as a tree instead of every worker pulling from the first one.
+3. The object lives in this module's :data:`_HELD` on each worker, outside Dask's key store, so
+   the Active Memory Manager never sees it and never deletes it. Dask reports it as unmanaged
+   memory. It stays until :func:`release` unregisters the plugin (or the cluster ends); a client
+   that disconnects does not take it with it.
+
+Tasks find it with :func:`value`, by name; a task never carries the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, WorkerPlugin
+from distributed.core import Status
+from distributed.protocol import Serialized, serialize, to_serialize
+
+PLUGIN_PREFIX = "hpcbridge-broadcast-"
+MAX_SENDS_PER_HOLDER = 2
+FETCH_TIMEOUT = 600.0
+_GET = "hpcbridge_broadcast_get"
+_PUT = "hpcbridge_broadcast_put"
+
+# Worker-side state, one copy per worker process.
+_HELD: dict[str, Any] = {}
+_STATS: dict[str, dict[str, Any]] = {}
+_SENDING: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """A handle to a broadcast object; pass it to ``map``, where tasks receive the object itself.
+
+    ``nbytes`` is what left the client (the serialized frames, sent once); ``seconds`` is the time
+    from the start of serialization until every worker held a copy; ``n_workers`` is how many
+    workers held it then.
+    """
+
+    name: str
+    nbytes: int
+    seconds: float
+    n_workers: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def value(name: str) -> Any:
+    """The object broadcast as ``name``, on the worker that calls this (for tasks).
+
+    Normally the copy arrived when the worker registered the broadcast's plugin; if a task runs
+    before that finished, the copy is fetched here, once.
+    """
+    try:
+        return _HELD[name]
+    except KeyError:
+        pass
+    from distributed import get_worker
+    from distributed.utils import sync
+
+    worker = get_worker()
+    if PLUGIN_PREFIX + name not in worker.plugins:
+        raise KeyError(f"no broadcast named {name!r} on this cluster (released, or never sent)")
+    sync(worker.loop, _fetch, worker, name, FETCH_TIMEOUT)
+    return _HELD[name]
+
+
+def worker_stats() -> dict[str, dict[str, Any]]:
+    """Per broadcast held on this worker: where the copy came from, how often it was fetched, bytes.
+
+    Run it on every worker with ``client.run(worker_stats)``; ``fetches`` stays 1 for a copy that
+    was never lost (0 on the worker the client sent it to).
+    """
+    return {name: dict(stats, held=name in _HELD) for name, stats in _STATS.items()}
+
+
+def _install(worker: Any) -> None:
+    worker.handlers.setdefault(_GET, _serve)
+    worker.handlers.setdefault(_PUT, _receive)
+
+
+async def _serve(comm: Any, name: str) -> Status:
+    """Send our copy of ``name`` to the asking peer, unless we are already sending enough copies."""
+    if name not in _HELD:
+        await comm.write({"status": "missing"})
+    elif _SENDING.get(name, 0) >= MAX_SENDS_PER_HOLDER:
+        await comm.write({"status": "busy"})
+    else:
+        _SENDING[name] = _SENDING.get(name, 0) + 1
+        try:
+            await comm.write({"status": "OK", "data": to_serialize(_HELD[name])})
+        finally:
+            _SENDING[name] -= 1
+    return Status.dont_reply
+
+
+def _receive(name: str, data: Any, nbytes: int) -> dict[str, str]:
+    """Take the copy the client sends (the first and only one that leaves the client)."""
+    _HELD[name] = data
+    _STATS[name] = {"source": "client", "fetches": 0, "nbytes": nbytes, "seconds": 0.0}
+    return {"status": "OK"}
+
+
+async def _fetch(worker: Any, name: str, timeout: float) -> None:
+    """Copy ``name`` from a peer that holds it: ask peers in random order until one sends it."""
+    started = time.monotonic()
+    pause = 0.02
+    while name not in _HELD:
+        identity = await worker.scheduler.identity(n_workers=-1)
+        peers = [address for address in identity["workers"] if address != worker.address]
+        random.shuffle(peers)
+        for peer in peers:
+            try:
+                reply = await worker.rpc(peer).hpcbridge_broadcast_get(name=name)
+            except (OSError, KeyError):
+                continue  # the peer left, or does not speak hpcbridge (yet)
+            if isinstance(reply, dict) and reply.get("status") == "OK":
+                stats = _STATS.setdefault(name, {"fetches": 0})
+                stats.update(source=peer, nbytes=_nbytes(reply["data"]),
+                             seconds=time.monotonic() - started)
+                stats["fetches"] += 1
+                _HELD[name] = reply["data"]
+                return
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"no peer sent broadcast {name!r} within {timeout:.0f} s")
+        await asyncio.sleep(pause)
+        pause = min(0.5, pause * 2)
+
+
+def _nbytes(obj: Any) -> int:
+    return int(getattr(obj, "nbytes", 0))
+
+
+class BroadcastService(WorkerPlugin):
+    """Teaches every worker the two messages broadcasts use (send a copy, take the client's copy)."""
+
+    idempotent = True
+    name = "hpcbridge-service"
+
+    def setup(self, worker: Any) -> None:
+        _install(worker)
+
+
+class BroadcastCopy(WorkerPlugin):
+    """Holds one broadcast on a worker: fetched from a peer at setup, dropped at teardown."""
+
+    def __init__(self, name: str) -> None:
+        self.broadcast_name = name
+
+    async def setup(self, worker: Any) -> None:
+        _install(worker)
+        if self.broadcast_name not in _HELD:
+            await _fetch(worker, self.broadcast_name, FETCH_TIMEOUT)
+
+    def teardown(self, worker: Any) -> None:
+        _HELD.pop(self.broadcast_name, None)
+        _STATS.pop(self.broadcast_name, None)
+
+
+def send(client: Client, obj: Any, name: str | None = None) -> Broadcast:
+    """Broadcast ``obj`` to every worker of ``client``'s cluster; see the module's docstring."""
+    name = name or f"b-{secrets.token_hex(6)}"
+    started = time.perf_counter()
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise RuntimeError("no workers to broadcast to: wait for workers first")
+    client.register_plugin(BroadcastService())
+    header, frames = serialize(obj)
+    nbytes = sum(memoryview(frame).nbytes for frame in frames)
+    first = random.choice(workers)
+
+    async def put() -> None:
+        reply = await client.rpc(first).hpcbridge_broadcast_put(
+            name=name, data=Serialized(header, frames), nbytes=_nbytes(obj))
+        if reply != {"status": "OK"}:
+            raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
+
+    client.sync(put)
+    del header, frames
+    responses = client.register_plugin(BroadcastCopy(name), name=PLUGIN_PREFIX + name)
+    failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
+    if failed:
+        raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")
+    return Broadcast(name, nbytes, time.perf_counter() - started, len(responses or {}))
+
+
+def release(client: Client, name: str) -> None:
+    """Drop broadcast ``name`` from every worker; later workers will not fetch it."""
+    try:
+        client.unregister_worker_plugin(PLUGIN_PREFIX + name)
+    except ValueError:
+        raise KeyError(f"no broadcast named {name!r} on this cluster") from None
+
+
+def names(client: Client) -> list[str]:
+    """The broadcasts the cluster holds now, by name."""
+    return [name[len(PLUGIN_PREFIX):] for name in client.run_on_scheduler(_plugin_names)
+            if name.startswith(PLUGIN_PREFIX)]
+
+
+def _plugin_names(dask_scheduler: Any) -> list[str]:
+    return list(dask_scheduler.worker_plugins)

@@ -1,0 +1,112 @@
+"""Name a Python function as text ("module:function" or "path/to/file.py:function") and ship it.
+
+MATLAB users cannot hand Python a function object they defined in Python, and a function from a
+module that exists only on the user's machine cannot be unpickled by name on the workers, nor on
+the scheduler, which also unpickles task graphs. Functions from such modules are therefore
+pickled *by value* (cloudpickle copies their code); functions from installed packages (NumPy,
+SciPy, the standard library, anything under site-packages) are pickled by name as usual, because
+the cluster's environment has them.
+
+What by-value pickling cannot ship: other local modules that the user's module imports. Those
+must be installed on the cluster, or be in the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+
+
+class FunctionSpecError(ValueError):
+    """A function named as text could not be found; says what was looked for and where."""
+
+
+def resolve(spec: str | Callable[..., Any]) -> Callable[..., Any]:
+    """The function ``spec`` names, made ready to run on the cluster.
+
+    ``spec`` is a callable (returned as is, after registering its module for by-value pickling
+    when that module is local), ``"package.module:function"``, or ``"path/to/file.py:function"``
+    (``~`` is expanded; relative paths are relative to the current folder).
+
+    >>> resolve("operator:neg")(3)
+    -3
+    """
+    if callable(spec):
+        module = sys.modules.get(getattr(spec, "__module__", "") or "")
+        if module is not None:
+            _ship_if_local(module)
+        return spec
+    if not isinstance(spec, str) or ":" not in spec.rstrip(":"):
+        raise FunctionSpecError(
+            f"a function is named 'module:function' or 'path/to/file.py:function', not {spec!r}")
+    target, _, attribute = spec.rpartition(":")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        module = _load_file(Path(target).expanduser())
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as error:
+            raise FunctionSpecError(f"cannot import module {target!r} for {spec!r}: {error}") from None
+        _ship_if_local(module)
+    function = module
+    for part in attribute.split("."):
+        try:
+            function = getattr(function, part)
+        except AttributeError:
+            raise FunctionSpecError(f"{target!r} has no attribute {attribute!r}") from None
+    if not callable(function):
+        raise FunctionSpecError(f"{spec!r} is a {type(function).__name__}, not a function")
+    return function
+
+
+def _load_file(path: Path) -> ModuleType:
+    """Import a .py file under a name made from its path and contents; a changed file reloads."""
+    path = path.resolve()
+    try:
+        source = path.read_bytes()
+    except OSError as error:
+        raise FunctionSpecError(f"cannot read {path}: {error.strerror}") from None
+    digest = hashlib.sha1(str(path).encode() + b"\0" + source).hexdigest()[:12]
+    name = f"hpcbridge_user_{path.stem}_{digest}"
+    if name not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        cloudpickle.register_pickle_by_value(module)
+    return sys.modules[name]
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    return tuple(str(Path(root).resolve()) + os.sep for root in roots)
+
+
+def _ship_if_local(module: ModuleType) -> None:
+    """Pickle ``module``'s functions by value unless the cluster can import it by name."""
+    if module.__name__ in ("__main__", "builtins", "hpcbridge") or module.__name__.startswith(
+            ("hpcbridge.", "hpcbridge_user_")):
+        return  # __main__ is by value already; hpcbridge is installed wherever Dask runs
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return  # built-in or namespace module: importable wherever Python is
+    if str(Path(file).resolve()).startswith(_installed_roots()):
+        return
+    if module.__name__ not in cloudpickle.list_registry_pickle_by_value():
+        cloudpickle.register_pickle_by_value(module)

@@ -1,0 +1,105 @@
+"""The program every MPI rank runs in ``mpi`` mode: a Dask cluster as one MPI job, via dask-mpi.
+
+Rank 0 runs the scheduler and writes the scheduler file; with ``--client-script``, rank 1 runs
+that script (as ``__main__``, with ``--client-arg`` values as its arguments) and the cluster
+ends when it returns; every other rank is a worker with a pinned thread count. Without a client
+script the cluster runs until an outside client shuts it down.
+
+Two things dask-mpi leaves to its caller are done here: the world size is checked first, with
+the minimum stated, and a client script that raises still closes the cluster and makes the job
+fail, instead of leaving every rank waiting until the walltime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+import threading
+import traceback
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Read the options the dask-mpi job template passes."""
+    parser = argparse.ArgumentParser(prog="python -m hpcbridge.mpi_job", description=__doc__.splitlines()[0])
+    parser.add_argument("--scheduler-file", required=True)
+    parser.add_argument("--nthreads", type=int, required=True)
+    parser.add_argument("--memory-limit", default="auto")
+    parser.add_argument("--interface", default=None)
+    parser.add_argument("--scheduler-interface", default=None)
+    parser.add_argument("--protocol", default="tcp")
+    parser.add_argument("--lifetime", type=int, default=None, help="seconds before workers retire")
+    parser.add_argument("--client-script", default=None)
+    parser.add_argument("--client-arg", action="append", default=[])
+    return parser.parse_args(argv)
+
+
+def minimum_world_size(with_client: bool) -> int:
+    """Ranks needed: the scheduler, the client if any, and at least one worker."""
+    return 3 if with_client else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run this rank's part of the cluster; return the process exit status."""
+    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    needed = minimum_world_size(options.client_script is not None)
+    if comm.Get_size() < needed:
+        if comm.Get_rank() == 0:
+            print(f"hpcbridge: mpi mode needs at least {needed} MPI ranks (scheduler, "
+                  f"{'client, ' if options.client_script else ''}one worker); this job has {comm.Get_size()}",
+                  file=sys.stderr)
+        return 1
+
+    from dask_mpi import execute
+
+    outcome = _ClientOutcome()
+    worker_options = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
+    if options.scheduler_interface and comm.Get_rank() == 0:
+        interface = options.scheduler_interface
+    else:
+        interface = options.interface
+    execute(
+        client_function=outcome.run if options.client_script else None,
+        client_args=(options.client_script, options.client_arg),
+        scheduler_file=options.scheduler_file,
+        scheduler_port=0,
+        dashboard_address=":0",
+        interface=interface,
+        protocol=options.protocol,
+        nthreads=options.nthreads,
+        memory_limit=options.memory_limit,
+        worker_options=worker_options,
+        comm=comm,
+    )
+    if options.client_script and comm.Get_rank() == 1:
+        outcome.finished.wait()
+        return outcome.status
+    return 0
+
+
+class _ClientOutcome:
+    """Runs the client script and remembers how it ended, whatever it raised."""
+
+    def __init__(self) -> None:
+        self.finished = threading.Event()
+        self.status = 1
+
+    def run(self, script: str, arguments: list[str]) -> None:
+        sys.argv = [script, *arguments]
+        try:
+            runpy.run_path(script, run_name="__main__")
+            self.status = 0
+        except SystemExit as stop:
+            self.status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            print(f"hpcbridge: the client script {script} failed; closing the cluster", file=sys.stderr)
+        finally:
+            self.finished.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

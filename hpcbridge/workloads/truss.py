@@ -1,0 +1,447 @@
+"""Direct frequency response of a 2-D truss: solve (K + iωC − ω²M) x = P(ω) b at many ω.
+
+The model: pin-jointed bars, two displacements per node, lumped mass, stiffness-proportional
+damping C = ``damping`` K, supports where x is smallest, a unit load ``b`` on one node.
+Meshes come from :func:`structured_mesh` (any size) or :func:`read_triangle` (Triangle's
+``.node``/``.ele`` files; every triangle edge becomes a bar).
+
+The matrix is complex symmetric with the same sparsity at every frequency. :class:`Pattern`
+holds that sparsity once (the full matrix for SciPy, its upper triangle for PARDISO) with
+K, C and M aligned to it, so a frequency only updates values: ``Kv + iωCv − ω²Mv``.
+
+Solvers, chosen on measurements here (FACTS.md, "Numerical kernels"):
+
+* ``pardiso``: MKL PARDISO in complex symmetric mode (mtype 6) through ``ctypes``, the ordering
+  and symbolic analysis done once per worker and model, a numeric factorisation per frequency:
+  4.6-6.9x faster than ``spsolve``. MKL comes from PyPI (the ``mkl`` wheel puts
+  ``libmkl_rt.so`` in the environment's ``lib``); ``HPCBRIDGE_MKL_RT`` names another library.
+* ``superlu``: SciPy's SuperLU with ``MMD_AT_PLUS_A`` ordering and ``SymmetricMode``: 1.3-1.7x,
+  always there. ``auto`` takes ``pardiso`` when MKL loads and falls back to this otherwise.
+* ``spsolve``: plain ``scipy.sparse.linalg.spsolve``, the baseline.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import math
+import os
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from hpcbridge.bridge import Bridge
+
+SOLVERS = ("auto", "pardiso", "superlu", "spsolve")
+
+
+# --- meshes ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mesh:
+    """Nodes (n x 2 coordinates), bars (m x 2 node indices), supported nodes, the loaded node."""
+
+    nodes: np.ndarray
+    bars: np.ndarray
+    fixed: np.ndarray
+    load_node: int
+    load_direction: int = 1  # 0: x, 1: y
+
+    @property
+    def free_dofs(self) -> int:
+        return 2 * (len(self.nodes) - len(self.fixed))
+
+
+def structured_mesh(nx: int, ny: int, spacing: float = 1.0) -> Mesh:
+    """A cantilever of ``nx`` x ``ny`` square cells, each with its four sides and both diagonals.
+
+    Nodes at x = 0 are supported; the load acts in +y at the top right node.
+    ``2 * nx * (ny + 1)`` free displacements: 60 x 60 gives 7320, 273 x 273 gives 149604.
+    """
+    if nx < 1 or ny < 1:
+        raise ValueError(f"a mesh needs at least one cell each way, not {nx} x {ny}")
+    ids = np.arange((nx + 1) * (ny + 1)).reshape(nx + 1, ny + 1)  # ids[i, j]: node at (i, j)
+    xs, ys = np.meshgrid(np.arange(nx + 1) * spacing, np.arange(ny + 1) * spacing, indexing="ij")
+    nodes = np.column_stack([xs.ravel(), ys.ravel()])
+    bars = np.concatenate([
+        np.column_stack([ids[:-1, :].ravel(), ids[1:, :].ravel()]),      # along x
+        np.column_stack([ids[:, :-1].ravel(), ids[:, 1:].ravel()]),      # along y
+        np.column_stack([ids[:-1, :-1].ravel(), ids[1:, 1:].ravel()]),   # diagonals /
+        np.column_stack([ids[1:, :-1].ravel(), ids[:-1, 1:].ravel()]),   # diagonals \
+    ])
+    return Mesh(nodes, bars, fixed=ids[0, :].copy(), load_node=int(ids[nx, ny]))
+
+
+def _data_lines(path: Path) -> list[list[str]]:
+    lines = []
+    for raw in Path(path).read_text().splitlines():
+        words = raw.split("#", 1)[0].split()
+        if words:
+            lines.append(words)
+    return lines
+
+
+def read_triangle(base: str | os.PathLike[str]) -> Mesh:
+    """Read Triangle's ``base.node`` and ``base.ele``; each triangle edge becomes one bar.
+
+    Either numbering (from 0 or from 1) is accepted, as Triangle writes both; ``#`` starts a
+    comment. Nodes with the smallest x are supported; the load is on the node with the largest
+    x (the largest y among ties), in +y.
+    """
+    base = str(base)
+    for suffix in (".node", ".ele"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    node_lines = _data_lines(Path(base + ".node"))
+    count, dim, attributes, markers = (int(w) for w in node_lines[0][:4])
+    if dim != 2:
+        raise ValueError(f"{base}.node: dimension {dim}, only 2-D meshes are supported")
+    if count < 1 or len(node_lines) - 1 < count:
+        raise ValueError(f"{base}.node: header says {count} nodes, file has {len(node_lines) - 1}")
+    rows = node_lines[1: 1 + count]
+    first = int(rows[0][0])
+    index = np.array([int(r[0]) for r in rows]) - first
+    nodes = np.empty((count, 2))
+    nodes[index] = [(float(r[1]), float(r[2])) for r in rows]
+
+    ele_lines = _data_lines(Path(base + ".ele"))
+    triangles, corners_per = int(ele_lines[0][0]), int(ele_lines[0][1])
+    if corners_per not in (3, 6):
+        raise ValueError(f"{base}.ele: {corners_per} nodes per triangle, expected 3 or 6")
+    corners = np.array([[int(w) for w in r[1:4]] for r in ele_lines[1: 1 + triangles]]) - first
+    if corners.size == 0 or corners.min() < 0 or corners.max() >= count:
+        raise ValueError(f"{base}.ele: node numbers outside 0..{count - 1} (after numbering from {first})")
+    edges = np.concatenate([corners[:, [0, 1]], corners[:, [1, 2]], corners[:, [2, 0]]])
+    bars = np.unique(np.sort(edges, axis=1), axis=0)
+
+    span = np.ptp(nodes[:, 0]) or 1.0
+    fixed = np.flatnonzero(nodes[:, 0] <= nodes[:, 0].min() + 1e-9 * span)
+    load = np.lexsort((nodes[:, 1], nodes[:, 0]))[-1]
+    return Mesh(nodes, bars, fixed=fixed, load_node=int(load))
+
+
+def structured_triangles(nx: int, ny: int, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and triangles of an ``nx`` x ``ny`` grid of cells, each cut along its / diagonal."""
+    ids = np.arange((nx + 1) * (ny + 1)).reshape(nx + 1, ny + 1)
+    xs, ys = np.meshgrid(np.arange(nx + 1) * spacing, np.arange(ny + 1) * spacing, indexing="ij")
+    a, b, c, d = ids[:-1, :-1].ravel(), ids[1:, :-1].ravel(), ids[1:, 1:].ravel(), ids[:-1, 1:].ravel()
+    triangles = np.concatenate([np.column_stack([a, b, c]), np.column_stack([a, c, d])])
+    return np.column_stack([xs.ravel(), ys.ravel()]), triangles
+
+
+def write_triangle(nodes: np.ndarray, triangles: np.ndarray, base: str | os.PathLike[str], first: int = 1) -> None:
+    """Write ``base.node`` and ``base.ele`` as Triangle does, numbered from ``first``."""
+    with open(f"{base}.node", "w") as out:
+        out.write(f"# {len(nodes)} nodes, written by hpcbridge\n{len(nodes)} 2 0 0\n")
+        for i, (x, y) in enumerate(nodes):
+            out.write(f"{i + first} {x!r} {y!r}\n")
+    with open(f"{base}.ele", "w") as out:
+        out.write(f"{len(triangles)} 3 0\n")
+        for i, (p, q, r) in enumerate(triangles):
+            out.write(f"{i + first} {p + first} {q + first} {r + first}\n")
+
+
+# --- the model ------------------------------------------------------------------------------
+
+@dataclass
+class Model:
+    """K, C, M over the free displacements, the load vector b, and where to read the response."""
+
+    K: object
+    C: object
+    M: object
+    b: np.ndarray
+    outputs: np.ndarray
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def size(self) -> int:
+        return self.K.shape[0]
+
+
+def assemble(mesh: Mesh, youngs: float = 210e9, area: float = 1e-4, density: float = 7850.0,
+             damping: float = 0.004) -> Model:
+    """Stiffness, mass (lumped: half of each bar at each end) and damping ``C = damping * K``."""
+    import scipy.sparse as sp
+
+    start, end = mesh.nodes[mesh.bars[:, 0]], mesh.nodes[mesh.bars[:, 1]]
+    delta = end - start
+    length = np.hypot(delta[:, 0], delta[:, 1])
+    if np.any(length <= 0):
+        raise ValueError("the mesh has a bar of zero length")
+    c, s = delta[:, 0] / length, delta[:, 1] / length
+    direction = np.column_stack([-c, -s, c, s])  # the bar's axial strain from its 4 end displacements
+    local = (youngs * area / length)[:, None, None] * direction[:, :, None] * direction[:, None, :]
+    dofs = np.column_stack([2 * mesh.bars[:, 0], 2 * mesh.bars[:, 0] + 1, 2 * mesh.bars[:, 1], 2 * mesh.bars[:, 1] + 1])
+    total = 2 * len(mesh.nodes)
+    K = sp.coo_matrix((local.ravel(), (np.repeat(dofs, 4, axis=1).ravel(), np.tile(dofs, (1, 4)).ravel())),
+                      shape=(total, total)).tocsr()
+    node_mass = np.bincount(mesh.bars.ravel(), weights=np.repeat(density * area * length / 2, 2), minlength=len(mesh.nodes))
+    mass = np.repeat(node_mass, 2)
+
+    keep = np.ones(total, bool)
+    keep[2 * mesh.fixed] = keep[2 * mesh.fixed + 1] = False
+    free = np.flatnonzero(keep)
+    position = np.full(total, -1)
+    position[free] = np.arange(len(free))
+    K = K[free][:, free].tocsr()
+    K.sum_duplicates()
+    K.sort_indices()
+    M = sp.diags(mass[free]).tocsr()
+    load_dof = position[2 * mesh.load_node + mesh.load_direction]
+    if load_dof < 0:
+        raise ValueError("the load acts on a supported node")
+    b = np.zeros(len(free))
+    b[load_dof] = 1.0
+    return Model(K=K, C=(damping * K).tocsr(), M=M, b=b, outputs=np.array([load_dof]))
+
+
+def first_frequency_estimate(model: Model) -> float:
+    """ω₁ from the static deflection's Rayleigh quotient, ω² = bᵀx / xᵀMx with Kx = b (one solve)."""
+    from scipy.sparse.linalg import splu
+
+    x = splu(model.K.tocsc()).solve(model.b)
+    return math.sqrt(float(model.b @ x) / float(x @ (model.M @ x)))
+
+
+class Pattern:
+    """The sparsity of K + iωC − ω²M, once: full (CSR) and upper triangle, with K, C, M aligned."""
+
+    def __init__(self, model: Model) -> None:
+        import scipy.sparse as sp
+
+        n = model.size
+        union = (abs(model.K) + abs(model.C) + abs(model.M) + sp.identity(n, format="csr")).tocsr()
+        union.sort_indices()
+        self.n = n
+        self.indptr, self.indices = union.indptr.astype(np.int32), union.indices.astype(np.int32)
+        self.full = [self._align(union, m) for m in (model.K, model.C, model.M)]
+        upper = sp.triu(union, format="csr")
+        upper.sort_indices()
+        self.upper_indptr, self.upper_indices = upper.indptr.astype(np.int32), upper.indices.astype(np.int32)
+        self.upper = [self._align(upper, sp.triu(m, format="csr")) for m in (model.K, model.C, model.M)]
+
+    @staticmethod
+    def _align(pattern, matrix) -> np.ndarray:
+        """The values of ``matrix`` at the positions of ``pattern`` (zero where it has none)."""
+        coo = matrix.tocoo()
+        rows = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(pattern.indptr))
+        keys = rows * pattern.shape[1] + pattern.indices
+        where = np.searchsorted(keys, coo.row.astype(np.int64) * pattern.shape[1] + coo.col)
+        values = np.zeros(len(keys))
+        np.add.at(values, where, coo.data)
+        return values
+
+    def values(self, omega: float, upper: bool = False) -> np.ndarray:
+        k, c, m = self.upper if upper else self.full
+        return k + (1j * omega) * c - (omega * omega) * m
+
+    def matrix(self, omega: float):
+        """K + iωC − ω²M as a SciPy CSR matrix."""
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.values(omega), self.indices, self.indptr), shape=(self.n, self.n))
+
+
+# --- solvers --------------------------------------------------------------------------------
+
+def _mkl_candidates() -> list[str]:
+    named = os.environ.get("HPCBRIDGE_MKL_RT")
+    if named:
+        return [named]
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")), reverse=True)
+    return found + ["libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"]
+
+
+@cache
+def _mkl() -> ctypes.CDLL | None:
+    for candidate in _mkl_candidates():
+        try:
+            library = ctypes.CDLL(candidate)
+            library.pardiso  # noqa: B018 - the symbol must be there
+            return library
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def pardiso_available() -> bool:
+    """Whether MKL PARDISO can be loaded here (on a worker, ask there)."""
+    return _mkl() is not None
+
+
+def resolve_solver(name: str) -> str:
+    """``auto`` becomes ``pardiso`` when MKL loads, ``superlu`` otherwise; others are checked."""
+    if name not in SOLVERS:
+        raise ValueError(f"solver {name!r}: choose one of {', '.join(SOLVERS)}")
+    if name == "auto":
+        return "pardiso" if pardiso_available() else "superlu"
+    if name == "pardiso" and not pardiso_available():
+        raise RuntimeError("MKL PARDISO is not loadable here: pip install mkl, or set HPCBRIDGE_MKL_RT "
+                           "to a libmkl_rt.so; or choose --solver superlu")
+    return name
+
+
+class PardisoSolver:
+    """MKL PARDISO, complex symmetric (mtype 6): analysis once, then factorise and solve per ω."""
+
+    MTYPE = 6
+
+    def __init__(self, pattern: Pattern, threads: int = 1) -> None:
+        library = _mkl()
+        if library is None:
+            raise RuntimeError("MKL PARDISO is not loadable here")
+        self._lib = library
+        library.MKL_Set_Interface_Layer(0)  # LP64: 32-bit integers
+        library.MKL_Set_Num_Threads(ctypes.c_int(threads))
+        self.pattern = pattern
+        self.n = pattern.n
+        self._pt = np.zeros(64, np.int64)
+        self._iparm = np.zeros(64, np.int32)
+        self._a = pattern.values(0.0, upper=True)
+        mtype = ctypes.c_int32(self.MTYPE)
+        library.pardisoinit(self._pt.ctypes.data_as(ctypes.c_void_p), ctypes.byref(mtype),
+                            self._iparm.ctypes.data_as(ctypes.c_void_p))
+        self._iparm[34] = 1  # zero-based ia/ja
+        self._call(11, np.zeros(self.n, complex), np.zeros(self.n, complex))
+        self._analysed = True
+
+    def _call(self, phase: int, b: np.ndarray, x: np.ndarray) -> None:
+        i32 = ctypes.c_int32
+        error = i32(0)
+        p = self.pattern
+        self._lib.pardiso(
+            self._pt.ctypes.data_as(ctypes.c_void_p), ctypes.byref(i32(1)), ctypes.byref(i32(1)),
+            ctypes.byref(i32(self.MTYPE)), ctypes.byref(i32(phase)), ctypes.byref(i32(self.n)),
+            self._a.ctypes.data_as(ctypes.c_void_p), p.upper_indptr.ctypes.data_as(ctypes.c_void_p),
+            p.upper_indices.ctypes.data_as(ctypes.c_void_p), None, ctypes.byref(i32(1)),
+            self._iparm.ctypes.data_as(ctypes.c_void_p), ctypes.byref(i32(0)),
+            b.ctypes.data_as(ctypes.c_void_p), x.ctypes.data_as(ctypes.c_void_p), ctypes.byref(error))
+        if error.value != 0:
+            raise RuntimeError(f"PARDISO phase {phase} failed with error {error.value}")
+
+    def solve(self, omega: float, rhs: np.ndarray) -> np.ndarray:
+        self._a[:] = self.pattern.values(omega, upper=True)
+        b = np.ascontiguousarray(rhs, dtype=complex)
+        x = np.zeros(self.n, complex)
+        self._call(23, b, x)
+        return x
+
+    def close(self) -> None:
+        if getattr(self, "_analysed", False):
+            self._call(-1, np.zeros(1, complex), np.zeros(1, complex))
+            self._analysed = False
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class SuperLUSolver:
+    """SciPy SuperLU ordered on AᵀA's symmetric structure (``MMD_AT_PLUS_A``), ``SymmetricMode``."""
+
+    def __init__(self, pattern: Pattern, threads: int = 1) -> None:
+        self.pattern = pattern
+
+    def solve(self, omega: float, rhs: np.ndarray) -> np.ndarray:
+        from scipy.sparse.linalg import splu
+
+        factor = splu(self.pattern.matrix(omega).tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.01,
+                      options={"SymmetricMode": True})
+        return factor.solve(np.asarray(rhs, dtype=complex))
+
+    def close(self) -> None:
+        pass
+
+
+class SpsolveSolver:
+    """``scipy.sparse.linalg.spsolve`` on K + iωC − ω²M built anew each time: the baseline."""
+
+    def __init__(self, pattern: Pattern, threads: int = 1, model: Model | None = None) -> None:
+        self.pattern = pattern
+
+    def solve(self, omega: float, rhs: np.ndarray) -> np.ndarray:
+        from scipy.sparse.linalg import spsolve
+
+        return spsolve(self.pattern.matrix(omega).tocsc(), np.asarray(rhs, dtype=complex))
+
+    def close(self) -> None:
+        pass
+
+
+_SOLVER_CLASSES = {"pardiso": PardisoSolver, "superlu": SuperLUSolver, "spsolve": SpsolveSolver}
+_WORKER_STATE: dict[str, object] = {}
+
+
+def solver_for(model: Model, name: str = "auto", threads: int = 1):
+    """A solver for ``model``, kept for the next call with the same model (one per process).
+
+    On a worker the broadcast model stays the same object for every task, so PARDISO's
+    analysis and the aligned pattern are done once per worker, not once per task.
+    """
+    name = resolve_solver(name)
+    key = (model.key, name, threads)
+    if _WORKER_STATE.get("key") != key:
+        old = _WORKER_STATE.pop("solver", None)
+        if old is not None:
+            old.close()
+        pattern = _WORKER_STATE["pattern"] if _WORKER_STATE.get("model") == model.key else Pattern(model)
+        _WORKER_STATE.update(key=key, model=model.key, pattern=pattern,
+                             solver=_SOLVER_CLASSES[name](pattern, threads=threads))
+    return _WORKER_STATE["solver"]
+
+
+def relative_residual(pattern: Pattern, omega: float, x: np.ndarray, rhs: np.ndarray) -> float:
+    """‖A(ω)x − rhs‖ / ‖rhs‖."""
+    return float(np.linalg.norm(pattern.matrix(omega) @ x - rhs) / np.linalg.norm(rhs))
+
+
+@dataclass
+class Response:
+    """The response at the model's output displacements, one row per frequency."""
+
+    omegas: np.ndarray
+    outputs: np.ndarray
+    residuals: np.ndarray
+    solver: str
+
+
+def solve_frequencies(omegas: Sequence[float], model: Model, solver: str = "auto", threads: int = 1,
+                      amplitude: Callable[[float], complex] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Solve at each ω; return the outputs (len(ω) x outputs), the residuals and the solver's name."""
+    chosen = solver_for(model, solver, threads)
+    outputs = np.empty((len(omegas), len(model.outputs)), complex)
+    residuals = np.empty(len(omegas))
+    for i, omega in enumerate(omegas):
+        rhs = model.b * (1.0 if amplitude is None else amplitude(omega))
+        x = chosen.solve(float(omega), rhs)
+        outputs[i] = x[model.outputs]
+        residuals[i] = relative_residual(chosen.pattern, float(omega), x, rhs)
+    return outputs, residuals, resolve_solver(solver)
+
+
+def _task(args: tuple, model: Model) -> tuple[np.ndarray, np.ndarray, str]:
+    omegas, solver, threads, amplitude = args
+    return solve_frequencies(omegas, model, solver, threads, amplitude)
+
+
+def frequency_response(bridge: Bridge, model: Model, omegas: Sequence[float], solver: str = "auto",
+                       per_task: int | None = None, threads: int = 1,
+                       amplitude: Callable[[float], complex] | None = None) -> Response:
+    """Broadcast the model once, spread the frequencies over the workers, gather in order."""
+    omegas = np.asarray(omegas, float)
+    workers = max(1, bridge.n_workers)
+    per_task = per_task or max(1, math.ceil(len(omegas) / (4 * workers)))
+    handle = bridge.broadcast(model)
+    chunks = [omegas[i:i + per_task] for i in range(0, len(omegas), per_task)]
+    results = bridge.gather(bridge.map(_task, [(chunk, solver, threads, amplitude) for chunk in chunks], handle))
+    names = {name for _, _, name in results}
+    return Response(omegas=omegas, outputs=np.concatenate([r[0] for r in results]),
+                    residuals=np.concatenate([r[1] for r in results]), solver=",".join(sorted(names)))
