@@ -63,6 +63,11 @@ class Broadcast:
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def named(cls, name: str) -> Broadcast:
+        """A handle to a broadcast that another client sent, known by its name."""
+        return cls(name, 0, 0.0, 0)
+
 
 def value(name: str) -> Any:
     """The object broadcast as ``name``, on the worker that calls this (for tasks).

@@ -27,12 +27,53 @@ from typing import Any
 import cloudpickle
 
 
+class ShippedFunction:
+    """A function that travels as cloudpickle bytes, so by-value pickling applies wherever it is nested.
+
+    distributed pickles a task with the standard pickle first and asks cloudpickle only when the
+    *outermost* object's module is registered for by-value pickling; a function nested in a task
+    (or in hpcbridge's chunk object) would go by reference and fail to unpickle on the scheduler
+    ("Error during deserialization of the task graph"). Each process unpickles a given function
+    once and keeps it.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self._payload: bytes | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        if self._payload is None:
+            self._payload = cloudpickle.dumps(self.fn)
+        return _unship, (self._payload,)
+
+    def __repr__(self) -> str:
+        return f"<shipped {self.__qualname__}>"
+
+
+_UNSHIPPED: dict[bytes, ShippedFunction] = {}
+
+
+def _unship(payload: bytes) -> ShippedFunction:
+    shipped = _UNSHIPPED.get(payload)
+    if shipped is None:
+        if len(_UNSHIPPED) > 64:
+            _UNSHIPPED.clear()
+        shipped = _UNSHIPPED[payload] = ShippedFunction(cloudpickle.loads(payload))
+        shipped._payload = payload
+    return shipped
+
+
 class FunctionSpecError(ValueError):
     """A function named as text could not be found; says what was looked for and where."""
 
 
-def resolve(spec: str | Callable[..., Any]) -> Callable[..., Any]:
-    """The function ``spec`` names, made ready to run on the cluster.
+def resolve(spec: str | Callable[..., Any]) -> ShippedFunction:
+    """The function ``spec`` names, made ready to run on the cluster (see :class:`ShippedFunction`).
 
     ``spec`` is a callable (returned as is, after registering its module for by-value pickling
     when that module is local), ``"package.module:function"``, or ``"path/to/file.py:function"``
@@ -41,11 +82,13 @@ def resolve(spec: str | Callable[..., Any]) -> Callable[..., Any]:
     >>> resolve("operator:neg")(3)
     -3
     """
+    if isinstance(spec, ShippedFunction):
+        return spec
     if callable(spec):
         module = sys.modules.get(getattr(spec, "__module__", "") or "")
         if module is not None:
             _ship_if_local(module)
-        return spec
+        return ShippedFunction(spec)
     if not isinstance(spec, str) or ":" not in spec.rstrip(":"):
         raise FunctionSpecError(
             f"a function is named 'module:function' or 'path/to/file.py:function', not {spec!r}")
@@ -66,7 +109,7 @@ def resolve(spec: str | Callable[..., Any]) -> Callable[..., Any]:
             raise FunctionSpecError(f"{target!r} has no attribute {attribute!r}") from None
     if not callable(function):
         raise FunctionSpecError(f"{spec!r} is a {type(function).__name__}, not a function")
-    return function
+    return ShippedFunction(function)
 
 
 def _load_file(path: Path) -> ModuleType:

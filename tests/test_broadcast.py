@@ -1,0 +1,146 @@
+"""Broadcast on a real local cluster: sent once, never through the scheduler, kept past the AMM."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from hpcbridge import broadcast, jobs
+from hpcbridge.bridge import Bridge, connect
+from hpcbridge.spec import JobSpec
+from tests.conftest import job_processes, wait_for
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
+
+MB = 2**20
+
+
+def peak_rss_bytes() -> int:
+    """The calling process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def amm_interval(dask_scheduler) -> float | None:
+    """The Active Memory Manager's interval when it runs on this scheduler, else None."""
+    amm = dask_scheduler.extensions.get("amm")
+    return amm.interval if amm is not None and amm.running else None
+
+
+def total(values: np.ndarray, weights: np.ndarray) -> float:
+    return float(values.sum() * weights[0])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
+    """A 3-worker local job shared by this module's tests, cancelled and checked gone at the end."""
+    folder = tmp_path_factory.mktemp("broadcast-cluster")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=3, cpus_per_task=1, python=sys.executable,
+                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
+        try:
+            with connect(job.scheduler_file, n_workers=3, timeout=60) as bridge:
+                yield job, bridge
+        finally:
+            job.cancel()
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+
+
+def test_broadcast_is_sent_once_copied_by_workers_and_survives_the_memory_manager(cluster) -> None:
+    job, bridge = cluster
+    interval = bridge.client.run_on_scheduler(amm_interval)
+    assert interval is not None, "the Active Memory Manager must be running for this test to mean anything"
+    scheduler_peak = bridge.client.run_on_scheduler(peak_rss_bytes)
+    data = np.random.default_rng(1).random(25_000_000)  # 200 MB
+
+    handle = bridge.broadcast(data)
+
+    assert handle.nbytes == data.nbytes  # left the client once, not once per worker
+    assert handle.n_workers == 3
+    assert handle.name in bridge.broadcasts()
+    time.sleep(2 * interval + 1)
+    items = [np.full(10, float(i)) for i in range(12)]
+    results = bridge.gather(bridge.map(total, items, handle, progress=False))
+    assert results == [total(item, data) for item in items]
+    stats = bridge.client.run(broadcast.worker_stats)
+    copies = [per_worker[handle.name] for per_worker in stats.values()]
+    assert all(copy["held"] for copy in copies)
+    assert sorted(copy["source"] == "client" for copy in copies) == [False, False, True]
+    assert sorted(copy["fetches"] for copy in copies) == [0, 1, 1]  # nobody fetched it again
+    peers = {copy["source"] for copy in copies} - {"client"}
+    assert peers <= set(stats)
+    assert not [key for key in bridge.client.who_has() if handle.name in str(key)]
+    grown = bridge.client.run_on_scheduler(peak_rss_bytes) - scheduler_peak
+    assert grown < 40 * MB, f"the scheduler's peak memory grew by {grown / MB:.0f} MB"
+    np.testing.assert_array_equal(bridge.client.submit(broadcast.value, handle.name, pure=False).result(), data)
+    bridge.release(handle)
+
+
+def test_a_worker_that_joins_later_copies_the_broadcast_from_a_peer(cluster) -> None:
+    job, bridge = cluster
+    data = np.arange(2_000_000, dtype=np.int64)
+    handle = bridge.broadcast(data)
+    before = set(bridge.client.scheduler_info(n_workers=-1)["workers"])
+    late = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                             job.scheduler_file, "--nthreads", "1", "--no-dashboard", "--death-timeout", "30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bridge.wait_for_workers(4, timeout=60)
+        (newcomer,) = set(bridge.client.scheduler_info(n_workers=-1)["workers"]) - before
+        copy = bridge.client.run(broadcast.worker_stats, workers=[newcomer])[newcomer][handle.name]
+        assert copy["held"] and copy["fetches"] == 1
+        assert copy["source"] in before
+        value = bridge.client.submit(broadcast.value, handle.name, workers=[newcomer], pure=False).result()
+        np.testing.assert_array_equal(value, data)
+    finally:
+        bridge.client.retire_workers([w for w in bridge.client.scheduler_info(n_workers=-1)["workers"]
+                                      if w not in before], close_workers=True)
+        late.terminate()
+        late.wait(timeout=30)
+    bridge.release(handle)
+
+
+def test_release_drops_every_copy_and_later_tasks_say_it_is_gone(cluster) -> None:
+    _, bridge = cluster
+    handle = bridge.broadcast({"weights": [1.0, 2.0]})
+    assert bridge.gather(bridge.map(lambda_free_lookup, ["weights"], handle, progress=False)) == [[1.0, 2.0]]
+    bridge.release(handle)
+    assert handle.name not in bridge.broadcasts()
+    assert all(handle.name not in held for held in bridge.client.run(broadcast.worker_stats).values())
+    future = bridge.client.submit(broadcast.value, handle.name, pure=False)
+    with pytest.raises(KeyError, match="no broadcast named"):
+        future.result()
+    with pytest.raises(KeyError, match="no broadcast named"):
+        bridge.release(handle.name)
+
+
+def lambda_free_lookup(key: str, table: dict) -> list[float]:
+    return table[key]
+
+
+def test_a_broadcast_outlives_the_client_that_sent_it_and_is_used_by_name(cluster, tmp_path: Path) -> None:
+    job, bridge = cluster
+    script = tmp_path / "send.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from hpcbridge import connect\n"
+        "with connect(sys.argv[1], n_workers=3, timeout=30) as bridge:\n"
+        "    handle = bridge.broadcast(np.ones(1_250_000), name='shared-ones')\n"
+        "    print(handle.nbytes)\n")
+    done = subprocess.run([sys.executable, str(script), job.scheduler_file],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 10_000_000
+    assert "shared-ones" in bridge.broadcasts()
+    results = bridge.gather(bridge.map(total, [np.ones(3)], broadcast.Broadcast.named("shared-ones"),
+                                       progress=False))
+    assert results == [3.0]
+    bridge.release("shared-ones")
