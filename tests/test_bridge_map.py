@@ -1,0 +1,165 @@
+"""Chunked map on a real local cluster: order, chunking, stacking, progress, errors, survival."""
+
+from __future__ import annotations
+
+import operator
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from hpcbridge import jobs, mapping
+from hpcbridge.bridge import Bridge, connect
+from hpcbridge.mapping import ItemError, plan_chunks
+from hpcbridge.spec import JobSpec
+from tests.conftest import job_processes, wait_for
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
+
+
+def fragile_square(x: int) -> int:
+    if x == 13:
+        raise ValueError("thirteen is unlucky")
+    return x * x
+
+
+def row_times(item: int, row: np.ndarray) -> np.ndarray:
+    return row * item
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
+    """A 2-worker local job shared by this module's tests, cancelled and checked gone at the end."""
+    folder = tmp_path_factory.mktemp("map-cluster")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=2, cpus_per_task=1, python=sys.executable,
+                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
+        try:
+            with connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+                yield job, bridge
+        finally:
+            job.cancel()
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+
+
+def executed(bridge: Bridge, run: str) -> int:
+    """How many items of ``run`` the workers executed, all workers together."""
+    return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
+
+
+def test_guided_chunks_cover_every_item_once_and_shrink_towards_the_end() -> None:
+    bounds = plan_chunks(100, 1_000_100, threads=8, seconds_per_item=1e-6)
+    assert bounds[0][0] == 100 and bounds[-1][1] == 1_000_100
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [high - low for low, high in bounds]
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(bounds) < 300
+    assert sizes[-1] * 1e-6 <= mapping.SHORTEST_CHUNK_SECONDS * 2  # the tail is short work
+    slow = plan_chunks(0, 1000, threads=4, seconds_per_item=0.1)
+    assert max(high - low for low, high in slow) * 0.1 <= mapping.TARGET_CHUNK_SECONDS
+
+
+def test_a_million_small_items_run_as_few_tasks_and_come_back_in_order(cluster) -> None:
+    _, bridge = cluster
+    run = bridge.map(operator.neg, range(1_000_000), progress=False)
+    assert len(run.futures) < 200  # a million tasks would cost ~2.5 ms each
+    results = bridge.gather(run, progress=False)
+    assert results == [-i for i in range(1_000_000)]
+    assert executed(bridge, run.name) == 1_000_000
+    assert run.name not in bridge.runs()  # gathered, so released
+
+
+def test_broadcast_handles_and_stacking_give_one_contiguous_array(cluster) -> None:
+    _, bridge = cluster
+    row = bridge.broadcast(np.arange(4.0))
+    run = bridge.map(row_times, np.arange(3000), row, stack=True, progress=False)
+    stacked = bridge.gather(run, stack=True, progress=False)
+    assert stacked.shape == (3000, 4) and stacked.flags.c_contiguous
+    np.testing.assert_array_equal(stacked, np.outer(np.arange(3000), np.arange(4.0)))
+    unstacked_on_workers = bridge.gather(bridge.map(row_times, range(5), row, progress=False),
+                                         stack=True, progress=False)
+    np.testing.assert_array_equal(unstacked_on_workers, np.outer(np.arange(5), np.arange(4.0)))
+    bridge.release(row)
+
+
+def test_progress_lines_and_the_dashboard_link_when_not_on_a_terminal(cluster, capsys) -> None:
+    _, bridge = cluster
+    bridge.gather(bridge.map(operator.neg, range(50_000)))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"hpcbridge: dashboard {bridge.dashboard_link}"
+    assert err[-1].startswith("run-") and ": 100% (50000/50000 items, " in err[-1]
+    assert "\r" not in "".join(err)
+
+
+def test_a_failing_item_comes_back_with_its_index_value_and_remote_traceback(cluster) -> None:
+    _, bridge = cluster
+    run = bridge.map(fragile_square, range(40), progress=False)
+    with pytest.raises(ItemError) as failed:
+        bridge.gather(run, progress=False)
+    assert failed.value.index == 13 and failed.value.item == "13"
+    assert failed.value.worker.startswith("tcp://")
+    assert "ValueError: thirteen is unlucky" in str(failed.value)
+    assert "in fragile_square" in failed.value.remote_traceback
+    assert run.name in bridge.runs()  # kept for another try
+    bridge.release(run)
+    assert run.name not in bridge.runs()
+
+
+def test_a_run_named_twice_is_refused_and_a_timeout_leaves_the_run_on_the_cluster(cluster) -> None:
+    _, bridge = cluster
+    run = bridge.map("time:sleep", [0.5] * 8, name="sleepy", chunk_size=1, progress=False)
+    with pytest.raises(KeyError, match="'sleepy' already exists"):
+        bridge.map(operator.neg, [1], name="sleepy", progress=False)
+    with pytest.raises(TimeoutError, match=r"results\('sleepy'\)"):
+        bridge.gather(run, timeout=0.2, progress=False)
+    assert "sleepy" in bridge.runs()
+    assert bridge.results("sleepy", progress=False) == [None] * 8
+    assert "sleepy" not in bridge.runs()
+
+
+CLIENT = textwrap.dedent("""
+    import sys
+    from hpcbridge import connect
+    bridge = connect(sys.argv[1], n_workers=2, timeout=30)
+    run = bridge.map(sys.argv[2] + ":slow_square", range(200), name="survivor", progress=False)
+    print(run.name, flush=True)
+    sys.stdin.read()  # wait to be killed
+""")
+
+USER_FUNCTIONS = textwrap.dedent("""
+    import time
+
+    def slow_square(x):
+        time.sleep(0.02)
+        return x * x
+""")
+
+
+def test_results_survive_a_killed_client_and_are_collected_without_recomputing(cluster, tmp_path: Path) -> None:
+    job, bridge = cluster
+    (tmp_path / "client.py").write_text(CLIENT)
+    (tmp_path / "user_functions.py").write_text(USER_FUNCTIONS)  # a file only this machine has
+    client = subprocess.Popen([sys.executable, str(tmp_path / "client.py"), job.scheduler_file,
+                               str(tmp_path / "user_functions.py")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "survivor"
+        assert bridge.run("survivor").done_items() < 200  # still running when the client dies
+        client.send_signal(signal.SIGKILL)
+        client.wait(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    with connect(job.scheduler_file, n_workers=2, timeout=30) as again:
+        assert "survivor" in again.runs()
+        assert again.results("survivor", timeout=120, progress=False) == [x * x for x in range(200)]
+        assert "survivor" not in again.runs()
+    assert executed(bridge, "survivor") == 200  # every item ran exactly once
