@@ -5,14 +5,16 @@ that script (as ``__main__``, with ``--client-arg`` values as its arguments) and
 ends when it returns; every other rank is a worker with a pinned thread count. Without a client
 script the cluster runs until an outside client shuts it down.
 
-Two things dask-mpi leaves to its caller are done here: the world size is checked first, with
-the minimum stated, and a client script that raises still closes the cluster and makes the job
-fail, instead of leaving every rank waiting until the walltime.
+Three things dask-mpi leaves to its caller are done here: the world size is checked first, with
+the minimum stated; a client script that raises still closes the cluster and makes the job
+fail, instead of leaving every rank waiting until the walltime; and the workers' connection to
+the closing scheduler is not logged as a traceback on every rank at each normal shutdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import runpy
 import sys
 import threading
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dask_mpi import execute
 
+    logging.getLogger("distributed.batched").setLevel(logging.WARNING)
     outcome = _ClientOutcome()
     worker_options = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
     if options.scheduler_interface and comm.Get_rank() == 0:

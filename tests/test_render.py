@@ -27,6 +27,18 @@ SPECS = {
     "local-full": JobSpec(ntasks_per_node=3, cpus_per_task=2, mem="6G", python="/usr/bin/python3",
                           setup=("export A=1",), scheduler_file="~/runs/{job_id}.json"),
 }
+_FULL = dict(nodes=2, ntasks_per_node=3, cpus_per_task=2, mem_per_cpu="1G", walltime="2h", account="p1",
+             queue="short", interface="ib0", modules=("openmpi/4.1",), setup=("source ~/env/bin/activate",))
+for _scheduler in ("slurm", "pbs", "lsf"):
+    for _mode in ("scheduler-file", "mpi"):
+        SPECS[f"{_scheduler}-{_mode}-full"] = JobSpec(scheduler=_scheduler, mode=_mode, **_FULL)
+        SPECS[f"{_scheduler}-{_mode}-minimal"] = JobSpec(scheduler=_scheduler, mode=_mode, ntasks_per_node=2)
+SPECS["pbs-torque"] = JobSpec(scheduler="pbs", pbs_flavor="torque", **_FULL)
+SPECS["slurm-mpi-client"] = JobSpec(scheduler="slurm", mode="mpi", ntasks_per_node=4, client_script="/home/a/run.py",
+                                    client_args=("--size", "10 000"))
+SPECS["slurm-tls"] = JobSpec(scheduler="slurm", protocol="tls", tls_ca_file="~/tls/ca.pem", tls_cert="~/tls/c.pem",
+                             tls_key="~/tls/c.key", interface="ib0", scheduler_interface="eth0")
+SPECS["lsf-ucx"] = JobSpec(scheduler="lsf", protocol="ucx", interface="ib0")
 
 
 def test_doctests() -> None:
@@ -109,3 +121,78 @@ def test_write_script_leaves_no_file_when_rendering_fails(tmp_path: Path, monkey
 def test_written_scripts_are_executable(tmp_path: Path) -> None:
     script = write_script(SPECS["slurm-minimal"], tmp_path / "job.sh")
     assert script.stat().st_mode & 0o111
+
+
+def _directives(script: str, prefix: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith(prefix)]
+
+
+def test_pbs_directives_for_pbs_pro_and_torque() -> None:
+    assert _directives(render_script(SPECS["pbs-scheduler-file-full"]), "#PBS") == [
+        "#PBS -N hpcbridge",
+        "#PBS -l select=2:ncpus=6:mpiprocs=3:mem=6144mb",
+        "#PBS -l place=scatter",
+        "#PBS -l walltime=02:00:00",
+        "#PBS -A p1",
+        "#PBS -q short",
+        "#PBS -j oe",
+    ]
+    assert _directives(render_script(SPECS["pbs-torque"]), "#PBS -l") == [
+        "#PBS -l nodes=2:ppn=6",
+        "#PBS -l mem=12288mb",
+        "#PBS -l walltime=02:00:00",
+    ]
+
+
+def test_lsf_directives() -> None:
+    assert _directives(render_script(SPECS["lsf-scheduler-file-full"]), "#BSUB") == [
+        "#BSUB -J hpcbridge",
+        "#BSUB -n 12",
+        '#BSUB -R "span[ptile=6]"',
+        '#BSUB -R "rusage[mem=1024MB]"',
+        "#BSUB -M 2048MB",
+        "#BSUB -W 02:00",
+        "#BSUB -P p1",
+        "#BSUB -q short",
+        "#BSUB -o hpcbridge-%J.out",
+    ]
+
+
+@pytest.mark.parametrize(("scheduler", "launcher"), [("slurm", "srun --mpi=pmix"), ("pbs", "mpiexec"), ("lsf", "mpirun")])
+def test_mpi_mode_launches_one_mpi_program(scheduler: str, launcher: str) -> None:
+    script = render_script(SPECS[f"{scheduler}-mpi-full"])
+    assert launcher in script
+    assert '"$PYTHON" -m hpcbridge.mpi_job' in script
+    assert "distributed.cli.dask_scheduler" not in script
+    assert "import dask_mpi, mpi4py, hpcbridge" in script
+
+
+def test_mpi_client_script_and_arguments_reach_rank_one_literally() -> None:
+    script = render_script(SPECS["slurm-mpi-client"])
+    assert "--client-script /home/a/run.py" in script
+    assert "    --client-arg --size\n    --client-arg '10 000'\n" in script
+    assert "export HPCBRIDGE_WORKERS=2" in script
+
+
+def test_tls_exports_the_certificates_for_every_role_and_listens_on_the_scheduler_interface() -> None:
+    script = render_script(SPECS["slurm-tls"])
+    assert 'TLS_CA_FILE="$HOME"/tls/ca.pem' in script
+    for role in ("SCHEDULER", "WORKER", "CLIENT"):
+        assert f'export DASK_DISTRIBUTED__COMM__TLS__{role}__CERT="$TLS_CERT"' in script
+    assert "export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True" in script
+    assert "--protocol tls \\\n    --interface eth0" in script
+    assert "    --interface ib0\n    --protocol tls\n" in script
+    assert 'bash -c "$INTERFACE_CHECK" check eth0' in script
+
+
+def test_ucx_sets_ucx_variables_and_checks_distributed_ucxx_first() -> None:
+    script = render_script(SPECS["lsf-ucx"])
+    assert 'export UCX_TLS="${UCX_TLS:-tcp,sm,self}"' in script
+    assert 'export UCX_NET_DEVICES="${UCX_NET_DEVICES:-ib0}"' in script
+    assert script.index("import distributed_ucxx") < script.index("distributed.cli.dask_scheduler")
+
+
+def test_workers_retire_before_the_walltime() -> None:
+    script = render_script(JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="10m"))
+    assert "    --lifetime 3000s\n    --lifetime-stagger 30s\n" in script
+    assert "--lifetime" not in render_script(JobSpec(scheduler="slurm"))

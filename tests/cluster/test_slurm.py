@@ -7,6 +7,7 @@ this host talk over real (virtual) network links.
 
 from __future__ import annotations
 
+import json
 import operator
 import socket
 import sys
@@ -120,3 +121,59 @@ def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, slurm_spec, slurm_
         assert total == 10218029
         bridge.shutdown()
     _finish(job)
+
+
+CLIENT_SCRIPT = """\
+import json, os, sys
+import hpcbridge
+from hpcbridge.demo import split_range, sum_prime_factors
+
+with hpcbridge.connect(os.environ["HPCBRIDGE_SCHEDULER_FILE"], n_workers=int(os.environ["HPCBRIDGE_WORKERS"]),
+                       timeout=60) as bridge:
+    total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, 10_000, 8))))
+    report = {"argv": sys.argv[1:], "workers": bridge.n_workers, "total": total,
+              "nthreads": sorted(bridge.client.nthreads().values())}
+with open(sys.argv[1], "w") as out:
+    json.dump(report, out)
+"""
+
+
+def test_dask_mpi_job_runs_the_client_script_on_rank_one(slurm_cluster, slurm_spec, slurm_jobs, tmp_path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_SCRIPT)
+    report = tmp_path / "report.json"
+    job = jobs.submit(slurm_spec(slurm_cluster, mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
+                                 client_script=str(script), client_args=(str(report), "two words")))
+    slurm_jobs.append(job)
+    _finish(job)
+    assert json.loads(report.read_text()) == {
+        "argv": [str(report), "two words"], "workers": 2, "total": 10218029, "nthreads": [1, 1]}
+    log = Path(job.status().log).read_text()
+    assert "Traceback" not in log, log[max(0, log.find("Traceback") - 2000):][:5000]
+
+
+def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
+    slurm_cluster_3nodes, slurm_spec, slurm_jobs
+) -> None:
+    cluster = slurm_cluster_3nodes
+    job = jobs.submit(slurm_spec(cluster, mode="mpi", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="500M"))
+    slurm_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+        assert bridge.client.scheduler.address.startswith(f"tcp://{cluster.node_addresses[0]}:")
+        worker_hosts = sorted(a.split("//")[1].rsplit(":", 1)[0] for a in bridge.client.nthreads())
+        assert worker_hosts == sorted(cluster.node_addresses[1:])
+        assert set(bridge.client.nthreads().values()) == {2}
+        assert bridge.gather(bridge.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        bridge.shutdown()
+    _finish(job)
+
+
+def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_cluster, slurm_spec, slurm_jobs) -> None:
+    job = jobs.submit(slurm_spec(slurm_cluster, interface="ib7"))
+    slurm_jobs.append(job)
+    assert wait_for(lambda: job.status().finished, timeout=60)
+    status = job.status()
+    assert status.state == "FAILED"
+    log = Path(status.log).read_text()
+    assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
+    assert "distributed.cli.dask_scheduler" not in log and "Dask scheduler" not in log.split("ib7 does not")[0]
