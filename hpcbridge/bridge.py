@@ -88,6 +88,8 @@ class Bridge:
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
         """Block until at least ``n_workers`` workers have joined, or raise :class:`ConnectError`."""
+        if n_workers < 1:
+            return
         try:
             self.client.wait_for_workers(n_workers, timeout=timeout)
         except TimeoutError:

@@ -228,6 +228,9 @@ def _wait(client: Client, futures: list[Future], timeout: float, first: bool = F
     ``distributed.wait`` needs a default client, which a bridge's client is not.
     """
 
+    if not futures:
+        return
+
     async def waiting() -> None:
         tasks = [asyncio.ensure_future(f._state.wait()) for f in futures]
         try:

@@ -1,0 +1,82 @@
+"""hpcbridge's broadcast against ``client.scatter(..., broadcast=True)``, on a local cluster.
+
+For each method: seconds until every worker holds the object, bytes that left the client, how
+much the scheduler's peak memory grew, and how many workers still hold a copy after waiting
+past the Active Memory Manager's interval. Prints ``name: value`` lines.
+
+    .venv/bin/python benchmarks/broadcast.py --megabytes 400 --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hpcbridge import broadcast, jobs
+from hpcbridge.bridge import connect
+from hpcbridge.spec import JobSpec
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def amm_interval(dask_scheduler) -> float:
+    amm = dask_scheduler.extensions.get("amm")
+    return amm.interval if amm is not None and amm.running else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=400)
+    parser.add_argument("--workers", type=int, default=4)
+    options = parser.parse_args(argv)
+    data = np.random.default_rng(0).random(options.megabytes * 2**20 // 8)
+    with tempfile.TemporaryDirectory(prefix="hpcbridge-bench-") as folder:
+        spec = JobSpec(scheduler="local", ntasks_per_node=options.workers, cpus_per_task=1, python=sys.executable,
+                       scheduler_file=str(Path(folder) / "{job_id}" / "scheduler.json"))
+        job = jobs.submit(spec)
+        try:
+            with connect(job.scheduler_file, n_workers=options.workers, timeout=120) as bridge:
+                measure(bridge, data)
+                bridge.shutdown()
+        finally:
+            if not job.status().finished:
+                job.cancel()
+
+
+def measure(bridge, data: np.ndarray) -> None:
+    client = bridge.client
+    interval = client.run_on_scheduler(amm_interval)
+    print(f"workers: {bridge.n_workers}")
+    print(f"megabytes: {data.nbytes / 2**20:.0f}")
+    print(f"amm_interval_seconds: {interval:g}")
+
+    peak = client.run_on_scheduler(peak_rss_bytes)
+    handle = bridge.broadcast(data)
+    print(f"hpcbridge_seconds: {handle.seconds:.3f}")
+    print(f"hpcbridge_bytes_from_client: {handle.nbytes}")
+    print(f"hpcbridge_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
+    time.sleep(2 * interval + 1)
+    held = sum(handle.name in stats for stats in client.run(broadcast.worker_stats).values())
+    print(f"hpcbridge_workers_holding_after_amm: {held}")
+    bridge.release(handle)
+
+    peak = client.run_on_scheduler(peak_rss_bytes)
+    started = time.perf_counter()
+    [future] = client.scatter([data], broadcast=True, hash=False)
+    print(f"scatter_seconds: {time.perf_counter() - started:.3f}")
+    print(f"scatter_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
+    time.sleep(2 * interval + 1)
+    print(f"scatter_workers_holding_after_amm: {len(client.who_has([future])[future.key])}")
+    client.cancel([future])
+
+
+if __name__ == "__main__":
+    main()

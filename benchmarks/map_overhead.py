@@ -1,0 +1,74 @@
+"""Per-item overhead of ``Bridge.map`` against raw ``client.map``, on a local scheduler-file cluster.
+
+Prints ``name: value`` lines. The function is ``operator.neg``, so nearly all the time measured is
+overhead. Raw ``client.map`` makes one task per item and costs milliseconds per item, so it is
+measured on fewer items (``--raw-items``) in the same run; the ratio compares per-item times.
+
+    .venv/bin/python benchmarks/map_overhead.py --items 1000000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hpcbridge import jobs
+from hpcbridge.bridge import connect
+from hpcbridge.spec import JobSpec
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--raw-items", type=int, default=2_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    options = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="hpcbridge-bench-") as folder:
+        spec = JobSpec(scheduler="local", ntasks_per_node=options.workers, cpus_per_task=1, python=sys.executable,
+                       scheduler_file=str(Path(folder) / "{job_id}" / "scheduler.json"))
+        job = jobs.submit(spec)
+        try:
+            with connect(job.scheduler_file, n_workers=options.workers, timeout=120) as bridge:
+                measure(bridge, options)
+                bridge.shutdown()
+        finally:
+            if not job.status().finished:
+                job.cancel()
+
+
+def measure(bridge, options) -> None:
+    items = range(options.items)
+    raw_items = list(range(options.raw_items))
+    bridge.gather(bridge.map(operator.neg, range(1000), progress=False), progress=False)  # warm up
+    ours, raw, chunks = [], [], 0
+    for _ in range(options.repeats):  # interleaved, best of each
+        started = time.perf_counter()
+        run = bridge.map(operator.neg, items, progress=False)
+        results = bridge.gather(run, progress=False)
+        ours.append(time.perf_counter() - started)
+        chunks = len(run.futures)
+        assert results[-1] == -(options.items - 1)
+        started = time.perf_counter()
+        futures = bridge.client.map(operator.neg, raw_items, pure=False)
+        bridge.client.gather(futures)
+        raw.append(time.perf_counter() - started)
+        del futures
+    per_item = min(ours) / options.items
+    raw_per_item = min(raw) / options.raw_items
+    print(f"workers: {bridge.n_workers}")
+    print(f"items: {options.items}")
+    print(f"chunks: {chunks}")
+    print(f"bridge_map_seconds: {min(ours):.3f}")
+    print(f"bridge_map_us_per_item: {per_item * 1e6:.3f}")
+    print(f"raw_client_map_items: {options.raw_items}")
+    print(f"raw_client_map_us_per_item: {raw_per_item * 1e6:.1f}")
+    print(f"raw_over_bridge_ratio: {raw_per_item / per_item:.0f}")
+
+
+if __name__ == "__main__":
+    main()

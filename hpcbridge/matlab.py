@@ -1,0 +1,229 @@
+"""Entry points for MATLAB's ``py.`` interface (used by ``matlab/+hpcbridge``).
+
+MATLAB calls Python with plain positional arguments (no ``*args``; keywords only through
+``pyargs``), passes int64 as ``int``, double as ``float`` (also for counts a user types as ``4``),
+char and string as ``str``, 1xN cells as ``tuple``, scalar structs as ``dict``, row vectors as
+``array.array`` and matrices as ``memoryview``. And Python threads, among them the thread that
+runs the Dask client's event loop, may not run while MATLAB code runs.
+
+So every function here:
+
+- takes the cluster as a plain string, the scheduler file's path, and returns plain values:
+  names (``str``), NumPy arrays, ``int``/``float``/``bool``, lists and dicts. MATLAB never holds
+  a Python object across its own computations; broadcasts and runs live on the cluster by name;
+- attaches again by itself when the cached client was disconnected meanwhile;
+- waits inside the Python call, with a timeout, never through callbacks.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import numbers
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcbridge import mapping
+from hpcbridge.broadcast import Broadcast
+from hpcbridge.bridge import Bridge
+from hpcbridge.bridge import connect as _connect
+
+_BRIDGES: dict[str, Bridge] = {}
+RECONNECT_TIMEOUT = 60.0
+
+
+def connect(scheduler_file: str, n_workers: int | float = 1, timeout: float = 300.0) -> dict[str, Any]:
+    """Attach to the cluster behind ``scheduler_file``; wait up to ``timeout`` s for ``n_workers``.
+
+    Returns ``{"cluster": <the file's absolute path, the handle every other call takes>,
+    "workers": ..., "threads": ..., "dashboard": ...}``.
+    """
+    cluster = _cluster_id(scheduler_file)
+    bridge = _BRIDGES.get(cluster)
+    if bridge is None or bridge.client.status != "running":
+        bridge = _BRIDGES[cluster] = _connect(cluster, n_workers=_count(n_workers, "n_workers"),
+                                              timeout=_seconds(timeout))
+    else:
+        bridge.wait_for_workers(_count(n_workers, "n_workers"), timeout=_seconds(timeout))
+    return {"cluster": cluster, "workers": bridge.n_workers, "threads": bridge.total_threads,
+            "dashboard": bridge.dashboard_link}
+
+
+def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
+    """Send ``value`` to every worker once; returns ``{"name", "nbytes", "seconds", "workers"}``.
+
+    Pass the name to :func:`map`. The copies stay on the workers until :func:`release`.
+    """
+    handle = _bridge(cluster).broadcast(to_python(value), name=name or None)
+    return {"name": handle.name, "nbytes": handle.nbytes, "seconds": handle.seconds, "workers": handle.n_workers}
+
+
+def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
+        stack: bool = False, chunk_size: int | float = 0) -> str:
+    """Start ``function(item, *broadcast_values)`` for every item; return the run's name at once.
+
+    ``function`` is ``"module:function"`` or ``"path/to/file.py:function"``. ``items``: a cell
+    (each element), a numeric vector (each number) or a matrix (each row). ``broadcasts``: a
+    broadcast name or a cell of names. Collect with :func:`gather`; follow with :func:`wait`.
+    """
+    values = _items(items)
+    names = [broadcasts] if isinstance(broadcasts, str) else list(broadcasts or ())
+    handles = [Broadcast.named(str(n)) for n in names if str(n)]
+    run = _bridge(cluster).map(function, values, *handles, name=name or None, stack=bool(stack),
+                               chunk_size=_count(chunk_size, "chunk_size") or None, progress=False)
+    return run.name
+
+
+def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
+    """Wait up to ``timeout`` s for run ``run``; returns ``{"done", "total", "finished", "failed"}``.
+
+    Returns as soon as the run has finished; call it in a loop to show progress in MATLAB.
+    """
+    bridge = _bridge(cluster)
+    handle = bridge.run(run)
+    mapping._wait(bridge.client, handle.futures, _seconds(timeout))
+    done = handle.done_items()
+    failed = sum(f.status == "error" for f in handle.futures)
+    return {"done": done, "total": handle.n_items, "finished": all(f.done() for f in handle.futures),
+            "failed": bool(failed)}
+
+
+def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = False) -> Any:
+    """The results of run ``run`` in input order, and the cluster forgets the run.
+
+    Numeric scalar results come back as one NumPy vector (int64 stays exact); with ``stack``,
+    array results come back as one array stacked along a new first dimension; anything else as
+    a list. Raises TimeoutError after ``timeout`` s (the run stays on the cluster), and the first
+    failing item's error with its remote traceback.
+    """
+    values = _bridge(cluster).results(run, stack=bool(stack), timeout=_timeout(timeout), progress=False)
+    return to_matlab(values)
+
+
+def runs(cluster: str) -> list[str]:
+    """Names of the runs the cluster holds (results not yet gathered)."""
+    return _bridge(cluster).runs()
+
+
+def broadcasts(cluster: str) -> list[str]:
+    """Names of the broadcasts the cluster holds."""
+    return _bridge(cluster).broadcasts()
+
+
+def release(cluster: str, name: str) -> None:
+    """Free a run's results or a broadcast's copies on the cluster."""
+    _bridge(cluster).release(name)
+
+
+def close(cluster: str) -> None:
+    """Detach from the cluster; it keeps running with its broadcasts and runs."""
+    bridge = _BRIDGES.pop(_cluster_id(cluster), None)
+    if bridge is not None:
+        bridge.close()
+
+
+def shutdown(cluster: str) -> None:
+    """End the cluster (and its batch job)."""
+    _bridge(cluster).shutdown()
+    close(cluster)
+
+
+def to_python(value: Any) -> Any:
+    """A value as MATLAB passed it, in the form Python code expects.
+
+    memoryview (a matrix) and array.array (a vector) become NumPy arrays of the same type (a
+    copy, because MATLAB's buffer is not ours to keep); tuples (cells) become lists; dicts
+    (structs) are converted value by value; everything else is returned as it is.
+    """
+    if isinstance(value, memoryview):
+        return np.array(value, copy=True)
+    if isinstance(value, array.array):
+        return np.array(value)
+    if isinstance(value, (tuple, list)):
+        return [to_python(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_python(v) for k, v in value.items()}
+    return value
+
+
+def to_matlab(value: Any) -> Any:
+    """A result in a form MATLAB converts quickly and exactly.
+
+    NumPy scalars become ``int``/``float``/``bool``/``complex``; lists of plain numbers of one
+    kind become one NumPy vector (int64 when they are integers that fit, float64 otherwise);
+    tuples become lists; dicts and lists are converted element by element; arrays stay arrays.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_matlab(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (bool, np.bool_)) for v in value):
+            return np.array(value, dtype=bool)
+        if value and all(isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
+                         for v in value):
+            try:
+                return np.array(value, dtype=np.int64)
+            except OverflowError:
+                return [int(v) for v in value]
+        if value and all(isinstance(v, (numbers.Real, np.floating)) and not isinstance(v, (bool, np.bool_))
+                         for v in value):
+            return np.array(value, dtype=np.float64)
+        return [to_matlab(v) for v in value]
+    return value
+
+
+def _items(items: Any) -> Any:
+    converted = to_python(items)
+    if isinstance(converted, np.ndarray):
+        return converted if converted.ndim else converted.reshape(1)
+    if isinstance(converted, list):
+        return converted
+    raise TypeError(f"items must be a cell array or a numeric vector or matrix, not {type(items).__name__}")
+
+
+def _bridge(cluster: str) -> Bridge:
+    """The cached bridge for ``cluster``, attached again if its connection was lost."""
+    key = _cluster_id(cluster)
+    bridge = _BRIDGES.get(key)
+    if bridge is None or bridge.client.status != "running":
+        if bridge is not None:
+            bridge.client.close()
+        bridge = _BRIDGES[key] = _connect(key, n_workers=0, timeout=RECONNECT_TIMEOUT)
+    return bridge
+
+
+def _cluster_id(scheduler_file: Any) -> str:
+    if not isinstance(scheduler_file, str) or not scheduler_file:
+        raise TypeError(f"the cluster is the scheduler file's path (a char vector or string), not {scheduler_file!r}")
+    return str(Path(scheduler_file).expanduser().resolve())
+
+
+def _count(value: Any, what: str) -> int:
+    """An integer count as MATLAB may pass it (``4`` typed in MATLAB is a double)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):
+        raise TypeError(f"{what} must be a whole number, not {value!r}")
+    if isinstance(value, numbers.Integral):
+        count = int(value)
+    elif float(value).is_integer():
+        count = int(value)
+    else:
+        raise ValueError(f"{what} must be a whole number, not {value!r}")
+    if count < 0:
+        raise ValueError(f"{what} must not be negative, not {count}")
+    return count
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0:
+        raise ValueError(f"a timeout is a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def _timeout(value: Any) -> float | None:
+    seconds = _seconds(value)
+    return None if math.isinf(seconds) else seconds

@@ -1,0 +1,165 @@
+"""The MATLAB entry points, called with the argument types MATLAB passes, on a real local cluster.
+
+MATLAB passes int64 as int, double as float (also a count typed as 4), char/string as str, 1xN
+cells as tuple, scalar structs as dict, row vectors as array.array and matrices as memoryview
+(column-major, like MATLAB's own storage).
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcbridge import jobs, matlab
+from hpcbridge.mapping import ItemError
+from hpcbridge.spec import JobSpec
+from tests.conftest import job_processes, wait_for
+
+USER_FUNCTIONS = textwrap.dedent("""
+    def scale(x, settings):
+        return x * settings["factor"]
+
+    def fails_on_negative(x):
+        if x < 0:
+            raise ArithmeticError(f"negative input {x}")
+        return x
+""")
+
+
+def matlab_matrix(values: np.ndarray) -> memoryview:
+    """A matrix the way MATLAB hands it over: a column-major buffer."""
+    return memoryview(np.asfortranarray(values))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 2-worker local job for this module; yields its scheduler file as MATLAB would hold it."""
+    folder = tmp_path_factory.mktemp("matlab-cluster")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=2, cpus_per_task=1, python=sys.executable,
+                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
+        try:
+            yield job.scheduler_file
+        finally:
+            matlab.close(job.scheduler_file)
+            job.cancel()
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+
+
+@pytest.fixture
+def user_file(tmp_path: Path) -> Path:
+    path = tmp_path / "user_functions.py"  # exists only here: shipped by value to workers and scheduler
+    path.write_text(USER_FUNCTIONS)
+    return path
+
+
+def test_matlab_values_become_numpy_arrays_lists_and_dicts() -> None:
+    matrix = np.arange(12.0).reshape(3, 4)
+    converted = matlab.to_python(matlab_matrix(matrix))
+    np.testing.assert_array_equal(converted, matrix)
+    exact = matlab.to_python(array.array("q", [2**62 + 1, -(2**63)]))
+    assert exact.dtype == np.int64 and exact.tolist() == [2**62 + 1, -(2**63)]
+    assert matlab.to_python(array.array("d", [0.5, 1.5])).dtype == np.float64
+    nested = matlab.to_python(({"a": array.array("d", [1.0])}, "text", 3, 2.5))
+    assert isinstance(nested, list) and nested[1:] == ["text", 3, 2.5]
+    np.testing.assert_array_equal(nested[0]["a"], [1.0])
+
+
+def test_a_matrix_from_matlab_is_copied_so_matlab_may_free_it() -> None:
+    source = np.asfortranarray(np.ones((2, 2)))
+    converted = matlab.to_python(memoryview(source))
+    source[0, 0] = 99.0
+    assert converted[0, 0] == 1.0
+
+
+def test_results_for_matlab_are_exact_vectors_or_plain_values() -> None:
+    big = [2**62 + 1, 5, -7]
+    vector = matlab.to_matlab(big)
+    assert vector.dtype == np.int64 and vector.tolist() == big
+    assert matlab.to_matlab([2**70, 1]) == [2**70, 1]  # too big for int64: left as Python ints
+    assert matlab.to_matlab([0.5, 2]).dtype == np.float64
+    assert matlab.to_matlab([True, False]).dtype == bool
+    assert matlab.to_matlab(np.int64(2**62 + 3)) == 2**62 + 3 and type(matlab.to_matlab(np.int64(1))) is int
+    assert matlab.to_matlab({"x": (1, "a"), 2: np.float32(0.5)}) == {"x": [1, "a"], "2": 0.5}
+
+
+def test_counts_typed_in_matlab_arrive_as_doubles_and_are_accepted_when_whole() -> None:
+    assert matlab._count(4.0, "n_workers") == 4 and matlab._count(4, "n_workers") == 4
+    with pytest.raises(ValueError, match="whole number"):
+        matlab._count(2.5, "n_workers")
+    with pytest.raises(TypeError):
+        matlab._count(True, "n_workers")
+    with pytest.raises(ValueError, match="timeout"):
+        matlab._seconds(-1.0)
+
+
+def test_connect_broadcast_map_gather_with_matlab_types(cluster: str) -> None:
+    info = matlab.connect(cluster, 2.0, 60.0)
+    assert info["cluster"] == str(Path(cluster).resolve()) and info["workers"] == 2
+    assert info["dashboard"].startswith("http://")
+    matrix = np.arange(20.0).reshape(5, 4)
+    vector = matlab.broadcast(cluster, array.array("d", [1.0, 10.0, 100.0, 1000.0]), "")
+    assert vector["nbytes"] == 32 and vector["workers"] == 2
+    run = matlab.map(cluster, "numpy:dot", matlab_matrix(matrix), (vector["name"],), "", False, 0.0)
+    assert isinstance(run, str) and run in matlab.runs(cluster)
+    results = matlab.gather(cluster, run, 60.0, False)
+    assert isinstance(results, np.ndarray) and results.dtype == np.float64
+    np.testing.assert_array_equal(results, matrix @ np.array([1.0, 10.0, 100.0, 1000.0]))
+    assert run not in matlab.runs(cluster)
+    matlab.release(cluster, vector["name"])
+    assert vector["name"] not in matlab.broadcasts(cluster)
+
+
+def test_a_function_from_a_local_file_with_a_struct_broadcast_keeps_int64_exact(cluster: str, user_file: Path) -> None:
+    settings = matlab.broadcast(cluster, {"factor": 3}, "settings")
+    items = array.array("q", [1, 2**40, 2**61])
+    run = matlab.map(cluster, f"{user_file}:scale", items, "settings", "scaled", False, 0)
+    assert run == "scaled"
+    results = matlab.gather(cluster, "scaled", math.inf, False)
+    assert results.dtype == np.int64 and results.tolist() == [3, 3 * 2**40, 3 * 2**61]
+    matlab.release(cluster, settings["name"])
+
+
+def test_stacked_rows_come_back_as_one_matrix(cluster: str) -> None:
+    run = matlab.map(cluster, "numpy:cumsum", matlab_matrix(np.ones((6, 3))), (), "", True, 0)
+    stacked = matlab.gather(cluster, run, 60.0, True)
+    np.testing.assert_array_equal(stacked, np.tile([1.0, 2.0, 3.0], (6, 1)))
+
+
+def test_errors_name_the_item_and_carry_the_remote_traceback(cluster: str, user_file: Path) -> None:
+    run = matlab.map(cluster, f"{user_file}:fails_on_negative", (1.0, 2.0, -3.0, 4.0), (), "", False, 0)
+    with pytest.raises(ItemError, match="item 2 of run") as failed:
+        matlab.gather(cluster, run, 60.0, False)
+    assert failed.value.item == "-3.0"
+    assert "ArithmeticError: negative input -3.0" in str(failed.value)
+    assert "fails_on_negative" in failed.value.remote_traceback
+    matlab.release(cluster, run)
+
+
+def test_waits_have_timeouts_and_a_run_outlives_a_closed_connection(cluster: str) -> None:
+    run = matlab.map(cluster, "time:sleep", (0.3, 0.3, 0.3, 0.3), (), "naps", False, 1.0)
+    status = matlab.wait(cluster, run, 0.0)
+    assert status["total"] == 4 and not status["finished"]
+    with pytest.raises(TimeoutError, match="naps"):
+        matlab.gather(cluster, run, 0.05, False)
+    matlab.close(cluster)  # as if MATLAB had gone away; the next call attaches again
+    status = matlab.wait(cluster, run, 60.0)
+    assert status == {"done": 4, "total": 4, "finished": True, "failed": False}
+    assert matlab.gather(cluster, run, 60.0, False) == [None] * 4
+
+
+def test_bad_arguments_are_refused_with_a_reason(cluster: str) -> None:
+    with pytest.raises(TypeError, match="cell array or a numeric"):
+        matlab.map(cluster, "numpy:abs", 5.0, (), "", False, 0)
+    with pytest.raises(ValueError, match="module:function"):
+        matlab.map(cluster, "abs", (1.0,), (), "", False, 0)
+    with pytest.raises(TypeError, match="scheduler file"):
+        matlab.runs(3.0)
