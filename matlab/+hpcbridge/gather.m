@@ -1,0 +1,59 @@
+function results = gather(cluster, run, varargin)
+%GATHER Wait for a run and return its results in input order.
+%   RESULTS = hpcbridge.gather(CLUSTER, RUN) waits (showing the percentage
+%   done) and returns the results, converted to MATLAB types: numeric scalar
+%   results as one row vector (int64 exact), arrays as arrays, anything
+%   else as a cell array. The cluster then forgets the run.
+%
+%   Options (name-value pairs):
+%     'Timeout'  - seconds to wait (default Inf). On timeout an error is
+%                  raised and the run stays on the cluster: gather it later.
+%     'Stack'    - true to stack array results into one array whose first
+%                  dimension is the item
+%     'Progress' - false to print nothing while waiting
+%
+%   A failing item raises an error that names the item and carries the
+%   Python traceback from the worker.
+%
+%   See also hpcbridge.map, hpcbridge.fromPython.
+
+p = inputParser;
+p.FunctionName = 'hpcbridge.gather';
+addRequired(p, 'cluster');
+addRequired(p, 'run', @(x) ischar(x) || isstring(x));
+addParameter(p, 'Timeout', Inf, @(x) isnumeric(x) && isscalar(x) && x >= 0);
+addParameter(p, 'Stack', false, @(x) islogical(x) || isnumeric(x));
+addParameter(p, 'Progress', true, @(x) islogical(x) || isnumeric(x));
+parse(p, cluster, run, varargin{:});
+opts = p.Results;
+
+file = clusterFile(opts.cluster);
+name = char(opts.run);
+deadline = tic;
+shown = -1;
+% Wait in short Python calls: Python threads do not run while MATLAB code does.
+while true
+    left = opts.Timeout - toc(deadline);
+    status = struct(py.hpcbridge.matlab.wait(file, name, min(1.0, max(0, left))));
+    done = double(status.done);
+    total = max(1, double(status.total));
+    percent = floor(100 * done / total);
+    if opts.Progress && percent >= shown + 10
+        fprintf('%s: %d%% (%d/%d items)\n', name, percent, done, double(status.total));
+        shown = percent;
+    end
+    if logical(status.finished) || left <= 0
+        break
+    end
+end
+results = hpcbridge.fromPython(py.hpcbridge.matlab.gather(file, name, max(0, opts.Timeout - toc(deadline)), ...
+    logical(opts.Stack)));
+end
+
+function file = clusterFile(cluster)
+if isstruct(cluster)
+    file = cluster.cluster;
+else
+    file = char(cluster);
+end
+end

@@ -1,0 +1,71 @@
+function run = map(cluster, func, items, varargin)
+%MAP Start a Python function on every item, on the cluster; return at once.
+%   RUN = hpcbridge.map(CLUSTER, FUNC, ITEMS) starts FUNC(item) for every
+%   item and returns the run's name (a char vector). Collect the results
+%   with hpcbridge.gather(CLUSTER, RUN).
+%
+%   FUNC names a Python function: 'module:function' for an installed module
+%   (e.g. 'numpy:dot'), or 'path/to/file.py:function' for your own file,
+%   which hpcbridge ships to the workers.
+%   ITEMS is a cell array (each element is an item), a numeric vector (each
+%   number) or a numeric matrix (each row).
+%
+%   Options (name-value pairs):
+%     'Broadcast' - a broadcast handle or name, or a cell of them: FUNC is
+%                   called as FUNC(item, value1, value2, ...)
+%     'Name'      - the run's name (default: run-<date>-<time>-<random>)
+%     'Stack'     - true to stack array results on the workers
+%     'ChunkSize' - items per task; default 0 measures the function's time
+%                   and sizes the tasks from it
+%
+%   The run belongs to the cluster: if MATLAB exits or the connection is
+%   lost, the work goes on and a new session collects it by name.
+%
+%   Example
+%     w = hpcbridge.broadcast(c, weights);
+%     run = hpcbridge.map(c, 'scoring.py:score', candidates, 'Broadcast', w);
+%     scores = hpcbridge.gather(c, run);
+%
+%   See also hpcbridge.gather, hpcbridge.broadcast, hpcbridge.release.
+
+p = inputParser;
+p.FunctionName = 'hpcbridge.map';
+addRequired(p, 'cluster');
+addRequired(p, 'func', @(x) ischar(x) || isstring(x));
+addRequired(p, 'items', @(x) iscell(x) || isnumeric(x) || islogical(x));
+addParameter(p, 'Broadcast', {});
+addParameter(p, 'Name', '', @(x) ischar(x) || isstring(x));
+addParameter(p, 'Stack', false, @(x) islogical(x) || isnumeric(x));
+addParameter(p, 'ChunkSize', 0, @(x) isnumeric(x) && isscalar(x) && x >= 0 && x == fix(x));
+parse(p, cluster, func, items, varargin{:});
+opts = p.Results;
+
+names = broadcastNames(opts.Broadcast);
+run = char(py.hpcbridge.matlab.map(clusterFile(opts.cluster), char(opts.func), ...
+    hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize)));
+end
+
+function names = broadcastNames(value)
+if isstruct(value)
+    value = arrayfun(@(h) h.name, value, 'UniformOutput', false);
+elseif ischar(value) || isstring(value)
+    value = cellstr(value);
+end
+names = cell(1, numel(value));
+for k = 1:numel(value)
+    if isstruct(value{k})
+        names{k} = char(value{k}.name);
+    else
+        names{k} = char(value{k});
+    end
+end
+names = py.tuple(names);
+end
+
+function file = clusterFile(cluster)
+if isstruct(cluster)
+    file = cluster.cluster;
+else
+    file = char(cluster);
+end
+end
