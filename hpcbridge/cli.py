@@ -25,23 +25,26 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         from hpcbridge.bridge import ConnectError
+        from hpcbridge.render import RenderError
 
         try:
             return super().invoke(ctx)
         except SpecError as error:
             option = "--" + error.field.replace("_", "-")
             raise click.UsageError(f"invalid value for {option}: {error.value!r}; expected {error.allowed}") from None
-        except (BatchCommandError, JobNotFound, ConnectError, OSError) as error:
+        except (BatchCommandError, JobNotFound, ConnectError, RenderError, OSError) as error:
             raise click.ClickException(str(error)) from None
 
 
 def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options that describe a job, shared by ``render`` and ``submit``; they build a spec."""
     options = [
-        click.option("--scheduler", type=click.Choice(SCHEDULERS), default="local", show_default=True,
-                     help="The batch system the script is for."),
-        click.option("--mode", type=click.Choice(MODES), default="scheduler-file", show_default=True,
-                     help="How the Dask processes are launched."),
+        click.option("--scheduler", type=click.Choice(SCHEDULERS),
+                     help="The batch system the script is for.  [default: hpcbridge.scheduler in Dask's config, "
+                     "else local]"),
+        click.option("--mode", type=click.Choice(MODES),
+                     help="scheduler-file: a scheduler and separately started workers; mpi: one MPI program "
+                     "(dask-mpi).  [default: scheduler-file]"),
         click.option("--nodes", help="Nodes to allocate.  [default: 1]"),
         click.option("--ntasks-per-node", help="Dask workers per node.  [default: 1]"),
         click.option("--cpus-per-task", help="CPUs (and threads) per worker.  [default: 1]"),
@@ -54,8 +57,7 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--interface", help="Network interface for the workers, e.g. ib0 for InfiniBand."),
         click.option("--scheduler-interface", help="Network interface the scheduler listens on, if clients "
                      "cannot reach the workers' one.  [default: --interface]"),
-        click.option("--protocol", type=click.Choice(PROTOCOLS), default="tcp", show_default=True,
-                     help="Dask's communication protocol."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), help="Dask's communication protocol.  [default: tcp]"),
         click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM)."),
         click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
@@ -76,7 +78,7 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def build_spec(**values: Any) -> Any:
         spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
-        return command(spec=JobSpec.from_dict(spec_values), **values)
+        return command(spec=JobSpec.from_config(spec_values), **values)
 
     for option in reversed(options):
         build_spec = option(build_spec)
@@ -89,7 +91,11 @@ _SPEC_OPTION_NAMES = set(spec_fields())
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpcbridge")
 def main() -> None:
-    """Run a Dask cluster on a Slurm batch system (or this machine) and send work to it."""
+    """Run a Dask cluster on a Slurm, PBS or LSF batch system (or this machine) and send work to it.
+
+    Every job option left out falls back to the site profile in Dask's config
+    (hpcbridge.<scheduler>.<option>, from a YAML file or DASK_HPCBRIDGE__... variables).
+    """
 
 
 @main.command()

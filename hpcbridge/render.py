@@ -33,15 +33,44 @@ def packaged_template_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "templates"
 
 
+def site_template_dirs() -> list[Path]:
+    """A site's or user's template folders, searched before the packaged ones.
+
+    They come from ``hpcbridge.templates`` in Dask's config (one folder or a list), e.g.
+    ``DASK_HPCBRIDGE__TEMPLATES=/etc/hpcbridge/templates``. A folder needs to hold only the
+    files it overrides, such as ``slurm/directives.sh.j2`` for a centre's own ``#SBATCH`` lines;
+    the packaged file stays reachable as ``packaged/slurm/directives.sh.j2`` to include.
+    """
+    import dask.config
+
+    configured = dask.config.get("hpcbridge.templates", None) or []
+    folders = [configured] if isinstance(configured, str) else list(configured)
+    return [Path(folder).expanduser() for folder in folders]
+
+
+class RenderError(ValueError):
+    """A template could not be rendered (a site template with a mistake, say): names the file and line."""
+
+
 def template_name(spec: JobSpec) -> str:
     """The template that renders ``spec``: one file per scheduler and launch mode."""
     return f"{spec.scheduler}/{spec.mode}.sh.j2"
 
 
-def render_script(spec: JobSpec) -> str:
-    """Return the batch script for ``spec`` as text."""
-    template = _environment().get_template(template_name(spec))
-    return template.render(spec=spec, version=__version__)
+def render_script(spec: JobSpec, template_dirs: list[Path] | None = None) -> str:
+    """Return the batch script for ``spec`` as text.
+
+    Templates are looked up in ``template_dirs`` when given, otherwise in the site folders
+    (:func:`site_template_dirs`) and then the packaged ones.
+    """
+    folders = template_dirs if template_dirs is not None else [*site_template_dirs(), packaged_template_dir()]
+    try:
+        return _environment(folders).get_template(template_name(spec)).render(spec=spec, version=__version__)
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(f"template {error.filename or error.name}, line {error.lineno}: {error.message}") from None
+    except jinja2.TemplateError as error:
+        raise RenderError(f"template {template_name(spec)} (searched {', '.join(map(str, folders))}): "
+                          f"{error.__class__.__name__}: {error}") from None
 
 
 def write_script(spec: JobSpec, path: str | os.PathLike[str]) -> Path:
@@ -87,9 +116,13 @@ def shell_path(path: str, job_id_variable: str = "JOB_ID") -> ShellCode:
     return ShellCode("".join(pieces))
 
 
-def _environment() -> jinja2.Environment:
+def _environment(folders: list[Path]) -> jinja2.Environment:
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(packaged_template_dir())]),
+        loader=jinja2.ChoiceLoader([
+            jinja2.FileSystemLoader([str(folder) for folder in folders]),
+            # "packaged/slurm/directives.sh.j2" lets a site template extend the one it overrides.
+            jinja2.PrefixLoader({"packaged": jinja2.FileSystemLoader(str(packaged_template_dir()))}),
+        ]),
         undefined=jinja2.StrictUndefined,
         finalize=_quote,
         autoescape=False,

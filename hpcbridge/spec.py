@@ -113,6 +113,27 @@ class JobSpec:
             raise SpecError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
         return cls(**{key: value for key, value in values.items() if value is not None})
 
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None = None) -> JobSpec:
+        """Build a spec from ``values`` with the site profile in Dask's config filling the rest.
+
+        A centre writes its settings once, in a YAML file Dask reads (``~/.config/dask/`` or
+        ``$DASK_CONFIG``, e.g. ``hpcbridge: {scheduler: slurm, slurm: {account: proj42,
+        interface: ib0}}``) or as environment variables (``DASK_HPCBRIDGE__SLURM__ACCOUNT=proj42``).
+        Values given here win over ``hpcbridge.<scheduler>.<field>``, which wins over the
+        defaults; ``hpcbridge.scheduler`` picks the scheduler when none is given.
+        """
+        import dask.config
+
+        given = {key: value for key, value in (values or {}).items() if value not in (None, ())}
+        scheduler = given.get("scheduler") or dask.config.get("hpcbridge.scheduler", None) or "local"
+        profile = dask.config.get(f"hpcbridge.{str(scheduler).lower()}", None) or {}
+        if not isinstance(profile, Mapping):
+            raise SpecError(f"hpcbridge.{scheduler}", profile, "a mapping of spec fields in Dask's config")
+        merged = {str(key).replace("-", "_"): value for key, value in profile.items()}
+        merged.update(given, scheduler=scheduler)
+        return cls.from_dict(merged)
+
     @property
     def tasks(self) -> int:
         """How many tasks (MPI ranks in ``mpi`` mode) the job runs."""

@@ -156,15 +156,18 @@ def render(bridge: Bridge, view: View, block_bytes: int = BLOCK_BYTES, out: np.n
     blocks = row_blocks(view, workers, block_bytes)
     wave = 2 * workers
     waves = [blocks[i:i + wave] for i in range(0, len(blocks), wave)]
-    pending = [(waves[0], bridge.map(_block, [(low, high, view) for low, high in waves[0]]))] if waves else []
+
+    def send(bounds: list[tuple[int, int]]):
+        return bounds, bridge.map(_block, [(low, high, view) for low, high in bounds], chunk_size=1, progress=False)
+
+    pending = [send(waves[0])] if waves else []
     for index in range(len(waves)):
         if index + 1 < len(waves):
-            following = waves[index + 1]
-            pending.append((following, bridge.map(_block, [(low, high, view) for low, high in following])))
-        bounds, futures = pending.pop(0)
-        for (low, high), block in zip(bounds, bridge.gather(futures)):
+            pending.append(send(waves[index + 1]))
+        bounds, run = pending.pop(0)
+        for (low, high), block in zip(bounds, bridge.gather(run, progress=False)):
             image[low:high] = block
-        del futures
+        del run
     return image
 
 

@@ -2,9 +2,9 @@
 
 Three ways to get the same number (B = 10^7 gives 5495501355056):
 
-* faithful: ``sympy.primefactors`` on every number, the way users write it, in contiguous
-  ranges handed out by the connector; many more ranges than workers, so a worker that finishes
-  early takes the next range and nobody waits for a straggler;
+* faithful: ``sum(sympy.primefactors(n))`` for every number, the way users write it, mapped one
+  item per number; the connector groups the numbers into chunks sized from measured times, which
+  shrink towards the end, so every worker stays busy until the end;
 * static split: job ``i`` of ``k`` takes ``range(2 + i, B, k)``, the common hand-written split.
   With k = 3 it is badly imbalanced: the multiples of 3 factor fastest (their cofactor is a third
   of the size) and sum to a quarter of the others (partial sums 2418248946959 / 659400211060 /
@@ -19,17 +19,30 @@ import math
 from functools import cache
 
 from hpcbridge.bridge import Bridge
-from hpcbridge.demo import split_range, sum_prime_factors
 
-__all__ = ["sum_prime_factors", "sum_prime_factors_strided", "prime_contribution", "distinct_prime_factor_sums",
+__all__ = ["sum_prime_factors", "distinct_prime_factor_sum", "sum_prime_factors_strided", "prime_contribution", "distinct_prime_factor_sums",
            "faithful_sum", "static_split_sums", "fast_sum", "FAST_MAX_UPPER", "SEGMENT"]
 
 #: Above this, ``p * ((B - 1) // p)`` summed over a segment could overflow int64 in the sieve.
 FAST_MAX_UPPER = 10**10
 #: Numbers per sieve segment: 16 MiB of flags, one task each.
 SEGMENT = 1 << 24
-#: Numbers per faithful range (about 0.2 s of sympy each at 10^6).
-FAITHFUL_CHUNK = 20_000
+
+
+def sum_prime_factors(bounds: tuple[int, int]) -> int:
+    """Sum of the distinct prime factors of every integer in ``range(*bounds)`` (sympy)."""
+    return sum_prime_factors_strided(bounds[0], bounds[1], 1)
+
+
+def split_range(start: int, stop: int, pieces: int) -> list[tuple[int, int]]:
+    """``range(start, stop)`` as ``pieces`` contiguous ranges of near-equal length (empty ones dropped)."""
+    size, extra = divmod(stop - start, pieces)
+    bounds, low = [], start
+    for index in range(pieces):
+        high = low + size + (1 if index < extra else 0)
+        bounds.append((low, high))
+        low = high
+    return [b for b in bounds if b[0] < b[1]]
 
 
 def sum_prime_factors_strided(start: int, stop: int, step: int) -> int:
@@ -99,11 +112,25 @@ def distinct_prime_factor_sums(upper: int):
     return _kernels()[1](upper)
 
 
-def faithful_sum(bridge: Bridge, upper: int, chunk: int = FAITHFUL_CHUNK) -> int:
-    """The sympy sum over [2, upper), in contiguous ranges handed out by the connector."""
-    workers = max(1, bridge.n_workers)
-    pieces = max(workers * 8, math.ceil((upper - 2) / chunk))
-    return sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, upper, pieces))))
+def distinct_prime_factor_sum(n: int) -> int:
+    """``sum(sympy.primefactors(n))``: the faithful per-number function."""
+    from sympy import primefactors
+
+    return sum(primefactors(n))
+
+
+def faithful_sum(bridge: Bridge, upper: int, progress: bool = True) -> int:
+    """The sympy sum over [2, upper), one item per number; the connector sizes the chunks.
+
+    A few single numbers go first, one task each, so that every worker has imported SymPy before
+    the connector times its first chunk: its probe takes a first call slower than 2 s for slow
+    items and would then send one number per task.
+    """
+    warm = min(upper - 2, 2 * max(1, bridge.n_workers))
+    bridge.gather(bridge.map(distinct_prime_factor_sum, range(2, 2 + warm), chunk_size=1, progress=False),
+                  progress=False)
+    run = bridge.map(distinct_prime_factor_sum, range(2, upper), stack=True, progress=progress)
+    return int(bridge.gather(run, stack=True, progress=progress).sum())
 
 
 def _strided(args: tuple[int, int, int]) -> int:
@@ -115,15 +142,17 @@ def _contribution(args: tuple[int, int, int]) -> int:
     return prime_contribution((low, high), upper)
 
 
-def static_split_sums(bridge: Bridge, upper: int, jobs: int = 3) -> list[int]:
+def static_split_sums(bridge: Bridge, upper: int, jobs: int = 3, progress: bool = True) -> list[int]:
     """The sympy sum split by hand: job i takes ``range(2 + i, upper, jobs)``; one partial sum each."""
-    return bridge.gather(bridge.map(_strided, [(2 + i, upper, jobs) for i in range(jobs)]))
+    run = bridge.map(_strided, [(2 + i, upper, jobs) for i in range(jobs)], chunk_size=1, progress=progress)
+    return bridge.gather(run, progress=progress)
 
 
-def fast_sum(bridge: Bridge, upper: int, segment: int = SEGMENT) -> int:
+def fast_sum(bridge: Bridge, upper: int, segment: int = SEGMENT, progress: bool = True) -> int:
     """The sieve sum over [2, upper), one segment of primes per task."""
     if upper > FAST_MAX_UPPER:
-        raise ValueError(f"--upper {upper} is above {FAST_MAX_UPPER}, where the sieve's int64 sums could overflow")
+        raise ValueError(f"upper {upper} is above {FAST_MAX_UPPER}, where the sieve's int64 sums could overflow")
     workers = max(1, bridge.n_workers)
     pieces = max(workers, math.ceil((upper - 2) / segment))
-    return sum(bridge.gather(bridge.map(_contribution, [(low, high, upper) for low, high in split_range(2, upper, pieces)])))
+    segments = [(low, high, upper) for low, high in split_range(2, upper, pieces)]
+    return sum(bridge.gather(bridge.map(_contribution, segments, chunk_size=1, progress=progress), progress=progress))

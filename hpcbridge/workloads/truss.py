@@ -427,21 +427,27 @@ def solve_frequencies(omegas: Sequence[float], model: Model, solver: str = "auto
     return outputs, residuals, resolve_solver(solver)
 
 
-def _task(args: tuple, model: Model) -> tuple[np.ndarray, np.ndarray, str]:
-    omegas, solver, threads, amplitude = args
-    return solve_frequencies(omegas, model, solver, threads, amplitude)
+def _solve_one(omega: float, model: Model, solver: str, threads: int,
+               amplitude: Callable[[float], complex] | None) -> tuple[np.ndarray, float, str]:
+    outputs, residuals, name = solve_frequencies([omega], model, solver, threads, amplitude)
+    return outputs[0], float(residuals[0]), name
 
 
 def frequency_response(bridge: Bridge, model: Model, omegas: Sequence[float], solver: str = "auto",
-                       per_task: int | None = None, threads: int = 1,
-                       amplitude: Callable[[float], complex] | None = None) -> Response:
-    """Broadcast the model once, spread the frequencies over the workers, gather in order."""
+                       threads: int = 1, amplitude: Callable[[float], complex] | None = None,
+                       progress: bool = True) -> Response:
+    """Broadcast the model once, map the frequencies over the workers, gather in order.
+
+    The connector groups frequencies into chunks; each worker builds the pattern and (with
+    PARDISO) its analysis once for the model and reuses them for every frequency it gets. The
+    broadcast is released at the end.
+    """
     omegas = np.asarray(omegas, float)
-    workers = max(1, bridge.n_workers)
-    per_task = per_task or max(1, math.ceil(len(omegas) / (4 * workers)))
     handle = bridge.broadcast(model)
-    chunks = [omegas[i:i + per_task] for i in range(0, len(omegas), per_task)]
-    results = bridge.gather(bridge.map(_task, [(chunk, solver, threads, amplitude) for chunk in chunks], handle))
-    names = {name for _, _, name in results}
-    return Response(omegas=omegas, outputs=np.concatenate([r[0] for r in results]),
-                    residuals=np.concatenate([r[1] for r in results]), solver=",".join(sorted(names)))
+    try:
+        run = bridge.map(_solve_one, omegas, handle, solver, threads, amplitude, progress=progress)
+        results = bridge.gather(run, progress=progress)
+    finally:
+        bridge.release(handle)
+    return Response(omegas=omegas, outputs=np.array([r[0] for r in results]),
+                    residuals=np.array([r[1] for r in results]), solver=",".join(sorted({r[2] for r in results})))

@@ -1,0 +1,106 @@
+#!/bin/bash
+#BSUB -J dask-ib
+#BSUB -n 64
+#BSUB -R "span[ptile=32]"
+#BSUB -R "rusage[mem=4096MB]"
+#BSUB -M 16384MB
+#BSUB -W 04:00
+#BSUB -o dask-ib-%J.out
+#
+# A Dask cluster on LSF in scheduler-file mode (rendered by hpcbridge 0.1.0).
+# This script runs the Dask scheduler, then starts 16 Dask worker(s) with 4 thread(s) each.
+# Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
+set -euo pipefail
+JOB_ID=$LSB_JOBID
+# LSB_MCPU_HOSTS lists each host with its slots ("hostA 8 hostB 8"): one host entry per task.
+JOB_HOSTS=()
+TASK_HOSTS=()
+while read -r host _slots; do
+    JOB_HOSTS+=("$host")
+    for ((task = 0; task < 8; task++)); do
+        TASK_HOSTS+=("$host")
+    done
+done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
+
+# --- Software environment ------------------------------------------------------
+PYTHON=python3
+
+# --- Worker memory: each worker's share of the memory asked for -----------------
+WORKER_MEMORY=16384MiB
+
+# --- Where the cluster's address goes ------------------------------------------
+# Clients and workers find the scheduler through this file, one per job. A client script
+# started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
+SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
+export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
+export HPCBRIDGE_WORKERS=16
+# Every Dask worker runs with these options; memory and threads are pinned explicitly so
+# no worker guesses from the whole node.
+WORKER_OPTIONS=(
+    --scheduler-file "$SCHEDULER_FILE"
+    --nworkers 1
+    --nthreads 4
+    --memory-limit "$WORKER_MEMORY"
+    --interface ib0
+    --lifetime 14100s
+    --lifetime-stagger 30s
+    --death-timeout 60
+)
+
+# --- Preflight: fail now, with a reason, rather than later with a timeout ------
+# INTERFACE_CHECK runs on every node before Dask starts there (its $ expand there, not here).
+# It reads /proc/net/dev, which shows the caller's network namespace (/sys/class/net may not).
+# shellcheck disable=SC2016
+INTERFACE_CHECK='grep -q "^ *$1:" /proc/net/dev || { echo "hpcbridge: network interface $1 does not exist on $(hostname); it has: $(sed -n "s/^ *\([^:]*\):.*/\1/p" /proc/net/dev | xargs)" >&2; exit 1; }'
+bash -c "$INTERFACE_CHECK" check ib0
+
+# --- Dask scheduler ------------------------------------------------------------
+# A scheduler file left by an earlier job would send workers and clients to a dead address.
+rm -f "$SCHEDULER_FILE"
+mkdir -p "$(dirname "$SCHEDULER_FILE")"
+"$PYTHON" -m distributed.cli.dask_scheduler \
+    --scheduler-file "$SCHEDULER_FILE" \
+    --protocol tcp \
+    --interface ib0 \
+    --port 0 \
+    --dashboard-address :0 &
+SCHEDULER_PID=$!
+
+echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
+deadline=$((SECONDS + 120))
+until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$SCHEDULER_FILE" 2>/dev/null; do
+    if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
+        echo "hpcbridge: the Dask scheduler exited before writing $SCHEDULER_FILE (see its messages above)" >&2
+        exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+        echo "hpcbridge: no scheduler file after 120 s: $SCHEDULER_FILE" >&2
+        kill "$SCHEDULER_PID"
+        exit 1
+    fi
+    sleep 0.5
+done
+echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
+
+# --- Dask workers ----------------------------------------------------------------
+blaunch -z "${JOB_HOSTS[*]}" bash -c "$INTERFACE_CHECK" check ib0
+# One worker per task: blaunch starts the command once for every host listed.
+blaunch -z "${TASK_HOSTS[*]}" "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
+WORKERS_PID=$!
+
+# --- Run until a client shuts the cluster down ---------------------------------
+# client.shutdown() stops the scheduler, which tells every worker to close, and the job ends
+# with the scheduler's exit status. If the workers all exit first (killed, out of memory),
+# the cluster is of no use: stop the scheduler and fail the job.
+set +e
+wait -n -p FIRST_EXITED "$SCHEDULER_PID" "$WORKERS_PID"
+STATUS=$?
+if [ "$FIRST_EXITED" = "$WORKERS_PID" ]; then
+    echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
+    kill "$SCHEDULER_PID"
+    wait "$SCHEDULER_PID"
+    exit 1
+fi
+echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
+wait "$WORKERS_PID"
+exit "$STATUS"

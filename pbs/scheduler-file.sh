@@ -1,0 +1,96 @@
+#!/bin/bash
+#PBS -N dask
+#PBS -l select=1:ncpus=8:mpiprocs=4:mem=16384mb
+#PBS -l place=scatter
+#PBS -l walltime=01:00:00
+#PBS -j oe
+#
+# A Dask cluster on PBS in scheduler-file mode (rendered by hpcbridge 0.1.0).
+# This script runs the Dask scheduler, then starts 4 Dask worker(s) with 2 thread(s) each.
+# Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
+set -euo pipefail
+JOB_ID=$PBS_JOBID
+cd "${PBS_O_WORKDIR:-.}"
+# Slurm's Torque wrappers provide no node file; Slurm's own helper writes one.
+if [ -z "${PBS_NODEFILE:-}" ] && command -v generate_pbs_nodefile >/dev/null; then
+    PBS_NODEFILE=$(generate_pbs_nodefile)
+    export PBS_NODEFILE
+fi
+# mpiexec (Open MPI) places processes on the job's nodes from the node file.
+HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
+
+# --- Software environment ------------------------------------------------------
+PYTHON=python3
+
+# --- Worker memory: each worker's share of the memory asked for -----------------
+WORKER_MEMORY=4096MiB
+
+# --- Where the cluster's address goes ------------------------------------------
+# Clients and workers find the scheduler through this file, one per job. A client script
+# started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
+SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
+export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
+export HPCBRIDGE_WORKERS=4
+# Every Dask worker runs with these options; memory and threads are pinned explicitly so
+# no worker guesses from the whole node.
+WORKER_OPTIONS=(
+    --scheduler-file "$SCHEDULER_FILE"
+    --nworkers 1
+    --nthreads 2
+    --memory-limit "$WORKER_MEMORY"
+    --lifetime 3300s
+    --lifetime-stagger 30s
+    --death-timeout 60
+)
+
+# --- Preflight: fail now, with a reason, rather than later with a timeout ------
+
+# --- Dask scheduler ------------------------------------------------------------
+# A scheduler file left by an earlier job would send workers and clients to a dead address.
+rm -f "$SCHEDULER_FILE"
+mkdir -p "$(dirname "$SCHEDULER_FILE")"
+"$PYTHON" -m distributed.cli.dask_scheduler \
+    --scheduler-file "$SCHEDULER_FILE" \
+    --protocol tcp \
+    --port 0 \
+    --dashboard-address :0 &
+SCHEDULER_PID=$!
+
+echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
+deadline=$((SECONDS + 120))
+until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$SCHEDULER_FILE" 2>/dev/null; do
+    if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
+        echo "hpcbridge: the Dask scheduler exited before writing $SCHEDULER_FILE (see its messages above)" >&2
+        exit 1
+    fi
+    if ((SECONDS >= deadline)); then
+        echo "hpcbridge: no scheduler file after 120 s: $SCHEDULER_FILE" >&2
+        kill "$SCHEDULER_PID"
+        exit 1
+    fi
+    sleep 0.5
+done
+echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
+
+# --- Dask workers ----------------------------------------------------------------
+# One worker per task, 4 per node; mpiexec only starts them (they do not use MPI).
+mpiexec "${HOSTFILE_OPTION[@]}" -n 4 --map-by ppr:4:node --bind-to none \
+    "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
+WORKERS_PID=$!
+
+# --- Run until a client shuts the cluster down ---------------------------------
+# client.shutdown() stops the scheduler, which tells every worker to close, and the job ends
+# with the scheduler's exit status. If the workers all exit first (killed, out of memory),
+# the cluster is of no use: stop the scheduler and fail the job.
+set +e
+wait -n -p FIRST_EXITED "$SCHEDULER_PID" "$WORKERS_PID"
+STATUS=$?
+if [ "$FIRST_EXITED" = "$WORKERS_PID" ]; then
+    echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
+    kill "$SCHEDULER_PID"
+    wait "$SCHEDULER_PID"
+    exit 1
+fi
+echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
+wait "$WORKERS_PID"
+exit "$STATUS"
