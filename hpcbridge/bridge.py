@@ -66,6 +66,13 @@ def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout:
             f"the scheduler at {address} (from {scheduler_file}) does not answer: {error}. "
             "A scheduler file left by a finished job points at a dead address."
         ) from None
+    except TypeError as error:
+        if not address.startswith("tls://"):
+            raise
+        raise ConnectError(
+            f"the scheduler at {address} speaks TLS and this client has no certificates ({error}); set "
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT and ..._CLIENT__KEY to the job's files"
+        ) from None
     bridge = Bridge(client)
     try:
         bridge.wait_for_workers(n_workers, timeout=max(0.0, deadline - time.monotonic()))

@@ -182,6 +182,17 @@ def connect(scheduler_file: str, n_workers: int, timeout: float) -> None:
         click.echo(f"dashboard: {bridge.dashboard_link}")
 
 
+@main.command("tls-certificates")
+@click.argument("folder", type=click.Path(file_okay=False), default="~/.hpcbridge/tls")
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="How long they are valid.")
+def tls_certificates(folder: str, days: int) -> None:
+    """Create a private CA and a certificate for --protocol tls in FOLDER.  [default: ~/.hpcbridge/tls]"""
+    from hpcbridge.tls import create_certificates
+
+    made = create_certificates(folder, days=days)
+    click.echo(f"--protocol tls --tls-ca-file {made.ca_file} --tls-cert {made.cert} --tls-key {made.key}")
+
+
 @main.command()
 @click.option("--upper", type=click.IntRange(min=3), default=1_000_000, show_default=True,
               help="Sum the distinct prime factors of every integer in [2, UPPER).")

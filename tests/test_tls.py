@@ -1,0 +1,44 @@
+"""protocol=tls: the cluster speaks only TLS, and a client without the certificates is refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import dask.config
+import pytest
+
+from hpcbridge import jobs
+from hpcbridge.bridge import ConnectError, connect
+from hpcbridge.tls import create_certificates
+
+
+def test_certificates_are_private_and_signed_by_their_ca(tmp_path) -> None:
+    made = create_certificates(tmp_path / "tls")
+    assert (tmp_path / "tls").stat().st_mode & 0o777 == 0o700
+    assert made.key.stat().st_mode & 0o777 == 0o600
+    verified = subprocess.run(["openssl", "verify", "-CAfile", str(made.ca_file), str(made.cert)],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and "OK" in verified.stdout
+
+
+def test_command_prints_the_options_to_pass(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "tls-certificates", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"--protocol tls --tls-ca-file {tmp_path}/t/ca.pem --tls-cert {tmp_path}/t/cert.pem "
+                                   f"--tls-key {tmp_path}/t/key.pem")
+
+
+def test_tls_cluster_accepts_only_clients_with_the_certificates(local_spec, local_jobs, tmp_path) -> None:
+    made = create_certificates(tmp_path / "tls")
+    job = jobs.submit(local_spec(ntasks_per_node=2, protocol="tls", tls_ca_file=str(made.ca_file),
+                                 tls_cert=str(made.cert), tls_key=str(made.key)))
+    local_jobs.append(job)
+    with dask.config.set(made.dask_config()):
+        with connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+            assert bridge.client.scheduler.address.startswith("tls://127.0.0.1:")
+            assert all(address.startswith("tls://") for address in bridge.client.nthreads())
+            assert bridge.gather(bridge.map(abs, [-3, -4])) == [3, 4]
+    with pytest.raises(ConnectError, match="speaks TLS and this client has no certificates"):
+        connect(job.scheduler_file, n_workers=1, timeout=5)
