@@ -1,0 +1,32 @@
+"""The connector benchmarks run, small, and print every figure as a `name: value` line (no timing asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def figures(script: str, *argv: str) -> dict[str, float]:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    pairs = [line.split(": ", 1) for line in done.stdout.splitlines()]
+    return {name: float(value) for name, value in pairs}
+
+
+def test_map_overhead_prints_per_item_costs_and_the_ratio_to_raw_client_map() -> None:
+    found = figures("map_overhead.py", "--items", "20000", "--raw-items", "100", "--repeats", "1")
+    assert found["items"] == 20000 and found["workers"] == 2
+    assert 0 < found["chunks"] < 20000
+    assert {"bridge_map_us_per_item", "raw_client_map_us_per_item", "raw_over_bridge_ratio"} <= set(found)
+
+
+def test_broadcast_benchmark_compares_with_scatter() -> None:
+    found = figures("broadcast.py", "--megabytes", "16", "--workers", "2")
+    assert found["hpcbridge_bytes_from_client"] == 16 * 2**20
+    assert found["hpcbridge_workers_holding_after_amm"] == 2
+    assert {"hpcbridge_seconds", "scatter_seconds", "scatter_workers_holding_after_amm",
+            "hpcbridge_scheduler_peak_growth_mb", "scatter_scheduler_peak_growth_mb"} <= set(found)
