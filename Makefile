@@ -15,7 +15,7 @@ test: system-packages install
 
 install:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --disable-pip-version-check --editable '.[test]'
+	$(PIP) install --quiet --disable-pip-version-check --editable '.[test,examples]'
 
 system-packages:
 	tests/cluster/slurm-cluster install

@@ -1,0 +1,109 @@
+"""Mandelbrot time per gigapixel on the cluster vs one process, and assembly vs a memory copy.
+
+    python benchmarks/mandelbrot.py --size 20000 --workers 2
+
+* ``seconds_per_gigapixel``: the whole image in row blocks on the workers, assembled into one
+  array, against ``single_seconds_per_gigapixel``: the same compiled kernel in this process
+  (run on one core; both after a warm-up that loads the compiled kernel);
+* ``assembly_gbps``: blocks already computed and held by the workers, gathered and copied into
+  one contiguous array, against ``memcpy_gbps``: ``np.copyto`` of the same number of bytes here.
+
+The single-process image is computed only when ``--size`` is at most ``--single-max`` (default
+12000); above it, single_seconds_per_gigapixel is measured at --single-max. Prints ``name: value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from hpcbridge.workloads import add_cluster_options, open_cluster
+from hpcbridge.workloads.mandelbrot import View, render, render_serial, row_blocks, rows
+
+
+def filled_block(task: tuple[int, int, int]) -> np.ndarray:
+    low, high, width = task
+    return np.full((high - low, width), low % 251, np.uint8)
+
+
+def best_of(repeats: int, fn, *args) -> tuple[object, float]:
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        value = fn(*args)
+        best = min(best, time.perf_counter() - started)
+    return value, best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4000, help="width and height in pixels (default 4000)")
+    parser.add_argument("--single-max", type=int, default=12000,
+                        help="largest size computed in one process too (default 12000)")
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many runs (default 1)")
+    add_cluster_options(parser)
+    args = parser.parse_args(argv)
+    view = View(args.size, args.size)
+    single_view = View(min(args.size, args.single_max), min(args.size, args.single_max))
+
+    render_serial(View(64, 64))  # load the compiled kernel
+    single, single_seconds = best_of(args.repeats, render_serial, single_view)
+    with open_cluster(args.scheduler_file, args.workers, args.timeout, say=lambda line: None,
+                      job_name="hpcbridge-bench-mandelbrot") as bridge:
+        workers = bridge.n_workers
+        render(bridge, View(64, 64 * workers))
+        image, seconds = best_of(args.repeats, render, bridge, view)
+        if single_view == view:
+            identical = np.array_equal(image, single)
+        else:  # the top and bottom rows, computed here
+            edge = min(64, view.height)
+            identical = (np.array_equal(image[:edge], rows((0, edge), view))
+                         and np.array_equal(image[-edge:], rows((view.height - edge, view.height), view)))
+
+        blocks = row_blocks(view, workers)
+        run = bridge.map(filled_block, [(low, high, view.width) for low, high in blocks], chunk_size=1, progress=False)
+        while run.done_items() < run.n_items:  # computed and held by the workers before timing
+            time.sleep(0.05)
+        assembled = np.zeros_like(image)
+        started = time.perf_counter()
+        for (low, high), block in zip(blocks, bridge.gather(run, progress=False)):
+            assembled[low:high] = block
+        assembly_seconds = time.perf_counter() - started
+    expected = np.concatenate([np.full((high - low, 1), low % 251, np.uint8) for low, high in blocks])
+    assembled_right = bool(np.array_equal(assembled[:, :1], expected) and np.array_equal(assembled[:, -1:], expected))
+
+    source = np.ones_like(image)
+    target = np.zeros_like(image)
+    _, memcpy_seconds = best_of(3, np.copyto, target, source)
+
+    gigapixels = view.width * view.height / 1e9
+    single_gigapixels = single_view.width * single_view.height / 1e9
+    per_gp = seconds / gigapixels
+    single_per_gp = single_seconds / single_gigapixels
+    assembly_gbps = image.nbytes / assembly_seconds / 1e9
+    memcpy_gbps = image.nbytes / memcpy_seconds / 1e9
+    lines = {
+        "size": f"{view.width}x{view.height}",
+        "workers": workers,
+        "mean_iterations": f"{image.mean(dtype=np.float64):.2f}",
+        "identical_to_single_process": "yes" if identical else "NO",
+        "assembled_in_order": "yes" if assembled_right else "NO",
+        "seconds": f"{seconds:.3f}",
+        "seconds_per_gigapixel": f"{per_gp:.2f}",
+        "single_seconds_per_gigapixel": f"{single_per_gp:.2f}",
+        "speedup_vs_single": f"{single_per_gp / per_gp:.2f}",
+        "efficiency": f"{single_per_gp / per_gp / workers:.3f}",
+        "assembly_gbps": f"{assembly_gbps:.3f}",
+        "memcpy_gbps": f"{memcpy_gbps:.3f}",
+        "assembly_vs_memcpy": f"{assembly_gbps / memcpy_gbps:.3f}",
+    }
+    for name, value in lines.items():
+        print(f"{name}: {value}")
+    return 0 if identical and assembled_right else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

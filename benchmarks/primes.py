@@ -1,0 +1,71 @@
+"""Parallel efficiency of the faithful prime-factor sum: connector's ranges vs the static split.
+
+    python benchmarks/primes.py --upper 1000000 --workers 2
+
+Efficiency is serial time / (workers x parallel time). The serial time is one task over all of
+[2, B) on one worker of the same cluster; the faithful run maps one item per number and lets the
+connector chunk them; the static split is three jobs, job i taking ``range(2 + i, B, 3)``. Prints ``name: value`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from hpcbridge.workloads import add_cluster_options, open_cluster
+from hpcbridge.workloads.primes import SEGMENT, faithful_sum, fast_sum, static_split_sums, sum_prime_factors
+
+
+def timed(fn, *args):
+    started = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upper", type=int, default=10**6, metavar="B", help="sum over [2, B) (default 10^6)")
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many interleaved runs (default 1)")
+    add_cluster_options(parser)
+    args = parser.parse_args(argv)
+
+    with open_cluster(args.scheduler_file, args.workers, args.timeout, say=lambda line: None,
+                      job_name="hpcbridge-bench-primes") as bridge:
+        workers = bridge.n_workers
+        bridge.gather(bridge.map(sum_prime_factors, [(2, 1000)] * (4 * workers), chunk_size=1, progress=False), progress=False)  # import sympy everywhere
+        serial_seconds = faithful_seconds = static_seconds = float("inf")
+        for _ in range(args.repeats):  # interleaved, best of each: the machine may be shared
+            serial, seconds = timed(lambda: bridge.gather(bridge.map(sum_prime_factors, [(2, args.upper)], chunk_size=1, progress=False), progress=False)[0])
+            serial_seconds = min(serial_seconds, seconds)
+            faithful, seconds = timed(faithful_sum, bridge, args.upper, False)
+            faithful_seconds = min(faithful_seconds, seconds)
+            partials, seconds = timed(static_split_sums, bridge, args.upper, 3, False)
+            static_seconds = min(static_seconds, seconds)
+        fast, fast_seconds = timed(fast_sum, bridge, args.upper, SEGMENT, False)
+        fast, fast_seconds = timed(fast_sum, bridge, args.upper, SEGMENT, False)  # the first run loads the compiled sieve
+
+    efficiency = serial_seconds / (workers * faithful_seconds)
+    static_efficiency = serial_seconds / (workers * static_seconds)
+    lines = {
+        "upper": args.upper,
+        "workers": workers,
+        "sum": faithful,
+        "correct": "yes" if serial == faithful == sum(partials) == fast else "NO",
+        "serial_seconds": f"{serial_seconds:.3f}",
+        "faithful_seconds": f"{faithful_seconds:.3f}",
+        "static_seconds": f"{static_seconds:.3f}",
+        "static_partials": " ".join(map(str, partials)),
+        "efficiency": f"{efficiency:.3f}",
+        "static_efficiency": f"{static_efficiency:.3f}",
+        "efficiency_vs_static": f"{efficiency / static_efficiency:.3f}",
+        "fast_seconds": f"{fast_seconds:.4f}",
+        "fast_speedup_vs_faithful": f"{faithful_seconds / fast_seconds:.1f}",
+    }
+    for name, value in lines.items():
+        print(f"{name}: {value}")
+    return 0 if lines["correct"] == "yes" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

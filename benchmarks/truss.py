@@ -1,0 +1,98 @@
+"""Seconds per frequency of each sparse solver against spsolve, on the same matrices, with residuals.
+
+    python benchmarks/truss.py --nx 273 --ny 273 --frequencies 5      # 149604 unknowns
+
+All solvers run in this process on one thread, on the same (K + iωC − ω²M, b) at the same ω,
+interleaved frequency by frequency. PARDISO's one-off analysis is reported on its own line and
+not counted per frequency (it is done once per worker and model). Then the same frequencies
+(times --cluster-factor) run on the cluster with the automatic choice. Prints ``name: value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from hpcbridge.workloads import add_cluster_options, open_cluster
+from hpcbridge.workloads.truss import (Pattern, PardisoSolver, SpsolveSolver, SuperLUSolver, assemble,
+                                       first_frequency_estimate, frequency_response, pardiso_available,
+                                       relative_residual, structured_mesh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nx", type=int, default=60, help="cells along x (default 60: 7320 unknowns)")
+    parser.add_argument("--ny", type=int, default=60, help="cells along y (default 60)")
+    parser.add_argument("--frequencies", type=int, default=6, help="frequencies timed per solver (default 6)")
+    parser.add_argument("--cluster-factor", type=int, default=4,
+                        help="the cluster run solves this many times as many frequencies (default 4; 0 skips it)")
+    add_cluster_options(parser)
+    args = parser.parse_args(argv)
+
+    model = assemble(structured_mesh(args.nx, args.ny))
+    omega_1 = first_frequency_estimate(model)
+    omegas = np.linspace(0.2 * omega_1, 3.0 * omega_1, args.frequencies)
+    pattern = Pattern(model)
+    rhs = model.b.astype(complex)
+
+    solvers = {"spsolve": SpsolveSolver(pattern), "superlu": SuperLUSolver(pattern)}
+    analysis_seconds = None
+    if pardiso_available():
+        started = time.perf_counter()
+        solvers["pardiso"] = PardisoSolver(pattern, threads=1)
+        analysis_seconds = time.perf_counter() - started
+    seconds = {name: [] for name in solvers}
+    residuals = {name: [] for name in solvers}
+    differences = {name: [] for name in solvers}
+    for omega in omegas:
+        reference = None
+        for name, solver in solvers.items():
+            started = time.perf_counter()
+            x = solver.solve(float(omega), rhs)
+            seconds[name].append(time.perf_counter() - started)
+            residuals[name].append(relative_residual(pattern, float(omega), x, rhs))
+            reference = x if reference is None else reference
+            differences[name].append(float(np.linalg.norm(x - reference) / np.linalg.norm(reference)))
+
+    lines: dict[str, object] = {"unknowns": model.size, "nonzeros": model.K.nnz, "frequencies": len(omegas)}
+    base = float(np.median(seconds["spsolve"]))
+    for name in solvers:
+        per = float(np.median(seconds[name]))
+        lines[f"{name}_seconds_per_frequency"] = f"{per:.4f}"
+        lines[f"{name}_residual_max"] = f"{max(residuals[name]):.2e}"
+        if name != "spsolve":
+            lines[f"{name}_difference_vs_spsolve"] = f"{max(differences[name]):.2e}"
+            lines[f"{name}_ratio_vs_spsolve"] = f"{base / per:.2f}"
+    if analysis_seconds is not None:
+        lines["pardiso_analysis_seconds"] = f"{analysis_seconds:.4f}"
+        lines["ratio_vs_spsolve"] = lines["pardiso_ratio_vs_spsolve"]
+    else:
+        lines["ratio_vs_spsolve"] = lines["superlu_ratio_vs_spsolve"]
+    for solver in solvers.values():
+        getattr(solver, "close", lambda: None)()
+
+    if args.cluster_factor > 0:
+        many = np.linspace(omegas[0], omegas[-1], args.frequencies * args.cluster_factor)
+        with open_cluster(args.scheduler_file, args.workers, args.timeout, say=lambda line: None,
+                          job_name="hpcbridge-bench-truss") as bridge:
+            workers = bridge.n_workers
+            started = time.perf_counter()
+            result = frequency_response(bridge, model, many, progress=False)
+            elapsed = time.perf_counter() - started
+        lines["cluster_solver"] = result.solver
+        lines["cluster_workers"] = workers
+        lines["cluster_seconds_per_frequency"] = f"{elapsed / len(many):.4f}"
+        lines["cluster_residual_max"] = f"{result.residuals.max():.2e}"
+        lines["cluster_speedup_vs_spsolve"] = f"{base * len(many) / elapsed:.2f}"
+
+    for name, value in lines.items():
+        print(f"{name}: {value}")
+    worst = max(max(r) for r in residuals.values())
+    return 0 if worst < 1e-8 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
