@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "single_seconds_per_gigapixel": f"{single_per_gp:.2f}",
         "speedup_vs_single": f"{single_per_gp / per_gp:.2f}",
         "efficiency": f"{single_per_gp / per_gp / workers:.3f}",
-        "assembly_gbps": f"{assembly_gbps:.3f}",
-        "memcpy_gbps": f"{memcpy_gbps:.3f}",
-        "assembly_vs_memcpy": f"{assembly_gbps / memcpy_gbps:.3f}",
+        "assembly_gbps": f"{assembly_gbps:.3g}",
+        "memcpy_gbps": f"{memcpy_gbps:.3g}",
+        "assembly_vs_memcpy": f"{assembly_gbps / memcpy_gbps:.3g}",
     }
     for name, value in lines.items():
         print(f"{name}: {value}")

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     with open_cluster(args.scheduler_file, args.workers, args.timeout, job_name="hpcbridge-mandelbrot") as bridge:
         workers = bridge.n_workers
         started = time.perf_counter()
+        render(bridge, View(64, 64 * workers))
+        print(f"loading the compiled kernel on the workers: {time.perf_counter() - started:.2f} s")
+        started = time.perf_counter()
         image = render(bridge, view)
         seconds = time.perf_counter() - started
     gigapixels = view.width * view.height / 1e9

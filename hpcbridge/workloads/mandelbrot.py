@@ -191,7 +191,7 @@ def save_plot(image: np.ndarray, view: View, path: str, max_pixels: int = 2000) 
     axes.set_xlabel("Re c")
     axes.set_ylabel("Im c")
     axes.set_title(f"Mandelbrot, {view.width} x {view.height}, {view.maxiter} iterations"
-                   + (f" (every {stride}th pixel)" if stride > 1 else ""))
+                   + (f" (1 pixel in {stride} each way)" if stride > 1 else ""))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

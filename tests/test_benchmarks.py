@@ -1,0 +1,91 @@
+"""Each benchmark at a small size on a real local cluster: its ``name: value`` lines and its answers.
+
+No timings are asserted (the machine is shared); what is checked is that every figure the README
+quotes is printed, parses as a number, and comes from correct results.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hpcbridge import jobs
+from hpcbridge.spec import JobSpec
+from hpcbridge.workloads import truss
+from tests.conftest import job_processes, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 2-worker local cluster for the module; its scheduler file. Cancelled and checked gone at the end."""
+    home = tmp_path_factory.mktemp("benchmarks-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPCBRIDGE_HOME", str(home))
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=2, cpus_per_task=1, python=sys.executable,
+                                  scheduler_file=str(home / "{job_id}" / "scheduler.json")))
+        try:
+            yield job.scheduler_file
+        finally:
+            job.cancel()
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+
+
+def bench(name: str, cluster: str, *args: str) -> dict[str, str]:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args, "--scheduler-file", cluster],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert lines and all(key.replace("_", "").isalnum() for key in lines), done.stdout
+    return lines
+
+
+def positive(lines: dict[str, str], *names: str) -> None:
+    for name in names:
+        assert float(lines[name]) > 0, (name, lines[name])
+
+
+def test_primes_benchmark(cluster: str) -> None:
+    lines = bench("primes", cluster, "--upper", "20000")
+    assert lines["correct"] == "yes" and lines["sum"] == "37586705"
+    assert lines["workers"] == "2"
+    assert sum(map(int, lines["static_partials"].split())) == 37586705
+    positive(lines, "serial_seconds", "faithful_seconds", "static_seconds", "efficiency", "static_efficiency",
+             "efficiency_vs_static", "fast_seconds", "fast_speedup_vs_faithful")
+
+
+def test_mandelbrot_benchmark(cluster: str) -> None:
+    lines = bench("mandelbrot", cluster, "--size", "400", "--single-max", "200")
+    assert lines["identical_to_single_process"] == "yes" and lines["assembled_in_order"] == "yes"
+    assert lines["size"] == "400x400"
+    assert 80 < float(lines["mean_iterations"]) < 110
+    positive(lines, "seconds_per_gigapixel", "single_seconds_per_gigapixel", "speedup_vs_single", "efficiency",
+             "assembly_gbps", "memcpy_gbps", "assembly_vs_memcpy")
+
+
+def test_truss_benchmark(cluster: str) -> None:
+    lines = bench("truss", cluster, "--nx", "10", "--ny", "8", "--frequencies", "3", "--cluster-factor", "2")
+    assert lines["unknowns"] == "180"
+    solvers = ["spsolve", "superlu"] + (["pardiso"] if truss.pardiso_available() else [])
+    for solver in solvers:
+        assert float(lines[f"{solver}_residual_max"]) < 1e-10
+        positive(lines, f"{solver}_seconds_per_frequency")
+    for solver in solvers[1:]:
+        assert float(lines[f"{solver}_difference_vs_spsolve"]) < 1e-9
+        positive(lines, f"{solver}_ratio_vs_spsolve")
+    assert lines["cluster_solver"] == truss.resolve_solver("auto")
+    assert float(lines["cluster_residual_max"]) < 1e-10
+    positive(lines, "ratio_vs_spsolve", "cluster_seconds_per_frequency", "cluster_speedup_vs_spsolve")
+
+
+def test_montecarlo_benchmark(cluster: str) -> None:
+    lines = bench("montecarlo", cluster, "--count", "60", "--high", "100000")
+    assert lines["identical_to_serial"] == "yes"
+    assert lines["sizes"] == "60"
+    assert float(lines["within_3_standard_errors"]) > 0.9
+    positive(lines, "serial_seconds", "seconds", "million_points_per_second", "efficiency")

@@ -1,0 +1,119 @@
+"""The example scripts, run as users run them, on a real local cluster (attached through its file)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcbridge import jobs
+from hpcbridge.spec import JobSpec
+from hpcbridge.workloads import mandelbrot, montecarlo, truss
+from tests.conftest import job_processes, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ["primes", "mandelbrot", "truss", "montecarlo"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 2-worker local cluster for the module; its scheduler file. Cancelled and checked gone at the end."""
+    home = tmp_path_factory.mktemp("examples-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPCBRIDGE_HOME", str(home))
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=2, cpus_per_task=1, python=sys.executable,
+                                  scheduler_file=str(home / "{job_id}" / "scheduler.json")))
+        try:
+            yield job.scheduler_file
+        finally:
+            job.cancel()
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+
+
+def run(script: str, *args: str, cwd: Path | None = None) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / f"{script}.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stdout
+
+
+def value(output: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}: (.+)$", output, re.MULTILINE)
+    assert match, f"no '{name}:' line in\n{output}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("script", EXAMPLES)
+def test_every_example_has_help(script: str) -> None:
+    text = run(script, "--help")
+    assert "--scheduler-file" in text and "--workers" in text
+
+
+def test_prime_example_on_its_own_local_cluster_leaves_nothing_running(hpcbridge_home: Path) -> None:
+    output = run("primes", "--upper", "10000")
+    assert value(output, "sum") == "10218029"
+    assert value(output, "workers") == "2"
+    job_id = re.search(r"local job (local-[0-9a-f]+)", output).group(1)
+    assert wait_for(lambda: not job_processes(job_id), timeout=30)
+    assert (hpcbridge_home / "local" / job_id / "exitcode").read_text().strip() == "0"
+
+
+@pytest.mark.parametrize(("method", "upper", "expected"), [("sympy", "100000", "795296861"),
+                                                            ("fast", "10000000", "5495501355056")])
+def test_prime_example_methods_on_a_running_cluster(cluster: str, method: str, upper: str, expected: str) -> None:
+    output = run("primes", "--upper", upper, "--method", method, "--scheduler-file", cluster)
+    assert value(output, "sum") == expected
+    assert float(value(output, "time").split()[0]) > 0
+
+
+def test_mandelbrot_example_assembles_the_reference_image(cluster: str, tmp_path: Path) -> None:
+    output = run("mandelbrot", "--width", "333", "--height", "301", "--png", str(tmp_path / "m.png"),
+                 "--save", str(tmp_path / "m.npy"), "--scheduler-file", cluster)
+    view = mandelbrot.View(333, 301)
+    image = np.load(tmp_path / "m.npy")
+    assert image.flags.c_contiguous and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, mandelbrot.reference_rows((0, 301), view))
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "image: 301 x 333 uint8, contiguous True" in output
+
+
+def test_truss_example_solves_every_frequency_to_a_small_residual(cluster: str, tmp_path: Path) -> None:
+    output = run("truss", "--nx", "12", "--ny", "6", "--frequencies", "24", "--csv", str(tmp_path / "t.csv"),
+                 "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)
+    table = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    assert table.shape == (24, 5)
+    assert table[:, 4].max() < 1e-10
+    assert value(output, "solver") == truss.resolve_solver("auto")
+    model = truss.assemble(truss.structured_mesh(12, 6))
+    omega = table[5, 0]
+    x = truss.solver_for(model, "spsolve").solve(omega, model.b)
+    np.testing.assert_allclose(table[5, 1] + 1j * table[5, 2], x[model.outputs[0]], rtol=1e-8)
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_truss_example_reads_a_triangle_mesh(cluster: str, tmp_path: Path) -> None:
+    nodes, triangles = truss.structured_triangles(10, 4, spacing=0.25)
+    truss.write_triangle(nodes, triangles, tmp_path / "plate")
+    output = run("truss", "--mesh", str(tmp_path / "plate"), "--frequencies", "6", "--solver", "superlu",
+                 "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)
+    assert "55 nodes, 134 bars, 100 unknowns" in output
+    assert value(output, "solver") == "superlu"
+    assert float(value(output, "largest residual")) < 1e-10
+
+
+def test_montecarlo_example_writes_the_table_the_serial_run_gives(cluster: str, tmp_path: Path) -> None:
+    output = run("montecarlo", "--count", "120", "--high", "200000", "--seed", "5", "--csv", str(tmp_path / "pi.csv"),
+                 "--png", str(tmp_path / "pi.png"), "--scheduler-file", cluster)
+    table = np.loadtxt(tmp_path / "pi.csv", delimiter=",", skiprows=1)
+    sizes = montecarlo.sample_sizes(120, 10**3, 200000)
+    assert table.shape == (120, 4)
+    np.testing.assert_array_equal(table[:, 0], sizes)
+    np.testing.assert_allclose(table[:, 1], montecarlo.run_table_serial(sizes, seed=5).estimate, rtol=1e-12)
+    assert value(output, "workers") == "2"
+    assert (tmp_path / "pi.png").stat().st_size > 1000
