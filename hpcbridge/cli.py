@@ -44,7 +44,7 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "else local]"),
         click.option("--mode", type=click.Choice(MODES),
                      help="scheduler-file: a scheduler and separately started workers; mpi: one MPI program "
-                     "(dask-mpi).  [default: scheduler-file]"),
+                     "(dask-mpi); array: independent elements, no cluster.  [default: scheduler-file]"),
         click.option("--nodes", help="Nodes to allocate.  [default: 1]"),
         click.option("--ntasks-per-node", help="Dask workers per node.  [default: 1]"),
         click.option("--cpus-per-task", help="CPUs (and threads) per worker.  [default: 1]"),
@@ -66,9 +66,11 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable)."),
         click.option("--setup", multiple=True, help="Shell command to run before Dask starts (repeatable)."),
         click.option("--python", help="Python interpreter on the compute nodes.  [default: python3]"),
-        click.option("--client-script", help="With --mode mpi: a Python script that MPI rank 1 runs as the client; "
-                     "the cluster ends when it returns."),
+        click.option("--client-script", help="With --mode mpi: a Python script that MPI rank 1 runs as the client "
+                     "(the cluster ends when it returns); with --mode array: the script each element runs."),
         click.option("--client-arg", "client_args", multiple=True, help="An argument for the client script (repeatable)."),
+        click.option("--array", help="With --mode array: the elements' indices, e.g. 1-100 or 0-99:2."),
+        click.option("--array-throttle", help="With --mode array: at most this many elements run at once."),
         click.option("--pbs-flavor", type=click.Choice(PBS_FLAVORS), default=None,
                      help="PBS resource syntax: select=... (pbspro, also OpenPBS) or nodes=...:ppn=... (torque).  "
                      "[default: pbspro]"),
@@ -125,8 +127,9 @@ def submit(spec: JobSpec, as_json: bool) -> None:
         click.echo(json.dumps(job.as_dict()))
     else:
         click.echo(f"job id:         {job.job_id}")
-        click.echo(f"scheduler file: {job.scheduler_file}")
-        click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
+        if job.scheduler_file:
+            click.echo(f"scheduler file: {job.scheduler_file}")
+            click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
 
 
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:

@@ -12,11 +12,14 @@ from hpcbridge.spec import JOB_ID_PLACEHOLDER, JobSpec
 
 @dataclass(frozen=True)
 class SubmittedJob:
-    """A submitted job: its id, its batch system, and where its scheduler file will appear."""
+    """A submitted job: its id, its batch system, and where its scheduler file will appear.
+
+    A job array (array mode) starts no Dask cluster and has no scheduler file.
+    """
 
     job_id: str
     scheduler: str
-    scheduler_file: str
+    scheduler_file: str | None
 
     def status(self) -> JobStatus:
         """The job's state now."""
@@ -30,7 +33,7 @@ class SubmittedJob:
         """Where the job's output goes."""
         return get_backend(self.scheduler).log_path(self.job_id)
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         """Plain values, for ``--json`` and for MATLAB."""
         return {"job_id": self.job_id, "scheduler": self.scheduler, "scheduler_file": self.scheduler_file}
 
@@ -42,7 +45,9 @@ def submit(spec: JobSpec) -> SubmittedJob:
     before submitting, so a client that attaches right away cannot reach the old cluster.
     """
     script = render_script(spec)
-    if JOB_ID_PLACEHOLDER not in spec.scheduler_file:
+    has_cluster = spec.mode != "array"
+    if has_cluster and JOB_ID_PLACEHOLDER not in spec.scheduler_file:
         Path(spec.scheduler_file).expanduser().unlink(missing_ok=True)
     job_id = get_backend(spec.scheduler).submit(script)
-    return SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file_for(job_id))
+    scheduler_file = spec.scheduler_file_for(job_id) if has_cluster else None
+    return SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=scheduler_file)

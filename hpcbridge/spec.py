@@ -18,7 +18,7 @@ from typing import Any
 from hpcbridge.units import MEMORY_HELP, WALLTIME_HELP, parse_memory_mib, parse_walltime_seconds
 
 SCHEDULERS = ("slurm", "pbs", "lsf", "local")
-MODES = ("scheduler-file", "mpi")
+MODES = ("scheduler-file", "mpi", "array")
 PROTOCOLS = ("tcp", "tls", "ucx")
 PBS_FLAVORS = ("pbspro", "torque")
 JOB_ID_PLACEHOLDER = "{job_id}"
@@ -29,6 +29,7 @@ _QUEUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}(,[A-Za-z0-9_][A-Za-z0-
 _INTERFACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
 _MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+/@:-]{0,127}$")
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
+_ARRAY = re.compile(r"^\d{1,7}-\d{1,7}(:\d{1,7})?$")
 
 
 class SpecError(ValueError):
@@ -57,6 +58,10 @@ class JobSpec:
 
     In ``mpi`` mode the job is one MPI program (dask-mpi): rank 0 runs the scheduler, rank 1 runs
     ``client_script`` when one is given, and every other rank is a worker.
+
+    In ``array`` mode there is no Dask cluster: the workload is independent chunks, and each
+    element of the job array (``array`` such as ``1-100``, at most ``array_throttle`` at once)
+    runs ``client_script`` on one node with ``HPCBRIDGE_ARRAY_INDEX`` set to its index.
 
     ``interface`` is the workers' network interface; ``scheduler_interface`` (default: the same)
     is the one the scheduler listens on, which clients must be able to reach. With protocol
@@ -88,6 +93,8 @@ class JobSpec:
     python: str = "python3"
     client_script: str | None = None
     client_args: tuple[str, ...] = ()
+    array: str | None = None
+    array_throttle: int | None = None
     pbs_flavor: str = "pbspro"
     lifetime_margin: int = 300
     scheduler_timeout: int = 120
@@ -152,6 +159,15 @@ class JobSpec:
         return 2 if self.client_script else 1
 
     @property
+    def array_indices(self) -> range:
+        """The indices of the job array's elements (empty outside array mode)."""
+        if not self.array:
+            return range(0)
+        first, _, rest = self.array.partition("-")
+        last, _, step = rest.partition(":")
+        return range(int(first), int(last) + 1, int(step or 1))
+
+    @property
     def worker_lifetime(self) -> int | None:
         """Seconds a worker lives before retiring, when a walltime is known and long enough."""
         if self.walltime is None or self.walltime - self.lifetime_margin < 60:
@@ -174,8 +190,18 @@ class JobSpec:
             raise SpecError("ntasks_per_node", self.ntasks_per_node,
                             f"at least {needed} tasks in all in mpi mode (scheduler, "
                             f"{'client, ' if self.client_script else ''}one worker); nodes x ntasks_per_node is {self.tasks}")
-        if (self.client_script or self.client_args) and self.mode != "mpi":
-            raise SpecError("client_script", self.client_script, "a client script only in mpi mode")
+        if (self.client_script or self.client_args) and self.mode == "scheduler-file":
+            raise SpecError("client_script", self.client_script, "a client script only in mpi or array mode")
+        if self.mode == "array":
+            for name in ("array", "client_script"):
+                if getattr(self, name) is None:
+                    raise SpecError(name, None, "a value: array mode needs array (e.g. 1-100) and client_script")
+            if self.nodes != 1:
+                raise SpecError("nodes", self.nodes, "1 in array mode (each element runs on one node)")
+            if not self.array_indices:
+                raise SpecError("array", self.array, "a range FIRST-LAST[:STEP] with LAST >= FIRST and STEP >= 1")
+        elif self.array is not None or self.array_throttle is not None:
+            raise SpecError("array", self.array, "no job array unless mode is array")
         tls_files = {"tls_ca_file": self.tls_ca_file, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
         if self.protocol == "tls":
             for name, value in tls_files.items():
@@ -206,6 +232,15 @@ def _count(low: int, high: int):
         if not low <= number <= high:
             raise SpecError(name, value, f"a whole number from {low} to {high}")
         return number
+
+    return check
+
+
+def _optional_count(low: int, high: int):
+    whole = _count(low, high)
+
+    def check(name: str, value: object) -> int | None:
+        return None if value is None else whole(name, value)
 
     return check
 
@@ -308,6 +343,8 @@ _CHECKS = {
     "python": _one_line,
     "client_script": _optional_path,
     "client_args": _lines(_one_line),
+    "array": _pattern(_ARRAY, "a range of indices such as 1-100 or 0-99:2"),
+    "array_throttle": _optional_count(1, 100_000),
     "pbs_flavor": _choice(PBS_FLAVORS),
     "lifetime_margin": _duration_seconds,
     "scheduler_timeout": _count(5, 86_400),

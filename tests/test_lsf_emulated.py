@@ -29,9 +29,9 @@ from tests.conftest import wait_for
 
 # bsub options that take a value, and how LSF's documentation says the value looks.
 _BSUB_VALUES = {
-    "-J": re.compile(r"^[^\s\[\]]+(\[\d+(-\d+)?(:\d+)?\](%\d+)?)?$"),
+    "-J": re.compile(r"^[^\s\[\]]+(\[\d+(-\d+)?(:\d+)?\](%\d+)?)?$"),  # name or name[1-100:2]%10
     "-n": re.compile(r"^\d+(,\d+)?$"),
-    "-R": re.compile(r"^(span|rusage|select|order|same|cu|affinity)\[[^\]]+\]$"),
+    "-R": re.compile(r"^(span|rusage|select|order|same|cu|affinity)\[[^\]]+\]$"),  # span[ptile=8], span[hosts=1]
     "-M": re.compile(r"^\d+(KB|MB|GB|TB|K|M|G|T)?!?$"),
     "-W": re.compile(r"^(\d+:)?\d+$"),
     "-q": re.compile(r"^[\w.-]+$"),
@@ -152,3 +152,19 @@ def test_emulated_lsf_dask_mpi_job_with_mpirun(lsf_environment, tmp_path) -> Non
             job.wait(timeout=30)
     assert json.loads(report.read_text())["total"] == 10218029
     assert wait_for(lambda: not (tmp_path / "4242.json").exists(), timeout=10)
+
+
+def test_emulated_lsf_array_element_runs_the_script_with_its_index(tmp_path) -> None:
+    script = tmp_path / "element.py"
+    script.write_text("import os, sys\nprint('index', os.environ['HPCBRIDGE_ARRAY_INDEX'], sys.argv[1:])\n")
+    spec = JobSpec(scheduler="lsf", mode="array", array="1-100", array_throttle=10, python=sys.executable,
+                   client_script=str(script), client_args=("a b",), job_name="chunks")
+    rendered = render_script(spec)
+    options = parse_bsub_directives(rendered)
+    assert ("-J", "chunks[1-100]%10") in options
+    assert ("-o", "chunks-%J_%I.out") in options
+    (tmp_path / "job.sh").write_text(rendered)
+    done = subprocess.run(["bash", str(tmp_path / "job.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LSB_JOBID": "77", "LSB_JOBINDEX": "42"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "index 42 ['a b']"

@@ -39,6 +39,10 @@ SPECS["slurm-mpi-client"] = JobSpec(scheduler="slurm", mode="mpi", ntasks_per_no
 SPECS["slurm-tls"] = JobSpec(scheduler="slurm", protocol="tls", tls_ca_file="~/tls/ca.pem", tls_cert="~/tls/c.pem",
                              tls_key="~/tls/c.key", interface="ib0", scheduler_interface="eth0")
 SPECS["lsf-ucx"] = JobSpec(scheduler="lsf", protocol="ucx", interface="ib0")
+_ARRAY = dict(mode="array", array="1-20", array_throttle=4, client_script="/home/a/chunk.py", client_args=("a b",),
+              mem_per_cpu="1G", walltime="1h")
+for _scheduler, _flavor in (("slurm", "pbspro"), ("pbs", "pbspro"), ("pbs", "torque"), ("lsf", "pbspro")):
+    SPECS[f"{_scheduler}-{_flavor}-array"] = JobSpec(scheduler=_scheduler, pbs_flavor=_flavor, **_ARRAY)
 
 
 def test_doctests() -> None:
@@ -196,3 +200,20 @@ def test_workers_retire_before_the_walltime() -> None:
     script = render_script(JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="10m"))
     assert "    --lifetime 3000s\n    --lifetime-stagger 30s\n" in script
     assert "--lifetime" not in render_script(JobSpec(scheduler="slurm"))
+
+
+@pytest.mark.parametrize(
+    ("name", "lines"),
+    [
+        ("slurm-pbspro-array", ["#SBATCH --array=1-20%4", "#SBATCH --output=hpcbridge-%A_%a.out"]),
+        ("pbs-pbspro-array", ["#PBS -J 1-20", "#PBS -W max_run_subjobs=4"]),
+        ("pbs-torque-array", ["#PBS -t 1-20%4"]),
+        ("lsf-pbspro-array", ['#BSUB -J "hpcbridge[1-20]%4"', "#BSUB -o hpcbridge-%J_%I.out"]),
+    ],
+)
+def test_array_directives_and_the_element_command(name: str, lines: list[str]) -> None:
+    script = render_script(SPECS[name])
+    for line in lines:
+        assert f"\n{line}\n" in script
+    assert script.rstrip().endswith("""exec "$PYTHON" /home/a/chunk.py 'a b'""")
+    assert "dask_scheduler" not in script and "dask_worker" not in script

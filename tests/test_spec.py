@@ -53,6 +53,36 @@ def test_bad_values_name_the_field_the_value_and_what_is_allowed(field: str, val
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"mode": "array", "client_script": "/a.py"}, "array"),
+        ({"mode": "array", "array": "1-4"}, "client_script"),
+        ({"mode": "array", "array": "5-1", "client_script": "/a.py"}, "array"),
+        ({"mode": "array", "array": "1-4:0", "client_script": "/a.py"}, "array"),
+        ({"mode": "array", "array": "1,2", "client_script": "/a.py"}, "array"),
+        ({"mode": "array", "array": "1-4", "client_script": "/a.py", "nodes": 2}, "nodes"),
+        ({"array": "1-4"}, "array"),
+        ({"mode": "mpi", "ntasks_per_node": 1}, "ntasks_per_node"),
+        ({"mode": "mpi", "ntasks_per_node": 2, "client_script": "/c.py"}, "ntasks_per_node"),
+        ({"client_script": "/c.py"}, "client_script"),
+        ({"protocol": "tls"}, "tls_ca_file"),
+        ({"tls_cert": "/c.pem"}, "tls_cert"),
+    ],
+)
+def test_mode_specific_fields_are_checked_together(values: dict, field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        JobSpec(scheduler="slurm", **values)
+    assert caught.value.field == field
+
+
+def test_mpi_and_array_counts() -> None:
+    assert JobSpec(scheduler="slurm", mode="mpi", nodes=2, ntasks_per_node=4).workers == 7
+    assert JobSpec(scheduler="slurm", mode="mpi", ntasks_per_node=4, client_script="/c.py").workers == 2
+    spec = JobSpec(scheduler="lsf", mode="array", array="0-9:3", client_script="/c.py")
+    assert list(spec.array_indices) == [0, 3, 6, 9]
+
+
 def test_memory_per_node_and_per_cpu_exclude_each_other() -> None:
     with pytest.raises(SpecError, match="not both"):
         JobSpec(scheduler="slurm", mem="8G", mem_per_cpu="1G")

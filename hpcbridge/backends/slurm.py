@@ -77,6 +77,18 @@ def parse_scontrol_job(text: str) -> dict[str, str]:
     return dict(_FIELD.findall(text))
 
 
+def combine_states(states: list[str]) -> str:
+    """One state for the elements of a job array: running while any runs, else how they ended.
+
+    >>> combine_states(["COMPLETED", "RUNNING", "PENDING"]), combine_states(["COMPLETED", "FAILED"])
+    ('RUNNING', 'FAILED')
+    """
+    for state in ("RUNNING", "COMPLETING", "PENDING", "UNKNOWN", "FAILED", "TIMEOUT", "CANCELLED"):
+        if state in states:
+            return state
+    return "COMPLETED"
+
+
 def explain_reason(reason: str | None) -> str | None:
     """Turn Slurm's reason code into words; unknown codes pass through as they are."""
     if not reason or reason == "None":
@@ -93,17 +105,19 @@ class SlurmBackend:
         return parse_job_id(run_command(["sbatch", "--parsable"], stdin=script))
 
     def status(self, job_id: str) -> JobStatus:
-        fields = self._show(job_id)
-        state = _STATES.get(fields.get("JobState", ""), "UNKNOWN")
-        exit_code = None
-        if "ExitCode" in fields and state not in ("PENDING", "RUNNING"):
-            exit_code = int(fields["ExitCode"].split(":")[0])
+        """The job's state; for a job array, one state for all its elements (see :func:`combine_states`)."""
+        records = self._show_all(job_id)
+        states = [_STATES.get(record.get("JobState", ""), "UNKNOWN") for record in records]
+        state = combine_states(states)
+        exit_codes = [int(r["ExitCode"].split(":")[0]) for r, s in zip(records, states)
+                      if "ExitCode" in r and s not in ("PENDING", "RUNNING")]
+        reasons = [explain_reason(r.get("Reason")) for r in records]
         return JobStatus(
             job_id=job_id,
             state=state,
-            reason=explain_reason(fields.get("Reason")),
-            exit_code=exit_code,
-            log=fields.get("StdOut"),
+            reason=next((reason for reason in reasons if reason), None),
+            exit_code=max(exit_codes) if exit_codes and state not in ("PENDING", "RUNNING") else None,
+            log=records[0].get("StdOut"),
         )
 
     def cancel(self, job_id: str) -> None:
@@ -114,10 +128,15 @@ class SlurmBackend:
         log = self._show(job_id).get("StdOut")
         return Path(log) if log else None
 
+    def _show(self, job_id: str) -> dict[str, str]:
+        return self._show_all(job_id)[0]
+
     @staticmethod
-    def _show(job_id: str) -> dict[str, str]:
+    def _show_all(job_id: str) -> list[dict[str, str]]:
+        """One record per job, or per element of a job array."""
         try:
-            return parse_scontrol_job(run_command(["scontrol", "show", "job", "-o", job_id]))
+            output = run_command(["scontrol", "show", "job", "-o", job_id])
+            return [parse_scontrol_job(line) for line in output.splitlines() if line.strip()]
         except BatchCommandError as error:
             if "Invalid job id" in error.stderr:
                 raise JobNotFound(
