@@ -29,7 +29,7 @@ _QUEUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}(,[A-Za-z0-9_][A-Za-z0-
 _INTERFACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
 _MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+/@:-]{0,127}$")
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
-_ARRAY = re.compile(r"^\d{1,7}-\d{1,7}(:\d{1,7})?$")
+_ARRAY = re.compile(r"^\d{1,7}-\d{1,7}(:[1-9]\d{0,6})?$")
 
 
 class SpecError(ValueError):
