@@ -188,3 +188,32 @@ def test_estimates_are_reproducible_and_within_the_standard_error() -> None:
     assert table.rows().shape == (40, 4)
     assert np.all(table.error <= 5 * table.expected_error)
     assert -0.8 < table.slope() < -0.2
+
+
+# --- entry points for callers that pass plain values (MATLAB rows and structs) ----------------
+
+def test_plain_value_entry_points_match_the_python_ones() -> None:
+    rows_of = np.array([[2, 10**4, 3], [3, 10**4, 3], [4, 10**4, 3]], dtype=np.int64)
+    assert sum(primes.strided_job(row) for row in rows_of) == EXACT[10**4]
+    assert primes.segment_contribution(np.array([2.0, 1e4, 1e4])) == EXACT[10**4]
+    assert primes.distinct_prime_factor_sum(np.int64(30)) == 10
+
+    view = {"width": 97.0, "height": 40.0, "re_min": -0.744, "re_max": -0.7433, "im_min": 0.1315,
+            "im_max": 0.1322, "maxiter": 255.0}
+    np.testing.assert_array_equal(mandelbrot.block(np.array([3.0, 17.0]), view),
+                                  mandelbrot.rows((3, 17), mandelbrot.View(97, 40)))
+
+    assert montecarlo.estimate_pi(np.array([4, 5000, 9], dtype=np.int64)) == montecarlo.estimate_pi((4, 5000, 9))
+
+
+def test_triplet_model_gives_the_response_of_the_assembled_one() -> None:
+    model = truss.assemble(truss.structured_mesh(6, 4))
+    data = {"n": float(model.size), "b": model.b, "outputs": model.outputs + 1.0}
+    for name in "KCM":
+        coo = getattr(model, name).tocoo()
+        data.update({f"{name}_i": coo.row + 1.0, f"{name}_j": coo.col + 1.0, f"{name}_v": coo.data})
+    omega = 0.8 * truss.first_frequency_estimate(model)
+    result = truss.response_from_triplets(omega, data)
+    expected = truss.solver_for(model, "spsolve").solve(omega, model.b)[model.outputs]
+    np.testing.assert_allclose(result[:-1], expected, rtol=1e-9)
+    assert abs(result[-1]) < 1e-10

@@ -136,6 +136,19 @@ def _block(task: tuple[int, int, View]) -> np.ndarray:
     return rows((task[0], task[1]), task[2])
 
 
+def block(bounds, view) -> np.ndarray:
+    """Rows ``[bounds[0], bounds[1])`` of ``view``, which may also be a dict of View's fields.
+
+    For callers that pass plain values, e.g. MATLAB: a row ``[low high]`` and a broadcast struct
+    with fields width, height, re_min, re_max, im_min, im_max, maxiter (any numeric class).
+    """
+    if isinstance(view, dict):
+        view = View(width=int(view["width"]), height=int(view["height"]),
+                    **{k: float(view[k]) for k in ("re_min", "re_max", "im_min", "im_max") if k in view},
+                    maxiter=int(view.get("maxiter", MAXITER)))
+    return rows((int(bounds[0]), int(bounds[1])), view)
+
+
 def row_blocks(view: View, workers: int, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
     """Row ranges of about ``block_bytes`` each, and at least 8 per worker for balance."""
     per_block = max(1, min(block_bytes // view.width, math.ceil(view.height / (8 * max(1, workers)))))

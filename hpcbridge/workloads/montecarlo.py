@@ -32,7 +32,7 @@ def sample_sizes(count: int = 1200, low: int = 10**3, high: int = 10**7) -> np.n
 
 def estimate_pi(task: tuple[int, int, int]) -> float:
     """π from ``n`` points of stream ``index`` of ``seed``: ``task = (index, n, seed)``."""
-    index, n, seed = task
+    index, n, seed = (int(v) for v in task)
     rng = np.random.default_rng([seed, index])
     inside, left = 0, int(n)
     while left:

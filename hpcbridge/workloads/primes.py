@@ -16,11 +16,13 @@ Three ways to get the same number (B = 10^7 gives 5495501355056):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cache
 
 from hpcbridge.bridge import Bridge
 
 __all__ = ["sum_prime_factors", "distinct_prime_factor_sum", "sum_prime_factors_strided", "prime_contribution", "distinct_prime_factor_sums",
+           "strided_job", "segment_contribution",
            "faithful_sum", "static_split_sums", "fast_sum", "FAST_MAX_UPPER", "SEGMENT"]
 
 #: Above this, ``p * ((B - 1) // p)`` summed over a segment could overflow int64 in the sieve.
@@ -116,7 +118,7 @@ def distinct_prime_factor_sum(n: int) -> int:
     """``sum(sympy.primefactors(n))``: the faithful per-number function."""
     from sympy import primefactors
 
-    return sum(primefactors(n))
+    return sum(primefactors(int(n)))
 
 
 def faithful_sum(bridge: Bridge, upper: int, progress: bool = True) -> int:
@@ -133,18 +135,21 @@ def faithful_sum(bridge: Bridge, upper: int, progress: bool = True) -> int:
     return int(bridge.gather(run, stack=True, progress=progress).sum())
 
 
-def _strided(args: tuple[int, int, int]) -> int:
-    return sum_prime_factors_strided(*args)
+def strided_job(job: Sequence[int]) -> int:
+    """One job of the static split: ``job = (start, stop, step)``, e.g. a row of a MATLAB matrix."""
+    start, stop, step = (int(v) for v in job)
+    return sum_prime_factors_strided(start, stop, step)
 
 
-def _contribution(args: tuple[int, int, int]) -> int:
-    low, high, upper = args
+def segment_contribution(segment: Sequence[int]) -> int:
+    """The sieve's sum for ``segment = (low, high, upper)``, e.g. a row of a MATLAB matrix."""
+    low, high, upper = (int(v) for v in segment)
     return prime_contribution((low, high), upper)
 
 
 def static_split_sums(bridge: Bridge, upper: int, jobs: int = 3, progress: bool = True) -> list[int]:
     """The sympy sum split by hand: job i takes ``range(2 + i, upper, jobs)``; one partial sum each."""
-    run = bridge.map(_strided, [(2 + i, upper, jobs) for i in range(jobs)], chunk_size=1, progress=progress)
+    run = bridge.map(strided_job, [(2 + i, upper, jobs) for i in range(jobs)], chunk_size=1, progress=progress)
     return bridge.gather(run, progress=progress)
 
 
@@ -155,4 +160,4 @@ def fast_sum(bridge: Bridge, upper: int, segment: int = SEGMENT, progress: bool 
     workers = max(1, bridge.n_workers)
     pieces = max(workers, math.ceil((upper - 2) / segment))
     segments = [(low, high, upper) for low, high in split_range(2, upper, pieces)]
-    return sum(bridge.gather(bridge.map(_contribution, segments, chunk_size=1, progress=progress), progress=progress))
+    return sum(bridge.gather(bridge.map(segment_contribution, segments, chunk_size=1, progress=progress), progress=progress))
