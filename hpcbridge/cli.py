@@ -133,12 +133,19 @@ def submit(spec: JobSpec, as_json: bool) -> None:
 
 
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:
-    return scheduler or ("local" if job_id.startswith("local-") else "slurm")
+    if scheduler:
+        return scheduler
+    if job_id.startswith("local-"):
+        return "local"
+    import dask.config
+
+    return dask.config.get("hpcbridge.scheduler", None) or "slurm"
 
 
 _job_scheduler_option = click.option(
     "--scheduler", type=click.Choice(SCHEDULERS), default=None,
-    help="The job's batch system.  [default: local for local-* ids, else slurm]")
+    help="The job's batch system.  [default: local for local-* ids, else hpcbridge.scheduler in Dask's config, "
+         "else slurm]")
 
 
 @main.command()
