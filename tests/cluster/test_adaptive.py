@@ -1,0 +1,42 @@
+"""Adaptive mode on the real Slurm: dask-jobqueue submits and cancels batch jobs as work comes and goes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from distributed import Client
+
+from hpcbridge.adaptive import jobqueue_cluster, jobqueue_options
+from hpcbridge.demo import split_range, sum_prime_factors
+from hpcbridge.spec import JobSpec, SpecError
+from tests.conftest import wait_for
+
+
+def _our_jobs(cluster, name: str) -> list[str]:
+    return [line for line in cluster.run("squeue", "-h", "-o", "%j %T").stdout.splitlines() if line.startswith(name)]
+
+
+def test_adapt_adds_jobs_for_work_and_removes_them_when_idle(slurm_cluster, tmp_path) -> None:
+    spec = JobSpec(scheduler="slurm", ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="300M", walltime="10m",
+                   interface=slurm_cluster.interface, python=sys.executable, job_name="hpcb-adapt")
+    with jobqueue_cluster(spec, log_directory=str(tmp_path)) as cluster:
+        assert "#SBATCH -n 1\n#SBATCH --cpus-per-task=2\n#SBATCH --mem=600M" in cluster.job_script()
+        cluster.adapt(minimum_jobs=0, maximum_jobs=2, interval="500ms", wait_count=2)
+        with Client(cluster) as client:
+            total = sum(client.gather(client.map(sum_prime_factors, split_range(2, 10_000, 8))))
+            assert total == 10218029
+            assert _our_jobs(slurm_cluster, "hpcb-adapt")
+            del total
+        assert wait_for(lambda: not _our_jobs(slurm_cluster, "hpcb-adapt"), timeout=90)
+
+
+def test_adaptive_mode_needs_single_node_jobs_and_a_memory_size() -> None:
+    with pytest.raises(SpecError, match="nodes"):
+        jobqueue_options(JobSpec(scheduler="slurm", nodes=2, mem="1G"))
+    with pytest.raises(SpecError) as caught:
+        jobqueue_options(JobSpec(scheduler="slurm"))
+    assert caught.value.field == "mem"
+    lsf = jobqueue_options(JobSpec(scheduler="lsf", ntasks_per_node=2, cpus_per_task=4, mem_per_cpu="1G",
+                                   walltime="90m", account="p1"))
+    assert (lsf["ncpus"], lsf["processes"], lsf["walltime"], lsf["project"]) == (8, 2, "01:30", "p1")
