@@ -1,6 +1,6 @@
 # The two commands of the README's quick start, on a fresh Debian machine (as root for `test`):
 #   make demo   install hpcbridge into .venv and run `hpcbridge demo` on a local cluster
-#   make test   install the system packages the real-Slurm tests need, then run every test
+#   make test   install the system packages the tests need (Slurm, Open MPI, Octave), then run every test
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/python -m pip
@@ -19,3 +19,5 @@ install:
 
 system-packages:
 	tests/cluster/slurm-cluster install
+	command -v octave-cli >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends octave; }

@@ -1,7 +1,7 @@
 """The MATLAB toolbox in GNU Octave: every file parses, has MATLAB-style help, and checks its arguments.
 
 MATLAB is not available here; Octave runs the parts that do not call Python (argument parsing
-with inputParser, help text). Octave is optional on this machine (`apt-get install octave-cli`).
+with inputParser, help text). `make test` installs Octave (Debian's octave package).
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ import pytest
 
 TOOLBOX = Path(__file__).parents[1] / "matlab"
 OCTAVE = shutil.which("octave-cli")
-pytestmark = pytest.mark.skipif(OCTAVE is None, reason="GNU Octave is not installed (apt-get install octave-cli)")
+
+
+@pytest.fixture(autouse=True)
+def _octave_is_installed() -> None:
+    assert OCTAVE, "GNU Octave is not installed: make test installs it (apt-get install octave)"
 
 
 def octave(code: str) -> str:
