@@ -117,3 +117,23 @@ def test_montecarlo_example_writes_the_table_the_serial_run_gives(cluster: str, 
     np.testing.assert_allclose(table[:, 1], montecarlo.run_table_serial(sizes, seed=5).estimate, rtol=1e-12)
     assert value(output, "workers") == "2"
     assert (tmp_path / "pi.png").stat().st_size > 1000
+
+
+def test_render_holds_the_image_plus_two_waves_not_a_second_copy(cluster: str) -> None:
+    import tracemalloc
+
+    from hpcbridge.bridge import connect
+
+    view = mandelbrot.View(6000, 6000)
+    with connect(cluster, n_workers=2, timeout=60) as bridge:
+        mandelbrot.render(bridge, mandelbrot.View(64, 128))
+        tracemalloc.start()
+        try:
+            image = mandelbrot.render(bridge, view)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    wave = 2 * 2 * max((high - low) * view.width for low, high in mandelbrot.row_blocks(view, 2))
+    assert image.nbytes <= peak < image.nbytes + 3 * wave, (peak, image.nbytes, wave)  # not 2x the image
+    for row in range(0, view.height, 997):
+        np.testing.assert_array_equal(image[row], mandelbrot.reference_rows((row, row + 1), view)[0])

@@ -217,3 +217,13 @@ def test_triplet_model_gives_the_response_of_the_assembled_one() -> None:
     expected = truss.solver_for(model, "spsolve").solve(omega, model.b)[model.outputs]
     np.testing.assert_allclose(result[:-1], expected, rtol=1e-9)
     assert abs(result[-1]) < 1e-10
+
+
+def test_workload_modules_import_without_numba_scipy_or_matplotlib() -> None:
+    code = ("import sys\n"
+            "for name in ('numba', 'scipy', 'matplotlib'):\n    sys.modules[name] = None\n"
+            "import hpcbridge.workloads.primes, hpcbridge.workloads.mandelbrot, hpcbridge.workloads.truss\n"
+            "import hpcbridge.workloads.montecarlo as m\n"
+            "print(len(m.sample_sizes()), hpcbridge.workloads.truss.structured_mesh(2, 2).free_dofs)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["1200", "12"], done.stderr
