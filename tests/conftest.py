@@ -13,6 +13,23 @@ from hpcbridge import jobs
 from hpcbridge.spec import JobSpec
 
 
+# A client script for mpi-mode jobs: it attaches through the job's scheduler file, computes the
+# prime-factor sum over [2, 10000) (10218029) and writes what it saw to the file named by argv[1].
+CLIENT_SCRIPT = """\
+import json, os, sys
+import hpcbridge
+from hpcbridge.demo import split_range, sum_prime_factors
+
+with hpcbridge.connect(os.environ["HPCBRIDGE_SCHEDULER_FILE"], n_workers=int(os.environ["HPCBRIDGE_WORKERS"]),
+                       timeout=60) as bridge:
+    total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, 10_000, 8))))
+    report = {"argv": sys.argv[1:], "workers": bridge.n_workers, "total": total,
+              "nthreads": sorted(bridge.client.nthreads().values())}
+with open(sys.argv[1], "w") as out:
+    json.dump(report, out)
+"""
+
+
 def job_processes(job_id: str) -> list[int]:
     """PIDs of live processes started by a local job (they carry HPCBRIDGE_JOB_ID in their environment)."""
     marker = f"HPCBRIDGE_JOB_ID={job_id}".encode()

@@ -24,8 +24,7 @@ from hpcbridge.backends.lsf import parse_bjobs, parse_job_id
 from hpcbridge.bridge import connect
 from hpcbridge.render import render_script
 from hpcbridge.spec import JobSpec
-from tests.cluster.test_slurm import CLIENT_SCRIPT
-from tests.conftest import wait_for
+from tests.conftest import CLIENT_SCRIPT, wait_for
 
 # bsub options that take a value, and how LSF's documentation says the value looks.
 _BSUB_VALUES = {

@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -185,3 +186,37 @@ def slurm_cluster_factory() -> Callable[..., ContextManager[SlurmCluster]]:
     A several-node cluster started beside another one takes the next free subnet (10.77.1 ...).
     """
     return running_cluster
+
+
+@pytest.fixture
+def batch_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Build specs for a test cluster that run this interpreter and keep files in the test's folder.
+
+    The test runs in its folder, because sbatch and qsub write the job's output where they are run.
+    """
+    monkeypatch.chdir(tmp_path)
+
+    def make(cluster: SlurmCluster, scheduler: str, **values):
+        from hpcbridge.spec import JobSpec
+
+        values.setdefault("interface", cluster.interface)
+        values.setdefault("python", sys.executable)
+        values.setdefault("scheduler_file", str(tmp_path / "{job_id}" / "scheduler.json"))
+        values.setdefault("walltime", "10m")
+        return JobSpec(scheduler=scheduler, **values)
+
+    return make
+
+
+@pytest.fixture
+def batch_jobs() -> Iterator[list]:
+    """Submitted jobs (hpcbridge.jobs.SubmittedJob), each cancelled at the end if it still runs."""
+    submitted: list = []
+    yield submitted
+    for job in submitted:
+        if not job.status().finished:
+            job.cancel()
+        deadline = time.monotonic() + 60
+        while not job.status().finished:
+            assert time.monotonic() < deadline, f"job {job.job_id} did not end"
+            time.sleep(0.2)

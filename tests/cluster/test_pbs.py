@@ -9,7 +9,6 @@ MPI's mpiexec inside the allocation, as on a PBS cluster.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,39 +16,12 @@ import pytest
 from hpcbridge import jobs
 from hpcbridge.backends import JobNotFound, get_backend
 from hpcbridge.bridge import connect, wait_for_scheduler_file
-from hpcbridge.spec import JobSpec
-from tests.cluster.test_slurm import CLIENT_SCRIPT
-from tests.conftest import wait_for
+from tests.conftest import CLIENT_SCRIPT, wait_for
 
 
-@pytest.fixture
-def pbs_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Build Torque-flavoured PBS specs that run this interpreter and keep files in the test's folder."""
-    monkeypatch.chdir(tmp_path)
-
-    def make(cluster, **values) -> JobSpec:
-        values.setdefault("interface", cluster.interface)
-        values.setdefault("python", sys.executable)
-        values.setdefault("scheduler_file", str(tmp_path / "{job_id}" / "scheduler.json"))
-        values.setdefault("walltime", "10m")
-        return JobSpec(scheduler="pbs", pbs_flavor="torque", **values)
-
-    return make
-
-
-@pytest.fixture
-def pbs_jobs():
-    submitted: list[jobs.SubmittedJob] = []
-    yield submitted
-    for job in submitted:
-        if not job.status().finished:
-            job.cancel()
-        assert wait_for(lambda: job.status().finished, timeout=60)
-
-
-def test_pbs_scheduler_file_job_through_qsub(slurm_cluster, pbs_spec, pbs_jobs) -> None:
-    job = jobs.submit(pbs_spec(slurm_cluster, ntasks_per_node=2, mem_per_cpu="300M", job_name="pbs-dask"))
-    pbs_jobs.append(job)
+def test_pbs_scheduler_file_job_through_qsub(slurm_cluster, batch_spec, batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", ntasks_per_node=2, mem_per_cpu="300M", job_name="pbs-dask"))
+    batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
         assert job.status().state == "RUNNING"
         workers = bridge.client.scheduler_info(n_workers=-1)["workers"].values()
@@ -65,22 +37,22 @@ def test_pbs_scheduler_file_job_through_qsub(slurm_cluster, pbs_spec, pbs_jobs) 
     assert "pbs-dask" not in squeue
 
 
-def test_pbs_dask_mpi_job_with_mpiexec_inside_the_allocation(slurm_cluster, pbs_spec, pbs_jobs, tmp_path) -> None:
+def test_pbs_dask_mpi_job_with_mpiexec_inside_the_allocation(slurm_cluster, batch_spec, batch_jobs, tmp_path) -> None:
     script = tmp_path / "client.py"
     script.write_text(CLIENT_SCRIPT)
     report = tmp_path / "report.json"
-    job = jobs.submit(pbs_spec(slurm_cluster, mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
+    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
                                client_script=str(script), client_args=(str(report),)))
-    pbs_jobs.append(job)
+    batch_jobs.append(job)
     assert wait_for(lambda: job.status().finished, timeout=120), job.status()
     assert job.status().state == "COMPLETED"
     assert json.loads(report.read_text())["total"] == 10218029
     assert json.loads(report.read_text())["workers"] == 2
 
 
-def test_qdel_cancels_and_unknown_jobs_are_reported(slurm_cluster, pbs_spec, pbs_jobs) -> None:
-    job = jobs.submit(pbs_spec(slurm_cluster))
-    pbs_jobs.append(job)
+def test_qdel_cancels_and_unknown_jobs_are_reported(slurm_cluster, batch_spec, batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque"))
+    batch_jobs.append(job)
     wait_for_scheduler_file(job.scheduler_file, timeout=60)
     job.cancel()
     assert wait_for(lambda: job.status().finished, timeout=60)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import operator
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,34 +19,7 @@ from hpcbridge import jobs
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.bridge import connect, wait_for_scheduler_file
 from hpcbridge.demo import sum_prime_factors, split_range
-from hpcbridge.spec import JobSpec
-from tests.conftest import wait_for
-
-
-@pytest.fixture
-def slurm_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Build Slurm specs that run this interpreter and keep files in the test's folder."""
-    monkeypatch.chdir(tmp_path)  # sbatch writes the job's output into the submit directory
-
-    def make(cluster, **values) -> JobSpec:
-        values.setdefault("interface", cluster.interface)
-        values.setdefault("python", sys.executable)
-        values.setdefault("scheduler_file", str(tmp_path / "{job_id}" / "scheduler.json"))
-        values.setdefault("walltime", "10m")
-        return JobSpec(scheduler="slurm", **values)
-
-    return make
-
-
-@pytest.fixture
-def slurm_jobs():
-    """Submitted jobs, each cancelled at the end of the test if it still runs."""
-    submitted: list[jobs.SubmittedJob] = []
-    yield submitted
-    for job in submitted:
-        if not job.status().finished:
-            job.cancel()
-        assert wait_for(lambda: job.status().finished, timeout=60), f"job {job.job_id} did not end"
+from tests.conftest import CLIENT_SCRIPT, wait_for
 
 
 def _finish(job: jobs.SubmittedJob) -> None:
@@ -56,10 +28,10 @@ def _finish(job: jobs.SubmittedJob) -> None:
     assert (status.state, status.exit_code) == ("COMPLETED", 0), Path(status.log).read_text()
 
 
-def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, slurm_spec, slurm_jobs) -> None:
-    job = jobs.submit(slurm_spec(slurm_cluster, ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="300M",
+def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, batch_spec, batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="300M",
                                  job_name="one-node"))
-    slurm_jobs.append(job)
+    batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
         status = job.status()
         assert status.state == "RUNNING"
@@ -78,12 +50,12 @@ def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, sl
     assert not Path(job.scheduler_file).exists()
 
 
-def test_pending_job_says_why_and_cancel_ends_it(slurm_cluster, slurm_spec, slurm_jobs) -> None:
+def test_pending_job_says_why_and_cancel_ends_it(slurm_cluster, batch_spec, batch_jobs) -> None:
     cpus = int(slurm_cluster.run("sinfo", "-h", "-o", "%c").stdout.split()[0])
-    first = jobs.submit(slurm_spec(slurm_cluster, ntasks_per_node=cpus, mem_per_cpu="100M", job_name="fills-node"))
-    slurm_jobs.append(first)
-    second = jobs.submit(slurm_spec(slurm_cluster, mem_per_cpu="100M", job_name="waits"))
-    slurm_jobs.append(second)
+    first = jobs.submit(batch_spec(slurm_cluster, "slurm", ntasks_per_node=cpus, mem_per_cpu="100M", job_name="fills-node"))
+    batch_jobs.append(first)
+    second = jobs.submit(batch_spec(slurm_cluster, "slurm", mem_per_cpu="100M", job_name="waits"))
+    batch_jobs.append(second)
     wait_for_scheduler_file(first.scheduler_file, timeout=60)
     assert wait_for(lambda: second.status().reason is not None, timeout=30)
     waiting = second.status()
@@ -96,19 +68,19 @@ def test_pending_job_says_why_and_cancel_ends_it(slurm_cluster, slurm_spec, slur
     _finish(second)
 
 
-def test_sbatch_refusal_reaches_the_user_with_slurms_words(slurm_cluster, slurm_spec) -> None:
+def test_sbatch_refusal_reaches_the_user_with_slurms_words(slurm_cluster, batch_spec) -> None:
     with pytest.raises(BatchCommandError) as refused:
-        jobs.submit(slurm_spec(slurm_cluster, queue="no-such-partition"))
+        jobs.submit(batch_spec(slurm_cluster, "slurm", queue="no-such-partition"))
     assert refused.value.command == ["sbatch", "--parsable"]
     assert refused.value.returncode != 0
     assert "invalid partition" in refused.value.stderr.lower()
     assert "no-such-partition" in str(refused.value)
 
 
-def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, slurm_spec, slurm_jobs) -> None:
+def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, batch_spec, batch_jobs) -> None:
     cluster = slurm_cluster_3nodes
-    job = jobs.submit(slurm_spec(cluster, nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="600M"))
-    slurm_jobs.append(job)
+    job = jobs.submit(batch_spec(cluster, "slurm", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="600M"))
+    batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=3, timeout=120) as bridge:
         assert bridge.client.scheduler.address.startswith(f"tcp://{cluster.node_addresses[0]}:")
         workers = bridge.client.scheduler_info(n_workers=-1)["workers"]
@@ -123,28 +95,13 @@ def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, slurm_spec, slurm_
     _finish(job)
 
 
-CLIENT_SCRIPT = """\
-import json, os, sys
-import hpcbridge
-from hpcbridge.demo import split_range, sum_prime_factors
-
-with hpcbridge.connect(os.environ["HPCBRIDGE_SCHEDULER_FILE"], n_workers=int(os.environ["HPCBRIDGE_WORKERS"]),
-                       timeout=60) as bridge:
-    total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, 10_000, 8))))
-    report = {"argv": sys.argv[1:], "workers": bridge.n_workers, "total": total,
-              "nthreads": sorted(bridge.client.nthreads().values())}
-with open(sys.argv[1], "w") as out:
-    json.dump(report, out)
-"""
-
-
-def test_dask_mpi_job_runs_the_client_script_on_rank_one(slurm_cluster, slurm_spec, slurm_jobs, tmp_path) -> None:
+def test_dask_mpi_job_runs_the_client_script_on_rank_one(slurm_cluster, batch_spec, batch_jobs, tmp_path) -> None:
     script = tmp_path / "client.py"
     script.write_text(CLIENT_SCRIPT)
     report = tmp_path / "report.json"
-    job = jobs.submit(slurm_spec(slurm_cluster, mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
                                  client_script=str(script), client_args=(str(report), "two words")))
-    slurm_jobs.append(job)
+    batch_jobs.append(job)
     _finish(job)
     assert json.loads(report.read_text()) == {
         "argv": [str(report), "two words"], "workers": 2, "total": 10218029, "nthreads": [1, 1]}
@@ -153,11 +110,11 @@ def test_dask_mpi_job_runs_the_client_script_on_rank_one(slurm_cluster, slurm_sp
 
 
 def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
-    slurm_cluster_3nodes, slurm_spec, slurm_jobs
+    slurm_cluster_3nodes, batch_spec, batch_jobs
 ) -> None:
     cluster = slurm_cluster_3nodes
-    job = jobs.submit(slurm_spec(cluster, mode="mpi", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="500M"))
-    slurm_jobs.append(job)
+    job = jobs.submit(batch_spec(cluster, "slurm", mode="mpi", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="500M"))
+    batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
         assert bridge.client.scheduler.address.startswith(f"tcp://{cluster.node_addresses[0]}:")
         worker_hosts = sorted(a.split("//")[1].rsplit(":", 1)[0] for a in bridge.client.nthreads())
@@ -168,9 +125,9 @@ def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
     _finish(job)
 
 
-def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_cluster, slurm_spec, slurm_jobs) -> None:
-    job = jobs.submit(slurm_spec(slurm_cluster, interface="ib7"))
-    slurm_jobs.append(job)
+def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_cluster, batch_spec, batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", interface="ib7"))
+    batch_jobs.append(job)
     assert wait_for(lambda: job.status().finished, timeout=60)
     status = job.status()
     assert status.state == "FAILED"
