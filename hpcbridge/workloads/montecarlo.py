@@ -13,14 +13,13 @@ the first ones are typical and the end of the run is not a block of the largest 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from hpcbridge.bridge import Bridge
-
-BATCH = 1 << 20
-
 
 def sample_sizes(count: int = 1200, low: int = 10**3, high: int = 10**7) -> np.ndarray:
     """``count`` distinct integers from ``low`` to ``high``, evenly spaced in log."""
@@ -30,17 +29,32 @@ def sample_sizes(count: int = 1200, low: int = 10**3, high: int = 10**7) -> np.n
     return sizes
 
 
-def estimate_pi(task: tuple[int, int, int]) -> float:
-    """π from ``n`` points of stream ``index`` of ``seed``: ``task = (index, n, seed)``."""
+@cache
+def _count_inside():
+    import numba
+
+    @numba.njit(cache=True)
+    def count_inside(rng, n):
+        inside = 0
+        for _ in range(n):
+            x = rng.random()
+            y = rng.random()
+            if x * x + y * y <= 1.0:
+                inside += 1
+        return inside
+
+    return count_inside
+
+
+def estimate_pi(task: Sequence[int]) -> float:
+    """π from ``n`` points of stream ``index`` of ``seed``: ``task = (index, n, seed)``.
+
+    Compiled with Numba, which draws from the same NumPy ``Generator`` one number at a time
+    (x, then y, for each point): about 4 ns a point here, where NumPy's vectorised draws, with
+    their temporary arrays, took 17 ns.
+    """
     index, n, seed = (int(v) for v in task)
-    rng = np.random.default_rng([seed, index])
-    inside, left = 0, int(n)
-    while left:
-        m = min(left, BATCH)
-        x, y = rng.random(m), rng.random(m)
-        inside += int(np.count_nonzero(x * x + y * y <= 1.0))
-        left -= m
-    return 4.0 * inside / n
+    return 4.0 * _count_inside()(np.random.default_rng([seed, index]), n) / n
 
 
 @dataclass(frozen=True)
