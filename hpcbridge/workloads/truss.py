@@ -371,7 +371,7 @@ class SuperLUSolver:
 class SpsolveSolver:
     """``scipy.sparse.linalg.spsolve`` on K + iωC − ω²M built anew each time: the baseline."""
 
-    def __init__(self, pattern: Pattern, threads: int = 1, model: Model | None = None) -> None:
+    def __init__(self, pattern: Pattern, threads: int = 1) -> None:
         self.pattern = pattern
 
     def solve(self, omega: float, rhs: np.ndarray) -> np.ndarray:
