@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
 
@@ -23,6 +23,9 @@ from hpcbridge import functions, mapping
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.mapping import ItemError, Run, RunError
 
+if TYPE_CHECKING:
+    from hpcbridge.jobs import SubmittedJob
+
 _POLL_SECONDS = 0.2
 
 
@@ -30,10 +33,15 @@ class ConnectError(TimeoutError):
     """The cluster behind a scheduler file could not be reached in time; says what was waited for."""
 
 
-def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float) -> dict[str, Any]:
-    """Wait until ``path`` holds a complete scheduler file; return its contents."""
+def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
+                            job: SubmittedJob | None = None) -> dict[str, Any]:
+    """Wait until ``path`` holds a complete scheduler file; return its contents.
+
+    Given the ``job`` that will write the file, stop waiting as soon as that job has ended.
+    """
     path = Path(path).expanduser()
     deadline = time.monotonic() + timeout
+    next_status = time.monotonic() + 1.0
     while True:
         try:
             info = json.loads(path.read_text())
@@ -41,6 +49,12 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float) -> dic
                 return info
         except (OSError, ValueError):
             pass
+        if job is not None and time.monotonic() >= next_status:
+            next_status = time.monotonic() + 1.0
+            status = job.status()
+            if status.finished:
+                raise ConnectError(f"job {job.job_id} ended ({status.state}) without writing {path}; "
+                                   f"its output: {status.log}")
         if time.monotonic() >= deadline:
             raise ConnectError(
                 f"no scheduler file at {path} after {timeout:g} s: the job may still be queued "
@@ -49,14 +63,16 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float) -> dic
         time.sleep(_POLL_SECONDS)
 
 
-def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout: float = 300.0) -> Bridge:
+def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout: float = 300.0,
+            job: SubmittedJob | None = None) -> Bridge:
     """Attach to the cluster whose scheduler writes ``scheduler_file``; wait for ``n_workers``.
 
     One deadline, ``timeout`` seconds, covers all three waits: for the file (the job may still be
-    queued), for the scheduler to answer, and for the workers to join.
+    queued), for the scheduler to answer, and for the workers to join. Given the submitted
+    ``job``, a job that ends before its scheduler is up is reported at once, not at the deadline.
     """
     deadline = time.monotonic() + timeout
-    info = wait_for_scheduler_file(scheduler_file, timeout)
+    info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
     address = info["address"]
     try:
         client = Client(address, timeout=f"{max(1.0, min(30.0, deadline - time.monotonic())):.0f}s",

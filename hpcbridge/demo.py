@@ -73,7 +73,7 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
     try:
-        with connect(job.scheduler_file, n_workers=workers, timeout=timeout) as bridge:
+        with connect(job.scheduler_file, n_workers=workers, timeout=timeout, job=job) as bridge:
             say(f"dashboard: {bridge.dashboard_link}")
             yield job, bridge
             bridge.shutdown()

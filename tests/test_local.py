@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hpcbridge import jobs
-from hpcbridge.bridge import connect, wait_for_scheduler_file
+from hpcbridge.bridge import ConnectError, connect, wait_for_scheduler_file
 from hpcbridge.demo import sum_prime_factors
 from tests.conftest import job_processes, wait_for
 
@@ -62,7 +63,8 @@ def test_cancel_ends_every_process_of_the_job(local_spec, local_jobs) -> None:
 def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs) -> None:
     job = jobs.submit(local_spec(python="/nonexistent/bin/python3"))
     local_jobs.append(job)
-    assert wait_for(lambda: job.status().finished, timeout=20)
+    with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
+        connect(job.scheduler_file, timeout=120, job=job)  # told when the job ended, not at the deadline
     status = job.status()
     assert status.state == "FAILED" and status.exit_code == 1
     assert "the Dask scheduler exited before writing" in Path(status.log).read_text()
