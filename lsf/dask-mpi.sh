@@ -12,6 +12,7 @@
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$LSB_JOBID
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 

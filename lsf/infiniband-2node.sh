@@ -22,6 +22,7 @@ while read -r host _slots; do
     done
 done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
 
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
@@ -53,6 +54,8 @@ WORKER_OPTIONS=(
 # shellcheck disable=SC2016
 INTERFACE_CHECK='grep -q "^ *$1:" /proc/net/dev || { echo "hpcbridge: network interface $1 does not exist on $(hostname); it has: $(sed -n "s/^ *\([^:]*\):.*/\1/p" /proc/net/dev | xargs)" >&2; exit 1; }'
 bash -c "$INTERFACE_CHECK" check ib0
+# The workers' interface, checked on every node.
+blaunch -z "${JOB_HOSTS[*]}" bash -c "$INTERFACE_CHECK" check ib0
 
 # --- Dask scheduler ------------------------------------------------------------
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
@@ -65,6 +68,8 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
+# However this script ends, the scheduler does not outlive it.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
 
 echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
 deadline=$((SECONDS + 120))
@@ -83,7 +88,6 @@ done
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
-blaunch -z "${JOB_HOSTS[*]}" bash -c "$INTERFACE_CHECK" check ib0
 # One worker per task: blaunch starts the command once for every host listed.
 blaunch -z "${TASK_HOSTS[*]}" "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!

@@ -22,6 +22,7 @@ while read -r host _slots; do
     done
 done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
 
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
@@ -58,6 +59,8 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
+# However this script ends, the scheduler does not outlive it.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
 
 echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
 deadline=$((SECONDS + 120))

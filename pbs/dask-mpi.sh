@@ -19,6 +19,7 @@ fi
 # mpiexec (Open MPI) places processes on the job's nodes from the node file.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 

@@ -19,6 +19,7 @@ fi
 # mpiexec (Open MPI) places processes on the job's nodes from the node file.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
@@ -50,6 +51,9 @@ WORKER_OPTIONS=(
 # shellcheck disable=SC2016
 INTERFACE_CHECK='grep -q "^ *$1:" /proc/net/dev || { echo "hpcbridge: network interface $1 does not exist on $(hostname); it has: $(sed -n "s/^ *\([^:]*\):.*/\1/p" /proc/net/dev | xargs)" >&2; exit 1; }'
 bash -c "$INTERFACE_CHECK" check ib0
+# The workers' interface, checked on every node.
+mpiexec "${HOSTFILE_OPTION[@]}" -n 2 --map-by ppr:1:node \
+    bash -c "$INTERFACE_CHECK" check ib0
 
 # --- Dask scheduler ------------------------------------------------------------
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
@@ -62,6 +66,8 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
+# However this script ends, the scheduler does not outlive it.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
 
 echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
 deadline=$((SECONDS + 120))
@@ -80,8 +86,6 @@ done
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
-mpiexec "${HOSTFILE_OPTION[@]}" -n 2 --map-by ppr:1:node \
-    bash -c "$INTERFACE_CHECK" check ib0
 # One worker per task, 8 per node; mpiexec only starts them (they do not use MPI).
 mpiexec "${HOSTFILE_OPTION[@]}" -n 16 --map-by ppr:8:node --bind-to none \
     "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &

@@ -19,6 +19,7 @@ fi
 # mpiexec (Open MPI) places processes on the job's nodes from the node file.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
@@ -55,6 +56,8 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
+# However this script ends, the scheduler does not outlive it.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
 
 echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
 deadline=$((SECONDS + 120))

@@ -12,6 +12,7 @@
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$SLURM_JOB_ID
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
@@ -49,6 +50,9 @@ WORKER_OPTIONS=(
 # shellcheck disable=SC2016
 INTERFACE_CHECK='grep -q "^ *$1:" /proc/net/dev || { echo "hpcbridge: network interface $1 does not exist on $(hostname); it has: $(sed -n "s/^ *\([^:]*\):.*/\1/p" /proc/net/dev | xargs)" >&2; exit 1; }'
 bash -c "$INTERFACE_CHECK" check ib0
+# The workers' interface, checked on every node.
+srun --nodes=2 --ntasks=2 --ntasks-per-node=1 \
+    bash -c "$INTERFACE_CHECK" check ib0
 
 # --- Dask scheduler ------------------------------------------------------------
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
@@ -61,6 +65,8 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
+# However this script ends, the scheduler does not outlive it.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
 
 echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
 deadline=$((SECONDS + 120))
@@ -79,8 +85,6 @@ done
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
-srun --nodes=2 --ntasks=2 --ntasks-per-node=1 \
-    bash -c "$INTERFACE_CHECK" check ib0
 # One worker per task. Since Slurm 22.05 srun does not inherit --cpus-per-task from the job.
 srun --nodes=2 --ntasks=16 --ntasks-per-node=8 \
     --cpus-per-task=4 --kill-on-bad-exit=0 \

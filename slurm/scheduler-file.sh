@@ -12,6 +12,7 @@
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$SLURM_JOB_ID
+
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
@@ -54,6 +55,8 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
+# However this script ends, the scheduler does not outlive it.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
 
 echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
 deadline=$((SECONDS + 120))
