@@ -170,6 +170,19 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("job_id")
 @_job_scheduler_option
+@click.option("--tail", "lines", type=click.IntRange(min=1), default=None, help="Only the last N lines.")
+def logs(job_id: str, scheduler: str | None, lines: int | None) -> None:
+    """Print a job's output (the scheduler's and workers' messages)."""
+    path = get_backend(_scheduler_for(job_id, scheduler)).log_path(job_id)
+    if path is None or not path.exists():
+        raise click.ClickException(f"no output for job {job_id} yet{f' at {path}' if path else ''}")
+    text = path.read_text(errors="replace").splitlines(keepends=True)
+    click.echo("".join(text[-lines:] if lines else text), nl=False)
+
+
+@main.command()
+@click.argument("job_id")
+@_job_scheduler_option
 def cancel(job_id: str, scheduler: str | None) -> None:
     """Cancel a job, ending its Dask cluster."""
     get_backend(_scheduler_for(job_id, scheduler)).cancel(job_id)

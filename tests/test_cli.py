@@ -80,6 +80,9 @@ def test_submit_status_and_cancel_a_local_job(tmp_path: Path) -> None:
         assert "workers:   1 (1 threads)" in attached.stdout
         status = json.loads(hpcbridge("status", job["job_id"], "--json").stdout)
         assert status["state"] == "RUNNING" and status["finished"] is False
+        output = hpcbridge("logs", job["job_id"], "--tail", "50")
+        assert output.returncode == 0 and "hpcbridge: scheduler file ready" in output.stdout
+        assert len(output.stdout.splitlines()) <= 50
     finally:
         cancelled = hpcbridge("cancel", job["job_id"])
     assert cancelled.returncode == 0
