@@ -43,9 +43,9 @@ def test_script_uses_only_the_toolbox_and_functions_that_exist(script: str) -> N
         assert callable(getattr(importlib.import_module(module), function))
 
 
-@pytest.mark.skipif(OCTAVE is None, reason="GNU Octave is not installed (apt-get install octave-cli)")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_parses(script: str) -> None:
+    assert OCTAVE, "GNU Octave is not installed: make test installs it (apt-get install octave)"
     done = subprocess.run([OCTAVE, "--no-gui", "--norc", "--eval",
                            f"__parse_file__('{EXAMPLES / script}.m'); disp('parsed')"],
                           capture_output=True, text=True, timeout=60)
