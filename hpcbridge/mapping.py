@@ -41,6 +41,7 @@ SHORTEST_CHUNK_SECONDS = 0.01
 CHUNKS_PER_THREAD = 4
 PROBE_SECONDS = 0.02
 PROBE_WAIT = 2.0
+PROBE_WAIT_COLD = 30.0
 MAX_PROBES = 4
 RUN_MARKER = "hpcbridge-run"
 
@@ -244,26 +245,48 @@ def _wait(client: Client, futures: list[Future], timeout: float, first: bool = F
 
 
 def _probe(client: Client, submit: Callable[[int, int], Future], n: int, threads: int) -> tuple[int, float]:
-    """Run growing probe chunks until one measures the per-item time; return (next item, seconds per item)."""
-    position, size, per_item = 0, 1, 0.0
+    """Measure the time per item with probe chunks; return (next item, seconds per item).
+
+    Every thread first gets a probe of two items. The first call on a fresh worker pays for its
+    imports (seconds for SymPy or Numba on a busy machine), so only the second call is timed, and
+    warming every worker at once costs nothing: they would idle otherwise. The first probe to
+    finish gives the estimate; if none finishes within :data:`PROBE_WAIT_COLD` the items are slow.
+    While the timed calls ran too briefly to measure, probes ten times larger follow.
+    """
+    position, sizes, warmups = 0, {}, []
+    while len(warmups) < threads and position < n:
+        high = min(n, position + 2)
+        future = submit(position, high)
+        sizes[future.key], position = high - position, high
+        warmups.append(future)
+    _wait(client, warmups, PROBE_WAIT_COLD, first=True)
+    finished = [future for future in warmups if future.done()]
+    if not finished:
+        return position, PROBE_WAIT_COLD / 2  # slow items: at least this long each
+    if finished[0].status != "finished":
+        return position, TARGET_CHUNK_SECONDS  # it failed; gather will say why; keep chunks small
+    per_item, measured = _timing(finished[0].result(), sizes[finished[0].key])
+    size = 20
     for _ in range(MAX_PROBES):
-        if position >= n:
+        if measured >= PROBE_SECONDS or position >= n:
             break
         high = min(n, position + size)
         future = submit(position, high)
         _wait(client, [future], PROBE_WAIT)
-        if not future.done():
-            return high, PROBE_WAIT / size  # slow items: at least this long each
-        if future.status != "finished":
-            return high, TARGET_CHUNK_SECONDS  # it failed; gather will say why; keep chunks small
-        _, _, seconds, first = future.result()
-        count = high - position
-        per_item = (seconds - first) / (count - 1) if count > 1 else seconds
+        if not future.done() or future.status != "finished":
+            return high, per_item  # landed on a worker still busy or failing: keep the estimate
+        per_item, measured = _timing(future.result(), high - position)
         position = high
-        if seconds >= PROBE_SECONDS:
-            break
         size = min(size * 10, max(1, (n - position) // (CHUNKS_PER_THREAD * threads)))
     return position, per_item
+
+
+def _timing(chunk_result: tuple, count: int) -> tuple[float, float]:
+    """(seconds per item, seconds measured) of a finished chunk, leaving out its first call."""
+    _, _, seconds, first = chunk_result
+    if count < 2:
+        return seconds, seconds
+    return (seconds - first) / (count - 1), seconds - first
 
 
 def collect(client: Client, run: Run, stack: bool = False, timeout: float | None = None,

@@ -75,7 +75,6 @@ def matrix(rows: np.ndarray) -> memoryview:
 
 def test_prime_sums_as_the_matlab_script_asks(cluster: str) -> None:
     function = "hpcbridge.workloads.primes:distinct_prime_factor_sum"
-    toolbox.gather(cluster, toolbox.map(cluster, function, array.array("q", range(2, 7)), chunk_size=1))  # warm-up
     run = toolbox.map(cluster, function, array.array("q", range(2, 10**4)), stack=True)
     assert int(np.sum(toolbox.gather(cluster, run, stack=True))) == 10218029
     segments = np.array([[2, 5000, 10**7], [5000, 10**7, 10**7]], dtype=np.int64)

@@ -122,15 +122,7 @@ def distinct_prime_factor_sum(n: int) -> int:
 
 
 def faithful_sum(bridge: Bridge, upper: int, progress: bool = True) -> int:
-    """The sympy sum over [2, upper), one item per number; the connector sizes the chunks.
-
-    A few single numbers go first, one task each, so that every worker has imported SymPy before
-    the connector times its first chunk: its probe takes a first call slower than 2 s for slow
-    items and would then send one number per task.
-    """
-    warm = min(upper - 2, 2 * max(1, bridge.n_workers))
-    bridge.gather(bridge.map(distinct_prime_factor_sum, range(2, 2 + warm), chunk_size=1, progress=False),
-                  progress=False)
+    """The sympy sum over [2, upper), one item per number; the connector sizes the chunks."""
     run = bridge.map(distinct_prime_factor_sum, range(2, upper), stack=True, progress=progress)
     return int(bridge.gather(run, stack=True, progress=progress).sum())
 

@@ -22,9 +22,6 @@ t = tic;
 switch method
     case 'sympy'
         f = 'hpcbridge.workloads.primes:distinct_prime_factor_sum';
-        % A few numbers first, one task each, so every worker has imported SymPy before the
-        % connector times its first chunk (a slow first call would make it send one number per task).
-        hpcbridge.gather(c, hpcbridge.map(c, f, int64(2:2 + 2 * c.workers), 'ChunkSize', 1), 'Progress', false);
         run = hpcbridge.map(c, f, int64(2:B - 1), 'Stack', true);
         total = sum(int64(hpcbridge.gather(c, run, 'Stack', true)), 'native');
     case 'fast'
