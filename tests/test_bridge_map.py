@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +34,14 @@ def fragile_square(x: int) -> int:
 
 def row_times(item: int, row: np.ndarray) -> np.ndarray:
     return row * item
+
+
+def slow_first_call(item: int, token: str) -> int:
+    """Takes 3 s on its first call in each worker process, as importing a big library does."""
+    if not hasattr(sys, token):
+        time.sleep(3)
+        setattr(sys, token, True)
+    return item
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +174,11 @@ def test_results_survive_a_killed_client_and_are_collected_without_recomputing(c
         assert again.results("survivor", timeout=120, progress=False) == [x * x for x in range(200)]
         assert "survivor" not in again.runs()
     assert executed(bridge, "survivor") == 200  # every item ran exactly once
+
+
+def test_a_slow_first_call_on_cold_workers_still_gets_chunks_sized_for_cheap_items(cluster) -> None:
+    _, bridge = cluster
+    cold = functools.partial(slow_first_call, token=f"hpcbridge_cold_{uuid.uuid4().hex}")
+    run = bridge.map(cold, range(20_000), progress=False)
+    assert bridge.gather(run, progress=False) == list(range(20_000))
+    assert len(run.futures) < 200  # not one task per item
