@@ -18,30 +18,9 @@ from hpcbridge import jobs
 from hpcbridge.backends.local import state_home
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.spec import JobSpec
+from hpcbridge.workloads.primes import split_range, sum_prime_factors
 
 CHUNK_NUMBERS = 20_000
-
-
-def sum_prime_factors(bounds: tuple[int, int]) -> int:
-    """Sum of the distinct prime factors of every integer in ``range(*bounds)``."""
-    from sympy import primefactors
-
-    return sum(sum(primefactors(n)) for n in range(*bounds))
-
-
-def split_range(start: int, stop: int, pieces: int) -> list[tuple[int, int]]:
-    """Split ``range(start, stop)`` into ``pieces`` contiguous ranges of near-equal length.
-
-    >>> split_range(2, 12, 3)
-    [(2, 6), (6, 9), (9, 12)]
-    """
-    size, extra = divmod(stop - start, pieces)
-    bounds, low = [], start
-    for index in range(pieces):
-        high = low + size + (1 if index < extra else 0)
-        bounds.append((low, high))
-        low = high
-    return [b for b in bounds if b[0] < b[1]]
 
 
 @dataclass(frozen=True)

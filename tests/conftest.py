@@ -18,7 +18,7 @@ from hpcbridge.spec import JobSpec
 CLIENT_SCRIPT = """\
 import json, os, sys
 import hpcbridge
-from hpcbridge.demo import split_range, sum_prime_factors
+from hpcbridge.workloads.primes import split_range, sum_prime_factors
 
 with hpcbridge.connect(os.environ["HPCBRIDGE_SCHEDULER_FILE"], n_workers=int(os.environ["HPCBRIDGE_WORKERS"]),
                        timeout=60) as bridge:

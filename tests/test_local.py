@@ -14,7 +14,7 @@ import pytest
 
 from hpcbridge import jobs
 from hpcbridge.bridge import ConnectError, connect, wait_for_scheduler_file
-from hpcbridge.demo import sum_prime_factors
+from hpcbridge.workloads.primes import sum_prime_factors
 from tests.conftest import job_processes, wait_for
 
 

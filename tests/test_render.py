@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,10 +42,6 @@ _ARRAY = dict(mode="array", array="1-20", array_throttle=4, client_script="/home
               mem_per_cpu="1G", walltime="1h")
 for _scheduler, _flavor in (("slurm", "pbspro"), ("pbs", "pbspro"), ("pbs", "torque"), ("lsf", "pbspro")):
     SPECS[f"{_scheduler}-{_flavor}-array"] = JobSpec(scheduler=_scheduler, pbs_flavor=_flavor, **_ARRAY)
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(render).failed == 0
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
 
 import pytest
 
 from hpcbridge import units
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(units).failed == 0
 
 
 @pytest.mark.parametrize(

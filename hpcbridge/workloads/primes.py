@@ -37,7 +37,11 @@ def sum_prime_factors(bounds: tuple[int, int]) -> int:
 
 
 def split_range(start: int, stop: int, pieces: int) -> list[tuple[int, int]]:
-    """``range(start, stop)`` as ``pieces`` contiguous ranges of near-equal length (empty ones dropped)."""
+    """``range(start, stop)`` as ``pieces`` contiguous ranges of near-equal length (empty ones dropped).
+
+    >>> split_range(2, 12, 3)
+    [(2, 6), (6, 9), (9, 12)]
+    """
     size, extra = divmod(stop - start, pieces)
     bounds, low = [], start
     for index in range(pieces):

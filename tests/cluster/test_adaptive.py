@@ -8,7 +8,7 @@ import pytest
 from distributed import Client
 
 from hpcbridge.adaptive import jobqueue_cluster, jobqueue_options
-from hpcbridge.demo import split_range, sum_prime_factors
+from hpcbridge.workloads.primes import split_range, sum_prime_factors
 from hpcbridge.spec import JobSpec, SpecError
 from tests.conftest import wait_for
 

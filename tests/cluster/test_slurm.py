@@ -18,7 +18,7 @@ import pytest
 from hpcbridge import jobs
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.bridge import connect, wait_for_scheduler_file
-from hpcbridge.demo import sum_prime_factors, split_range
+from hpcbridge.workloads.primes import split_range, sum_prime_factors
 from tests.conftest import CLIENT_SCRIPT, wait_for
 
 
