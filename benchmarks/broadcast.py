@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from hpcbridge import broadcast, jobs
-from hpcbridge.bridge import connect
-from hpcbridge.spec import JobSpec
+from hpcbridge import broadcast
+from hpcbridge.demo import local_cluster
 
 
 def peak_rss_bytes() -> int:
@@ -38,17 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=4)
     options = parser.parse_args(argv)
     data = np.random.default_rng(0).random(options.megabytes * 2**20 // 8)
-    with tempfile.TemporaryDirectory(prefix="hpcbridge-bench-") as folder:
-        spec = JobSpec(scheduler="local", ntasks_per_node=options.workers, cpus_per_task=1, python=sys.executable,
-                       scheduler_file=str(Path(folder) / "{job_id}" / "scheduler.json"))
-        job = jobs.submit(spec)
-        try:
-            with connect(job.scheduler_file, n_workers=options.workers, timeout=120) as bridge:
-                measure(bridge, data)
-                bridge.shutdown()
-        finally:
-            if not job.status().finished:
-                job.cancel()
+    with local_cluster(options.workers, say=lambda line: None, job_name="hpcbridge-bench") as (_, bridge):
+        measure(bridge, data)
 
 
 def measure(bridge, data: np.ndarray) -> None:

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import argparse
 import operator
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-from hpcbridge import jobs
-from hpcbridge.bridge import connect
-from hpcbridge.spec import JobSpec
+from hpcbridge.demo import local_cluster
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,17 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="hpcbridge-bench-") as folder:
-        spec = JobSpec(scheduler="local", ntasks_per_node=options.workers, cpus_per_task=1, python=sys.executable,
-                       scheduler_file=str(Path(folder) / "{job_id}" / "scheduler.json"))
-        job = jobs.submit(spec)
-        try:
-            with connect(job.scheduler_file, n_workers=options.workers, timeout=120) as bridge:
-                measure(bridge, options)
-                bridge.shutdown()
-        finally:
-            if not job.status().finished:
-                job.cancel()
+    with local_cluster(options.workers, say=lambda line: None, job_name="hpcbridge-bench") as (_, bridge):
+        measure(bridge, options)
 
 
 def measure(bridge, options) -> None:
