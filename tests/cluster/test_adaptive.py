@@ -18,10 +18,12 @@ def _our_jobs(cluster, name: str) -> list[str]:
 
 
 def test_adapt_adds_jobs_for_work_and_removes_them_when_idle(slurm_cluster, tmp_path) -> None:
-    spec = JobSpec(scheduler="slurm", ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="300M", walltime="10m",
+    spec = JobSpec(scheduler="slurm", ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="800M", walltime="10m",
                    interface=slurm_cluster.interface, python=sys.executable, job_name="hpcb-adapt")
     with jobqueue_cluster(spec, log_directory=str(tmp_path)) as cluster:
-        assert "#SBATCH -n 1\n#SBATCH --cpus-per-task=2\n#SBATCH --mem=600M" in cluster.job_script()
+        script = cluster.job_script()
+        assert "#SBATCH --cpus-per-task=2\n#SBATCH --mem=2G\n" in script  # dask-jobqueue rounds up to GB
+        assert "--nthreads 1 --memory-limit 800.00MiB --nworkers 2" in script
         cluster.adapt(minimum_jobs=0, maximum_jobs=2, interval="500ms", wait_count=2)
         with Client(cluster) as client:
             total = sum(client.gather(client.map(sum_prime_factors, split_range(2, 10_000, 8))))

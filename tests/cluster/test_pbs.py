@@ -20,7 +20,8 @@ from tests.conftest import CLIENT_SCRIPT, wait_for
 
 
 def test_pbs_scheduler_file_job_through_qsub(slurm_cluster, batch_spec, batch_jobs) -> None:
-    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", ntasks_per_node=2, mem_per_cpu="300M", job_name="pbs-dask"))
+    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", ntasks_per_node=2, mem_per_cpu="300M",
+                                 job_name="pbs-dask"))
     batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
         assert job.status().state == "RUNNING"
@@ -41,8 +42,8 @@ def test_pbs_dask_mpi_job_with_mpiexec_inside_the_allocation(slurm_cluster, batc
     script = tmp_path / "client.py"
     script.write_text(CLIENT_SCRIPT)
     report = tmp_path / "report.json"
-    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
-                               client_script=str(script), client_args=(str(report),)))
+    job = jobs.submit(batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", mode="mpi", ntasks_per_node=4,
+                                 mem_per_cpu="700M", client_script=str(script), client_args=(str(report),)))
     batch_jobs.append(job)
     assert wait_for(lambda: job.status().finished, timeout=120), job.status()
     assert job.status().state == "COMPLETED"

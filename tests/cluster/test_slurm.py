@@ -99,7 +99,7 @@ def test_dask_mpi_job_runs_the_client_script_on_rank_one(slurm_cluster, batch_sp
     script = tmp_path / "client.py"
     script.write_text(CLIENT_SCRIPT)
     report = tmp_path / "report.json"
-    job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=4, mem_per_cpu="300M",
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=4, mem_per_cpu="700M",
                                  client_script=str(script), client_args=(str(report), "two words")))
     batch_jobs.append(job)
     _finish(job)
