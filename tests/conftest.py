@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -73,6 +74,21 @@ def local_jobs() -> Iterator[list[jobs.SubmittedJob]]:
             job.cancel()
         assert wait_for(lambda: not job_processes(job.job_id), timeout=30), (
             f"processes of {job.job_id} still running: {job_processes(job.job_id)}")
+
+
+@contextlib.contextmanager
+def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[jobs.SubmittedJob]:
+    """A local job of ``workers`` one-thread workers for a whole test module; cancelled and checked gone after."""
+    folder = tmp_path_factory.mktemp("local-job")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=1, python=sys.executable,
+                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
+        try:
+            yield job
+        finally:
+            job.cancel()
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
 
 
 @pytest.fixture

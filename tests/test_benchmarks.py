@@ -13,27 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.spec import JobSpec
 from hpcbridge.workloads import truss
-from tests.conftest import job_processes, wait_for
+from tests.conftest import module_local_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A 2-worker local cluster for the module; its scheduler file. Cancelled and checked gone at the end."""
-    home = tmp_path_factory.mktemp("benchmarks-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HPCBRIDGE_HOME", str(home))
-        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=2, cpus_per_task=1, python=sys.executable,
-                                  scheduler_file=str(home / "{job_id}" / "scheduler.json")))
-        try:
-            yield job.scheduler_file
-        finally:
-            job.cancel()
-            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+    """A 2-worker local cluster for the module; its scheduler file."""
+    with module_local_job(tmp_path_factory, 2) as job:
+        yield job.scheduler_file
 
 
 def bench(name: str, cluster: str, *args: str) -> dict[str, str]:

@@ -15,8 +15,7 @@ import pytest
 
 from hpcbridge import broadcast, jobs
 from hpcbridge.bridge import Bridge, connect
-from hpcbridge.spec import JobSpec
-from tests.conftest import job_processes, wait_for
+from tests.conftest import module_local_job
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
@@ -40,18 +39,9 @@ def total(values: np.ndarray, weights: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
-    """A 3-worker local job shared by this module's tests, cancelled and checked gone at the end."""
-    folder = tmp_path_factory.mktemp("broadcast-cluster")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
-        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=3, cpus_per_task=1, python=sys.executable,
-                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
-        try:
-            with connect(job.scheduler_file, n_workers=3, timeout=60) as bridge:
-                yield job, bridge
-        finally:
-            job.cancel()
-            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
+    """A 3-worker local job shared by this module's tests."""
+    with module_local_job(tmp_path_factory, 3) as job, connect(job.scheduler_file, n_workers=3, timeout=60) as bridge:
+        yield job, bridge
 
 
 def test_broadcast_is_sent_once_copied_by_workers_and_survives_the_memory_manager(cluster) -> None:

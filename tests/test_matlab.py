@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import math
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcbridge import jobs, matlab
+from hpcbridge import matlab
 from hpcbridge.mapping import ItemError
-from hpcbridge.spec import JobSpec
-from tests.conftest import job_processes, wait_for
+from tests.conftest import module_local_job
 
 USER_FUNCTIONS = textwrap.dedent("""
     def scale(x, settings):
@@ -41,17 +39,11 @@ def matlab_matrix(values: np.ndarray) -> memoryview:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 2-worker local job for this module; yields its scheduler file as MATLAB would hold it."""
-    folder = tmp_path_factory.mktemp("matlab-cluster")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
-        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=2, cpus_per_task=1, python=sys.executable,
-                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
+    with module_local_job(tmp_path_factory, 2) as job:
         try:
             yield job.scheduler_file
         finally:
             matlab.close(job.scheduler_file)
-            job.cancel()
-            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
 
 
 @pytest.fixture
