@@ -44,7 +44,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A Dask cluster to run as one batch job.
+    """One batch job: a Dask cluster (scheduler-file or mpi mode) or an array of independent chunks.
 
     The batch step runs the Dask scheduler and writes its address to ``scheduler_file``; each of
     the ``nodes * ntasks_per_node`` tasks runs one Dask worker with ``cpus_per_task`` threads.
