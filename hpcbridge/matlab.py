@@ -186,6 +186,11 @@ def _items(items: Any) -> Any:
     raise TypeError(f"items must be a cell array or a numeric vector or matrix, not {type(items).__name__}")
 
 
+def bridge_for(cluster: str) -> Bridge:
+    """The bridge behind a cluster handle, for workload functions that MATLAB calls with that handle."""
+    return _bridge(cluster)
+
+
 def _bridge(cluster: str) -> Bridge:
     """The cached bridge for ``cluster``, attached again if its connection was lost."""
     key = _cluster_id(cluster)

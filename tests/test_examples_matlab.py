@@ -29,7 +29,7 @@ from tests.conftest import job_processes, wait_for
 EXAMPLES = Path(__file__).resolve().parent.parent / "matlab" / "examples"
 SCRIPTS = ["primefactor_sum", "mandelbrot_image", "truss_response", "montecarlo_pi"]
 OCTAVE = shutil.which("octave-cli")
-ALLOWED = {"connect", "broadcast", "map", "gather", "close", "release"}
+ALLOWED = {"connect", "broadcast", "map", "gather", "close", "release", "fromPython"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -37,7 +37,8 @@ def test_script_uses_only_the_toolbox_and_functions_that_exist(script: str) -> N
     text = (EXAMPLES / f"{script}.m").read_text()
     assert text.startswith(f"%{script.upper()} ")
     assert set(re.findall(r"hpcbridge\.(\w+)\(", text)) <= ALLOWED
-    named = re.findall(r"'(hpcbridge\.workloads\.\w+):(\w+)'", text)
+    named = re.findall(r"'(hpcbridge\.workloads\.\w+):(\w+)'", text)  # run on the workers
+    named += re.findall(r"py\.(hpcbridge\.workloads\.\w+)\.(\w+)\(", text)  # called in MATLAB's Python
     assert named
     for module, function in named:
         assert callable(getattr(importlib.import_module(module), function))
@@ -91,6 +92,12 @@ def test_mandelbrot_blocks_as_the_matlab_script_asks(cluster: str) -> None:
     parts = toolbox.gather(cluster, run)
     toolbox.release(cluster, handle["name"])
     np.testing.assert_array_equal(np.concatenate(parts), mandelbrot.reference_rows((0, 70), mandelbrot.View(150, 70)))
+
+
+def test_mandelbrot_image_reaches_matlab_as_one_contiguous_array(cluster: str) -> None:
+    image = mandelbrot.image(cluster, 150.0, 70.0, 255.0)  # MATLAB passes doubles
+    assert image.dtype == np.uint8 and image.shape == (70, 150) and image.flags.c_contiguous
+    np.testing.assert_array_equal(image, mandelbrot.reference_rows((0, 70), mandelbrot.View(150, 70)))
 
 
 def test_truss_from_triplets_as_the_matlab_script_asks(cluster: str) -> None:

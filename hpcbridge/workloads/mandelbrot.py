@@ -184,6 +184,19 @@ def render(bridge: Bridge, view: View, block_bytes: int = BLOCK_BYTES, out: np.n
     return image
 
 
+def image(cluster: str, width: int | float, height: int | float, maxiter: int | float = MAXITER) -> np.ndarray:
+    """The whole image of the default region, for MATLAB: one call, one contiguous array, one conversion.
+
+    ``cluster`` is the handle ``hpcbridge.connect`` returns in MATLAB (``c.cluster``); sizes may
+    arrive as doubles. MATLAB converts the result with a single ``uint8(...)``, so it never
+    holds the blocks, only Python's image and its own copy.
+    """
+    from hpcbridge.matlab import bridge_for
+
+    view = View(width=int(width), height=int(height), maxiter=int(maxiter))
+    return render(bridge_for(cluster), view)
+
+
 def render_serial(view: View) -> np.ndarray:
     """The whole image in this process with the lockstep kernel (the single-process baseline)."""
     return rows((0, view.height), view)
