@@ -25,18 +25,10 @@ addParameter(p, 'Name', '', @(x) ischar(x) || isstring(x));
 parse(p, cluster, value, varargin{:});
 opts = p.Results;
 
-info = py.hpcbridge.matlab.broadcast(clusterFile(opts.cluster), hpcbridge.toPython(opts.value), char(opts.Name));
+info = py.hpcbridge.matlab.broadcast(hpcbridge.clusterFile(opts.cluster), hpcbridge.toPython(opts.value), char(opts.Name));
 handle = hpcbridge.fromPython(info);
 end
 
 function ok = isClusterArgument(x)
 ok = isstruct(x) || ischar(x) || isstring(x);
-end
-
-function file = clusterFile(cluster)
-if isstruct(cluster)
-    file = cluster.cluster;
-else
-    file = char(cluster);
-end
 end

@@ -6,8 +6,5 @@ function close(cluster)
 %
 %   See also hpcbridge.connect, hpcbridge.shutdown.
 
-if isstruct(cluster)
-    cluster = cluster.cluster;
-end
-py.hpcbridge.matlab.close(char(cluster));
+py.hpcbridge.matlab.close(hpcbridge.clusterFile(cluster));
 end

@@ -27,7 +27,7 @@ addParameter(p, 'Progress', true, @(x) islogical(x) || isnumeric(x));
 parse(p, cluster, run, varargin{:});
 opts = p.Results;
 
-file = clusterFile(opts.cluster);
+file = hpcbridge.clusterFile(opts.cluster);
 name = char(opts.run);
 deadline = tic;
 shown = -1;
@@ -48,12 +48,4 @@ while true
 end
 results = hpcbridge.fromPython(py.hpcbridge.matlab.gather(file, name, max(0, opts.Timeout - toc(deadline)), ...
     logical(opts.Stack)));
-end
-
-function file = clusterFile(cluster)
-if isstruct(cluster)
-    file = cluster.cluster;
-else
-    file = char(cluster);
-end
 end

@@ -41,7 +41,7 @@ parse(p, cluster, func, items, varargin{:});
 opts = p.Results;
 
 names = broadcastNames(opts.Broadcast);
-run = char(py.hpcbridge.matlab.map(clusterFile(opts.cluster), char(opts.func), ...
+run = char(py.hpcbridge.matlab.map(hpcbridge.clusterFile(opts.cluster), char(opts.func), ...
     hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize)));
 end
 
@@ -60,12 +60,4 @@ for k = 1:numel(value)
     end
 end
 names = py.tuple(names);
-end
-
-function file = clusterFile(cluster)
-if isstruct(cluster)
-    file = cluster.cluster;
-else
-    file = char(cluster);
-end
 end

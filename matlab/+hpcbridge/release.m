@@ -13,8 +13,5 @@ parse(p, cluster, handle);
 if isstruct(handle)
     handle = handle.name;
 end
-if isstruct(cluster)
-    cluster = cluster.cluster;
-end
-py.hpcbridge.matlab.release(char(cluster), char(handle));
+py.hpcbridge.matlab.release(hpcbridge.clusterFile(cluster), char(handle));
 end

@@ -5,8 +5,5 @@ function names = runs(cluster)
 %
 %   See also hpcbridge.gather, hpcbridge.release.
 
-if isstruct(cluster)
-    cluster = cluster.cluster;
-end
-names = hpcbridge.fromPython(py.hpcbridge.matlab.runs(char(cluster)));
+names = hpcbridge.fromPython(py.hpcbridge.matlab.runs(hpcbridge.clusterFile(cluster)));
 end

@@ -4,8 +4,5 @@ function shutdown(cluster)
 %
 %   See also hpcbridge.close.
 
-if isstruct(cluster)
-    cluster = cluster.cluster;
-end
-py.hpcbridge.matlab.shutdown(char(cluster));
+py.hpcbridge.matlab.shutdown(hpcbridge.clusterFile(cluster));
 end
