@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import time
@@ -16,21 +15,11 @@ import pytest
 from hpcbridge import broadcast, jobs
 from hpcbridge.bridge import Bridge, connect
 from tests.conftest import module_local_job
+from tests.scheduler_probes import amm_interval, peak_rss_bytes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
 MB = 2**20
-
-
-def peak_rss_bytes() -> int:
-    """The calling process's peak resident memory (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def amm_interval(dask_scheduler) -> float | None:
-    """The Active Memory Manager's interval when it runs on this scheduler, else None."""
-    amm = dask_scheduler.extensions.get("amm")
-    return amm.interval if amm is not None and amm.running else None
 
 
 def total(values: np.ndarray, weights: np.ndarray) -> float:

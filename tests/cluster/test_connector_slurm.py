@@ -3,7 +3,6 @@ job step), and a run whose results outlive a killed client."""
 
 from __future__ import annotations
 
-import resource
 import signal
 import subprocess
 import sys
@@ -19,19 +18,11 @@ from hpcbridge import broadcast, jobs, mapping
 from hpcbridge.bridge import connect
 from hpcbridge.spec import JobSpec
 from tests.conftest import wait_for
+from tests.scheduler_probes import amm_interval, peak_rss_bytes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
 MB = 2**20
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def amm_interval(dask_scheduler) -> float | None:
-    amm = dask_scheduler.extensions.get("amm")
-    return amm.interval if amm is not None and amm.running else None
 
 
 def weighted_sum(item: float, weights: np.ndarray) -> float:
