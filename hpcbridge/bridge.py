@@ -89,7 +89,7 @@ def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout:
             f"the scheduler at {address} speaks TLS and this client has no certificates ({error}); set "
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT and ..._CLIENT__KEY to the job's files"
         ) from None
-    bridge = Bridge(client)
+    bridge = Bridge(client, job=job)
     try:
         bridge.wait_for_workers(n_workers, timeout=max(0.0, deadline - time.monotonic()))
     except BaseException:
@@ -106,8 +106,9 @@ class Bridge:
     they stay after :meth:`close` until released, and another client can use them by name.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, job: SubmittedJob | None = None) -> None:
         self.client = client
+        self.job = job  # the batch job that runs the cluster, when known: its state explains a loss
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
         """Block until at least ``n_workers`` workers have joined, or raise :class:`ConnectError`."""
