@@ -27,8 +27,9 @@ import numpy as np
 
 from hpcbridge import mapping
 from hpcbridge.broadcast import Broadcast
-from hpcbridge.bridge import Bridge
+from hpcbridge.bridge import Bridge, ConnectError
 from hpcbridge.bridge import connect as _connect
+from hpcbridge.losses import RunLost
 
 _BRIDGES: dict[str, Bridge] = {}
 RECONNECT_TIMEOUT = 60.0
@@ -61,33 +62,39 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
 
 
 def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
-        stack: bool = False, chunk_size: int | float = 0) -> str:
+        stack: bool = False, chunk_size: int | float = 0, save: bool = True) -> str:
     """Start ``function(item, *broadcast_values)`` for every item; return the run's name at once.
 
     ``function`` is ``"module:function"`` or ``"path/to/file.py:function"``. ``items``: a cell
     (each element), a numeric vector (each number) or a matrix (each row). ``broadcasts``: a
     broadcast name or a cell of names. Collect with :func:`gather`; follow with :func:`wait`.
+    Finished chunks are saved on disk (``save=False``: not); a ``name`` whose run is on disk from
+    an earlier cluster resumes it: only the items without a saved result are computed.
     """
     values = _items(items)
     names = [broadcasts] if isinstance(broadcasts, str) else list(broadcasts or ())
     handles = [Broadcast.named(str(n)) for n in names if str(n)]
     run = _bridge(cluster).map(function, values, *handles, name=name or None, stack=bool(stack),
-                               chunk_size=_count(chunk_size, "chunk_size") or None, progress=False)
+                               chunk_size=_count(chunk_size, "chunk_size") or None, progress=False, save=bool(save))
     return run.name
 
 
 def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     """Wait up to ``timeout`` s for run ``run``; returns ``{"done", "total", "finished", "failed"}``.
 
-    Returns as soon as the run has finished; call it in a loop to show progress in MATLAB.
+    Returns as soon as the run has finished, or can go no further (its cluster is gone: then
+    :func:`gather` says why and returns what is saved); call it in a loop to show progress in MATLAB.
     """
-    bridge = _bridge(cluster)
+    bridge = _bridge_or_lost(cluster)
+    if not bridge.connected or run not in bridge.client.list_datasets():
+        return {"done": 0, "total": 0, "finished": True, "failed": False}
     handle = bridge.run(run)
-    mapping._wait(bridge.client, handle.futures, _seconds(timeout))
+    futures = [f for f in handle.futures if f is not None]
+    mapping._wait(bridge.client, futures, _seconds(timeout))
     done = handle.done_items()
-    failed = sum(f.status == "error" for f in handle.futures)
-    return {"done": done, "total": handle.n_items, "finished": all(f.done() for f in handle.futures),
-            "failed": bool(failed)}
+    failed = sum(f.status == "error" for f in futures)
+    return {"done": done, "total": handle.n_items,
+            "finished": all(f.done() for f in futures) or not bridge.connected, "failed": bool(failed)}
 
 
 def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = False) -> Any:
@@ -96,10 +103,37 @@ def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fals
     Numeric scalar results come back as one NumPy vector (int64 stays exact); with ``stack``,
     array results come back as one array stacked along a new first dimension; anything else as
     a list. Raises TimeoutError after ``timeout`` s (the run stays on the cluster), and the first
-    failing item's error with its remote traceback.
+    failing item's error with its remote traceback. When the cluster is gone the saved chunks are
+    read from the run directory; items without a result raise the error of the cause
+    (walltime, cancelled job, ...), which says how many are missing (see :func:`results`).
     """
-    values = _bridge(cluster).results(run, stack=bool(stack), timeout=_timeout(timeout), progress=False)
+    values = _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=_timeout(timeout), progress=False)
     return to_matlab(values)
+
+
+def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = False,
+            partial: bool = False) -> Any:
+    """Like :func:`gather`; with ``partial`` it returns what there is instead of raising for missing items.
+
+    ``partial=True`` returns ``{"values", "missing", "complete", "reason"}``: the values in
+    input order as :func:`gather` shapes them, numeric ones with NaN where an item has no result
+    (other kinds: an empty cell); ``missing``, the 1-based indices of those items (int64, MATLAB's
+    indexing); ``reason``, the error's text ("" when complete).
+    """
+    try:
+        values = _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=_timeout(timeout), progress=False)
+    except RunLost as lost:
+        if not partial:
+            raise
+        missing = set(lost.missing_items())
+        values = lost.results or [None] * lost.n_items
+        numeric = all(isinstance(v, numbers.Number) for i, v in enumerate(values) if i not in missing)
+        filled = [math.nan if i in missing and numeric else v for i, v in enumerate(values)]
+        return {"values": to_matlab(filled), "missing": np.array(sorted(missing), dtype=np.int64) + 1,
+                "complete": False, "reason": str(lost)}
+    if not partial:
+        return to_matlab(values)
+    return {"values": to_matlab(values), "missing": np.zeros(0, dtype=np.int64), "complete": True, "reason": ""}
 
 
 def runs(cluster: str) -> list[str]:
@@ -197,9 +231,25 @@ def _bridge(cluster: str) -> Bridge:
     bridge = _BRIDGES.get(key)
     if bridge is None or bridge.client.status != "running":
         if bridge is not None:
-            bridge.client.close()
+            bridge.close()
+            del _BRIDGES[key]
         bridge = _BRIDGES[key] = _connect(key, n_workers=0, timeout=RECONNECT_TIMEOUT)
     return bridge
+
+
+def _bridge_or_lost(cluster: str) -> Bridge:
+    """The bridge for ``cluster``; when it cannot attach again, the lost one, which still reads runs on disk."""
+    key = _cluster_id(cluster)
+    old = _BRIDGES.get(key)
+    if old is not None and old.connected:
+        return old
+    try:
+        return _bridge(cluster)
+    except (ConnectError, OSError):
+        if old is None:
+            raise
+        _BRIDGES[key] = old
+        return old
 
 
 def _cluster_id(scheduler_file: Any) -> str:
