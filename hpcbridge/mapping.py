@@ -389,7 +389,8 @@ def _timing(chunk_result: tuple, count: int) -> tuple[float, float]:
 
 
 def collect(client: Client, run: Run, stack: bool = False, timeout: float | None = None,
-            progress: bool = True, stream: IO[str] | None = None, job: Any = None) -> Any:
+            progress: bool = True, stream: IO[str] | None = None, job: Any = None,
+            drain_from: float | None = None) -> Any:
     """Wait for every chunk of ``run`` (showing progress) and return the results in input order.
 
     Chunks come from the cluster, or from the run directory when the cluster lost them or an
@@ -397,11 +398,13 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
     :class:`RunError` when a chunk failed as a whole, a :class:`~hpcbridge.losses.RunLost` (one
     type per cause, said in the words of ``job``'s batch system) when items have no result
     anywhere, and ``TimeoutError`` after ``timeout`` seconds; the run stays on the cluster in
-    every case, so ``results(name)`` can try again.
+    every case, so ``results(name)`` can try again. ``drain_from`` (epoch seconds: when the
+    job's workers may start leaving for its walltime) lets a loss after it be named as the
+    walltime, also when the batch system calls the job COMPLETED because its workers left in time.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     meter = Progress(run.name, run.n_items, stream) if progress else None
-    watch = ClusterWatch(client)
+    watch = ClusterWatch(client, drain_from)
     pending = [f for f in run.futures if f is not None]
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
@@ -423,8 +426,9 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
 class ClusterWatch:
     """Notices, with bounded waits, that the scheduler went away or that the cluster has no workers."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, drain_from: float | None = None) -> None:
         self.client = client
+        self.drain_from = drain_from
         self.next_look = time.monotonic() + 2.0
         self.workers = -1
         self.workerless_since: float | None = None
@@ -478,8 +482,9 @@ class ClusterWatch:
             self.drained = [message for _, message in events]
 
     def explain(self, job: Any) -> tuple[type[RunLost], str]:
+        near_end = self.drain_from is not None and time.time() >= self.drain_from
         return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, self.tried_seconds,
-                              self.address)
+                              self.address, near_end=near_end)
 
 
 def _ask(client: Client, method: str, timeout: float, **kwargs: Any) -> Any:

@@ -118,11 +118,6 @@ class RunDirectory:
         return sum(high - low for low, high in self.saved())
 
 
-def configured_root() -> str | None:
-    """Run on the scheduler: the run directory root its job set (``""``: saving is off; None: not set)."""
-    return os.environ.get("HPCBRIDGE_RUN_DIRECTORY")
-
-
 def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The item ranges of ``[0, n_items)`` that no saved chunk covers.
 
