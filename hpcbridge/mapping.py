@@ -16,6 +16,11 @@ Every chunk is submitted before :meth:`~hpcbridge.bridge.Bridge.map` returns, an
 published on the scheduler under its name (``client.publish_dataset``): the scheduler then holds
 the results for the run, not for the client, so a client that disconnects or dies loses nothing;
 another one attaches through the scheduler file and collects them with ``results(name)``.
+
+The workers also save every finished chunk in the run's directory (:mod:`hpcbridge.rundir`),
+so results outlive the cluster too: a chunk the cluster lost is read from there, and a later
+``map`` of the same name, function and items computes only what no chunk file holds. When items
+have no result anywhere, :func:`collect` raises the :mod:`hpcbridge.losses` error of the cause.
 """
 
 from __future__ import annotations
