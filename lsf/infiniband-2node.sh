@@ -52,6 +52,17 @@ fi
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
 export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 14400))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # Every Dask worker runs with these options; memory and threads are pinned explicitly so
 # no worker guesses from the whole node.
 WORKER_OPTIONS=(
@@ -60,8 +71,7 @@ WORKER_OPTIONS=(
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --interface ib0
-    --lifetime 14100s
-    --lifetime-stagger 30s
+    --preload hpcbridge.drain
     --death-timeout 60
 )
 
