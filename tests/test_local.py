@@ -60,8 +60,12 @@ def test_cancel_ends_every_process_of_the_job(local_spec, local_jobs) -> None:
     assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
 
 
-def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs) -> None:
-    job = jobs.submit(local_spec(python="/nonexistent/bin/python3"))
+def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs, tmp_path) -> None:
+    # A Python that passes the preflight's import check, then cannot run the scheduler.
+    python = tmp_path / "python-without-a-scheduler"
+    python.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\nexit 1\n')
+    python.chmod(0o755)
+    job = jobs.submit(local_spec(python=str(python)))
     local_jobs.append(job)
     with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
         connect(job.scheduler_file, timeout=120, job=job)  # told when the job ended, not at the deadline
