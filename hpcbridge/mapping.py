@@ -55,6 +55,7 @@ MAX_PROBES = 4
 RUN_MARKER = "hpcbridge-run"
 WORKERLESS_SECONDS = 20.0  # a run whose cluster has had no worker this long is reported lost
 RECONNECT_SECONDS = 10.0  # how long a client tries to reach a scheduler that went away
+UNREACHABLE_SECONDS = 30.0  # a scheduler that answers nothing this long (its node cut off) is reported lost
 
 logger = logging.getLogger("hpcbridge.mapping")
 
@@ -437,6 +438,7 @@ class ClusterWatch:
         self.next_look = time.monotonic() + 2.0
         self.workers = -1
         self.workerless_since: float | None = None
+        self.unanswered_since: float | None = None
         self.connection_lost = False
         self.tried_seconds = 0.0
         self.drained: list[dict[str, Any]] = []
@@ -451,7 +453,19 @@ class ClusterWatch:
         self.next_look = time.monotonic() + 2.0
         workers = _ask(self.client, "ncores", timeout=5.0)
         if workers is None:
-            return self._wait_for_reconnect() if self.client.status != "running" else False
+            if self.client.status != "running":
+                return self._wait_for_reconnect()
+            self.unanswered_since = self.unanswered_since or time.monotonic()
+            silent = time.monotonic() - self.unanswered_since
+            if silent < UNREACHABLE_SECONDS:
+                return False
+            self.connection_lost, self.tried_seconds = True, silent  # e.g. its node is cut off
+            try:
+                self.client.close(timeout=2)
+            except Exception:
+                pass
+            return True
+        self.unanswered_since = None
         if len(workers) < self.workers or not workers:
             self._read_drain_events()
         self.workers = len(workers)
