@@ -222,9 +222,27 @@ def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: P
         scheduler_options.update(protocol="tls://", security=Security())
         options["protocol"] = "tls"
     options["scheduler_options"] = scheduler_options
-    if spec.worker_lifetime:
-        options["worker_extra_args"] = ["--lifetime", f"{spec.worker_lifetime}s", "--lifetime-stagger", "30s"]
+    options["job_script_prologue"] += worker_job_environment(spec)
+    if spec.walltime:
+        options["worker_extra_args"] = ["--preload", "hpcbridge.drain"]
     return options
+
+
+def worker_job_environment(spec: JobSpec) -> list[str]:
+    """Shell lines that give a worker job what the workers of every hpcbridge job know.
+
+    Where finished chunks are saved (runs outlive their cluster), and when this worker job ends,
+    so that its workers drain before its walltime (:mod:`hpcbridge.drain`) rather than die mid-task.
+    """
+    from hpcbridge.render import shell_path
+
+    lines = [f"export HPCBRIDGE_RUN_DIRECTORY={shell_path(spec.runs_directory) if spec.save_runs else chr(34) * 2}"]
+    if spec.walltime:
+        estimate = f"$(($(date +%s) + {spec.walltime}))"
+        end = f"${{SLURM_JOB_END_TIME:-{estimate}}}" if spec.scheduler == "slurm" else estimate
+        lines += [f"HPCBRIDGE_JOB_END={end}", "export HPCBRIDGE_JOB_END",
+                  f"export HPCBRIDGE_LIFETIME_MARGIN={max(spec.lifetime_margin, 30)}"]
+    return lines
 
 
 async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, settings: AdaptiveSettings) -> int:
