@@ -249,6 +249,8 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
     """Run the adaptive cluster until shutdown, idleness or SIGTERM; return the exit status."""
     import dask_jobqueue
 
+    # Where runs are saved, as the scheduler of every hpcbridge job says (clients ask it).
+    os.environ.setdefault("HPCBRIDGE_RUN_DIRECTORY", os.path.expanduser(spec.runs_directory) if spec.save_runs else "")
     for key in [key for key in os.environ if key.startswith("SLURM_") and key != "SLURM_CONF"]:
         del os.environ[key]  # sbatch inside this job would take this job's settings for the worker jobs
     cluster_class = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,

@@ -79,6 +79,9 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "the job.  [default: runs/ beside the scheduler files]"),
         click.option("--no-save-runs", "save_runs", flag_value=False, default=None,
                      help="Do not save finished chunks to disk (results live only in the cluster's memory)."),
+        click.option("--requeue", is_flag=True, default=None,
+                     help="Slurm: shortly before the walltime (or when preempted) the job goes back in the queue "
+                     "and its cluster starts again, writing a new scheduler file; runs resume from disk."),
     ]
 
     @functools.wraps(command)
