@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import hpcbridge
-from hpcbridge import adaptive
+from hpcbridge import adaptive, jobs
 from hpcbridge.cli import main as cli
 from hpcbridge.spec import JobSpec, SpecError
 from tests.conftest import wait_for
@@ -106,15 +106,27 @@ def test_a_burst_scales_up_to_max_idle_scales_back_to_min_and_runs_outlive_clien
           f"{scale_up:.1f} s after the burst; 3 -> 1 {scale_down:.1f} s after the work ended")
 
 
-def test_max_pending_caps_the_worker_jobs_waiting_in_the_queue(slurm_cluster, batch_spec, adaptive_jobs) -> None:
-    job = _start(batch_spec, slurm_cluster, adaptive_jobs, "hpcb-pend", 0, 6, max_pending=2)
+def test_max_pending_caps_the_worker_jobs_waiting_in_the_queue(slurm_cluster, batch_spec, adaptive_jobs,
+                                                               tmp_path) -> None:
+    # Started through the command line, as a user would.
+    started = CliRunner().invoke(cli, [
+        "up", "--adapt", "0:6", "--max-pending", "2", "--scheduler", "slurm", "--protocol", "tcp",
+        "--ntasks-per-node", "1", "--mem-per-cpu", "700M", "--walltime", "10m", "--job-name", "hpcb-pend",
+        "--interface", slurm_cluster.interface, "--python", sys.executable,
+        "--scheduler-file", str(tmp_path / "{job_id}" / "scheduler.json"), "--scheduler-mem", "1G",
+        "--adapt-interval", "1s", "--wait-count", "3", "--min-job-age", "20s", "--json"])
+    assert started.exit_code == 0, started.output
+    values = json.loads(started.output.strip().splitlines()[-1])
+    job = jobs.SubmittedJob(values["job_id"], values["scheduler"], values["scheduler_file"])
+    adaptive_jobs.append(("hpcb-pend", job))
     with hpcbridge.connect(job.scheduler_file, n_workers=0, timeout=120) as bridge:
         futures = bridge.client.map(time.sleep, [1.0] * 200, pure=False)  # the scheduler imports time
         most_pending = most_jobs = 0
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and not (most_jobs == 5 and time.monotonic() > deadline - 25):
-            pending, jobs = len(_workers(slurm_cluster, "hpcb-pend", "PENDING")), len(_workers(slurm_cluster, "hpcb-pend"))
-            most_pending, most_jobs = max(most_pending, pending), max(most_jobs, jobs)
+            pending = len(_workers(slurm_cluster, "hpcb-pend", "PENDING"))
+            queued = len(_workers(slurm_cluster, "hpcb-pend"))
+            most_pending, most_jobs = max(most_pending, pending), max(most_jobs, queued)
             time.sleep(0.2)
         # 3 run (the node is full), 2 wait; MAX 6 would otherwise queue 3.
         assert (most_pending, most_jobs) == (2, 5)
