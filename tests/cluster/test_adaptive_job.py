@@ -162,6 +162,19 @@ def test_worker_jobs_that_fail_at_start_stop_the_cluster_adding_jobs_after_three
     assert wait_for(lambda: not _queue(slurm_cluster, "hpcb-fail"), timeout=60)
 
 
+def test_an_adaptive_cluster_starts_on_pbs_through_qsub(slurm_cluster, batch_spec, adaptive_jobs) -> None:
+    """The scheduler job goes through the Torque wrappers' qsub; dask-jobqueue's PBSCluster submits the worker job."""
+    spec = batch_spec(slurm_cluster, "pbs", pbs_flavor="torque", protocol="tcp", ntasks_per_node=1,
+                      mem_per_cpu="700M", job_name="hpcb-pbs")
+    job = adaptive.start(spec, 1, 1, **FAST)
+    adaptive_jobs.append(("hpcb-pbs", job))
+    with hpcbridge.connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
+        assert bridge.gather(bridge.map(abs, range(-5, 0), progress=False)) == [5, 4, 3, 2, 1]
+        assert len(_workers(slurm_cluster, "hpcb-pbs", "RUNNING")) == 1
+        bridge.shutdown()
+    assert wait_for(lambda: not _queue(slurm_cluster, "hpcb-pbs"), timeout=60), _queue(slurm_cluster, "hpcb-pbs")
+
+
 # --- Without a cluster: the script and the settings -------------------------------------------
 
 @pytest.mark.parametrize("scheduler", ["slurm", "pbs", "lsf"])
