@@ -25,7 +25,6 @@ import itertools
 import logging
 import math
 import secrets
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from distributed.client import FutureCancelledError
 from hpcbridge import broadcast as broadcasts
 from hpcbridge import drain, losses
 from hpcbridge.losses import RunError, RunLost
+from hpcbridge.progress import Progress
 from hpcbridge.rundir import RunDirectory, RunMismatchError, function_identity, items_digest, missing_ranges, stamp
 
 TARGET_CHUNK_SECONDS = 0.25
@@ -601,36 +601,3 @@ def reattach(client: Client, name: str) -> Run:
         return Run.from_record(name, client.get_dataset(name))
     except KeyError:
         raise KeyError(f"no run named {name!r} on this cluster (runs: {client.list_datasets()})") from None
-
-
-class Progress:
-    """Progress of a run: a bar redrawn in place on a terminal, a line per 10 % otherwise."""
-
-    def __init__(self, label: str, total: int, stream: IO[str] | None = None) -> None:
-        self.label, self.total = label, total
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.started = time.monotonic()
-        self.shown = -1
-
-    def update(self, done: int) -> None:
-        percent = 100 if self.total == 0 else int(100 * done / self.total)
-        elapsed = time.monotonic() - self.started
-        if self.tty:
-            filled = percent * 30 // 100
-            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {percent:3d}% "
-                              f"{done}/{self.total} items {elapsed:.1f} s")
-            self.stream.flush()
-        elif percent // 10 > self.shown // 10 or self.shown < 0:
-            self.stream.write(f"{self.label}: {percent}% ({done}/{self.total} items, {elapsed:.1f} s)\n")
-            self.stream.flush()
-            self.shown = percent
-            return
-        self.shown = max(self.shown, percent)
-
-    def finish(self) -> None:
-        if self.shown < 100:
-            self.update(self.total)
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,7 @@ class JobSpec:
     scheduler_file: str = DEFAULT_SCHEDULER_FILE
     modules: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
-    python: str = "python3"
+    python: str = dataclasses.field(default_factory=lambda: default_python())
     client_script: str | None = None
     client_args: tuple[str, ...] = ()
     array: str | None = None
@@ -388,6 +389,15 @@ _CHECKS = {
     "save_runs": _flag,
     "requeue": _flag,
 }
+
+
+def default_python() -> str:
+    """The interpreter running hpcbridge, as dask-jobqueue defaults it: a venv's Python, not PATH's ``python3``.
+
+    On a cluster the login node's environment is normally on a shared file system, so the same
+    path works on the compute nodes; pass ``python`` when it does not.
+    """
+    return sys.executable or "python3"
 
 
 def spec_fields() -> Iterable[str]:

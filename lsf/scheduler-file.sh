@@ -75,6 +75,11 @@ WORKER_OPTIONS=(
 )
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------
+# The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
+if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+    exit 1
+fi
 
 # --- Dask scheduler ------------------------------------------------------------
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
