@@ -175,6 +175,32 @@ def test_an_adaptive_cluster_starts_on_pbs_through_qsub(slurm_cluster, batch_spe
     assert wait_for(lambda: not _queue(slurm_cluster, "hpcb-pbs"), timeout=60), _queue(slurm_cluster, "hpcb-pbs")
 
 
+def test_an_adaptive_cluster_speaks_tls_with_the_jobs_certificates(slurm_cluster, batch_spec, adaptive_jobs,
+                                                                   tmp_path) -> None:
+    """Scheduler and worker jobs present the spec's certificates; a client without them gets nothing."""
+    import dask.config
+    from distributed import Client
+
+    from hpcbridge.tls import create_certificates
+
+    made = create_certificates(tmp_path / "tls")
+    spec = batch_spec(slurm_cluster, "slurm", protocol="tls", tls_ca_file=str(made.ca_file), tls_cert=str(made.cert),
+                      tls_key=str(made.key), ntasks_per_node=1, mem_per_cpu="700M", job_name="hpcb-tls")
+    job = adaptive.start(spec, 1, 1, **FAST)
+    adaptive_jobs.append(("hpcb-tls", job))
+    assert wait_for(lambda: Path(job.scheduler_file).exists(), timeout=120)
+    address = json.loads(Path(job.scheduler_file).read_text())["address"]
+    assert address.startswith("tls://")
+    with pytest.raises((OSError, TypeError)):
+        Client(address, timeout="3s", set_as_default=False)  # no certificates: refused
+    with dask.config.set(made.dask_config()):
+        with hpcbridge.connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
+            assert bridge.gather(bridge.map(abs, range(-3, 0), progress=False)) == [3, 2, 1]
+            assert all(w.startswith("tls://") for w in bridge.client.scheduler_info(n_workers=-1)["workers"])
+            bridge.shutdown()
+    assert wait_for(lambda: not _queue(slurm_cluster, "hpcb-tls"), timeout=60), _queue(slurm_cluster, "hpcb-tls")
+
+
 # --- Without a cluster: the script and the settings -------------------------------------------
 
 @pytest.mark.parametrize("scheduler", ["slurm", "pbs", "lsf"])
