@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -279,6 +280,7 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
     finally:
         logger.info("hpcbridge: ending: %s; cancelling %d worker job(s)", reason, len(cluster.workers))
         scheduler_file.unlink(missing_ok=True)
+        _remove_job_certificates(scheduler_file)
         await _close(cluster)
         for job in list(ledger.jobs.values()):
             ledger._finish(job, "cancelled when the cluster ended")
@@ -324,6 +326,14 @@ def _certificate_paths(path: Path) -> dict[str, str] | None:
     here = str(path.parent.resolve())
     return {key: (os.path.relpath(value, here) if os.path.abspath(value).startswith(here + os.sep) else value)
             for key, value in files.items()}
+
+
+def _remove_job_certificates(scheduler_file: Path) -> None:
+    """Remove the certificates this job made for itself (``scheduler.tls/`` beside the file), never given ones."""
+    folder = scheduler_file.with_name(scheduler_file.name.removesuffix(".json") + ".tls")
+    ca_file = os.environ.get("DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "")
+    if ca_file and Path(ca_file).parent == folder and folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_private(path: Path, text: str) -> None:

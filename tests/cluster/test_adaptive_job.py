@@ -199,6 +199,7 @@ def test_an_adaptive_cluster_speaks_tls_with_the_jobs_certificates(slurm_cluster
             assert all(w.startswith("tls://") for w in bridge.client.scheduler_info(n_workers=-1)["workers"])
             bridge.shutdown()
     assert wait_for(lambda: not _queue(slurm_cluster, "hpcb-tls"), timeout=60), _queue(slurm_cluster, "hpcb-tls")
+    assert made.key.exists()  # certificates given in the spec are the user's: kept
 
 
 # --- Without a cluster: the script and the settings -------------------------------------------
