@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+from hpcbridge.private_files import make_private_dir, write_private_file
 
 _JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$")
 _ATTRIBUTE = re.compile(r"^\s+([\w.]+) = (.*)$")
@@ -67,13 +68,12 @@ class PBSBackend:
         self.home = home or state_home()
 
     def submit(self, script: str) -> str:
-        self.home.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.home)
         token = secrets.token_hex(4)
-        script_path = self.home / f"job-{token}.sh"
-        script_path.write_text(script)
+        script_path = write_private_file(self.home / f"job-{token}.sh", script)
         output = Path.cwd() / f"pbs-{token}.out"
         job_id = parse_job_id(run_command(["qsub", "-o", str(output), "-e", str(output), str(script_path)]))
-        (self.home / f"{_safe(job_id)}.json").write_text(json.dumps({"script": str(script_path), "log": str(output)}))
+        write_private_file(self.home / f"{_safe(job_id)}.json", json.dumps({"script": str(script_path), "log": str(output)}))
         return job_id
 
     def status(self, job_id: str) -> JobStatus:
