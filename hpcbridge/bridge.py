@@ -112,7 +112,7 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
         from hpcbridge.jobs import SubmittedJob
 
         job = SubmittedJob(info.job_id, info.scheduler, str(info.path))
-    certificates = _certificates_for(info)
+    certificates = _certificates_for(info, job)
     _wait_for_scheduler(info, certificates, deadline, timeout, job)
     security = certificates.security() if certificates else None
     remaining = max(1.0, deadline - time.monotonic())
@@ -133,7 +133,7 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     return bridge
 
 
-def _certificates_for(info: ClusterInfo) -> Certificates | None:
+def _certificates_for(info: ClusterInfo, job: SubmittedJob | None) -> Certificates | None:
     """The certificates a client presents to the scheduler in ``info``; checked readable, never guessed."""
     if not info.address.startswith("tls://"):
         return None
@@ -152,9 +152,20 @@ def _certificates_for(info: ClusterInfo) -> Certificates | None:
             raise ConnectError(f"cannot read the cluster's TLS {kind} {path}: permission denied; only the "
                                "cluster's owner can attach") from None
         except OSError as error:
+            _raise_if_ended(info, job, "its certificates are gone")
             raise ConnectError(f"the cluster's TLS {kind} {path} is not there ({error.strerror}): the job "
                                "removes its certificates when it ends") from None
     return certificates
+
+
+def _raise_if_ended(info: ClusterInfo, job: SubmittedJob | None, what: str) -> None:
+    """Raise :class:`ConnectError` saying the file is stale when its job has ended."""
+    if job is None:
+        return
+    status = job.status()
+    if status.finished or status.state == "UNKNOWN":
+        raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer, and job {job.job_id} "
+                           f"has ended ({_state_words(status)}): the scheduler file is stale ({what})")
 
 
 def _configured_certificates() -> Certificates | None:
@@ -187,15 +198,11 @@ def _wait_for_scheduler(info: ClusterInfo, certificates: Certificates | None, de
                                f"trust each other: {error}") from None
         except OSError as error:
             last_error = error
-        if job is not None:
-            status = job.status()
-            if status.finished or status.state == "UNKNOWN":
-                raise ConnectError(
-                    f"the scheduler at {info.address} (from {info.path}) does not answer, and job {job.job_id} "
-                    f"has ended ({_state_words(status)}): the scheduler file is stale")
+        _raise_if_ended(info, job, str(last_error))
         if time.monotonic() >= deadline:
-            raise ConnectError(f"the scheduler at {info.address} (from {info.path}) did not answer within "
-                               f"{timeout:g} s ({last_error}); is the job still running?")
+            raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer: tried for "
+                               f"{timeout:g} s ({last_error}); a file left by a job that has ended points at a "
+                               "dead address (hpcbridge status JOB)")
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 

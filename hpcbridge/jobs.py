@@ -107,10 +107,8 @@ def claim_scheduler_file(path: Path) -> None:
         files.remove(path)  # certificates of a job that left no file
         return
     except files.SchedulerFileError as error:
-        if "permission denied" in str(error):
-            raise files.SchedulerFileInUse(f"{error}; it cannot be replaced") from None
-        files.remove(path)  # a broken file serves no cluster
-        return
+        raise files.SchedulerFileInUse(f"{error}; hpcbridge does not replace it: remove it or choose another "
+                                       "--scheduler-file") from None
     if info.describes_job:
         owner = SubmittedJob(info.job_id, info.scheduler, str(path))
         try:

@@ -68,6 +68,21 @@ MPI_PROGRAM=(
 }
 
 # A scheduler file left by an earlier job would send clients to a dead address.
+# A scheduler file that a running cluster still uses is not this job's to replace: that
+# cluster would go on running with nobody able to reach it. (A stale file is replaced.)
+if [ -s "$SCHEDULER_FILE" ] && "$PYTHON" - "$SCHEDULER_FILE" <<'CHECK'
+import json, socket, sys
+try:
+    with open(sys.argv[1]) as stream:
+        host, port = json.load(stream)["address"].split("://")[-1].rsplit(":", 1)
+    socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+except Exception:
+    sys.exit(1)
+CHECK
+then
+    echo "hpcbridge: $SCHEDULER_FILE belongs to a cluster that is still running; not replacing it (give this job another --scheduler-file)" >&2
+    exit 1
+fi
 rm -f "$SCHEDULER_FILE"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 # This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).

@@ -72,7 +72,21 @@ WORKER_OPTIONS=(
 
 # --- Dask scheduler ------------------------------------------------------------
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
-# (hpcbridge submit has checked that no running cluster still uses this path.)
+# A scheduler file that a running cluster still uses is not this job's to replace: that
+# cluster would go on running with nobody able to reach it. (A stale file is replaced.)
+if [ -s "$SCHEDULER_FILE" ] && "$PYTHON" - "$SCHEDULER_FILE" <<'CHECK'
+import json, socket, sys
+try:
+    with open(sys.argv[1]) as stream:
+        host, port = json.load(stream)["address"].split("://")[-1].rsplit(":", 1)
+    socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+except Exception:
+    sys.exit(1)
+CHECK
+then
+    echo "hpcbridge: $SCHEDULER_FILE belongs to a cluster that is still running; not replacing it (give this job another --scheduler-file)" >&2
+    exit 1
+fi
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
 rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"

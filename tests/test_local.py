@@ -61,13 +61,23 @@ def test_cancel_ends_every_process_of_the_job(local_spec, local_jobs) -> None:
 
 
 def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs) -> None:
-    job = jobs.submit(local_spec(python="/nonexistent/bin/python3"))
+    # Plain tcp: with tls (the default) the preflight would stop the job before the scheduler (below).
+    job = jobs.submit(local_spec(python="/nonexistent/bin/python3", protocol="tcp"))
     local_jobs.append(job)
     with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
         connect(job.scheduler_file, timeout=120, job=job)  # told when the job ended, not at the deadline
     status = job.status()
     assert status.state == "FAILED" and status.exit_code == 1
     assert "the Dask scheduler exited before writing" in Path(status.log).read_text()
+
+
+def test_a_job_python_without_hpcbridge_cannot_make_certificates_and_says_so(local_spec, local_jobs) -> None:
+    job = jobs.submit(local_spec(python="/nonexistent/bin/python3"))
+    local_jobs.append(job)
+    with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
+        connect(job.scheduler_file, timeout=120, job=job)
+    assert ("protocol tls (the default) makes this job's certificates with hpcbridge, which /nonexistent/bin/python3 "
+            "cannot import") in Path(job.status().log).read_text()
 
 
 def test_a_stale_scheduler_file_is_replaced_before_the_scheduler_starts(local_spec, local_jobs, tmp_path) -> None:

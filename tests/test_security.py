@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import job_processes, wait_for
+from tests.conftest import job_processes, register_leftover_check, wait_for
 from hpcbridge import jobs
 from hpcbridge.bridge import connect
 from hpcbridge.spec import JobSpec
@@ -37,6 +37,7 @@ def open_folder() -> Iterator[Path]:
     """A 0755 folder under /tmp: anyone may look inside, so only the job's own modes protect it."""
     folder = Path(tempfile.mkdtemp(prefix="hpcbt-security-", dir="/tmp"))
     folder.chmod(0o755)
+    register_leftover_check("dir", folder)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -72,6 +73,7 @@ def tls_job(open_folder: Path, module_home: Path) -> Iterator[jobs.SubmittedJob]
 def other_user() -> Iterator[str]:
     """A Unix user made for this module (no home, no login shell) and removed after it."""
     name = f"hpcbt{secrets.token_hex(3)}"
+    register_leftover_check("user", name)
     subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
                     name], check=True, capture_output=True, timeout=30)
     try:
