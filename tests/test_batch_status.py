@@ -18,9 +18,10 @@ from hpcbridge.backends.lsf import LSFBackend
 from hpcbridge.backends.slurm import SlurmBackend
 
 
-def fake_command(folder: Path, name: str, output: str, exit_code: int = 0) -> None:
+def fake_command(folder: Path, name: str, output: str, exit_code: int = 0, stream: str = "") -> None:
+    """An executable ``name`` in ``folder`` that prints ``output`` (to stderr with ``stream=">&2"``)."""
     script = folder / name
-    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {exit_code}\n")
+    script.write_text(f"#!/bin/sh\ncat {stream} <<'EOF'\n{output}\nEOF\nexit {exit_code}\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
 
@@ -80,7 +81,7 @@ def test_slurm_says_requeued_after_a_node_failure_not_cancelled_or_begintime(tmp
 
 def test_slurm_asks_sacct_who_cancelled_a_job_and_about_jobs_scontrol_forgot(fake_bin, monkeypatch) -> None:
     monkeypatch.setattr(slurm, "_SACCT_MISSING", [])
-    (fake_bin / "scontrol").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    fake_command(fake_bin, "scontrol", "slurm_load_jobs error: Invalid job id specified", exit_code=1, stream=">&2")
     fake_command(fake_bin, "sacct", "CANCELLED by 0|0:15|/home/ada/slurm-7.out")
     status = SlurmBackend().status("7")
     assert (status.state, status.exit_code, status.log) == ("CANCELLED", 0, "/home/ada/slurm-7.out")

@@ -94,6 +94,9 @@ def test_a_stale_file_is_replaced_and_a_broken_one_reported(slurm_cluster_3nodes
     submitted.append(second)
     with connect(job=second, n_workers=1, timeout=120) as bridge:
         assert bridge.job.job_id == second.job_id != first.job_id
+        bridge.shutdown()  # ends the cluster and removes its file and certificates
+    assert not path.exists() and not path.with_name("scheduler.tls").exists()
+    assert wait_for(lambda: second.status().finished, timeout=60)
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"address": "tls://10.77.0.1:1234", ')
