@@ -9,17 +9,9 @@ dask-jobqueue's own (``SLURMCluster``, ``PBSCluster``, ``LSFCluster``).
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import weakref
-from pathlib import Path
 from typing import Any
 
-from distributed.security import Security
-
 from hpcbridge import units
-from hpcbridge.tls import Certificates, create_certificates
 from hpcbridge.spec import JobSpec, SpecError
 
 
@@ -27,8 +19,9 @@ def jobqueue_options(spec: JobSpec) -> dict[str, Any]:
     """dask-jobqueue keyword arguments for one batch job of ``spec`` (one node, its tasks as workers)."""
     if spec.nodes != 1:
         raise SpecError("nodes", spec.nodes, "1 in adaptive mode (each batch job is one node; scale adds jobs)")
-    if spec.protocol not in ("tls", "tcp"):
-        raise SpecError("protocol", spec.protocol, "tls or tcp in adaptive mode")
+    if spec.protocol != "tcp":
+        raise SpecError("protocol", spec.protocol, "tcp in adaptive mode, given explicitly (protocol='tcp'): "
+                        "hpcbridge's per-job certificates are not made for dask-jobqueue's jobs yet")
     if spec.mem is None and spec.mem_per_cpu is None:
         raise SpecError("mem", None, "a memory size (mem or mem_per_cpu): dask-jobqueue needs each job's memory")
     cores = spec.ntasks_per_node * spec.cpus_per_task
@@ -65,31 +58,10 @@ def jobqueue_cluster(spec: JobSpec, **overrides: Any):
     """A dask-jobqueue cluster for ``spec``; call ``.adapt(...)`` or ``.scale(jobs=N)`` on it.
 
     ``overrides`` go to dask-jobqueue unchanged (``log_directory``, ``worker_extra_args``, ...).
-    With protocol ``tls`` (the default) and no certificate files in the spec, the cluster gets
-    its own CA, certificate and key in an owner-only folder under ``$HPCBRIDGE_HOME/adaptive/``
-    (the workers read them there: a shared filesystem, as for the scheduler file); the folder
-    is removed when the cluster object goes.
     """
     import dask_jobqueue
 
     cluster_class = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
                      "lsf": dask_jobqueue.LSFCluster}
     options = jobqueue_options(spec)
-    folder = None
-    if spec.protocol == "tls" and "security" not in overrides:
-        if spec.tls_ca_file:
-            made = Certificates(Path(spec.tls_ca_file).expanduser(), Path(spec.tls_cert).expanduser(),
-                                Path(spec.tls_key).expanduser())
-        else:
-            home = Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser()
-            folder = home / "adaptive" / secrets.token_hex(6)
-            made = create_certificates(folder)
-        options["security"] = Security(
-            tls_ca_file=str(made.ca_file), require_encryption=True,
-            **{f"tls_{role}_{kind}": str(getattr(made, kind)) for role in ("scheduler", "worker", "client")
-               for kind in ("cert", "key")})
-        options["protocol"] = "tls://"
-    cluster = cluster_class[spec.scheduler](**{**options, **overrides})
-    if folder is not None:
-        weakref.finalize(cluster, shutil.rmtree, folder, True)
-    return cluster
+    return cluster_class[spec.scheduler](**{**options, **overrides})

@@ -20,7 +20,7 @@ from distributed import Client, Future
 from hpcbridge import broadcast as broadcasts
 from hpcbridge import functions, mapping
 from hpcbridge import scheduler_file as cluster_files
-from hpcbridge.backends import JobStatus
+from hpcbridge.backends import BatchCommandError, JobStatus
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.mapping import ItemError, Run, RunError
 from hpcbridge.scheduler_file import ClusterInfo
@@ -60,7 +60,11 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
             invalid_since = None
             if job is None or not info.describes_job or (info.job_id, info.scheduler) == (job.job_id, job.scheduler):
                 return info
-            running, status = SubmittedJob(info.job_id, info.scheduler, str(path)).alive()
+            try:
+                running, status = SubmittedJob(info.job_id, info.scheduler, str(path)).alive()
+            except (BatchCommandError, ValueError) as error:
+                raise ConnectError(f"{path} was written by {info.job_label()}, not by job {job.job_id} "
+                                   f"({job.scheduler}), and that job's state cannot be checked ({error})") from None
             if running:
                 raise ConnectError(
                     f"{path} was written by {info.job_label()}, which is still {status.state}, not by job "
@@ -162,7 +166,10 @@ def _raise_if_ended(info: ClusterInfo, job: SubmittedJob | None, what: str) -> N
     """Raise :class:`ConnectError` saying the file is stale when its job has ended."""
     if job is None:
         return
-    status = job.status()
+    try:
+        status = job.status()
+    except (BatchCommandError, ValueError):  # no such batch system here, or it does not answer
+        return
     if status.finished or status.state == "UNKNOWN":
         raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer, and job {job.job_id} "
                            f"has ended ({_state_words(status)}): the scheduler file is stale ({what})")
@@ -248,7 +255,10 @@ class Bridge:
         """Why the scheduler no longer answers, in the batch system's words when the job is known."""
         message = f"the scheduler at {self.client.scheduler.address} is gone (this client lost its connection)"
         if self.job is not None:
-            message += f"; job {self.job.job_id} ({self.job.scheduler}) is {_state_words(self.job.status())}"
+            try:
+                message += f"; job {self.job.job_id} ({self.job.scheduler}) is {_state_words(self.job.status())}"
+            except (BatchCommandError, ValueError) as error:
+                message += f"; the state of job {self.job.job_id} cannot be checked ({error})"
         return message
 
     @property
