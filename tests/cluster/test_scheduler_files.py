@@ -49,7 +49,7 @@ def cli(*arguments: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_a_live_clusters_file_is_kept_and_only_its_own_job_attaches(slurm_cluster_3nodes, submitted, tmp_path) -> None:
+def test_a_live_clusters_file_is_kept_and_a_stale_one_replaced(slurm_cluster_3nodes, submitted, tmp_path) -> None:
     shared = tmp_path / "shared" / "scheduler.json"
     spec = spec_for(slurm_cluster_3nodes, shared)
     first = jobs.submit(spec)
@@ -76,28 +76,23 @@ def test_a_live_clusters_file_is_kept_and_only_its_own_job_attaches(slurm_cluste
     assert attached.returncode == 0, attached.stderr
     assert f"job:       {first.job_id} (slurm)" in attached.stdout
 
-
-def test_a_stale_file_is_replaced_and_a_broken_one_reported(slurm_cluster_3nodes, submitted, tmp_path) -> None:
-    path = tmp_path / "fixed" / "scheduler.json"
-    first = jobs.submit(spec_for(slurm_cluster_3nodes, path))
-    submitted.append(first)
-    connect(job=first, timeout=120).close()
-    leftover = path.read_text()
-    assert first.cancel() is None and not path.exists()  # cancel removes the file and the certificates
+    # Once the cluster has ended, its leftover file is stale: clients are told so, submit replaces it.
+    leftover = shared.read_text()
+    assert first.cancel() is None and not shared.exists()  # cancel removes the file and the certificates
     assert wait_for(lambda: first.status().finished, timeout=60)
-    path.write_text(leftover)  # what a scheduler killed with its node leaves behind
-
-    # A client of the dead cluster is told at once that its job has ended, whatever the timeout.
+    shared.write_text(leftover)  # what a scheduler killed with its node leaves behind
     with pytest.raises(ConnectError, match=f"does not answer, and job {first.job_id} has ended \\(CANCELLED"):
-        connect(path, timeout=600)
-    second = jobs.submit(spec_for(slurm_cluster_3nodes, path))  # the stale file may be replaced
+        connect(shared, timeout=600)  # at once, whatever the timeout
+    second = jobs.submit(spec)
     submitted.append(second)
     with connect(job=second, n_workers=1, timeout=120) as bridge:
         assert bridge.job.job_id == second.job_id != first.job_id
         bridge.shutdown()  # ends the cluster and removes its file and certificates
-    assert not path.exists() and not path.with_name("scheduler.tls").exists()
+    assert not shared.exists() and not shared.with_name("scheduler.tls").exists()
     assert wait_for(lambda: second.status().finished, timeout=60)
 
+
+def test_a_broken_file_is_reported_as_broken_and_left_alone(slurm_cluster_3nodes, tmp_path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"address": "tls://10.77.0.1:1234", ')
     with pytest.raises(ConnectError, match="is not a scheduler file: invalid JSON"):
