@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from hpcbridge import broadcast
-from hpcbridge.demo import local_cluster
+from hpcbridge.backends.local_cluster import local_cluster
 
 
 def peak_rss_bytes() -> int:

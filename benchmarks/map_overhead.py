@@ -13,7 +13,7 @@ import argparse
 import operator
 import time
 
-from hpcbridge.demo import local_cluster
+from hpcbridge.backends.local_cluster import local_cluster
 
 
 def main(argv: list[str] | None = None) -> None:

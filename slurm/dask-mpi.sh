@@ -77,6 +77,11 @@ MPI_PROGRAM=(
 )
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------
+# The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
+if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+    exit 1
+fi
 "$PYTHON" -c 'import dask_mpi, mpi4py, hpcbridge' 2>/dev/null || {
     echo "hpcbridge: mpi mode needs dask-mpi, mpi4py and hpcbridge in $PYTHON (pip install 'hpcbridge[mpi]')" >&2
     exit 1

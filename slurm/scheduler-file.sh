@@ -65,6 +65,17 @@ export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT="$TLS_CERT"
 export DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY="$TLS_KEY"
 export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$TLS_CERT"
 export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # Every Dask worker runs with these options; memory and threads are pinned explicitly so
 # no worker guesses from the whole node.
 WORKER_OPTIONS=(
@@ -73,12 +84,16 @@ WORKER_OPTIONS=(
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --protocol tls
-    --lifetime 3300s
-    --lifetime-stagger 30s
+    --preload hpcbridge.drain
     --death-timeout 60
 )
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------
+# The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
+if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+    exit 1
+fi
 "$PYTHON" -c 'import hpcbridge.tls' 2>/dev/null || {
     echo "hpcbridge: protocol tls (the default) makes this job's certificates with hpcbridge, which $PYTHON cannot import; install hpcbridge there, or pass --tls-ca-file/--tls-cert/--tls-key, or --protocol tcp" >&2
     exit 1

@@ -197,8 +197,21 @@ def test_ucx_sets_ucx_variables_and_checks_distributed_ucxx_first() -> None:
 
 def test_workers_retire_before_the_walltime() -> None:
     script = render_script(JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="10m"))
-    assert "    --lifetime 3000s\n    --lifetime-stagger 30s\n" in script
-    assert "--lifetime" not in render_script(JobSpec(scheduler="slurm"))
+    assert "    --preload hpcbridge.drain\n" in script
+    assert "HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}\n" in script
+    assert "export HPCBRIDGE_LIFETIME_MARGIN=600\n" in script
+    assert "export HPCBRIDGE_LIFETIME_MARGIN=30\n" in render_script(
+        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5))  # never less than 30 s
+    plain = render_script(JobSpec(scheduler="slurm"))
+    assert "hpcbridge.drain" not in plain and "HPCBRIDGE_JOB_END" not in plain
+
+
+def test_the_job_tells_clients_and_workers_where_runs_are_saved() -> None:
+    script = render_script(JobSpec(scheduler="slurm", scheduler_file="/scratch/me/{job_id}/scheduler.json"))
+    assert "export HPCBRIDGE_RUN_DIRECTORY=/scratch/me/runs\n" in script
+    assert 'export HPCBRIDGE_RUN_DIRECTORY=""\n' in render_script(JobSpec(scheduler="slurm", save_runs=False))
+    assert "export HPCBRIDGE_RUN_DIRECTORY=/data/runs\n" in render_script(
+        JobSpec(scheduler="slurm", run_directory="/data/runs"))
 
 
 @pytest.mark.parametrize(
