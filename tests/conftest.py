@@ -118,6 +118,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def worker_tls_env(scheduler_file: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment a Dask worker started by a test needs to join the job's TLS cluster (its certificates)."""
+    from hpcbridge import scheduler_file as files
+
+    certificates = files.read(scheduler_file).certificates
+    if certificates is None:
+        return {}
+    return {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certificates.ca_file),
+            "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": str(certificates.cert),
+            "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": str(certificates.key)}
+
+
 def job_processes(job_id: str) -> list[int]:
     """PIDs of live processes started by a local job (they carry HPCBRIDGE_JOB_ID in their environment)."""
     marker = f"HPCBRIDGE_JOB_ID={job_id}".encode()
