@@ -300,7 +300,8 @@ class Bridge:
 
     def _gone_message(self) -> str:
         """Why the scheduler no longer answers, in the batch system's words when the job is known."""
-        message = f"the scheduler at {self.client.scheduler.address} is gone (this client lost its connection)"
+        address = getattr(self.client.scheduler, "address", None) or f"the address in {self.scheduler_file}"
+        message = f"the scheduler at {address} is gone (this client lost its connection)"
         if self.job is not None:
             try:
                 message += f"; job {self.job.job_id} ({self.job.scheduler}) is {_state_words(self.job.status())}"
