@@ -76,12 +76,16 @@ def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs
     assert "the Dask scheduler exited before writing" in Path(status.log).read_text()
 
 
-def test_a_job_python_without_hpcbridge_cannot_make_certificates_and_says_so(local_spec, local_jobs) -> None:
-    job = jobs.submit(local_spec(python="/nonexistent/bin/python3"))
+def test_a_job_python_without_hpcbridge_cannot_make_certificates_and_says_so(local_spec, local_jobs, tmp_path) -> None:
+    # A Python with distributed but without hpcbridge (its import of hpcbridge.tls fails).
+    python = tmp_path / "python-without-hpcbridge"
+    python.write_text(f'#!/bin/sh\ncase "$*" in *hpcbridge.tls*) exit 1;; esac\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    job = jobs.submit(local_spec(python=str(python)))
     local_jobs.append(job)
     with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
         connect(job.scheduler_file, timeout=120, job=job)
-    assert ("protocol tls (the default) makes this job's certificates with hpcbridge, which /nonexistent/bin/python3 "
+    assert (f"protocol tls (the default) makes this job's certificates with hpcbridge, which {python} "
             "cannot import") in Path(job.status().log).read_text()
 
 

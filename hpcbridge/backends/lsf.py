@@ -56,7 +56,7 @@ def parse_bjobs(line: str) -> dict[str, str]:
 
     The pending reason comes last because it is free text. ``-`` means no value.
 
-    >>> parse_bjobs("PEND|-|/home/a/job-1.out|Job's resource requirements not satisfied")["pend_reason"]
+    >>> parse_bjobs("PEND|-|/home/a/job-1.out|-|Job's resource requirements not satisfied")["pend_reason"]
     "Job's resource requirements not satisfied"
     """
     values = line.strip().split("|", len(_FIELDS) - 1)
