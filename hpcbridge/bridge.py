@@ -8,7 +8,6 @@ is not there (distributed 2026.8), which is exactly the case while a job is stil
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -21,15 +20,21 @@ from distributed import Client, Future
 
 from hpcbridge import broadcast as broadcasts
 from hpcbridge import drain, functions, mapping
+from hpcbridge import scheduler_file as cluster_files
+from hpcbridge.backends import BatchCommandError, JobStatus
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.losses import JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft
 from hpcbridge.mapping import ItemError, Run, RunError
 from hpcbridge.rundir import RunDirectory, RunMismatchError
+from hpcbridge.scheduler_file import ClusterInfo
+from hpcbridge.tls import Certificates, TLSRefused, check_handshake
 
 if TYPE_CHECKING:
     from hpcbridge.jobs import SubmittedJob
 
 _POLL_SECONDS = 0.2
+_INVALID_GRACE_SECONDS = 2.0  # a file a plain Dask scheduler is still writing is invalid for a moment
+_PROBE_SECONDS = 5.0
 
 
 class ConnectError(TimeoutError):
@@ -37,28 +42,55 @@ class ConnectError(TimeoutError):
 
 
 def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
-                            job: SubmittedJob | None = None) -> dict[str, Any]:
-    """Wait until ``path`` holds a complete scheduler file; return its contents.
+                            job: SubmittedJob | None = None) -> ClusterInfo:
+    """Wait until ``path`` holds a complete scheduler file; return what it says.
 
-    Given the ``job`` that will write the file, stop waiting as soon as that job has ended.
+    Given the ``job`` that will write the file, stop waiting as soon as that job has ended, and
+    refuse a file that another job still running wrote (a stale file of an ended job is waited
+    past: the job replaces it when it starts). A file that cannot be read, or stays invalid
+    JSON, is reported as such at once.
     """
+    from hpcbridge.jobs import SubmittedJob
+
     path = Path(path).expanduser()
     deadline = time.monotonic() + timeout
     next_status = time.monotonic() + 1.0
+    invalid_since: float | None = None
+    stale: str | None = None
     while True:
         try:
-            info = json.loads(path.read_text())
-            if isinstance(info, dict) and info.get("address"):
+            info = cluster_files.read(path)
+            invalid_since = None
+            if job is None or not info.describes_job or (info.job_id, info.scheduler) == (job.job_id, job.scheduler):
                 return info
-        except (OSError, ValueError):
-            pass
+            try:
+                running, status = SubmittedJob(info.job_id, info.scheduler, str(path)).alive()
+            except (BatchCommandError, ValueError) as error:
+                raise ConnectError(f"{path} was written by {info.job_label()}, not by job {job.job_id} "
+                                   f"({job.scheduler}), and that job's state cannot be checked ({error})") from None
+            if running:
+                raise ConnectError(
+                    f"{path} was written by {info.job_label()}, which is still {status.state}, not by job "
+                    f"{job.job_id} ({job.scheduler}): two clusters share one scheduler file path; refusing to "
+                    "attach to the wrong one (give each job its own file, e.g. with {job_id} in the path)")
+            stale = f"{info.job_label()}, which has ended ({status.state})"
+        except FileNotFoundError:
+            invalid_since = None
+        except cluster_files.SchedulerFileError as error:
+            now = time.monotonic()
+            invalid_since = invalid_since or now
+            if "permission denied" in str(error) or now - invalid_since >= _INVALID_GRACE_SECONDS:
+                raise ConnectError(str(error)) from None
         if job is not None and time.monotonic() >= next_status:
             next_status = time.monotonic() + 1.0
             status = job.status()
             if status.finished:
-                raise ConnectError(f"job {job.job_id} ended ({status.state}) without writing {path}; "
+                raise ConnectError(f"job {job.job_id} ended ({_state_words(status)}) without writing {path}; "
                                    f"its output: {status.log}")
         if time.monotonic() >= deadline:
+            if stale:
+                raise ConnectError(f"{path} still holds the stale file of {stale} after {timeout:g} s; "
+                                   f"job {job.job_id} has not replaced it yet (hpcbridge status {job.job_id})")
             raise ConnectError(
                 f"no scheduler file at {path} after {timeout:g} s: the job may still be queued "
                 "(hpcbridge status JOB) or may have failed before starting Dask (see its log)"
@@ -66,41 +98,128 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
         time.sleep(_POLL_SECONDS)
 
 
-def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout: float = 300.0,
+def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int = 1, timeout: float = 300.0,
             job: SubmittedJob | None = None, run_directory: str | os.PathLike[str] | None = None) -> Bridge:
     """Attach to the cluster whose scheduler writes ``scheduler_file``; wait for ``n_workers``.
 
     One deadline, ``timeout`` seconds, covers all three waits: for the file (the job may still be
     queued), for the scheduler to answer, and for the workers to join. Given the submitted
-    ``job``, a job that ends before its scheduler is up is reported at once, not at the deadline.
+    ``job`` (its file is then the default for ``scheduler_file``), a file written by another job
+    is refused and a job that ends before its scheduler is up is reported at once. Without it,
+    ``Bridge.job`` is the job the file names. The job's TLS certificates are found beside the
+    file; a client they do not let in is refused in seconds, with the reason.
     ``run_directory`` is where runs are saved (default: what the job says, see
     :attr:`Bridge.run_root`).
     """
+    if scheduler_file is None:
+        if job is None or not job.scheduler_file:
+            raise TypeError("connect() needs a scheduler file, or a job= that has one")
+        scheduler_file = job.scheduler_file
     deadline = time.monotonic() + timeout
     info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
-    address = info["address"]
+    if job is None and info.describes_job:
+        from hpcbridge.jobs import SubmittedJob
+
+        job = SubmittedJob(info.job_id, info.scheduler, str(info.path))
+    certificates = _certificates_for(info, job)
+    _wait_for_scheduler(info, certificates, deadline, timeout, job)
+    security = certificates.security() if certificates else None
+    remaining = max(1.0, deadline - time.monotonic())
     try:
-        client = Client(address, timeout=f"{max(1.0, min(30.0, deadline - time.monotonic())):.0f}s",
-                        set_as_default=False)
-    except OSError as error:
-        raise ConnectError(
-            f"the scheduler at {address} (from {scheduler_file}) does not answer: {error}. "
-            "A scheduler file left by a finished job points at a dead address."
-        ) from None
-    except TypeError as error:
-        if not address.startswith("tls://"):
-            raise
-        raise ConnectError(
-            f"the scheduler at {address} speaks TLS and this client has no certificates ({error}); set "
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT and ..._CLIENT__KEY to the job's files"
-        ) from None
-    bridge = Bridge(client, job=job, scheduler_file=scheduler_file, run_directory=run_directory)
+        client = Client(info.address, timeout=f"{remaining:.0f}s", set_as_default=False, security=security)
+    except (OSError, TypeError) as error:
+        hint = ""
+        if info.address.startswith("tcp://") and "reset by peer" in str(error):
+            hint = " (a scheduler that speaks only TLS closes a plain TCP connection at once)"
+        raise ConnectError(f"the scheduler at {info.address} (from {info.path}) refused the connection{hint}: "
+                           f"{error}") from None
+    bridge = Bridge(client, job=job, scheduler_file=info.path, run_directory=run_directory)
     try:
         bridge.wait_for_workers(n_workers, timeout=max(0.0, deadline - time.monotonic()))
     except BaseException:
         client.close()
         raise
     return bridge
+
+
+def _certificates_for(info: ClusterInfo, job: SubmittedJob | None) -> Certificates | None:
+    """The certificates a client presents to the scheduler in ``info``; checked readable, never guessed."""
+    if not info.address.startswith("tls://"):
+        return None
+    certificates = info.certificates or _configured_certificates()
+    if certificates is None:
+        raise ConnectError(
+            f"the scheduler at {info.address} speaks TLS and this client has no certificates: none beside "
+            f"{info.path} (expected in {cluster_files.certificate_dir(info.path)}) and none in Dask's config "
+            "(DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT, ..._CLIENT__KEY)")
+    for kind, path in (("CA certificate", certificates.ca_file), ("certificate", certificates.cert),
+                       ("key", certificates.key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            raise ConnectError(f"cannot read the cluster's TLS {kind} {path}: permission denied; only the "
+                               "cluster's owner can attach") from None
+        except OSError as error:
+            _raise_if_ended(info, job, "its certificates are gone")
+            raise ConnectError(f"the cluster's TLS {kind} {path} is not there ({error.strerror}): the job "
+                               "removes its certificates when it ends") from None
+    return certificates
+
+
+def _raise_if_ended(info: ClusterInfo, job: SubmittedJob | None, what: str) -> None:
+    """Raise :class:`ConnectError` saying the file is stale when its job has ended."""
+    if job is None:
+        return
+    try:
+        status = job.status()
+    except (BatchCommandError, ValueError):  # no such batch system here, or it does not answer
+        return
+    if status.finished or status.state == "UNKNOWN":
+        raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer, and job {job.job_id} "
+                           f"has ended ({_state_words(status)}): the scheduler file is stale ({what})")
+
+
+def _configured_certificates() -> Certificates | None:
+    import dask.config
+
+    values = [dask.config.get(f"distributed.comm.tls.{key}", None) for key in ("ca-file", "client.cert", "client.key")]
+    if not all(values):
+        return None
+    return Certificates(*(Path(value) for value in values))
+
+
+def _wait_for_scheduler(info: ClusterInfo, certificates: Certificates | None, deadline: float, timeout: float,
+                        job: SubmittedJob | None) -> None:
+    """Probe the scheduler until it answers; stop early when its job has ended or TLS refuses us.
+
+    Probing before a ``distributed.Client`` exists keeps a refusal quick (a refused Client takes
+    ~40 s to let the interpreter exit) and lets the wait honour ``timeout`` in full (a Client
+    gives up on a dead address after at most its own 30 s).
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if certificates is not None:
+                check_handshake(info.address, certificates, timeout=max(0.5, min(_PROBE_SECONDS, remaining)))
+            elif not cluster_files.address_answers(info.address, timeout=max(0.5, min(_PROBE_SECONDS, remaining))):
+                raise ConnectionRefusedError("connection refused or timed out")
+            return
+        except TLSRefused as error:
+            raise ConnectError(f"the scheduler at {info.address} (from {info.path}) and this client do not "
+                               f"trust each other: {error}") from None
+        except OSError as error:
+            last_error = error
+        _raise_if_ended(info, job, str(last_error))
+        if time.monotonic() >= deadline:
+            raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer: tried for "
+                               f"{timeout:g} s ({last_error}); a file left by a job that has ended points at a "
+                               "dead address (hpcbridge status JOB)")
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _state_words(status: JobStatus) -> str:
+    return status.state + (f": {status.reason}" if status.reason else "")
 
 
 class Bridge:
@@ -188,8 +307,22 @@ class Bridge:
 
     @property
     def n_workers(self) -> int:
-        """How many workers are connected now."""
-        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+        """How many workers are connected now; :class:`ConnectError` once the scheduler has gone."""
+        info = self.client.scheduler_info(n_workers=-1)
+        if "workers" not in info:
+            raise ConnectError(self._gone_message())
+        return len(info["workers"])
+
+    def _gone_message(self) -> str:
+        """Why the scheduler no longer answers, in the batch system's words when the job is known."""
+        address = getattr(self.client.scheduler, "address", None) or f"the address in {self.scheduler_file}"
+        message = f"the scheduler at {address} is gone (this client lost its connection)"
+        if self.job is not None:
+            try:
+                message += f"; job {self.job.job_id} ({self.job.scheduler}) is {_state_words(self.job.status())}"
+            except (BatchCommandError, ValueError) as error:
+                message += f"; the state of job {self.job.job_id} cannot be checked ({error})"
+        return message
 
     @property
     def total_threads(self) -> int:
@@ -319,8 +452,13 @@ class Bridge:
         self.client.close(timeout=5 if self.connected else 1)
 
     def shutdown(self) -> None:
-        """End the cluster: the scheduler and its workers exit, and so does the batch job."""
+        """End the cluster: the scheduler and its workers exit, and so does the batch job.
+
+        The scheduler file and the job's certificates are removed (run directories are kept).
+        """
         self.client.shutdown()
+        if self.scheduler_file is not None:
+            cluster_files.remove(self.scheduler_file, job_id=self.job.job_id if self.job else None)
 
     def __enter__(self) -> Bridge:
         return self

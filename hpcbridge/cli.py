@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -57,8 +58,8 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--interface", help="Network interface for the workers, e.g. ib0 for InfiniBand."),
         click.option("--scheduler-interface", help="Network interface the scheduler listens on, if clients "
                      "cannot reach the workers' one.  [default: --interface]"),
-        click.option("--protocol", type=click.Choice(PROTOCOLS), help="Dask's communication protocol.  [default: tcp]"),
-        click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM)."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), help="Dask's communication protocol; tcp lets anyone who reaches the scheduler in.  [default: tls, with certificates the job makes]"),
+        click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM).  [default: the job makes its own]"),
         click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
         click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
@@ -114,8 +115,11 @@ def main() -> None:
               help="Write the script to this file (made executable) instead of printing it.")
 def render(spec: JobSpec, output: str | None) -> None:
     """Print the batch script for a job, or write it with -o FILE."""
+    from hpcbridge.jobs import TCP_WARNING
     from hpcbridge.render import render_script, write_script
 
+    if spec.protocol == "tcp" and spec.mode != "array":
+        click.echo(f"hpcbridge: warning: {TCP_WARNING}", err=True)
     if output:
         write_script(spec, output)
         click.echo(f"wrote {output}", err=True)
@@ -130,7 +134,11 @@ def submit(spec: JobSpec, as_json: bool) -> None:
     """Submit a job; print its id and where its scheduler file will appear."""
     from hpcbridge import jobs
 
-    job = jobs.submit(spec)
+    if spec.protocol == "tcp" and spec.mode != "array":
+        click.echo(f"hpcbridge: warning: {jobs.TCP_WARNING}", err=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        job = jobs.submit(spec)
     if as_json:
         click.echo(json.dumps(job.as_dict()))
     else:
@@ -208,7 +216,7 @@ _job_scheduler_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for programs.")
 def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     """Show a job's state, why it waits, and where its output goes."""
-    state = get_backend(_scheduler_for(job_id, scheduler)).status(job_id)
+    state = get_backend(_submitted_job(job_id, scheduler).scheduler).status(job_id)
     if as_json:
         click.echo(json.dumps(state.as_dict()))
         return
@@ -263,23 +271,54 @@ def logs(job_id: str, scheduler: str | None, lines: int | None) -> None:
 @click.argument("job_id")
 @_job_scheduler_option
 def cancel(job_id: str, scheduler: str | None) -> None:
-    """Cancel a job, ending its Dask cluster."""
-    get_backend(_scheduler_for(job_id, scheduler)).cancel(job_id)
-    click.echo(f"cancelled {job_id}")
+    """Cancel a job, ending its Dask cluster; its scheduler file and certificates are removed.
+
+    A job that has already ended is left as it is and said so (exit status 0).
+    """
+    job = _submitted_job(job_id, scheduler)
+    ended = job.cancel()
+    if ended is None:
+        click.echo(f"cancelled {job_id}")
+    else:
+        reason = f" ({ended.reason})" if ended.reason else ""
+        click.echo(f"job {job_id} had already ended: {ended.state}{reason}; nothing to cancel")
+
+
+def _submitted_job(job_id: str, scheduler: str | None):
+    """The job as submitted from here (with its scheduler file), or as the batch system knows it."""
+    from hpcbridge import jobs
+
+    found = jobs.find(job_id, scheduler)
+    if found is not None:
+        return found
+    return jobs.SubmittedJob(job_id, _scheduler_for(job_id, scheduler), jobs.default_scheduler_file(job_id))
 
 
 @main.command()
-@click.argument("scheduler_file", type=click.Path(dir_okay=False))
+@click.argument("target")
+@_job_scheduler_option
 @click.option("--workers", "n_workers", type=click.IntRange(min=0), default=1, show_default=True,
               help="Wait until this many workers have joined.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=300, show_default=True,
               help="Seconds to wait for the file, the scheduler and the workers.")
-def connect(scheduler_file: str, n_workers: int, timeout: float) -> None:
-    """Attach to a cluster through its scheduler file and describe it."""
+def connect(target: str, scheduler: str | None, n_workers: int, timeout: float) -> None:
+    """Attach to a cluster and describe it; TARGET is its scheduler file or its job id.
+
+    Given a job id, the scheduler file is the one that job was submitted with (or the default
+    ~/.hpcbridge/jobs/JOB/scheduler.json), and a file written by another job is refused.
+    """
+    from pathlib import Path
+
     from hpcbridge.bridge import connect as attach
 
-    with attach(scheduler_file, n_workers=n_workers, timeout=timeout) as bridge:
+    if "/" in target or target.endswith(".json") or Path(target).expanduser().exists():
+        bridge = attach(target, n_workers=n_workers, timeout=timeout)
+    else:
+        bridge = attach(n_workers=n_workers, timeout=timeout, job=_submitted_job(target, scheduler))
+    with bridge:
         click.echo(f"scheduler: {bridge.client.scheduler.address}")
+        if bridge.job is not None:
+            click.echo(f"job:       {bridge.job.job_id} ({bridge.job.scheduler})")
         click.echo(f"workers:   {bridge.n_workers} ({bridge.total_threads} threads)")
         click.echo(f"dashboard: {bridge.dashboard_link}")
 

@@ -65,12 +65,14 @@ class JobSpec:
     runs ``client_script`` on one node with ``HPCBRIDGE_ARRAY_INDEX`` set to its index.
 
     ``interface`` is the workers' network interface; ``scheduler_interface`` (default: the same)
-    is the one the scheduler listens on, which clients must be able to reach. With protocol
-    ``tls`` the three ``tls_*`` files are required: the CA and a certificate and key that the
-    scheduler, workers and clients share. Workers retire ``lifetime_margin`` before the walltime
-    so they close cleanly instead of being killed. With ``requeue`` (Slurm, scheduler-file mode)
-    the job puts itself back in the queue shortly before its walltime or when preempted, and
-    writes a new scheduler file at the same path when it starts again.
+    is the one the scheduler listens on, which clients must be able to reach. Protocol ``tls``
+    (the default) encrypts and authenticates every connection: without ``tls_*`` files the job
+    makes its own CA, certificate and key beside the scheduler file (see :mod:`hpcbridge.tls`);
+    with them, all three are given and the scheduler, workers and clients share them. Workers
+    stop taking work ``lifetime_margin`` before the walltime and leave cleanly instead of being
+    killed. With ``requeue`` (Slurm, scheduler-file mode) the job puts itself back in the queue
+    shortly before its walltime or when preempted, and writes a new scheduler file at the same
+    path when it starts again.
     """
 
     scheduler: str = "local"
@@ -86,7 +88,7 @@ class JobSpec:
     job_name: str = "hpcbridge"
     interface: str | None = None
     scheduler_interface: str | None = None
-    protocol: str = "tcp"
+    protocol: str = "tls"
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -230,9 +232,11 @@ class JobSpec:
                             "(the job requeues itself with scontrol requeue)")
         tls_files = {"tls_ca_file": self.tls_ca_file, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
         if self.protocol == "tls":
+            given = [value for value in tls_files.values() if value is not None]
             for name, value in tls_files.items():
-                if value is None:
-                    raise SpecError(name, value, "a file path: protocol tls needs tls_ca_file, tls_cert and tls_key")
+                if given and value is None:
+                    raise SpecError(name, value, "a file path: give all three of tls_ca_file, tls_cert and tls_key, "
+                                    "or none (the job then makes its own)")
         else:
             for name, value in tls_files.items():
                 if value is not None:

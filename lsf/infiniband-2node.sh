@@ -52,6 +52,26 @@ fi
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
 export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
+# Every file and folder this job makes (the scheduler file, the certificates, Dask's
+# spill folders) is its owner's alone: the scheduler file says where to send code that runs as you.
+umask 077
+
+# --- TLS: the scheduler, workers and clients present these; plain TCP is refused -
+# This job makes its own CA, certificate and key when it starts (0600 files in a 0700
+# folder beside the scheduler file, where hpcbridge.connect finds them); they are removed
+# when the job ends. The key never appears in this script or on a command line.
+TLS_DIR="${SCHEDULER_FILE%.json}.tls"
+TLS_CA_FILE="$TLS_DIR/ca.pem"
+TLS_CERT="$TLS_DIR/cert.pem"
+TLS_KEY="$TLS_DIR/key.pem"
+export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True
+export DASK_DISTRIBUTED__COMM__TLS__CA_FILE="$TLS_CA_FILE"
+export DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT="$TLS_CERT"
+export DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY="$TLS_KEY"
+export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT="$TLS_CERT"
+export DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY="$TLS_KEY"
+export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$TLS_CERT"
+export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
 
 # --- Runs on disk, and the end of the job -----------------------------------------
 # Every finished chunk of a map is saved under this folder by the worker that computed it, so
@@ -71,6 +91,7 @@ WORKER_OPTIONS=(
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --interface ib0
+    --protocol tls
     --preload hpcbridge.drain
     --death-timeout 60
 )
@@ -86,37 +107,82 @@ if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
     echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
     exit 1
 fi
+"$PYTHON" -c 'import hpcbridge.tls' 2>/dev/null || {
+    echo "hpcbridge: protocol tls (the default) makes this job's certificates with hpcbridge, which $PYTHON cannot import; install hpcbridge there, or pass --tls-ca-file/--tls-cert/--tls-key, or --protocol tcp" >&2
+    exit 1
+}
 # The workers' interface, checked on every node.
 blaunch -z "${JOB_HOSTS[*]}" bash -c "$INTERFACE_CHECK" check ib0
 
 # --- Dask scheduler ------------------------------------------------------------
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
-rm -f "$SCHEDULER_FILE"
+# A scheduler file that a running cluster still uses is not this job's to replace: that
+# cluster would go on running with nobody able to reach it. (A stale file is replaced.)
+if [ -s "$SCHEDULER_FILE" ] && "$PYTHON" - "$SCHEDULER_FILE" <<'CHECK'
+import json, socket, sys
+try:
+    with open(sys.argv[1]) as stream:
+        host, port = json.load(stream)["address"].split("://")[-1].rsplit(":", 1)
+    socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+except Exception:
+    sys.exit(1)
+CHECK
+then
+    echo "hpcbridge: $SCHEDULER_FILE belongs to a cluster that is still running; not replacing it (give this job another --scheduler-file)" >&2
+    exit 1
+fi
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
+DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
+rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"
+# This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).
+rm -rf "$TLS_DIR"
+"$PYTHON" -m hpcbridge.tls "$TLS_DIR"
 "$PYTHON" -m distributed.cli.dask_scheduler \
-    --scheduler-file "$SCHEDULER_FILE" \
-    --protocol tcp \
+    --scheduler-file "$DASK_SCHEDULER_FILE" \
+    --protocol tls \
     --interface ib0 \
     --port 0 \
     --dashboard-address :0 &
 SCHEDULER_PID=$!
-# However this script ends, the scheduler does not outlive it.
-trap 'kill "$SCHEDULER_PID" 2>/dev/null || true' EXIT
+# However this script ends (also by scancel/qdel/bkill), the scheduler does not outlive it, and
+# neither do the scheduler file and the job's certificates.
+trap 'kill "$SCHEDULER_PID" 2>/dev/null || true; rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"; rm -rf "$TLS_DIR"' EXIT
+trap 'exit 143' TERM
 
-echo "hpcbridge: waiting for the Dask scheduler to write $SCHEDULER_FILE"
+echo "hpcbridge: waiting for the Dask scheduler to write $DASK_SCHEDULER_FILE"
 deadline=$((SECONDS + 120))
-until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$SCHEDULER_FILE" 2>/dev/null; do
+until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
     if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
-        echo "hpcbridge: the Dask scheduler exited before writing $SCHEDULER_FILE (see its messages above)" >&2
+        echo "hpcbridge: the Dask scheduler exited before writing $DASK_SCHEDULER_FILE (see its messages above)" >&2
         exit 1
     fi
     if ((SECONDS >= deadline)); then
-        echo "hpcbridge: no scheduler file after 120 s: $SCHEDULER_FILE" >&2
+        echo "hpcbridge: no scheduler file after 120 s: $DASK_SCHEDULER_FILE" >&2
         kill "$SCHEDULER_PID"
         exit 1
     fi
     sleep 0.5
 done
+# Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
+# identity for this start of the job, where the certificates are) and puts the result in place
+# with one rename, so that nobody reads half a file and a client can tell this cluster from any
+# other that used the same path.
+"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" lsf "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+import json, os, secrets, sys
+dask_file, final, job_id, scheduler, *tls = sys.argv[1:]
+with open(dask_file) as stream:
+    info = json.load(stream)
+here = os.path.dirname(os.path.abspath(final))
+def beside(path):
+    path = os.path.abspath(path)
+    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
+                     "tls": dict(zip(("ca_file", "cert", "key"), map(beside, tls))) if tls else None}
+temporary = f"{final}.{os.getpid()}.tmp"
+with open(temporary, "w") as stream:
+    json.dump(info, stream, indent=2)
+os.replace(temporary, final)
+PUBLISH
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------

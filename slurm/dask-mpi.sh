@@ -46,13 +46,33 @@ fi
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
 export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE - 1))
+# Every file and folder this job makes (the scheduler file, the certificates, Dask's
+# spill folders) is its owner's alone: the scheduler file says where to send code that runs as you.
+umask 077
+
+# --- TLS: the scheduler, workers and clients present these; plain TCP is refused -
+# This job makes its own CA, certificate and key when it starts (0600 files in a 0700
+# folder beside the scheduler file, where hpcbridge.connect finds them); they are removed
+# when the job ends. The key never appears in this script or on a command line.
+TLS_DIR="${SCHEDULER_FILE%.json}.tls"
+TLS_CA_FILE="$TLS_DIR/ca.pem"
+TLS_CERT="$TLS_DIR/cert.pem"
+TLS_KEY="$TLS_DIR/key.pem"
+export DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True
+export DASK_DISTRIBUTED__COMM__TLS__CA_FILE="$TLS_CA_FILE"
+export DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__CERT="$TLS_CERT"
+export DASK_DISTRIBUTED__COMM__TLS__SCHEDULER__KEY="$TLS_KEY"
+export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT="$TLS_CERT"
+export DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY="$TLS_KEY"
+export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$TLS_CERT"
+export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
 # What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi.
 MPI_PROGRAM=(
     "$PYTHON" -m hpcbridge.mpi_job
     --scheduler-file "$SCHEDULER_FILE"
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
-    --protocol tcp
+    --protocol tls
     --lifetime 3300
 )
 
@@ -68,8 +88,29 @@ fi
 }
 
 # A scheduler file left by an earlier job would send clients to a dead address.
+# A scheduler file that a running cluster still uses is not this job's to replace: that
+# cluster would go on running with nobody able to reach it. (A stale file is replaced.)
+if [ -s "$SCHEDULER_FILE" ] && "$PYTHON" - "$SCHEDULER_FILE" <<'CHECK'
+import json, socket, sys
+try:
+    with open(sys.argv[1]) as stream:
+        host, port = json.load(stream)["address"].split("://")[-1].rsplit(":", 1)
+    socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+except Exception:
+    sys.exit(1)
+CHECK
+then
+    echo "hpcbridge: $SCHEDULER_FILE belongs to a cluster that is still running; not replacing it (give this job another --scheduler-file)" >&2
+    exit 1
+fi
 rm -f "$SCHEDULER_FILE"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
+# This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).
+rm -rf "$TLS_DIR"
+"$PYTHON" -m hpcbridge.tls "$TLS_DIR"
+# However this script ends, the scheduler file and the job's certificates go with it.
+trap 'rm -f "$SCHEDULER_FILE"; rm -rf "$TLS_DIR"' EXIT
+trap 'exit 143' TERM
 
 # --- The MPI program: one rank per task -------------------------------------------
 # It ends when a client shuts the cluster down.

@@ -1,8 +1,20 @@
-"""Shared fixtures: a private hpcbridge home, and local jobs that are always cleaned up."""
+"""Shared fixtures: a private hpcbridge home, and local jobs that are always cleaned up.
+
+At the end of the session a check fails the run when anything the tests made is left: a
+process (every process the tests start, down to Dask workers in Slurm jobs, inherits
+``HPCBRIDGE_TEST_SESSION``), a folder, a network namespace or a Unix user that a test
+registered with :func:`register_leftover_check`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import pwd
+import secrets
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +41,94 @@ with hpcbridge.connect(os.environ["HPCBRIDGE_SCHEDULER_FILE"], n_workers=int(os.
 with open(sys.argv[1], "w") as out:
     json.dump(report, out)
 """
+
+
+SESSION = os.environ.setdefault("HPCBRIDGE_TEST_SESSION", secrets.token_hex(8))
+_REGISTRY = "HPCBRIDGE_TEST_LEFTOVERS"  # in os.environ: this file may be imported under two module names
+
+
+def register_leftover_check(kind: str, name: str | os.PathLike[str]) -> None:
+    """Ask the session-end check to verify that this ``dir``, ``cluster`` (a harness folder) or ``user`` is gone."""
+    entries = [entry for entry in os.environ.get(_REGISTRY, "").split("\n") if entry]
+    os.environ[_REGISTRY] = "\n".join([*entries, f"{kind}\t{name}"])
+
+
+def session_processes() -> list[int]:
+    """Live processes (not zombies) that carry this session's marker, other than this one."""
+    marker = f"HPCBRIDGE_TEST_SESSION={SESSION}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def leftovers() -> list[str]:
+    """What this session made and did not remove."""
+    left = []
+    deadline = time.monotonic() + 15  # processes a last teardown signalled may need a moment
+    while (pids := session_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        left.append(f"process {pid}: {command[:160]}")
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for entry in os.environ.get(_REGISTRY, "").split("\n"):
+        if not entry:
+            continue
+        kind, name = entry.split("\t", 1)
+        if kind in ("dir", "cluster") and Path(name).exists():
+            left.append(f"folder {name}")
+        if kind == "cluster":
+            prefix = f"hpcb-{hashlib.sha1(str(Path(name).resolve()).encode()).hexdigest()[:6]}-"
+            left += [f"network namespace {line.split()[0]}" for line in namespaces.splitlines()
+                     if line.startswith(prefix)]
+        if kind == "user":
+            try:
+                pwd.getpwnam(name)
+                left.append(f"user {name}")
+            except KeyError:
+                pass
+    return left
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
+    left = leftovers()
+    if not left:
+        return
+    for pid in session_processes():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["the tests left these behind (processes were killed):", *(f"  {item}" for item in left)]
+    if reporter is not None:
+        reporter.write_line("\n".join(lines), red=True)
+    else:
+        print("\n".join(lines), file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def worker_tls_env(scheduler_file: str | os.PathLike[str]) -> dict[str, str]:
+    """The environment a Dask worker started by a test needs to join the job's TLS cluster (its certificates)."""
+    from hpcbridge import scheduler_file as files
+
+    certificates = files.read(scheduler_file).certificates
+    if certificates is None:
+        return {}
+    return {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certificates.ca_file),
+            "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT": str(certificates.cert),
+            "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY": str(certificates.key)}
 
 
 def job_processes(job_id: str) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from hpcbridge import broadcast, jobs
 from hpcbridge.bridge import Bridge, connect
-from tests.conftest import module_local_job
+from tests.conftest import module_local_job, worker_tls_env
 from tests.scheduler_probes import amm_interval, peak_rss_bytes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -70,7 +71,8 @@ def test_a_worker_that_joins_later_copies_the_broadcast_from_a_peer(cluster) -> 
     before = set(bridge.client.scheduler_info(n_workers=-1)["workers"])
     late = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
                              job.scheduler_file, "--nthreads", "1", "--no-dashboard", "--death-timeout", "30"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **worker_tls_env(job.scheduler_file)})
     try:
         bridge.wait_for_workers(4, timeout=60)
         (newcomer,) = set(bridge.client.scheduler_info(n_workers=-1)["workers"]) - before

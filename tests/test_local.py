@@ -62,17 +62,31 @@ def test_cancel_ends_every_process_of_the_job(local_spec, local_jobs) -> None:
 
 
 def test_a_scheduler_that_cannot_start_fails_the_job_fast(local_spec, local_jobs, tmp_path) -> None:
-    # A Python that passes the preflight's import check, then cannot run the scheduler.
+    # A Python that passes the preflight's import check, then cannot run the scheduler; plain tcp,
+    # because with tls (the default) making the certificates would fail first.
     python = tmp_path / "python-without-a-scheduler"
     python.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\nexit 1\n')
     python.chmod(0o755)
-    job = jobs.submit(local_spec(python=str(python)))
+    job = jobs.submit(local_spec(python=str(python), protocol="tcp"))
     local_jobs.append(job)
     with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
         connect(job.scheduler_file, timeout=120, job=job)  # told when the job ended, not at the deadline
     status = job.status()
     assert status.state == "FAILED" and status.exit_code == 1
     assert "the Dask scheduler exited before writing" in Path(status.log).read_text()
+
+
+def test_a_job_python_without_hpcbridge_cannot_make_certificates_and_says_so(local_spec, local_jobs, tmp_path) -> None:
+    # A Python with distributed but without hpcbridge (its import of hpcbridge.tls fails).
+    python = tmp_path / "python-without-hpcbridge"
+    python.write_text(f'#!/bin/sh\ncase "$*" in *hpcbridge.tls*) exit 1;; esac\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    job = jobs.submit(local_spec(python=str(python)))
+    local_jobs.append(job)
+    with pytest.raises(ConnectError, match=f"job {job.job_id} ended \\(FAILED\\) without writing"):
+        connect(job.scheduler_file, timeout=120, job=job)
+    assert (f"protocol tls (the default) makes this job's certificates with hpcbridge, which {python} "
+            "cannot import") in Path(job.status().log).read_text()
 
 
 def test_a_stale_scheduler_file_is_replaced_before_the_scheduler_starts(local_spec, local_jobs, tmp_path) -> None:

@@ -66,8 +66,9 @@ def test_bad_values_name_the_field_the_value_and_what_is_allowed(field: str, val
         ({"mode": "mpi", "ntasks_per_node": 1}, "ntasks_per_node"),
         ({"mode": "mpi", "ntasks_per_node": 2, "client_script": "/c.py"}, "ntasks_per_node"),
         ({"client_script": "/c.py"}, "client_script"),
-        ({"protocol": "tls"}, "tls_ca_file"),
-        ({"tls_cert": "/c.pem"}, "tls_cert"),
+        ({"protocol": "tls", "tls_cert": "/c.pem", "tls_key": "/k.pem"}, "tls_ca_file"),
+        ({"tls_cert": "/c.pem"}, "tls_ca_file"),
+        ({"protocol": "tcp", "tls_cert": "/c.pem"}, "tls_cert"),
     ],
 )
 def test_mode_specific_fields_are_checked_together(values: dict, field: str) -> None:

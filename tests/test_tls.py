@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import dask.config
 import pytest
@@ -40,5 +42,9 @@ def test_tls_cluster_accepts_only_clients_with_the_certificates(local_spec, loca
             assert bridge.client.scheduler.address.startswith("tls://127.0.0.1:")
             assert all(address.startswith("tls://") for address in bridge.client.nthreads())
             assert bridge.gather(bridge.map(abs, [-3, -4])) == [3, 4]
+    # The same address without the certificates' whereabouts: refused, with the reason.
+    info = json.loads(Path(job.scheduler_file).read_text())
+    info["hpcbridge"]["tls"] = None
+    (tmp_path / "copy.json").write_text(json.dumps(info))
     with pytest.raises(ConnectError, match="speaks TLS and this client has no certificates"):
-        connect(job.scheduler_file, n_workers=1, timeout=5)
+        connect(tmp_path / "copy.json", n_workers=1, timeout=5)

@@ -18,7 +18,10 @@ class JobStatus:
     """A job's state as the batch system reports it, normalised across backends.
 
     ``state`` is one of PENDING, RUNNING, COMPLETING, COMPLETED, FAILED, CANCELLED, TIMEOUT or
-    UNKNOWN; ``reason`` explains a wait or a failure in words where the scheduler gives one.
+    UNKNOWN (a node failure is FAILED); ``reason`` says in the batch system's own words why the
+    job waits or how it ended: its reason code, who cancelled it, a walltime or a node failure,
+    a requeue. ``restarts`` counts how often the batch system requeued the job (a requeued job
+    is PENDING or RUNNING again, as a new cluster).
     """
 
     job_id: str
@@ -26,6 +29,7 @@ class JobStatus:
     reason: str | None = None
     exit_code: int | None = None
     log: str | None = None
+    restarts: int = 0
 
     @property
     def finished(self) -> bool:

@@ -1,6 +1,6 @@
 """The local backend: run the rendered script as processes on this machine, no batch system.
 
-Each job gets a folder under ``$HPCBRIDGE_HOME/local`` (default ``~/.hpcbridge/local``) with its
+Each job gets a folder (owner-only, like everything hpcbridge writes) under ``$HPCBRIDGE_HOME/local`` (default ``~/.hpcbridge/local``) with its
 script, its output and, once it ends, its exit code, written by the job's own wrapper so that
 status works after the job is gone. The job runs in its own session, so cancelling it signals
 exactly the processes it started.
@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from hpcbridge.backends.base import JobNotFound, JobStatus
+from hpcbridge.private_files import make_private_dir, open_private_log, write_private_file
 
 _WRAPPER = 'bash "$1"; echo $? > "$2"'
 
@@ -34,11 +35,9 @@ class LocalBackend:
 
     def submit(self, script: str) -> str:
         job_id = f"local-{secrets.token_hex(4)}"
-        folder = self.home / job_id
-        folder.mkdir(parents=True)
-        script_path = folder / "job.sh"
-        script_path.write_text(script)
-        with open(folder / "output.log", "wb") as log:
+        folder = make_private_dir(self.home / job_id)
+        script_path = write_private_file(folder / "job.sh", script)
+        with open_private_log(folder / "output.log") as log:
             process = subprocess.Popen(
                 ["bash", "-c", _WRAPPER, "hpcbridge-local", str(script_path), str(folder / "exitcode")],
                 cwd=os.getcwd(),
@@ -48,7 +47,7 @@ class LocalBackend:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        (folder / "pid").write_text(f"{process.pid} {_start_time(process.pid)}\n")
+        write_private_file(folder / "pid", f"{process.pid} {_start_time(process.pid)}\n")
         return job_id
 
     def status(self, job_id: str) -> JobStatus:

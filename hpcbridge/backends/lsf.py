@@ -17,7 +17,26 @@ _STATES = {
     "RUN": "RUNNING", "USUSP": "RUNNING", "SSUSP": "RUNNING", "PROV": "RUNNING",
     "DONE": "COMPLETED", "EXIT": "FAILED", "ZOMBI": "FAILED", "UNKWN": "UNKNOWN",
 }
-_FIELDS = ("stat", "exit_code", "output_file", "pend_reason")
+_FIELDS = ("stat", "exit_code", "output_file", "exit_reason", "pend_reason")
+_TERMINATION = re.compile(r"TERM_[A-Z_]+")
+# LSF's termination reasons (IBM's "Termination reasons displayed by bacct, bhist, and bjobs"):
+# the state they mean here, and their words.
+TERMINATIONS = {
+    "TERM_RUNLIMIT": ("TIMEOUT", "the job reached its run time limit (walltime)"),
+    "TERM_DEADLINE": ("TIMEOUT", "the job's deadline passed"),
+    "TERM_OWNER": ("CANCELLED", "killed by its owner (bkill)"),
+    "TERM_FORCE_OWNER": ("CANCELLED", "killed by its owner without time for cleanup"),
+    "TERM_ADMIN": ("CANCELLED", "killed by root or an LSF administrator"),
+    "TERM_FORCE_ADMIN": ("CANCELLED", "killed by root or an LSF administrator without time for cleanup"),
+    "TERM_PREEMPT": ("CANCELLED", "killed after preemption"),
+    "TERM_REQUEUE_OWNER": ("PENDING", "killed and requeued by its owner"),
+    "TERM_REQUEUE_ADMIN": ("PENDING", "killed and requeued by root or an LSF administrator"),
+    "TERM_MEMLIMIT": ("FAILED", "killed after reaching its memory limit"),
+    "TERM_CPULIMIT": ("FAILED", "killed after reaching its CPU time limit"),
+    "TERM_LOAD": ("FAILED", "killed after the host's load exceeded a threshold"),
+    "TERM_UNKNOWN": ("FAILED", "LSF cannot determine why the job ended"),
+    "TERM_ZOMBIE": ("FAILED", "the job's host stopped answering and LSF killed the job as a zombie"),
+}
 
 
 def parse_job_id(bsub_output: str) -> str:
@@ -33,11 +52,11 @@ def parse_job_id(bsub_output: str) -> str:
 
 
 def parse_bjobs(line: str) -> dict[str, str]:
-    """Split one line of ``bjobs -noheader -o "stat exit_code output_file pend_reason delimiter='|'"``.
+    """Split one line of ``bjobs -noheader -o "stat exit_code output_file exit_reason pend_reason delimiter='|'"``.
 
     The pending reason comes last because it is free text. ``-`` means no value.
 
-    >>> parse_bjobs("PEND|-|/home/a/job-1.out|Job's resource requirements not satisfied")["pend_reason"]
+    >>> parse_bjobs("PEND|-|/home/a/job-1.out|-|Job's resource requirements not satisfied")["pend_reason"]
     "Job's resource requirements not satisfied"
     """
     values = line.strip().split("|", len(_FIELDS) - 1)
@@ -58,8 +77,18 @@ class LSFBackend:
         exit_code = int(fields["exit_code"]) if fields.get("exit_code", "").isdigit() else None
         if state == "COMPLETED":
             exit_code = 0
-        return JobStatus(job_id, state, reason=fields.get("pend_reason"), exit_code=exit_code,
-                         log=fields.get("output_file"))
+        reason = fields.get("pend_reason") if state == "PENDING" else None
+        termination = _TERMINATION.search(fields.get("exit_reason", ""))
+        if termination and termination.group(0) in TERMINATIONS:
+            meaning, words = TERMINATIONS[termination.group(0)]
+            if state == "FAILED" or meaning == "PENDING":
+                state = state if meaning == "PENDING" else meaning
+            reason = "; ".join(filter(None, [f"{termination.group(0)}: {words}", reason]))
+        elif fields.get("exit_reason"):
+            reason = "; ".join(filter(None, [fields["exit_reason"], reason]))
+        if fields.get("stat") == "UNKWN":
+            reason = "LSF has lost contact with the job's host (UNKWN)"
+        return JobStatus(job_id, state, reason=reason, exit_code=exit_code, log=fields.get("output_file"))
 
     def cancel(self, job_id: str) -> None:
         self._show(job_id)

@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+from hpcbridge.private_files import make_private_dir, write_private_file
 
 _JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$")
 _ATTRIBUTE = re.compile(r"^\s+([\w.]+) = (.*)$")
@@ -26,6 +27,39 @@ _STATES = {
 def state_home() -> Path:
     """Where hpcbridge keeps the scripts and output paths of PBS submissions."""
     return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / "pbs"
+
+
+# PBS Pro's negative exit statuses for jobs the server or MOM ended (pbs_job.h, "JOB_EXEC_*").
+EXIT_STATUSES = {
+    -29: ("TIMEOUT", "JOB_EXEC_KILL_WALLTIME: the job exceeded its walltime"),
+    -27: ("FAILED", "JOB_EXEC_KILL_MEM: the job exceeded its memory"),
+    -25: ("FAILED", "JOB_EXEC_KILL_CPUT: the job exceeded its CPU time"),
+}
+_PBS_KILLED = re.compile(r"=>> PBS: job killed: (?P<what>.*)")
+_SLURM_ENDED = re.compile(r"\*\*\* JOB \d+ ON \S+ CANCELLED AT \S+(?: DUE TO (?P<cause>[A-Z ]+?))?(?:, SEE [^*]*)? \*\*\*")
+_CAUSES = {"TIME LIMIT": "TIMEOUT", "NODE FAILURE": "FAILED", "PREEMPTION": "CANCELLED", None: "CANCELLED"}
+
+
+def _last_end_line(log: Path | None) -> tuple[str, str] | None:
+    """The last line in the job's output saying why the batch system ended it, with the state it means."""
+    if log is None:
+        return None
+    try:
+        with open(log, "rb") as stream:
+            stream.seek(0, 2)
+            stream.seek(max(0, stream.tell() - 65536))
+            text = stream.read().decode(errors="replace")
+    except OSError:
+        return None
+    found = None
+    for line in text.splitlines():
+        killed, ended = _PBS_KILLED.search(line), _SLURM_ENDED.search(line)
+        if killed:
+            found = (f"PBS: job killed: {killed.group('what').strip()}",
+                     "TIMEOUT" if "walltime" in killed.group("what") else "FAILED")
+        elif ended and " JOB " in ended.group(0):
+            found = (ended.group(0).strip("* ").split(", SEE ")[0], _CAUSES.get(ended.group("cause"), "FAILED"))
+    return found
 
 
 def parse_job_id(qsub_output: str) -> str:
@@ -67,23 +101,45 @@ class PBSBackend:
         self.home = home or state_home()
 
     def submit(self, script: str) -> str:
-        self.home.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.home)
         token = secrets.token_hex(4)
-        script_path = self.home / f"job-{token}.sh"
-        script_path.write_text(script)
+        script_path = write_private_file(self.home / f"job-{token}.sh", script)
         output = Path.cwd() / f"pbs-{token}.out"
         job_id = parse_job_id(run_command(["qsub", "-o", str(output), "-e", str(output), str(script_path)]))
-        (self.home / f"{_safe(job_id)}.json").write_text(json.dumps({"script": str(script_path), "log": str(output)}))
+        write_private_file(self.home / f"{_safe(job_id)}.json", json.dumps({"script": str(script_path), "log": str(output)}))
         return job_id
 
     def status(self, job_id: str) -> JobStatus:
+        """The job's state from ``qstat -f``; how it ended from its exit status, comment and output.
+
+        PBS says little in ``qstat`` once a job has ended, but it writes why it killed a job into
+        the job's output (``=>> PBS: job killed: walltime 65 exceeded limit 60``), and so does
+        Slurm under the Torque wrappers (``*** JOB 7 ON node1 CANCELLED AT ... DUE TO TIME
+        LIMIT ***``): the last such line decides TIMEOUT, CANCELLED or a node failure (FAILED).
+        """
         attributes = self._show(job_id)
         state = _STATES.get(attributes.get("job_state", ""), "UNKNOWN")
         exit_code = int(attributes["Exit_status"]) if attributes.get("Exit_status", "").lstrip("-").isdigit() else None
         if state == "COMPLETED" and exit_code not in (None, 0):
             state = "FAILED"
-        return JobStatus(job_id, state, reason=attributes.get("comment"), exit_code=exit_code,
-                         log=str(self.log_path(job_id) or "") or None)
+        log = self.log_path(job_id)
+        reason = attributes.get("comment")
+        restarts = int(attributes["run_count"]) - 1 if attributes.get("run_count", "").isdigit() else 0
+        if exit_code in EXIT_STATUSES:
+            state, words = EXIT_STATUSES[exit_code]
+            reason = "; ".join(filter(None, [f"Exit_status={exit_code}: {words}", reason]))
+        ended = _last_end_line(log) if state in ("COMPLETED", "FAILED", "COMPLETING", "PENDING", "RUNNING") else None
+        if ended is not None:
+            line, meaning = ended
+            if state in ("COMPLETED", "FAILED", "COMPLETING"):
+                state = meaning
+            if state in ("PENDING", "RUNNING") and restarts == 0:
+                pass  # a line from an earlier run of a requeued job: said below
+            reason = "; ".join(filter(None, [reason, line]))
+        if restarts > 0:
+            reason = "; ".join(filter(None, [f"requeued (run_count={restarts + 1})", reason]))
+        return JobStatus(job_id, state, reason=reason, exit_code=exit_code, log=str(log or "") or None,
+                         restarts=max(restarts, 0))
 
     def cancel(self, job_id: str) -> None:
         self._show(job_id)

@@ -1,12 +1,16 @@
-"""Slurm: ``sbatch``, ``scontrol show job``, ``scancel``.
+"""Slurm: ``sbatch``, ``scontrol show job``, ``scancel`` (and ``sacct`` where accounting runs).
 
 Status comes from ``scontrol`` rather than ``sacct`` because many clusters (and the test harness)
 run without accounting; Slurm forgets a finished job after ``MinJobAge`` (300 s by default), and
-then the state is UNKNOWN unless ``sacct`` can still tell.
+then only ``sacct`` can still tell. What happened to a job is said in Slurm's own words: its
+state and reason codes, ``Restarts`` for a requeued job, who cancelled it (``sacct``), and the
+line Slurm writes into the job's output when it ends a job (``*** JOB 2 ON node1 CANCELLED AT
+... DUE TO NODE FAILURE ***``), which is the only trace of a node failure without accounting.
 """
 
 from __future__ import annotations
 
+import pwd
 import re
 from pathlib import Path
 
@@ -14,6 +18,19 @@ from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, r
 
 _JOB_ID = re.compile(r"^(\d+(?:_\d+)?)(?:;\S+)?$")
 _FIELD = re.compile(r"(\w+)=(\S*)")
+_ENDED = re.compile(r"\*\*\* JOB (?P<job>\d+) ON (?P<host>\S+) CANCELLED AT (?P<time>\S+)"
+                    r"(?: DUE TO (?P<cause>[A-Z ]+?))?(?:, SEE [^*]*)? \*\*\*")
+_CANCELLED_BY = re.compile(r"CANCELLED by (\d+)")
+# What a job ended by looks like in the batch system's words (sacct states and scontrol reasons).
+END_STATES = {
+    "TIMEOUT": "the job reached its walltime",
+    "NODE_FAIL": "a node of the job failed",
+    "CANCELLED": "the job was cancelled",
+    "PREEMPTED": "the job was preempted",
+    "OUT_OF_MEMORY": "the job ran out of memory",
+    "BOOT_FAIL": "a node failed to boot",
+    "DEADLINE": "the job reached its deadline",
+}
 
 # Slurm's pending reasons, in words a user can act on.
 PENDING_REASONS = {
@@ -36,6 +53,8 @@ PENDING_REASONS = {
     "BadConstraints": "the request can never be satisfied by this cluster's nodes",
     "InvalidAccount": "the account is not valid",
     "InvalidQOS": "the QOS is not valid",
+    "TimeLimit": "the job reached its walltime",
+    "NodeFail": "a node of the job failed",
 }
 
 _STATES = {
@@ -105,19 +124,31 @@ class SlurmBackend:
         return parse_job_id(run_command(["sbatch", "--parsable"], stdin=script))
 
     def status(self, job_id: str) -> JobStatus:
-        """The job's state; for a job array, one state for all its elements (see :func:`combine_states`)."""
-        records = self._show_all(job_id)
+        """The job's state; for a job array, one state for all its elements (see :func:`combine_states`).
+
+        A job Slurm has forgotten (``MinJobAge``) is looked up in ``sacct`` when accounting runs.
+        """
+        try:
+            records = self._show_all(job_id)
+        except JobNotFound:
+            accounted = _sacct(job_id)
+            if accounted is None:
+                raise
+            return accounted
         states = [_STATES.get(record.get("JobState", ""), "UNKNOWN") for record in records]
         state = combine_states(states)
         exit_codes = [int(r["ExitCode"].split(":")[0]) for r, s in zip(records, states)
                       if "ExitCode" in r and s not in ("PENDING", "RUNNING")]
-        reasons = [explain_reason(r.get("Reason")) for r in records]
+        restarts = max((int(r["Restarts"]) for r in records if r.get("Restarts", "").isdigit()), default=0)
+        first = records[0]
         return JobStatus(
             job_id=job_id,
             state=state,
-            reason=next((reason for reason in reasons if reason), None),
+            reason=describe(first, state, restarts, _last_end_line(first, job_id),
+                            _sacct(job_id) if state in ("CANCELLED", "FAILED") else None),
             exit_code=max(exit_codes) if exit_codes and state not in ("PENDING", "RUNNING") else None,
-            log=records[0].get("StdOut"),
+            log=first.get("StdOut"),
+            restarts=restarts,
         )
 
     def cancel(self, job_id: str) -> None:
@@ -143,3 +174,94 @@ class SlurmBackend:
                     f"Slurm does not know job {job_id} (a finished job is forgotten after MinJobAge)"
                 ) from None
             raise
+
+
+def describe(record: dict[str, str], state: str, restarts: int, end_line: str | None,
+             accounted: JobStatus | None = None) -> str | None:
+    """Say what happened to a job in Slurm's words: reason, requeues, who or what ended it.
+
+    >>> describe({"Reason": "BeginTime", "EligibleTime": "2026-12-02T00:57:59"}, "PENDING", 1,
+    ...          "JOB 2 ON node1 CANCELLED AT 2026-12-02T00:55:58 DUE TO NODE FAILURE")
+    'node failure: Slurm ended the job (JOB 2 ON node1 CANCELLED AT 2026-12-02T00:55:58 DUE TO NODE FAILURE) and requeued it (Restarts=1); pending again: BeginTime: a requeued job may start again at 2026-12-02T00:57:59'
+    >>> describe({"Reason": "TimeLimit"}, "TIMEOUT", 0, None)
+    'TimeLimit: the job reached its walltime'
+    """
+    words = []
+    reason = record.get("Reason")
+    if restarts and end_line:
+        cause = _ENDED.search(f"*** {end_line} ***")
+        what = (cause.group("cause") or "cancellation").lower() if cause else "an earlier end"
+        words.append(f"{what}: Slurm ended the job ({end_line}) and requeued it (Restarts={restarts})")
+    elif restarts:
+        words.append(f"requeued by Slurm (Restarts={restarts})")
+    elif end_line and state != "PENDING":
+        words.append(f"Slurm: {end_line}")
+    if accounted is not None and accounted.reason:
+        words.append(accounted.reason)
+    if state == "PENDING" and reason == "BeginTime" and restarts:
+        words.append(f"pending again: BeginTime: a requeued job may start again at {record.get('EligibleTime', '?')}")
+    elif state == "PENDING" and restarts:
+        words.append(f"pending again: {explain_reason(reason) or 'waiting to start'}")
+    elif state == "PENDING" or (explain_reason(reason) and reason not in _WAIT_REASONS):
+        if explain_reason(reason):
+            words.append(explain_reason(reason))
+    elif state == "CANCELLED" and restarts and accounted is None:
+        words.append("then cancelled while pending")
+    return "; ".join(words) or None
+
+
+# Reasons that explain a wait; once a job has ended, a leftover one says nothing about how it ended.
+_WAIT_REASONS = set(PENDING_REASONS) - {"TimeLimit", "NodeFail"}
+
+
+def _last_end_line(record: dict[str, str], job_id: str) -> str | None:
+    """The last ``*** JOB N ON host CANCELLED AT ... ***`` line Slurm wrote into the job's output."""
+    found = None
+    for name in {record.get("StdErr"), record.get("StdOut")} - {None, ""}:
+        try:
+            with open(name, "rb") as stream:
+                stream.seek(0, 2)
+                stream.seek(max(0, stream.tell() - 65536))
+                text = stream.read().decode(errors="replace")
+        except OSError:
+            continue
+        for match in _ENDED.finditer(text):
+            if match.group("job") == job_id.split("_")[0]:
+                found = match.group(0).strip("* ").split(", SEE ")[0]
+    return found
+
+
+_SACCT_MISSING: list[bool] = []  # set once sacct has said accounting is off: it will not change
+
+
+def _sacct(job_id: str) -> JobStatus | None:
+    """The job's final record from ``sacct`` (state, who cancelled it), or None without accounting."""
+    if _SACCT_MISSING:
+        return None
+    try:
+        output = run_command(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode,StdOut"], timeout=20)
+    except BatchCommandError:
+        _SACCT_MISSING.append(True)
+        return None
+    lines = [line.split("|") for line in output.splitlines() if line.strip()]
+    if not lines:
+        return None
+    state_text, exit_code = lines[-1][0], lines[-1][1] if len(lines[-1]) > 1 else "0:0"
+    word = state_text.split()[0] if state_text else "UNKNOWN"
+    reason = END_STATES.get(word)
+    by = _CANCELLED_BY.search(state_text)
+    if by:
+        reason = f"cancelled by {_user_name(int(by.group(1)))} (sacct: {state_text})"
+    elif reason:
+        reason = f"{word}: {reason}"
+    code = exit_code.split(":")[0]
+    return JobStatus(job_id, _STATES.get(word, "UNKNOWN"), reason=reason,
+                     exit_code=int(code) if code.isdigit() else None,
+                     log=lines[-1][2] if len(lines[-1]) > 2 and lines[-1][2] else None)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

@@ -25,6 +25,8 @@ from typing import Callable, ContextManager, Iterator
 
 import pytest
 
+from tests.conftest import register_leftover_check
+
 SCRIPT = Path(__file__).with_name("slurm-cluster")
 UP_TIMEOUT = 180.0  # includes apt-get install on a fresh machine
 DOWN_TIMEOUT = 60.0
@@ -135,6 +137,7 @@ def running_cluster(nodes: int = 1, *options: str) -> Iterator[SlurmCluster]:
     """
     directory = Path(tempfile.mkdtemp(prefix="hpcb-slurm-", dir="/tmp"))
     directory.chmod(0o755)
+    register_leftover_check("cluster", directory)
     try:
         up = cluster_command("up", "--dir", str(directory), "--nodes", str(nodes), *options,
                              timeout=UP_TIMEOUT)

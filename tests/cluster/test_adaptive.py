@@ -19,7 +19,7 @@ def _our_jobs(cluster, name: str) -> list[str]:
 
 def test_adapt_adds_jobs_for_work_and_removes_them_when_idle(slurm_cluster, tmp_path) -> None:
     spec = JobSpec(scheduler="slurm", ntasks_per_node=2, cpus_per_task=1, mem_per_cpu="800M", walltime="10m",
-                   interface=slurm_cluster.interface, python=sys.executable, job_name="hpcb-adapt")
+                   interface=slurm_cluster.interface, python=sys.executable, job_name="hpcb-adapt", protocol="tcp")
     with jobqueue_cluster(spec, log_directory=str(tmp_path)) as cluster:
         script = cluster.job_script()
         assert "#SBATCH --cpus-per-task=2\n#SBATCH --mem=2G\n" in script  # dask-jobqueue rounds up to GB
@@ -35,10 +35,13 @@ def test_adapt_adds_jobs_for_work_and_removes_them_when_idle(slurm_cluster, tmp_
 
 def test_adaptive_mode_needs_single_node_jobs_and_a_memory_size() -> None:
     with pytest.raises(SpecError, match="nodes"):
-        jobqueue_options(JobSpec(scheduler="slurm", nodes=2, mem="1G"))
+        jobqueue_options(JobSpec(scheduler="slurm", nodes=2, mem="1G", protocol="tcp"))
     with pytest.raises(SpecError) as caught:
-        jobqueue_options(JobSpec(scheduler="slurm"))
+        jobqueue_options(JobSpec(scheduler="slurm", protocol="tcp"))
     assert caught.value.field == "mem"
+    with pytest.raises(SpecError, match="tcp in adaptive mode, given explicitly") as caught:
+        jobqueue_options(JobSpec(scheduler="slurm", mem="1G"))  # tls, the default elsewhere
+    assert caught.value.field == "protocol"
     lsf = jobqueue_options(JobSpec(scheduler="lsf", ntasks_per_node=2, cpus_per_task=4, mem_per_cpu="1G",
-                                   walltime="90m", account="p1"))
+                                   walltime="90m", account="p1", protocol="tcp"))
     assert (lsf["ncpus"], lsf["processes"], lsf["walltime"], lsf["project"]) == (8, 2, "01:30", "p1")

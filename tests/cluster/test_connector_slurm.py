@@ -3,6 +3,7 @@ job step), and a run whose results outlive a killed client."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from hpcbridge import broadcast, jobs, mapping
 from hpcbridge.bridge import connect
 from hpcbridge.spec import JobSpec
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_tls_env
 from tests.scheduler_probes import amm_interval, peak_rss_bytes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -71,7 +72,8 @@ def test_broadcast_sticks_on_slurm_workers_and_reaches_a_late_job_step(slurm_clu
             ["srun", f"--jobid={job.job_id}", "--overlap", "--ntasks=1", "--cpus-per-task=1",
              sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", job.scheduler_file,
              "--nthreads", "1", "--interface", slurm_cluster.interface, "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **worker_tls_env(job.scheduler_file)})
         try:
             assert wait_for(lambda: bridge.n_workers == 3 or step.poll() is not None, timeout=60), "no late worker"
             assert step.poll() is None, step.stderr.read()

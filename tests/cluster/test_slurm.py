@@ -39,7 +39,7 @@ def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, ba
         workers = bridge.client.scheduler_info(n_workers=-1)["workers"].values()
         assert sorted(w["nthreads"] for w in workers) == [1, 1]
         assert {w["memory_limit"] for w in workers} == {262 * 2**20}  # (600 MiB less 1/8 for the scheduler) / 2
-        assert bridge.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert bridge.client.scheduler.address.startswith("tls://127.0.0.1:")  # TLS, the default
         weights = bridge.broadcast(np.full(10_000, 2.0))
         results = bridge.gather(bridge.map(operator.mul, range(8), weights))
         assert [float(r.sum()) for r in results] == [20_000.0 * i for i in range(8)]
@@ -99,7 +99,7 @@ def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, batch_spec, batch_
     job = jobs.submit(batch_spec(cluster, "slurm", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="600M"))
     batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=3, timeout=120) as bridge:
-        assert bridge.client.scheduler.address.startswith(f"tcp://{cluster.node_addresses[0]}:")
+        assert bridge.client.scheduler.address.startswith(f"tls://{cluster.node_addresses[0]}:")
         workers = bridge.client.scheduler_info(n_workers=-1)["workers"]
         hosts = sorted(address.split("//")[1].rsplit(":", 1)[0] for address in workers)
         assert hosts == sorted(cluster.node_addresses)
@@ -133,7 +133,7 @@ def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
     job = jobs.submit(batch_spec(cluster, "slurm", mode="mpi", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="500M"))
     batch_jobs.append(job)
     with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
-        assert bridge.client.scheduler.address.startswith(f"tcp://{cluster.node_addresses[0]}:")
+        assert bridge.client.scheduler.address.startswith(f"tls://{cluster.node_addresses[0]}:")
         worker_hosts = sorted(a.split("//")[1].rsplit(":", 1)[0] for a in bridge.client.nthreads())
         assert worker_hosts == sorted(cluster.node_addresses[1:])
         assert set(bridge.client.nthreads().values()) == {2}

@@ -1,0 +1,51 @@
+"""Owner-only folders and files: what hpcbridge writes is readable by its owner alone.
+
+A scheduler file tells whoever reads it where to send code that runs as the cluster's owner,
+and the certificates beside it let them in; so every folder hpcbridge makes is 0700 and every
+file 0600, from the moment it exists (never created open and tightened afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` and any missing parents as 0700 folders; make ``path`` itself 0700.
+
+    Parents that exist already (``/scratch/me``, the home directory) are left as they are.
+    """
+    target = Path(path).expanduser()
+    missing = []
+    for folder in (target, *target.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    target.chmod(0o700)
+    return target
+
+
+def write_private_file(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically as a 0600 file: readers see the old file or the whole new one."""
+    target = Path(path).expanduser()
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data.encode() if isinstance(data, str) else data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def open_private_log(path: str | os.PathLike[str]):
+    """Open ``path`` for writing (binary) as a 0600 file, created if missing."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")

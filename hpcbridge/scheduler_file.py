@@ -1,0 +1,152 @@
+"""The scheduler file: what a job publishes about its cluster, and the rules for reading and replacing it.
+
+Dask's scheduler writes its address (and more) to a file; the job script adds an ``hpcbridge``
+section and renames the result into place, so a reader sees the whole file or none::
+
+    {"address": "tls://10.77.0.1:40123", ...Dask's fields...,
+     "hpcbridge": {"job_id": "42", "scheduler": "slurm", "cluster": "9f3c...",
+                   "tls": {"ca_file": "scheduler.tls/ca.pem", "cert": "...", "key": "..."}}}
+
+``cluster`` is a random identity made at each start of the job (a requeued job is a new
+cluster under the same job id). Certificate paths are relative to the file's folder when they
+lie inside it, so a client that mounts the shared filesystem elsewhere still finds them. With
+per-job certificates the folder is :func:`certificate_dir`; files written by plain Dask (or by
+dask-mpi in mpi mode) have no ``hpcbridge`` section and are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcbridge.tls import Certificates, certificates_in
+
+
+class SchedulerFileError(ValueError):
+    """A scheduler file that exists but cannot be used (unreadable, not JSON, no address)."""
+
+
+class SchedulerFileInUse(FileExistsError):
+    """The scheduler file of a cluster that is still running: it is not replaced or deleted."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What a scheduler file says: the scheduler's address and, when the job wrote them, its job and certificates."""
+
+    path: Path
+    address: str
+    job_id: str | None = None
+    scheduler: str | None = None
+    cluster: str | None = None
+    certificates: Certificates | None = None
+
+    @property
+    def describes_job(self) -> bool:
+        """True when the file names the batch job that wrote it."""
+        return self.job_id is not None and self.scheduler is not None
+
+    def job_label(self) -> str:
+        """``job 42 (slurm)``, or ``an unknown job`` for a file without an hpcbridge section."""
+        return f"job {self.job_id} ({self.scheduler})" if self.describes_job else "an unknown job (plain Dask)"
+
+
+def certificate_dir(scheduler_file: str | os.PathLike[str]) -> Path:
+    """Where a job keeps its own certificates: ``scheduler.json`` → ``scheduler.tls/`` beside it.
+
+    >>> str(certificate_dir("/s/jobs/42/scheduler.json")), str(certificate_dir("/s/cluster"))
+    ('/s/jobs/42/scheduler.tls', '/s/cluster.tls')
+    """
+    path = Path(scheduler_file).expanduser()
+    return path.with_name(path.name.removesuffix(".json") + ".tls")
+
+
+def read(path: str | os.PathLike[str]) -> ClusterInfo:
+    """Read a scheduler file; ``FileNotFoundError`` when it is not there yet.
+
+    Raises :class:`SchedulerFileError` for a file that cannot be read (another user's, say),
+    is not JSON, or holds no scheduler address.
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except PermissionError:
+        raise SchedulerFileError(f"cannot read the scheduler file {path}: permission denied ({_owner(path)}); "
+                                 "a cluster's scheduler file is readable by its owner only") from None
+    except OSError as error:
+        raise SchedulerFileError(f"cannot read the scheduler file {path}: {error.strerror or error}") from None
+    try:
+        info = json.loads(text)
+    except ValueError as error:
+        raise SchedulerFileError(f"{path} is not a scheduler file: invalid JSON ({error})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("address"), str) or not info["address"]:
+        raise SchedulerFileError(f"{path} is not a scheduler file: it holds no scheduler address")
+    return _cluster_info(path, info)
+
+
+def _cluster_info(path: Path, info: dict[str, Any]) -> ClusterInfo:
+    section = info.get("hpcbridge") if isinstance(info.get("hpcbridge"), dict) else {}
+    tls = section.get("tls")
+    certificates = None
+    if isinstance(tls, dict) and all(isinstance(tls.get(key), str) for key in ("ca_file", "cert", "key")):
+        certificates = Certificates(*(path.parent / Path(tls[key]).expanduser() for key in ("ca_file", "cert", "key")))
+    elif info["address"].startswith("tls://") and certificate_dir(path).exists():
+        certificates = certificates_in(certificate_dir(path))
+    text = {key: str(section[key]) if section.get(key) is not None else None for key in ("job_id", "scheduler", "cluster")}
+    return ClusterInfo(path=path, address=info["address"], certificates=certificates, **text)
+
+
+def address_answers(address: str, timeout: float = 2.0) -> bool:
+    """True when something accepts a TCP connection at the scheduler's address (``proto://host:port``)."""
+    location = address.split("://", 1)[-1]
+    host, _, port = location.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def remove(path: str | os.PathLike[str], job_id: str | None = None) -> bool:
+    """Remove a scheduler file and its job's certificates; with ``job_id``, only if that job wrote it.
+
+    Run directories beside the file (``runs/``) are kept. Returns True when something was removed.
+    """
+    path = Path(path).expanduser()
+    try:
+        info = read(path)
+    except FileNotFoundError:
+        info = None
+    except SchedulerFileError:
+        info = None
+        if job_id is not None:
+            return False
+    if job_id is not None and info is not None and info.job_id is not None and info.job_id != str(job_id):
+        return False
+    removed = False
+    for leftover in (path, path.with_name(path.name + ".dask")):
+        if leftover.exists():
+            leftover.unlink(missing_ok=True)
+            removed = True
+    folder = certificate_dir(path)
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        removed = True
+    return removed
+
+
+def _owner(path: Path) -> str:
+    try:
+        import pwd
+
+        stat = path.stat()
+        return f"owned by {pwd.getpwuid(stat.st_uid).pw_name}, mode {stat.st_mode & 0o777:04o}"
+    except (OSError, KeyError):
+        return "its folder is not open to you"
