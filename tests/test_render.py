@@ -89,13 +89,21 @@ def _shell_value(script: str, variable: str, environment: str = "JOB_ID=4242; HO
 
 
 @pytest.mark.parametrize(
-    "python",
-    ["/opt/py 3/bin/python", "/tmp/$(touch /tmp/hpcbridge-pwned)/python", "/x/`id`/py", "/a'b\"c/py", "py;reboot"],
+    ("field", "value", "variable"),
+    [("python", "/opt/py 3/bin/python", "PYTHON"),
+     ("scheduler_file", "/tmp/$(touch /tmp/hpcbridge-pwned)/f.json", "SCHEDULER_FILE"),
+     ("scheduler_file", "/x/`id`/f.json", "SCHEDULER_FILE"), ("scheduler_file", "/a'b\"c/f.json", "SCHEDULER_FILE"),
+     ("scheduler_file", "/f;reboot", "SCHEDULER_FILE")],
 )
-def test_values_reach_the_script_literally(python: str) -> None:
-    script = render_script(JobSpec(scheduler="slurm", python=python))
-    assert _shell_value(script, "PYTHON") == python
+def test_values_reach_the_script_literally(field: str, value: str, variable: str) -> None:
+    script = render_script(JobSpec(scheduler="slurm", **{field: value}))
+    assert _shell_value(script, variable) == value
     assert not Path("/tmp/hpcbridge-pwned").exists()
+
+
+def test_a_python_in_the_home_directory_expands_there() -> None:
+    script = render_script(JobSpec(scheduler="slurm", python="~/venv/bin/python"))
+    assert _shell_value(script, "PYTHON") == "/home/ada/venv/bin/python"
 
 
 def test_scheduler_file_expands_home_and_job_id_only() -> None:
