@@ -12,6 +12,16 @@
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$LSB_JOBID
+# LSB_MCPU_HOSTS lists each host with its slots ("hostA 8 hostB 8"): one host entry per task.
+JOB_HOSTS=()
+TASK_HOSTS=()
+while read -r host _slots; do
+    JOB_HOSTS+=("$host")
+    for ((task = 0; task < 4; task++)); do
+        TASK_HOSTS+=("$host")
+    done
+done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
+
 
 # --- Software environment ------------------------------------------------------
 PYTHON=python3

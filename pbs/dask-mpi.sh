@@ -16,7 +16,8 @@ if [ -z "${PBS_NODEFILE:-}" ] && command -v generate_pbs_nodefile >/dev/null; th
     PBS_NODEFILE=$(generate_pbs_nodefile)
     export PBS_NODEFILE
 fi
-# mpiexec (Open MPI) places processes on the job's nodes from the node file.
+# mpiexec (Open MPI) places processes on the job's nodes from the node file. The array is
+# expanded as ${HOSTFILE_OPTION[@]+...} because bash before 4.4 calls an empty array unbound.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
 
@@ -54,5 +55,5 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
 
 # --- The MPI program: 8 ranks --------------------------------------------------
 # It ends when a client shuts the cluster down.
-mpiexec "${HOSTFILE_OPTION[@]}" -n 8 --map-by ppr:4:node --bind-to none \
+mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} -n 8 --map-by ppr:4:node --bind-to none \
     "${MPI_PROGRAM[@]}"

@@ -16,7 +16,8 @@ if [ -z "${PBS_NODEFILE:-}" ] && command -v generate_pbs_nodefile >/dev/null; th
     PBS_NODEFILE=$(generate_pbs_nodefile)
     export PBS_NODEFILE
 fi
-# mpiexec (Open MPI) places processes on the job's nodes from the node file.
+# mpiexec (Open MPI) places processes on the job's nodes from the node file. The array is
+# expanded as ${HOSTFILE_OPTION[@]+...} because bash before 4.4 calls an empty array unbound.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
 
@@ -77,23 +78,34 @@ echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task, 4 per node; mpiexec only starts them (they do not use MPI).
-mpiexec "${HOSTFILE_OPTION[@]}" -n 4 --map-by ppr:4:node --bind-to none \
+mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} -n 4 --map-by ppr:4:node --bind-to none \
     "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!
 
 # --- Run until a client shuts the cluster down ---------------------------------
 # client.shutdown() stops the scheduler, which tells every worker to close, and the job ends
-# with the scheduler's exit status. If the workers all exit first (killed, out of memory),
-# the cluster is of no use: stop the scheduler and fail the job.
+# with the scheduler's exit status. Workers that all leave first with status 0 left by plan
+# (they retire before the walltime): the job ends normally. Workers that all die (killed, out
+# of memory) leave a cluster of no use: stop the scheduler and fail the job.
+# A poll, not `wait -n`, which bash 4.2 (CentOS 7) lacks; bash keeps each child's exit status.
 set +e
-wait -n -p FIRST_EXITED "$SCHEDULER_PID" "$WORKERS_PID"
-STATUS=$?
-if [ "$FIRST_EXITED" = "$WORKERS_PID" ]; then
-    echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
-    kill "$SCHEDULER_PID"
+while kill -0 "$SCHEDULER_PID" 2>/dev/null && kill -0 "$WORKERS_PID" 2>/dev/null; do
+    sleep 1
+done
+if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
     wait "$SCHEDULER_PID"
-    exit 1
+    STATUS=$?
+    echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
+    wait "$WORKERS_PID"
+    exit "$STATUS"
 fi
-echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
 wait "$WORKERS_PID"
-exit "$STATUS"
+STATUS=$?
+kill "$SCHEDULER_PID"
+wait "$SCHEDULER_PID"
+if [ "$STATUS" -eq 0 ]; then
+    echo "hpcbridge: every worker left as planned (status 0); the scheduler is stopped"
+    exit 0
+fi
+echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
+exit 1

@@ -83,17 +83,28 @@ WORKERS_PID=$!
 
 # --- Run until a client shuts the cluster down ---------------------------------
 # client.shutdown() stops the scheduler, which tells every worker to close, and the job ends
-# with the scheduler's exit status. If the workers all exit first (killed, out of memory),
-# the cluster is of no use: stop the scheduler and fail the job.
+# with the scheduler's exit status. Workers that all leave first with status 0 left by plan
+# (they retire before the walltime): the job ends normally. Workers that all die (killed, out
+# of memory) leave a cluster of no use: stop the scheduler and fail the job.
+# A poll, not `wait -n`, which bash 4.2 (CentOS 7) lacks; bash keeps each child's exit status.
 set +e
-wait -n -p FIRST_EXITED "$SCHEDULER_PID" "$WORKERS_PID"
-STATUS=$?
-if [ "$FIRST_EXITED" = "$WORKERS_PID" ]; then
-    echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
-    kill "$SCHEDULER_PID"
+while kill -0 "$SCHEDULER_PID" 2>/dev/null && kill -0 "$WORKERS_PID" 2>/dev/null; do
+    sleep 1
+done
+if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
     wait "$SCHEDULER_PID"
-    exit 1
+    STATUS=$?
+    echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
+    wait "$WORKERS_PID"
+    exit "$STATUS"
 fi
-echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
 wait "$WORKERS_PID"
-exit "$STATUS"
+STATUS=$?
+kill "$SCHEDULER_PID"
+wait "$SCHEDULER_PID"
+if [ "$STATUS" -eq 0 ]; then
+    echo "hpcbridge: every worker left as planned (status 0); the scheduler is stopped"
+    exit 0
+fi
+echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
+exit 1

@@ -50,6 +50,23 @@ def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, ba
     assert not Path(job.scheduler_file).exists()
 
 
+def test_the_job_runs_on_bash_42(slurm_cluster, batch_spec, batch_jobs, monkeypatch) -> None:
+    """sbatch passes BASH_ENV on: the batch script and its steps run with bash 5's newer parts refused."""
+    from tests.test_bash42 import bash42_environment
+
+    for key, value in bash42_environment().items():
+        monkeypatch.setenv(key, value)
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", ntasks_per_node=2, mem_per_cpu="300M", job_name="bash42"))
+    batch_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+        assert bridge.gather(bridge.map(operator.neg, range(50))) == [-i for i in range(50)]
+        bridge.shutdown()
+    _finish(job)
+    log = Path(job.status().log).read_text()
+    assert "invalid option" not in log and "unbound variable" not in log
+    assert "hpcbridge: the scheduler exited (status 0)" in log
+
+
 def test_pending_job_says_why_and_cancel_ends_it(slurm_cluster, batch_spec, batch_jobs) -> None:
     cpus = int(slurm_cluster.run("sinfo", "-h", "-o", "%c").stdout.split()[0])
     first = jobs.submit(batch_spec(slurm_cluster, "slurm", ntasks_per_node=cpus, mem_per_cpu="100M", job_name="fills-node"))
@@ -134,3 +151,16 @@ def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_clu
     log = Path(status.log).read_text()
     assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
     assert "distributed.cli.dask_scheduler" not in log and "Dask scheduler" not in log.split("ib7 does not")[0]
+
+
+def test_dask_mpi_checks_the_workers_interface_on_every_node_before_starting(slurm_cluster, batch_spec,
+                                                                              batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=3, interface="ib7",
+                                 scheduler_interface=slurm_cluster.interface))
+    batch_jobs.append(job)
+    assert wait_for(lambda: job.status().finished, timeout=60)
+    status = job.status()
+    assert status.state == "FAILED"
+    log = Path(status.log).read_text()
+    assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
+    assert "hpcbridge.mpi_job" not in log and "distributed" not in log
