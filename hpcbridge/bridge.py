@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
 
+from hpcbridge import arguments, functions, mapping
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import functions, mapping
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.mapping import ItemError, Run, RunError
 
@@ -71,6 +71,9 @@ def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout:
     queued), for the scheduler to answer, and for the workers to join. Given the submitted
     ``job``, a job that ends before its scheduler is up is reported at once, not at the deadline.
     """
+    scheduler_file = arguments.scheduler_file("scheduler_file", scheduler_file)
+    n_workers = arguments.count("n_workers", n_workers)
+    timeout = arguments.seconds("timeout", timeout)
     deadline = time.monotonic() + timeout
     info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
     address = info["address"]
@@ -145,7 +148,7 @@ class Bridge:
         Dask's Active Memory Manager, until :meth:`release` (or the cluster ends). The handle
         says how many bytes left this client and how long it took.
         """
-        return broadcasts.send(self.client, obj, name)
+        return broadcasts.send(self.client, obj, arguments.name("name", name))
 
     def submit(self, fn: Callable[..., Any] | str, *args: Any) -> Future:
         """Run ``fn(*args)`` on a worker; broadcast handles among ``args`` are not resolved."""
@@ -163,6 +166,12 @@ class Bridge:
         chunk, so that :meth:`gather` joins a few arrays instead of many. ``chunk_size`` fixes
         the number of items per task instead of measuring.
         """
+        fn = arguments.function("fn", fn)
+        items = arguments.items("items", items)
+        name = arguments.name("name", name)
+        stack = arguments.flag("stack", stack)
+        chunk_size = None if chunk_size is None else arguments.count("chunk_size", chunk_size, minimum=1)
+        progress = arguments.flag("progress", progress)
         if progress:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
         return mapping.start(self.client, functions.resolve(fn), _as_sequence(items), broadcast,
@@ -177,6 +186,10 @@ class Bridge:
         ``release=True`` the cluster forgets the run once its results are here. A failing item
         raises :class:`~hpcbridge.mapping.ItemError` with the item and the remote traceback.
         """
+        stack = arguments.flag("stack", stack)
+        timeout = arguments.seconds("timeout", timeout, none=True)
+        if not isinstance(run, (Run, str, list, tuple)):
+            raise arguments.ArgumentError("run", run, "a Run from map, a run's name, or a list of futures")
         if isinstance(run, str):
             return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
         if not isinstance(run, Run):
@@ -190,6 +203,8 @@ class Bridge:
     def results(self, name: str, stack: bool = False, timeout: float | None = None, progress: bool = True,
                 release: bool = True) -> Any:
         """Collect run ``name`` from the cluster, also when another (dead) client started it."""
+        if arguments.name("name", name) is None:
+            raise arguments.ArgumentError("name", name, "the name of a run (Bridge.runs() lists them)")
         return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
                            progress=progress, release=release)
 

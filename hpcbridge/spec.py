@@ -481,6 +481,8 @@ def _python(name: str, value: object) -> str:
     allowed = ("an interpreter's name such as python3 or its path such as ~/venv/bin/python or /opt/py/bin/python "
                "(letters, digits, spaces and _ . / + - @ % = , :)")
     text = _one_line(name, value)
+    if text.startswith("~"):
+        _optional_path(name, text)  # another user's ~name, or ~/.. out of the home
     if "/" not in text:
         if not _PYTHON_NAME.fullmatch(text):
             raise SpecError(name, value, allowed)
