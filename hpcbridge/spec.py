@@ -295,7 +295,7 @@ class JobSpec:
                             f"{{mem_per_cpu}} is {given['mem_per_cpu']!r}")
         if self.scheduler == "local" and self.nodes != 1:
             raise SpecError("nodes", given["nodes"], "1 with {scheduler} local (it runs on this machine)")
-        if self.scheduler == "local" and self.mode == "mpi":
+        if self.scheduler == "local" and self.mode != "scheduler-file":
             raise SpecError("mode", given["mode"], "scheduler-file with {scheduler} local")
         if self.mode == "mpi" and self.workers < 1:
             needed = self.mpi_reserved_ranks + 1
@@ -464,11 +464,20 @@ def _scheduler_file(name: str, value: object) -> str:
     return _optional_path(name, value)
 
 
+def _literal(name: str, value: object) -> str:
+    """One line of text that goes into the script literally, so it may not look like it expands."""
+    text = _one_line(name, value)
+    if "$" in text or "`" in text:
+        raise SpecError(name, value, "a literal value: $VARIABLES and `commands` are not expanded here "
+                        "(paths may start with ~/ and scheduler files contain {job_id})")
+    return text
+
+
 def _optional_path(name: str, value: object) -> str | None:
     """A file path as the compute nodes see it: absolute (relative ones resolve here) or ~/..."""
     if value is None:
         return None
-    text = _one_line(name, value).strip()
+    text = _literal(name, value).strip()
     if text.startswith("~") and not text.startswith("~/"):
         raise SpecError(name, value, "a path starting with ~/ (your own home), not another user's")
     if text.startswith("~/") and os.path.normpath(text[2:]).startswith(".."):
@@ -518,7 +527,7 @@ _CHECKS = {
     "setup": _lines(_setup_line),
     "python": _python,
     "client_script": _optional_path,
-    "client_args": _lines(_one_line),
+    "client_args": _lines(_literal),
     "array": _pattern(_ARRAY, "a range of indices such as 1-100 or 0-99:2"),
     "array_throttle": _optional_count(1, 100_000),
     "pbs_flavor": _choice(PBS_FLAVORS),

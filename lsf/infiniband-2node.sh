@@ -11,6 +11,7 @@
 # This script runs the Dask scheduler, then starts 16 Dask worker(s) with 4 thread(s) each.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$LSB_JOBID
 # LSB_MCPU_HOSTS lists each host with its slots ("hostA 8 hostB 8"): one host entry per task.
 JOB_HOSTS=()

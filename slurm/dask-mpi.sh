@@ -11,7 +11,9 @@
 # Of the job's 8 MPI ranks, rank 0 runs the Dask scheduler, and the other 7 are Dask workers with 2 thread(s) each.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$SLURM_JOB_ID
+
 
 # --- Software environment ------------------------------------------------------
 PYTHON=python3

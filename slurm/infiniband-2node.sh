@@ -11,7 +11,9 @@
 # This script runs the Dask scheduler, then starts 16 Dask worker(s) with 4 thread(s) each.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$SLURM_JOB_ID
+
 
 # --- Software environment ------------------------------------------------------
 PYTHON=python3

@@ -95,6 +95,10 @@ CLI_CASES = [
     (["--scheduler-file", "~bob/f.json"], "--scheduler-file", "~bob/f.json", "not another user's"),
     (["--scheduler-file", "~/../bob/f.json"], "--scheduler-file", "~/../bob/f.json", ".. leads out of it"),
     (["--scheduler-file", "/tmp/dir/"], "--scheduler-file", "/tmp/dir/", "a file path"),
+    (["--scheduler-file", "$SCRATCH/{job_id}.json"], "--scheduler-file", "$SCRATCH/{job_id}.json",
+     "$VARIABLES and `commands` are not expanded"),
+    (["--mode", "mpi", "--ntasks-per-node", "3", "--client-script", "/c.py", "--client-arg", "`id`"],
+     "--client-arg", "`id`", "not expanded"),
     (["--scheduler-file", "/tmp/a\u2028b.json"], "--scheduler-file", "/tmp/a\u2028b.json", "printable"),
     (["--mode", "mpi", "--ntasks-per-node", "3", "--client-script", "~bob/x.py"], "--client-script", "~bob/x.py",
      "not another user's"),
@@ -106,6 +110,8 @@ CLI_CASES = [
     (["--ntasks", "8", "--ntasks-per-node", "2"], "--ntasks", "8", "give one of --ntasks and --ntasks-per-node"),
     (["--pbs-flavor", "sge"], "--pbs-flavor", "sge", "pbspro"),
     (["--scheduler", "local", "--nodes", "2"], "--nodes", "2", "1 with --scheduler local"),
+    (["--scheduler", "local", "--mode", "array", "--array", "1-4", "--client-script", "/c.py"], "--mode", "array",
+     "scheduler-file with --scheduler local"),
 ]
 
 _FAKE_BATCH = '#!/bin/sh\necho "$0 $*" >> "$HPCBRIDGE_FAKE_LOG"\necho 4242\n'

