@@ -16,7 +16,7 @@ How it works instead:
 3. The object lives in this module's :data:`_HELD` on each worker, outside Dask's key store, so
    the Active Memory Manager never sees it and never deletes it. Dask reports it as unmanaged
    memory. It stays until :func:`release` unregisters the plugin (or the cluster ends); a client
-   that disconnects does not take it with it.
+   that disconnects does not take it with it. A name in use is refused at once: release it first.
 
 Tasks find it with :func:`value`, by name; a task never carries the data.
 """
@@ -185,6 +185,11 @@ def send(client: Client, obj: Any, name: str | None = None) -> Broadcast:
     """Broadcast ``obj`` to every worker of ``client``'s cluster; see the module's docstring."""
     name = name or f"b-{secrets.token_hex(6)}"
     started = time.perf_counter()
+    if PLUGIN_PREFIX + name in client.run_on_scheduler(_plugin_names):
+        # Registering the plugin again would run the old one's teardown on every worker, which
+        # drops the copy just sent, and the new setup would wait for a copy no peer holds.
+        raise ValueError(f"a broadcast named {name!r} already exists on this cluster; release it first, "
+                         "or choose another name")
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
         raise RuntimeError("no workers to broadcast to: wait for workers first")

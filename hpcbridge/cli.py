@@ -168,7 +168,8 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--no-profile-modules", "no_profile_modules", is_flag=True, default=False,
                      help="Load only the --module given here, not the site profile's modules."),
         click.option("--setup", multiple=True, help="Shell command to run before Dask starts (repeatable)."),
-        click.option("--python", help="Python interpreter on the compute nodes.  [default: python3]"),
+        click.option("--python", help="Python interpreter on the compute nodes; it needs distributed.  "
+                     "[default: the Python running hpcbridge]"),
         click.option("--client-script", help="With --mode mpi: a Python script that MPI rank 1 runs as the client "
                      "(the cluster ends when it returns); with --mode array: the script each element runs."),
         click.option("--client-arg", "client_args", multiple=True, help="An argument for the client script (repeatable)."),
@@ -179,6 +180,10 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "[default: pbspro]"),
         click.option("--lifetime-margin", help="Workers retire this long before the walltime: 30s, 5m, 300 "
                      "(plain numbers are seconds), at least 30 s.  [default: 5m]"),
+        click.option("--run-directory", help="Where finished chunks of every map are saved, so results outlive "
+                     "the job.  [default: runs/ beside the scheduler files]"),
+        click.option("--no-save-runs", "save_runs", flag_value=False, default=None,
+                     help="Do not save finished chunks to disk (results live only in the cluster's memory)."),
     ]
 
     @functools.wraps(command)
@@ -288,6 +293,25 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
         click.echo(f"  exit code: {state.exit_code}")
     if state.log:
         click.echo(f"  log: {state.log}")
+    said = _last_job_message(state.log) if state.state == "FAILED" else None
+    if said:
+        click.echo(f"  the job said: {said}")
+
+
+def _last_job_message(log: str | None) -> str | None:
+    """The last ``hpcbridge: ...`` line of a job's output: the script's own reason for failing.
+
+    The preflight checks (the Python lacks distributed, an interface is missing, ...) and the
+    scheduler start write such a line before the job exits, so ``status`` can say why.
+    """
+    from pathlib import Path
+
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines() if log else []
+    except OSError:
+        return None
+    said = [line for line in lines if line.startswith("hpcbridge: ") and not line.startswith("hpcbridge: waiting")]
+    return said[-1][len("hpcbridge: "):] if said else None
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge logs 4242 --tail 50\n  hpcbridge logs 4242 --scheduler lsf")

@@ -8,16 +8,11 @@ the way users write it, split into ranges so that per-task overhead stays small.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpcbridge import jobs
-from hpcbridge.backends.local import state_home
-from hpcbridge.bridge import Bridge, connect
-from hpcbridge.spec import JobSpec
+from hpcbridge.backends.local_cluster import local_cluster
 from hpcbridge.workloads.primes import split_range, sum_prime_factors
 
 CHUNK_NUMBERS = 20_000
@@ -37,36 +32,10 @@ class DemoResult:
     scheduler_file: str
 
 
-@contextmanager
-def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], None] = print,
-                  job_name: str = "hpcbridge-demo", threads_per_worker: int = 1
-                  ) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
-    """Start a local cluster as a scheduler-file job, attach, and yield the job and the bridge.
-
-    The cluster is started the way a batch job starts it (the local backend runs the rendered
-    script), and ended on exit: shut down through the client, and cancelled if it is still running.
-    """
-    spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=threads_per_worker,
-                   python=sys.executable, job_name=job_name,
-                   scheduler_file=str(state_home() / "{job_id}" / "scheduler.json"))
-    job = jobs.submit(spec)
-    say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
-    try:
-        with connect(job.scheduler_file, n_workers=workers, timeout=timeout, job=job) as bridge:
-            say(f"dashboard: {bridge.dashboard_link}")
-            yield job, bridge
-            bridge.shutdown()
-        _wait_until_finished(job, timeout=30)
-    finally:
-        if not job.status().finished:
-            job.cancel()
-            _wait_until_finished(job, timeout=30)
-
-
 def run_demo(upper: int, workers: int, timeout: float = 120.0, say: Callable[[str], None] = print) -> DemoResult:
     """Start a local cluster of ``workers`` single-threaded workers, compute, and shut it down."""
     started = time.perf_counter()
-    with local_cluster(workers, timeout=timeout, say=say) as (job, bridge):
+    with local_cluster(workers, timeout=timeout, say=say, job_name="hpcbridge-demo") as (job, bridge):
         pieces = max(workers * 8, math.ceil((upper - 2) / CHUNK_NUMBERS))
         compute_start = time.perf_counter()
         total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, upper, pieces))))
@@ -74,9 +43,3 @@ def run_demo(upper: int, workers: int, timeout: float = 120.0, say: Callable[[st
         dashboard = bridge.dashboard_link
     return DemoResult(upper, total, workers, compute_seconds, time.perf_counter() - started, dashboard,
                       job.job_id, job.scheduler_file)
-
-
-def _wait_until_finished(job: jobs.SubmittedJob, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not job.status().finished and time.monotonic() < deadline:
-        time.sleep(0.2)

@@ -13,6 +13,11 @@ So every function here:
   a Python object across its own computations; broadcasts and runs live on the cluster by name;
 - attaches again by itself when the cached client was disconnected meanwhile;
 - waits inside the Python call, with a timeout, never through callbacks.
+
+:func:`map` returns at once: the probes that size the chunks (up to seconds when the function
+is slow or the workers are cold) run on a Python thread, which MATLAB lets run during the next
+hpcbridge call (:func:`wait`, :func:`gather`, ...); those calls first let it finish submitting.
+Item numbers in errors count from 1, as MATLAB does.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import array
 import math
 import numbers
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +35,70 @@ from hpcbridge import arguments, mapping
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.bridge import Bridge
 from hpcbridge.bridge import connect as _connect
+from hpcbridge.mapping import ItemError
 
 _BRIDGES: dict[str, Bridge] = {}
 RECONNECT_TIMEOUT = 60.0
+SUBMIT_TIMEOUT = 600.0
+
+
+class MatlabItemError(ItemError):
+    """An item's failure told with MATLAB's numbering: item 1 is the first (``index`` stays 0-based)."""
+
+    def __str__(self) -> str:
+        return (f"item {self.index + 1} (counting from 1; Python index {self.index}) of run {self.run!r} "
+                f"failed on {self.worker}: {self.error}\nthe item: {self.item}\n"
+                f"remote traceback:\n{self.remote_traceback}")
+
+
+class _Submitting:
+    """A run whose chunks a thread is still probing for and submitting (see the module's docstring)."""
+
+    def __init__(self, bridge: Bridge, name: str, n_items: int, start: Any) -> None:
+        self.name, self.n_items = name, n_items
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(start,), name=f"hpcbridge-map-{name}", daemon=True)
+        self.thread.start()
+
+    def _run(self, start: Any) -> None:
+        try:
+            start()
+        except BaseException as error:  # handed to the caller of the next call on this run
+            self.error = error
+
+    def finish(self, timeout: float | None) -> bool:
+        """Let the thread work up to ``timeout`` s; True once every chunk is submitted; its error if it failed."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            return False
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+_SUBMITTING: dict[tuple[str, str], _Submitting] = {}
+
+
+def _submitted(cluster: str, run: str, timeout: float | None = SUBMIT_TIMEOUT) -> bool:
+    """Wait (up to ``timeout`` s) until run ``run`` started by :func:`map` here is fully submitted."""
+    key = (_cluster_id(cluster), str(run))
+    pending = _SUBMITTING.get(key)
+    if pending is None:
+        return True
+    try:
+        done = pending.finish(timeout)
+    except BaseException:
+        _SUBMITTING.pop(key, None)
+        raise
+    if done:
+        _SUBMITTING.pop(key, None)
+    return done
+
+
+def _all_submitted(cluster: str) -> None:
+    key = _cluster_id(cluster)
+    for pending_cluster, run in [k for k in _SUBMITTING if k[0] == key]:
+        _submitted(pending_cluster, run)
 
 
 def connect(scheduler_file: str, n_workers: int | float = 1, timeout: float = 300.0) -> dict[str, Any]:
@@ -76,10 +143,24 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
         raise arguments.ArgumentError("broadcasts", broadcasts, "a broadcast's name or a cell array of names")
     handles = [Broadcast.named(n) for n in names if n]
     name, stack = arguments.name("name", name, empty_is_none=True), arguments.flag("stack", stack)
-    chunk_size = _count(chunk_size, "chunk_size") or None
-    run = _bridge(cluster).map(function, values, *handles, name=name, stack=stack, chunk_size=chunk_size,
-                               progress=False)
-    return run.name
+    chunks = _count(chunk_size, "chunk_size") or None
+    bridge = _bridge(cluster)
+    name = name or mapping.new_run_name()
+    if name in bridge.client.list_datasets() or (_cluster_id(cluster), name) in _SUBMITTING:
+        raise KeyError(f"a run named {name!r} already exists on this cluster; gather or release it first, "
+                       "or choose another name")
+    from hpcbridge import functions
+
+    resolved = functions.resolve(function)  # a bad name fails here, not on the thread
+
+    def start() -> None:
+        bridge.map(resolved, values, *handles, name=name, stack=bool(stack), chunk_size=chunks, progress=False)
+
+    if chunks:
+        start()  # nothing to measure: every chunk is submitted now
+    else:
+        _SUBMITTING[(_cluster_id(cluster), name)] = _Submitting(bridge, name, len(values), start)
+    return name
 
 
 def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
@@ -88,6 +169,9 @@ def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     Returns as soon as the run has finished; call it in a loop to show progress in MATLAB.
     """
     run, seconds = _run_name(run), _seconds(timeout)
+    pending = _SUBMITTING.get((_cluster_id(cluster), str(run)))
+    if not _submitted(cluster, run, seconds):
+        return {"done": 0, "total": pending.n_items, "finished": False, "failed": False}
     bridge = _bridge(cluster)
     handle = bridge.run(run)
     mapping._wait(bridge.client, handle.futures, seconds)
@@ -106,12 +190,18 @@ def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fals
     failing item's error with its remote traceback.
     """
     run, seconds, stack = _run_name(run), _timeout(timeout), arguments.flag("stack", stack)
-    values = _bridge(cluster).results(run, stack=stack, timeout=seconds, progress=False)
+    _submitted(cluster, run, SUBMIT_TIMEOUT if seconds is None else max(seconds, 1.0))
+    try:
+        values = _bridge(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
+    except ItemError as error:
+        raise MatlabItemError(error.run, error.index, error.item, error.worker, error.error,
+                              error.remote_traceback) from None
     return to_matlab(values)
 
 
 def runs(cluster: str) -> list[str]:
     """Names of the runs the cluster holds (results not yet gathered)."""
+    _all_submitted(cluster)
     return _bridge(cluster).runs()
 
 
@@ -122,11 +212,13 @@ def broadcasts(cluster: str) -> list[str]:
 
 def release(cluster: str, name: str) -> None:
     """Free a run's results or a broadcast's copies on the cluster."""
+    _submitted(cluster, name)
     _bridge(cluster).release(name)
 
 
 def close(cluster: str) -> None:
-    """Detach from the cluster; it keeps running with its broadcasts and runs."""
+    """Detach from the cluster; it keeps running with its broadcasts and runs (submitted in full first)."""
+    _all_submitted(cluster)
     bridge = _BRIDGES.pop(_cluster_id(cluster), None)
     if bridge is not None:
         bridge.close()
@@ -187,11 +279,13 @@ def to_matlab(value: Any) -> Any:
 
 def _items(items: Any) -> Any:
     converted = to_python(items)
+    if isinstance(converted, (numbers.Number, np.generic)):
+        return [converted]  # MATLAB passes a scalar (4, int64(4)) as a Python float or int: one item
     if isinstance(converted, np.ndarray):
         return converted if converted.ndim else converted.reshape(1)
     if isinstance(converted, list):
         return converted
-    raise arguments.ArgumentError("items", items, "a cell array or a numeric vector or matrix")
+    raise arguments.ArgumentError("items", items, "a cell array, a number, or a numeric vector or matrix")
 
 
 def bridge_for(cluster: str) -> Bridge:

@@ -14,9 +14,10 @@ from pathlib import Path
 from hpcbridge.render import packaged_template_dir, render_script
 from hpcbridge.spec import JobSpec
 
-_ONE_NODE = dict(nodes=1, ntasks_per_node=4, cpus_per_task=2, mem_per_cpu="2G", walltime="01:00:00")
-_DASK_MPI = dict(mode="mpi", nodes=2, ntasks_per_node=4, cpus_per_task=2, mem_per_cpu="2G", walltime="01:00:00")
-_INFINIBAND = dict(nodes=2, ntasks_per_node=8, cpus_per_task=4, mem_per_cpu="4G", walltime="04:00:00",
+# The ready scripts are for any site, so they name no venv: python3 after the --setup lines.
+_ONE_NODE = dict(python="python3", nodes=1, ntasks_per_node=4, cpus_per_task=2, mem_per_cpu="2G", walltime="01:00:00")
+_DASK_MPI = dict(python="python3", mode="mpi", nodes=2, ntasks_per_node=4, cpus_per_task=2, mem_per_cpu="2G", walltime="01:00:00")
+_INFINIBAND = dict(python="python3", nodes=2, ntasks_per_node=8, cpus_per_task=4, mem_per_cpu="4G", walltime="04:00:00",
                    interface="ib0")
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import InitVar, dataclass
 from typing import Any
@@ -151,7 +152,7 @@ class JobSpec:
     scheduler_file: str = DEFAULT_SCHEDULER_FILE
     modules: tuple[str, ...] | list[str] | str = ()
     setup: tuple[str, ...] | list[str] | str = ()
-    python: str = "python3"
+    python: str = dataclasses.field(default_factory=lambda: default_python())
     client_script: str | None = None
     client_args: tuple[str, ...] | list[str] | str = ()
     array: str | None = None
@@ -159,6 +160,8 @@ class JobSpec:
     pbs_flavor: str = "pbspro"
     lifetime_margin: int | str = 300  # seconds once built
     scheduler_timeout: int | str = 120  # seconds
+    run_directory: str | None = None
+    save_runs: bool | str = True
     ntasks: InitVar[int | str | None] = None
 
     def __post_init__(self, ntasks: int | str | None) -> None:
@@ -272,6 +275,23 @@ class JobSpec:
                 f"({self.lifetime_margin} s): workers get no --lifetime and are killed at the walltime "
                 "instead of closing; give a longer {walltime} or a shorter {lifetime_margin}")))
         return found
+
+    @property
+    def runs_directory(self) -> str:
+        """Where runs are saved: ``run_directory``, or ``runs/`` beside the scheduler files of all jobs.
+
+        The default leaves out the per-job part of the scheduler file's path, so that a later job
+        finds (and resumes) the runs of an earlier one:
+
+        >>> JobSpec(scheduler_file="/scratch/me/{job_id}/scheduler.json").runs_directory
+        '/scratch/me/runs'
+        """
+        if self.run_directory:
+            return self.run_directory
+        folder = os.path.dirname(self.scheduler_file)
+        while JOB_ID_PLACEHOLDER in folder:
+            folder = os.path.dirname(folder)
+        return os.path.join(folder, "runs")
 
     def scheduler_file_for(self, job_id: str) -> str:
         """The scheduler file's path for a submitted job, as the client on this machine sees it."""
@@ -501,6 +521,17 @@ def _python(name: str, value: object) -> str:
     return _optional_path(name, text)
 
 
+def _flag(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SpecError(name, value, "true or false (also yes/no, on/off, 1/0)")
+
+
 _INTERFACE_HELP = "a network interface name such as ib0, eth0 or lo"
 _NAME_HELP = "letters, digits and _ . + - (at most 64, not starting with . + or -)"
 _CHECKS = {
@@ -533,7 +564,18 @@ _CHECKS = {
     "pbs_flavor": _choice(PBS_FLAVORS),
     "lifetime_margin": _lifetime_margin,
     "scheduler_timeout": _count(5, 86_400),
+    "run_directory": _optional_path,
+    "save_runs": _flag,
 }
+
+
+def default_python() -> str:
+    """The interpreter running hpcbridge, as dask-jobqueue defaults it: a venv's Python, not PATH's ``python3``.
+
+    On a cluster the login node's environment is normally on a shared file system, so the same
+    path works on the compute nodes; pass ``python`` when it does not.
+    """
+    return sys.executable or "python3"
 
 
 def spec_fields() -> Iterable[str]:

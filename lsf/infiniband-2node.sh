@@ -8,17 +8,21 @@
 #BSUB -o dask-ib-%J.out
 #
 # A Dask cluster on LSF in scheduler-file mode (rendered by hpcbridge 0.1.0).
-# This script runs the Dask scheduler, then starts 16 Dask worker(s) with 4 thread(s) each.
+# This script runs the Dask scheduler, then one Dask worker per task: 16 worker(s) with
+# 4 thread(s) each as rendered, or as many as the allocation gives.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 # shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$LSB_JOBID
+TASKS_PER_NODE=8
 # LSB_MCPU_HOSTS lists each host with its slots ("hostA 8 hostB 8"): one host entry per task.
 JOB_HOSTS=()
 TASK_HOSTS=()
+NODES=0
 while read -r host _slots; do
     JOB_HOSTS+=("$host")
-    for ((task = 0; task < 8; task++)); do
+    NODES=$((NODES + 1))
+    for ((task = 0; task < TASKS_PER_NODE; task++)); do
         TASK_HOSTS+=("$host")
     done
 done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
@@ -27,25 +31,48 @@ done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
-# --- Worker memory: each worker's share of the memory asked for -----------------
-WORKER_MEMORY=16384MiB
+# --- The allocation: hosts and slots come from LSF at run time ---------------------
+# (`bsub -n` with another count overrides the #BSUB lines above; the node count, counted
+# from LSB_MCPU_HOSTS above, follows.)
+CPUS_PER_TASK=4
+NODE_MEMORY_MIB=131072
+
+# --- Worker memory: each task's share of the node's memory, after room for the scheduler --
+# The scheduler (and each worker's nanny) runs beside the workers: an eighth of the node, at
+# most 2 GiB, is left to them. Without a memory request, workers take their share of the node.
+if [ -n "$NODE_MEMORY_MIB" ]; then
+    SCHEDULER_ROOM_MIB=$((NODE_MEMORY_MIB / 8 < 2048 ? NODE_MEMORY_MIB / 8 : 2048))
+    WORKER_MEMORY="$(((NODE_MEMORY_MIB - SCHEDULER_ROOM_MIB) / TASKS_PER_NODE))MiB"
+else
+    WORKER_MEMORY=auto
+fi
 
 # --- Where the cluster's address goes ------------------------------------------
 # Clients and workers find the scheduler through this file, one per job. A client script
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
-export HPCBRIDGE_WORKERS=16
+export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 14400))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # Every Dask worker runs with these options; memory and threads are pinned explicitly so
 # no worker guesses from the whole node.
 WORKER_OPTIONS=(
     --scheduler-file "$SCHEDULER_FILE"
     --nworkers 1
-    --nthreads 4
+    --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --interface ib0
-    --lifetime 14100s
-    --lifetime-stagger 30s
+    --preload hpcbridge.drain
     --death-timeout 60
 )
 
@@ -55,6 +82,11 @@ WORKER_OPTIONS=(
 # shellcheck disable=SC2016
 INTERFACE_CHECK='grep -q "^ *$1:" /proc/net/dev || { echo "hpcbridge: network interface $1 does not exist on $(hostname); it has: $(sed -n "s/^ *\([^:]*\):.*/\1/p" /proc/net/dev | xargs)" >&2; exit 1; }'
 bash -c "$INTERFACE_CHECK" check ib0
+# The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
+if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+    exit 1
+fi
 # The workers' interface, checked on every node.
 blaunch -z "${JOB_HOSTS[*]}" bash -c "$INTERFACE_CHECK" check ib0
 

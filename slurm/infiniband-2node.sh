@@ -8,7 +8,8 @@
 #SBATCH --output=dask-ib-%j.out
 #
 # A Dask cluster on Slurm in scheduler-file mode (rendered by hpcbridge 0.1.0).
-# This script runs the Dask scheduler, then starts 16 Dask worker(s) with 4 thread(s) each.
+# This script runs the Dask scheduler, then one Dask worker per task: 16 worker(s) with
+# 4 thread(s) each as rendered, or as many as the allocation gives.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 # shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
@@ -18,11 +19,24 @@ JOB_ID=$SLURM_JOB_ID
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
-# --- Worker memory: each task's share of what Slurm allocated (in MiB) ---------
+# --- The allocation: counts come from Slurm at run time ---------------------------
+# `sbatch -N 4 -c 16 this.sh` overrides the #SBATCH lines above, and the cluster follows;
+# the rendered values are only the defaults.
+NODES=${SLURM_JOB_NUM_NODES:-2}
+TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-8}
+CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-4}
 if [ -n "${SLURM_MEM_PER_CPU:-}" ]; then
-    WORKER_MEMORY="$((SLURM_MEM_PER_CPU * 4))MiB"
-elif [ -n "${SLURM_MEM_PER_NODE:-}" ]; then
-    WORKER_MEMORY="$((SLURM_MEM_PER_NODE / 8))MiB"
+    NODE_MEMORY_MIB=$((SLURM_MEM_PER_CPU * CPUS_PER_TASK * TASKS_PER_NODE))
+else
+    NODE_MEMORY_MIB=${SLURM_MEM_PER_NODE:-}
+fi
+
+# --- Worker memory: each task's share of the node's memory, after room for the scheduler --
+# The scheduler (and each worker's nanny) runs beside the workers: an eighth of the node, at
+# most 2 GiB, is left to them. Without a memory request, workers take their share of the node.
+if [ -n "$NODE_MEMORY_MIB" ]; then
+    SCHEDULER_ROOM_MIB=$((NODE_MEMORY_MIB / 8 < 2048 ? NODE_MEMORY_MIB / 8 : 2048))
+    WORKER_MEMORY="$(((NODE_MEMORY_MIB - SCHEDULER_ROOM_MIB) / TASKS_PER_NODE))MiB"
 else
     WORKER_MEMORY=auto
 fi
@@ -32,17 +46,27 @@ fi
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
-export HPCBRIDGE_WORKERS=16
+export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 14400))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # Every Dask worker runs with these options; memory and threads are pinned explicitly so
 # no worker guesses from the whole node.
 WORKER_OPTIONS=(
     --scheduler-file "$SCHEDULER_FILE"
     --nworkers 1
-    --nthreads 4
+    --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --interface ib0
-    --lifetime 14100s
-    --lifetime-stagger 30s
+    --preload hpcbridge.drain
     --death-timeout 60
 )
 
@@ -52,8 +76,13 @@ WORKER_OPTIONS=(
 # shellcheck disable=SC2016
 INTERFACE_CHECK='grep -q "^ *$1:" /proc/net/dev || { echo "hpcbridge: network interface $1 does not exist on $(hostname); it has: $(sed -n "s/^ *\([^:]*\):.*/\1/p" /proc/net/dev | xargs)" >&2; exit 1; }'
 bash -c "$INTERFACE_CHECK" check ib0
+# The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
+if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+    exit 1
+fi
 # The workers' interface, checked on every node.
-srun --nodes=2 --ntasks=2 --ntasks-per-node=1 \
+srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1 \
     bash -c "$INTERFACE_CHECK" check ib0
 
 # --- Dask scheduler ------------------------------------------------------------
@@ -88,8 +117,8 @@ echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task. Since Slurm 22.05 srun does not inherit --cpus-per-task from the job.
-srun --nodes=2 --ntasks=16 --ntasks-per-node=8 \
-    --cpus-per-task=4 --kill-on-bad-exit=0 \
+srun --nodes="$NODES" --ntasks="$((NODES * TASKS_PER_NODE))" --ntasks-per-node="$TASKS_PER_NODE" \
+    --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=0 \
     "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!
 

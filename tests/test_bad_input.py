@@ -340,7 +340,7 @@ API_CASES = [
     (lambda b, f: matlab.connect(f, 1.0, math.nan), "timeout", math.nan),
     (lambda b, f: matlab.map(f, "", (1.0,), (), "", False, 0.0), "function", ""),
     (lambda b, f: matlab.map(f, 5.0, (1.0,), (), "", False, 0.0), "function", 5.0),
-    (lambda b, f: matlab.map(f, "operator:neg", 5.0, (), "", False, 0.0), "items", 5.0),
+    (lambda b, f: matlab.map(f, "operator:neg", "abc", (), "", False, 0.0), "items", "abc"),
     (lambda b, f: matlab.map(f, "operator:neg", (1.0,), 5.0, "", False, 0.0), "broadcasts", 5.0),
     (lambda b, f: matlab.map(f, "operator:neg", (1.0,), (), 5.0, False, 0.0), "name", 5.0),
     (lambda b, f: matlab.map(f, "operator:neg", (1.0,), (), "", "x", 0.0), "stack", "x"),

@@ -123,3 +123,18 @@ def test_a_broadcast_outlives_the_client_that_sent_it_and_is_used_by_name(cluste
                                        progress=False))
     assert results == [3.0]
     bridge.release("shared-ones")
+
+
+def test_a_broadcast_name_in_use_is_refused_at_once_and_the_first_copy_stays_usable(cluster) -> None:
+    _, bridge = cluster
+    first = bridge.broadcast(np.array([2.0]), name="dup-python")
+    try:
+        with pytest.raises(ValueError, match="a broadcast named 'dup-python' already exists"):
+            bridge.broadcast(np.array([3.0]), name="dup-python")
+        items = [np.ones(4)] * 6
+        assert bridge.gather(bridge.map(total, items, first, progress=False), progress=False) == [8.0] * 6
+    finally:
+        bridge.release(first)
+    again = bridge.broadcast(np.array([5.0]), name="dup-python")  # free again once released
+    assert bridge.gather(bridge.map(total, [np.ones(2)], again, progress=False), progress=False) == [10.0]
+    bridge.release(again)

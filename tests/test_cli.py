@@ -101,3 +101,35 @@ def test_connect_to_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     done = hpcbridge("connect", str(tmp_path / "nothing.json"), "--timeout", "1")
     assert done.returncode == 1
     assert "no scheduler file at" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_submit_without_python_uses_the_interpreter_running_hpcbridge(tmp_path: Path) -> None:
+    """From a venv, the job's Python is the venv's (PATH's python3 here lacks distributed)."""
+    submitted = hpcbridge("submit", "--scheduler", "local", "--scheduler-file", str(tmp_path / "{job_id}.json"),
+                          "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    try:
+        assert f"PYTHON={sys.executable}" in (Path(os.environ["HPCBRIDGE_HOME"]) / "local" / job["job_id"]
+                                              / "job.sh").read_text()
+        attached = hpcbridge("connect", job["scheduler_file"], "--workers", "1", "--timeout", "60")
+        assert attached.returncode == 0, attached.stderr + hpcbridge("logs", job["job_id"]).stdout
+    finally:
+        hpcbridge("cancel", job["job_id"])
+    assert wait_for(lambda: not job_processes(job["job_id"]), timeout=30)
+
+
+def test_a_python_without_distributed_fails_the_job_before_dask_starts_and_status_says_so(tmp_path: Path) -> None:
+    bare = "/usr/bin/python3"
+    if subprocess.run([bare, "-c", "import distributed"], capture_output=True).returncode == 0:
+        pytest.skip(f"{bare} has distributed on this machine")
+    submitted = hpcbridge("submit", "--scheduler", "local", "--python", bare,
+                          "--scheduler-file", str(tmp_path / "{job_id}.json"), "--json")
+    job = json.loads(submitted.stdout)
+    assert wait_for(lambda: "FAILED" in hpcbridge("status", job["job_id"]).stdout, timeout=30)
+    status = hpcbridge("status", job["job_id"]).stdout
+    assert f"the job said: the job's Python ({bare}) cannot import distributed: ModuleNotFoundError" in status
+    log = hpcbridge("logs", job["job_id"]).stdout
+    assert "cannot import distributed" in log and "waiting for the Dask scheduler" not in log
+    assert not Path(job["scheduler_file"]).exists()
+    assert wait_for(lambda: not job_processes(job["job_id"]), timeout=30)

@@ -27,7 +27,7 @@ from hpcbridge.workloads import mandelbrot, montecarlo, truss
 from tests.conftest import job_processes, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "matlab" / "examples"
-SCRIPTS = ["primefactor_sum", "mandelbrot_image", "truss_response", "montecarlo_pi"]
+SCRIPTS = ["primefactor_sum", "mandelbrot_image", "truss_response", "montecarlo_pi", "prime_factors"]
 OCTAVE = shutil.which("octave-cli")
 ALLOWED = {"connect", "broadcast", "map", "gather", "close", "release", "fromPython"}
 

@@ -10,19 +10,27 @@ from __future__ import annotations
 import array
 import math
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hpcbridge import matlab
+from hpcbridge import mapping, matlab
 from hpcbridge.mapping import ItemError
 from tests.conftest import module_local_job
 
 USER_FUNCTIONS = textwrap.dedent("""
     def scale(x, settings):
         return x * settings["factor"]
+
+    def after_go(x, gate):
+        import os, time
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 2 * x
 
     def fails_on_negative(x):
         if x < 0:
@@ -128,9 +136,9 @@ def test_stacked_rows_come_back_as_one_matrix(cluster: str) -> None:
 
 def test_errors_name_the_item_and_carry_the_remote_traceback(cluster: str, user_file: Path) -> None:
     run = matlab.map(cluster, f"{user_file}:fails_on_negative", (1.0, 2.0, -3.0, 4.0), (), "", False, 0)
-    with pytest.raises(ItemError, match="item 2 of run") as failed:
+    with pytest.raises(ItemError, match=r"item 3 \(counting from 1; Python index 2\) of run") as failed:
         matlab.gather(cluster, run, 60.0, False)
-    assert failed.value.item == "-3.0"
+    assert failed.value.item == "-3.0" and failed.value.index == 2
     assert "ArithmeticError: negative input -3.0" in str(failed.value)
     assert "fails_on_negative" in failed.value.remote_traceback
     matlab.release(cluster, run)
@@ -149,9 +157,48 @@ def test_waits_have_timeouts_and_a_run_outlives_a_closed_connection(cluster: str
 
 
 def test_bad_arguments_are_refused_with_a_reason(cluster: str) -> None:
-    with pytest.raises(TypeError, match="cell array or a numeric"):
-        matlab.map(cluster, "numpy:abs", 5.0, (), "", False, 0)
+    with pytest.raises(TypeError, match="cell array, a number, or a numeric"):
+        matlab.map(cluster, "numpy:abs", object(), (), "", False, 0)
     with pytest.raises(ValueError, match="module:function"):
         matlab.map(cluster, "abs", (1.0,), (), "", False, 0)
     with pytest.raises(TypeError, match="scheduler file"):
         matlab.runs(3.0)
+
+
+def test_a_scalar_from_matlab_is_one_item(cluster: str) -> None:
+    for scalar in (4.0, 4, True):  # 4, int64(4), true as MATLAB passes them
+        run = matlab.map(cluster, "math:sqrt", scalar, (), "", False, 0)
+        assert matlab.gather(cluster, run, 60.0, False).tolist() == [2.0 if scalar == 4 else 1.0]
+
+
+def test_a_broadcast_name_in_use_is_refused_at_once_and_the_first_stays(cluster: str, user_file: Path) -> None:
+    matlab.connect(cluster, 2.0, 60.0)
+    matlab.broadcast(cluster, {"factor": 2}, "dupA")
+    with pytest.raises(ValueError, match="a broadcast named 'dupA' already exists"):
+        matlab.broadcast(cluster, {"factor": 5}, "dupA")
+    run = matlab.map(cluster, f"{user_file}:scale", array.array("q", [1, 2, 3]), "dupA", "", False, 0)
+    assert matlab.gather(cluster, run, 60.0, False).tolist() == [2, 4, 6]
+    matlab.release(cluster, "dupA")
+
+
+def test_map_returns_before_its_probes_finish_and_gather_collects_everything(
+        cluster: str, user_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probes cannot finish until the gate file exists, which the test makes only after map returned."""
+    matlab.connect(cluster, 2.0, 60.0)
+    monkeypatch.setattr(mapping, "PROBE_WAIT_COLD", 300.0)  # a blocking map would wait this long
+    gate = tmp_path / "gate"
+    matlab.broadcast(cluster, str(gate), "gate")
+    returned: list[str] = []
+    caller = threading.Thread(target=lambda: returned.append(
+        matlab.map(cluster, f"{user_file}:after_go", array.array("d", range(50)), "gate", "gated", False, 0)))
+    caller.start()
+    caller.join(60)
+    before_the_gate_opened = list(returned)
+    gate.touch()
+    caller.join(60)
+    assert before_the_gate_opened == ["gated"], "map waited for its probes"
+    status = matlab.wait(cluster, "gated", 60.0)
+    assert status["total"] == 50
+    assert matlab.gather(cluster, "gated", 120.0, False).tolist() == [2.0 * x for x in range(50)]
+    assert "gated" not in matlab.runs(cluster)
+    matlab.release(cluster, "gate")

@@ -46,3 +46,20 @@ def test_bad_arguments_are_refused_before_python_is_called() -> None:
     assert "hpcbridge.connect: failed validation of WORKERS" in out
     assert "hpcbridge.gather: failed validation of TIMEOUT" in out
     assert "hpcbridge.map: failed validation of CHUNKSIZE" in out
+
+
+def test_gather_says_the_timeout_it_was_given_not_the_time_left(tmp_path: Path) -> None:
+    """hpcbridge.gather against a stand-in for MATLAB's ``py`` whose run never finishes."""
+    (tmp_path / "py.m").write_text(
+        "function p = py()\n"
+        "p.hpcbridge.matlab.wait = @(file, name, t) waited(t);\n"
+        "end\n"
+        "function s = waited(t)\n"
+        "pause(min(t, 0.05));\n"
+        "s = struct('done', int64(1), 'total', int64(4), 'finished', false, 'failed', false);\n"
+        "end\n")
+    out = octave(f"addpath('{tmp_path}');"
+                 "try, hpcbridge.gather('c.json', 'run-x', 'Timeout', 0.3, 'Progress', false);"
+                 "catch e, disp(e.identifier); disp(e.message); end;")
+    assert "hpcbridge:timeout" in out
+    assert "run run-x: 1 of 4 items done after 0.3 s; the results stay on the cluster" in out

@@ -84,6 +84,8 @@ FIELDS = {
     "lifetime_margin": st.one_of(st.sampled_from(["30s", "5m", "300", "10s", "1h"]), st.integers(0, 4000)),
     "scheduler_timeout": counts(1, 600),
     "ntasks": counts(1, 8),
+    "run_directory": typed("/scratch/runs", "~/runs", "runs"),
+    "save_runs": st.sampled_from([True, False, "yes", "no", "maybe"]),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
 NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes")

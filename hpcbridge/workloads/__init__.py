@@ -6,7 +6,7 @@ over a :class:`~hpcbridge.bridge.Bridge`. Numba and SciPy are imported inside th
 need them: ``import hpcbridge`` works without the ``examples`` extra.
 
 :func:`open_cluster` and :func:`add_cluster_options` are the part every example and benchmark
-shares: run on a fresh local cluster (started the way ``hpcbridge demo`` starts one), or attach
+shares: run on a fresh local cluster (:func:`hpcbridge.backends.local_cluster.local_cluster`, started the way a batch job starts), or attach
 to a running cluster through its scheduler file.
 """
 
@@ -45,7 +45,7 @@ def open_cluster(scheduler_file: str | os.PathLike[str] | None, workers: int, ti
             say(f"attached to {bridge.client.scheduler.address} through {scheduler_file}")
             yield bridge
         return
-    from hpcbridge.demo import local_cluster
+    from hpcbridge.backends.local_cluster import local_cluster
 
     with local_cluster(workers, timeout=timeout, say=say, job_name=job_name) as (_job, bridge):
         yield bridge

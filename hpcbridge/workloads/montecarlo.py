@@ -78,6 +78,10 @@ class Table:
         x, y = np.log(self.n[keep]), np.log(self.error[keep] ** 2)
         return float(np.polyfit(x, y, 1)[0] / 2)
 
+    def columns(self) -> dict[str, np.ndarray]:
+        """The table by column, named as in the CSV and MATLAB's table: ``pandas.DataFrame(t.columns())``."""
+        return {"n": self.n, "estimate": self.estimate, "abs_error": self.error, "expected_error": self.expected_error}
+
     def rows(self) -> np.ndarray:
         return np.column_stack([self.n, self.estimate, self.error, self.expected_error])
 

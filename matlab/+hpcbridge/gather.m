@@ -12,8 +12,8 @@ function results = gather(cluster, run, varargin)
 %                  dimension is the item
 %     'Progress' - false to print nothing while waiting
 %
-%   A failing item raises an error that names the item and carries the
-%   Python traceback from the worker.
+%   A failing item raises an error that names the item (counting from 1, as
+%   MATLAB does) and carries the Python traceback from the worker.
 %
 %   See also hpcbridge.map, hpcbridge.fromPython.
 
@@ -42,10 +42,15 @@ while true
         fprintf('%s: %d%% (%d/%d items)\n', name, percent, done, double(status.total));
         shown = percent;
     end
-    if logical(status.finished) || left <= 0
+    if logical(status.finished)
         break
     end
+    if left <= 0
+        error('hpcbridge:timeout', ['run %s: %d of %d items done after %g s; the results stay on ' ...
+            'the cluster: gather them later with hpcbridge.gather(c, ''%s'')'], ...
+            name, done, double(status.total), opts.Timeout, name);
+    end
 end
-results = hpcbridge.fromPython(py.hpcbridge.matlab.gather(file, name, max(0, opts.Timeout - toc(deadline)), ...
-    logical(opts.Stack)));
+% Every chunk is done: the results only have to travel.
+results = hpcbridge.fromPython(py.hpcbridge.matlab.gather(file, name, Inf, logical(opts.Stack)));
 end

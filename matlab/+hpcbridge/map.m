@@ -8,7 +8,9 @@ function run = map(cluster, func, items, varargin)
 %   (e.g. 'numpy:dot'), or 'path/to/file.py:function' for your own file,
 %   which hpcbridge ships to the workers.
 %   ITEMS is a cell array (each element is an item), a numeric vector (each
-%   number) or a numeric matrix (each row).
+%   number), a numeric matrix (each row) or a scalar (one item).
+%   It returns at once: the short probes that size the tasks go on in
+%   Python during your next hpcbridge call (hpcbridge.gather waits for them).
 %
 %   Options (name-value pairs):
 %     'Broadcast' - a broadcast handle or name, or a cell of them: FUNC is

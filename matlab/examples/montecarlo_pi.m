@@ -5,6 +5,10 @@
 %   Python example's with the same seed. The sizes go out in a shuffled
 %   order, so that the connector times typical items first. Writes a table
 %   (CSV) and a log-log plot of the error against the sample size.
+%   Needs MATLAB R2022b or newer (the toolbox's Python 3.10; table and
+%   writetable). GNU Octave has no table: the Python example writes the same
+%   columns (examples/montecarlo.py --csv), and from Python
+%   hpcbridge.workloads.montecarlo.Table.columns() gives them for pandas.
 
 schedulerFile = getenv('HPCBRIDGE_SCHEDULER_FILE');
 if isempty(schedulerFile)

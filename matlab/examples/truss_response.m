@@ -8,6 +8,8 @@
 %   installed) once, then factorises per frequency.
 %   (K + i w C - w^2 M) x = b is solved at every w; the script plots |x| at
 %   the load against frequency and prints the largest residual.
+%   Needs MATLAB R2022b or newer (the toolbox's Python 3.10; eigs with
+%   'smallestabs' exists since R2017b; GNU Octave's eigs spells it 'sm').
 
 schedulerFile = getenv('HPCBRIDGE_SCHEDULER_FILE');
 if isempty(schedulerFile)
