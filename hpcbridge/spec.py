@@ -436,12 +436,17 @@ def _lifetime_margin(name: str, value: object) -> int:
     return seconds
 
 
+_SHELL_WORDS = frozenset("if then else elif fi case esac for select while until do done in function time coproc".split())
+
+
 def _pattern(regex: re.Pattern[str], allowed: str, optional: bool = True):
     def check(name: str, value: object) -> str | None:
         if value is None and optional:
             return None
         if not isinstance(value, str) or not regex.fullmatch(value):
             raise SpecError(name, value, allowed)
+        if value in _SHELL_WORDS:
+            raise SpecError(name, value, allowed + ", and not a word of the shell's syntax such as then or done")
         return value
 
     return check

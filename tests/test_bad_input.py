@@ -74,6 +74,7 @@ CLI_CASES = [
     (["-J", "café"], "-J", "café", "letters, digits"),
     (["--job-name", "../../etc/x"], "--job-name", "../../etc/x", "letters, digits"),
     (["--interface", "eth0/1"], "--interface", "eth0/1", "a network interface name"),
+    (["--interface", "then"], "--interface", "then", "not a word of the shell's syntax"),
     (["--interface", "ib0\n"], "--interface", "ib0\n", "a network interface name"),
     (["--scheduler-interface", "'eth0'"], "--scheduler-interface", "'eth0'", "a network interface name"),
     (["--module", "gcc 12"], "--module", "gcc 12", "module names"),

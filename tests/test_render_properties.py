@@ -65,7 +65,7 @@ FIELDS = {
     "account": typed("proj42", "proj-1"),
     "queue": typed("debug", "debug,long"),
     "job_name": typed("fe-sweep", "hpcbridge"),
-    "interface": typed("ib0", "eth0", "lo"),
+    "interface": typed("ib0", "eth0", "lo", "then", "done"),
     "scheduler_interface": typed("eth0", "ib0"),
     "protocol": st.sampled_from(PROTOCOLS),
     "tls_ca_file": typed("/tls/ca.pem", "~/tls/ca.pem"),
