@@ -10,7 +10,7 @@ import pytest
 
 from hpcbridge import render
 from hpcbridge.render import render_script, write_script
-from hpcbridge.spec import JobSpec
+from hpcbridge.spec import JobSpec, SpecError
 
 SPECS = {
     "slurm-minimal": JobSpec(scheduler="slurm"),
@@ -209,7 +209,9 @@ def test_workers_retire_before_the_walltime() -> None:
     assert "HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}\n" in script
     assert "export HPCBRIDGE_LIFETIME_MARGIN=600\n" in script
     assert "export HPCBRIDGE_LIFETIME_MARGIN=30\n" in render_script(
-        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5))  # never less than 30 s
+        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="30s"))
+    with pytest.raises(SpecError, match="at least 30 s"):  # never less than 30 s: the spec refuses it
+        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5)
     plain = render_script(JobSpec(scheduler="slurm"))
     assert "hpcbridge.drain" not in plain and "HPCBRIDGE_JOB_END" not in plain
 
