@@ -129,7 +129,9 @@ class JobSpec:
     ``walltime="2h30m"``, ``lifetime_margin="30s"``) or numbers in the field's unit; once built,
     counts are ``int``, memory is ``int`` MiB and times are ``int`` seconds. ``ntasks`` (not a
     field) is Slurm's total task count: it sets ``ntasks_per_node`` when it divides evenly
-    among the nodes.
+    among the nodes. With ``requeue`` (Slurm, scheduler-file mode)
+    the job puts itself back in the queue shortly before its walltime or when preempted, and
+    writes a new scheduler file at the same path when it starts again.
     """
 
     scheduler: str = "local"
@@ -162,6 +164,7 @@ class JobSpec:
     scheduler_timeout: int | str = 120  # seconds
     run_directory: str | None = None
     save_runs: bool | str = True
+    requeue: bool | str = False
     ntasks: InitVar[int | str | None] = None
 
     def __post_init__(self, ntasks: int | str | None) -> None:
@@ -338,6 +341,9 @@ class JobSpec:
         elif self.array is not None or self.array_throttle is not None:
             name = "array" if self.array is not None else "array_throttle"
             raise SpecError(name, given[name], "no job array unless {mode} is array")
+        if self.requeue and (self.scheduler != "slurm" or self.mode != "scheduler-file"):
+            raise SpecError("requeue", given["requeue"], "false unless {scheduler} is slurm and {mode} is "
+                            "scheduler-file (the job requeues itself with scontrol requeue)")
         tls_files = ("tls_ca_file", "tls_cert", "tls_key")
         if self.protocol == "tls":
             for name in tls_files:
@@ -571,6 +577,7 @@ _CHECKS = {
     "scheduler_timeout": _count(5, 86_400),
     "run_directory": _optional_path,
     "save_runs": _flag,
+    "requeue": _flag,
 }
 
 

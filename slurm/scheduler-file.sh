@@ -15,7 +15,6 @@ set -euo pipefail
 # shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$SLURM_JOB_ID
 
-
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 

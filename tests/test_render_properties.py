@@ -86,6 +86,7 @@ FIELDS = {
     "ntasks": counts(1, 8),
     "run_directory": typed("/scratch/runs", "~/runs", "runs"),
     "save_runs": st.sampled_from([True, False, "yes", "no", "maybe"]),
+    "requeue": st.sampled_from([True, False, "yes", "no", "maybe"]),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
 NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes")
