@@ -63,9 +63,10 @@ def _send(address: tuple[str, int], payload: memoryview, nbytes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=int, default=400)
-    parser.add_argument("--workers", type=int, default=4)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--megabytes", type=int, default=400, help="size of the NumPy array broadcast")
+    parser.add_argument("--workers", type=int, default=4, help="local Dask workers that must each receive it")
     options = parser.parse_args(argv)
     data = np.random.default_rng(0).random(options.megabytes * 2**20 // 8)
     with local_cluster(options.workers, say=lambda line: None, job_name="hpcbridge-bench") as (_, bridge):

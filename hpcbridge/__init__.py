@@ -1,7 +1,22 @@
 """hpcbridge: a Dask cluster on a Slurm, PBS or LSF batch system, for Python and MATLAB users.
 
 The flow is one way: a :class:`JobSpec` is rendered into a batch script, a backend submits it,
-the job writes a scheduler file, and :func:`connect` attaches a client through that file.
+the job writes a scheduler file, and :func:`connect` attaches a client through that file::
+
+    import hpcbridge
+
+    with hpcbridge.connect("~/.hpcbridge/jobs/4242/scheduler.json", n_workers=8) as bridge:
+        weights = bridge.broadcast(big_array)            # once to every worker
+        run = bridge.map(score, candidates, weights)     # returns at once; the cluster keeps it
+        results = bridge.gather(run)                     # in input order
+
+    from hpcbridge.render import render_script
+    spec = hpcbridge.JobSpec(scheduler="slurm", nodes=2, ntasks_per_node=4, walltime="2h30m")
+    print(render_script(spec))                           # or: hpcbridge render --help
+
+Errors: :class:`SpecError` (a job option), :class:`ArgumentError` (an argument of connect, map,
+broadcast or gather), :class:`ConnectError` (the cluster could not be reached in time),
+:class:`ItemError` (one item failed) and :class:`RunLost` with its causes.
 """
 
 from __future__ import annotations
@@ -9,15 +24,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["JobSpec", "SpecError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost",
+__all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost",
            "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "WorkersLeft", "RunMismatchError",
            "__version__"]
-_BRIDGE_NAMES = ("connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost", "WalltimeReached", "JobCancelled",
+_BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "RunLost", "WalltimeReached", "JobCancelled",
                  "NodeFailed", "SchedulerLost", "WorkersLeft", "RunMismatchError")
 
 if TYPE_CHECKING:
-    from hpcbridge.bridge import Bridge, Broadcast, ItemError, Run, connect
-    from hpcbridge.spec import JobSpec, SpecError
+    from hpcbridge.arguments import ArgumentError
+    from hpcbridge.bridge import Bridge, Broadcast, ConnectError, ItemError, Run, connect
+    from hpcbridge.spec import JobSpec, SpecError, SpecWarning
 
 
 def __getattr__(name: str) -> Any:
@@ -26,8 +42,17 @@ def __getattr__(name: str) -> Any:
         from hpcbridge import bridge
 
         return getattr(bridge, name)
-    if name in ("JobSpec", "SpecError"):
+    if name in ("JobSpec", "SpecError", "SpecWarning"):
         from hpcbridge import spec
 
         return getattr(spec, name)
+    if name == "ArgumentError":
+        from hpcbridge.arguments import ArgumentError
+
+        return ArgumentError
     raise AttributeError(f"module 'hpcbridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too, so that ``help(hpcbridge)`` and tab completion list them (importing Dask)."""
+    return sorted({*globals(), *__all__})

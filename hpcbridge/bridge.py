@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
 
+from hpcbridge import arguments, functions, mapping
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import drain, functions, mapping
+from hpcbridge import drain
 from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.backends import BatchCommandError, JobStatus
 from hpcbridge.broadcast import Broadcast
@@ -113,8 +114,12 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     """
     if scheduler_file is None:
         if job is None or not job.scheduler_file:
-            raise TypeError("connect() needs a scheduler file, or a job= that has one")
+            raise arguments.ArgumentError("scheduler_file", None, "a scheduler file's path, or job= a submitted "
+                                          "job that has one")
         scheduler_file = job.scheduler_file
+    scheduler_file = arguments.scheduler_file("scheduler_file", scheduler_file)
+    n_workers = arguments.count("n_workers", n_workers)
+    timeout = arguments.seconds("timeout", timeout)
     deadline = time.monotonic() + timeout
     info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
     if job is None and info.describes_job:
@@ -342,7 +347,7 @@ class Bridge:
         Dask's Active Memory Manager, until :meth:`release` (or the cluster ends). The handle
         says how many bytes left this client and how long it took.
         """
-        return broadcasts.send(self.client, obj, name)
+        return broadcasts.send(self.client, obj, arguments.name("name", name))
 
     def submit(self, fn: Callable[..., Any] | str, *args: Any) -> Future:
         """Run ``fn(*args)`` on a worker; broadcast handles among ``args`` are not resolved."""
@@ -366,6 +371,12 @@ class Bridge:
         finished), the run **resumes**: only the items without a saved result are computed. The
         same name for another function or other items raises :class:`RunMismatchError`.
         """
+        fn = arguments.function("fn", fn)
+        items = arguments.items("items", items)
+        name = arguments.name("name", name)
+        stack = arguments.flag("stack", stack)
+        chunk_size = None if chunk_size is None else arguments.count("chunk_size", chunk_size, minimum=1)
+        progress = arguments.flag("progress", progress)
         client = self._cluster()
         if progress:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
@@ -384,6 +395,10 @@ class Bridge:
         walltime, was cancelled, lost a node, its scheduler or its workers) raise the
         :class:`~hpcbridge.losses.RunLost` of that cause, which carries the results there are.
         """
+        stack = arguments.flag("stack", stack)
+        timeout = arguments.seconds("timeout", timeout, none=True)
+        if not isinstance(run, (Run, str, list, tuple)):
+            raise arguments.ArgumentError("run", run, "a Run from map, a run's name, or a list of futures")
         if isinstance(run, str):
             return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
         if not isinstance(run, Run):
@@ -406,6 +421,8 @@ class Bridge:
         Items that no cluster and no saved chunk has raise a :class:`~hpcbridge.losses.RunLost`
         (e.g. :class:`~hpcbridge.losses.WalltimeReached`) whose ``results`` holds the rest.
         """
+        if arguments.name("name", name) is None:
+            raise arguments.ArgumentError("name", name, "the name of a run (Bridge.runs() lists them)")
         if self.connected and name in self.client.list_datasets():
             return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
                                progress=progress, release=release)

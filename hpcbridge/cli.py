@@ -18,11 +18,21 @@ import click
 
 from hpcbridge import __version__
 from hpcbridge.backends import BatchCommandError, JobNotFound, get_backend
-from hpcbridge.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, spec_fields
+from hpcbridge.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, SpecWarning, spec_fields
+
+
+_RAW_ARGS = "hpcbridge.raw_args"
 
 
 class _Group(click.Group):
     """Turn the errors users cause into one-line messages instead of tracebacks."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            error.message += _misplaced_option_hint(self, error.option_name, args)
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         from hpcbridge.bridge import ConnectError
@@ -30,11 +40,97 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except SpecError as error:
-            option = "--" + error.field.replace("_", "-")
-            raise click.UsageError(f"invalid value for {option}: {error.value!r}; expected {error.allowed}") from None
-        except (BatchCommandError, JobNotFound, ConnectError, RenderError, OSError) as error:
+        except BrokenPipeError:
+            raise  # the reader stopped reading (| head): click exits quietly
+        except (BatchCommandError, JobNotFound, ConnectError, RenderError) as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:
+            if error.filename is not None and error.strerror:
+                raise click.ClickException(f"{error.filename}: {error.strerror}") from None
+            raise click.ClickException(str(error)) from None
+
+
+def _misplaced_option_hint(group: click.Group, option: str, args: list[str]) -> str:
+    """A hint for ``hpcbridge --scheduler slurm submit``: the option belongs after the command."""
+    command = next((arg for arg in args if arg in group.commands), None)
+    if command is None:
+        return f" (options of a command go after it, e.g. hpcbridge render {option} ...)"
+    if any(option in param.opts for param in group.commands[command].params):
+        return f" (options go after the command: hpcbridge {command} {option} ...)"
+    return f" (for the options of {command}: hpcbridge {command} --help)"
+
+
+class _SpecCommand(click.Command):
+    """A command whose options build a spec: errors name each option as the user spelled it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_RAW_ARGS] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpecError as error:
+            raise click.UsageError(error.describe(lambda field: option_as_typed(ctx, field)), ctx=ctx) from None
+
+
+def option_as_typed(ctx: click.Context, field: str) -> str:
+    """The option for spec ``field`` as the user spelled it (``--time``, ``-c``), else its main spelling."""
+    params = {param.name: param for param in ctx.command.params if isinstance(param, click.Option)}
+    param = params.get(field)
+    if param is None:
+        return field
+    spellings = {opt: param for param in params.values() for opt in param.opts}
+    typed = None
+    args = iter(ctx.meta.get(_RAW_ARGS, []))
+    for arg in args:
+        if arg == "--":
+            break
+        name, equals, _ = arg.partition("=")
+        if name in spellings:
+            if spellings[name] is param:
+                typed = name
+            if not equals and not spellings[name].is_flag:
+                next(args, None)  # the option's value, which may look like an option itself
+        elif not arg.startswith("--"):
+            for opt in param.opts:
+                if len(opt) == 2 and arg.startswith(opt) and len(arg) > 2:
+                    typed = opt  # -c4
+    return typed or max(param.opts, key=lambda opt: (opt.startswith("--"), opt == "--" + field.replace("_", "-")))
+
+
+def warn(text: str) -> None:
+    """One line on stderr: something allowed that the user probably did not mean."""
+    click.echo(f"Warning: {text}", err=True)
+
+
+_RENDER_EPILOG = """\b
+Examples:
+  hpcbridge render --scheduler slurm --nodes 2 --ntasks-per-node 4 -c 8 \\
+      --mem-per-cpu 4G --time 2:00:00 --account proj42 --partition compute \\
+      --interface ib0 --module python/3.11 -o dask.sh
+  hpcbridge render --scheduler pbs --pbs-flavor torque --ntasks 8 --walltime 90m
+  hpcbridge render --scheduler slurm --mode array --array 1-100 \\
+      --array-throttle 10 --client-script chunk.py
+
+\b
+Accepted spellings: --time for --walltime, -N --nodes, -n --ntasks (the
+total, spread evenly over the nodes), -c --cpus-per-task, -A --account,
+-p/--partition for --queue, -J --job-name. Wall times: 30 (minutes), 25:00
+(MM:SS), 02:00:00, 1-12:00:00, 1-12, 90m, 2h30m, 1d. Memory: 4G, 512M, 16GiB,
+plain numbers are MiB. --lifetime-margin: 30s, 5m, 300 (seconds), at least 30 s.
+--module adds to the site profile's modules; --no-profile-modules loads only yours.
+"""
+
+_SUBMIT_EPILOG = """\b
+Examples:
+  hpcbridge submit --scheduler slurm -N 2 --ntasks-per-node 4 --interface ib0 --json
+  hpcbridge submit --scheduler local --ntasks 2     # two workers on this machine
+  hpcbridge submit --scheduler lsf --time 4h --queue normal --mem-per-cpu 2G
+
+\b
+Every option of render is accepted here too (hpcbridge render --help).
+"""
 
 
 def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,15 +142,18 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--mode", type=click.Choice(MODES),
                      help="scheduler-file: a scheduler and separately started workers; mpi: one MPI program "
                      "(dask-mpi); array: independent elements, no cluster.  [default: scheduler-file]"),
-        click.option("--nodes", help="Nodes to allocate.  [default: 1]"),
+        click.option("--nodes", "-N", "nodes", help="Nodes to allocate.  [default: 1]"),
         click.option("--ntasks-per-node", help="Dask workers per node.  [default: 1]"),
-        click.option("--cpus-per-task", help="CPUs (and threads) per worker.  [default: 1]"),
-        click.option("--mem-per-cpu", help="Memory per CPU, e.g. 4G (Slurm's M, G are MiB, GiB)."),
+        click.option("--ntasks", "-n", "ntasks", help="Dask workers in all, as Slurm's --ntasks: spread evenly over "
+                     "--nodes (a multiple of it), or all on one node."),
+        click.option("--cpus-per-task", "-c", "cpus_per_task", help="CPUs (and threads) per worker.  [default: 1]"),
+        click.option("--mem-per-cpu", help="Memory per CPU, e.g. 4G (Slurm's M, G are MiB, GiB; plain numbers MiB)."),
         click.option("--mem", help="Memory per node, e.g. 64G."),
-        click.option("--walltime", help="Wall time: HH:MM:SS, D-HH:MM:SS, 90m, 2h or minutes."),
-        click.option("--account", help="Account (project) to charge."),
-        click.option("--queue", "--partition", "queue", help="Queue or partition."),
-        click.option("--job-name", help="The job's name.  [default: hpcbridge]"),
+        click.option("--walltime", "--time", "-t", "walltime", help="Wall time: 30 (minutes), 25:00 (MM:SS), "
+                     "HH:MM:SS, D-HH:MM:SS, D-HH, 90m, 2h30m or 1d."),
+        click.option("--account", "-A", "account", help="Account (project) to charge."),
+        click.option("--queue", "--partition", "-p", "queue", help="Queue or partition."),
+        click.option("--job-name", "-J", "job_name", help="The job's name.  [default: hpcbridge]"),
         click.option("--interface", help="Network interface for the workers, e.g. ib0 for InfiniBand."),
         click.option("--scheduler-interface", help="Network interface the scheduler listens on, if clients "
                      "cannot reach the workers' one.  [default: --interface]"),
@@ -64,7 +163,10 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
         click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
                      "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json]"),
-        click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable)."),
+        click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable); loaded "
+                     "after the site profile's modules."),
+        click.option("--no-profile-modules", "no_profile_modules", is_flag=True, default=False,
+                     help="Load only the --module given here, not the site profile's modules."),
         click.option("--setup", multiple=True, help="Shell command to run before Dask starts (repeatable)."),
         click.option("--python", help="Python interpreter on the compute nodes; it needs distributed.  "
                      "[default: the Python running hpcbridge]"),
@@ -76,7 +178,8 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pbs-flavor", type=click.Choice(PBS_FLAVORS), default=None,
                      help="PBS resource syntax: select=... (pbspro, also OpenPBS) or nodes=...:ppn=... (torque).  "
                      "[default: pbspro]"),
-        click.option("--lifetime-margin", help="Workers retire this long before the walltime, e.g. 5m.  [default: 5m]"),
+        click.option("--lifetime-margin", help="Workers retire this long before the walltime: 30s, 5m, 300 "
+                     "(plain numbers are seconds), at least 30 s.  [default: 5m]"),
         click.option("--run-directory", help="Where finished chunks of every map are saved, so results outlive "
                      "the job.  [default: runs/ beside the scheduler files]"),
         click.option("--no-save-runs", "save_runs", flag_value=False, default=None,
@@ -87,19 +190,36 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ]
 
     @functools.wraps(command)
-    def build_spec(**values: Any) -> Any:
+    def build_spec(no_profile_modules: bool, **values: Any) -> Any:
         spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
-        return command(spec=JobSpec.from_config(spec_values), **values)
+        spec = JobSpec.from_config(spec_values, profile_modules=not no_profile_modules)
+        for warning in spec.warnings():
+            warn(warning.describe(lambda field: option_as_typed(click.get_current_context(), field)))
+        return command(spec=spec, **values)
 
     for option in reversed(options):
         build_spec = option(build_spec)
     return build_spec
 
 
-_SPEC_OPTION_NAMES = set(spec_fields())
+_SPEC_OPTION_NAMES = {*spec_fields(), "ntasks"}
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+_MAIN_EPILOG = """\b
+Examples:
+  hpcbridge render --scheduler slurm -N 2 --ntasks-per-node 4 --time 2h -o dask.sh
+  hpcbridge submit --scheduler slurm -N 2 --ntasks-per-node 4 --interface ib0
+  hpcbridge status 4242 && hpcbridge logs 4242 --tail 50
+  hpcbridge connect ~/.hpcbridge/jobs/4242/scheduler.json --workers 8
+  hpcbridge cancel 4242
+
+\b
+Options go after the command: hpcbridge submit --scheduler slurm, not
+hpcbridge --scheduler slurm submit. hpcbridge COMMAND --help lists them.
+"""
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_MAIN_EPILOG)
 @click.version_option(__version__, prog_name="hpcbridge")
 def main() -> None:
     """Run a Dask cluster on a Slurm, PBS or LSF batch system (or this machine) and send work to it.
@@ -107,9 +227,10 @@ def main() -> None:
     Every job option left out falls back to the site profile in Dask's config
     (hpcbridge.<scheduler>.<option>, from a YAML file or DASK_HPCBRIDGE__... variables).
     """
+    warnings.simplefilter("ignore", SpecWarning)  # the commands print them as one line each
 
 
-@main.command()
+@main.command(cls=_SpecCommand, epilog=_RENDER_EPILOG)
 @spec_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
               help="Write the script to this file (made executable) instead of printing it.")
@@ -127,7 +248,7 @@ def render(spec: JobSpec, output: str | None) -> None:
         click.echo(render_script(spec), nl=False)
 
 
-@main.command()
+@main.command(cls=_SpecCommand, epilog=_SUBMIT_EPILOG)
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON, for programs.")
 def submit(spec: JobSpec, as_json: bool) -> None:
@@ -210,7 +331,8 @@ _job_scheduler_option = click.option(
          "else slurm]")
 
 
-@main.command()
+@main.command(epilog="\b\nExamples:\n  hpcbridge status 4242\n  hpcbridge status 4242 --scheduler pbs --json\n"
+              "  hpcbridge status local-1a2b3c4d")
 @click.argument("job_id")
 @_job_scheduler_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for programs.")
@@ -254,7 +376,7 @@ def _last_job_message(log: str | None) -> str | None:
     return said[-1][len("hpcbridge: "):] if said else None
 
 
-@main.command()
+@main.command(epilog="\b\nExamples:\n  hpcbridge logs 4242 --tail 50\n  hpcbridge logs 4242 --scheduler lsf")
 @click.argument("job_id")
 @_job_scheduler_option
 @click.option("--tail", "lines", type=click.IntRange(min=1), default=None, help="Only the last N lines.")
@@ -267,7 +389,7 @@ def logs(job_id: str, scheduler: str | None, lines: int | None) -> None:
     click.echo("".join(text[-lines:] if lines else text), nl=False)
 
 
-@main.command()
+@main.command(epilog="\b\nExamples:\n  hpcbridge cancel 4242\n  hpcbridge cancel 4242 --scheduler pbs")
 @click.argument("job_id")
 @_job_scheduler_option
 def cancel(job_id: str, scheduler: str | None) -> None:
@@ -294,7 +416,8 @@ def _submitted_job(job_id: str, scheduler: str | None):
     return jobs.SubmittedJob(job_id, _scheduler_for(job_id, scheduler), jobs.default_scheduler_file(job_id))
 
 
-@main.command()
+@main.command(epilog="\b\nExamples:\n  hpcbridge connect ~/.hpcbridge/jobs/4242/scheduler.json --workers 8\n"
+              "  hpcbridge connect 4242 --timeout 30")
 @click.argument("target")
 @_job_scheduler_option
 @click.option("--workers", "n_workers", type=click.IntRange(min=0), default=1, show_default=True,
@@ -323,7 +446,8 @@ def connect(target: str, scheduler: str | None, n_workers: int, timeout: float) 
         click.echo(f"dashboard: {bridge.dashboard_link}")
 
 
-@main.command("tls-certificates")
+@main.command("tls-certificates", epilog="\b\nExamples:\n  hpcbridge tls-certificates\n"
+              "  hpcbridge tls-certificates ~/tls --days 30")
 @click.argument("folder", type=click.Path(file_okay=False), default="~/.hpcbridge/tls")
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="How long they are valid.")
 def tls_certificates(folder: str, days: int) -> None:
@@ -334,7 +458,7 @@ def tls_certificates(folder: str, days: int) -> None:
     click.echo(f"--protocol tls --tls-ca-file {made.ca_file} --tls-cert {made.cert} --tls-key {made.key}")
 
 
-@main.command()
+@main.command(epilog="\b\nExamples:\n  hpcbridge demo\n  hpcbridge demo --upper 10000000 --workers 2")
 @click.option("--upper", type=click.IntRange(min=3), default=1_000_000, show_default=True,
               help="Sum the distinct prime factors of every integer in [2, UPPER).")
 @click.option("--workers", type=click.IntRange(min=1, max=256), default=2, show_default=True,

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcbridge import mapping
+from hpcbridge import arguments, mapping
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.bridge import Bridge, ConnectError
 from hpcbridge.bridge import connect as _connect
@@ -108,7 +108,7 @@ def connect(scheduler_file: str, n_workers: int | float = 1, timeout: float = 30
     Returns ``{"cluster": <the file's absolute path, the handle every other call takes>,
     "workers": ..., "threads": ..., "dashboard": ...}``.
     """
-    cluster = _cluster_id(scheduler_file)
+    cluster = _cluster_id(arguments.scheduler_file("scheduler_file", scheduler_file))
     bridge = _BRIDGES.get(cluster)
     if bridge is None or bridge.client.status != "running":
         bridge = _BRIDGES[cluster] = _connect(cluster, n_workers=_count(n_workers, "n_workers"),
@@ -124,7 +124,8 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
 
     Pass the name to :func:`map`. The copies stay on the workers until :func:`release`.
     """
-    handle = _bridge(cluster).broadcast(to_python(value), name=name or None)
+    name = arguments.name("name", name, empty_is_none=True)
+    handle = _bridge(cluster).broadcast(to_python(value), name=name)
     return {"name": handle.name, "nbytes": handle.nbytes, "seconds": handle.seconds, "workers": handle.n_workers}
 
 
@@ -138,12 +139,16 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     Finished chunks are saved on disk (``save=False``: not); a ``name`` whose run is on disk from
     an earlier cluster resumes it: only the items without a saved result are computed.
     """
+    function = arguments.function("function", function)
     values = _items(items)
-    names = [broadcasts] if isinstance(broadcasts, str) else list(broadcasts or ())
-    handles = [Broadcast.named(str(n)) for n in names if str(n)]
+    names = [broadcasts] if isinstance(broadcasts, str) else broadcasts
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise arguments.ArgumentError("broadcasts", broadcasts, "a broadcast's name or a cell array of names")
+    handles = [Broadcast.named(n) for n in names if n]
+    name, stack = arguments.name("name", name, empty_is_none=True), arguments.flag("stack", stack)
     chunks = _count(chunk_size, "chunk_size") or None
     bridge = _bridge(cluster)
-    name = str(name) if name else mapping.new_run_name()
+    name = name or mapping.new_run_name()
     if name in bridge.client.list_datasets() or (_cluster_id(cluster), name) in _SUBMITTING:
         raise KeyError(f"a run named {name!r} already exists on this cluster; gather or release it first, "
                        "or choose another name")
@@ -168,7 +173,7 @@ def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     Returns as soon as the run has finished, or can go no further (its cluster is gone: then
     :func:`gather` says why and returns what is saved); call it in a loop to show progress in MATLAB.
     """
-    seconds = _seconds(timeout)
+    run, seconds = _run_name(run), _seconds(timeout)
     pending = _SUBMITTING.get((_cluster_id(cluster), str(run)))
     if not _submitted(cluster, run, seconds):
         return {"done": 0, "total": pending.n_items, "finished": False, "failed": False}
@@ -199,7 +204,7 @@ def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fals
 
 def _results(cluster: str, run: str, timeout: Any, stack: Any) -> Any:
     """The run's values (Python types), from the cluster or from disk; errors as MATLAB counts."""
-    seconds = _timeout(timeout)
+    run, seconds, stack = _run_name(run), _timeout(timeout), arguments.flag("stack", stack)
     _submitted(cluster, run, SUBMIT_TIMEOUT if seconds is None else max(seconds, 1.0))
     try:
         return _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
@@ -319,7 +324,7 @@ def _items(items: Any) -> Any:
         return converted if converted.ndim else converted.reshape(1)
     if isinstance(converted, list):
         return converted
-    raise TypeError(f"items must be a cell array, a number, or a numeric vector or matrix, not {type(items).__name__}")
+    raise arguments.ArgumentError("items", items, "a cell array, a number, or a numeric vector or matrix")
 
 
 def bridge_for(cluster: str) -> Bridge:
@@ -355,30 +360,26 @@ def _bridge_or_lost(cluster: str) -> Bridge:
 
 
 def _cluster_id(scheduler_file: Any) -> str:
-    if not isinstance(scheduler_file, str) or not scheduler_file:
-        raise TypeError(f"the cluster is the scheduler file's path (a char vector or string), not {scheduler_file!r}")
-    return str(Path(scheduler_file).expanduser().resolve())
+    """The cluster handle: the scheduler file's absolute path (a char vector or string in MATLAB)."""
+    if not isinstance(scheduler_file, str):
+        raise arguments.ArgumentError("cluster", scheduler_file, "the scheduler file's path (a char vector or string)")
+    return str(Path(arguments.scheduler_file("cluster", scheduler_file)).expanduser().resolve())
+
+
+def _run_name(run: Any) -> str:
+    if arguments.name("run", run) is None:
+        raise arguments.ArgumentError("run", run, "a run's name, as map returned it")
+    return run
 
 
 def _count(value: Any, what: str) -> int:
     """An integer count as MATLAB may pass it (``4`` typed in MATLAB is a double)."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):
-        raise TypeError(f"{what} must be a whole number, not {value!r}")
-    if isinstance(value, numbers.Integral):
-        count = int(value)
-    elif float(value).is_integer():
-        count = int(value)
-    else:
-        raise ValueError(f"{what} must be a whole number, not {value!r}")
-    if count < 0:
-        raise ValueError(f"{what} must not be negative, not {count}")
-    return count
+    return arguments.count(what, value)
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0:
-        raise ValueError(f"a timeout is a number of seconds >= 0, not {value!r}")
-    return float(value)
+    """A timeout in seconds as MATLAB passes it (a double; Inf for no limit)."""
+    return arguments.seconds("timeout", value, infinite=True)
 
 
 def _timeout(value: Any) -> float | None:

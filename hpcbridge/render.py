@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -61,8 +62,12 @@ def render_script(spec: JobSpec, template_dirs: list[Path] | None = None) -> str
     """Return the batch script for ``spec`` as text.
 
     Templates are looked up in ``template_dirs`` when given, otherwise in the site folders
-    (:func:`site_template_dirs`) and then the packaged ones.
+    (:func:`site_template_dirs`) and then the packaged ones. What the spec allows but probably
+    does not mean (a walltime too short for the lifetime margin) is said as a
+    :class:`~hpcbridge.spec.SpecWarning`.
     """
+    for warning in spec.warnings():
+        warnings.warn(warning, stacklevel=2)
     folders = template_dirs if template_dirs is not None else [*site_template_dirs(), packaged_template_dir()]
     try:
         return _environment(folders).get_template(template_name(spec)).render(spec=spec, version=__version__)
@@ -90,17 +95,26 @@ def render_named(template: str, spec: JobSpec, template_dirs: list[Path] | None 
 
 
 def write_script(spec: JobSpec, path: str | os.PathLike[str]) -> Path:
-    """Render ``spec`` and write it to ``path`` atomically, executable; nothing is written on error."""
+    """Render ``spec`` and write it to ``path`` atomically, executable; nothing is written on error.
+
+    A failure to write names ``path`` as given (``OSError.filename``), not the temporary file
+    the script goes to first.
+    """
     text = render_script(spec)
     target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
     try:
-        with os.fdopen(handle, "w") as stream:
+        handle, temporary = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
         os.chmod(temporary, 0o755)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
     return target
 

@@ -11,12 +11,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
+import subprocess
 import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import InitVar, dataclass
 from typing import Any
 
-from hpcbridge.units import MEMORY_HELP, WALLTIME_HELP, parse_memory_mib, parse_walltime_seconds
+from hpcbridge.units import (
+    DURATION_HELP,
+    MAX_MEMORY_MIB,
+    MAX_WALLTIME_SECONDS,
+    MEMORY_HELP,
+    WALLTIME_HELP,
+    parse_duration_seconds,
+    parse_memory_mib,
+    parse_walltime_seconds,
+)
 
 SCHEDULERS = ("slurm", "pbs", "lsf", "local")
 MODES = ("scheduler-file", "mpi", "array")
@@ -25,22 +36,66 @@ PBS_FLAVORS = ("pbspro", "torque")
 JOB_ID_PLACEHOLDER = "{job_id}"
 DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
-_QUEUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}(,[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63})*$")
-_INTERFACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}$")
-_MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+/@:-]{0,127}$")
+# Every pattern is matched whole (re.fullmatch: "$" alone would let a trailing newline through)
+# and in ASCII (a scheduler reads no other digits or letters).
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}", re.ASCII)
+_QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63}(,[A-Za-z0-9_][A-Za-z0-9_.+@-]{0,63})*", re.ASCII)
+_INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}", re.ASCII)
+_MODULE = re.compile(r"(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_][A-Za-z0-9_.+/@:-]{0,127}", re.ASCII)
+_PYTHON_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}", re.ASCII)
+_PYTHON_PATH = re.compile(r"(~/)?[A-Za-z0-9_./+@%=,: -]{1,4095}", re.ASCII)
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
-_ARRAY = re.compile(r"^\d{1,7}-\d{1,7}(:[1-9]\d{0,6})?$")
+_ARRAY = re.compile(r"[0-9]{1,7}-[0-9]{1,7}(:[1-9][0-9]{0,6})?", re.ASCII)
+_COUNT = re.compile(r"\s*\+?[0-9]{1,12}\s*", re.ASCII)
+_FIELD_REFERENCE = re.compile(r"\{(\w+)\}")
+MIN_LIFETIME_MARGIN = 30
 
 
 class SpecError(ValueError):
-    """A spec value that is not allowed: names the field, the value and what is allowed."""
+    """A spec value that is not allowed: names the field, the value as given and what is allowed.
 
-    def __init__(self, field_name: str, value: object, allowed: str) -> None:
+    ``allowed`` may mention other fields as ``{field}``; :meth:`describe` spells every field
+    the way the caller knows it (a keyword in Python, ``--option`` on the command line), so
+    a user reads the names they typed. ``source`` says where a value came from when it was not
+    the caller (a key of the site profile and its file).
+    """
+
+    def __init__(self, field_name: str, value: object, allowed: str, source: str | None = None) -> None:
         self.field = field_name
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field_name}: {value!r} is not allowed; expected {allowed}")
+        self.source = source
+        super().__init__(field_name, value, allowed)
+
+    def describe(self, name: Callable[[str], str] = str) -> str:
+        """One line: the field (as ``name`` spells it, or the value's source), the value and what is allowed."""
+        known = set(spec_fields()) | {"ntasks"}
+        allowed = _FIELD_REFERENCE.sub(lambda m: name(m[1]) if m[1] in known else m[0], self.allowed)
+        what = self.source or name(self.field)
+        if self.value is None:
+            return f"{what} is missing: {allowed}"
+        return f"{what}: {self.value!r} is not allowed; expected {allowed}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+class SpecWarning(UserWarning):
+    """Something a spec allows but a user probably did not mean; said once at render and submit."""
+
+    def __init__(self, field_name: str, value: object, text: str) -> None:
+        self.field = field_name
+        self.value = value
+        self.text = text
+        super().__init__(field_name, value, text)
+
+    def describe(self, name: Callable[[str], str] = str) -> str:
+        """One line, with fields spelled by ``name`` as in :meth:`SpecError.describe`."""
+        known = set(spec_fields())
+        return _FIELD_REFERENCE.sub(lambda m: name(m[1]) if m[1] in known else m[0], self.text)
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 @dataclass(frozen=True)
@@ -73,16 +128,22 @@ class JobSpec:
     killed. With ``requeue`` (Slurm, scheduler-file mode) the job puts itself back in the queue
     shortly before its walltime or when preempted, and writes a new scheduler file at the same
     path when it starts again.
+
+    Fields accept text as users type it (``nodes="2"``, ``mem_per_cpu="4G"``,
+    ``walltime="2h30m"``, ``lifetime_margin="30s"``) or numbers in the field's unit; once built,
+    counts are ``int``, memory is ``int`` MiB and times are ``int`` seconds. ``ntasks`` (not a
+    field) is Slurm's total task count: it sets ``ntasks_per_node`` when it divides evenly
+    among the nodes.
     """
 
     scheduler: str = "local"
     mode: str = "scheduler-file"
-    nodes: int = 1
-    ntasks_per_node: int = 1
-    cpus_per_task: int = 1
-    mem_per_cpu: int | None = None
-    mem: int | None = None
-    walltime: int | None = None
+    nodes: int | str = 1
+    ntasks_per_node: int | str = 1
+    cpus_per_task: int | str = 1
+    mem_per_cpu: int | str | None = None  # MiB once built
+    mem: int | str | None = None  # MiB once built
+    walltime: int | str | None = None  # seconds once built
     account: str | None = None
     queue: str | None = None
     job_name: str = "hpcbridge"
@@ -93,28 +154,32 @@ class JobSpec:
     tls_cert: str | None = None
     tls_key: str | None = None
     scheduler_file: str = DEFAULT_SCHEDULER_FILE
-    modules: tuple[str, ...] = ()
-    setup: tuple[str, ...] = ()
+    modules: tuple[str, ...] | list[str] | str = ()
+    setup: tuple[str, ...] | list[str] | str = ()
     python: str = dataclasses.field(default_factory=lambda: default_python())
     client_script: str | None = None
-    client_args: tuple[str, ...] = ()
+    client_args: tuple[str, ...] | list[str] | str = ()
     array: str | None = None
-    array_throttle: int | None = None
+    array_throttle: int | str | None = None
     pbs_flavor: str = "pbspro"
-    lifetime_margin: int = 300
-    scheduler_timeout: int = 120
+    lifetime_margin: int | str = 300  # seconds once built
+    scheduler_timeout: int | str = 120  # seconds
     run_directory: str | None = None
-    save_runs: bool = True
-    requeue: bool = False
+    save_runs: bool | str = True
+    requeue: bool | str = False
+    ntasks: InitVar[int | str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, ntasks: int | str | None) -> None:
+        given = {name: getattr(self, name) for name in _CHECKS}
         for name, check in _CHECKS.items():
-            object.__setattr__(self, name, check(name, getattr(self, name)))
+            object.__setattr__(self, name, check(name, given[name]))
+        if ntasks is not None:
+            self._set_ntasks(ntasks)
         if self.scheduler == "local" and self.interface is None:
             object.__setattr__(self, "interface", "lo")  # one machine: keep Dask off the network
         if self.scheduler_interface is None:
             object.__setattr__(self, "scheduler_interface", self.interface)
-        self._check_combinations()
+        self._check_combinations(given)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> JobSpec:
@@ -122,32 +187,56 @@ class JobSpec:
 
         An unknown key is an error that lists every known one, so a typo never passes silently.
         """
-        known = set(spec_fields())
+        known = set(spec_fields()) | {"ntasks"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise SpecError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
         return cls(**{key: value for key, value in values.items() if value is not None})
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any] | None = None) -> JobSpec:
+    def from_config(cls, values: Mapping[str, Any] | None = None, profile_modules: bool = True) -> JobSpec:
         """Build a spec from ``values`` with the site profile in Dask's config filling the rest.
 
         A centre writes its settings once, in a YAML file Dask reads (``~/.config/dask/`` or
         ``$DASK_CONFIG``, e.g. ``hpcbridge: {scheduler: slurm, slurm: {account: proj42,
         interface: ib0}}``) or as environment variables (``DASK_HPCBRIDGE__SLURM__ACCOUNT=proj42``).
         Values given here win over ``hpcbridge.<scheduler>.<field>``, which wins over the
-        defaults; ``hpcbridge.scheduler`` picks the scheduler when none is given.
+        defaults; ``hpcbridge.scheduler`` picks the scheduler when none is given. ``modules``
+        given here are loaded after the profile's (a site's compiler, then the user's package),
+        unless ``profile_modules`` is false. A bad value from the profile is reported with its
+        key and the file (or environment variable) it came from.
         """
         import dask.config
 
+        from hpcbridge import profile
+
         given = {key: value for key, value in (values or {}).items() if value not in (None, ())}
         scheduler = given.get("scheduler") or dask.config.get("hpcbridge.scheduler", None) or "local"
-        profile = dask.config.get(f"hpcbridge.{str(scheduler).lower()}", None) or {}
-        if not isinstance(profile, Mapping):
-            raise SpecError(f"hpcbridge.{scheduler}", profile, "a mapping of spec fields in Dask's config")
-        merged = {str(key).replace("-", "_"): value for key, value in profile.items()}
+        section = f"hpcbridge.{str(scheduler).lower()}"
+        settings = dask.config.get(section, None) or {}
+        if not isinstance(settings, Mapping):
+            raise SpecError(section, settings, "a mapping of spec fields in Dask's config",
+                            source=profile.source_of(section))
+        merged = {str(key).replace("-", "_"): value for key, value in settings.items()}
+        from_profile = {key: f"{section}.{original}" for key, original in zip(merged, settings)}
+        if "ntasks" in given or "ntasks_per_node" in given:  # one quantity: what is given wins whole
+            for key in ("ntasks", "ntasks_per_node"):
+                merged.pop(key, None)
+        if "modules" in given and profile_modules and merged.get("modules"):
+            try:
+                site = _CHECKS["modules"]("modules", merged["modules"])
+            except SpecError as error:
+                error.source = profile.describe(from_profile["modules"])
+                raise
+            mine = [module for module in _as_items(given["modules"]) if module not in site]
+            given = {**given, "modules": (*site, *mine)}
         merged.update(given, scheduler=scheduler)
-        return cls.from_dict(merged)
+        try:
+            return cls.from_dict(merged)
+        except SpecError as error:
+            if error.field in from_profile and error.field not in given and error.source is None:
+                error.source = profile.describe(from_profile[error.field])
+            raise
 
     @property
     def tasks(self) -> int:
@@ -182,6 +271,16 @@ class JobSpec:
             return None
         return self.walltime - self.lifetime_margin
 
+    def warnings(self) -> list[SpecWarning]:
+        """What this spec allows but probably does not mean; rendering warns, the CLI prints one line each."""
+        found = []
+        if self.mode != "array" and self.walltime is not None and self.worker_lifetime is None:
+            found.append(SpecWarning("lifetime_margin", self.lifetime_margin, (
+                f"{{walltime}} ({self.walltime} s) leaves less than a minute after {{lifetime_margin}} "
+                f"({self.lifetime_margin} s): workers get no --lifetime and are killed at the walltime "
+                "instead of closing; give a longer {walltime} or a shorter {lifetime_margin}")))
+        return found
+
     @property
     def runs_directory(self) -> str:
         """Where runs are saved: ``run_directory``, or ``runs/`` beside the scheduler files of all jobs.
@@ -203,44 +302,65 @@ class JobSpec:
         """The scheduler file's path for a submitted job, as the client on this machine sees it."""
         return os.path.expanduser(self.scheduler_file.replace(JOB_ID_PLACEHOLDER, str(job_id)))
 
-    def _check_combinations(self) -> None:
+    def _set_ntasks(self, ntasks: int | str) -> None:
+        """Slurm's --ntasks: the total, spread evenly over the nodes (hpcbridge runs as many workers on each)."""
+        total = _count(1, 4096 * 100_000)("ntasks", ntasks)
+        if self.ntasks_per_node != 1 and total != self.tasks:
+            raise SpecError("ntasks", ntasks, f"{{nodes}} x {{ntasks_per_node}} ({self.tasks}) when both are "
+                            "given; give one of {ntasks} and {ntasks_per_node}")
+        if total % self.nodes:
+            raise SpecError("ntasks", ntasks, f"a multiple of {{nodes}} ({self.nodes}): every node runs as many "
+                            "workers; or {nodes} 1")
+        object.__setattr__(self, "ntasks_per_node", _count(1, 4096)("ntasks_per_node", total // self.nodes))
+
+    def _check_combinations(self, given: Mapping[str, Any]) -> None:
+        """Rules between fields; errors quote the values as the caller gave them."""
         if self.mem is not None and self.mem_per_cpu is not None:
-            raise SpecError("mem", f"{self.mem}M", "either mem (per node) or mem_per_cpu, not both")
+            raise SpecError("mem", given["mem"], "either {mem} (per node) or {mem_per_cpu} (per CPU), not both; "
+                            f"{{mem_per_cpu}} is {given['mem_per_cpu']!r}")
         if self.scheduler == "local" and self.nodes != 1:
-            raise SpecError("nodes", self.nodes, "1 with the local scheduler (it runs on this machine)")
-        if self.scheduler == "local" and self.mode == "mpi":
-            raise SpecError("mode", self.mode, "scheduler-file with the local scheduler")
+            raise SpecError("nodes", given["nodes"], "1 with {scheduler} local (it runs on this machine)")
+        if self.scheduler == "local" and self.mode != "scheduler-file":
+            raise SpecError("mode", given["mode"], "scheduler-file with {scheduler} local")
         if self.mode == "mpi" and self.workers < 1:
             needed = self.mpi_reserved_ranks + 1
-            raise SpecError("ntasks_per_node", self.ntasks_per_node,
-                            f"at least {needed} tasks in all in mpi mode (scheduler, "
-                            f"{'client, ' if self.client_script else ''}one worker); nodes x ntasks_per_node is {self.tasks}")
+            raise SpecError("ntasks_per_node", given["ntasks_per_node"],
+                            f"at least {needed} tasks in all in {{mode}} mpi (scheduler, "
+                            f"{'client, ' if self.client_script else ''}one worker); "
+                            f"{{nodes}} x {{ntasks_per_node}} is {self.tasks}")
         if (self.client_script or self.client_args) and self.mode == "scheduler-file":
-            raise SpecError("client_script", self.client_script, "a client script only in mpi or array mode")
+            name = "client_script" if self.client_script else "client_args"
+            raise SpecError(name, given[name], "no client script or arguments unless {mode} is mpi or array")
         if self.mode == "array":
             for name in ("array", "client_script"):
                 if getattr(self, name) is None:
-                    raise SpecError(name, None, "a value: array mode needs array (e.g. 1-100) and client_script")
+                    raise SpecError(name, None, "{mode} array needs {array} (indices such as 1-100) "
+                                    "and {client_script} (the script every element runs)")
             if self.nodes != 1:
-                raise SpecError("nodes", self.nodes, "1 in array mode (each element runs on one node)")
+                raise SpecError("nodes", given["nodes"], "1 in {mode} array (each element runs on one node)")
             if not self.array_indices:
-                raise SpecError("array", self.array, "a range FIRST-LAST[:STEP] with LAST >= FIRST and STEP >= 1")
+                raise SpecError("array", given["array"], "a range FIRST-LAST[:STEP] with LAST >= FIRST and STEP >= 1")
         elif self.array is not None or self.array_throttle is not None:
-            raise SpecError("array", self.array, "no job array unless mode is array")
+            name = "array" if self.array is not None else "array_throttle"
+            raise SpecError(name, given[name], "no job array unless {mode} is array")
         if self.requeue and (self.scheduler != "slurm" or self.mode != "scheduler-file"):
-            raise SpecError("requeue", self.requeue, "false unless scheduler is slurm and mode is scheduler-file "
-                            "(the job requeues itself with scontrol requeue)")
-        tls_files = {"tls_ca_file": self.tls_ca_file, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
+            raise SpecError("requeue", given["requeue"], "false unless {scheduler} is slurm and {mode} is "
+                            "scheduler-file (the job requeues itself with scontrol requeue)")
+        tls_files = ("tls_ca_file", "tls_cert", "tls_key")
         if self.protocol == "tls":
-            given = [value for value in tls_files.values() if value is not None]
-            for name, value in tls_files.items():
-                if given and value is None:
-                    raise SpecError(name, value, "a file path: give all three of tls_ca_file, tls_cert and tls_key, "
-                                    "or none (the job then makes its own)")
+            given_files = [name for name in tls_files if getattr(self, name) is not None]
+            for name in tls_files:
+                if given_files and getattr(self, name) is None:
+                    raise SpecError(name, None, "a file path: give all three of {tls_ca_file}, {tls_cert} and "
+                                    "{tls_key}, or none (the job then makes its own)")
         else:
-            for name, value in tls_files.items():
-                if value is not None:
-                    raise SpecError(name, value, "no TLS files unless protocol is tls")
+            for name in tls_files:
+                if getattr(self, name) is not None:
+                    raise SpecError(name, given[name], "no TLS files unless {protocol} is tls")
+
+
+def _as_items(value: object) -> tuple[object, ...]:
+    return (value,) if isinstance(value, str) else tuple(value or ())
 
 
 def _choice(options: tuple[str, ...]):
@@ -255,12 +375,13 @@ def _choice(options: tuple[str, ...]):
 
 def _count(low: int, high: int):
     def check(name: str, value: object) -> int:
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise SpecError(name, value, f"a whole number from {low} to {high}") from None
+        allowed = f"a whole number from {low} to {high}"
+        if isinstance(value, bool) or not (isinstance(value, int) or
+                                           (isinstance(value, str) and _COUNT.fullmatch(value))):
+            raise SpecError(name, value, allowed)
+        number = int(value)
         if not low <= number <= high:
-            raise SpecError(name, value, f"a whole number from {low} to {high}")
+            raise SpecError(name, value, allowed)
         return number
 
     return check
@@ -276,46 +397,95 @@ def _optional_count(low: int, high: int):
 
 
 def _memory(name: str, value: object) -> int | None:
+    """Memory in MiB: an int is MiB already, text is parsed (``4G``)."""
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_MEMORY_MIB:
+            raise SpecError(name, value, MEMORY_HELP)
+        return value
     try:
-        return value if isinstance(value, int) and value > 0 else parse_memory_mib(str(value))
+        if not isinstance(value, str):
+            raise ValueError
+        return parse_memory_mib(value)
     except ValueError:
         raise SpecError(name, value, MEMORY_HELP) from None
 
 
 def _walltime(name: str, value: object) -> int | None:
+    """A wall time in seconds: an int is seconds already, text is parsed as sbatch --time reads it."""
     if value is None:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 60 <= value <= MAX_WALLTIME_SECONDS:
+            raise SpecError(name, value, f"from 60 to {MAX_WALLTIME_SECONDS} seconds (an int), or {WALLTIME_HELP}")
+        return value
     try:
-        return value if isinstance(value, int) and value >= 60 else parse_walltime_seconds(str(value))
+        if not isinstance(value, str):
+            raise ValueError
+        return parse_walltime_seconds(value)
     except ValueError:
         raise SpecError(name, value, WALLTIME_HELP) from None
+
+
+def _lifetime_margin(name: str, value: object) -> int:
+    """Seconds before the walltime that workers retire: an int is seconds, text is parsed (``30s``, ``5m``)."""
+    allowed = f"{DURATION_HELP}, at least {MIN_LIFETIME_MARGIN} s (workers need that long to close)"
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            seconds = value
+        elif isinstance(value, str):
+            seconds = parse_duration_seconds(value)
+        else:
+            raise ValueError
+    except ValueError:
+        raise SpecError(name, value, allowed) from None
+    if not MIN_LIFETIME_MARGIN <= seconds <= MAX_WALLTIME_SECONDS:
+        raise SpecError(name, value, allowed)
+    return seconds
+
+
+_SHELL_WORDS = frozenset("if then else elif fi case esac for select while until do done in function time coproc".split())
 
 
 def _pattern(regex: re.Pattern[str], allowed: str, optional: bool = True):
     def check(name: str, value: object) -> str | None:
         if value is None and optional:
             return None
-        text = str(value)
-        if not regex.match(text):
+        if not isinstance(value, str) or not regex.fullmatch(value):
             raise SpecError(name, value, allowed)
-        return text
+        if value in _SHELL_WORDS:
+            raise SpecError(name, value, allowed + ", and not a word of the shell's syntax such as then or done")
+        return value
 
     return check
 
 
 def _one_line(name: str, value: object) -> str:
-    text = str(value)
-    if not text.strip() or "\n" in text or "\r" in text or "\0" in text:
-        raise SpecError(name, value, "one non-empty line of text")
+    """Printable text on one line: no newline, NUL, escape or other control or line-separator character."""
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise SpecError(name, value, "one non-empty line of printable text (no newline or control characters)")
+    return value
+
+
+def _setup_line(name: str, value: object) -> str:
+    """A shell command on one line that is complete by itself, so it cannot swallow the script around it."""
+    text = _one_line(name, value)
+    allowed = ("one complete shell command on one line, e.g. 'source ~/venv/bin/activate' "
+               "(no heredoc, no trailing backslash, no unclosed quote or bracket, not only a comment)")
+    if text.lstrip().startswith("#") or text.rstrip().endswith("\\") or re.search(r"<<(?!<)", text):
+        raise SpecError(name, value, allowed)
+    bash = shutil.which("bash")
+    if bash and subprocess.run([bash, "-n", "-c", text], capture_output=True, timeout=10).returncode != 0:
+        raise SpecError(name, value, allowed)
     return text
 
 
 def _lines(item_check):
     def check(name: str, value: object) -> tuple[str, ...]:
-        items = [value] if isinstance(value, str) else list(value or ())
-        return tuple(item_check(name, item) for item in items)
+        if value is not None and not isinstance(value, (str, list, tuple)):
+            raise SpecError(name, value, "a string or a list of strings")
+        return tuple(item_check(name, item) for item in _as_items(value))
 
     return check
 
@@ -325,17 +495,44 @@ def _scheduler_file(name: str, value: object) -> str:
     stray = [p for p in _PLACEHOLDER.findall(text) if p != JOB_ID_PLACEHOLDER]
     if stray or text.endswith("/"):
         raise SpecError(name, value, "a file path, optionally containing {job_id} and starting with ~/")
-    return _optional_path(name, text)
+    return _optional_path(name, value)
+
+
+def _literal(name: str, value: object) -> str:
+    """One line of text that goes into the script literally, so it may not look like it expands."""
+    text = _one_line(name, value)
+    if "$" in text or "`" in text:
+        raise SpecError(name, value, "a literal value: $VARIABLES and `commands` are not expanded here "
+                        "(paths may start with ~/ and scheduler files contain {job_id})")
+    return text
 
 
 def _optional_path(name: str, value: object) -> str | None:
     """A file path as the compute nodes see it: absolute (relative ones resolve here) or ~/..."""
     if value is None:
         return None
-    text = _one_line(name, value).strip()
+    text = _literal(name, value).strip()
     if text.startswith("~") and not text.startswith("~/"):
         raise SpecError(name, value, "a path starting with ~/ (your own home), not another user's")
+    if text.startswith("~/") and os.path.normpath(text[2:]).startswith(".."):
+        raise SpecError(name, value, "a path inside your own home after ~/ (.. leads out of it)")
     return text if text.startswith("~/") or os.path.isabs(text) else os.path.abspath(text)
+
+
+def _python(name: str, value: object) -> str:
+    """An interpreter: a command name found on PATH (python3) or a path to one, never shell syntax."""
+    allowed = ("an interpreter's name such as python3 or its path such as ~/venv/bin/python or /opt/py/bin/python "
+               "(letters, digits, spaces and _ . / + - @ % = , :)")
+    text = _one_line(name, value)
+    if text.startswith("~"):
+        _optional_path(name, text)  # another user's ~name, or ~/.. out of the home
+    if "/" not in text:
+        if not _PYTHON_NAME.fullmatch(text):
+            raise SpecError(name, value, allowed)
+        return text
+    if not _PYTHON_PATH.fullmatch(text) or text.endswith("/") or text != text.strip():
+        raise SpecError(name, value, allowed)
+    return _optional_path(name, text)
 
 
 def _flag(name: str, value: object) -> bool:
@@ -347,15 +544,6 @@ def _flag(name: str, value: object) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise SpecError(name, value, "true or false (also yes/no, on/off, 1/0)")
-
-
-def _duration_seconds(name: str, value: object) -> int:
-    if isinstance(value, int) and value >= 0:
-        return value
-    try:
-        return parse_walltime_seconds(str(value))
-    except ValueError:
-        raise SpecError(name, value, WALLTIME_HELP) from None
 
 
 _INTERFACE_HELP = "a network interface name such as ib0, eth0 or lo"
@@ -379,15 +567,16 @@ _CHECKS = {
     "tls_cert": _optional_path,
     "tls_key": _optional_path,
     "scheduler_file": _scheduler_file,
-    "modules": _lines(_pattern(_MODULE, "module names such as gcc/12.2 or python/3.11", optional=False)),
-    "setup": _lines(_one_line),
-    "python": _one_line,
+    "modules": _lines(_pattern(_MODULE, "module names such as gcc/12.2 or python/3.11 (letters, digits and "
+                                        "_ . + / @ : -, no .. step)", optional=False)),
+    "setup": _lines(_setup_line),
+    "python": _python,
     "client_script": _optional_path,
-    "client_args": _lines(_one_line),
+    "client_args": _lines(_literal),
     "array": _pattern(_ARRAY, "a range of indices such as 1-100 or 0-99:2"),
     "array_throttle": _optional_count(1, 100_000),
     "pbs_flavor": _choice(PBS_FLAVORS),
-    "lifetime_margin": _duration_seconds,
+    "lifetime_margin": _lifetime_margin,
     "scheduler_timeout": _count(5, 86_400),
     "run_directory": _optional_path,
     "save_runs": _flag,

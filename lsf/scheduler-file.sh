@@ -12,6 +12,7 @@
 # 2 thread(s) each as rendered, or as many as the allocation gives.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$LSB_JOBID
 TASKS_PER_NODE=4
 # LSB_MCPU_HOSTS lists each host with its slots ("hostA 8 hostB 8"): one host entry per task.

@@ -11,6 +11,7 @@
 # 2 thread(s) each (or the allocation's CPUs per task).
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$PBS_JOBID
 cd "${PBS_O_WORKDIR:-.}"
 # Slurm's Torque wrappers provide no node file; Slurm's own helper writes one.

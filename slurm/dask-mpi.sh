@@ -13,7 +13,9 @@
 # 2 thread(s) each (or the allocation's CPUs per task).
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$SLURM_JOB_ID
+
 
 # --- Software environment ------------------------------------------------------
 PYTHON=python3

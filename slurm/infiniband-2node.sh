@@ -12,6 +12,7 @@
 # 4 thread(s) each as rendered, or as many as the allocation gives.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
+# shellcheck disable=SC2034  # read only when the scheduler file's path holds {job_id}
 JOB_ID=$SLURM_JOB_ID
 
 # --- Software environment ------------------------------------------------------

@@ -30,3 +30,14 @@ def test_wheel_ships_the_templates_and_renders_from_them(tmp_path: Path) -> None
     template_dir, script = done.stdout.split("\n", 1)
     assert template_dir == str(unpacked / "hpcbridge" / "templates")
     assert script.startswith("#!/bin/bash\n#SBATCH --job-name=hpcbridge\n")
+
+
+def test_help_on_the_package_lists_its_public_names() -> None:
+    import pydoc
+
+    import hpcbridge
+
+    text = pydoc.render_doc(hpcbridge, renderer=pydoc.plaintext)
+    for name in ("connect(", "class JobSpec", "class ConnectError", "class ArgumentError", "class Bridge"):
+        assert name in text, name
+    assert issubclass(hpcbridge.ConnectError, TimeoutError)

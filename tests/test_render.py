@@ -10,7 +10,7 @@ import pytest
 
 from hpcbridge import render
 from hpcbridge.render import render_script, write_script
-from hpcbridge.spec import JobSpec
+from hpcbridge.spec import JobSpec, SpecError
 
 SPECS = {
     "slurm-minimal": JobSpec(scheduler="slurm"),
@@ -93,18 +93,26 @@ def _shell_value(script: str, variable: str, environment: str = "JOB_ID=4242; HO
 
 
 @pytest.mark.parametrize(
-    "python",
-    ["/opt/py 3/bin/python", "/tmp/$(touch /tmp/hpcbridge-pwned)/python", "/x/`id`/py", "/a'b\"c/py", "py;reboot"],
+    ("field", "value", "variable"),
+    [("python", "/opt/py 3/bin/python", "PYTHON"),
+     ("scheduler_file", "/tmp/a b;touch /tmp/hpcbridge-pwned/f.json", "SCHEDULER_FILE"),
+     ("scheduler_file", "/x/|&<>*?!/f.json", "SCHEDULER_FILE"), ("scheduler_file", "/a'b\"c/f.json", "SCHEDULER_FILE"),
+     ("scheduler_file", "/f;reboot #x", "SCHEDULER_FILE")],
 )
-def test_values_reach_the_script_literally(python: str) -> None:
-    script = render_script(JobSpec(scheduler="slurm", python=python))
-    assert _shell_value(script, "PYTHON") == python
+def test_values_reach_the_script_literally(field: str, value: str, variable: str) -> None:
+    script = render_script(JobSpec(scheduler="slurm", **{field: value}))
+    assert _shell_value(script, variable) == value
     assert not Path("/tmp/hpcbridge-pwned").exists()
 
 
+def test_a_python_in_the_home_directory_expands_there() -> None:
+    script = render_script(JobSpec(scheduler="slurm", python="~/venv/bin/python"))
+    assert _shell_value(script, "PYTHON") == "/home/ada/venv/bin/python"
+
+
 def test_scheduler_file_expands_home_and_job_id_only() -> None:
-    spec = JobSpec(scheduler="slurm", scheduler_file="~/runs $(x)/{job_id}/f'{job_id}'.json")
-    assert _shell_value(render_script(spec), "SCHEDULER_FILE") == "/home/ada/runs $(x)/4242/f'4242'.json"
+    spec = JobSpec(scheduler="slurm", scheduler_file="~/runs (x)/{job_id}/f'{job_id}'.json")
+    assert _shell_value(render_script(spec), "SCHEDULER_FILE") == "/home/ada/runs (x)/4242/f'4242'.json"
 
 
 def test_write_script_leaves_no_file_when_rendering_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +209,9 @@ def test_workers_retire_before_the_walltime() -> None:
     assert "HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}\n" in script
     assert "export HPCBRIDGE_LIFETIME_MARGIN=600\n" in script
     assert "export HPCBRIDGE_LIFETIME_MARGIN=30\n" in render_script(
-        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5))  # never less than 30 s
+        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="30s"))
+    with pytest.raises(SpecError, match="at least 30 s"):  # never less than 30 s: the spec refuses it
+        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5)
     plain = render_script(JobSpec(scheduler="slurm"))
     assert "hpcbridge.drain" not in plain and "HPCBRIDGE_JOB_END" not in plain
 

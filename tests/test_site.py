@@ -63,7 +63,9 @@ def test_a_typo_in_the_profile_names_the_key_and_the_known_ones(tmp_path) -> Non
     (tmp_path / "hpcbridge.yaml").write_text("hpcbridge:\n  slurm:\n    acount: proj42\n")
     done = hpcbridge("render", "--scheduler", "slurm", environment={"DASK_CONFIG": str(tmp_path)})
     assert done.returncode == 2
-    assert "--acount" in done.stderr and "account" in done.stderr and "Traceback" not in done.stderr
+    error = done.stderr.splitlines()[-1]
+    assert error.startswith(f"Error: hpcbridge.slurm.acount in {tmp_path / 'hpcbridge.yaml'}: 'proj42'")
+    assert "account" in error and "--acount" not in error and "Traceback" not in done.stderr
 
 
 def test_a_site_template_overrides_and_extends_a_packaged_one(tmp_path) -> None:

@@ -1,0 +1,114 @@
+"""Checks of the arguments users pass to connect, map, broadcast and gather, from Python and MATLAB.
+
+Each check runs before anything reaches the cluster and raises :class:`ArgumentError`: one line
+naming the argument by its keyword, the value as given and what is allowed. MATLAB passes
+counts it was typed as ``4`` as the float ``4.0``, so counts accept whole floats.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any
+
+_MAX_REPR = 80
+
+
+class ArgumentError(TypeError, ValueError):
+    """An argument that is not allowed: names it, shows the value as given and says what is allowed.
+
+    Both a ``TypeError`` and a ``ValueError``, so code that catches either for a wrong type or
+    a wrong value keeps working.
+    """
+
+    def __init__(self, argument: str, value: object, allowed: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.allowed = allowed
+        super().__init__(argument, value, allowed)
+
+    def __str__(self) -> str:
+        shown = repr(self.value)
+        if len(shown) > _MAX_REPR:
+            shown = shown[: _MAX_REPR - 5] + " ...>"
+        return f"{self.argument}: {shown} is not allowed; expected {self.allowed}"
+
+
+def scheduler_file(argument: str, value: Any) -> str:
+    """A scheduler file's path: non-empty text on one line, in your own home if it starts with ``~``."""
+    allowed = "the path of a scheduler file (a str or os.PathLike), e.g. ~/.hpcbridge/jobs/4242/scheduler.json"
+    if isinstance(value, os.PathLike):
+        value_text = os.fspath(value)
+    else:
+        value_text = value
+    if not isinstance(value_text, str) or not value_text.strip() or not value_text.isprintable():
+        raise ArgumentError(argument, value, allowed)
+    if value_text.startswith("~") and not value_text.startswith("~/"):
+        raise ArgumentError(argument, value, "a path in your own home (~/...), not another user's")
+    return value_text
+
+
+def count(argument: str, value: Any, minimum: int = 0, maximum: int = 1_000_000) -> int:
+    """A whole number from ``minimum`` to ``maximum``; a whole float (from MATLAB) counts."""
+    allowed = f"a whole number from {minimum} to {maximum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentError(argument, value, allowed)
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    elif math.isfinite(value) and float(value).is_integer():
+        number = int(value)
+    else:
+        raise ArgumentError(argument, value, allowed)
+    if not minimum <= number <= maximum:
+        raise ArgumentError(argument, value, allowed)
+    return number
+
+
+def seconds(argument: str, value: Any, none: bool = False, infinite: bool = False) -> float | None:
+    """A timeout in seconds, >= 0 (``None`` or ``inf`` for no limit only where the caller allows it)."""
+    allowed = "a number of seconds >= 0" + (", or None for no limit" if none else "") + (
+        ", or inf for no limit" if infinite else "")
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0:
+        raise ArgumentError(argument, value, allowed)
+    if math.isinf(value) and not infinite:
+        raise ArgumentError(argument, value, allowed)
+    return float(value)
+
+
+def name(argument: str, value: Any, empty_is_none: bool = False) -> str | None:
+    """A name for a run or a broadcast: ``None`` (one is made up) or printable text on one line."""
+    allowed = "None or a name of 1 to 200 printable characters on one line"
+    if value is None or (empty_is_none and value == ""):
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 200 or not value.isprintable():
+        raise ArgumentError(argument, value, allowed)
+    return value
+
+
+def flag(argument: str, value: Any) -> bool:
+    """True or False (MATLAB's logical arrives as bool; 0 and 1 count too)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Real) and value in (0, 1):
+        return bool(value)
+    raise ArgumentError(argument, value, "True or False")
+
+
+def function(argument: str, value: Any) -> Any:
+    """A callable, or its name as text: ``"module:function"`` or ``"path/to/file.py:function"``."""
+    if callable(value):
+        return value
+    if isinstance(value, str) and value.isprintable() and ":" in value.strip(":"):
+        return value
+    raise ArgumentError(argument, value, "a function, or its name as 'module:function' or 'path/to/file.py:function'")
+
+
+def items(argument: str, value: Any) -> Any:
+    """Something to iterate over once per item (a list, tuple, range, array or other iterable, not text)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ArgumentError(argument, value, "an iterable of items (a list, tuple, range or array), not "
+                            f"{'text' if isinstance(value, (str, bytes)) else type(value).__name__}")
+    return value
