@@ -20,20 +20,22 @@ import numpy as np
 from hpcbridge.workloads import add_cluster_options, open_cluster
 from hpcbridge.workloads.truss import (Pattern, PardisoSolver, SpsolveSolver, SuperLUSolver, assemble,
                                        first_frequency_estimate, frequency_response, pardiso_available,
-                                       relative_residual, structured_mesh)
+                                       read_triangle, relative_residual, structured_mesh, find_mesh)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nx", type=int, default=60, help="cells along x (default 60: 7320 unknowns)")
     parser.add_argument("--ny", type=int, default=60, help="cells along y (default 60)")
+    parser.add_argument("--mesh", metavar="BASE", help="Triangle's BASE.node/BASE.ele (or a shipped mesh: plate) "
+                        "instead of the structured mesh")
     parser.add_argument("--frequencies", type=int, default=6, help="frequencies timed per solver (default 6)")
     parser.add_argument("--cluster-factor", type=int, default=4,
                         help="the cluster run solves this many times as many frequencies (default 4; 0 skips it)")
     add_cluster_options(parser)
     args = parser.parse_args(argv)
 
-    model = assemble(structured_mesh(args.nx, args.ny))
+    model = assemble(read_triangle(find_mesh(args.mesh)) if args.mesh else structured_mesh(args.nx, args.ny))
     omega_1 = first_frequency_estimate(model)
     omegas = np.linspace(0.2 * omega_1, 3.0 * omega_1, args.frequencies)
     pattern = Pattern(model)

@@ -149,7 +149,7 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     resolved = functions.resolve(function)  # a bad name fails here, not on the thread
 
     def start() -> None:
-        bridge.map(resolved, values, *handles, name=name, stack=bool(stack), chunk_size=chunks, progress=False)
+        bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks, progress=False)
 
     if chunks:
         start()  # nothing to measure: every chunk is submitted now
