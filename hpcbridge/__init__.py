@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["JobSpec", "SpecError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "__version__"]
+__all__ = ["JobSpec", "SpecError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost",
+           "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "WorkersLeft", "RunMismatchError",
+           "__version__"]
+_BRIDGE_NAMES = ("connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost", "WalltimeReached", "JobCancelled",
+                 "NodeFailed", "SchedulerLost", "WorkersLeft", "RunMismatchError")
 
 if TYPE_CHECKING:
     from hpcbridge.bridge import Bridge, Broadcast, ItemError, Run, connect
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     """Import on first use, so ``hpcbridge render`` does not pay for importing Dask."""
-    if name in ("connect", "Bridge", "Broadcast", "Run", "ItemError"):
+    if name in _BRIDGE_NAMES:
         from hpcbridge import bridge
 
         return getattr(bridge, name)

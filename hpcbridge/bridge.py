@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client, Future
 
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import functions, mapping
+from hpcbridge import functions, mapping, rundir
 from hpcbridge.broadcast import Broadcast
+from hpcbridge.losses import JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft
 from hpcbridge.mapping import ItemError, Run, RunError
+from hpcbridge.rundir import RunDirectory, RunMismatchError
 
 if TYPE_CHECKING:
     from hpcbridge.executor import BridgeExecutor
@@ -66,7 +69,8 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
 
 
 def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout: float = 300.0,
-            job: SubmittedJob | None = None, set_as_default: bool = True) -> Bridge:
+            job: SubmittedJob | None = None, run_directory: str | os.PathLike[str] | None = None,
+            set_as_default: bool = True) -> Bridge:
     """Attach to the cluster whose scheduler writes ``scheduler_file``; wait for ``n_workers``.
 
     One deadline, ``timeout`` seconds, covers all three waits: for the file (the job may still be
@@ -78,6 +82,9 @@ def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout:
     ``distributed.get_client()`` and joblib's ``dask`` backend reach this cluster. Pass
     ``set_as_default=False`` to keep Dask's own default (e.g. to attach to a second cluster
     while a first one stays the default).
+
+    ``run_directory`` is where runs are saved (default: what the job says, see
+    :attr:`Bridge.run_root`).
     """
     deadline = time.monotonic() + timeout
     info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
@@ -97,7 +104,7 @@ def connect(scheduler_file: str | os.PathLike[str], n_workers: int = 1, timeout:
             f"the scheduler at {address} speaks TLS and this client has no certificates ({error}); set "
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT and ..._CLIENT__KEY to the job's files"
         ) from None
-    bridge = Bridge(client, job=job)
+    bridge = Bridge(client, job=job, scheduler_file=scheduler_file, run_directory=run_directory)
     try:
         bridge.wait_for_workers(n_workers, timeout=max(0.0, deadline - time.monotonic()))
     except BaseException:
@@ -114,9 +121,53 @@ class Bridge:
     they stay after :meth:`close` until released, and another client can use them by name.
     """
 
-    def __init__(self, client: Client, job: SubmittedJob | None = None) -> None:
+    def __init__(self, client: Client, job: SubmittedJob | None = None,
+                 scheduler_file: str | os.PathLike[str] | None = None,
+                 run_directory: str | os.PathLike[str] | None = None) -> None:
         self.client = client
         self.job = job  # the batch job that runs the cluster, when known: its state explains a loss
+        self.scheduler_file = scheduler_file
+        self._run_root: str | None = str(Path(run_directory).expanduser()) if run_directory else None
+        self._run_root_known = run_directory is not None
+        # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
+        # call blocks meanwhile; a lost scheduler is reported after this bound instead.
+        client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
+                              mapping.RECONNECT_SECONDS)
+
+    @property
+    def run_root(self) -> str | None:
+        """The folder under which runs are saved (``<root>/<run name>/``), or None when runs are not saved.
+
+        Given to :func:`connect`, or set by the job (``HPCBRIDGE_RUN_DIRECTORY``, from the spec's
+        ``run_directory``, by default ``runs/`` beside the scheduler files; empty with
+        ``save_runs=False``), or else ``runs/`` beside the scheduler file.
+        """
+        if not self._run_root_known and self.connected:
+            try:
+                configured = self.client.run_on_scheduler(rundir.configured_root)
+            except Exception:
+                configured = None
+            if configured is not None:
+                self._run_root = configured or None
+            elif self.scheduler_file is not None:
+                self._run_root = str(Path(self.scheduler_file).expanduser().resolve().parent / "runs")
+            self._run_root_known = True
+        return self._run_root
+
+    @property
+    def connected(self) -> bool:
+        """True while the client is attached to a live scheduler."""
+        return self.client.status == "running"
+
+    def _cluster(self) -> Client:
+        """The client, or at once an error saying that the scheduler is gone (never a 30 s wait)."""
+        if not self.connected:
+            address = getattr(self.client.scheduler, "address", None) or "?"
+            raise ConnectionError(
+                f"this bridge lost its scheduler ({address}); runs saved on disk can still be read with "
+                f"results(name); connect again through {self.scheduler_file or 'the scheduler file'} once a "
+                "cluster runs")
+        return self.client
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
         """Block until at least ``n_workers`` workers have joined, or raise :class:`ConnectError`."""
@@ -161,7 +212,7 @@ class Bridge:
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], args: Sequence[Any] | Broadcast = (),
             name: str | None = None, stack: bool = False, chunk_size: int | None = None,
-            progress: bool = True) -> Run:
+            progress: bool = True, save: bool = True) -> Run:
         """Run ``fn(item, *args)`` for every item, in chunks sized from measured durations.
 
         As in ``client.map`` and ``Executor.map``, several iterables are zipped:
@@ -176,12 +227,20 @@ class Bridge:
         ``stack=True`` stacks NumPy results on the workers, chunk by chunk, so that :meth:`gather`
         joins a few arrays instead of many. ``chunk_size`` fixes the number of items per task
         instead of measuring.
+
+        Every finished chunk is also saved in the run directory (``<run_root>/<name>/``) by the
+        worker that computed it, so results outlive the cluster; ``save=False`` turns that off.
+        When that folder holds a run of the same function and items (its cluster ended before it
+        finished), the run **resumes**: only the items without a saved result are computed. The
+        same name for another function or other items raises :class:`RunMismatchError`.
         """
         items, function = _zipped(fn, iterables)
         extra = _extra_arguments(args)
+        client = self._cluster()
         if progress:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
-        return mapping.start(self.client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size)
+        return mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
+                             root=self.run_root if save else None)
 
     def gather(self, run: Run | Sequence[Future] | str, stack: bool = False, timeout: float | None = None,
                progress: bool = True, release: bool = True) -> Any:
@@ -189,24 +248,44 @@ class Bridge:
 
         ``stack=True`` returns one contiguous NumPy array (results stacked along a new first
         axis). ``timeout`` is in seconds; on timeout the run stays on the cluster. With
-        ``release=True`` the cluster forgets the run once its results are here. A failing item
-        raises :class:`~hpcbridge.mapping.ItemError` with the item and the remote traceback.
+        ``release=True`` the cluster forgets the run once its results are here, and its run
+        directory is deleted. A failing item raises :class:`~hpcbridge.mapping.ItemError` with the
+        item and the remote traceback. Items that have no result anywhere (the job reached its
+        walltime, was cancelled, lost a node, its scheduler or its workers) raise the
+        :class:`~hpcbridge.losses.RunLost` of that cause, which carries the results there are.
         """
         if isinstance(run, str):
             return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
         if not isinstance(run, Run):
-            values = self.client.gather(list(run))
+            values = self._cluster().gather(list(run))
             return mapping._join([values], stack) if stack else values
-        values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress)
-        if release and run.name in self.client.list_datasets():
-            self.client.unpublish_dataset(run.name)
+        values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job)
+        if release:
+            if self.connected and run.name in self.client.list_datasets():
+                self.client.unpublish_dataset(run.name)
+            if run.directory:
+                shutil.rmtree(run.directory, ignore_errors=True)
         return values
 
     def results(self, name: str, stack: bool = False, timeout: float | None = None, progress: bool = True,
                 release: bool = True) -> Any:
-        """Collect run ``name`` from the cluster, also when another (dead) client started it."""
-        return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
-                           progress=progress, release=release)
+        """Collect run ``name``: from the cluster, also when another (dead) client started it, or, when
+        the cluster does not hold it (it ended, or this is a new one), from its run directory.
+
+        Items that no cluster and no saved chunk has raise a :class:`~hpcbridge.losses.RunLost`
+        (e.g. :class:`~hpcbridge.losses.WalltimeReached`) whose ``results`` holds the rest.
+        """
+        if self.connected and name in self.client.list_datasets():
+            return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
+                               progress=progress, release=release)
+        root = self.run_root
+        directory = RunDirectory.under(root, name) if root else None
+        if directory is None or not directory.exists():
+            where = f" nor in {directory.path}" if directory else " (and runs are not saved to disk)"
+            held = self.client.list_datasets() if self.connected else "unknown: the scheduler is gone"
+            raise KeyError(f"no run named {name!r} on this cluster (runs: {held}){where}")
+        return self.gather(Run.from_disk(directory), stack=stack, timeout=timeout, progress=False,
+                           release=release)
 
     def run(self, name: str) -> Run:
         """The run held under ``name``, to follow its progress (``done_items()``) or gather it."""
@@ -214,7 +293,7 @@ class Bridge:
 
     def runs(self) -> list[str]:
         """Names of the runs (and other published datasets) the cluster holds."""
-        return list(self.client.list_datasets())
+        return list(self._cluster().list_datasets())
 
     def broadcasts(self) -> list[str]:
         """Names of the broadcasts the cluster holds."""
@@ -222,14 +301,20 @@ class Bridge:
 
     def release(self, handle: Run | Broadcast | str) -> None:
         """Free a run's results or a broadcast's copies on the cluster (by handle or by name)."""
+        client = self._cluster()
         if isinstance(handle, Broadcast):
-            broadcasts.release(self.client, handle.name)
+            broadcasts.release(client, handle.name)
         elif isinstance(handle, Run):
-            mapping.release(self.client, handle.name)
-        elif handle in self.client.list_datasets():
-            mapping.release(self.client, handle)
+            mapping.release(client, handle.name)
+            if handle.directory:
+                shutil.rmtree(handle.directory, ignore_errors=True)
+        elif handle in client.list_datasets():
+            directory = mapping.reattach(client, handle).directory
+            mapping.release(client, handle)
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
         else:
-            broadcasts.release(self.client, handle)
+            broadcasts.release(client, handle)
 
     def executor(self, progress: bool = False) -> BridgeExecutor:
         """A ``concurrent.futures.Executor`` on this cluster whose ``map`` uses hpcbridge's chunking.
@@ -253,7 +338,7 @@ class Bridge:
 
     def close(self) -> None:
         """Detach this client; the cluster keeps running, with its broadcasts and runs."""
-        self.client.close()
+        self.client.close(timeout=5 if self.connected else 1)
 
     def shutdown(self) -> None:
         """End the cluster: the scheduler and its workers exit, and so does the batch job."""

@@ -76,6 +76,10 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="PBS resource syntax: select=... (pbspro, also OpenPBS) or nodes=...:ppn=... (torque).  "
                      "[default: pbspro]"),
         click.option("--lifetime-margin", help="Workers retire this long before the walltime, e.g. 5m.  [default: 5m]"),
+        click.option("--run-directory", help="Where finished chunks of every map are saved, so results outlive "
+                     "the job.  [default: runs/ beside the scheduler files]"),
+        click.option("--no-save-runs", "save_runs", flag_value=False, default=None,
+                     help="Do not save finished chunks to disk (results live only in the cluster's memory)."),
     ]
 
     @functools.wraps(command)

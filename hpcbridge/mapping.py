@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import secrets
 import time
@@ -34,7 +35,10 @@ from distributed import Client, Future
 from distributed.client import FutureCancelledError
 
 from hpcbridge import broadcast as broadcasts
+from hpcbridge import drain, losses
+from hpcbridge.losses import RunError, RunLost
 from hpcbridge.progress import Progress
+from hpcbridge.rundir import RunDirectory, RunMismatchError, function_identity, items_digest, missing_ranges, stamp
 
 TARGET_CHUNK_SECONDS = 0.25
 SHORTEST_CHUNK_SECONDS = 0.01
@@ -44,9 +48,15 @@ PROBE_WAIT = 2.0
 PROBE_WAIT_COLD = 30.0
 MAX_PROBES = 4
 RUN_MARKER = "hpcbridge-run"
+WORKERLESS_SECONDS = 20.0  # a run whose cluster has had no worker this long is reported lost
+RECONNECT_SECONDS = 10.0  # how long a client tries to reach a scheduler that went away
+
+logger = logging.getLogger("hpcbridge.mapping")
 
 # Worker-side: items executed per run, to show that nothing ran twice.
 _EXECUTED: dict[str, int] = {}
+
+__all__ = ["ItemError", "RunError", "RunLost", "RunMismatchError", "Run", "start", "collect", "release"]
 
 
 class ItemError(Exception):
@@ -62,10 +72,6 @@ class ItemError(Exception):
                 f"the item: {self.item}\nremote traceback:\n{self.remote_traceback}")
 
 
-class RunError(RuntimeError):
-    """A whole chunk of a run failed outside the user function (e.g. its worker died, or unpickling)."""
-
-
 @dataclass(frozen=True)
 class ChunkTask:
     """What one chunk task gets: the function, a slice of the items, where the slice starts.
@@ -79,6 +85,8 @@ class ChunkTask:
     items: Sequence[Any]
     start: int
     stack: bool
+    directory: RunDirectory | None = None
+    expected_seconds: float = 0.0
 
 
 def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, str, str]], float, float]:
@@ -86,26 +94,49 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
 
     Returns the values (one array when stacking worked), the errors by item index (the item's
     repr, the error, the formatted traceback), the chunk's seconds and its first call's seconds.
+    A chunk already saved in the run directory (computed before its worker died) is read back,
+    not computed again; a finished chunk without errors is saved there before it is returned.
+    A worker that would not finish the chunk before its job's walltime hands it back
+    (:func:`hpcbridge.drain.check`).
     """
+    directory = task.directory
+    high = task.start + len(task.items)
+    if directory is not None and directory.has_chunk(task.start, high):
+        try:
+            return directory.load_chunk(task.start, high), {}, 0.0, 0.0
+        except (OSError, ValueError, EOFError) as error:
+            logger.warning("hpcbridge: computing chunk %s..%s again: its saved copy is unreadable (%s)",
+                           task.start, high - 1, error)
+    drain.check(task.expected_seconds)
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
     fn = task.fn
     values: list[Any] = []
     errors: dict[int, tuple[str, str, str]] = {}
+    drain.started()
     started = time.perf_counter()
     first = 0.0
-    for offset, item in enumerate(task.items):
-        try:
-            values.append(fn(item, *args))
-        except Exception as error:
-            values.append(None)
-            errors[task.start + offset] = (_short_repr(item), f"{type(error).__name__}: {error}",
-                                           traceback.format_exc())
-        if offset == 0:
-            first = time.perf_counter() - started
-    seconds = time.perf_counter() - started
+    try:
+        for offset, item in enumerate(task.items):
+            try:
+                values.append(fn(item, *args))
+            except Exception as error:
+                values.append(None)
+                errors[task.start + offset] = (_short_repr(item), f"{type(error).__name__}: {error}",
+                                               traceback.format_exc())
+            if offset == 0:
+                first = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+    finally:
+        drain.record(time.perf_counter() - started)
     _EXECUTED[task.run] = _EXECUTED.get(task.run, 0) + len(task.items)
     if task.stack and not errors:
         values = _stack_if_arrays(values)
+    if directory is not None and not errors:
+        try:
+            directory.save_chunk(task.start, high, values)
+        except Exception as error:  # the result still goes back through the cluster
+            logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start, high - 1,
+                           task.run, directory.path, error)
     return values, errors, seconds, first
 
 
@@ -156,29 +187,44 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
 
 @dataclass
 class Run:
-    """A map that the cluster is computing or holds: its name, its chunks, and their futures."""
+    """A map that the cluster is computing or holds: its name, its chunks, and their futures.
+
+    A chunk whose future is ``None`` was saved on disk by an earlier cluster (a resumed run).
+    """
 
     name: str
     n_items: int
     bounds: list[tuple[int, int]]
-    futures: list[Future] = field(repr=False)
+    futures: list[Future | None] = field(repr=False)
     function: str = ""
+    directory: str | None = None
 
     def done_items(self) -> int:
-        """How many items are computed (in finished chunks)."""
-        return sum(hi - lo for (lo, hi), f in zip(self.bounds, self.futures) if f.done())
+        """How many items are computed (in finished chunks, or saved by an earlier cluster)."""
+        return sum(hi - lo for (lo, hi), f in zip(self.bounds, self.futures) if f is None or f.done())
 
     def record(self) -> dict[str, Any]:
         """What the scheduler keeps under the run's name (the futures keep the results alive)."""
         return {RUN_MARKER: 1, "n_items": self.n_items, "bounds": self.bounds, "futures": self.futures,
-                "function": self.function}
+                "function": self.function, "directory": self.directory}
 
     @classmethod
     def from_record(cls, name: str, record: Any) -> Run:
         if not isinstance(record, dict) or RUN_MARKER not in record:
             raise KeyError(f"{name!r} is a published dataset, but not an hpcbridge run")
         return cls(name, record["n_items"], [tuple(b) for b in record["bounds"]], list(record["futures"]),
-                   record.get("function", ""))
+                   record.get("function", ""), record.get("directory"))
+
+    @classmethod
+    def from_disk(cls, directory: RunDirectory) -> Run:
+        """A run as its run directory holds it (no cluster): every saved chunk, no futures."""
+        manifest = directory.manifest()
+        saved = directory.saved()
+        n_items = int(manifest.get("n_items", saved[-1][1] if saved else 0))
+        planned = [(int(low), int(high)) for low, high in manifest.get("bounds") or ()]
+        bounds = planned if planned and set(saved) <= set(planned) else saved
+        return cls(directory.name, n_items, bounds, [None] * len(bounds), str(manifest.get("function", "")),
+                   directory.path)
 
 
 def new_run_name() -> str:
@@ -187,8 +233,14 @@ def new_run_name() -> str:
 
 
 def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any] = (),
-          name: str | None = None, stack: bool = False, chunk_size: int | None = None) -> Run:
-    """Submit ``fn(item, *extra)`` for every item as chunks, and publish the run under ``name``."""
+          name: str | None = None, stack: bool = False, chunk_size: int | None = None,
+          root: str | None = None) -> Run:
+    """Submit ``fn(item, *extra)`` for every item as chunks, and publish the run under ``name``.
+
+    With a run directory root (``root``), finished chunks are saved under ``root/name``; when that
+    folder already holds a run of the same function and items, only the items it lacks are
+    submitted (the run resumes); a different function or items raise :class:`RunMismatchError`.
+    """
     name = name or new_run_name()
     if name in client.list_datasets():
         raise KeyError(f"a run or dataset named {name!r} already exists on this cluster; "
@@ -197,30 +249,77 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
         items = list(items)
     n = len(items)
     threads = max(1, sum(client.nthreads().values()))
-    run = Run(name, n, [], [], getattr(fn, "__qualname__", repr(fn)))
     extra = tuple(extra)
+    directory = RunDirectory.under(root, name) if root else None
+    run = Run(name, n, [], [], getattr(fn, "__qualname__", repr(fn)), directory.path if directory else None)
+    manifest: dict[str, Any] = {}
+    saved: list[tuple[int, int]] = []
+    if directory is not None:
+        identity = function_identity(fn)
+        digest = items_digest(items, [a for a in extra if not isinstance(a, broadcasts.Broadcast)])
+        manifest = directory.manifest()
+        if manifest:
+            _check_same_run(name, directory, manifest, identity, digest, n)
+            saved = [bounds for bounds in directory.saved() if bounds[1] <= n]
+        else:
+            manifest = {"name": name, "function": identity, "items_digest": digest, "n_items": n,
+                        "stack": stack, "created": stamp(), "bounds": None, "seconds_per_item": None}
+            directory.create(manifest)
+    resumed = bool(manifest.get("created")) and bool(saved or manifest.get("bounds"))
+    per_item = float(manifest.get("seconds_per_item") or 0.0)
 
     def submit(low: int, high: int) -> Future:
-        task = ChunkTask(name, fn, items[low:high], low, stack)
+        task = ChunkTask(name, fn, items[low:high], low, stack, directory, per_item * (high - low))
         future = client.submit(run_chunk, task, *extra, key=f"{name}-{len(run.futures)}", pure=False)
         run.bounds.append((low, high))
         run.futures.append(future)
         return future
 
     try:
-        position = 0
-        if chunk_size:
-            plan = [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
+        if resumed:
+            for bounds in saved:
+                run.bounds.append(bounds)
+                run.futures.append(None)
+            for low, high in missing_ranges(n, saved):
+                for chunk in _plan(low, high, chunk_size, threads, per_item or TARGET_CHUNK_SECONDS / 100):
+                    submit(*chunk)
         else:
-            position, per_item = _probe(client, submit, n, threads)
-            plan = plan_chunks(position, n, threads, per_item)
-        for low, high in plan:
-            submit(low, high)
+            position = 0
+            if not chunk_size:
+                position, per_item = _probe(client, submit, n, threads)
+            for low, high in _plan(position, n, chunk_size, threads, per_item):
+                submit(low, high)
+        order = sorted(range(len(run.bounds)), key=lambda i: run.bounds[i])
+        run.bounds[:] = [run.bounds[i] for i in order]
+        run.futures[:] = [run.futures[i] for i in order]
+        if directory is not None:
+            directory.write_manifest({**manifest, "bounds": run.bounds,
+                                      "seconds_per_item": per_item or manifest.get("seconds_per_item")})
         client.publish_dataset(run.record(), name=name)
     except BaseException:
-        client.cancel(run.futures)
+        client.cancel([f for f in run.futures if f is not None])
         raise
     return run
+
+
+def _plan(low: int, high: int, chunk_size: int | None, threads: int, per_item: float) -> list[tuple[int, int]]:
+    if chunk_size:
+        return [(lo, min(high, lo + chunk_size)) for lo in range(low, high, chunk_size)]
+    return plan_chunks(low, high, threads, per_item)
+
+
+def _check_same_run(name: str, directory: RunDirectory, manifest: dict[str, Any], identity: str, digest: str,
+                    n: int) -> None:
+    """Refuse to resume a run on disk that mapped another function or other items."""
+    if manifest.get("function") != identity:
+        raise RunMismatchError(
+            f"name: {name!r} is a run in {directory.path} of function {manifest.get('function')}, not of "
+            f"{identity}; choose another name, or delete that folder to start the run afresh")
+    if manifest.get("n_items") != n or manifest.get("items_digest") != digest:
+        raise RunMismatchError(
+            f"name: {name!r} is a run in {directory.path} over other items ({manifest.get('n_items')} items, "
+            f"digest {manifest.get('items_digest')}; these are {n} items, digest {digest}); choose another "
+            "name, or delete that folder to start the run afresh")
 
 
 def _wait(client: Client, futures: list[Future], timeout: float, first: bool = False) -> None:
@@ -290,16 +389,20 @@ def _timing(chunk_result: tuple, count: int) -> tuple[float, float]:
 
 
 def collect(client: Client, run: Run, stack: bool = False, timeout: float | None = None,
-            progress: bool = True, stream: IO[str] | None = None) -> Any:
+            progress: bool = True, stream: IO[str] | None = None, job: Any = None) -> Any:
     """Wait for every chunk of ``run`` (showing progress) and return the results in input order.
 
-    Raises :class:`ItemError` for the first failing item (by index), :class:`RunError` when a chunk
-    failed as a whole, and ``TimeoutError`` after ``timeout`` seconds; the run stays on the
-    cluster in every case, so ``results(name)`` can try again.
+    Chunks come from the cluster, or from the run directory when the cluster lost them or an
+    earlier cluster saved them. Raises :class:`ItemError` for the first failing item (by index),
+    :class:`RunError` when a chunk failed as a whole, a :class:`~hpcbridge.losses.RunLost` (one
+    type per cause, said in the words of ``job``'s batch system) when items have no result
+    anywhere, and ``TimeoutError`` after ``timeout`` seconds; the run stays on the cluster in
+    every case, so ``results(name)`` can try again.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     meter = Progress(run.name, run.n_items, stream) if progress else None
-    pending = list(run.futures)
+    watch = ClusterWatch(client)
+    pending = [f for f in run.futures if f is not None]
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
@@ -310,32 +413,157 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
         pending = [f for f in pending if not f.done()]
         if meter:
             meter.update(run.done_items())
-    if meter:
+        if watch.lost(cancelled=any(f.status == "cancelled" for f in run.futures if f is not None)):
+            break
+    if meter and not pending:
         meter.finish()
-    chunks = []
-    for (low, high), future in zip(run.bounds, run.futures):
-        if future.status != "finished":
+    return _assemble(client, run, stack, watch, job)
+
+
+class ClusterWatch:
+    """Notices, with bounded waits, that the scheduler went away or that the cluster has no workers."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.next_look = time.monotonic() + 2.0
+        self.workers = -1
+        self.workerless_since: float | None = None
+        self.connection_lost = False
+        self.tried_seconds = 0.0
+        self.drained: list[dict[str, Any]] = []
+        self.address = getattr(client.scheduler, "address", "?")
+
+    def lost(self, cancelled: bool = False) -> bool:
+        """True once the run cannot go on: the scheduler is gone, or no worker joined for a while."""
+        if cancelled or self.client.status != "running":
+            return self._wait_for_reconnect()
+        if time.monotonic() < self.next_look:
+            return False
+        self.next_look = time.monotonic() + 2.0
+        workers = _ask(self.client, "ncores", timeout=5.0)
+        if workers is None:
+            return self._wait_for_reconnect() if self.client.status != "running" else False
+        if len(workers) < self.workers or not workers:
+            self._read_drain_events()
+        self.workers = len(workers)
+        if workers:
+            self.workerless_since = None
+            return False
+        self.workerless_since = self.workerless_since or time.monotonic()
+        return time.monotonic() - self.workerless_since >= WORKERLESS_SECONDS
+
+    @property
+    def workers_gone(self) -> bool:
+        return self.workers == 0
+
+    def _wait_for_reconnect(self) -> bool:
+        """Let the client try to reach the scheduler again (bounded); True when it could not."""
+        if self.client.status == "running":
+            return False  # futures were cancelled on a live cluster: a client released the run
+        started = time.monotonic()
+        while self.client.status == "connecting" and time.monotonic() - started < RECONNECT_SECONDS + 2:
+            time.sleep(0.2)
+        self.tried_seconds = time.monotonic() - started + 0.5
+        self.connection_lost = self.client.status != "running"
+        if self.connection_lost and self.client.status not in ("closed", "closing"):
+            try:
+                self.client.close(timeout=2)
+            except Exception:
+                pass
+        return self.connection_lost
+
+    def _read_drain_events(self) -> None:
+        events = _ask(self.client, "events", timeout=5.0, topic=drain.EVENT_TOPIC)
+        if events:
+            self.drained = [message for _, message in events]
+
+    def explain(self, job: Any) -> tuple[type[RunLost], str]:
+        return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, self.tried_seconds,
+                              self.address)
+
+
+def _ask(client: Client, method: str, timeout: float, **kwargs: Any) -> Any:
+    """One call to the scheduler that gives up after ``timeout`` s (None then, or when it fails)."""
+    if client.status != "running":
+        return None
+
+    async def asking() -> Any:
+        return await asyncio.wait_for(getattr(client.scheduler, method)(**kwargs), timeout)
+
+    try:
+        return client.sync(asking)
+    except Exception:
+        return None
+
+
+def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: Any) -> Any:
+    """The run's values in input order, from the cluster where it has them, else from the run directory."""
+    directory = RunDirectory(run.directory) if run.directory else None
+    if client.status != "running":
+        watch.connection_lost = True
+    chunks: list[Any] = [None] * len(run.bounds)
+    have = [False] * len(run.bounds)
+    finished = [i for i, f in enumerate(run.futures) if f is not None and f.status == "finished"]
+    gathered: list[Any] = []
+    if finished and client.status == "running":
+        try:
+            gathered = client.gather([run.futures[i] for i in finished])
+        except Exception:  # the cluster went away while sending: take what the disk has
+            gathered = []
+            watch.lost(cancelled=True)
+    failed_items: list[tuple[int, int]] = []
+    for i, (values, errors, _, _) in zip(finished, gathered):
+        if errors:
+            failed_items.append((min(errors), i))
+            chunks[i] = errors
+        else:
+            chunks[i], have[i] = values, True
+    if failed_items:
+        index, i = min(failed_items)
+        item, error, remote = chunks[i][index]
+        raise ItemError(run.name, index, item, _worker_of(client, run.futures[i]), error, remote)
+    for i, (low, high) in enumerate(run.bounds):
+        if have[i] or directory is None or not directory.has_chunk(low, high):
+            continue
+        try:
+            chunks[i], have[i] = directory.load_chunk(low, high), True
+        except (OSError, ValueError, EOFError):
+            pass
+    for i, ((low, high), future) in enumerate(zip(run.bounds, run.futures)):
+        if not have[i] and future is not None and future.status == "error" and not watch.connection_lost:
             try:
                 future.result()
-            except FutureCancelledError:
-                raise RunError(f"run {run.name!r} was cancelled (items {low}..{high - 1} have no results)") from None
             except Exception as error:
                 raise RunError(f"items {low}..{high - 1} of run {run.name!r} failed as a chunk: "
                                f"{type(error).__name__}: {error}") from error
-    for (low, high), (values, errors, _, _), worker in zip(run.bounds, client.gather(run.futures),
-                                                             _workers_of(client, run)):
-        if errors:
-            index = min(errors)
-            item, error, remote = errors[index]
-            raise ItemError(run.name, index, item, worker, error, remote)
-        chunks.append(values)
-    return _join(chunks, stack)
+    missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
+    covered = sum(high - low for low, high in run.bounds)
+    if covered < run.n_items:  # a run read from disk: chunks that no worker saved
+        missing = sorted(missing + missing_ranges(run.n_items, run.bounds))
+    if not missing:
+        return _join(chunks, stack)
+    if watch.connection_lost or watch.workers_gone:
+        cls, what = watch.explain(job)
+    elif client.status == "running" and any(f is not None and f.status == "cancelled" for f in run.futures):
+        cls, what = RunLost, "its tasks were cancelled on the cluster (a client released the run)"
+    else:
+        cls, what = RunLost, "the cluster does not hold this run, and its run directory lacks these items"
+    results: list[Any] = [None] * run.n_items
+    for (low, high), values, ok in zip(run.bounds, chunks, have):
+        if ok:
+            results[low:high] = list(values)
+    done = run.n_items - sum(high - low for low, high in missing)
+    saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
+    raise cls(run.name, what, run.n_items, done, saved, missing, results,
+              directory.path if directory else None, getattr(job, "job_id", None))
 
 
-def _workers_of(client: Client, run: Run) -> list[str]:
-    """Where each chunk's result is (for error messages); "a worker" when the scheduler no longer knows."""
-    where = client.who_has(run.futures)
-    return [next(iter(where.get(f.key, ())), "a worker") for f in run.futures]
+def _worker_of(client: Client, future: Future | None) -> str:
+    """Where a chunk's result is (for error messages); "a worker" when the scheduler no longer knows."""
+    if future is None:
+        return "a worker"
+    where = client.who_has([future])
+    return next(iter(where.get(future.key, ())), "a worker")
 
 
 def _join(chunks: list[Any], stack: bool) -> Any:
@@ -362,7 +590,9 @@ def release(client: Client, name: str) -> None:
 
 
 def futures_in(record: Any) -> list[Future]:
-    return list(record["futures"]) if isinstance(record, dict) and RUN_MARKER in record else []
+    if not isinstance(record, dict) or RUN_MARKER not in record:
+        return []
+    return [future for future in record["futures"] if future is not None]
 
 
 def reattach(client: Client, name: str) -> Run:

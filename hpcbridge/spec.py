@@ -99,6 +99,8 @@ class JobSpec:
     pbs_flavor: str = "pbspro"
     lifetime_margin: int = 300
     scheduler_timeout: int = 120
+    run_directory: str | None = None
+    save_runs: bool = True
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -174,6 +176,23 @@ class JobSpec:
         if self.walltime is None or self.walltime - self.lifetime_margin < 60:
             return None
         return self.walltime - self.lifetime_margin
+
+    @property
+    def runs_directory(self) -> str:
+        """Where runs are saved: ``run_directory``, or ``runs/`` beside the scheduler files of all jobs.
+
+        The default leaves out the per-job part of the scheduler file's path, so that a later job
+        finds (and resumes) the runs of an earlier one:
+
+        >>> JobSpec(scheduler_file="/scratch/me/{job_id}/scheduler.json").runs_directory
+        '/scratch/me/runs'
+        """
+        if self.run_directory:
+            return self.run_directory
+        folder = os.path.dirname(self.scheduler_file)
+        while JOB_ID_PLACEHOLDER in folder:
+            folder = os.path.dirname(folder)
+        return os.path.join(folder, "runs")
 
     def scheduler_file_for(self, job_id: str) -> str:
         """The scheduler file's path for a submitted job, as the client on this machine sees it."""
@@ -309,6 +328,17 @@ def _optional_path(name: str, value: object) -> str | None:
     return text if text.startswith("~/") or os.path.isabs(text) else os.path.abspath(text)
 
 
+def _flag(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SpecError(name, value, "true or false (also yes/no, on/off, 1/0)")
+
+
 def _duration_seconds(name: str, value: object) -> int:
     if isinstance(value, int) and value >= 0:
         return value
@@ -349,6 +379,8 @@ _CHECKS = {
     "pbs_flavor": _choice(PBS_FLAVORS),
     "lifetime_margin": _duration_seconds,
     "scheduler_timeout": _count(5, 86_400),
+    "run_directory": _optional_path,
+    "save_runs": _flag,
 }
 
 

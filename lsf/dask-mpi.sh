@@ -8,28 +8,56 @@
 #BSUB -o dask-mpi-%J.out
 #
 # A Dask cluster on LSF as one MPI program (dask-mpi; rendered by hpcbridge 0.1.0).
-# Of the job's 8 MPI ranks, rank 0 runs the Dask scheduler, and the other 7 are Dask workers with 2 thread(s) each.
+# Of the job's MPI ranks (8 as rendered, or as many as the allocation gives), rank 0 runs
+# the Dask scheduler, and the others are Dask workers with
+# 2 thread(s) each (or the allocation's CPUs per task).
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$LSB_JOBID
+TASKS_PER_NODE=4
+# LSB_MCPU_HOSTS lists each host with its slots ("hostA 8 hostB 8"): one host entry per task.
+JOB_HOSTS=()
+TASK_HOSTS=()
+NODES=0
+while read -r host _slots; do
+    JOB_HOSTS+=("$host")
+    NODES=$((NODES + 1))
+    for ((task = 0; task < TASKS_PER_NODE; task++)); do
+        TASK_HOSTS+=("$host")
+    done
+done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
+
 
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
-# --- Worker memory: each worker's share of the memory asked for -----------------
-WORKER_MEMORY=4096MiB
+# --- The allocation: hosts and slots come from LSF at run time ---------------------
+# (`bsub -n` with another count overrides the #BSUB lines above; the node count, counted
+# from LSB_MCPU_HOSTS above, follows.)
+CPUS_PER_TASK=2
+NODE_MEMORY_MIB=16384
+
+# --- Worker memory: each task's share of the node's memory, after room for the scheduler --
+# The scheduler (and each worker's nanny) runs beside the workers: an eighth of the node, at
+# most 2 GiB, is left to them. Without a memory request, workers take their share of the node.
+if [ -n "$NODE_MEMORY_MIB" ]; then
+    SCHEDULER_ROOM_MIB=$((NODE_MEMORY_MIB / 8 < 2048 ? NODE_MEMORY_MIB / 8 : 2048))
+    WORKER_MEMORY="$(((NODE_MEMORY_MIB - SCHEDULER_ROOM_MIB) / TASKS_PER_NODE))MiB"
+else
+    WORKER_MEMORY=auto
+fi
 
 # --- Where the cluster's address goes ------------------------------------------
 # Clients and workers find the scheduler through this file, one per job. A client script
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
-export HPCBRIDGE_WORKERS=7
+export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE - 1))
 # What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi.
 MPI_PROGRAM=(
     "$PYTHON" -m hpcbridge.mpi_job
     --scheduler-file "$SCHEDULER_FILE"
-    --nthreads 2
+    --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --protocol tcp
     --lifetime 3300
@@ -50,7 +78,7 @@ fi
 rm -f "$SCHEDULER_FILE"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 
-# --- The MPI program: 8 ranks --------------------------------------------------
+# --- The MPI program: one rank per task -------------------------------------------
 # It ends when a client shuts the cluster down.
 # An LSF-aware mpirun takes the hosts and slots from the job's LSB_* variables.
-mpirun -n 8 "${MPI_PROGRAM[@]}"
+mpirun -n "$((NODES * TASKS_PER_NODE))" "${MPI_PROGRAM[@]}"

@@ -6,7 +6,8 @@
 #PBS -j oe
 #
 # A Dask cluster on PBS in scheduler-file mode (rendered by hpcbridge 0.1.0).
-# This script runs the Dask scheduler, then starts 4 Dask worker(s) with 2 thread(s) each.
+# This script runs the Dask scheduler, then one Dask worker per task: 4 worker(s) with
+# 2 thread(s) each as rendered, or as many as the allocation gives.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$PBS_JOBID
@@ -16,31 +17,61 @@ if [ -z "${PBS_NODEFILE:-}" ] && command -v generate_pbs_nodefile >/dev/null; th
     PBS_NODEFILE=$(generate_pbs_nodefile)
     export PBS_NODEFILE
 fi
-# mpiexec (Open MPI) places processes on the job's nodes from the node file.
+# mpiexec (Open MPI) places processes on the job's nodes from the node file. The array is
+# expanded as ${HOSTFILE_OPTION[@]+...} because bash before 4.4 calls an empty array unbound.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
 
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
-# --- Worker memory: each worker's share of the memory asked for -----------------
-WORKER_MEMORY=4096MiB
+# --- The allocation: the node count comes from the node file at run time -----------
+# (`qsub -l` with other counts overrides the #PBS lines above; tasks and threads per node stay
+# as rendered unless PBS says otherwise.)
+NODES=1
+if [ -n "${PBS_NODEFILE:-}" ] && [ -r "$PBS_NODEFILE" ]; then
+    NODES=$(sort -u "$PBS_NODEFILE" | wc -l)
+fi
+TASKS_PER_NODE=4
+# PBS Pro gives each chunk's CPUs as NCPUS.
+CPUS_PER_TASK=$(( ${NCPUS:-8} / TASKS_PER_NODE ))
+NODE_MEMORY_MIB=$((2048 * CPUS_PER_TASK * TASKS_PER_NODE))
+
+# --- Worker memory: each task's share of the node's memory, after room for the scheduler --
+# The scheduler (and each worker's nanny) runs beside the workers: an eighth of the node, at
+# most 2 GiB, is left to them. Without a memory request, workers take their share of the node.
+if [ -n "$NODE_MEMORY_MIB" ]; then
+    SCHEDULER_ROOM_MIB=$((NODE_MEMORY_MIB / 8 < 2048 ? NODE_MEMORY_MIB / 8 : 2048))
+    WORKER_MEMORY="$(((NODE_MEMORY_MIB - SCHEDULER_ROOM_MIB) / TASKS_PER_NODE))MiB"
+else
+    WORKER_MEMORY=auto
+fi
 
 # --- Where the cluster's address goes ------------------------------------------
 # Clients and workers find the scheduler through this file, one per job. A client script
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
-export HPCBRIDGE_WORKERS=4
+export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # Every Dask worker runs with these options; memory and threads are pinned explicitly so
 # no worker guesses from the whole node.
 WORKER_OPTIONS=(
     --scheduler-file "$SCHEDULER_FILE"
     --nworkers 1
-    --nthreads 2
+    --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
-    --lifetime 3300s
-    --lifetime-stagger 30s
+    --preload hpcbridge.drain
     --death-timeout 60
 )
 
@@ -81,24 +112,35 @@ done
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
-# One worker per task, 4 per node; mpiexec only starts them (they do not use MPI).
-mpiexec "${HOSTFILE_OPTION[@]}" -n 4 --map-by ppr:4:node --bind-to none \
+# One worker per task, TASKS_PER_NODE per node; mpiexec only starts them (they do not use MPI).
+mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} -n "$((NODES * TASKS_PER_NODE))" --map-by "ppr:$TASKS_PER_NODE:node" --bind-to none \
     "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!
 
 # --- Run until a client shuts the cluster down ---------------------------------
 # client.shutdown() stops the scheduler, which tells every worker to close, and the job ends
-# with the scheduler's exit status. If the workers all exit first (killed, out of memory),
-# the cluster is of no use: stop the scheduler and fail the job.
+# with the scheduler's exit status. Workers that all leave first with status 0 left by plan
+# (they retire before the walltime): the job ends normally. Workers that all die (killed, out
+# of memory) leave a cluster of no use: stop the scheduler and fail the job.
+# A poll, not `wait -n`, which bash 4.2 (CentOS 7) lacks; bash keeps each child's exit status.
 set +e
-wait -n -p FIRST_EXITED "$SCHEDULER_PID" "$WORKERS_PID"
-STATUS=$?
-if [ "$FIRST_EXITED" = "$WORKERS_PID" ]; then
-    echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
-    kill "$SCHEDULER_PID"
+while kill -0 "$SCHEDULER_PID" 2>/dev/null && kill -0 "$WORKERS_PID" 2>/dev/null; do
+    sleep 1
+done
+if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
     wait "$SCHEDULER_PID"
-    exit 1
+    STATUS=$?
+    echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
+    wait "$WORKERS_PID"
+    exit "$STATUS"
 fi
-echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
 wait "$WORKERS_PID"
-exit "$STATUS"
+STATUS=$?
+kill "$SCHEDULER_PID"
+wait "$SCHEDULER_PID"
+if [ "$STATUS" -eq 0 ]; then
+    echo "hpcbridge: every worker left as planned (status 0); the scheduler is stopped"
+    exit 0
+fi
+echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
+exit 1

@@ -8,7 +8,9 @@
 #SBATCH --output=dask-mpi-%j.out
 #
 # A Dask cluster on Slurm as one MPI program (dask-mpi; rendered by hpcbridge 0.1.0).
-# Of the job's 8 MPI ranks, rank 0 runs the Dask scheduler, and the other 7 are Dask workers with 2 thread(s) each.
+# Of the job's MPI ranks (8 as rendered, or as many as the allocation gives), rank 0 runs
+# the Dask scheduler, and the others are Dask workers with
+# 2 thread(s) each (or the allocation's CPUs per task).
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$SLURM_JOB_ID
@@ -16,11 +18,24 @@ JOB_ID=$SLURM_JOB_ID
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
-# --- Worker memory: each task's share of what Slurm allocated (in MiB) ---------
+# --- The allocation: counts come from Slurm at run time ---------------------------
+# `sbatch -N 4 -c 16 this.sh` overrides the #SBATCH lines above, and the cluster follows;
+# the rendered values are only the defaults.
+NODES=${SLURM_JOB_NUM_NODES:-2}
+TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-4}
+CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-2}
 if [ -n "${SLURM_MEM_PER_CPU:-}" ]; then
-    WORKER_MEMORY="$((SLURM_MEM_PER_CPU * 2))MiB"
-elif [ -n "${SLURM_MEM_PER_NODE:-}" ]; then
-    WORKER_MEMORY="$((SLURM_MEM_PER_NODE / 4))MiB"
+    NODE_MEMORY_MIB=$((SLURM_MEM_PER_CPU * CPUS_PER_TASK * TASKS_PER_NODE))
+else
+    NODE_MEMORY_MIB=${SLURM_MEM_PER_NODE:-}
+fi
+
+# --- Worker memory: each task's share of the node's memory, after room for the scheduler --
+# The scheduler (and each worker's nanny) runs beside the workers: an eighth of the node, at
+# most 2 GiB, is left to them. Without a memory request, workers take their share of the node.
+if [ -n "$NODE_MEMORY_MIB" ]; then
+    SCHEDULER_ROOM_MIB=$((NODE_MEMORY_MIB / 8 < 2048 ? NODE_MEMORY_MIB / 8 : 2048))
+    WORKER_MEMORY="$(((NODE_MEMORY_MIB - SCHEDULER_ROOM_MIB) / TASKS_PER_NODE))MiB"
 else
     WORKER_MEMORY=auto
 fi
@@ -30,12 +45,12 @@ fi
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
-export HPCBRIDGE_WORKERS=7
+export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE - 1))
 # What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi.
 MPI_PROGRAM=(
     "$PYTHON" -m hpcbridge.mpi_job
     --scheduler-file "$SCHEDULER_FILE"
-    --nthreads 2
+    --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --protocol tcp
     --lifetime 3300
@@ -56,8 +71,8 @@ fi
 rm -f "$SCHEDULER_FILE"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 
-# --- The MPI program: 8 ranks --------------------------------------------------
+# --- The MPI program: one rank per task -------------------------------------------
 # It ends when a client shuts the cluster down.
 # PMIx starts the MPI ranks (Debian's Open MPI has no PMI2).
-srun --mpi=pmix --nodes=2 --ntasks=8 --ntasks-per-node=4 \
-    --cpus-per-task=2 "${MPI_PROGRAM[@]}"
+srun --mpi=pmix --nodes="$NODES" --ntasks="$((NODES * TASKS_PER_NODE))" --ntasks-per-node="$TASKS_PER_NODE" \
+    --cpus-per-task="$CPUS_PER_TASK" "${MPI_PROGRAM[@]}"

@@ -8,7 +8,8 @@
 #SBATCH --output=dask-ib-%j.out
 #
 # A Dask cluster on Slurm in scheduler-file mode (rendered by hpcbridge 0.1.0).
-# This script runs the Dask scheduler, then starts 16 Dask worker(s) with 4 thread(s) each.
+# This script runs the Dask scheduler, then one Dask worker per task: 16 worker(s) with
+# 4 thread(s) each as rendered, or as many as the allocation gives.
 # Attach from Python or MATLAB with: hpcbridge.connect(<the scheduler file below>)
 set -euo pipefail
 JOB_ID=$SLURM_JOB_ID
@@ -16,11 +17,24 @@ JOB_ID=$SLURM_JOB_ID
 # --- Software environment ------------------------------------------------------
 PYTHON=python3
 
-# --- Worker memory: each task's share of what Slurm allocated (in MiB) ---------
+# --- The allocation: counts come from Slurm at run time ---------------------------
+# `sbatch -N 4 -c 16 this.sh` overrides the #SBATCH lines above, and the cluster follows;
+# the rendered values are only the defaults.
+NODES=${SLURM_JOB_NUM_NODES:-2}
+TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-8}
+CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-4}
 if [ -n "${SLURM_MEM_PER_CPU:-}" ]; then
-    WORKER_MEMORY="$((SLURM_MEM_PER_CPU * 4))MiB"
-elif [ -n "${SLURM_MEM_PER_NODE:-}" ]; then
-    WORKER_MEMORY="$((SLURM_MEM_PER_NODE / 8))MiB"
+    NODE_MEMORY_MIB=$((SLURM_MEM_PER_CPU * CPUS_PER_TASK * TASKS_PER_NODE))
+else
+    NODE_MEMORY_MIB=${SLURM_MEM_PER_NODE:-}
+fi
+
+# --- Worker memory: each task's share of the node's memory, after room for the scheduler --
+# The scheduler (and each worker's nanny) runs beside the workers: an eighth of the node, at
+# most 2 GiB, is left to them. Without a memory request, workers take their share of the node.
+if [ -n "$NODE_MEMORY_MIB" ]; then
+    SCHEDULER_ROOM_MIB=$((NODE_MEMORY_MIB / 8 < 2048 ? NODE_MEMORY_MIB / 8 : 2048))
+    WORKER_MEMORY="$(((NODE_MEMORY_MIB - SCHEDULER_ROOM_MIB) / TASKS_PER_NODE))MiB"
 else
     WORKER_MEMORY=auto
 fi
@@ -30,17 +44,27 @@ fi
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
-export HPCBRIDGE_WORKERS=16
+export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 14400))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # Every Dask worker runs with these options; memory and threads are pinned explicitly so
 # no worker guesses from the whole node.
 WORKER_OPTIONS=(
     --scheduler-file "$SCHEDULER_FILE"
     --nworkers 1
-    --nthreads 4
+    --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --interface ib0
-    --lifetime 14100s
-    --lifetime-stagger 30s
+    --preload hpcbridge.drain
     --death-timeout 60
 )
 
@@ -56,7 +80,7 @@ if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
     exit 1
 fi
 # The workers' interface, checked on every node.
-srun --nodes=2 --ntasks=2 --ntasks-per-node=1 \
+srun --nodes="$NODES" --ntasks="$NODES" --ntasks-per-node=1 \
     bash -c "$INTERFACE_CHECK" check ib0
 
 # --- Dask scheduler ------------------------------------------------------------
@@ -91,24 +115,35 @@ echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task. Since Slurm 22.05 srun does not inherit --cpus-per-task from the job.
-srun --nodes=2 --ntasks=16 --ntasks-per-node=8 \
-    --cpus-per-task=4 --kill-on-bad-exit=0 \
+srun --nodes="$NODES" --ntasks="$((NODES * TASKS_PER_NODE))" --ntasks-per-node="$TASKS_PER_NODE" \
+    --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=0 \
     "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!
 
 # --- Run until a client shuts the cluster down ---------------------------------
 # client.shutdown() stops the scheduler, which tells every worker to close, and the job ends
-# with the scheduler's exit status. If the workers all exit first (killed, out of memory),
-# the cluster is of no use: stop the scheduler and fail the job.
+# with the scheduler's exit status. Workers that all leave first with status 0 left by plan
+# (they retire before the walltime): the job ends normally. Workers that all die (killed, out
+# of memory) leave a cluster of no use: stop the scheduler and fail the job.
+# A poll, not `wait -n`, which bash 4.2 (CentOS 7) lacks; bash keeps each child's exit status.
 set +e
-wait -n -p FIRST_EXITED "$SCHEDULER_PID" "$WORKERS_PID"
-STATUS=$?
-if [ "$FIRST_EXITED" = "$WORKERS_PID" ]; then
-    echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
-    kill "$SCHEDULER_PID"
+while kill -0 "$SCHEDULER_PID" 2>/dev/null && kill -0 "$WORKERS_PID" 2>/dev/null; do
+    sleep 1
+done
+if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
     wait "$SCHEDULER_PID"
-    exit 1
+    STATUS=$?
+    echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
+    wait "$WORKERS_PID"
+    exit "$STATUS"
 fi
-echo "hpcbridge: the scheduler exited (status $STATUS); waiting for the workers to close"
 wait "$WORKERS_PID"
-exit "$STATUS"
+STATUS=$?
+kill "$SCHEDULER_PID"
+wait "$SCHEDULER_PID"
+if [ "$STATUS" -eq 0 ]; then
+    echo "hpcbridge: every worker left as planned (status 0); the scheduler is stopped"
+    exit 0
+fi
+echo "hpcbridge: every worker exited (status $STATUS) while the scheduler ran; stopping it" >&2
+exit 1

@@ -69,8 +69,12 @@ def test_slurm_directives_carry_every_option() -> None:
     ]
     assert "module load gcc/12.2 python/3.11\n" in script
     assert "    source ~/venv/bin/activate\n" in script
-    assert "srun --nodes=3 --ntasks=6 --ntasks-per-node=2 \\\n    --cpus-per-task=4" in script
-    assert "--interface ib0" in script and "--nthreads 4" in script
+    for default in ("NODES=${SLURM_JOB_NUM_NODES:-3}\n", "TASKS_PER_NODE=${SLURM_NTASKS_PER_NODE:-2}\n",
+                    "CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-4}\n"):
+        assert default in script  # the allocation's counts win over the rendered ones at run time
+    assert ('srun --nodes="$NODES" --ntasks="$((NODES * TASKS_PER_NODE))" --ntasks-per-node="$TASKS_PER_NODE" \\\n'
+            '    --cpus-per-task="$CPUS_PER_TASK"') in script
+    assert "--interface ib0" in script and '--nthreads "$CPUS_PER_TASK"' in script
 
 
 def test_unset_options_leave_no_directive() -> None:
@@ -170,7 +174,7 @@ def test_mpi_client_script_and_arguments_reach_rank_one_literally() -> None:
     script = render_script(SPECS["slurm-mpi-client"])
     assert "--client-script /home/a/run.py" in script
     assert "    --client-arg --size\n    --client-arg '10 000'\n" in script
-    assert "export HPCBRIDGE_WORKERS=2" in script
+    assert "export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE - 2))" in script  # less the scheduler and client
 
 
 def test_tls_exports_the_certificates_for_every_role_and_listens_on_the_scheduler_interface() -> None:
@@ -193,8 +197,21 @@ def test_ucx_sets_ucx_variables_and_checks_distributed_ucxx_first() -> None:
 
 def test_workers_retire_before_the_walltime() -> None:
     script = render_script(JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="10m"))
-    assert "    --lifetime 3000s\n    --lifetime-stagger 30s\n" in script
-    assert "--lifetime" not in render_script(JobSpec(scheduler="slurm"))
+    assert "    --preload hpcbridge.drain\n" in script
+    assert "HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}\n" in script
+    assert "export HPCBRIDGE_LIFETIME_MARGIN=600\n" in script
+    assert "export HPCBRIDGE_LIFETIME_MARGIN=30\n" in render_script(
+        JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5))  # never less than 30 s
+    plain = render_script(JobSpec(scheduler="slurm"))
+    assert "hpcbridge.drain" not in plain and "HPCBRIDGE_JOB_END" not in plain
+
+
+def test_the_job_tells_clients_and_workers_where_runs_are_saved() -> None:
+    script = render_script(JobSpec(scheduler="slurm", scheduler_file="/scratch/me/{job_id}/scheduler.json"))
+    assert "export HPCBRIDGE_RUN_DIRECTORY=/scratch/me/runs\n" in script
+    assert 'export HPCBRIDGE_RUN_DIRECTORY=""\n' in render_script(JobSpec(scheduler="slurm", save_runs=False))
+    assert "export HPCBRIDGE_RUN_DIRECTORY=/data/runs\n" in render_script(
+        JobSpec(scheduler="slurm", run_directory="/data/runs"))
 
 
 @pytest.mark.parametrize(

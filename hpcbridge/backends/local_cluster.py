@@ -10,7 +10,9 @@ is the one module here that also attaches (it is the whole flow in miniature), s
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +32,9 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
     """Start ``workers`` local workers as a scheduler-file job, attach, yield the job and the bridge.
 
     On exit the cluster is shut down through the client, and the job cancelled if it is still
-    running 30 s later (or if the body raised before the shutdown).
+    running 30 s later (or if the body raised before the shutdown). SIGTERM and SIGHUP end the
+    run the way Ctrl-C does, cleanup included: the job's processes run in a session of their own,
+    so nothing else would stop them when a terminal closes or a batch system ends this process.
     """
     from hpcbridge import jobs
     from hpcbridge.bridge import connect
@@ -41,6 +45,7 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
                    scheduler_file=str(state_home() / "{job_id}" / "scheduler.json"))
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
+    previous = _exit_on_termination()
     try:
         with connect(job.scheduler_file, n_workers=workers, timeout=timeout, job=job) as bridge:
             say(f"dashboard: {bridge.dashboard_link}")
@@ -51,6 +56,22 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
         if not job.status().finished:
             job.cancel()
             wait_until_finished(job, timeout=30)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _exit_on_termination() -> dict[int, object]:
+    """Turn SIGTERM and SIGHUP into ``SystemExit(128 + signal)``; return the handlers they replace.
+
+    Only the main thread can install handlers; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    return {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def wait_until_finished(job: SubmittedJob, timeout: float) -> bool:

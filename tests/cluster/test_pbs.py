@@ -26,7 +26,7 @@ def test_pbs_scheduler_file_job_through_qsub(slurm_cluster, batch_spec, batch_jo
     with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
         assert job.status().state == "RUNNING"
         workers = bridge.client.scheduler_info(n_workers=-1)["workers"].values()
-        assert {w["memory_limit"] for w in workers} == {300 * 2**20}
+        assert {w["memory_limit"] for w in workers} == {262 * 2**20}  # (600 MiB less 1/8 for the scheduler) / 2
         assert bridge.gather(bridge.map(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
         bridge.shutdown()
     assert wait_for(lambda: job.status().finished, timeout=60)

@@ -38,7 +38,7 @@ def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, ba
         assert status.log == str(Path.cwd() / f"one-node-{job.job_id}.out")
         workers = bridge.client.scheduler_info(n_workers=-1)["workers"].values()
         assert sorted(w["nthreads"] for w in workers) == [1, 1]
-        assert {w["memory_limit"] for w in workers} == {300 * 2**20}
+        assert {w["memory_limit"] for w in workers} == {262 * 2**20}  # (600 MiB less 1/8 for the scheduler) / 2
         assert bridge.client.scheduler.address.startswith("tcp://127.0.0.1:")
         weights = bridge.broadcast(np.full(10_000, 2.0))
         results = bridge.gather(bridge.map(operator.mul, range(8), args=(weights,)))
@@ -48,6 +48,23 @@ def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, ba
     log = Path(job.status().log).read_text()
     assert "hpcbridge: the scheduler exited (status 0)" in log
     assert not Path(job.scheduler_file).exists()
+
+
+def test_the_job_runs_on_bash_42(slurm_cluster, batch_spec, batch_jobs, monkeypatch) -> None:
+    """sbatch passes BASH_ENV on: the batch script and its steps run with bash 5's newer parts refused."""
+    from tests.test_bash42 import bash42_environment
+
+    for key, value in bash42_environment().items():
+        monkeypatch.setenv(key, value)
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", ntasks_per_node=2, mem_per_cpu="300M", job_name="bash42"))
+    batch_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+        assert bridge.gather(bridge.map(operator.neg, range(50))) == [-i for i in range(50)]
+        bridge.shutdown()
+    _finish(job)
+    log = Path(job.status().log).read_text()
+    assert "invalid option" not in log and "unbound variable" not in log
+    assert "hpcbridge: the scheduler exited (status 0)" in log
 
 
 def test_pending_job_says_why_and_cancel_ends_it(slurm_cluster, batch_spec, batch_jobs) -> None:
@@ -88,7 +105,7 @@ def test_three_namespace_nodes_over_ib0(slurm_cluster_3nodes, batch_spec, batch_
         assert hosts == sorted(cluster.node_addresses)
         assert sorted(bridge.client.run(socket.gethostname).values()) == sorted(cluster.nodes)
         assert {w["nthreads"] for w in workers.values()} == {2}
-        assert {w["memory_limit"] for w in workers.values()} == {600 * 2**20}
+        assert {w["memory_limit"] for w in workers.values()} == {525 * 2**20}  # 600 MiB less 1/8 for the scheduler
         total = sum(bridge.gather(bridge.map(sum_prime_factors, split_range(2, 10_000, 12))))
         assert total == 10218029
         bridge.shutdown()
@@ -134,3 +151,37 @@ def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_clu
     log = Path(status.log).read_text()
     assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
     assert "distributed.cli.dask_scheduler" not in log and "Dask scheduler" not in log.split("ib7 does not")[0]
+
+
+def test_dask_mpi_checks_the_workers_interface_on_every_node_before_starting(slurm_cluster, batch_spec,
+                                                                              batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=3, interface="ib7",
+                                 scheduler_interface=slurm_cluster.interface))
+    batch_jobs.append(job)
+    assert wait_for(lambda: job.status().finished, timeout=60)
+    status = job.status()
+    assert status.state == "FAILED"
+    log = Path(status.log).read_text()
+    assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
+    assert "hpcbridge.mpi_job" not in log and "distributed" not in log
+
+
+def test_a_script_follows_the_allocation_sbatch_gives_it(slurm_cluster_3nodes, batch_spec, batch_jobs,
+                                                          tmp_path) -> None:
+    """`sbatch -N 2 -c 2` of a script rendered for 1 node x 1 CPU: 2 nodes of 2-thread workers."""
+    from hpcbridge.render import write_script
+
+    cluster = slurm_cluster_3nodes
+    spec = batch_spec(cluster, "slurm", nodes=1, ntasks_per_node=1, cpus_per_task=1, mem_per_cpu="200M")
+    script = write_script(spec, tmp_path / "dask.sh")
+    job_id = cluster.sbatch("-N", "2", "-c", "2", str(script))
+    job = jobs.SubmittedJob(job_id, "slurm", spec.scheduler_file_for(job_id))
+    batch_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+        workers = bridge.client.scheduler_info(n_workers=-1)["workers"]
+        hosts = {address.split("//")[1].rsplit(":", 1)[0] for address in workers}
+        assert len(workers) == 2 and len(hosts) == 2 and hosts <= set(cluster.node_addresses)
+        assert {w["nthreads"] for w in workers.values()} == {2}
+        assert {w["memory_limit"] for w in workers.values()} == {350 * 2**20}  # 2 x 200 MiB less 1/8
+        bridge.shutdown()
+    _finish(job)

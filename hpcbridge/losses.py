@@ -1,0 +1,148 @@
+"""Why a run has items without results, said in the batch system's words, with what to do next.
+
+One error type per cause, all :class:`RunLost` (a :class:`~hpcbridge.mapping.RunError`):
+:class:`WalltimeReached`, :class:`JobCancelled`, :class:`NodeFailed`, :class:`SchedulerLost`
+(it died or cannot be reached; says for how long it was tried) and :class:`WorkersLeft`. Each
+carries the run's progress (items done, saved on disk, missing), the results it has
+(``error.results``: one value per item in input order, ``None`` where an item has none) and the
+missing item ranges (``error.missing``), so nothing already computed is thrown away with the error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from hpcbridge.rundir import describe_ranges
+
+if TYPE_CHECKING:
+    from hpcbridge.jobs import SubmittedJob
+
+JOB_STATE_WAIT = 10.0  # how long to let the batch system catch up with a lost scheduler
+
+
+class RunError(RuntimeError):
+    """A whole chunk of a run failed outside the user function (e.g. its worker died, or unpickling)."""
+
+
+class RunLost(RunError):
+    """Items of a run have no result because the cluster (or part of it) went away."""
+
+    cause = "the cluster went away"
+
+    def __init__(self, run: str, what: str, n_items: int, done: int, saved: int,
+                 missing: Sequence[tuple[int, int]], results: list[Any] | None = None,
+                 directory: str | None = None, job_id: str | None = None) -> None:
+        super().__init__(run, what)
+        self.run, self.what, self.n_items, self.done, self.saved = run, what, n_items, done, saved
+        self.missing = list(missing)
+        self.results = results
+        self.directory, self.job_id = directory, job_id
+
+    @property
+    def n_missing(self) -> int:
+        return sum(high - low for low, high in self.missing)
+
+    def missing_items(self) -> list[int]:
+        """The indices of the items without a result."""
+        return [index for low, high in self.missing for index in range(low, high)]
+
+    def advice(self) -> str:
+        where = f" in {self.directory}" if self.directory else ""
+        if self.directory:
+            return (f"The results saved{where} are kept: results({self.run!r}) returns them, and "
+                    f"map(fn, items, name={self.run!r}) on a new cluster computes only the missing items.")
+        return ("This run was not saved to disk (save=False, or no run directory), so the missing "
+                "items must be computed again.")
+
+    def __str__(self) -> str:
+        saved = f", {self.saved} saved in {self.directory}" if self.directory else ", none saved to disk"
+        return (f"run {self.run!r}: {self.what}. {self.done} of {self.n_items} items were computed{saved}; "
+                f"{self.n_missing} have no result ({describe_ranges(self.missing)}). {self.advice()}")
+
+
+class WalltimeReached(RunLost):
+    """The batch job reached its walltime (its workers left before it, or were killed at it)."""
+
+    cause = "walltime"
+
+
+class JobCancelled(RunLost):
+    """The batch job was cancelled (``scancel``, ``qdel``, ``bkill``) while the run was computing."""
+
+    cause = "cancelled"
+
+
+class NodeFailed(RunLost):
+    """A node of the job failed; the batch system ended (and perhaps requeued) the job."""
+
+    cause = "node failure"
+
+
+class SchedulerLost(RunLost):
+    """The scheduler died or cannot be reached; ``tried_seconds`` says how long reconnecting was tried."""
+
+    cause = "scheduler lost"
+    tried_seconds: float = 0.0
+
+    def advice(self) -> str:
+        return f"If the job still runs, connect again later and collect with results({self.run!r}). " + super().advice()
+
+
+class WorkersLeft(RunLost):
+    """Every worker left while the scheduler still ran (their step was cancelled, they were killed...)."""
+
+    cause = "workers left"
+
+
+def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool, drained: list[dict[str, Any]],
+            tried_seconds: float, address: str) -> tuple[type[RunLost], str]:
+    """The cause of a loss and a sentence saying it, from the batch job's state where it is known.
+
+    ``drained``: the ``hpcbridge-drain`` events of workers that left before the walltime.
+    """
+    status = _final_status(job) if job is not None and connection_lost else _status(job)
+    words = ""
+    if status is not None:
+        words = f"{status.state}" + (f", {status.reason}" if status.reason else "")
+        words = f" (the batch system says: {words})"
+    state = status.state if status is not None else None
+    job_text = f"job {job.job_id}" if job is not None else "the job"
+    reason = (status.reason or "") if status is not None else ""
+    if state == "TIMEOUT" or drained:
+        left = f"; {len(drained)} worker(s) left before it to lose nothing" if drained else ""
+        return WalltimeReached, f"{job_text} reached its walltime{words}{left}"
+    if state == "CANCELLED":
+        return JobCancelled, f"{job_text} was cancelled{words}"
+    if state == "NODE_FAIL" or "node" in reason.lower() and "fail" in reason.lower():
+        return NodeFailed, f"a node of {job_text} failed{words}"
+    if workers_gone and not connection_lost:
+        return WorkersLeft, f"every worker left the cluster while its scheduler still ran{words}"
+    if connection_lost:
+        still = f"; {job_text} is {state}" if state in ("RUNNING", "COMPLETING") else ""
+        if state == "FAILED" and workers_gone:
+            return WorkersLeft, f"every worker exited, and then {job_text} stopped its scheduler{words}"
+        known = "" if job is not None else " (the batch job is not known to this client, so no more is known)"
+        return SchedulerLost, (f"the scheduler at {address} stopped answering; reconnecting was tried for "
+                               f"{tried_seconds:.0f} s{still}{words if not still else ''}{known}")
+    return WorkersLeft, f"the cluster has no workers{words}"
+
+
+def _status(job: SubmittedJob | None) -> Any:
+    if job is None:
+        return None
+    try:
+        return job.status()
+    except Exception:  # the batch system cannot be asked: say what else is known
+        return None
+
+
+def _final_status(job: SubmittedJob) -> Any:
+    """The job's state, waiting up to :data:`JOB_STATE_WAIT` s for the batch system to call it ended."""
+    deadline = time.monotonic() + JOB_STATE_WAIT
+    status = _status(job)
+    while status is not None and not status.finished and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = _status(job)
+    return status

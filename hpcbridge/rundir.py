@@ -1,0 +1,211 @@
+"""A run's finished chunks on disk, so that computed results outlive the cluster that computed them.
+
+The worker that finishes a chunk writes it here at once (the client may be dead by then; on an
+HPC system the workers and the client share this filesystem), one file per chunk, named by the
+chunk's items: ``chunk-<first>-<end>.npy`` for a NumPy array (stacked runs), ``.pkl`` for
+anything else. Each file is written under a temporary name and renamed, so a file that exists is
+complete, and the set of chunk files *is* the record of which chunks are saved: there is no
+shared index for several workers to race on. The client writes ``manifest.json`` once per run,
+before any chunk is submitted: the function's identity, a digest of the items (and of the plain
+extra arguments), the number of items and, once planned, the chunk bounds. Everything is owner-only
+(directories 0700, files 0600): results are the user's data.
+
+``map(fn, items, name=N)`` on a later cluster finds ``N``'s manifest, checks that the function
+and the items are the same, and submits only the items no chunk file covers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+_CHUNK_PREFIX = "chunk-"
+
+
+class RunMismatchError(ValueError):
+    """A run of that name exists on disk for another function or other items; says which differs."""
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """The folder of one run: ``<root>/<name>/``. Cheap to pickle (one string), so every chunk task carries it."""
+
+    path: str
+
+    @classmethod
+    def under(cls, root: str | os.PathLike[str], name: str) -> RunDirectory:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"name: {name!r} cannot name a run directory; use letters, digits, '-', '_' or '.'")
+        return cls(str(Path(root).expanduser() / name))
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def exists(self) -> bool:
+        """True when a manifest is there (the run was started with saving on)."""
+        return os.path.exists(os.path.join(self.path, MANIFEST))
+
+    def create(self, manifest: dict[str, Any]) -> None:
+        """Make the folder (owner-only, with its parents) and write the manifest."""
+        _make_private_dirs(self.path)
+        self.write_manifest(manifest)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        _write_private(os.path.join(self.path, MANIFEST), json.dumps({"format": FORMAT, **manifest}).encode())
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as written; ``{}`` when there is none."""
+        try:
+            with open(os.path.join(self.path, MANIFEST)) as file:
+                return json.load(file)
+        except FileNotFoundError:
+            return {}
+
+    # --- chunks: written by workers, read by clients -----------------------------------
+
+    def save_chunk(self, low: int, high: int, values: Any) -> None:
+        """Write one finished chunk's values: ``.npy`` for a NumPy array of plain values, else pickled."""
+        import numpy as np
+
+        base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
+        if isinstance(values, np.ndarray) and values.dtype != object:
+            _write_private(base + ".npy", lambda file: np.save(file, values, allow_pickle=False))
+        else:
+            _write_private(base + ".pkl", pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load_chunk(self, low: int, high: int) -> Any:
+        """A saved chunk's values, or raise ``FileNotFoundError``."""
+        import numpy as np
+
+        base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
+        try:
+            return np.load(base + ".npy", allow_pickle=False)
+        except FileNotFoundError:
+            with open(base + ".pkl", "rb") as file:
+                return pickle.load(file)
+
+    def has_chunk(self, low: int, high: int) -> bool:
+        base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
+        return os.path.exists(base + ".npy") or os.path.exists(base + ".pkl")
+
+    def saved(self) -> list[tuple[int, int]]:
+        """The (first, end) bounds of every saved chunk, sorted."""
+        found = []
+        try:
+            entries = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            stem, dot, extension = entry.rpartition(".")
+            if not dot or extension not in ("npy", "pkl") or not stem.startswith(_CHUNK_PREFIX):
+                continue
+            low, _, high = stem[len(_CHUNK_PREFIX):].partition("-")
+            if low.isdigit() and high.isdigit():
+                found.append((int(low), int(high)))
+        return sorted(set(found))
+
+    def saved_items(self) -> int:
+        return sum(high - low for low, high in self.saved())
+
+
+def configured_root() -> str | None:
+    """Run on the scheduler: the run directory root its job set (``""``: saving is off; None: not set)."""
+    return os.environ.get("HPCBRIDGE_RUN_DIRECTORY")
+
+
+def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The item ranges of ``[0, n_items)`` that no saved chunk covers.
+
+    >>> missing_ranges(10, [(0, 3), (5, 7)])
+    [(3, 5), (7, 10)]
+    >>> missing_ranges(4, [(0, 2), (2, 4)])
+    []
+    """
+    gaps, position = [], 0
+    for low, high in sorted(saved):
+        if low > position:
+            gaps.append((position, low))
+        position = max(position, high)
+    if position < n_items:
+        gaps.append((position, n_items))
+    return gaps
+
+
+def describe_ranges(ranges: Sequence[tuple[int, int]], limit: int = 4) -> str:
+    """``"items 3..4, 7..9"`` for ranges of items, the first few of many.
+
+    >>> describe_ranges([(3, 5), (7, 10)])
+    'items 3..4, 7..9'
+    """
+    parts = [f"{low}..{high - 1}" if high - low > 1 else f"{low}" for low, high in ranges[:limit]]
+    more = f" and {len(ranges) - limit} more ranges" if len(ranges) > limit else ""
+    return "items " + ", ".join(parts) + more if parts else "no items"
+
+
+def function_identity(fn: Any) -> str:
+    """Which function a run maps, as stable text: ``module:qualname`` and a digest of its code.
+
+    Functions named by file are imported under a module name that carries a digest of the file,
+    so an edited file is another function.
+    """
+    import hashlib
+
+    inner = getattr(fn, "fn", fn)  # a ShippedFunction wraps the user's function
+    module = getattr(inner, "__module__", None) or type(inner).__module__
+    qualname = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    code = getattr(inner, "__code__", None)
+    if code is not None:
+        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+    else:  # a builtin, a functools.partial, a callable object: Dask's deterministic token
+        from dask.base import tokenize
+
+        digest = tokenize(inner)[:16]
+    return f"{module}:{qualname}#{digest}"
+
+
+def items_digest(items: Any, extra: Sequence[Any]) -> str:
+    """A digest of the items and the plain extra arguments (broadcasts count by name only)."""
+    from dask.base import tokenize
+
+    return tokenize(type(items).__name__, len(items), items, *extra)
+
+
+def _make_private_dirs(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # makedirs' mode is masked by the umask, and an existing folder keeps its own
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == "runs":
+        os.chmod(parent, 0o700)
+
+
+def _write_private(path: str, content: bytes | Any) -> None:
+    """Write a file readable by its owner only, under a temporary name renamed at the end (atomic)."""
+    temporary = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            if isinstance(content, bytes):
+                file.write(content)
+            else:
+                content(file)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,143 @@
+"""Runs on disk (hpcbridge/rundir.py) on a real local cluster: saved as they finish, owner-only,
+read back when the cluster no longer holds them, resumed by a later map of the same name."""
+
+from __future__ import annotations
+
+import operator
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from hpcbridge import jobs, mapping
+from hpcbridge.bridge import Bridge, connect
+from hpcbridge.losses import RunLost
+from hpcbridge.rundir import RunDirectory, RunMismatchError, missing_ranges
+from tests.conftest import module_local_job
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def cube(x: int) -> int:
+    return x * x * x
+
+
+def row_of(x: int) -> np.ndarray:
+    return np.full(3, x, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
+    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+        yield job, bridge
+
+
+def executed(bridge: Bridge, run: str) -> int:
+    return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
+
+
+def forget_on_cluster(bridge: Bridge, name: str) -> None:
+    """What a cluster that ended does to a run: it no longer holds it (the folder stays)."""
+    mapping.release(bridge.client, name)
+
+
+def test_chunks_are_saved_as_they_finish_owner_only_beside_the_scheduler_files(cluster) -> None:
+    job, bridge = cluster
+    assert bridge.run_root == str(Path(job.scheduler_file).parent.parent / "runs")
+    run = bridge.map(square, range(5000), name="saved", progress=False)
+    assert bridge.gather(run, progress=False, release=False) == [x * x for x in range(5000)]
+    folder = RunDirectory(run.directory)
+    assert folder.saved() == run.bounds and missing_ranges(5000, folder.saved()) == []
+    manifest = folder.manifest()
+    assert manifest["n_items"] == 5000 and manifest["bounds"] == [list(b) for b in run.bounds]
+    assert manifest["function"].startswith(f"{__name__}:square#")
+    for path in [Path(run.directory), Path(run.directory).parent]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for path in Path(run.directory).iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    bridge.release("saved")  # the cluster forgets it, and the folder goes
+    assert not os.path.exists(run.directory) and "saved" not in bridge.runs()
+
+
+def test_save_false_writes_nothing(cluster) -> None:
+    _, bridge = cluster
+    run = bridge.map(square, range(100), name="unsaved", save=False, progress=False)
+    assert run.directory is None
+    assert bridge.gather(run, progress=False) == [x * x for x in range(100)]
+    assert not os.path.exists(os.path.join(bridge.run_root, "unsaved"))
+
+
+def test_a_run_the_cluster_no_longer_holds_resumes_computing_only_the_missing_chunks(cluster) -> None:
+    _, bridge = cluster
+    run = bridge.map(square, range(20_000), name="resumed", progress=False)
+    bridge.gather(run, progress=False, release=False)
+    forget_on_cluster(bridge, "resumed")
+    lost = run.bounds[1:4] + run.bounds[-2:]
+    for low, high in lost:
+        next(Path(run.directory).glob(f"chunk-{low}-{high}.*")).unlink()
+    n_lost = sum(high - low for low, high in lost)
+    with pytest.raises(RunLost) as missing:  # results from disk alone: says what is missing, keeps the rest
+        bridge.results("resumed", progress=False)
+    assert missing.value.missing == lost and missing.value.n_missing == n_lost
+    assert missing.value.done == 20_000 - n_lost and missing.value.saved == 20_000 - n_lost
+    assert "map(fn, items, name='resumed')" in str(missing.value)
+    expected = [x * x for x in range(20_000)]
+    kept = set(missing.value.missing_items())
+    assert [v for i, v in enumerate(missing.value.results) if i not in kept] == [
+        v for i, v in enumerate(expected) if i not in kept]
+
+    before = executed(bridge, "resumed")
+    again = bridge.map(square, range(20_000), name="resumed", progress=False)
+    assert bridge.gather(again, progress=False) == expected
+    assert executed(bridge, "resumed") - before == n_lost  # only the missing items ran
+    assert not os.path.exists(run.directory)  # gathered and released: the folder is gone
+
+
+def test_the_same_name_for_another_function_or_other_items_is_refused(cluster) -> None:
+    _, bridge = cluster
+    bridge.gather(bridge.map(square, range(50), name="taken", progress=False), progress=False, release=False)
+    forget_on_cluster(bridge, "taken")
+    with pytest.raises(RunMismatchError, match=r"name: 'taken' is a run in .* of function .*:square#"):
+        bridge.map(cube, range(50), name="taken", progress=False)
+    with pytest.raises(RunMismatchError, match="over other items"):
+        bridge.map(square, range(51), name="taken", progress=False)
+    assert bridge.results("taken", progress=False) == [x * x for x in range(50)]  # all on disk: no error
+
+
+def test_stacked_runs_are_saved_as_npy_and_read_back_as_one_array(cluster) -> None:
+    _, bridge = cluster
+    run = bridge.map(row_of, range(300), name="stacked", stack=True, chunk_size=100, progress=False)
+    bridge.gather(run, stack=True, progress=False, release=False)
+    assert sorted(p.name for p in Path(run.directory).glob("chunk-*")) == [
+        "chunk-0-100.npy", "chunk-100-200.npy", "chunk-200-300.npy"]
+    forget_on_cluster(bridge, "stacked")
+    values = bridge.results("stacked", stack=True, progress=False)
+    np.testing.assert_array_equal(values, np.repeat(np.arange(300)[:, None], 3, axis=1))
+
+
+def test_a_bridge_whose_scheduler_is_gone_reads_runs_from_disk_at_once(tmp_path_factory) -> None:
+    with module_local_job(tmp_path_factory, 1) as job:
+        bridge = connect(job.scheduler_file, n_workers=1, timeout=60)
+        try:
+            bridge.gather(bridge.map(operator.neg, range(1000), name="outlives", progress=False),
+                          progress=False, release=False)
+            bridge.shutdown()
+            assert not bridge.connected
+            import time
+
+            started = time.monotonic()
+            assert bridge.results("outlives", progress=False) == [-x for x in range(1000)]
+            with pytest.raises(ConnectionError, match="lost its scheduler"):
+                bridge.runs()
+            assert time.monotonic() - started < 10  # no reconnect loop
+        finally:
+            bridge.close()
