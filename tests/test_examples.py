@@ -104,6 +104,18 @@ def test_truss_example_runs_the_shipped_plate_mesh_from_any_folder(cluster: str,
     assert float(value(output, "largest residual")) < 1e-10
 
 
+def test_truss_example_with_a_reused_factorisation_matches_spsolve(cluster: str, tmp_path: Path) -> None:
+    output = run("truss", "--mesh", "plate", "--frequencies", "16", "--solver", "reuse", "--csv", str(tmp_path / "t.csv"),
+                 "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)
+    assert value(output, "solver") == "reuse"
+    rows = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    assert rows[:, 4].max() <= 1e-10
+    model = truss.assemble(truss.read_triangle(truss.find_mesh("plate")))
+    omega = rows[5, 0]
+    x = truss.solver_for(model, "spsolve").solve(omega, model.b)
+    np.testing.assert_allclose(rows[5, 1] + 1j * rows[5, 2], x[model.outputs[0]], rtol=1e-8)
+
+
 def test_truss_example_says_in_one_line_which_mesh_file_is_missing(tmp_path: Path) -> None:
     (tmp_path / "satellite.node").write_text("3 2 0 0\n1 0 0\n2 1 0\n3 0 1\n")
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", str(tmp_path / "satellite")],
