@@ -18,13 +18,14 @@ are supported; a unit load (P = 1) acts in +y on the top right node, where the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
 import numpy as np
 
 from hpcbridge.workloads import add_cluster_options, open_cluster
-from hpcbridge.workloads.truss import (SOLVERS, MeshError, assemble, find_mesh, first_frequency_estimate,
+from hpcbridge.workloads.truss import (SOLVERS, Mesh, MeshError, assemble, find_mesh, first_frequency_estimate,
                                        frequency_response, load_model, read_triangle, structured_mesh)
 
 
@@ -45,6 +46,20 @@ def save_plot(omegas: np.ndarray, response: np.ndarray, path: str, title: str) -
     plt.close(figure)
 
 
+def supported_at(mesh: Mesh, support: str, tolerance: float, parser: argparse.ArgumentParser) -> Mesh:
+    """The mesh with its supports at AXIS=VALUE (e.g. Danial's ring at y=2) instead of the smallest x."""
+    axis, _, value = support.partition("=")
+    try:
+        column, at = {"x": 0, "y": 1}[axis.strip()], float(value)
+    except (KeyError, ValueError):
+        parser.error(f"--support: {support!r}; expected x=VALUE or y=VALUE, e.g. y=2")
+    fixed = np.flatnonzero(np.abs(mesh.nodes[:, column] - at) <= tolerance)
+    if fixed.size == 0:
+        parser.error(f"--support {support}: no node within {tolerance:g} of {axis}={at:g}; "
+                     f"{axis} runs from {mesh.nodes[:, column].min():g} to {mesh.nodes[:, column].max():g}")
+    return dataclasses.replace(mesh, fixed=fixed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -58,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     mesh.add_argument("--density", type=float, default=7850.0, help="density of the bars (default 7850)")
     mesh.add_argument("--area", type=float, default=1e-4, help="cross-section of the bars (default 1e-4)")
     mesh.add_argument("--damping", type=float, default=0.004, help="C = DAMPING * K (default 0.004)")
+    mesh.add_argument("--support", metavar="AXIS=VALUE", help="support the nodes whose x or y is VALUE "
+                      "(within --support-tolerance), e.g. y=2 (default: the nodes with the smallest x)")
+    mesh.add_argument("--support-tolerance", type=float, default=1e-9, help="for --support (default 1e-9)")
+    mesh.add_argument("--random-load", type=int, metavar="SEED",
+                      help="b drawn from a standard normal (seeded) over every free DOF instead of the unit load")
     parser.add_argument("--frequencies", type=int, default=200, help="how many frequencies (default 200)")
     parser.add_argument("--omega-min", type=float, help="lowest ω in rad/s (default 0.1 ω₁)")
     parser.add_argument("--omega-max", type=float, help="highest ω in rad/s (default 4 ω₁; ω₁ is estimated)")
@@ -78,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             name, described = args.model, f"{model.size} unknowns, {model.K.nnz} nonzeros in K"
         else:
             source = read_triangle(find_mesh(args.mesh)) if args.mesh else structured_mesh(args.nx, args.ny)
+            if args.support:
+                source = supported_at(source, args.support, args.support_tolerance, parser)
             model = assemble(source, youngs=args.youngs, area=args.area, density=args.density, damping=args.damping)
             name = f"{args.mesh} (Triangle)" if args.mesh else f"{args.nx} x {args.ny} cells"
             described = (f"{len(source.nodes)} nodes, {len(source.bars)} bars, {model.size} unknowns, "
                          f"{model.K.nnz} nonzeros in K")
-    except MeshError as error:
+    except (MeshError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if args.random_load is not None:
+        model.b = np.random.default_rng(args.random_load).standard_normal(model.size)
     omega_1 = first_frequency_estimate(model)
     default_low, default_high = (0.1 * omega_1, 4.0 * omega_1) if amplitude is None else (
         float(amplitude.omegas[0]), float(amplitude.omegas[-1]))

@@ -116,6 +116,20 @@ def test_truss_example_with_a_reused_factorisation_matches_spsolve(cluster: str,
     np.testing.assert_allclose(rows[5, 1] + 1j * rows[5, 2], x[model.outputs[0]], rtol=1e-8)
 
 
+def test_truss_example_takes_supports_material_and_a_random_load_for_a_triangle_mesh(cluster: str,
+                                                                                       tmp_path: Path) -> None:
+    output = run("truss", "--mesh", "plate", "--support", "y=0", "--support-tolerance", "1e-6", "--youngs", "1e7",
+                 "--density", "0.1", "--random-load", "5", "--frequencies", "4", "--png", str(tmp_path / "t.png"),
+                 "--scheduler-file", cluster)
+    mesh = truss.read_triangle(truss.find_mesh("plate"))
+    bottom = int(np.sum(np.abs(mesh.nodes[:, 1]) <= 1e-6))
+    assert f"{2 * (len(mesh.nodes) - bottom)} unknowns" in output  # supported along the bottom edge
+    assert float(value(output, "largest residual")) < 1e-10
+    refused = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", "plate",
+                              "--support", "y=7"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--support y=7: no node within 1e-09 of y=7" in refused.stderr
+
+
 def test_truss_example_says_in_one_line_which_mesh_file_is_missing(tmp_path: Path) -> None:
     (tmp_path / "satellite.node").write_text("3 2 0 0\n1 0 0\n2 1 0\n3 0 1\n")
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", str(tmp_path / "satellite")],
