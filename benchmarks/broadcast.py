@@ -2,7 +2,9 @@
 
 For each method: seconds until every worker holds the object, bytes that left the client, how
 much the scheduler's peak memory grew, and how many workers still hold a copy after waiting
-past the Active Memory Manager's interval. Prints ``name: value`` lines.
+past the Active Memory Manager's interval. Beside them, the loopback limit: the object's bytes
+times the copies a broadcast makes (one per worker), over the single-stream bandwidth of a plain
+TCP socket on 127.0.0.1 measured in the same run. Prints ``name: value`` lines.
 
     .venv/bin/python benchmarks/broadcast.py --megabytes 400 --workers 4
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import resource
+import socket
+import threading
 import time
 
 import numpy as np
@@ -26,6 +30,36 @@ def peak_rss_bytes() -> int:
 def amm_interval(dask_scheduler) -> float:
     amm = dask_scheduler.extensions.get("amm")
     return amm.interval if amm is not None and amm.running else 0.0
+
+
+def loopback_bytes_per_second(nbytes: int = 400 * 2**20, block: int = 8 * 2**20) -> float:
+    """One TCP stream on 127.0.0.1, one thread sending and one receiving: bytes per second, best of 3."""
+    payload = memoryview(bytearray(block))
+    best = 0.0
+    for _ in range(3):
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            sender = threading.Thread(target=_send, args=(server.getsockname(), payload, nbytes))
+            sender.start()
+            connection, _ = server.accept()
+            with connection:
+                buffer = bytearray(block)
+                started, received = time.perf_counter(), 0
+                while received < nbytes:
+                    count = connection.recv_into(buffer)
+                    if not count:
+                        break
+                    received += count
+                best = max(best, received / (time.perf_counter() - started))
+            sender.join()
+    return best
+
+
+def _send(address: tuple[str, int], payload: memoryview, nbytes: int) -> None:
+    with socket.create_connection(address) as connection:
+        sent = 0
+        while sent < nbytes:
+            connection.sendall(payload[:min(len(payload), nbytes - sent)])
+            sent += min(len(payload), nbytes - sent)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,15 +88,21 @@ def measure(bridge, data: np.ndarray) -> None:
     held = sum(handle.name in stats for stats in client.run(broadcast.worker_stats).values())
     print(f"hpcbridge_workers_holding_after_amm: {held}")
     bridge.release(handle)
+    hpcbridge_seconds = handle.seconds
 
     peak = client.run_on_scheduler(peak_rss_bytes)
     started = time.perf_counter()
     [future] = client.scatter([data], broadcast=True, hash=False)
-    print(f"scatter_seconds: {time.perf_counter() - started:.3f}")
+    scatter_seconds = time.perf_counter() - started
+    print(f"scatter_seconds: {scatter_seconds:.3f}")
     print(f"scatter_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
     time.sleep(2 * interval + 1)
     print(f"scatter_workers_holding_after_amm: {len(client.who_has([future])[future.key])}")
     client.cancel([future])
+    bandwidth = loopback_bytes_per_second()
+    print(f"loopback_gb_per_s: {bandwidth / 1e9:.2f}")
+    print(f"loopback_limit_seconds: {data.nbytes * bridge.n_workers / bandwidth:.3f}")
+    print(f"hpcbridge_over_scatter_ratio: {hpcbridge_seconds / scatter_seconds:.2f}")
 
 
 if __name__ == "__main__":

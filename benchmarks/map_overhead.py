@@ -1,8 +1,11 @@
-"""Per-item overhead of ``Bridge.map`` against raw ``client.map``, on a local scheduler-file cluster.
+"""Per-item overhead of ``Bridge.map`` against ``multiprocessing.Pool.map`` and raw ``client.map``.
 
 Prints ``name: value`` lines. The function is ``operator.neg``, so nearly all the time measured is
-overhead. Raw ``client.map`` makes one task per item and costs milliseconds per item, so it is
-measured on fewer items (``--raw-items``) in the same run; the ratio compares per-item times.
+overhead. In the same run: a serial loop, ``multiprocessing.Pool.map`` with as many processes as
+workers at its best chunksize (the best peer for tiny items on one machine), and raw
+``client.map``, which makes one task per item and costs milliseconds per item, so it is measured
+on fewer items (``--raw-items``); the ratios compare per-item times. ``run_start_ms`` is the
+fixed cost of a run: ``map`` of one item until it returns.
 
     .venv/bin/python benchmarks/map_overhead.py --items 1000000 --workers 2
 """
@@ -10,6 +13,7 @@ measured on fewer items (``--raw-items``) in the same run; the ratio compares pe
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import operator
 import time
 
@@ -44,8 +48,17 @@ def measure(bridge, options) -> None:
         bridge.client.gather(futures)
         raw.append(time.perf_counter() - started)
         del futures
+    starts = []
+    for _ in range(5):
+        started = time.perf_counter()
+        run = bridge.map(operator.neg, [1], progress=False)
+        starts.append(time.perf_counter() - started)
+        bridge.gather(run, progress=False)
+    serial_seconds = min(_serial(options.items) for _ in range(options.repeats))
+    pool_seconds, pool_chunksize = _best_pool(options.items, bridge.n_workers, options.repeats)
     per_item = min(ours) / options.items
     raw_per_item = min(raw) / options.raw_items
+    pool_per_item = pool_seconds / options.items
     print(f"workers: {bridge.n_workers}")
     print(f"items: {options.items}")
     print(f"chunks: {chunks}")
@@ -54,6 +67,32 @@ def measure(bridge, options) -> None:
     print(f"raw_client_map_items: {options.raw_items}")
     print(f"raw_client_map_us_per_item: {raw_per_item * 1e6:.1f}")
     print(f"raw_over_bridge_ratio: {raw_per_item / per_item:.0f}")
+    print(f"serial_us_per_item: {serial_seconds / options.items * 1e6:.3f}")
+    print(f"pool_us_per_item: {pool_per_item * 1e6:.3f}")
+    print(f"pool_best_chunksize: {pool_chunksize}")
+    print(f"bridge_over_pool_ratio: {per_item / pool_per_item:.2f}")
+    print(f"run_start_ms: {min(starts) * 1e3:.1f}")
+
+
+def _serial(n: int) -> float:
+    started = time.perf_counter()
+    values = [operator.neg(item) for item in range(n)]
+    assert values[-1] == -(n - 1)
+    return time.perf_counter() - started
+
+
+def _best_pool(n: int, processes: int, repeats: int) -> tuple[float, int]:
+    """``Pool.map``'s best time over a few chunksizes (the pool started beforehand, as a cluster is)."""
+    best = (float("inf"), 0)
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(operator.neg, range(1000))
+        for chunksize in sorted({max(1, n // (4 * processes)), max(1, n // processes), 10_000, 1_000}):
+            for _ in range(repeats):
+                started = time.perf_counter()
+                values = pool.map(operator.neg, range(n), chunksize=chunksize)
+                best = min(best, (time.perf_counter() - started, chunksize))
+            assert values[-1] == -(n - 1)
+    return best
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client, Future
 
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import functions, mapping, rundir
+from hpcbridge import drain, functions, mapping
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.losses import JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft
 from hpcbridge.mapping import ItemError, Run, RunError
@@ -129,6 +129,7 @@ class Bridge:
         self.scheduler_file = scheduler_file
         self._run_root: str | None = str(Path(run_directory).expanduser()) if run_directory else None
         self._run_root_known = run_directory is not None
+        self._settings: dict[str, Any] | None = None
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
         # call blocks meanwhile; a lost scheduler is reported after this bound instead.
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
@@ -143,16 +144,30 @@ class Bridge:
         ``save_runs=False``), or else ``runs/`` beside the scheduler file.
         """
         if not self._run_root_known and self.connected:
-            try:
-                configured = self.client.run_on_scheduler(rundir.configured_root)
-            except Exception:
-                configured = None
+            configured = self.job_settings().get("run_directory")
             if configured is not None:
                 self._run_root = configured or None
             elif self.scheduler_file is not None:
                 self._run_root = str(Path(self.scheduler_file).expanduser().resolve().parent / "runs")
             self._run_root_known = True
         return self._run_root
+
+    def job_settings(self) -> dict[str, Any]:
+        """What the cluster's job exported: run directory, job end and margin (:func:`hpcbridge.drain.job_settings`)."""
+        if self._settings is None and self.connected:
+            try:
+                self._settings = self.client.run_on_scheduler(drain.job_settings)
+            except Exception:
+                self._settings = {}
+        return self._settings or {}
+
+    def _drain_from(self) -> float | None:
+        """The earliest moment (epoch seconds) a worker of this job may leave for the walltime."""
+        settings = self.job_settings()
+        if not settings.get("job_end"):
+            return None
+        margin = max(float(settings.get("margin") or 0), drain.MINIMUM_MARGIN)
+        return float(settings["job_end"]) - margin * (1 + 1 / drain.STAGGER_FRACTION) - 15
 
     @property
     def connected(self) -> bool:
@@ -259,7 +274,8 @@ class Bridge:
         if not isinstance(run, Run):
             values = self._cluster().gather(list(run))
             return mapping._join([values], stack) if stack else values
-        values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job)
+        values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
+                                 drain_from=self._drain_from())
         if release:
             if self.connected and run.name in self.client.list_datasets():
                 self.client.unpublish_dataset(run.name)

@@ -80,6 +80,9 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "the job.  [default: runs/ beside the scheduler files]"),
         click.option("--no-save-runs", "save_runs", flag_value=False, default=None,
                      help="Do not save finished chunks to disk (results live only in the cluster's memory)."),
+        click.option("--requeue", is_flag=True, default=None,
+                     help="Slurm: shortly before the walltime (or when preempted) the job goes back in the queue "
+                     "and its cluster starts again, writing a new scheduler file; runs resume from disk."),
     ]
 
     @functools.wraps(command)
@@ -137,6 +140,52 @@ def submit(spec: JobSpec, as_json: bool) -> None:
             click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
 
 
+@main.command()
+@spec_options
+@click.option("--adapt", "adapt_range", required=True, metavar="MIN:MAX",
+              help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers), as the work needs.")
+@click.option("--max-pending", help="At most this many worker jobs waiting in the queue at once.  [default: no cap]")
+@click.option("--idle-timeout", help="End the cluster after this long without tasks, e.g. 30m.  [default: 30m]")
+@click.option("--adapt-interval", help="How often the cluster decides to add or cancel worker jobs.  [default: 10s]")
+@click.option("--wait-count", help="Decisions a worker must stay idle before its job is cancelled.  [default: 6]")
+@click.option("--min-job-age", help="No worker job is cancelled younger than this.  [default: 5m]")
+@click.option("--failure-limit", help="Stop adding worker jobs after this many fail at start.  [default: 3]")
+@click.option("--scheduler-walltime", help="The scheduler job's walltime.  [default: --walltime]")
+@click.option("--scheduler-mem", help="The scheduler job's memory.  [default: 2G]")
+@click.option("--worker-setup", multiple=True, help="A shell command for the worker jobs only, after --setup (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON, for programs.")
+def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: str | None, adapt_interval: str | None,
+       wait_count: str | None, min_job_age: str | None, failure_limit: str | None, scheduler_walltime: str | None,
+       scheduler_mem: str | None, worker_setup: tuple[str, ...], as_json: bool) -> None:
+    """Start an adaptive cluster: one small job runs the scheduler and submits worker jobs as work comes.
+
+    Attach with hpcbridge connect FILE (or hpcbridge.connect in Python or MATLAB) as to any
+    cluster; clients may come and go. It ends on shutdown(), after --idle-timeout without work,
+    or on hpcbridge cancel JOB, cancelling its worker jobs; hpcbridge status JOB lists them.
+    """
+    from hpcbridge import adaptive
+
+    minimum, maximum = adaptive.parse_adapt_range(adapt_range)
+    given = {"max_pending": max_pending, "idle_timeout": idle_timeout, "interval": adapt_interval,
+             "wait_count": wait_count, "min_job_age": min_job_age, "failure_limit": failure_limit,
+             "scheduler_walltime": scheduler_walltime, "scheduler_mem": scheduler_mem}
+    settings: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    for key in ("max_pending", "wait_count", "failure_limit"):
+        if key in settings:
+            try:
+                settings[key] = int(settings[key])
+            except ValueError:
+                raise SpecError(key, settings[key], "a whole number") from None
+    job = adaptive.start(spec, minimum, maximum, worker_setup=worker_setup, **settings)
+    if as_json:
+        click.echo(json.dumps(job.as_dict()))
+    else:
+        click.echo(f"job id:         {job.job_id} (scheduler and adaptive logic; {minimum} to {maximum} worker jobs)")
+        click.echo(f"scheduler file: {job.scheduler_file}")
+        click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
+        click.echo(f"worker jobs:    hpcbridge status {job.job_id}")
+
+
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:
     if scheduler:
         return scheduler
@@ -173,6 +222,12 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     said = _last_job_message(state.log) if state.state == "FAILED" else None
     if said:
         click.echo(f"  the job said: {said}")
+    from hpcbridge.adaptive import describe_status, read_status
+
+    report = read_status(job_id, _scheduler_for(job_id, scheduler))
+    if report is not None:
+        for line in describe_status(report, live=not state.finished):
+            click.echo(line)
 
 
 def _last_job_message(log: str | None) -> str | None:

@@ -9,7 +9,7 @@ the margin (``HPCBRIDGE_LIFETIME_MARGIN``, seconds, at least 30), and starts eve
 - from ``end - margin - stagger`` on it is *draining*: a chunk that arrives is handed back to the
   scheduler (``distributed.Reschedule``), which gives it to a worker with time left, if any; a
   chunk is also handed back earlier when its expected duration would run past that point. The
-  stagger, up to a sixth of the margin and different on each worker, makes the workers of one
+  stagger, up to a third of the margin and different on each worker, makes the workers of one
   job leave one after another instead of all at once;
 - once it runs no chunk any more, it logs an ``hpcbridge-drain`` event on the scheduler (clients
   read it to say that the walltime, not a fault, ended the run) and closes gracefully.
@@ -30,6 +30,7 @@ from typing import Any
 EVENT_TOPIC = "hpcbridge-drain"
 MINIMUM_MARGIN = 30.0
 POLL_SECONDS = 1.0
+STAGGER_FRACTION = 3  # workers leave spread over up to a third of the margin
 HANDBACK_PAUSE = 1.0  # a draining worker waits this long before handing a chunk back, so chunks do not ping-pong
 
 logger = logging.getLogger("hpcbridge.drain")
@@ -45,6 +46,17 @@ def job_end() -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
+
+
+def job_settings() -> dict[str, Any]:
+    """Run on the scheduler: what its job exported for runs and the walltime.
+
+    ``run_directory``: the root under which runs are saved (``""``: saving is off; None: not
+    set); ``job_end`` (epoch seconds) and ``margin`` (seconds), None without a walltime.
+    """
+    margin = os.environ.get("HPCBRIDGE_LIFETIME_MARGIN")
+    return {"run_directory": os.environ.get("HPCBRIDGE_RUN_DIRECTORY"), "job_end": job_end(),
+            "margin": float(margin) if margin else None}
 
 
 def leave_at() -> float | None:
@@ -89,7 +101,7 @@ async def dask_setup(worker: Any) -> None:
         _state["margin"] = max(MINIMUM_MARGIN, float(os.environ.get("HPCBRIDGE_LIFETIME_MARGIN", MINIMUM_MARGIN)))
     except ValueError:
         pass
-    _state["stagger"] = random.uniform(0, _state["margin"] / 6)
+    _state["stagger"] = random.uniform(0, _state["margin"] / STAGGER_FRACTION)
     worker._hpcbridge_drain = asyncio.ensure_future(_leave_before_the_end(worker))
 
 

@@ -97,10 +97,11 @@ class WorkersLeft(RunLost):
 
 
 def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool, drained: list[dict[str, Any]],
-            tried_seconds: float, address: str) -> tuple[type[RunLost], str]:
+            tried_seconds: float, address: str, near_end: bool = False) -> tuple[type[RunLost], str]:
     """The cause of a loss and a sentence saying it, from the batch job's state where it is known.
 
-    ``drained``: the ``hpcbridge-drain`` events of workers that left before the walltime.
+    ``drained``: the ``hpcbridge-drain`` events of workers that left before the walltime;
+    ``near_end``: the loss came when the job's walltime was (nearly) reached.
     """
     status = _final_status(job) if job is not None and connection_lost else _status(job)
     words = ""
@@ -110,7 +111,7 @@ def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool,
     state = status.state if status is not None else None
     job_text = f"job {job.job_id}" if job is not None else "the job"
     reason = (status.reason or "") if status is not None else ""
-    if state == "TIMEOUT" or drained:
+    if state == "TIMEOUT" or drained or (near_end and state in (None, "COMPLETED", "COMPLETING", "TIMEOUT")):
         left = f"; {len(drained)} worker(s) left before it to lose nothing" if drained else ""
         return WalltimeReached, f"{job_text} reached its walltime{words}{left}"
     if state == "CANCELLED":

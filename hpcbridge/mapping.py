@@ -16,6 +16,11 @@ Every chunk is submitted before :meth:`~hpcbridge.bridge.Bridge.map` returns, an
 published on the scheduler under its name (``client.publish_dataset``): the scheduler then holds
 the results for the run, not for the client, so a client that disconnects or dies loses nothing;
 another one attaches through the scheduler file and collects them with ``results(name)``.
+
+The workers also save every finished chunk in the run's directory (:mod:`hpcbridge.rundir`),
+so results outlive the cluster too: a chunk the cluster lost is read from there, and a later
+``map`` of the same name, function and items computes only what no chunk file holds. When items
+have no result anywhere, :func:`collect` raises the :mod:`hpcbridge.losses` error of the cause.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ MAX_PROBES = 4
 RUN_MARKER = "hpcbridge-run"
 WORKERLESS_SECONDS = 20.0  # a run whose cluster has had no worker this long is reported lost
 RECONNECT_SECONDS = 10.0  # how long a client tries to reach a scheduler that went away
+UNREACHABLE_SECONDS = 30.0  # a scheduler that answers nothing this long (its node cut off) is reported lost
 
 logger = logging.getLogger("hpcbridge.mapping")
 
@@ -389,7 +395,8 @@ def _timing(chunk_result: tuple, count: int) -> tuple[float, float]:
 
 
 def collect(client: Client, run: Run, stack: bool = False, timeout: float | None = None,
-            progress: bool = True, stream: IO[str] | None = None, job: Any = None) -> Any:
+            progress: bool = True, stream: IO[str] | None = None, job: Any = None,
+            drain_from: float | None = None) -> Any:
     """Wait for every chunk of ``run`` (showing progress) and return the results in input order.
 
     Chunks come from the cluster, or from the run directory when the cluster lost them or an
@@ -397,11 +404,13 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
     :class:`RunError` when a chunk failed as a whole, a :class:`~hpcbridge.losses.RunLost` (one
     type per cause, said in the words of ``job``'s batch system) when items have no result
     anywhere, and ``TimeoutError`` after ``timeout`` seconds; the run stays on the cluster in
-    every case, so ``results(name)`` can try again.
+    every case, so ``results(name)`` can try again. ``drain_from`` (epoch seconds: when the
+    job's workers may start leaving for its walltime) lets a loss after it be named as the
+    walltime, also when the batch system calls the job COMPLETED because its workers left in time.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     meter = Progress(run.name, run.n_items, stream) if progress else None
-    watch = ClusterWatch(client)
+    watch = ClusterWatch(client, drain_from)
     pending = [f for f in run.futures if f is not None]
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
@@ -423,11 +432,13 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
 class ClusterWatch:
     """Notices, with bounded waits, that the scheduler went away or that the cluster has no workers."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, drain_from: float | None = None) -> None:
         self.client = client
+        self.drain_from = drain_from
         self.next_look = time.monotonic() + 2.0
         self.workers = -1
         self.workerless_since: float | None = None
+        self.unanswered_since: float | None = None
         self.connection_lost = False
         self.tried_seconds = 0.0
         self.drained: list[dict[str, Any]] = []
@@ -442,7 +453,19 @@ class ClusterWatch:
         self.next_look = time.monotonic() + 2.0
         workers = _ask(self.client, "ncores", timeout=5.0)
         if workers is None:
-            return self._wait_for_reconnect() if self.client.status != "running" else False
+            if self.client.status != "running":
+                return self._wait_for_reconnect()
+            self.unanswered_since = self.unanswered_since or time.monotonic()
+            silent = time.monotonic() - self.unanswered_since
+            if silent < UNREACHABLE_SECONDS:
+                return False
+            self.connection_lost, self.tried_seconds = True, silent  # e.g. its node is cut off
+            try:
+                self.client.close(timeout=2)
+            except Exception:
+                pass
+            return True
+        self.unanswered_since = None
         if len(workers) < self.workers or not workers:
             self._read_drain_events()
         self.workers = len(workers)
@@ -478,8 +501,9 @@ class ClusterWatch:
             self.drained = [message for _, message in events]
 
     def explain(self, job: Any) -> tuple[type[RunLost], str]:
+        near_end = self.drain_from is not None and time.time() >= self.drain_from
         return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, self.tried_seconds,
-                              self.address)
+                              self.address, near_end=near_end)
 
 
 def _ask(client: Client, method: str, timeout: float, **kwargs: Any) -> Any:

@@ -33,8 +33,9 @@ import numpy as np
 
 from hpcbridge import mapping
 from hpcbridge.broadcast import Broadcast
-from hpcbridge.bridge import Bridge
+from hpcbridge.bridge import Bridge, ConnectError
 from hpcbridge.bridge import connect as _connect
+from hpcbridge.losses import RunLost
 from hpcbridge.mapping import ItemError
 
 _BRIDGES: dict[str, Bridge] = {}
@@ -128,12 +129,14 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
 
 
 def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
-        stack: bool = False, chunk_size: int | float = 0) -> str:
+        stack: bool = False, chunk_size: int | float = 0, save: bool = True) -> str:
     """Start ``function(item, *broadcast_values)`` for every item; return the run's name at once.
 
     ``function`` is ``"module:function"`` or ``"path/to/file.py:function"``. ``items``: a cell
     (each element), a numeric vector (each number) or a matrix (each row). ``broadcasts``: a
     broadcast name or a cell of names. Collect with :func:`gather`; follow with :func:`wait`.
+    Finished chunks are saved on disk (``save=False``: not); a ``name`` whose run is on disk from
+    an earlier cluster resumes it: only the items without a saved result are computed.
     """
     values = _items(items)
     names = [broadcasts] if isinstance(broadcasts, str) else list(broadcasts or ())
@@ -149,7 +152,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     resolved = functions.resolve(function)  # a bad name fails here, not on the thread
 
     def start() -> None:
-        bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks, progress=False)
+        bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks,
+                   progress=False, save=bool(save))
 
     if chunks:
         start()  # nothing to measure: every chunk is submitted now
@@ -161,19 +165,23 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
 def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     """Wait up to ``timeout`` s for run ``run``; returns ``{"done", "total", "finished", "failed"}``.
 
-    Returns as soon as the run has finished; call it in a loop to show progress in MATLAB.
+    Returns as soon as the run has finished, or can go no further (its cluster is gone: then
+    :func:`gather` says why and returns what is saved); call it in a loop to show progress in MATLAB.
     """
     seconds = _seconds(timeout)
     pending = _SUBMITTING.get((_cluster_id(cluster), str(run)))
     if not _submitted(cluster, run, seconds):
         return {"done": 0, "total": pending.n_items, "finished": False, "failed": False}
-    bridge = _bridge(cluster)
+    bridge = _bridge_or_lost(cluster)
+    if not bridge.connected or run not in bridge.client.list_datasets():
+        return {"done": 0, "total": 0, "finished": True, "failed": False}
     handle = bridge.run(run)
-    mapping._wait(bridge.client, handle.futures, seconds)
+    futures = [f for f in handle.futures if f is not None]
+    mapping._wait(bridge.client, futures, seconds)
     done = handle.done_items()
-    failed = sum(f.status == "error" for f in handle.futures)
-    return {"done": done, "total": handle.n_items, "finished": all(f.done() for f in handle.futures),
-            "failed": bool(failed)}
+    failed = sum(f.status == "error" for f in futures)
+    return {"done": done, "total": handle.n_items,
+            "finished": all(f.done() for f in futures) or not bridge.connected, "failed": bool(failed)}
 
 
 def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = False) -> Any:
@@ -182,16 +190,47 @@ def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fals
     Numeric scalar results come back as one NumPy vector (int64 stays exact); with ``stack``,
     array results come back as one array stacked along a new first dimension; anything else as
     a list. Raises TimeoutError after ``timeout`` s (the run stays on the cluster), and the first
-    failing item's error with its remote traceback.
+    failing item's error with its remote traceback. When the cluster is gone the saved chunks are
+    read from the run directory; items without a result raise the error of the cause
+    (walltime, cancelled job, ...), which says how many are missing (see :func:`results`).
     """
+    return to_matlab(_results(cluster, run, timeout, stack))
+
+
+def _results(cluster: str, run: str, timeout: Any, stack: Any) -> Any:
+    """The run's values (Python types), from the cluster or from disk; errors as MATLAB counts."""
     seconds = _timeout(timeout)
     _submitted(cluster, run, SUBMIT_TIMEOUT if seconds is None else max(seconds, 1.0))
     try:
-        values = _bridge(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
+        return _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
     except ItemError as error:
         raise MatlabItemError(error.run, error.index, error.item, error.worker, error.error,
                               error.remote_traceback) from None
-    return to_matlab(values)
+
+
+def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = False,
+            partial: bool = False) -> Any:
+    """Like :func:`gather`; with ``partial`` it returns what there is instead of raising for missing items.
+
+    ``partial=True`` returns ``{"values", "missing", "complete", "reason"}``: the values in
+    input order as :func:`gather` shapes them, numeric ones with NaN where an item has no result
+    (other kinds: an empty cell); ``missing``, the 1-based indices of those items (int64, MATLAB's
+    indexing); ``reason``, the error's text ("" when complete).
+    """
+    try:
+        values = _results(cluster, run, timeout, stack)
+    except RunLost as lost:
+        if not partial:
+            raise
+        missing = set(lost.missing_items())
+        values = lost.results or [None] * lost.n_items
+        numeric = all(isinstance(v, numbers.Number) for i, v in enumerate(values) if i not in missing)
+        filled = [math.nan if i in missing and numeric else v for i, v in enumerate(values)]
+        return {"values": to_matlab(filled), "missing": np.array(sorted(missing), dtype=np.int64) + 1,
+                "complete": False, "reason": str(lost)}
+    if not partial:
+        return to_matlab(values)
+    return {"values": to_matlab(values), "missing": np.zeros(0, dtype=np.int64), "complete": True, "reason": ""}
 
 
 def runs(cluster: str) -> list[str]:
@@ -294,9 +333,25 @@ def _bridge(cluster: str) -> Bridge:
     bridge = _BRIDGES.get(key)
     if bridge is None or bridge.client.status != "running":
         if bridge is not None:
-            bridge.client.close()
+            bridge.close()
+            del _BRIDGES[key]
         bridge = _BRIDGES[key] = _connect(key, n_workers=0, timeout=RECONNECT_TIMEOUT)
     return bridge
+
+
+def _bridge_or_lost(cluster: str) -> Bridge:
+    """The bridge for ``cluster``; when it cannot attach again, the lost one, which still reads runs on disk."""
+    key = _cluster_id(cluster)
+    old = _BRIDGES.get(key)
+    if old is not None and old.connected:
+        return old
+    try:
+        return _bridge(cluster)
+    except (ConnectError, OSError):
+        if old is None:
+            raise
+        _BRIDGES[key] = old
+        return old
 
 
 def _cluster_id(scheduler_file: Any) -> str:

@@ -73,6 +73,22 @@ def render_script(spec: JobSpec, template_dirs: list[Path] | None = None) -> str
                           f"{error.__class__.__name__}: {error}") from None
 
 
+def render_named(template: str, spec: JobSpec, template_dirs: list[Path] | None = None, **context: object) -> str:
+    """Render the template ``template`` (e.g. ``slurm/adaptive.sh.j2``) for ``spec``, with extra ``context``.
+
+    For scripts that are not one per launch mode (the adaptive cluster's scheduler job); the
+    search path and the quoting are those of :func:`render_script`.
+    """
+    folders = template_dirs if template_dirs is not None else [*site_template_dirs(), packaged_template_dir()]
+    try:
+        return _environment(folders).get_template(template).render(spec=spec, version=__version__, **context)
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(f"template {error.filename or error.name}, line {error.lineno}: {error.message}") from None
+    except jinja2.TemplateError as error:
+        raise RenderError(f"template {template} (searched {', '.join(map(str, folders))}): "
+                          f"{error.__class__.__name__}: {error}") from None
+
+
 def write_script(spec: JobSpec, path: str | os.PathLike[str]) -> Path:
     """Render ``spec`` and write it to ``path`` atomically, executable; nothing is written on error."""
     text = render_script(spec)

@@ -118,11 +118,6 @@ class RunDirectory:
         return sum(high - low for low, high in self.saved())
 
 
-def configured_root() -> str | None:
-    """Run on the scheduler: the run directory root its job set (``""``: saving is off; None: not set)."""
-    return os.environ.get("HPCBRIDGE_RUN_DIRECTORY")
-
-
 def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The item ranges of ``[0, n_items)`` that no saved chunk covers.
 
@@ -146,7 +141,16 @@ def describe_ranges(ranges: Sequence[tuple[int, int]], limit: int = 4) -> str:
 
     >>> describe_ranges([(3, 5), (7, 10)])
     'items 3..4, 7..9'
+    >>> describe_ranges([(3, 4), (4, 6), (9, 10)])
+    'items 3..5, 9'
     """
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    ranges = merged
     parts = [f"{low}..{high - 1}" if high - low > 1 else f"{low}" for low, high in ranges[:limit]]
     more = f" and {len(ranges) - limit} more ranges" if len(ranges) > limit else ""
     return "items " + ", ".join(parts) + more if parts else "no items"

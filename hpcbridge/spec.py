@@ -68,7 +68,9 @@ class JobSpec:
     is the one the scheduler listens on, which clients must be able to reach. With protocol
     ``tls`` the three ``tls_*`` files are required: the CA and a certificate and key that the
     scheduler, workers and clients share. Workers retire ``lifetime_margin`` before the walltime
-    so they close cleanly instead of being killed.
+    so they close cleanly instead of being killed. With ``requeue`` (Slurm, scheduler-file mode)
+    the job puts itself back in the queue shortly before its walltime or when preempted, and
+    writes a new scheduler file at the same path when it starts again.
     """
 
     scheduler: str = "local"
@@ -101,6 +103,7 @@ class JobSpec:
     scheduler_timeout: int = 120
     run_directory: str | None = None
     save_runs: bool = True
+    requeue: bool = False
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -222,6 +225,9 @@ class JobSpec:
                 raise SpecError("array", self.array, "a range FIRST-LAST[:STEP] with LAST >= FIRST and STEP >= 1")
         elif self.array is not None or self.array_throttle is not None:
             raise SpecError("array", self.array, "no job array unless mode is array")
+        if self.requeue and (self.scheduler != "slurm" or self.mode != "scheduler-file"):
+            raise SpecError("requeue", self.requeue, "false unless scheduler is slurm and mode is scheduler-file "
+                            "(the job requeues itself with scontrol requeue)")
         tls_files = {"tls_ca_file": self.tls_ca_file, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
         if self.protocol == "tls":
             for name, value in tls_files.items():
@@ -381,6 +387,7 @@ _CHECKS = {
     "scheduler_timeout": _count(5, 86_400),
     "run_directory": _optional_path,
     "save_runs": _flag,
+    "requeue": _flag,
 }
 
 

@@ -46,7 +46,8 @@ def test_primes_benchmark(cluster: str) -> None:
     assert lines["workers"] == "2"
     assert sum(map(int, lines["static_partials"].split())) == 37586705
     positive(lines, "serial_seconds", "faithful_seconds", "static_seconds", "efficiency", "static_efficiency",
-             "efficiency_vs_static", "fast_seconds", "fast_speedup_vs_faithful")
+             "efficiency_vs_static", "fast_seconds", "fast_speedup_vs_faithful", "plain_processes_seconds",
+             "ceiling_efficiency", "efficiency_vs_ceiling")
 
 
 def test_mandelbrot_benchmark(cluster: str) -> None:
@@ -83,3 +84,14 @@ def test_montecarlo_benchmark(cluster: str) -> None:
     assert lines["sizes"] == "60"
     assert float(lines["within_3_standard_errors"]) > 0.9
     positive(lines, "serial_seconds", "seconds", "million_points_per_second", "efficiency")
+
+
+def test_compare_prints_one_table_of_ratios_with_the_load(cluster: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--only",
+                           "primes,montecarlo", "--scheduler-file", cluster], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0][0] == "| figure" and len(rows) == 3, done.stdout
+    for row in rows[1:]:
+        assert float(row[3]) > 0 and row[5].strip(" |") in ("yes", "no"), row
+    assert "load average before:" in done.stdout

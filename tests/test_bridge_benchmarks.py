@@ -21,7 +21,11 @@ def test_map_overhead_prints_per_item_costs_and_the_ratio_to_raw_client_map() ->
     found = figures("map_overhead.py", "--items", "20000", "--raw-items", "100", "--repeats", "1")
     assert found["items"] == 20000 and found["workers"] == 2
     assert 0 < found["chunks"] < 20000
-    assert {"bridge_map_us_per_item", "raw_client_map_us_per_item", "raw_over_bridge_ratio"} <= set(found)
+    assert {"bridge_map_us_per_item", "raw_client_map_us_per_item", "raw_over_bridge_ratio", "serial_us_per_item",
+            "pool_us_per_item", "bridge_over_pool_ratio", "run_start_ms"} <= set(found)
+    assert found["pool_best_chunksize"] >= 1
+    ratio = found["bridge_map_us_per_item"] / found["pool_us_per_item"]  # from the printed, rounded figures
+    assert abs(found["bridge_over_pool_ratio"] - ratio) <= 0.05 * ratio + 0.01
 
 
 def test_broadcast_benchmark_compares_with_scatter() -> None:
@@ -29,4 +33,9 @@ def test_broadcast_benchmark_compares_with_scatter() -> None:
     assert found["hpcbridge_bytes_from_client"] == 16 * 2**20
     assert found["hpcbridge_workers_holding_after_amm"] == 2
     assert {"hpcbridge_seconds", "scatter_seconds", "scatter_workers_holding_after_amm",
-            "hpcbridge_scheduler_peak_growth_mb", "scatter_scheduler_peak_growth_mb"} <= set(found)
+            "hpcbridge_scheduler_peak_growth_mb", "scatter_scheduler_peak_growth_mb", "hpcbridge_over_scatter_ratio"
+            } <= set(found)
+    assert found["loopback_gb_per_s"] > 0
+    # the limit is the bytes of every copy over one stream's bandwidth
+    assert abs(found["loopback_limit_seconds"] - 2 * 16 * 2**20 / (found["loopback_gb_per_s"] * 1e9)) < 0.01 + \
+        0.02 * found["loopback_limit_seconds"]

@@ -165,6 +165,29 @@ def test_bad_arguments_are_refused_with_a_reason(cluster: str) -> None:
         matlab.runs(3.0)
 
 
+def test_results_from_disk_say_what_is_missing_and_map_by_name_resumes(cluster: str) -> None:
+    from hpcbridge import mapping
+
+    run = matlab.map(cluster, "operator:neg", array.array("d", [float(x) for x in range(400)]),
+                     (), "m-resume", False, 50.0)
+    assert matlab.wait(cluster, run, 60.0)["finished"]
+    bridge = matlab.bridge_for(cluster)
+    directory = Path(bridge.run(run).directory)
+    mapping.release(bridge.client, run)  # the cluster forgets it, as one that ended would
+    (directory / "chunk-100-150.pkl").unlink()
+    got = matlab.results(cluster, run, math.inf, False, True)
+    assert not got["complete"] and got["missing"].tolist() == list(range(101, 151))  # 1-based
+    assert got["values"].dtype == np.float64 and np.isnan(got["values"][100:150]).all()
+    np.testing.assert_array_equal(got["values"][:100], -np.arange(100.0))
+    assert "50 have no result (items 100..149)" in got["reason"]
+    with pytest.raises(mapping.RunLost, match="items 100..149"):
+        matlab.gather(cluster, run)
+    again = matlab.map(cluster, "operator:neg", array.array("d", [float(x) for x in range(400)]),
+                       (), "m-resume", False, 50.0)
+    assert [len(range(*b)) for b, f in zip(bridge.run(again).bounds, bridge.run(again).futures) if f] == [50]
+    np.testing.assert_array_equal(matlab.gather(cluster, again), -np.arange(400.0))
+
+
 def test_a_scalar_from_matlab_is_one_item(cluster: str) -> None:
     for scalar in (4.0, 4, True):  # 4, int64(4), true as MATLAB passes them
         run = matlab.map(cluster, "math:sqrt", scalar, (), "", False, 0)

@@ -19,9 +19,14 @@ function run = map(cluster, func, items, varargin)
 %     'Stack'     - true to stack array results on the workers
 %     'ChunkSize' - items per task; default 0 measures the function's time
 %                   and sizes the tasks from it
+%     'Save'      - false to keep finished chunks only in the cluster's
+%                   memory (default true: saved on disk as they finish)
 %
 %   The run belongs to the cluster: if MATLAB exits or the connection is
-%   lost, the work goes on and a new session collects it by name.
+%   lost, the work goes on and a new session collects it by name. Finished
+%   chunks are also saved on disk, so they outlive the cluster: a 'Name'
+%   whose run is on disk from an earlier job resumes it, computing only the
+%   items without a saved result.
 %
 %   Example
 %     w = hpcbridge.broadcast(c, weights);
@@ -39,12 +44,14 @@ addParameter(p, 'Broadcast', {});
 addParameter(p, 'Name', '', @(x) ischar(x) || isstring(x));
 addParameter(p, 'Stack', false, @(x) islogical(x) || isnumeric(x));
 addParameter(p, 'ChunkSize', 0, @(x) isnumeric(x) && isscalar(x) && x >= 0 && x == fix(x));
+addParameter(p, 'Save', true, @(x) islogical(x) || isnumeric(x));
 parse(p, cluster, func, items, varargin{:});
 opts = p.Results;
 
 names = broadcastNames(opts.Broadcast);
 run = char(py.hpcbridge.matlab.map(hpcbridge.clusterFile(opts.cluster), char(opts.func), ...
-    hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize)));
+    hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize), ...
+    logical(opts.Save)));
 end
 
 function names = broadcastNames(value)

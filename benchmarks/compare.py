@@ -1,0 +1,129 @@
+"""Every benchmark with its baseline in the same run, and one table of ratios against the goals.
+
+    make bench                              # the sizes of the README's table (about 10 minutes idle)
+    python benchmarks/compare.py --quick    # small sizes, a minute or two
+    python benchmarks/compare.py --only map_overhead,primes --scheduler-file F
+
+Each row is a figure hpcbridge is measured on and the best alternative measured beside it, in
+the same process tree and minutes: ``multiprocessing.Pool.map`` for tiny items, plain processes
+for the prime sum, ``client.scatter(broadcast=True)`` and the loopback limit for a broadcast,
+``np.copyto`` for assembly, one process for Mandelbrot, ``spsolve`` for the FE solve. The
+benchmarks print ``name: value`` lines; this script runs each as its own process, reads the
+lines, and prints the table (Markdown) with the load average, since the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row: which benchmark line is ours, which is the baseline, their ratio, and the goal."""
+
+    benchmark: str
+    label: str
+    ours: str
+    baseline: str
+    ratio: str
+    goal: str
+    meets: object  # float -> bool, on the ratio
+
+    def row(self, lines: dict[str, str]) -> list[str]:
+        ratio = lines.get(self.ratio)
+        met = "?" if ratio is None else ("yes" if self.meets(float(ratio)) else "no")
+        return [self.label, lines.get(self.ours, "-"), lines.get(self.baseline, "-"), ratio or "-", self.goal, met]
+
+
+FIGURES = [
+    Figure("map_overhead", "map of tiny items, µs per item (vs Pool.map, best chunksize)", "bridge_map_us_per_item",
+           "pool_us_per_item", "bridge_over_pool_ratio", "≤ 2", lambda r: r <= 2),
+    Figure("map_overhead", "fixed cost of a run, ms (map of one item until it returns)", "run_start_ms",
+           "run_start_ms", "run_start_ms", "< 50 ms", lambda r: r < 50),
+    Figure("primes", "sympy prime sum, seconds (vs the same items on plain processes)", "faithful_seconds",
+           "plain_processes_seconds", "efficiency_vs_ceiling", "≥ 0.95", lambda r: r >= 0.95),
+    Figure("broadcast", "broadcast to every worker, seconds (vs scatter(broadcast=True))", "hpcbridge_seconds",
+           "scatter_seconds", "hpcbridge_over_scatter_ratio", "≤ 0.5", lambda r: r <= 0.5),
+    Figure("broadcast", "broadcast, seconds (vs the loopback limit: bytes x copies / one stream)",
+           "hpcbridge_seconds", "loopback_limit_seconds", "hpcbridge_seconds", "(shown)", lambda r: True),
+    Figure("mandelbrot", "assembly into one array, GB/s (vs np.copyto)", "assembly_gbps", "memcpy_gbps",
+           "assembly_gbps", "≥ 1.5 GB/s", lambda r: r >= 1.5),
+    Figure("mandelbrot", "Mandelbrot, s per gigapixel (vs one process)", "seconds_per_gigapixel",
+           "single_seconds_per_gigapixel", "efficiency", "(efficiency)", lambda r: True),
+    Figure("truss", "FE frequency response, CPU s per frequency (vs spsolve)", "cluster_wall_seconds_per_frequency",
+           "spsolve_cpu_seconds_per_frequency", "ratio_vs_spsolve", "≥ 10", lambda r: r >= 10),
+    Figure("montecarlo", "Monte Carlo π, seconds (vs one process)", "seconds", "serial_seconds", "efficiency",
+           "(efficiency)", lambda r: True),
+]
+
+FULL = {
+    "map_overhead": ["--items", "200000", "--repeats", "3"],
+    "primes": ["--upper", "1000000", "--repeats", "2"],
+    "broadcast": ["--megabytes", "400", "--workers", "4"],
+    "mandelbrot": ["--size", "10000"],
+    "truss": ["--nx", "140", "--ny", "140", "--frequencies", "4"],
+    "montecarlo": ["--count", "1200", "--high", "10000000"],
+}
+QUICK = {
+    "map_overhead": ["--items", "20000", "--raw-items", "200", "--repeats", "1"],
+    "primes": ["--upper", "20000"],
+    "broadcast": ["--megabytes", "20", "--workers", "2"],
+    "mandelbrot": ["--size", "400", "--single-max", "200"],
+    "truss": ["--nx", "10", "--ny", "8", "--frequencies", "3", "--cluster-factor", "2"],
+    "montecarlo": ["--count", "60", "--high", "100000"],
+}
+ATTACHES = {"primes", "mandelbrot", "truss", "montecarlo"}  # take --scheduler-file
+
+
+def run_benchmark(name: str, arguments: list[str], scheduler_file: str | None, timeout: float) -> dict[str, str]:
+    """Run ``benchmarks/<name>.py`` and return its ``name: value`` lines (or raise with its output)."""
+    command = [sys.executable, str(HERE / f"{name}.py"), *arguments]
+    if scheduler_file and name in ATTACHES:
+        command += ["--scheduler-file", scheduler_file]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+
+
+def table(results: dict[str, dict[str, str]]) -> str:
+    """The Markdown table of every figure whose benchmark ran."""
+    rows = [["figure", "hpcbridge", "baseline", "ratio", "goal", "met"], ["---"] * 6]
+    rows += [figure.row(results[figure.benchmark]) for figure in FIGURES if figure.benchmark in results]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (checks the table, not the machine)")
+    parser.add_argument("--only", default=",".join(FULL), help="comma-separated benchmarks (default: all)")
+    parser.add_argument("--scheduler-file", metavar="F", default=None,
+                        help="run the benchmarks that can attach on the cluster behind F (default: each starts its own)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark (default 1800)")
+    options = parser.parse_args(argv)
+    names = [name.strip() for name in options.only.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(FULL))
+    if unknown:
+        parser.error(f"--only: unknown benchmark {unknown[0]!r}; expected some of {', '.join(FULL)}")
+    sizes = QUICK if options.quick else FULL
+    load = os.getloadavg()
+    results = {}
+    for name in names:
+        print(f"running {name} {' '.join(sizes[name])}", file=sys.stderr, flush=True)
+        results[name] = run_benchmark(name, sizes[name], options.scheduler_file, options.timeout)
+    print(table(results))
+    after = os.getloadavg()
+    print(f"\nload average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; after: "
+          f"{after[0]:.1f} {after[1]:.1f} {after[2]:.1f} ({os.cpu_count()} cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Which error a lost run raises, from what the batch system says (hpcbridge/losses.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from hpcbridge.backends import JobStatus
+from hpcbridge.losses import (JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft,
+                              explain)
+
+
+@dataclass
+class EndedJob:
+    """A job whose state is already known (explain only reads ``job_id`` and ``status()``)."""
+
+    state: str
+    reason: str | None = None
+    job_id: str = "4242"
+
+    def status(self) -> JobStatus:
+        return JobStatus(self.job_id, self.state, self.reason)
+
+
+@pytest.mark.parametrize(("job", "lost", "gone", "cause", "words"), [
+    (EndedJob("TIMEOUT"), True, False, WalltimeReached, "job 4242 reached its walltime (the batch system says: TIMEOUT)"),
+    (EndedJob("CANCELLED", "cancelled by root"), True, False, JobCancelled,
+     "job 4242 was cancelled (the batch system says: CANCELLED, cancelled by root)"),
+    (EndedJob("FAILED", "NodeFail: node3 failed"), True, False, NodeFailed, "a node of job 4242 failed"),
+    (EndedJob("RUNNING"), True, False, SchedulerLost, "reconnecting was tried for 10 s; job 4242 is RUNNING"),
+    (EndedJob("RUNNING"), False, True, WorkersLeft, "every worker left the cluster while its scheduler still ran"),
+    (EndedJob("FAILED"), True, True, WorkersLeft, "every worker exited, and then job 4242 stopped its scheduler"),
+    (None, True, False, SchedulerLost, "the batch job is not known to this client"),
+])
+def test_each_cause_has_its_own_error_in_the_batch_systems_words(job, lost, gone, cause, words) -> None:
+    found, what = explain(job, lost, gone, [], 10.0, "tcp://10.77.0.1:40000")
+    assert found is cause and words in what
+
+
+def test_workers_that_left_for_the_walltime_name_it_even_when_the_job_completed() -> None:
+    drained = [{"worker": "tcp://10.77.0.2:1", "margin": 31.0}]
+    assert explain(EndedJob("COMPLETED"), True, True, drained, 10.0, "a")[0] is WalltimeReached
+    assert explain(EndedJob("COMPLETED"), True, True, [], 10.0, "a", near_end=True)[0] is WalltimeReached
+    assert explain(EndedJob("COMPLETED"), True, True, [], 10.0, "a")[0] is not WalltimeReached
+
+
+def test_the_error_carries_progress_results_and_what_to_do_next() -> None:
+    error = WalltimeReached("scores", "job 4242 reached its walltime", 10, 6, 6, [(6, 10)],
+                            [0, 1, 2, 3, 4, 5, None, None, None, None], "/scratch/runs/scores", "4242")
+    assert isinstance(error, RunLost) and error.n_missing == 4 and error.missing_items() == [6, 7, 8, 9]
+    assert str(error) == (
+        "run 'scores': job 4242 reached its walltime. 6 of 10 items were computed, 6 saved in "
+        "/scratch/runs/scores; 4 have no result (items 6..9). The results saved in /scratch/runs/scores are "
+        "kept: results('scores') returns them, and map(fn, items, name='scores') on a new cluster computes "
+        "only the missing items.")
