@@ -2,6 +2,12 @@
 
     python examples/truss.py --nx 60 --ny 60 --frequencies 400 --png frf.png --csv frf.csv
     python examples/truss.py --mesh plate            # reads Triangle's plate.node and plate.ele
+    python examples/truss.py --model model.mat       # your own K, C, M, b (and P(ω), outputs)
+
+--mesh BASE reads BASE.node and BASE.ele (Triangle's format), or the mesh of that name shipped
+with hpcbridge (plate: an unstructured plate with a hole, 3234 unknowns). --model FILE takes the
+matrices as they are, from MATLAB (save model.mat K C M b P_omega P outputs; outputs count from
+1) or NumPy (numpy.savez; outputs count from 0); see hpcbridge.workloads.truss.load_model.
 
 Solves (K + iωC − ω²M) x = P(ω) b with K, C = 0.004 K and M (lumped) broadcast to the workers
 once; each worker analyses the sparsity once and then factorises per frequency (MKL PARDISO,
@@ -12,14 +18,15 @@ are supported; a unit load (P = 1) acts in +y on the top right node, where the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
 import numpy as np
 
 from hpcbridge.workloads import add_cluster_options, open_cluster
-from hpcbridge.workloads.truss import (SOLVERS, assemble, first_frequency_estimate, frequency_response,
-                                       read_triangle, structured_mesh)
+from hpcbridge.workloads.truss import (SOLVERS, Mesh, MeshError, assemble, find_mesh, first_frequency_estimate,
+                                       frequency_response, load_model, read_triangle, structured_mesh)
 
 
 def save_plot(omegas: np.ndarray, response: np.ndarray, path: str, title: str) -> None:
@@ -39,13 +46,38 @@ def save_plot(omegas: np.ndarray, response: np.ndarray, path: str, title: str) -
     plt.close(figure)
 
 
+def supported_at(mesh: Mesh, support: str, tolerance: float, parser: argparse.ArgumentParser) -> Mesh:
+    """The mesh with its supports at AXIS=VALUE (e.g. Danial's ring at y=2) instead of the smallest x."""
+    axis, _, value = support.partition("=")
+    try:
+        column, at = {"x": 0, "y": 1}[axis.strip()], float(value)
+    except (KeyError, ValueError):
+        parser.error(f"--support: {support!r}; expected x=VALUE or y=VALUE, e.g. y=2")
+    fixed = np.flatnonzero(np.abs(mesh.nodes[:, column] - at) <= tolerance)
+    if fixed.size == 0:
+        parser.error(f"--support {support}: no node within {tolerance:g} of {axis}={at:g}; "
+                     f"{axis} runs from {mesh.nodes[:, column].min():g} to {mesh.nodes[:, column].max():g}")
+    return dataclasses.replace(mesh, fixed=fixed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     mesh = parser.add_argument_group("model")
     mesh.add_argument("--nx", type=int, default=60, help="cells along x of the structured mesh (default 60)")
     mesh.add_argument("--ny", type=int, default=60, help="cells along y (default 60; 60 x 60 has 7320 unknowns)")
-    mesh.add_argument("--mesh", metavar="BASE", help="read Triangle's BASE.node and BASE.ele instead")
+    mesh.add_argument("--mesh", metavar="BASE", help="read Triangle's BASE.node and BASE.ele instead "
+                      "(or a shipped mesh: plate)")
+    mesh.add_argument("--model", metavar="FILE", help="K, C, M, b (optional P_omega, P, outputs) from a .mat or .npz")
+    mesh.add_argument("--youngs", type=float, default=210e9, help="Young's modulus of the bars (default 210e9)")
+    mesh.add_argument("--density", type=float, default=7850.0, help="density of the bars (default 7850)")
+    mesh.add_argument("--area", type=float, default=1e-4, help="cross-section of the bars (default 1e-4)")
+    mesh.add_argument("--damping", type=float, default=0.004, help="C = DAMPING * K (default 0.004)")
+    mesh.add_argument("--support", metavar="AXIS=VALUE", help="support the nodes whose x or y is VALUE "
+                      "(within --support-tolerance), e.g. y=2 (default: the nodes with the smallest x)")
+    mesh.add_argument("--support-tolerance", type=float, default=1e-9, help="for --support (default 1e-9)")
+    mesh.add_argument("--random-load", type=int, metavar="SEED",
+                      help="b drawn from a standard normal (seeded) over every free DOF instead of the unit load")
     parser.add_argument("--frequencies", type=int, default=200, help="how many frequencies (default 200)")
     parser.add_argument("--omega-min", type=float, help="lowest ω in rad/s (default 0.1 ω₁)")
     parser.add_argument("--omega-max", type=float, help="highest ω in rad/s (default 4 ω₁; ω₁ is estimated)")
@@ -57,21 +89,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.frequencies < 1:
         parser.error("--frequencies must be at least 1")
 
-    source = read_triangle(args.mesh) if args.mesh else structured_mesh(args.nx, args.ny)
-    model = assemble(source)
+    if args.mesh and args.model:
+        parser.error("--mesh and --model exclude each other: a model file already holds its matrices")
+    amplitude = None
+    try:
+        if args.model:
+            model, amplitude = load_model(args.model)
+            name, described = args.model, f"{model.size} unknowns, {model.K.nnz} nonzeros in K"
+        else:
+            source = read_triangle(find_mesh(args.mesh)) if args.mesh else structured_mesh(args.nx, args.ny)
+            if args.support:
+                source = supported_at(source, args.support, args.support_tolerance, parser)
+            model = assemble(source, youngs=args.youngs, area=args.area, density=args.density, damping=args.damping)
+            name = f"{args.mesh} (Triangle)" if args.mesh else f"{args.nx} x {args.ny} cells"
+            described = (f"{len(source.nodes)} nodes, {len(source.bars)} bars, {model.size} unknowns, "
+                         f"{model.K.nnz} nonzeros in K")
+    except (MeshError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    if args.random_load is not None:
+        model.b = np.random.default_rng(args.random_load).standard_normal(model.size)
     omega_1 = first_frequency_estimate(model)
-    low = args.omega_min if args.omega_min is not None else 0.1 * omega_1
-    high = args.omega_max if args.omega_max is not None else 4.0 * omega_1
+    default_low, default_high = (0.1 * omega_1, 4.0 * omega_1) if amplitude is None else (
+        float(amplitude.omegas[0]), float(amplitude.omegas[-1]))
+    low = args.omega_min if args.omega_min is not None else default_low
+    high = args.omega_max if args.omega_max is not None else default_high
     omegas = np.linspace(low, high, args.frequencies)
-    name = f"{args.mesh} (Triangle)" if args.mesh else f"{args.nx} x {args.ny} cells"
-    print(f"truss {name}: {len(source.nodes)} nodes, {len(source.bars)} bars, {model.size} unknowns, "
-          f"{model.K.nnz} nonzeros in K; ω₁ ≈ {omega_1:.4g} rad/s")
+    print(f"truss {name}: {described}; ω₁ ≈ {omega_1:.4g} rad/s")
     print(f"{args.frequencies} frequencies from {low:.4g} to {high:.4g} rad/s")
 
     with open_cluster(args.scheduler_file, args.workers, args.timeout, job_name="hpcbridge-truss") as bridge:
         workers = bridge.n_workers
         started = time.perf_counter()
-        result = frequency_response(bridge, model, omegas, solver=args.solver)
+        result = frequency_response(bridge, model, omegas, solver=args.solver, amplitude=amplitude)
         seconds = time.perf_counter() - started
     response = result.outputs[:, 0]
     peak = int(np.argmax(np.abs(response)))

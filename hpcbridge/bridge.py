@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from hpcbridge.scheduler_file import ClusterInfo
 from hpcbridge.tls import Certificates, TLSRefused, check_handshake
 
 if TYPE_CHECKING:
+    from hpcbridge.executor import BridgeExecutor
     from hpcbridge.jobs import SubmittedJob
 
 _POLL_SECONDS = 0.2
@@ -100,7 +102,8 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
 
 
 def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int = 1, timeout: float = 300.0,
-            job: SubmittedJob | None = None, run_directory: str | os.PathLike[str] | None = None) -> Bridge:
+            job: SubmittedJob | None = None, run_directory: str | os.PathLike[str] | None = None,
+            set_as_default: bool = True) -> Bridge:
     """Attach to the cluster whose scheduler writes ``scheduler_file``; wait for ``n_workers``.
 
     One deadline, ``timeout`` seconds, covers all three waits: for the file (the job may still be
@@ -109,6 +112,12 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     is refused and a job that ends before its scheduler is up is reported at once. Without it,
     ``Bridge.job`` is the job the file names. The job's TLS certificates are found beside the
     file; a client they do not let in is refused in seconds, with the reason.
+    While attached (until :meth:`Bridge.close`, e.g. the end of the ``with`` block) the bridge's
+    client is Dask's default client, as a ``distributed.Client`` is: ``dask.compute``,
+    ``distributed.get_client()`` and joblib's ``dask`` backend reach this cluster. Pass
+    ``set_as_default=False`` to keep Dask's own default (e.g. to attach to a second cluster
+    while a first one stays the default).
+
     ``run_directory`` is where runs are saved (default: what the job says, see
     :attr:`Bridge.run_root`).
     """
@@ -131,7 +140,7 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     security = certificates.security() if certificates else None
     remaining = max(1.0, deadline - time.monotonic())
     try:
-        client = Client(info.address, timeout=f"{remaining:.0f}s", set_as_default=False, security=security)
+        client = Client(info.address, timeout=f"{remaining:.0f}s", set_as_default=set_as_default, security=security)
     except (OSError, TypeError) as error:
         hint = ""
         if info.address.startswith("tcp://") and "reset by peer" in str(error):
@@ -353,17 +362,23 @@ class Bridge:
         """Run ``fn(*args)`` on a worker; broadcast handles among ``args`` are not resolved."""
         return self.client.submit(functions.resolve(fn), *args, pure=False)
 
-    def map(self, fn: Callable[..., Any] | str, items: Iterable[Any], *broadcast: Any, name: str | None = None,
-            stack: bool = False, chunk_size: int | None = None, progress: bool = True, save: bool = True) -> Run:
-        """Run ``fn(item, *broadcast)`` for every item, in chunks sized from measured durations.
+    def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], args: Sequence[Any] | Broadcast = (),
+            name: str | None = None, stack: bool = False, chunk_size: int | None = None,
+            progress: bool = True, save: bool = True) -> Run:
+        """Run ``fn(item, *args)`` for every item, in chunks sized from measured durations.
+
+        As in ``client.map`` and ``Executor.map``, several iterables are zipped:
+        ``map(fn, a, b)`` runs ``fn(a[i], b[i], *args)`` (the iterables must have one length;
+        ``client.map`` would stop silently at the shortest). Broadcasts and other constants go by
+        keyword, ``args=(handle, 0.5)`` (a single handle may be given as ``args=handle``): handles
+        become the broadcast objects on the workers, everything else is passed as it is.
 
         ``fn`` is a function or its name (``"module:function"``, ``"path/file.py:function"``).
-        Broadcast handles become the broadcast objects on the workers; other extra arguments are
-        passed as they are. The run is held by the cluster under ``name`` (default
-        ``run-<date>-<time>-<random>``) until collected: :meth:`gather` it, or, from any client,
-        :meth:`results` by name. ``stack=True`` stacks NumPy results on the workers, chunk by
-        chunk, so that :meth:`gather` joins a few arrays instead of many. ``chunk_size`` fixes
-        the number of items per task instead of measuring.
+        The run is held by the cluster under ``name`` (default ``run-<date>-<time>-<random>``)
+        until collected: :meth:`gather` it, or, from any client, :meth:`results` by name.
+        ``stack=True`` stacks NumPy results on the workers, chunk by chunk, so that :meth:`gather`
+        joins a few arrays instead of many. ``chunk_size`` fixes the number of items per task
+        instead of measuring.
 
         Every finished chunk is also saved in the run directory (``<run_root>/<name>/``) by the
         worker that computed it, so results outlive the cluster; ``save=False`` turns that off.
@@ -372,16 +387,19 @@ class Bridge:
         same name for another function or other items raises :class:`RunMismatchError`.
         """
         fn = arguments.function("fn", fn)
-        items = arguments.items("items", items)
+        if iterables and not isinstance(iterables[0], Broadcast):
+            arguments.items("items", iterables[0])
         name = arguments.name("name", name)
         stack = arguments.flag("stack", stack)
         chunk_size = None if chunk_size is None else arguments.count("chunk_size", chunk_size, minimum=1)
         progress = arguments.flag("progress", progress)
+        items, function = _zipped(fn, iterables)
+        extra = _extra_arguments(args)
         client = self._cluster()
         if progress:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
-        return mapping.start(client, functions.resolve(fn), _as_sequence(items), broadcast,
-                             name=name, stack=stack, chunk_size=chunk_size, root=self.run_root if save else None)
+        return mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
+                             root=self.run_root if save else None)
 
     def gather(self, run: Run | Sequence[Future] | str, stack: bool = False, timeout: float | None = None,
                progress: bool = True, release: bool = True) -> Any:
@@ -464,6 +482,26 @@ class Bridge:
         else:
             broadcasts.release(client, handle)
 
+    def executor(self, progress: bool = False) -> BridgeExecutor:
+        """A ``concurrent.futures.Executor`` on this cluster whose ``map`` uses hpcbridge's chunking.
+
+        ``with bridge.executor() as ex: squares = list(ex.map(f, range(254)))``; see
+        :class:`~hpcbridge.executor.BridgeExecutor`.
+        """
+        from hpcbridge.executor import BridgeExecutor
+
+        return BridgeExecutor(self, progress=progress)
+
+    def joblib(self, **options: Any) -> AbstractContextManager[None]:
+        """``with bridge.joblib(): joblib.Parallel()(...)`` runs joblib's work on this cluster.
+
+        joblib's ``dask`` backend with this bridge's client; ``options`` go to
+        ``joblib.parallel_config``. Needs ``pip install joblib``.
+        """
+        from hpcbridge.executor import joblib_on
+
+        return joblib_on(self, **options)
+
     def close(self) -> None:
         """Detach this client; the cluster keeps running, with its broadcasts and runs."""
         self.client.close(timeout=5 if self.connected else 1)
@@ -482,6 +520,37 @@ class Bridge:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _zipped(fn: Callable[..., Any] | str, iterables: Sequence[Iterable[Any]]) -> tuple[Sequence[Any], Callable[..., Any]]:
+    """The items and the per-item function of ``map(fn, *iterables)``; refuses what is not items."""
+    if not iterables:
+        raise TypeError("map() needs at least one iterable of items: bridge.map(fn, items)")
+    for position, iterable in enumerate(iterables, start=2):
+        if isinstance(iterable, Broadcast):
+            raise TypeError(f"map: argument {position} is broadcast {iterable.name!r}, not an iterable of items; "
+                            "pass broadcasts and constants by keyword: bridge.map(fn, items, args=(handle,))")
+        if not isinstance(iterable, Iterable) or isinstance(iterable, (str, bytes)):
+            raise TypeError(f"map: argument {position} is a {type(iterable).__name__}, not an iterable of items; "
+                            "pass constants by keyword: bridge.map(fn, items, args=(value,))")
+    sequences = [_as_sequence(iterable) for iterable in iterables]
+    function = functions.resolve(fn)
+    if len(sequences) == 1:
+        return sequences[0], function
+    lengths = [len(sequence) for sequence in sequences]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"map: the iterables have different lengths ({', '.join(map(str, lengths))}); zipped "
+                         "items need one length (client.map would stop at the shortest without a word)")
+    return list(zip(*sequences)), functions.SpreadItems(function)
+
+
+def _extra_arguments(args: Sequence[Any] | Broadcast) -> tuple[Any, ...]:
+    if isinstance(args, Broadcast):
+        return (args,)
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"map: args must be a tuple of extra arguments, e.g. args=(handle, 0.5), not a "
+                        f"{type(args).__name__}")
+    return tuple(args)
 
 
 def _as_sequence(items: Iterable[Any]) -> Sequence[Any]:

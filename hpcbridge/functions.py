@@ -55,6 +55,25 @@ class ShippedFunction:
         return f"<shipped {self.__qualname__}>"
 
 
+class SpreadItems:
+    """``fn(*item, *extra)``: each item is a tuple of zipped values spread over ``fn``'s first parameters.
+
+    What ``bridge.map(fn, a, b)`` runs per item, as ``client.map(fn, a, b)`` and
+    ``Executor.map`` do: ``fn(a[i], b[i])``.
+    """
+
+    def __init__(self, fn: ShippedFunction) -> None:
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+
+    def __call__(self, item: tuple[Any, ...], *extra: Any) -> Any:
+        return self.fn(*item, *extra)
+
+    def __repr__(self) -> str:
+        return f"<{self.__qualname__} over zipped items>"
+
+
 _UNSHIPPED: dict[bytes, ShippedFunction] = {}
 
 

@@ -157,8 +157,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     resolved = functions.resolve(function)  # a bad name fails here, not on the thread
 
     def start() -> None:
-        bridge.map(resolved, values, *handles, name=name, stack=bool(stack), chunk_size=chunks, progress=False,
-                   save=bool(save))
+        bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks,
+                   progress=False, save=bool(save))
 
     if chunks:
         start()  # nothing to measure: every chunk is submitted now

@@ -72,6 +72,10 @@ def test_truss_benchmark(cluster: str) -> None:
     assert lines["cluster_solver"] == truss.resolve_solver("auto")
     assert float(lines["cluster_residual_max"]) < 1e-10
     positive(lines, "ratio_vs_spsolve", "cluster_wall_seconds_per_frequency", "cluster_speedup_vs_spsolve_cpu")
+    assert float(lines["reuse_residual_max"]) <= 1e-10 and lines["reuse_frequencies"] == "20"
+    assert int(lines["reuse_factorisations"]) < 20  # the factorisation was reused
+    positive(lines, "reuse_cpu_seconds_per_frequency", "reuse_ratio_vs_spsolve")
+    assert len(lines["load_average"].split()) == 3
 
 
 def test_montecarlo_benchmark(cluster: str) -> None:

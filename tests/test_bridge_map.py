@@ -80,11 +80,11 @@ def test_a_million_small_items_run_as_few_tasks_and_come_back_in_order(cluster) 
 def test_broadcast_handles_and_stacking_give_one_contiguous_array(cluster) -> None:
     _, bridge = cluster
     row = bridge.broadcast(np.arange(4.0))
-    run = bridge.map(row_times, np.arange(3000), row, stack=True, progress=False)
+    run = bridge.map(row_times, np.arange(3000), args=(row,), stack=True, progress=False)
     stacked = bridge.gather(run, stack=True, progress=False)
     assert stacked.shape == (3000, 4) and stacked.flags.c_contiguous
     np.testing.assert_array_equal(stacked, np.outer(np.arange(3000), np.arange(4.0)))
-    unstacked_on_workers = bridge.gather(bridge.map(row_times, range(5), row, progress=False),
+    unstacked_on_workers = bridge.gather(bridge.map(row_times, range(5), args=(row,), progress=False),
                                          stack=True, progress=False)
     np.testing.assert_array_equal(unstacked_on_workers, np.outer(np.arange(5), np.arange(4.0)))
     bridge.release(row)

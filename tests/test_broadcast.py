@@ -48,7 +48,7 @@ def test_broadcast_is_sent_once_copied_by_workers_and_survives_the_memory_manage
     assert handle.name in bridge.broadcasts()
     time.sleep(2 * interval + 1)
     items = [np.full(10, float(i)) for i in range(12)]
-    results = bridge.gather(bridge.map(total, items, handle, progress=False))
+    results = bridge.gather(bridge.map(total, items, args=handle, progress=False))
     assert results == [total(item, data) for item in items]
     stats = bridge.client.run(broadcast.worker_stats)
     copies = [per_worker[handle.name] for per_worker in stats.values()]
@@ -92,7 +92,7 @@ def test_a_worker_that_joins_later_copies_the_broadcast_from_a_peer(cluster) -> 
 def test_release_drops_every_copy_and_later_tasks_say_it_is_gone(cluster) -> None:
     _, bridge = cluster
     handle = bridge.broadcast({"weights": [1.0, 2.0]})
-    assert bridge.gather(bridge.map(lambda_free_lookup, ["weights"], handle, progress=False)) == [[1.0, 2.0]]
+    assert bridge.gather(bridge.map(lambda_free_lookup, ["weights"], args=handle, progress=False)) == [[1.0, 2.0]]
     bridge.release(handle)
     assert handle.name not in bridge.broadcasts()
     assert all(handle.name not in held for held in bridge.client.run(broadcast.worker_stats).values())
@@ -121,7 +121,7 @@ def test_a_broadcast_outlives_the_client_that_sent_it_and_is_used_by_name(cluste
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 10_000_000
     assert "shared-ones" in bridge.broadcasts()
-    results = bridge.gather(bridge.map(total, [np.ones(3)], broadcast.Broadcast.named("shared-ones"),
+    results = bridge.gather(bridge.map(total, [np.ones(3)], args=broadcast.Broadcast.named("shared-ones"),
                                        progress=False))
     assert results == [3.0]
     bridge.release("shared-ones")
@@ -134,9 +134,9 @@ def test_a_broadcast_name_in_use_is_refused_at_once_and_the_first_copy_stays_usa
         with pytest.raises(ValueError, match="a broadcast named 'dup-python' already exists"):
             bridge.broadcast(np.array([3.0]), name="dup-python")
         items = [np.ones(4)] * 6
-        assert bridge.gather(bridge.map(total, items, first, progress=False), progress=False) == [8.0] * 6
+        assert bridge.gather(bridge.map(total, items, args=first, progress=False), progress=False) == [8.0] * 6
     finally:
         bridge.release(first)
     again = bridge.broadcast(np.array([5.0]), name="dup-python")  # free again once released
-    assert bridge.gather(bridge.map(total, [np.ones(2)], again, progress=False), progress=False) == [10.0]
+    assert bridge.gather(bridge.map(total, [np.ones(2)], args=again, progress=False), progress=False) == [10.0]
     bridge.release(again)

@@ -97,6 +97,79 @@ def test_truss_example_reads_a_triangle_mesh(cluster: str, tmp_path: Path) -> No
     assert float(value(output, "largest residual")) < 1e-10
 
 
+def test_truss_example_runs_the_shipped_plate_mesh_from_any_folder(cluster: str, tmp_path: Path) -> None:
+    output = run("truss", "--mesh", "plate", "--frequencies", "4", "--png", str(tmp_path / "t.png"),
+                 "--scheduler-file", cluster, cwd=tmp_path)
+    assert "plate (Triangle): 1638 nodes" in output and "3234 unknowns" in output
+    assert float(value(output, "largest residual")) < 1e-10
+
+
+def test_truss_example_with_a_reused_factorisation_matches_spsolve(cluster: str, tmp_path: Path) -> None:
+    output = run("truss", "--mesh", "plate", "--frequencies", "16", "--solver", "reuse", "--csv", str(tmp_path / "t.csv"),
+                 "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)
+    assert value(output, "solver") == "reuse"
+    rows = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    assert rows[:, 4].max() <= 1e-10
+    model = truss.assemble(truss.read_triangle(truss.find_mesh("plate")))
+    omega = rows[5, 0]
+    x = truss.solver_for(model, "spsolve").solve(omega, model.b)
+    np.testing.assert_allclose(rows[5, 1] + 1j * rows[5, 2], x[model.outputs[0]], rtol=1e-8)
+
+
+def test_truss_example_takes_supports_material_and_a_random_load_for_a_triangle_mesh(cluster: str,
+                                                                                       tmp_path: Path) -> None:
+    output = run("truss", "--mesh", "plate", "--support", "y=0", "--support-tolerance", "1e-6", "--youngs", "1e7",
+                 "--density", "0.1", "--random-load", "5", "--frequencies", "4", "--png", str(tmp_path / "t.png"),
+                 "--scheduler-file", cluster)
+    mesh = truss.read_triangle(truss.find_mesh("plate"))
+    bottom = int(np.sum(np.abs(mesh.nodes[:, 1]) <= 1e-6))
+    assert f"{2 * (len(mesh.nodes) - bottom)} unknowns" in output  # supported along the bottom edge
+    assert float(value(output, "largest residual")) < 1e-10
+    refused = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", "plate",
+                              "--support", "y=7"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--support y=7: no node within 1e-09 of y=7" in refused.stderr
+
+
+def test_truss_example_says_in_one_line_which_mesh_file_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "satellite.node").write_text("3 2 0 0\n1 0 0\n2 1 0\n3 0 1\n")
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", str(tmp_path / "satellite")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"truss.py: error: no Triangle file {tmp_path / 'satellite.ele'}: a mesh is BASE.node and BASE.ele "
+        "(the meshes shipped with hpcbridge: plate)"]
+
+
+@pytest.mark.parametrize("kind", ["mat", "npz"])
+def test_truss_example_takes_the_users_own_matrices_and_load_table(cluster: str, tmp_path: Path, kind: str) -> None:
+    import scipy.io
+
+    model = truss.assemble(truss.structured_mesh(8, 4), youngs=1e7, density=0.1)
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal(model.size)  # Danial's random b, scaled by a tabulated P(ω)
+    omega_1 = truss.first_frequency_estimate(model)
+    table = np.linspace(0.2 * omega_1, 2.0 * omega_1, 5)
+    amplitude = np.array([1.0, 2.0, 1.5 + 1.0j, 0.5, 1.0])
+    outputs = np.array([3, 10, 17])
+    path = tmp_path / f"model.{kind}"
+    if kind == "mat":
+        scipy.io.savemat(path, {"K": model.K, "C": model.C, "M": model.M, "b": b, "P_omega": table, "P": amplitude,
+                                "outputs": outputs + 1})  # MATLAB counts from 1
+    else:
+        np.savez(path, K=model.K.toarray(), C=model.C.toarray(), M=model.M.toarray(), b=b, P_omega=table,
+                 P=amplitude, outputs=outputs)
+    output = run("truss", "--model", str(path), "--frequencies", "7", "--csv", str(tmp_path / "t.csv"),
+                 "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)
+    assert f"{model.size} unknowns" in output
+    assert float(value(output, "largest residual")) < 1e-10
+    rows = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    omegas = np.linspace(table[0], table[-1], 7)
+    np.testing.assert_allclose(rows[:, 0], omegas)
+    load = truss.TabulatedLoad(table, amplitude)
+    expected = [truss.solver_for(model, "spsolve").solve(w, b * load(w))[outputs[0]] for w in omegas]
+    np.testing.assert_allclose(rows[:, 1] + 1j * rows[:, 2], expected, rtol=1e-8)
+
+
 def test_montecarlo_example_writes_the_table_the_serial_run_gives(cluster: str, tmp_path: Path) -> None:
     output = run("montecarlo", "--count", "120", "--high", "200000", "--seed", "5", "--csv", str(tmp_path / "pi.csv"),
                  "--png", str(tmp_path / "pi.png"), "--scheduler-file", cluster)

@@ -41,7 +41,7 @@ def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None
         limits = {w["memory_limit"] for w in bridge.client.scheduler_info(n_workers=-1)["workers"].values()}
         assert limits == {896 * 2**20}  # (2 GiB less an eighth for the scheduler) / 2 workers
         offset = bridge.broadcast(np.arange(1000.0))
-        results = bridge.gather(bridge.map(operator.add, range(20), offset))
+        results = bridge.gather(bridge.map(operator.add, range(20), args=(offset,)))
         assert [float(r.sum()) for r in results] == [499500.0 + 1000 * i for i in range(20)]
         assert bridge.gather([bridge.submit(sum_prime_factors, (2, 10000))]) == [10218029]
         bridge.shutdown()

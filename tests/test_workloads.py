@@ -229,3 +229,26 @@ def test_workload_modules_import_without_numba_scipy_or_matplotlib() -> None:
             "print(len(m.sample_sizes()), hpcbridge.workloads.truss.structured_mesh(2, 2).free_dofs)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["1200", "12"], done.stderr
+
+
+def test_a_reused_factorisation_solves_neighbouring_frequencies_to_1e_10_and_refactorises_when_needed() -> None:
+    model = truss.assemble(truss.structured_mesh(20, 10))
+    pattern = truss.Pattern(model)
+    omega_1 = truss.first_frequency_estimate(model)
+    rhs = model.b.astype(complex)
+    reuse = truss.ReusedFactorSolver(pattern)
+    direct = truss.SpsolveSolver(pattern)
+    near = np.linspace(0.2 * omega_1, 0.6 * omega_1, 25)
+    for omega in near:
+        x = reuse.solve(float(omega), rhs)
+        assert truss.relative_residual(pattern, float(omega), x, rhs) <= 1e-10
+        y = direct.solve(float(omega), rhs)
+        assert np.linalg.norm(x - y) / np.linalg.norm(y) < 1e-8
+    assert reuse.factorisations < 5 and max(reuse.iterations) <= reuse.max_iterations
+    reuse.close()
+    strict = truss.ReusedFactorSolver(pattern, max_iterations=1)  # any real iteration count is "too many"
+    strict.solve(float(near[0]), rhs)
+    x = strict.solve(float(near[-1]), rhs)
+    assert truss.relative_residual(pattern, float(near[-1]), x, rhs) <= 1e-10
+    assert strict.factorisations == 2 and strict.base == float(near[-1])
+    strict.close()

@@ -37,7 +37,7 @@ import numpy as np
 
 from hpcbridge.bridge import Bridge
 
-SOLVERS = ("auto", "pardiso", "superlu", "spsolve")
+SOLVERS = ("auto", "reuse", "pardiso", "superlu", "spsolve")
 
 
 # --- meshes ---------------------------------------------------------------------------------
@@ -97,6 +97,10 @@ def read_triangle(base: str | os.PathLike[str]) -> Mesh:
     for suffix in (".node", ".ele"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
+    for suffix in (".node", ".ele"):
+        if not Path(base + suffix).is_file():
+            raise MeshError(f"no Triangle file {base + suffix}: a mesh is BASE.node and BASE.ele "
+                            f"(the meshes shipped with hpcbridge: {', '.join(shipped_meshes()) or 'none'})")
     node_lines = _data_lines(Path(base + ".node"))
     count, dim, attributes, markers = (int(w) for w in node_lines[0][:4])
     if dim != 2:
@@ -123,6 +127,56 @@ def read_triangle(base: str | os.PathLike[str]) -> Mesh:
     fixed = np.flatnonzero(nodes[:, 0] <= nodes[:, 0].min() + 1e-9 * span)
     load = np.lexsort((nodes[:, 1], nodes[:, 0]))[-1]
     return Mesh(nodes, bars, fixed=fixed, load_node=int(load))
+
+
+class MeshError(ValueError):
+    """A mesh or model file is missing or unreadable; the message names the file."""
+
+
+MESH_FOLDER = Path(__file__).resolve().parent / "meshes"
+
+
+def shipped_meshes() -> list[str]:
+    """Names of the small Triangle meshes that ship with hpcbridge (``--mesh plate``)."""
+    return sorted(path.stem for path in MESH_FOLDER.glob("*.node") if path.with_suffix(".ele").is_file())
+
+
+def find_mesh(name: str | os.PathLike[str]) -> str:
+    """``name`` as given when its files exist there, else the shipped mesh of that name, else ``name``."""
+    base = str(name)
+    for suffix in (".node", ".ele"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    if Path(base + ".node").is_file() or os.sep in base:
+        return base
+    shipped = MESH_FOLDER / base
+    return str(shipped) if shipped.with_suffix(".node").is_file() else base
+
+
+def plate_with_hole(length: float = 4.0, width: float = 1.0, hole: float = 0.25, spacing: float = 0.05,
+                    seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """An unstructured triangulation (Delaunay of jittered points) of a plate with a round hole.
+
+    The generator of the shipped ``plate`` mesh; ``spacing`` 0.05 gives about 1,700 nodes.
+    """
+    from scipy.spatial import Delaunay
+
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(0, length + spacing / 2, spacing), np.arange(0, width + spacing / 2, spacing))
+    points = np.column_stack([xs.ravel(), ys.ravel()])
+    inner = (points[:, 0] > 0) & (points[:, 0] < length) & (points[:, 1] > 0) & (points[:, 1] < width)
+    points[inner] += rng.uniform(-0.3, 0.3, (int(inner.sum()), 2)) * spacing
+    centre = np.array([length / 2, width / 2])
+    angles = np.linspace(0, 2 * np.pi, max(12, int(2 * np.pi * hole / spacing)), endpoint=False)
+    rim = centre + hole * np.column_stack([np.cos(angles), np.sin(angles)])
+    points = np.vstack([points[np.hypot(*(points - centre).T) > hole + 0.4 * spacing], rim])
+    triangles = Delaunay(points).simplices
+    centroids = points[triangles].mean(axis=1)
+    triangles = triangles[np.hypot(*(centroids - centre).T) > hole]
+    used = np.unique(triangles)
+    renumber = np.full(len(points), -1)
+    renumber[used] = np.arange(len(used))
+    return points[used], renumber[triangles]
 
 
 def structured_triangles(nx: int, ny: int, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -339,6 +393,18 @@ class PardisoSolver:
         self._call(23, b, x)
         return x
 
+    def factorise(self, omega: float) -> None:
+        """Factorise A(ω) (phase 22) and keep the factors for :meth:`apply`."""
+        self._a[:] = self.pattern.values(omega, upper=True)
+        self._call(22, np.zeros(self.n, complex), np.zeros(self.n, complex))
+
+    def apply(self, rhs: np.ndarray) -> np.ndarray:
+        """Solve with the kept factors (phase 33): A(ω₀)⁻¹ rhs."""
+        b = np.ascontiguousarray(rhs, dtype=complex)
+        x = np.zeros(self.n, complex)
+        self._call(33, b, x)
+        return x
+
     def close(self) -> None:
         if getattr(self, "_analysed", False):
             self._call(-1, np.zeros(1, complex), np.zeros(1, complex))
@@ -383,7 +449,73 @@ class SpsolveSolver:
         pass
 
 
-_SOLVER_CLASSES = {"pardiso": PardisoSolver, "superlu": SuperLUSolver, "spsolve": SpsolveSolver}
+class ReusedFactorSolver:
+    """One factorisation of A(ω₀) preconditions GMRES at the neighbouring ω; refactorise when it stops paying.
+
+    Neighbouring frequencies have nearly the same matrix, so A(ω₀)⁻¹ A(ω) is close to the identity
+    and GMRES needs a few iterations (each one solve with the kept factors and one product with
+    A(ω)) where a direct solve needs a new factorisation. Every answer is checked against the
+    true residual ‖A(ω)x − b‖/‖b‖ ≤ ``tolerance``; when GMRES needs more than ``max_iterations``
+    (the frequencies moved too far from ω₀), A(ω) is factorised and becomes the new ω₀. The
+    factors come from PARDISO when MKL loads, from SuperLU otherwise.
+    """
+
+    def __init__(self, pattern: Pattern, threads: int = 1, tolerance: float = 1e-10, max_iterations: int = 25) -> None:
+        self.pattern = pattern
+        self.tolerance, self.max_iterations = tolerance, max_iterations
+        self._pardiso = PardisoSolver(pattern, threads) if pardiso_available() else None
+        self.base: float | None = None
+        self.factorisations = 0
+        self.iterations: list[int] = []
+        self._apply: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def _factorise(self, omega: float) -> None:
+        if self._pardiso is not None:
+            self._pardiso.factorise(omega)
+            self._apply = self._pardiso.apply
+        else:
+            from scipy.sparse.linalg import splu
+
+            factor = splu(self.pattern.matrix(omega).tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.01,
+                          options={"SymmetricMode": True})
+            self._apply = factor.solve
+        self.base = omega
+        self.factorisations += 1
+
+    def _iterate(self, matrix, rhs: np.ndarray) -> tuple[np.ndarray | None, int]:
+        from scipy.sparse.linalg import LinearOperator, gmres
+
+        count = [0]
+        preconditioner = LinearOperator(matrix.shape, matvec=self._apply, dtype=complex)
+        x, _ = gmres(matrix, rhs, M=preconditioner, rtol=self.tolerance / 1000, atol=0.0,
+                     restart=self.max_iterations, maxiter=1, callback=lambda _: count.__setitem__(0, count[0] + 1),
+                     callback_type="pr_norm")
+        scale = np.linalg.norm(rhs) or 1.0
+        if np.linalg.norm(matrix @ x - rhs) / scale <= self.tolerance:
+            return x, count[0]
+        return None, count[0]
+
+    def solve(self, omega: float, rhs: np.ndarray) -> np.ndarray:
+        rhs = np.asarray(rhs, dtype=complex)
+        matrix = self.pattern.matrix(omega)
+        if self.base is None:
+            self._factorise(omega)
+        x, count = self._iterate(matrix, rhs)
+        if x is None or count > self.max_iterations:
+            self._factorise(omega)
+            x, count = self._iterate(matrix, rhs)
+            if x is None:
+                raise RuntimeError(f"no solution to a residual of {self.tolerance:g} at ω = {omega:g}, "
+                                   "even with A(ω) factorised")
+        self.iterations.append(count)
+        return x
+
+    def close(self) -> None:
+        if self._pardiso is not None:
+            self._pardiso.close()
+
+
+_SOLVER_CLASSES = {"reuse": ReusedFactorSolver, "pardiso": PardisoSolver, "superlu": SuperLUSolver, "spsolve": SpsolveSolver}
 _WORKER_STATE: dict[str, object] = {}
 
 
@@ -451,8 +583,11 @@ def frequency_response(bridge: Bridge, model: Model, omegas: Sequence[float], so
     """
     omegas = np.asarray(omegas, float)
     handle = bridge.broadcast(model)
+    # The reused factorisation pays off along neighbouring frequencies: one contiguous block per thread.
+    blocks = math.ceil(len(omegas) / max(1, bridge.total_threads)) if solver == "reuse" else None
     try:
-        run = bridge.map(_solve_one, omegas, handle, solver, threads, amplitude, progress=progress)
+        run = bridge.map(_solve_one, omegas, args=(handle, solver, threads, amplitude), chunk_size=blocks,
+                         progress=progress)
         results = bridge.gather(run, progress=progress)
     finally:
         bridge.release(handle)
@@ -496,3 +631,71 @@ def response_from_triplets(omega: float, data: dict, solver: str = "auto") -> np
     model = held[1]
     outputs, residuals, _ = solve_frequencies([float(np.ravel(omega)[0])], model, solver)
     return np.concatenate([outputs[0], [residuals[0]]])
+
+
+# --- a model the user brings ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TabulatedLoad:
+    """P(ω) from a table (ω ascending, complex values), linear between the points; picklable for workers."""
+
+    omegas: np.ndarray
+    values: np.ndarray
+
+    def __call__(self, omega: float) -> complex:
+        return complex(np.interp(omega, self.omegas, self.values.real),
+                       np.interp(omega, self.omegas, self.values.imag))
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Model, TabulatedLoad | None]:
+    """K, C, M, b (and optionally P(ω) and the output DOFs) from a ``.npz`` or MATLAB ``.mat`` file.
+
+    ``.mat`` (``save model.mat K C M b``, read with ``scipy.io.loadmat``): sparse or full K, C, M;
+    ``outputs`` counts from 1 as in MATLAB. ``.npz`` (``numpy.savez``): each matrix full, or as
+    ``K_row``, ``K_col``, ``K_data`` (from 0) with ``n``; ``outputs`` counts from 0. Both: the
+    optional table ``P_omega`` (rad/s, ascending) and ``P`` scales b at each ω; without
+    ``outputs`` every displacement is returned.
+    """
+    import scipy.sparse as sp
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeshError(f"no model file {path}: expected a .npz or .mat file holding K, C, M and b")
+    if path.suffix == ".mat":
+        import scipy.io
+
+        data = {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
+        first = 1
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            data = dict(archive)
+        first = 0
+    else:
+        raise MeshError(f"model file {path}: expected a .npz or .mat file, not {path.suffix or 'no suffix'}")
+
+    def matrix(name: str):
+        if name in data:
+            return sp.csr_matrix(data[name], dtype=float)
+        if f"{name}_data" in data and "n" in data:
+            n = int(np.ravel(data["n"])[0])
+            return sp.csr_matrix((np.ravel(data[f"{name}_data"]).astype(float),
+                                  (np.ravel(data[f"{name}_row"]), np.ravel(data[f"{name}_col"]))), shape=(n, n))
+        raise MeshError(f"model file {path} has no {name} (found: {', '.join(sorted(data)) or 'nothing'})")
+
+    K, C, M = matrix("K"), matrix("C"), matrix("M")
+    if "b" not in data:
+        raise MeshError(f"model file {path} has no b (found: {', '.join(sorted(data))})")
+    b = np.ravel(data["b"]).astype(float)
+    if not (K.shape == C.shape == M.shape == (len(b), len(b))):
+        raise MeshError(f"model file {path}: K {K.shape}, C {C.shape}, M {M.shape} and b ({len(b)}) do not match")
+    outputs = (np.ravel(data["outputs"]).astype(np.int64) - first) if "outputs" in data else np.arange(len(b))
+    if outputs.size == 0 or outputs.min() < 0 or outputs.max() >= len(b):
+        raise MeshError(f"model file {path}: outputs must be DOFs {first}..{len(b) - 1 + first}")
+    load = None
+    if "P" in data or "P_omega" in data:
+        omegas, values = np.ravel(data.get("P_omega", [])).astype(float), np.ravel(data.get("P", [])).astype(complex)
+        if len(omegas) != len(values) or len(omegas) < 2 or np.any(np.diff(omegas) <= 0):
+            raise MeshError(f"model file {path}: P_omega (ascending, at least 2) and P need one length")
+        load = TabulatedLoad(omegas, values)
+    K.sort_indices()
+    return Model(K=K, C=C, M=sp.csr_matrix(M), b=b, outputs=outputs), load

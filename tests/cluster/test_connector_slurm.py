@@ -60,7 +60,7 @@ def test_broadcast_sticks_on_slurm_workers_and_reaches_a_late_job_step(slurm_clu
         handle = bridge.broadcast(data)
         assert (handle.nbytes, handle.n_workers) == (data.nbytes, 2)
         time.sleep(2 * interval + 1)
-        results = bridge.gather(bridge.map(weighted_sum, [1.0, 2.0, 3.0, 4.0], handle, progress=False))
+        results = bridge.gather(bridge.map(weighted_sum, [1.0, 2.0, 3.0, 4.0], args=handle, progress=False))
         assert results == [weighted_sum(i, data) for i in (1.0, 2.0, 3.0, 4.0)]
         copies = [held[handle.name] for held in bridge.client.run(broadcast.worker_stats).values()]
         assert sorted(c["fetches"] for c in copies) == [0, 1] and all(c["held"] for c in copies)

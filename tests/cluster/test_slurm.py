@@ -41,7 +41,7 @@ def test_one_node_job_runs_dask_until_the_client_shuts_it_down(slurm_cluster, ba
         assert {w["memory_limit"] for w in workers} == {262 * 2**20}  # (600 MiB less 1/8 for the scheduler) / 2
         assert bridge.client.scheduler.address.startswith("tls://127.0.0.1:")  # TLS, the default
         weights = bridge.broadcast(np.full(10_000, 2.0))
-        results = bridge.gather(bridge.map(operator.mul, range(8), weights))
+        results = bridge.gather(bridge.map(operator.mul, range(8), args=(weights,)))
         assert [float(r.sum()) for r in results] == [20_000.0 * i for i in range(8)]
         bridge.shutdown()
     _finish(job)
