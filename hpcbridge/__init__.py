@@ -7,7 +7,7 @@ the job writes a scheduler file, and :func:`connect` attaches a client through t
 
     with hpcbridge.connect("~/.hpcbridge/jobs/4242/scheduler.json", n_workers=8) as bridge:
         weights = bridge.broadcast(big_array)            # once to every worker
-        run = bridge.map(score, candidates, weights)     # returns at once; the cluster keeps it
+        run = bridge.map(score, candidates, args=(weights,))  # returns at once; the cluster keeps it
         results = bridge.gather(run)                     # in input order
 
     from hpcbridge.render import render_script
