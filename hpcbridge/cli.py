@@ -77,7 +77,8 @@ class _SpecCommand(click.Command):
 def option_as_typed(ctx: click.Context, field: str) -> str:
     """The option for spec ``field`` as the user spelled it (``--time``, ``-c``), else its main spelling."""
     params = {param.name: param for param in ctx.command.params if isinstance(param, click.Option)}
-    param = params.get(field)
+    param = params.get(field) or next(
+        (p for p in params.values() if "--" + field.replace("_", "-") in p.opts), None)  # --adapt is adapt_range
     if param is None:
         return field
     spellings = {opt: param for param in params.values() for opt in param.opts}
@@ -269,7 +270,7 @@ def submit(spec: JobSpec, as_json: bool) -> None:
             click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
 
 
-@main.command()
+@main.command(cls=_SpecCommand)
 @spec_options
 @click.option("--adapt", "adapt_range", required=True, metavar="MIN:MAX",
               help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers), as the work needs.")

@@ -39,7 +39,7 @@ def test_adaptive_mode_needs_single_node_jobs_and_a_memory_size() -> None:
     with pytest.raises(SpecError) as caught:
         jobqueue_options(JobSpec(scheduler="slurm", protocol="tcp"))
     assert caught.value.field == "mem"
-    with pytest.raises(SpecError, match="tcp in adaptive mode, given explicitly") as caught:
+    with pytest.raises(SpecError, match="tcp in adaptive mode with the scheduler in your process") as caught:
         jobqueue_options(JobSpec(scheduler="slurm", mem="1G"))  # tls, the default elsewhere
     assert caught.value.field == "protocol"
     lsf = jobqueue_options(JobSpec(scheduler="lsf", ntasks_per_node=2, cpus_per_task=4, mem_per_cpu="1G",

@@ -245,4 +245,4 @@ def test_up_refuses_what_an_adaptive_cluster_cannot_run() -> None:
                              (["--adapt", "1:2", "--scheduler", "slurm", "--mem", "1G", "--nodes", "2"], "--nodes"),
                              (["--adapt", "1:2", "--scheduler", "slurm"], "--mem")):
         result = runner.invoke(cli, ["up", *arguments])
-        assert result.exit_code == 2 and f"invalid value for {words}" in result.output, result.output
+        assert result.exit_code == 2 and f"Error: {words}" in result.output, result.output

@@ -63,7 +63,7 @@ def test_a_requeued_cluster_comes_back_and_its_run_resumes_without_recomputing(
     counter.mkdir()
     with hpcbridge.connect(job.scheduler_file, n_workers=2, timeout=120, job=job) as bridge:
         first = bridge.client.scheduler.address
-        bridge.map(counted_square, range(ITEMS), str(counter), name="rq", progress=False)
+        bridge.map(counted_square, range(ITEMS), args=(str(counter),), name="rq", progress=False)
         assert wait_for(lambda: len(list(counter.iterdir())) >= 20, timeout=60)
         # What Slurm sends before the walltime (#SBATCH --signal=B:USR1@...): the job's trap runs
         # `scontrol requeue` on itself, as an administrator or a preempting Slurm would.
@@ -84,7 +84,7 @@ def test_a_requeued_cluster_comes_back_and_its_run_resumes_without_recomputing(
     assert job.status().state == "RUNNING"
     before = sum(_executions(counter).values())
     with hpcbridge.connect(job.scheduler_file, n_workers=2, timeout=120, job=job) as bridge:
-        run = bridge.map(counted_square, range(ITEMS), str(counter), name="rq", progress=False)
+        run = bridge.map(counted_square, range(ITEMS), args=(str(counter),), name="rq", progress=False)
         assert bridge.gather(run) == [x * x for x in range(ITEMS)]
         bridge.shutdown()
     log = Path(job.status().log).read_text()  # both starts, in one log

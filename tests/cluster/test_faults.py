@@ -69,7 +69,7 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit, 
     items = list(range(600))  # 300 worker-seconds: more than 3 workers do before a 2-minute walltime
     first = submit(walltime="2m", lifetime_margin=30, job_name="walltime")
     with connect(first.scheduler_file, n_workers=3, timeout=120, job=first) as bridge:
-        run = bridge.map(marked, items, str(marks), 0.5, name="long", progress=False)
+        run = bridge.map(marked, items, args=(str(marks), 0.5), name="long", progress=False)
         with pytest.raises(WalltimeReached) as reached:
             bridge.gather(run, progress=False, timeout=200)
     error = reached.value
@@ -83,7 +83,7 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit, 
 
     second = submit(job_name="resume")
     with connect(second.scheduler_file, n_workers=3, timeout=120, job=second) as bridge:
-        run = bridge.map(marked, items, str(marks), 0.5, name="long", progress=False)
+        run = bridge.map(marked, items, args=(str(marks), 0.5), name="long", progress=False)
         assert bridge.gather(run, progress=False, timeout=120) == [3 * i for i in items]
         assert executed(bridge, "long") == error.n_missing  # only what had no result
         bridge.shutdown()
@@ -96,7 +96,7 @@ def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit, t
     items = list(range(300))
     first = submit(job_name="cancelled")
     with connect(first.scheduler_file, n_workers=3, timeout=120, job=first) as bridge:
-        run = bridge.map(marked, items, str(marks), 0.2, name="cut", progress=False)
+        run = bridge.map(marked, items, args=(str(marks), 0.2), name="cut", progress=False)
         assert wait_for(lambda: run.done_items() >= 60, timeout=120)
         first.cancel()
         cancelled_at = time.monotonic()
@@ -116,7 +116,7 @@ def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit, t
 
     second = submit(job_name="resume2")
     with connect(second.scheduler_file, n_workers=3, timeout=120, job=second) as bridge:
-        assert bridge.gather(bridge.map(marked, items, str(marks), 0.2, name="cut", progress=False),
+        assert bridge.gather(bridge.map(marked, items, args=(str(marks), 0.2), name="cut", progress=False),
                              progress=False, timeout=120) == [3 * i for i in items]
         assert executed(bridge, "cut") == missing
         bridge.shutdown()
@@ -139,7 +139,7 @@ def test_a_killed_scheduler_is_named_within_the_bound_and_what_was_saved_is_kept
     marks.mkdir()
     job = submit(job_name="nosched")
     with connect(job.scheduler_file, n_workers=3, timeout=120, job=job) as bridge:
-        run = bridge.map(marked, range(300), str(marks), 0.2, name="orphan", progress=False)
+        run = bridge.map(marked, range(300), args=(str(marks), 0.2), name="orphan", progress=False)
         assert wait_for(lambda: run.done_items() >= 60, timeout=120)
         (pid,) = scheduler_pids(job.scheduler_file)
         os.kill(pid, signal.SIGKILL)
@@ -169,7 +169,7 @@ def test_a_sigkilled_worker_and_a_cancelled_worker_step_lose_nothing(submit, slu
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert wait_for(lambda: bridge.n_workers == 4, timeout=60), "the extra worker step did not join"
-            run = bridge.map(marked, range(400), str(marks), 0.1, name="faults", progress=False)
+            run = bridge.map(marked, range(400), args=(str(marks), 0.1), name="faults", progress=False)
             assert wait_for(lambda: run.done_items() >= 40, timeout=120)
             victim = sorted(bridge.client.scheduler_info(n_workers=-1)["workers"])[0]
             bridge.client.run(die, workers=[victim], wait=False)
