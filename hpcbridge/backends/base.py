@@ -88,3 +88,17 @@ def run_command(command: Sequence[str], stdin: str | None = None, timeout: float
     if done.returncode != 0:
         raise BatchCommandError(command, done.returncode, done.stdout, done.stderr)
     return done.stdout
+
+
+def read_tail(path: str | Path, nbytes: int = 65536) -> str | None:
+    """The last ``nbytes`` of a job's output file as text, or None when it cannot be read.
+
+    The lines that say why a batch system ended a job are written at the end of its output.
+    """
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(0, 2)
+            stream.seek(max(0, stream.tell() - nbytes))
+            return stream.read().decode(errors="replace")
+    except OSError:
+        return None

@@ -13,7 +13,7 @@ import re
 import secrets
 from pathlib import Path
 
-from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, read_tail, run_command
 from hpcbridge.private_files import make_private_dir, write_private_file
 
 _JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$")
@@ -42,14 +42,8 @@ _CAUSES = {"TIME LIMIT": "TIMEOUT", "NODE FAILURE": "FAILED", "PREEMPTION": "CAN
 
 def _last_end_line(log: Path | None) -> tuple[str, str] | None:
     """The last line in the job's output saying why the batch system ended it, with the state it means."""
-    if log is None:
-        return None
-    try:
-        with open(log, "rb") as stream:
-            stream.seek(0, 2)
-            stream.seek(max(0, stream.tell() - 65536))
-            text = stream.read().decode(errors="replace")
-    except OSError:
+    text = None if log is None else read_tail(log)
+    if text is None:
         return None
     found = None
     for line in text.splitlines():

@@ -14,7 +14,7 @@ import pwd
 import re
 from pathlib import Path
 
-from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, read_tail, run_command
 
 _JOB_ID = re.compile(r"^(\d+(?:_\d+)?)(?:;\S+)?$")
 _FIELD = re.compile(r"(\w+)=(\S*)")
@@ -218,12 +218,8 @@ def _last_end_line(record: dict[str, str], job_id: str) -> str | None:
     """The last ``*** JOB N ON host CANCELLED AT ... ***`` line Slurm wrote into the job's output."""
     found = None
     for name in {record.get("StdErr"), record.get("StdOut")} - {None, ""}:
-        try:
-            with open(name, "rb") as stream:
-                stream.seek(0, 2)
-                stream.seek(max(0, stream.tell() - 65536))
-                text = stream.read().decode(errors="replace")
-        except OSError:
+        text = read_tail(name)
+        if text is None:
             continue
         for match in _ENDED.finditer(text):
             if match.group("job") == job_id.split("_")[0]:

@@ -142,14 +142,20 @@ def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
     _finish(job)
 
 
-def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_cluster, batch_spec, batch_jobs) -> None:
-    job = jobs.submit(batch_spec(slurm_cluster, "slurm", interface="ib7"))
-    batch_jobs.append(job)
+def _failed_naming_ib7(job: jobs.SubmittedJob) -> str:
+    """Wait for the job to fail for want of ib7 on node1; return its log."""
     assert wait_for(lambda: job.status().finished, timeout=60)
     status = job.status()
     assert status.state == "FAILED"
     log = Path(status.log).read_text()
     assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
+    return log
+
+
+def test_a_missing_interface_fails_the_job_naming_the_interfaces_there(slurm_cluster, batch_spec, batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", interface="ib7"))
+    batch_jobs.append(job)
+    log = _failed_naming_ib7(job)
     assert "distributed.cli.dask_scheduler" not in log and "Dask scheduler" not in log.split("ib7 does not")[0]
 
 
@@ -158,11 +164,7 @@ def test_dask_mpi_checks_the_workers_interface_on_every_node_before_starting(slu
     job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=3, interface="ib7",
                                  scheduler_interface=slurm_cluster.interface))
     batch_jobs.append(job)
-    assert wait_for(lambda: job.status().finished, timeout=60)
-    status = job.status()
-    assert status.state == "FAILED"
-    log = Path(status.log).read_text()
-    assert "hpcbridge: network interface ib7 does not exist on node1; it has: lo" in log
+    log = _failed_naming_ib7(job)
     assert "hpcbridge.mpi_job" not in log and "distributed" not in log
 
 
