@@ -132,11 +132,13 @@ class JobLedger:
         for job in self.jobs.values():
             if job.joined is None:
                 continue
-            if job.name not in leave_at or leave_at[job.name] - now <= lead:
+            # At most the second half of a job's useful life counts, so that short worker jobs
+            # are replaced one at a time instead of each replacement asking for its own at once.
+            left = leave_at.get(job.name)
+            if left is None or left - now <= min(lead, (left - job.joined) / 2):
                 if job.name not in self.leaving:
                     logger.info("worker job %s: its workers %s; a replacement may be submitted", job.job_id,
-                                "have left" if job.name not in leave_at else
-                                f"drain in {max(0, leave_at[job.name] - now):.0f} s")
+                                "have left" if left is None else f"drain in {max(0, left - now):.0f} s")
                 leaving.add(job.name)
         return leaving
 
@@ -204,10 +206,12 @@ class BatchAdaptive(Adaptive):
         planned = len(self.cluster.worker_spec)
         settings = self.ledger.settings
         # Jobs about to drain still count in the plan but not for the work: as many replacements
-        # as the work wants (up to MAX jobs that stay) are added beside them; they end on their own.
+        # as the work wants (up to MAX jobs that stay) are added beside them; they end on their own
+        # (or, when no work wants them, are cancelled like any idle job).
         leaving = len(self.ledger.leaving & set(self.cluster.worker_spec))
         if leaving:
-            wanted = (math.ceil(wanted / self.processes) + leaving) * self.processes
+            wanted_jobs = math.ceil(wanted / self.processes)
+            wanted = (wanted_jobs + min(leaving, wanted_jobs)) * self.processes
         if self.ledger.stopped:
             room: float = 0
         elif settings.max_pending is None:

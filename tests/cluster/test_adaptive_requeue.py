@@ -3,8 +3,8 @@
 The test sends the job the USR1 that Slurm sends before the walltime; the job's trap runs
 `scontrol requeue` on itself (what an administrator or a preempting Slurm does too): the job is
 stopped and queued again under the same id. When it runs
-again it writes a new scheduler file at the same path; a client attaches to the new cluster,
-and `map(..., name=...)` computes only the items no saved chunk covers.
+again it writes a new scheduler file at the same path; the same client follows it to the new
+cluster by itself, and `map(..., name=...)` computes only the items no saved chunk covers.
 """
 
 from __future__ import annotations
@@ -78,15 +78,15 @@ def test_a_requeued_cluster_comes_back_and_its_run_resumes_without_recomputing(
         run_directory = RunDirectory.under(spec.runs_directory, "rq")
         saved = run_directory.saved()
         assert saved and run_directory.saved_items() < ITEMS
-        # The same job id runs again and writes a new scheduler file at the same path.
-        assert wait_for(lambda: _address(job.scheduler_file) not in (None, first), timeout=240), \
-            (slurm_cluster.run("scontrol", "show", "job", job.job_id).stdout, _address(job.scheduler_file))
+        before = sum(_executions(counter).values())
+        # The same job id runs again and writes a new scheduler file at the same path; the same
+        # bridge waits for it and follows it by itself (no new connect) while the job starts again.
+        assert not bridge.connected
+        run = bridge.map(counted_square, range(ITEMS), str(counter), name="rq", progress=False)
         back = time.monotonic() - requeued
         assert job.status().state == "RUNNING"
-        before = sum(_executions(counter).values())
-        # The same bridge follows the rewritten scheduler file by itself: no new connect.
-        run = bridge.map(counted_square, range(ITEMS), str(counter), name="rq", progress=False)
-        assert bridge.client.scheduler.address == _address(job.scheduler_file) != first
+        assert bridge.client.scheduler.address == _address(job.scheduler_file) != first, \
+            (slurm_cluster.run("scontrol", "show", "job", job.job_id).stdout, _address(job.scheduler_file))
         assert bridge.gather(run) == [x * x for x in range(ITEMS)]
         bridge.shutdown()
     finally:
