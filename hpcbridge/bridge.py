@@ -122,6 +122,8 @@ class Bridge:
         self._run_root_known = run_directory is not None
         self._settings: dict[str, Any] | None = None
         self.follow_timeout = 300.0  # how long a lost bridge waits for its requeued job to come back
+        # The addresses of the cluster this bridge was attached to, as the client and the file say them.
+        self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
         # call blocks meanwhile; a lost scheduler is reported after this bound instead.
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
@@ -183,20 +185,28 @@ class Bridge:
                 "cluster runs")
         return self.client
 
+    def _file_address(self) -> str | None:
+        """The address the scheduler file holds now, or None (no file, or half written)."""
+        if self.scheduler_file is None:
+            return None
+        try:
+            address = json.loads(Path(self.scheduler_file).expanduser().read_text()).get("address")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return address if isinstance(address, str) and address else None
+
     def follow(self, timeout: float | None = None) -> bool:
         """Attach to the cluster that rewrote this bridge's scheduler file; True when attached.
 
         With the job known and requeued (seen pending again, or its old file removed), wait up to
         ``timeout`` seconds (default :attr:`follow_timeout`) for a scheduler file with a new
         address; a job still running with the old file is given 15 s; without the job, follow
-        only a new address that is there already. A job that has
-        ended, or no new address, leaves the bridge disconnected. Futures of the lost cluster do
+        only a new address that is there already. A job that has ended, or no new address,
+        leaves the bridge disconnected. Futures of the lost cluster do
         not come back; runs saved on disk do (``map(..., name=N)`` or ``results(N)``).
         """
         if self.connected or self.scheduler_file is None:
             return self.connected
-        old = getattr(self.client.scheduler, "address", None)
-        path = Path(self.scheduler_file).expanduser()
         deadline = time.monotonic() + (self.follow_timeout if timeout is None else timeout)
         # A scheduler that died in a job that keeps running (no requeue) leaves its file in place:
         # give up after this grace, unless the job is seen queued again or its file is rewritten.
@@ -204,13 +214,12 @@ class Bridge:
         requeued = False
         next_status = 0.0
         while True:
-            try:
-                address = json.loads(path.read_text()).get("address")
-            except (OSError, ValueError, AttributeError):
-                address = None
-            if address and address != old:
+            address = self._file_address()
+            if self.job is None:
+                if address is None or address in self._old_addresses:
+                    return False
                 break
-            if self.job is None or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 return False
             requeued = requeued or address is None  # a job starting again removes the old file first
             if time.monotonic() >= next_status:
@@ -222,11 +231,14 @@ class Bridge:
                 if status is not None and status.finished:
                     return False
                 requeued = requeued or (status is not None and status.state != "RUNNING")
+                fresh = address is not None and address not in self._old_addresses
+                if fresh and status is not None and status.state == "RUNNING":
+                    break
             if not requeued and time.monotonic() >= grace:
                 return False
             time.sleep(_POLL_SECONDS)
         try:
-            client = Client(address, timeout="30s", set_as_default=False)
+            client = Client(address, timeout="10s", set_as_default=False)
         except (OSError, TypeError):
             return False
         try:
@@ -236,6 +248,7 @@ class Bridge:
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
                               mapping.RECONNECT_SECONDS)
         self.client = client
+        self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
         self._settings = None  # the new start has its own job end
         return True
 
