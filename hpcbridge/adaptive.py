@@ -103,7 +103,9 @@ class AdaptiveSettings:
     once (None: no cap). After ``failure_limit`` worker jobs fail at start the cluster stops
     adding jobs instead of resubmitting them in a loop (a job counts when it ends before its
     workers joined or within ``start_window`` seconds after). With no task for ``idle_timeout``
-    seconds the cluster ends, cancelling its worker jobs. ``scheduler_walltime`` and
+    seconds the cluster ends, cancelling its worker jobs. A worker job whose workers drain before its walltime gets a replacement
+    submitted ``replace_lead`` seconds before they start to (or twice the slowest start seen so
+    far, if longer), when the work still wants it. ``scheduler_walltime`` and
     ``scheduler_mem`` are the scheduler job's own (default: the worker jobs' walltime, 2 GiB); ``worker_setup`` lines run
     in the worker jobs only, after the spec's modules and setup.
     """
@@ -117,6 +119,7 @@ class AdaptiveSettings:
     min_job_age: float = 300.0
     failure_limit: int = 3
     start_window: float = 60.0
+    replace_lead: float = 300.0
     scheduler_walltime: int | None = None
     scheduler_mem: int = 2048
     worker_setup: tuple[str, ...] = ()
@@ -133,7 +136,7 @@ class AdaptiveSettings:
             raise SpecError("max_pending", self.max_pending, "a whole number, 1 or more")
         if self.failure_limit < 1:
             raise SpecError("failure_limit", self.failure_limit, "a whole number, 1 or more")
-        for name in ("idle_timeout", "interval", "min_job_age", "start_window"):
+        for name in ("idle_timeout", "interval", "min_job_age", "start_window", "replace_lead"):
             label = "adapt_interval" if name == "interval" else name
             object.__setattr__(self, name, parse_duration(label, getattr(self, name)))
         if self.interval <= 0:

@@ -9,6 +9,9 @@ what a shared batch system needs on top (:class:`BatchAdaptive`):
 - a worker job is never cancelled in its first ``min_job_age`` seconds;
 - at most ``max_pending`` worker jobs wait in the queue at once (their state is asked of the
   batch system through hpcbridge's backend);
+- a worker job whose workers will drain before its walltime (:mod:`hpcbridge.drain`) gets a
+  replacement job ``replace_lead`` seconds ahead (or twice the slowest start seen, if longer),
+  while the work still wants it, so that the cluster does not shrink when they leave;
 - a worker job that ends on its own before its workers joined, or soon after, counts as a
   failure at start; after ``failure_limit`` of them no more jobs are added (dask-jobqueue
   would resubmit them forever), and the log and the status file say why.
@@ -40,6 +43,7 @@ from distributed.deploy.adaptive import Adaptive
 
 from hpcbridge.adaptive import AdaptiveSettings, status_file_for, worker_job_options, worker_log_dir
 from hpcbridge.backends import JobNotFound, JobStatus, get_backend
+from hpcbridge.drain import LEAVE_METRIC
 from hpcbridge.spec import JobSpec
 
 logger = logging.getLogger("hpcbridge.adaptive")
@@ -72,6 +76,8 @@ class JobLedger:
         self.failed: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.workers = 0
+        self.leaving: set[str] = set()
+        self.slowest_start = 0.0  # the longest a job took from submission to its first worker
 
     def pending(self) -> int:
         """Worker jobs waiting in the queue (a job just submitted counts as pending)."""
@@ -97,6 +103,8 @@ class JobLedger:
         for job in self.jobs.values():
             if job.joined is None and job.name in joined:
                 job.joined = now
+                self.slowest_start = max(self.slowest_start, now - job.submitted)
+        self.leaving = self._leaving(cluster, now)
         asked = [(job.name, job.job_id) for job in self.jobs.values()]
         states = await asyncio.get_running_loop().run_in_executor(None, self._states, asked)
         ended = []
@@ -111,6 +119,28 @@ class JobLedger:
         if ended:
             await cluster.scale_down(ended)  # dask-jobqueue forgets them; adapt may submit others
         self.write()
+
+    def _leaving(self, cluster: Any, now: float) -> set[str]:
+        """Jobs whose workers have left or start to drain within the lead time: they need a replacement."""
+        lead = max(self.settings.replace_lead, 2 * self.slowest_start) + self.settings.interval
+        leave_at: dict[str, float] = {}
+        for ws in cluster.scheduler.workers.values():
+            name = job_name_of(str(ws.name), cluster.worker_spec)
+            value = ws.metrics.get(LEAVE_METRIC)
+            leave_at[name] = min(leave_at.get(name, math.inf), value if isinstance(value, (int, float)) else math.inf)
+        leaving = set()
+        for job in self.jobs.values():
+            if job.joined is None:
+                continue
+            # At most the second half of a job's useful life counts, so that short worker jobs
+            # are replaced one at a time instead of each replacement asking for its own at once.
+            left = leave_at.get(job.name)
+            if left is None or left - now <= min(lead, (left - job.joined) / 2):
+                if job.name not in self.leaving:
+                    logger.info("worker job %s: its workers %s; a replacement may be submitted", job.job_id,
+                                "have left" if left is None else f"drain in {max(0, left - now):.0f} s")
+                leaving.add(job.name)
+        return leaving
 
     def _states(self, asked: list[tuple[str, str]]) -> dict[str, JobStatus]:
         states = {}
@@ -175,6 +205,13 @@ class BatchAdaptive(Adaptive):
         await self.ledger.refresh(self.cluster)
         planned = len(self.cluster.worker_spec)
         settings = self.ledger.settings
+        # Jobs about to drain still count in the plan but not for the work: as many replacements
+        # as the work wants (up to MAX jobs that stay) are added beside them; they end on their own
+        # (or, when no work wants them, are cancelled like any idle job).
+        leaving = len(self.ledger.leaving & set(self.cluster.worker_spec))
+        if leaving:
+            wanted_jobs = math.ceil(wanted / self.processes)
+            wanted = (wanted_jobs + min(leaving, wanted_jobs)) * self.processes
         if self.ledger.stopped:
             room: float = 0
         elif settings.max_pending is None:

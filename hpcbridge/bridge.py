@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 _POLL_SECONDS = 0.2
 _INVALID_GRACE_SECONDS = 2.0  # a file a plain Dask scheduler is still writing is invalid for a moment
 _PROBE_SECONDS = 5.0
+_FOLLOW_GRACE_SECONDS = 15.0
 
 
 class ConnectError(TimeoutError):
@@ -253,6 +254,9 @@ class Bridge:
         self._run_root: str | None = str(Path(run_directory).expanduser()) if run_directory else None
         self._run_root_known = run_directory is not None
         self._settings: dict[str, Any] | None = None
+        self.follow_timeout = 300.0  # how long a lost bridge waits for its requeued job to come back
+        # The addresses of the cluster this bridge was attached to, as the client and the file say them.
+        self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
         # call blocks meanwhile; a lost scheduler is reported after this bound instead.
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
@@ -298,7 +302,14 @@ class Bridge:
         return self.client.status == "running"
 
     def _cluster(self) -> Client:
-        """The client, or at once an error saying that the scheduler is gone (never a 30 s wait)."""
+        """The client, or at once an error saying that the scheduler is gone (never a 30 s wait).
+
+        A cluster whose job was requeued (preempted, or ``--requeue`` before the walltime) comes
+        back under the same job id and rewrites the scheduler file: the bridge follows it
+        (:meth:`follow`) instead of failing, so ``map(fn, items, name=N)`` resumes the run.
+        """
+        if not self.connected:
+            self.follow()
         if not self.connected:
             address = getattr(self.client.scheduler, "address", None) or "?"
             raise ConnectionError(
@@ -306,6 +317,73 @@ class Bridge:
                 f"results(name); connect again through {self.scheduler_file or 'the scheduler file'} once a "
                 "cluster runs")
         return self.client
+
+    def _file_address(self) -> str | None:
+        """The address the scheduler file holds now, or None (no file, or half written)."""
+        if self.scheduler_file is None:
+            return None
+        try:
+            address = json.loads(Path(self.scheduler_file).expanduser().read_text()).get("address")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return address if isinstance(address, str) and address else None
+
+    def follow(self, timeout: float | None = None) -> bool:
+        """Attach to the cluster that rewrote this bridge's scheduler file; True when attached.
+
+        With the job known and requeued (seen pending again, or its old file removed), wait up to
+        ``timeout`` seconds (default :attr:`follow_timeout`) for a scheduler file with a new
+        address; a job still running with the old file is given 15 s; without the job, follow
+        only a new address that is there already. A job that has ended, or no new address,
+        leaves the bridge disconnected. Futures of the lost cluster do
+        not come back; runs saved on disk do (``map(..., name=N)`` or ``results(N)``).
+        """
+        if self.connected or self.scheduler_file is None:
+            return self.connected
+        deadline = time.monotonic() + (self.follow_timeout if timeout is None else timeout)
+        # A scheduler that died in a job that keeps running (no requeue) leaves its file in place:
+        # give up after this grace, unless the job is seen queued again or its file is rewritten.
+        grace = time.monotonic() + _FOLLOW_GRACE_SECONDS
+        requeued = False
+        next_status = 0.0
+        while True:
+            address = self._file_address()
+            if self.job is None:
+                if address is None or address in self._old_addresses:
+                    return False
+                break
+            if time.monotonic() >= deadline:
+                return False
+            requeued = requeued or address is None  # a job starting again removes the old file first
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + 2.0
+                try:
+                    status = self.job.status()
+                except Exception:  # the batch system did not answer: ask again
+                    status = None
+                if status is not None and status.finished:
+                    return False
+                requeued = requeued or (status is not None and status.state != "RUNNING")
+                fresh = address is not None and address not in self._old_addresses
+                if fresh and status is not None and status.state == "RUNNING":
+                    break
+            if not requeued and time.monotonic() >= grace:
+                return False
+            time.sleep(_POLL_SECONDS)
+        try:
+            client = Client(address, timeout="10s", set_as_default=False)
+        except (OSError, TypeError):
+            return False
+        try:
+            self.client.close(timeout=1)
+        except Exception:
+            pass
+        client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
+                              mapping.RECONNECT_SECONDS)
+        self.client = client
+        self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
+        self._settings = None  # the new start has its own job end
+        return True
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
         """Block until at least ``n_workers`` workers have joined, or raise :class:`ConnectError`."""

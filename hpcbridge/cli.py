@@ -280,13 +280,14 @@ def submit(spec: JobSpec, as_json: bool) -> None:
 @click.option("--wait-count", help="Decisions a worker must stay idle before its job is cancelled.  [default: 6]")
 @click.option("--min-job-age", help="No worker job is cancelled younger than this.  [default: 5m]")
 @click.option("--failure-limit", help="Stop adding worker jobs after this many fail at start.  [default: 3]")
+@click.option("--replace-lead", help="Submit a replacement this long before a worker job's workers drain.  [default: 5m]")
 @click.option("--scheduler-walltime", help="The scheduler job's walltime.  [default: --walltime]")
 @click.option("--scheduler-mem", help="The scheduler job's memory.  [default: 2G]")
 @click.option("--worker-setup", multiple=True, help="A shell command for the worker jobs only, after --setup (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON, for programs.")
 def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: str | None, adapt_interval: str | None,
-       wait_count: str | None, min_job_age: str | None, failure_limit: str | None, scheduler_walltime: str | None,
-       scheduler_mem: str | None, worker_setup: tuple[str, ...], as_json: bool) -> None:
+       wait_count: str | None, min_job_age: str | None, failure_limit: str | None, replace_lead: str | None,
+       scheduler_walltime: str | None, scheduler_mem: str | None, worker_setup: tuple[str, ...], as_json: bool) -> None:
     """Start an adaptive cluster: one small job runs the scheduler and submits worker jobs as work comes.
 
     Attach with hpcbridge connect FILE (or hpcbridge.connect in Python or MATLAB) as to any
@@ -298,7 +299,7 @@ def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: s
     minimum, maximum = adaptive.parse_adapt_range(adapt_range)
     given = {"max_pending": max_pending, "idle_timeout": idle_timeout, "interval": adapt_interval,
              "wait_count": wait_count, "min_job_age": min_job_age, "failure_limit": failure_limit,
-             "scheduler_walltime": scheduler_walltime, "scheduler_mem": scheduler_mem}
+             "replace_lead": replace_lead, "scheduler_walltime": scheduler_walltime, "scheduler_mem": scheduler_mem}
     settings: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     for key in ("max_pending", "wait_count", "failure_limit"):
         if key in settings:

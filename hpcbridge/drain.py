@@ -11,6 +11,8 @@ the margin (``HPCBRIDGE_LIFETIME_MARGIN``, seconds, at least 30), and starts eve
   chunk is also handed back earlier when its expected duration would run past that point. The
   stagger, up to a third of the margin and different on each worker, makes the workers of one
   job leave one after another instead of all at once;
+- it reports its leave time to the scheduler with every heartbeat (the worker metric
+  ``hpcbridge_leave_at``), so that an adaptive cluster submits a replacement job before it leaves;
 - once it runs no chunk any more, it logs an ``hpcbridge-drain`` event on the scheduler (clients
   read it to say that the walltime, not a fault, ended the run) and closes gracefully.
 
@@ -28,6 +30,7 @@ import time
 from typing import Any
 
 EVENT_TOPIC = "hpcbridge-drain"
+LEAVE_METRIC = "hpcbridge_leave_at"  # in each heartbeat: when this worker stops taking chunks
 MINIMUM_MARGIN = 30.0
 POLL_SECONDS = 1.0
 STAGGER_FRACTION = 3  # workers leave spread over up to a third of the margin
@@ -102,6 +105,7 @@ async def dask_setup(worker: Any) -> None:
     except ValueError:
         pass
     _state["stagger"] = random.uniform(0, _state["margin"] / STAGGER_FRACTION)
+    worker.metrics[LEAVE_METRIC] = lambda _worker: leave_at()
     worker._hpcbridge_drain = asyncio.ensure_future(_leave_before_the_end(worker))
 
 

@@ -36,3 +36,32 @@ def test_too_few_workers_is_reported_with_the_count(local_spec, local_jobs) -> N
     with connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
         with pytest.raises(ConnectError, match="only 1 of 3 workers joined"):
             bridge.wait_for_workers(3, timeout=5)
+
+
+def test_a_bridge_follows_the_scheduler_file_a_requeued_cluster_rewrites(tmp_path) -> None:
+    """A requeued job comes back with a new scheduler at the same file: the same bridge works on."""
+    from distributed import LocalCluster
+
+    from tests.conftest import wait_for
+
+    path = tmp_path / "scheduler.json"
+    first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    second = None
+    try:
+        path.write_text(json.dumps({"address": first.scheduler_address, "type": "Scheduler"}))
+        bridge = connect(path, timeout=30, run_directory=tmp_path / "runs")
+        try:
+            assert bridge.gather(bridge.map(abs, [-1, -2], progress=False), progress=False) == [1, 2]
+            first.close()
+            assert wait_for(lambda: not bridge.connected, timeout=60)
+            second = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+            path.write_text(json.dumps({"address": second.scheduler_address, "type": "Scheduler"}))
+            run = bridge.map(abs, [-3, -4], progress=False)  # no new connect
+            assert bridge.client.scheduler.address == second.scheduler_address
+            assert bridge.gather(run, progress=False) == [3, 4]
+        finally:
+            bridge.close()
+    finally:
+        first.close()
+        if second is not None:
+            second.close()

@@ -9,6 +9,7 @@ The clusters run plain TCP: the per-job TLS certificates of the security work ar
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -104,6 +105,62 @@ def test_a_burst_scales_up_to_max_idle_scales_back_to_min_and_runs_outlive_clien
     assert not Path(job.scheduler_file).exists()
     print(f"\nadaptive: first worker {first_worker:.1f} s after submit; 1 -> 3 worker jobs running "
           f"{scale_up:.1f} s after the burst; 3 -> 1 {scale_down:.1f} s after the work ended")
+
+
+def marked_square(x: int, marks: str) -> int:
+    """Leave one file per execution (the count of executions survives the workers), take 0.5 s."""
+    import time
+    import uuid
+    from pathlib import Path
+
+    Path(marks, f"{x}-{uuid.uuid4().hex[:8]}").touch()
+    time.sleep(0.5)
+    return x * x
+
+
+def _workers_over_time(events: list) -> list[tuple[float, int]]:
+    """(time, workers in the scheduler) after each join and leave, from the scheduler's event log."""
+    present: set[str] = set()
+    counts = []
+    for stamp, message in events:
+        action = message.get("action") if isinstance(message, dict) else None
+        if action in ("add-worker", "remove-worker"):
+            (present.add if action == "add-worker" else present.discard)(message["worker"])
+            counts.append((stamp, len(present)))
+    return counts
+
+
+def test_a_replacement_job_joins_before_a_draining_job_leaves_and_no_item_runs_twice(
+        slurm_cluster, batch_spec, adaptive_jobs, tmp_path) -> None:
+    # One worker job at a time (1:1), 2-minute walltime, 30 s margin: its worker drains 80-90 s
+    # after it starts, with about 130 s of items (260 x 0.5 s) still to do for one worker.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = batch_spec(slurm_cluster, "slurm", protocol="tcp", ntasks_per_node=1, mem_per_cpu="700M",
+                      job_name="hpcb-drain", walltime="2m", lifetime_margin=30)
+    job = adaptive.start(spec, 1, 1, **{**FAST, "replace_lead": 40})
+    adaptive_jobs.append(("hpcb-drain", job))
+    items = list(range(260))
+    with hpcbridge.connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
+        run = bridge.map(marked_square, items, str(marks), name="drain", progress=False)
+        assert bridge.gather(run, progress=False, timeout=400) == [x * x for x in items]
+        ended = bridge.client.run_on_scheduler(lambda: __import__("time").time())
+        events = bridge.client.get_events("all")
+        drained = bridge.client.get_events("hpcbridge-drain")
+        status = adaptive.read_status(job.job_id, "slurm")
+        bridge.shutdown()
+    counted = collections.Counter(int(path.name.split("-")[0]) for path in marks.iterdir())
+    assert counted == collections.Counter(items), "an item ran twice, or not at all"
+    assert drained, "no worker drained before its walltime during the map: the test did not test it"
+    over_time = [(stamp, count) for stamp, count in _workers_over_time(events) if stamp <= ended]
+    assert over_time and over_time[0][1] == 1
+    assert min(count for _, count in over_time) >= 1, f"the cluster had no worker while items remained: {over_time}"
+    assert len(status["finished"]) + len(status["jobs"]) >= 2  # a replacement job was submitted
+    joins = [stamp for stamp, count in over_time[1:] if count == 2]
+    left = min(entry["left"] for _, entry in drained)
+    print(f"\nreplacement: {len(drained)} worker(s) drained; the replacement joined "
+          f"{left - joins[0]:.0f} s before the first left; workers over time "
+          f"{[count for _, count in over_time]}; items run twice: 0")
 
 
 def test_max_pending_caps_the_worker_jobs_waiting_in_the_queue(slurm_cluster, batch_spec, adaptive_jobs,
@@ -231,6 +288,7 @@ def test_the_scheduler_job_script_is_small_and_carries_the_worker_spec(scheduler
     ({"minimum": 3, "maximum": 1}, "adapt"), ({"maximum": 0}, "adapt"), ({"max_pending": 0}, "max_pending"),
     ({"idle_timeout": "soon"}, "idle_timeout"), ({"interval": 0}, "adapt_interval"),
     ({"scheduler_mem": "lots"}, "scheduler_mem"), ({"scheduler_walltime": "5s"}, "scheduler_walltime"),
+    ({"replace_lead": "soon"}, "replace_lead"),
     ({"worker_setup": ["a\nb"]}, "worker_setup"), ({"failure_limit": 0}, "failure_limit"),
 ])
 def test_bad_adaptive_settings_name_the_setting(values, field) -> None:
