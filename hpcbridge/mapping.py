@@ -46,12 +46,17 @@ from hpcbridge.progress import Progress
 from hpcbridge.rundir import RunDirectory, RunMismatchError, function_identity, items_digest, missing_ranges, stamp
 
 TARGET_CHUNK_SECONDS = 0.25
-SHORTEST_CHUNK_SECONDS = 0.01
+SHORTEST_CHUNK_SECONDS = 0.03  # ten times the ~3 ms of CPU one task costs across all processes here
 CHUNKS_PER_THREAD = 4
 PROBE_SECONDS = 0.02
 PROBE_WAIT = 2.0
 PROBE_WAIT_COLD = 30.0
 MAX_PROBES = 4
+# A map whose warm-up says it is at most this much work is planned at once, one chunk per thread.
+# The warm-up times one call, which for a tiny item measured 3-7 us here against 0.1 us in a loop,
+# so for tiny items this is usually a small fraction of it; and a wrong guess costs at most this
+# much imbalance, while a probe costs a round trip to a worker (10-40 ms here).
+FEW_CHUNKS_SECONDS = 2.0
 RUN_MARKER = "hpcbridge-run"
 WORKERLESS_SECONDS = 20.0  # a run whose cluster has had no worker this long is reported lost
 RECONNECT_SECONDS = 10.0  # how long a client tries to reach a scheduler that went away
@@ -115,22 +120,13 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
                            task.start, high - 1, error)
     drain.check(task.expected_seconds)
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
-    fn = task.fn
     values: list[Any] = []
     errors: dict[int, tuple[str, str, str]] = {}
     drain.started()
     started = time.perf_counter()
     first = 0.0
     try:
-        for offset, item in enumerate(task.items):
-            try:
-                values.append(fn(item, *args))
-            except Exception as error:
-                values.append(None)
-                errors[task.start + offset] = (_short_repr(item), f"{type(error).__name__}: {error}",
-                                               traceback.format_exc())
-            if offset == 0:
-                first = time.perf_counter() - started
+        first = _call_each(task, args, values, errors, started)
         seconds = time.perf_counter() - started
     finally:
         drain.record(time.perf_counter() - started)
@@ -144,6 +140,40 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
             logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start, high - 1,
                            task.run, directory.path, error)
     return values, errors, seconds, first
+
+
+def _call_each(task: ChunkTask, args: list[Any], values: list[Any], errors: dict[int, tuple[str, str, str]],
+               started: float) -> float:
+    """Append ``fn(item, *args)`` for every item to ``values`` (None and an entry in ``errors`` when it
+    raises); return the first call's seconds.
+
+    The items after the first run through ``map`` into ``values.extend`` (C loops, no Python
+    bytecode per item: for tiny items this loop is most of a worker's cost). An item that raises
+    stops ``extend`` with the values before it kept; its error is noted and the loop goes on from
+    the next item, so every item runs exactly once. (A StopIteration from the function would end
+    ``map`` quietly: the count of values shows it.)
+    """
+    fn, items = task.fn, task.items
+    iterator = iter(items)
+    repeats = [itertools.repeat(arg) for arg in args]
+    calls = map(fn, iterator, *repeats)
+    first, count = -1.0, len(items)
+    while len(values) < count:
+        try:
+            if first < 0:
+                values.append(next(calls))
+                first = time.perf_counter() - started
+            values.extend(calls)
+            if len(values) < count:  # the function raised StopIteration, which ends map quietly
+                raise RuntimeError("the function raised StopIteration")
+        except Exception as error:
+            index = len(values)
+            errors[task.start + index] = (_short_repr(items[index]), f"{type(error).__name__}: {error}",
+                                          traceback.format_exc())
+            values.append(None)
+            if first < 0:
+                first = time.perf_counter() - started
+    return max(first, 0.0)
 
 
 def executed_items() -> dict[str, int]:
@@ -172,15 +202,25 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
     """Split items ``[start, stop)`` into chunks that shrink towards the end (guided self-scheduling).
 
     A chunk takes ``remaining / (CHUNKS_PER_THREAD * threads)`` items, but at most
-    ``target_seconds`` of work and at least :data:`SHORTEST_CHUNK_SECONDS` of it (and one item).
+    ``target_seconds`` of work and at least :data:`SHORTEST_CHUNK_SECONDS` of it (and one item):
+    a task costs milliseconds, so tiny items go in few large chunks. The shortest chunk is never
+    more than a thread's fair share of all the items, so even a small map keeps every thread busy.
+    A range of at most :data:`FEW_CHUNKS_SECONDS` of work is split evenly, one chunk per thread:
+    balancing it finer would cost more in tasks than it could save, and an estimate from one
+    call (all a warm-up gives) may be several times too high for a tiny item.
 
     >>> plan_chunks(0, 5, threads=2, seconds_per_item=1.0)
     [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
-    >>> plan_chunks(0, 100, threads=1, seconds_per_item=0.001)[:4]
-    [(0, 25), (25, 44), (44, 58), (58, 69)]
+    >>> plan_chunks(0, 100_000, threads=1, seconds_per_item=1e-4)[-9:-5]
+    [(95782, 96837), (96837, 97628), (97628, 98221), (98221, 98666)]
+    >>> plan_chunks(0, 200_000, threads=2, seconds_per_item=1e-6)
+    [(0, 100000), (100000, 200000)]
     """
     per_item = max(seconds_per_item, 1e-9)
-    shortest = max(1, int(SHORTEST_CHUNK_SECONDS / per_item))
+    fair_share = max(1, math.ceil((stop - start) / max(1, threads)))
+    if per_item * (stop - start) <= FEW_CHUNKS_SECONDS:
+        return [(low, min(stop, low + fair_share)) for low in range(start, stop, fair_share)]
+    shortest = min(max(1, int(SHORTEST_CHUNK_SECONDS / per_item)), fair_share)
     longest = max(shortest, int(target_seconds / per_item))
     bounds, low = [], start
     while low < stop:
@@ -356,7 +396,10 @@ def _probe(client: Client, submit: Callable[[int, int], Future], n: int, threads
     imports (seconds for SymPy or Numba on a busy machine), so only the second call is timed, and
     warming every worker at once costs nothing: they would idle otherwise. The first probe to
     finish gives the estimate; if none finishes within :data:`PROBE_WAIT_COLD` the items are slow.
-    While the timed calls ran too briefly to measure, probes ten times larger follow.
+    When that estimate says the rest of the map is at most :data:`FEW_CHUNKS_SECONDS` of work, the
+    rest is planned from it at once: the map is only a few chunks, and waiting for probes would
+    cost more than an imprecise estimate can. Otherwise, while the timed calls ran too briefly to
+    measure, a probe sized from the estimate to run :data:`PROBE_SECONDS` follows.
     """
     position, sizes, warmups = 0, {}, []
     while len(warmups) < threads and position < n:
@@ -364,6 +407,8 @@ def _probe(client: Client, submit: Callable[[int, int], Future], n: int, threads
         future = submit(position, high)
         sizes[future.key], position = high - position, high
         warmups.append(future)
+    if position >= n:
+        return position, 0.0  # the warm-ups hold every item: nothing left to plan
     _wait(client, warmups, PROBE_WAIT_COLD, first=True)
     finished = [future for future in warmups if future.done()]
     if not finished:
@@ -371,19 +416,28 @@ def _probe(client: Client, submit: Callable[[int, int], Future], n: int, threads
     if finished[0].status != "finished":
         return position, TARGET_CHUNK_SECONDS  # it failed; gather will say why; keep chunks small
     per_item, measured = _timing(finished[0].result(), sizes[finished[0].key])
-    size = 20
     for _ in range(MAX_PROBES):
-        if measured >= PROBE_SECONDS or position >= n:
+        if measured >= PROBE_SECONDS or position >= n or per_item * (n - position) <= FEW_CHUNKS_SECONDS:
             break
-        high = min(n, position + size)
+        high = min(n, position + _probe_size(per_item, n - position, threads))
         future = submit(position, high)
         _wait(client, [future], PROBE_WAIT)
         if not future.done() or future.status != "finished":
             return high, per_item  # landed on a worker still busy or failing: keep the estimate
         per_item, measured = _timing(future.result(), high - position)
         position = high
-        size = min(size * 10, max(1, (n - position) // (CHUNKS_PER_THREAD * threads)))
     return position, per_item
+
+
+def _probe_size(per_item: float, remaining: int, threads: int) -> int:
+    """Items for a probe to run :data:`PROBE_SECONDS` by the estimate so far (at least 20, ten times
+    the warm-up), but no more than a quarter of a thread's share of what remains.
+
+    >>> _probe_size(1e-3, 10**6, 2), _probe_size(1e-7, 10**6, 2), _probe_size(1.0, 10**6, 2)
+    (40, 125000, 20)
+    """
+    wanted = max(20, math.ceil(2 * PROBE_SECONDS / max(per_item, 1e-9)))
+    return max(1, min(wanted, remaining // (CHUNKS_PER_THREAD * max(1, threads))))
 
 
 def _timing(chunk_result: tuple, count: int) -> tuple[float, float]:

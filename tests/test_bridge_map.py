@@ -56,8 +56,8 @@ def executed(bridge: Bridge, run: str) -> int:
 
 
 def test_guided_chunks_cover_every_item_once_and_shrink_towards_the_end() -> None:
-    bounds = plan_chunks(100, 1_000_100, threads=8, seconds_per_item=1e-6)
-    assert bounds[0][0] == 100 and bounds[-1][1] == 1_000_100
+    bounds = plan_chunks(100, 10_000_100, threads=8, seconds_per_item=1e-6)  # 10 s of work
+    assert bounds[0][0] == 100 and bounds[-1][1] == 10_000_100
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     sizes = [high - low for low, high in bounds]
     assert sizes == sorted(sizes, reverse=True)

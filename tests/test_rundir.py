@@ -78,7 +78,7 @@ def test_save_false_writes_nothing(cluster) -> None:
 
 def test_a_run_the_cluster_no_longer_holds_resumes_computing_only_the_missing_chunks(cluster) -> None:
     _, bridge = cluster
-    run = bridge.map(square, range(20_000), name="resumed", progress=False)
+    run = bridge.map(square, range(20_000), name="resumed", chunk_size=1000, progress=False)  # 20 chunks to lose some of
     bridge.gather(run, progress=False, release=False)
     forget_on_cluster(bridge, "resumed")
     lost = run.bounds[1:4] + run.bounds[-2:]

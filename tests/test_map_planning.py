@@ -1,0 +1,113 @@
+"""How a map of tiny items is planned and run on a worker: few large chunks, few probe rounds, a tight loop.
+
+Unit tests without a cluster (the cluster-backed behaviour is in test_bridge_map.py); nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from hpcbridge import mapping
+from hpcbridge.mapping import ChunkTask, plan_chunks, run_chunk
+
+
+def covers(bounds: list[tuple[int, int]], start: int, stop: int) -> bool:
+    return bounds[0][0] == start and bounds[-1][1] == stop and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+def test_a_map_of_little_work_is_one_chunk_per_thread() -> None:
+    bounds = plan_chunks(4, 200_004, threads=2, seconds_per_item=2e-6)  # 0.4 s of work by the estimate
+    assert covers(bounds, 4, 200_004)
+    assert bounds == [(4, 100_004), (100_004, 200_004)]
+    assert len(plan_chunks(0, 3, threads=8, seconds_per_item=0.01)) == 3  # never an empty chunk
+
+
+def test_tiny_items_go_in_chunks_of_many_task_costs_but_every_thread_gets_work() -> None:
+    per_item = 1e-7
+    bounds = plan_chunks(0, 50_000_000, threads=2, seconds_per_item=per_item)  # 5 s of work
+    assert covers(bounds, 0, 50_000_000)
+    assert min(high - low for low, high in bounds[:-1]) * per_item >= mapping.SHORTEST_CHUNK_SECONDS  # the last: what is left
+    assert max(high - low for low, high in bounds) * per_item <= mapping.TARGET_CHUNK_SECONDS
+    many = plan_chunks(0, 10_000_000, threads=64, seconds_per_item=per_item)  # 1 s over 64 threads
+    assert covers(many, 0, 10_000_000) and len(many) >= 64
+
+
+def test_a_probe_is_sized_from_the_estimate_within_a_share_of_what_remains() -> None:
+    assert mapping._probe_size(1e-7, 10**6, threads=2) == 10**6 // (mapping.CHUNKS_PER_THREAD * 2)
+    assert mapping._probe_size(1e-7, 10**9, threads=2) * 1e-7 >= mapping.PROBE_SECONDS
+    assert mapping._probe_size(1.0, 10**6, threads=2) == 20  # slow items: ten times the warm-up
+    assert mapping._probe_size(1e-3, 30, threads=2) >= 1
+
+
+class Done:
+    """A finished chunk future as _probe sees it."""
+
+    def __init__(self, key: str, result: tuple) -> None:
+        self.key, self._result, self.status = key, result, "finished"
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> tuple:
+        return self._result
+
+
+class NoWaits:
+    """A client whose waits return at once (the futures are done already); counts them."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def sync(self, fn) -> None:
+        self.waits += 1
+
+
+def probe_with(seconds_per_call: float, n: int, threads: int = 2) -> tuple[list[tuple[int, int]], int, float]:
+    submitted: list[tuple[int, int]] = []
+
+    def submit(low: int, high: int) -> Done:
+        submitted.append((low, high))
+        count = high - low
+        return Done(f"k{len(submitted)}", ([], {}, seconds_per_call * count, seconds_per_call))
+
+    client = NoWaits()
+    position, per_item = mapping._probe(client, submit, n, threads)
+    assert position == submitted[-1][1]
+    return submitted, client.waits, per_item
+
+
+def test_a_small_map_is_planned_from_the_warm_up_without_further_probes() -> None:
+    submitted, waits, per_item = probe_with(2e-6, 200_000)
+    assert submitted == [(0, 2), (2, 4)] and waits == 1 and per_item == 2e-6
+
+
+def test_a_large_map_of_tiny_items_needs_one_probe_after_the_warm_up() -> None:
+    submitted, waits, per_item = probe_with(2e-6, 50_000_000)
+    assert len(submitted) == 3 and waits == 2  # warm-ups, then one probe long enough to measure
+    low, high = submitted[-1]
+    assert (high - low) * per_item >= mapping.PROBE_SECONDS
+
+
+def test_warm_ups_that_hold_every_item_are_not_waited_for() -> None:
+    submitted, waits, _ = probe_with(1.0, 3, threads=2)
+    assert submitted == [(0, 2), (2, 3)] and waits == 0
+
+
+def test_the_worker_loop_runs_each_item_once_and_goes_on_after_errors() -> None:
+    calls: list[int] = []
+
+    def fn(item: int, offset: int) -> int:
+        calls.append(item)
+        if item in (0, 3):
+            raise ValueError(f"bad {item}")
+        if item == 5:
+            raise StopIteration  # would end map() quietly
+        return item + offset
+
+    values, errors, _, _ = run_chunk(ChunkTask("loop", fn, list(range(8)), 10, False), 100)
+    assert calls == list(range(8))
+    assert values == [None, 101, 102, None, 104, None, 106, 107]
+    assert sorted(errors) == [10, 13, 15]
+    assert errors[13][:2] == ("3", "ValueError: bad 3") and "bad 3" in errors[13][2]
+    assert "StopIteration" in errors[15][1]
+    assert run_chunk(ChunkTask("loop", operator.neg, range(0), 0, False))[:2] == ([], {})
