@@ -318,15 +318,19 @@ class Bridge:
                 "cluster runs")
         return self.client
 
-    def _file_address(self) -> str | None:
-        """The address the scheduler file holds now, or None (no file, or half written)."""
+    def _file_info(self) -> ClusterInfo | None:
+        """What the scheduler file holds now, or None (no file, or half written)."""
         if self.scheduler_file is None:
             return None
         try:
-            address = json.loads(Path(self.scheduler_file).expanduser().read_text()).get("address")
-        except (OSError, ValueError, AttributeError):
+            return cluster_files.read(self.scheduler_file)
+        except (OSError, ValueError):
             return None
-        return address if isinstance(address, str) and address else None
+
+    def _file_address(self) -> str | None:
+        """The address the scheduler file holds now, or None (no file, or half written)."""
+        info = self._file_info()
+        return info.address if info is not None else None
 
     def follow(self, timeout: float | None = None) -> bool:
         """Attach to the cluster that rewrote this bridge's scheduler file; True when attached.
@@ -370,9 +374,12 @@ class Bridge:
             if not requeued and time.monotonic() >= grace:
                 return False
             time.sleep(_POLL_SECONDS)
-        try:
-            client = Client(address, timeout="10s", set_as_default=False)
-        except (OSError, TypeError):
+        info = self._file_info()
+        try:  # a new start of the job made new certificates beside the file
+            certificates = _certificates_for(info, self.job) if info is not None else None
+            client = Client(address, timeout="10s", set_as_default=False,
+                            security=certificates.security() if certificates else None)
+        except (OSError, TypeError, ConnectError):
             return False
         try:
             self.client.close(timeout=1)

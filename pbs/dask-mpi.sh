@@ -52,6 +52,8 @@ fi
 # --- Where the cluster's address goes ------------------------------------------
 # Clients and workers find the scheduler through this file, one per job. A client script
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
+# A quote in the path is part of its name (shellcheck would take it for syntax: SC2089, SC2090).
+# shellcheck disable=SC2089
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
 export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE - 1))
@@ -118,6 +120,7 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
 rm -rf "$TLS_DIR"
 "$PYTHON" -m hpcbridge.tls "$TLS_DIR"
 # However this script ends, the scheduler file and the job's certificates go with it.
+# shellcheck disable=SC2090
 trap 'rm -f "$SCHEDULER_FILE"; rm -rf "$TLS_DIR"' EXIT
 trap 'exit 143' TERM
 

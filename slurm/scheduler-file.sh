@@ -43,6 +43,8 @@ fi
 # --- Where the cluster's address goes ------------------------------------------
 # Clients and workers find the scheduler through this file, one per job. A client script
 # started by the job finds it in HPCBRIDGE_SCHEDULER_FILE.
+# A quote in the path is part of its name (shellcheck would take it for syntax: SC2089, SC2090).
+# shellcheck disable=SC2089
 SCHEDULER_FILE="$HOME"/.hpcbridge/jobs/"$JOB_ID"/scheduler.json
 export HPCBRIDGE_SCHEDULER_FILE="$SCHEDULER_FILE"
 export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
@@ -131,6 +133,7 @@ rm -rf "$TLS_DIR"
 SCHEDULER_PID=$!
 # However this script ends (also by scancel/qdel/bkill), the scheduler does not outlive it, and
 # neither do the scheduler file and the job's certificates.
+# shellcheck disable=SC2090
 trap 'kill "$SCHEDULER_PID" 2>/dev/null || true; rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"; rm -rf "$TLS_DIR"' EXIT
 trap 'exit 143' TERM
 

@@ -45,7 +45,7 @@ def test_a_bridge_follows_the_scheduler_file_a_requeued_cluster_rewrites(tmp_pat
     from tests.conftest import wait_for
 
     path = tmp_path / "scheduler.json"
-    first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+    first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None)
     second = None
     try:
         path.write_text(json.dumps({"address": first.scheduler_address, "type": "Scheduler"}))
@@ -54,7 +54,7 @@ def test_a_bridge_follows_the_scheduler_file_a_requeued_cluster_rewrites(tmp_pat
             assert bridge.gather(bridge.map(abs, [-1, -2], progress=False), progress=False) == [1, 2]
             first.close()
             assert wait_for(lambda: not bridge.connected, timeout=60)
-            second = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
+            second = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None)
             path.write_text(json.dumps({"address": second.scheduler_address, "type": "Scheduler"}))
             run = bridge.map(abs, [-3, -4], progress=False)  # no new connect
             assert bridge.client.scheduler.address == second.scheduler_address

@@ -89,7 +89,8 @@ FIELDS = {
     "requeue": st.sampled_from([True, False, "yes", "no", "maybe"]),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
-NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes")
+NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes",
+                "tls_ca_file", "tls_cert", "tls_key")  # TLS files: all three or none
 
 
 def accepted_spec(values: dict[str, object]) -> JobSpec:
