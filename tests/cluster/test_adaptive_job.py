@@ -142,7 +142,7 @@ def test_a_replacement_job_joins_before_a_draining_job_leaves_and_no_item_runs_t
     adaptive_jobs.append(("hpcb-drain", job))
     items = list(range(260))
     with hpcbridge.connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
-        run = bridge.map(marked_square, items, str(marks), name="drain", progress=False)
+        run = bridge.map(marked_square, items, args=(str(marks),), name="drain", progress=False)
         assert bridge.gather(run, progress=False, timeout=400) == [x * x for x in items]
         ended = bridge.client.run_on_scheduler(lambda: __import__("time").time())
         events = bridge.client.get_events("all")
