@@ -25,7 +25,7 @@ import pytest
 from hpcbridge import jobs, mapping
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.losses import JobCancelled, SchedulerLost, WalltimeReached
-from tests.conftest import wait_for
+from tests.conftest import wait_for, worker_tls_env
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
@@ -129,7 +129,9 @@ def scheduler_pids(scheduler_file: str) -> list[int]:
             words = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"distributed.cli.dask_scheduler" in words and scheduler_file.encode() in words:
+        # The scheduler writes its own file beside the one the job publishes (scheduler.json.dask).
+        if b"distributed.cli.dask_scheduler" in words and (
+                scheduler_file.encode() in words or f"{scheduler_file}.dask".encode() in words):
             found.append(int(entry.name))
     return found
 
@@ -166,7 +168,7 @@ def test_a_sigkilled_worker_and_a_cancelled_worker_step_lose_nothing(submit, slu
             ["srun", f"--jobid={job.job_id}", "--overlap", "--ntasks=1", "--cpus-per-task=1", sys.executable,
              "-m", "distributed.cli.dask_worker", "--scheduler-file", job.scheduler_file, "--nthreads", "1",
              "--interface", slurm_cluster_3nodes.interface, "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **worker_tls_env(job.scheduler_file)})
         try:
             assert wait_for(lambda: bridge.n_workers == 4, timeout=60), "the extra worker step did not join"
             run = bridge.map(marked, range(400), args=(str(marks), 0.1), name="faults", progress=False)
