@@ -18,6 +18,7 @@ from hpcbridge import jobs, mapping
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.losses import RunLost
 from hpcbridge.rundir import RunDirectory, RunMismatchError, missing_ranges
+from tests.test_bridge_map import cluster, executed  # noqa: F401 (the module's 2-worker job, counted runs)
 from tests.conftest import module_local_job
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -33,16 +34,6 @@ def cube(x: int) -> int:
 
 def row_of(x: int) -> np.ndarray:
     return np.full(3, x, dtype=np.int64)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
-    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
-        yield job, bridge
-
-
-def executed(bridge: Bridge, run: str) -> int:
-    return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
 
 
 def forget_on_cluster(bridge: Bridge, name: str) -> None:
