@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distributed.deploy.adaptive import Adaptive
+
 from hpcbridge import units
 from hpcbridge.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec, SpecError
 
@@ -74,13 +76,62 @@ def jobqueue_cluster(spec: JobSpec, **overrides: Any):
     """A dask-jobqueue cluster for ``spec``; call ``.adapt(...)`` or ``.scale(jobs=N)`` on it.
 
     ``overrides`` go to dask-jobqueue unchanged (``log_directory``, ``worker_extra_args``, ...).
+    Its ``adapt`` uses :class:`PatientAdaptive` unless given another ``Adaptive=``.
     """
     import dask_jobqueue
 
     cluster_class = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
                      "lsf": dask_jobqueue.LSFCluster}
     options = jobqueue_options(spec)
-    return cluster_class[spec.scheduler](**{**options, **overrides})
+    return _patient(cluster_class[spec.scheduler])(**{**options, **overrides})
+
+
+def _patient(cluster_class: type) -> type:
+    """``cluster_class`` whose ``adapt`` defaults to :class:`PatientAdaptive`."""
+
+    class Cluster(cluster_class):  # type: ignore[misc,valid-type]
+        def adapt(self, *args: Any, Adaptive: type | None = None, **kwargs: Any) -> Any:
+            return super().adapt(*args, Adaptive=Adaptive or PatientAdaptive, **kwargs)
+
+    Cluster.__name__ = Cluster.__qualname__ = cluster_class.__name__
+    return Cluster
+
+
+class PatientAdaptive(Adaptive):
+    """distributed's Adaptive that cancels no worker job in its first ``min_job_age`` seconds.
+
+    distributed cancels a job whose workers have not joined yet as soon as its target drops
+    below the plan, without waiting ``wait_count`` decisions. A job takes seconds to start, and
+    the target, estimated from the first tasks, swings in that time: on a loaded machine
+    dask-jobqueue submitted and cancelled 90 jobs for an 8-task map and killed workers that had
+    just begun a task (KilledWorker). Here a job is cancelled only once it is ``min_job_age``
+    old (default 60 s), as ``hpcbridge up --adapt`` does.
+    """
+
+    def __init__(self, cluster: Any, *, min_job_age: float | str = 60.0, **kwargs: Any) -> None:
+        self.min_job_age = parse_duration("min_job_age", min_job_age)
+        self._planned_at: dict[str, float] = {}
+        super().__init__(cluster, **kwargs)
+
+    async def recommendations(self, target: int) -> dict:
+        now = time.monotonic()
+        names = self.cluster.worker_spec
+        self._planned_at = {name: self._planned_at.get(name, now) for name in names}
+        advice = await super().recommendations(target)
+        if advice["status"] == "down":
+            advice["workers"] = [w for w in advice["workers"]
+                                 if now - self._planned_at.get(job_name_of(str(w), names), now) >= self.min_job_age]
+            if not advice["workers"]:
+                return {"status": "same"}
+        return advice
+
+
+def job_name_of(worker: str, worker_spec: dict) -> str:
+    """The job a worker belongs to: dask-jobqueue names a job's workers NAME-0, NAME-1 ... when it runs several."""
+    if worker in worker_spec:
+        return worker
+    base, _, suffix = worker.rpartition("-")
+    return base if base in worker_spec and suffix.isdigit() else worker
 
 
 # --------------------------------------------------------------------------------------------

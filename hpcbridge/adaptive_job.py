@@ -41,7 +41,8 @@ from typing import Any
 
 from distributed.deploy.adaptive import Adaptive
 
-from hpcbridge.adaptive import AdaptiveSettings, status_file_for, worker_job_options, worker_log_dir
+from hpcbridge.adaptive import (AdaptiveSettings, job_name_of, status_file_for, worker_job_options,
+                                worker_log_dir)
 from hpcbridge.backends import JobNotFound, JobStatus, get_backend
 from hpcbridge.drain import LEAVE_METRIC
 from hpcbridge.spec import JobSpec
@@ -230,14 +231,6 @@ class BatchAdaptive(Adaptive):
                 return {"status": "same"}
             advice["workers"] = workers
         return advice
-
-
-def job_name_of(worker: str, worker_spec: dict) -> str:
-    """The job a worker belongs to: dask-jobqueue names a job's workers NAME-0, NAME-1 ... when it runs several."""
-    if worker in worker_spec:
-        return worker
-    base, _, suffix = worker.rpartition("-")
-    return base if base in worker_spec and suffix.isdigit() else worker
 
 
 def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: Path) -> dict[str, Any]:
