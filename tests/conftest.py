@@ -4,6 +4,12 @@ At the end of the session a check fails the run when anything the tests made is 
 process (every process the tests start, down to Dask workers in Slurm jobs, inherits
 ``HPCBRIDGE_TEST_SESSION``), a folder, a network namespace or a Unix user that a test
 registered with :func:`register_leftover_check`.
+
+The suite runs its test files on two pytest-xdist workers (``-n 2 --dist loadfile``; most
+cluster tests wait on Slurm rather than compute, and each file starts its own harness, which
+takes a free subnet and free ports beside another). Every worker inherits the session marker
+and appends to one registry file, so the check runs once, in the controlling process, after
+every worker has finished.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,17 +51,30 @@ with open(sys.argv[1], "w") as out:
 
 
 SESSION = os.environ.setdefault("HPCBRIDGE_TEST_SESSION", secrets.token_hex(8))
-_REGISTRY = "HPCBRIDGE_TEST_LEFTOVERS"  # in os.environ: this file may be imported under two module names
+# One file for the whole session, xdist workers included (they inherit the marker above).
+_REGISTRY = Path(tempfile.gettempdir()) / f"hpcbridge-test-{SESSION}.leftovers"
 
 
 def register_leftover_check(kind: str, name: str | os.PathLike[str]) -> None:
     """Ask the session-end check to verify that this ``dir``, ``cluster`` (a harness folder) or ``user`` is gone."""
-    entries = [entry for entry in os.environ.get(_REGISTRY, "").split("\n") if entry]
-    os.environ[_REGISTRY] = "\n".join([*entries, f"{kind}\t{name}"])
+    with open(_REGISTRY, "a") as registry:  # one short appended line: workers never interleave
+        registry.write(f"{kind}\t{name}\n")
+
+
+def _registered() -> list[tuple[str, str]]:
+    try:
+        lines = _REGISTRY.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [tuple(line.split("\t", 1)) for line in lines if "\t" in line]  # type: ignore[misc]
 
 
 def session_processes() -> list[int]:
-    """Live processes (not zombies) that carry this session's marker, other than this one."""
+    """Live processes (not zombies) that carry this session's marker, other than this one and its xdist workers.
+
+    A process a test started is never a child of the controlling pytest: when its xdist worker
+    exits, it is left to init.
+    """
     marker = f"HPCBRIDGE_TEST_SESSION={SESSION}".encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -62,7 +82,8 @@ def session_processes() -> list[int]:
             continue
         try:
             if marker in (entry / "environ").read_bytes().split(b"\0"):
-                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                if state != "Z" and int(parent) != os.getpid():
                     found.append(int(entry.name))
         except OSError:
             continue
@@ -82,10 +103,7 @@ def leftovers() -> list[str]:
             continue
         left.append(f"process {pid}: {command[:160]}")
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for entry in os.environ.get(_REGISTRY, "").split("\n"):
-        if not entry:
-            continue
-        kind, name = entry.split("\t", 1)
+    for kind, name in _registered():
         if kind in ("dir", "cluster") and Path(name).exists():
             left.append(f"folder {name}")
         if kind == "cluster":
@@ -103,7 +121,10 @@ def leftovers() -> list[str]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller checks once every worker is done
     left = leftovers()
+    _REGISTRY.unlink(missing_ok=True)
     if not left:
         return
     for pid in session_processes():
