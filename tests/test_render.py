@@ -26,6 +26,10 @@ SPECS = {
     "local-full": JobSpec(ntasks_per_node=3, cpus_per_task=2, mem="6G", python="/usr/bin/python3",
                           setup=("export A=1",), scheduler_file="~/runs/{job_id}.json"),
 }
+SPECS["ssh-minimal"] = JobSpec(scheduler="ssh", hosts=("node1",))
+SPECS["ssh-full"] = JobSpec(scheduler="ssh", hosts=("node1", "node1", "me@node2"), ntasks_per_node=2,
+                            ssh_options=("-F", "/home/a/my ssh/config", "-o", "Port=2222"), interface="ib0",
+                            scheduler_interface="eth0", setup=("source ~/venv/bin/activate",), walltime="1h")
 _FULL = dict(nodes=2, ntasks_per_node=3, cpus_per_task=2, mem_per_cpu="1G", walltime="2h", account="p1",
              queue="short", interface="ib0", modules=("openmpi/4.1",), setup=("source ~/env/bin/activate",))
 for _scheduler in ("slurm", "pbs", "lsf"):
