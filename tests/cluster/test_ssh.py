@@ -60,10 +60,16 @@ def cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hpcbridge.cli", *argv], capture_output=True, text=True, timeout=60)
 
 
-def test_workers_on_both_hosts_compute_and_cancel_ends_every_remote_process(two_hosts, ssh_spec, ssh_jobs) -> None:
+def test_workers_on_both_hosts_compute_and_cancel_ends_every_remote_process(two_hosts, ssh_jobs, tmp_path: Path) -> None:
     cluster, hosts = two_hosts
     first, second = cluster.node_addresses
-    job = jobs.submit(ssh_spec([first, second, second]))  # a repeated line: two workers there
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text(f"# the seed's host list\n{first}\n{second}\n{second}\n")  # a repeat: two workers there
+    submitted = cli("submit", "--scheduler", "ssh", "--hostfile", str(hostfile), "--ssh-options", f"-F {hosts.config}",
+                    "--interface", "ib0", "--scheduler-interface", cluster.bridge, "--python", sys.executable,
+                    "--scheduler-file", str(tmp_path / "{job_id}" / "scheduler.json"), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = jobs.find(json.loads(submitted.stdout)["job_id"])
     ssh_jobs.append(job)
     assert job.job_id.startswith("ssh-") and job.scheduler == "ssh"
     with connect(job.scheduler_file, n_workers=3, timeout=90, job=job) as bridge:
