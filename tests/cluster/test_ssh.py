@@ -39,9 +39,9 @@ def ssh_spec(two_hosts, tmp_path: Path):
     def make(lines: list[str], **values) -> JobSpec:
         hostfile = tmp_path / "hosts.txt"
         hostfile.write_text("# the seed's host list: one host per line\n" + "".join(f"{line}\n" for line in lines))
-        return JobSpec(scheduler="ssh", hostfile=str(hostfile), interface="ib0", scheduler_interface=cluster.bridge,
-                       ssh_options=("-F", str(hosts.config)), python=sys.executable,
-                       scheduler_file=str(tmp_path / "{job_id}" / "scheduler.json"), **values)
+        values = {"interface": "ib0", "scheduler_interface": cluster.bridge, "ssh_options": ("-F", str(hosts.config)),
+                  "python": sys.executable, "scheduler_file": str(tmp_path / "{job_id}" / "scheduler.json"), **values}
+        return JobSpec(scheduler="ssh", hostfile=str(hostfile), **values)
 
     return make
 
@@ -98,12 +98,38 @@ def test_workers_on_both_hosts_compute_and_cancel_ends_every_remote_process(two_
     assert "CANCELLED" in cli("status", job.job_id).stdout
 
 
-def test_a_host_that_refuses_ssh_fails_the_job_at_once_with_its_name(two_hosts, ssh_spec, ssh_jobs) -> None:
+def test_shutdown_by_the_client_ends_the_job_cleanly_on_every_host(two_hosts, ssh_spec, ssh_jobs) -> None:
+    cluster, hosts = two_hosts
+    job = jobs.submit(ssh_spec(cluster.node_addresses))
+    ssh_jobs.append(job)
+    described = cli("connect", job.job_id, "--workers", "2", "--timeout", "90")  # by job id, as a user attaches
+    assert described.returncode == 0 and "workers:   2 (2 threads)" in described.stdout, described.stderr
+    with connect(job.scheduler_file, n_workers=2, timeout=30, job=job) as bridge:
+        assert bridge.gather(bridge.map(operator.add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+        on_hosts = set(hosts.descendants())
+        assert on_hosts
+        bridge.shutdown()
+    assert wait_for(lambda: job.status().finished, timeout=30)
+    assert (job.status().state, job.status().exit_code) == ("COMPLETED", 0)
+    assert wait_for(lambda: not (on_hosts & set(hosts.descendants())), timeout=15)
+    assert not Path(job.scheduler_file).exists()
+
+
+@pytest.mark.parametrize(("broken", "said"), [
+    ("a host without sshd", "refused"),
+    ("a missing interface", "network interface ib7 does not exist"),
+])
+def test_a_host_that_fails_its_check_fails_the_job_at_once_with_its_name(two_hosts, ssh_spec, ssh_jobs,
+                                                                         broken: str, said: str) -> None:
     cluster, _ = two_hosts
-    job = jobs.submit(ssh_spec([cluster.node_addresses[0], cluster.host_address]))  # no sshd on the bridge
+    if broken == "a host without sshd":
+        bad_host, spec = cluster.host_address, ssh_spec([cluster.node_addresses[0], cluster.host_address])
+    else:
+        bad_host, spec = cluster.node_addresses[0], ssh_spec(cluster.node_addresses[:1], interface="ib7")
+    job = jobs.submit(spec)
     ssh_jobs.append(job)
     assert wait_for(lambda: job.status().finished, timeout=60)
     assert job.status().state == "FAILED"
-    said = cli("status", job.job_id).stdout
-    assert f"the check on host {cluster.host_address} failed" in said and "refused" in said, said
+    status = cli("status", job.job_id).stdout
+    assert f"the job said: the check on host {bad_host} failed" in status and said in status, status
     assert not job_processes(job.job_id)
