@@ -575,6 +575,19 @@ def _flag(name: str, value: object) -> bool:
     raise SpecError(name, value, "true or false (also yes/no, on/off, 1/0)")
 
 
+def _ssh_options(name: str, value: object) -> tuple[str, ...]:
+    """Words for every ssh command line: text as typed (``-F ~/.ssh/cluster -o Port=2222``) or a list of words.
+
+    The renderer quotes each word, so none can add a command; a word can only be an ssh argument.
+    """
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as error:
+            raise SpecError(name, value, f"ssh options as on ssh's command line ({error})") from None
+    return _lines(_one_line)(name, value)
+
+
 _INTERFACE_HELP = "a network interface name such as ib0, eth0 or lo"
 _NAME_HELP = "letters, digits and _ . + - (at most 64, not starting with . + or -)"
 _CHECKS = {
@@ -612,18 +625,8 @@ _CHECKS = {
     "requeue": _flag,
     "hosts": _lines(_pattern(_HOST, _HOST_HELP, optional=False)),
     "hostfile": _optional_path,
-    "ssh_options": lambda name, value: _lines(_one_line)(name, _ssh_words(name, value)),
+    "ssh_options": _ssh_options,
 }
-
-
-def _ssh_words(name: str, value: object) -> object:
-    """ssh options as typed on one line (``-F ~/.ssh/cluster -o Port=2222``) become words; a list stays."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return tuple(shlex.split(value))
-    except ValueError as error:
-        raise SpecError(name, value, f"ssh options as on ssh's command line ({error})") from None
 
 
 def _read_hostfile(path: str) -> tuple[str, ...]:
