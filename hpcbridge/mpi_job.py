@@ -31,6 +31,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scheduler-interface", default=None)
     parser.add_argument("--protocol", default="tcp")
     parser.add_argument("--lifetime", type=int, default=None, help="seconds before workers retire")
+    parser.add_argument("--drain", action="store_true",
+                        help="workers leave before the job's end (HPCBRIDGE_JOB_END), handing back what "
+                        "they cannot finish (hpcbridge.drain)")
     parser.add_argument("--client-script", default=None)
     parser.add_argument("--client-arg", action="append", default=[])
     return parser.parse_args(argv)
@@ -59,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("distributed.batched").setLevel(logging.WARNING)
     outcome = _ClientOutcome()
-    worker_options = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
+    worker_options: dict = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
+    if options.drain:
+        worker_options["preload"] = ["hpcbridge.drain"]
     if options.scheduler_interface and comm.Get_rank() == 0:
         interface = options.scheduler_interface
     else:

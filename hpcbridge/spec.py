@@ -288,7 +288,7 @@ class JobSpec:
 
     @property
     def worker_lifetime(self) -> int | None:
-        """Seconds a worker lives before retiring, when a walltime is known and long enough."""
+        """Seconds a worker works before it starts to leave (hpcbridge.drain), when a walltime is known and long enough."""
         if self.walltime is None or self.walltime - self.lifetime_margin < 60:
             return None
         return self.walltime - self.lifetime_margin
@@ -299,8 +299,8 @@ class JobSpec:
         if self.mode != "array" and self.walltime is not None and self.worker_lifetime is None:
             found.append(SpecWarning("lifetime_margin", self.lifetime_margin, (
                 f"{{walltime}} ({self.walltime} s) leaves less than a minute after {{lifetime_margin}} "
-                f"({self.lifetime_margin} s): workers get no --lifetime and are killed at the walltime "
-                "instead of closing; give a longer {walltime} or a shorter {lifetime_margin}")))
+                f"({self.lifetime_margin} s): the workers start leaving (handing their work back) within a "
+                "minute of the job's start; give a longer {walltime} or a shorter {lifetime_margin}")))
         return found
 
     @property

@@ -77,6 +77,17 @@ export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT="$TLS_CERT"
 export DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY="$TLS_KEY"
 export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$TLS_CERT"
 export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
+
+# --- Runs on disk, and the end of the job -----------------------------------------
+# Every finished chunk of a map is saved under this folder by the worker that computed it, so
+# results outlive the job; a later job resumes a run from there.
+export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
+# Workers stop taking work this long before the job ends (more if their chunks take long),
+# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}
+export HPCBRIDGE_JOB_END
+export HPCBRIDGE_LIFETIME_MARGIN=300
+
 # What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi. Rank 0's
 # scheduler writes its own file beside the one this job publishes for clients.
 DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
@@ -86,7 +97,7 @@ MPI_PROGRAM=(
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --protocol tls
-    --lifetime 3300
+    --drain
 )
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+
+from tests.conftest import wait_for
 
 
 def test_too_few_ranks_for_a_client_script_is_a_clear_error(tmp_path) -> None:
@@ -20,3 +24,36 @@ def test_too_few_ranks_for_a_client_script_is_a_clear_error(tmp_path) -> None:
     assert "hpcbridge: mpi mode needs at least 3 MPI ranks (scheduler, client, one worker); this job has 2" in done.stderr
     assert "never runs" not in done.stdout
     assert not (tmp_path / "s.json").exists()
+
+
+def test_in_mpi_mode_the_workers_leave_before_the_job_ends_and_say_so(tmp_path) -> None:
+    """The drain preload runs on the dask-mpi workers: before HPCBRIDGE_JOB_END - margin they close, logging why."""
+    from distributed import Client
+
+    from hpcbridge import drain
+
+    scheduler_file = tmp_path / "s.json"
+    environment = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                   "HPCBRIDGE_JOB_END": str(int(time.time()) + 45), "HPCBRIDGE_LIFETIME_MARGIN": "30"}
+    log_path = tmp_path / "mpi.log"
+    log = log_path.open("w")
+    program = subprocess.Popen(
+        ["mpirun", "--oversubscribe", "-n", "3", sys.executable, "-m", "hpcbridge.mpi_job", "--scheduler-file",
+         str(scheduler_file), "--nthreads", "1", "--interface", "lo", "--drain"],
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env=environment, start_new_session=True)
+    try:
+        assert wait_for(lambda: scheduler_file.exists() or program.poll() is not None, timeout=60)
+        assert program.poll() is None, log_path.read_text()[-2000:]
+        with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            # Each worker leaves between end - margin - margin/3 and end - margin: within 20 s here.
+            assert wait_for(lambda: not client.scheduler_info()["workers"], timeout=40), log_path.read_text()[-2000:]
+            events = client.get_events(drain.EVENT_TOPIC)
+            assert len(events) == 2 and all(event["margin"] >= 30 for _, event in events)
+            client.shutdown()
+        program.wait(timeout=60)
+    finally:
+        if program.poll() is None:
+            os.killpg(program.pid, signal.SIGKILL)
+            program.wait(timeout=30)
+        log.close()

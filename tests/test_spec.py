@@ -156,3 +156,9 @@ def test_a_bad_line_of_a_hostfile_is_named_with_its_number(tmp_path) -> None:
 def test_host_lists_and_ssh_options_belong_to_the_ssh_scheduler() -> None:
     with pytest.raises(SpecError, match="unless scheduler is ssh"):
         JobSpec(scheduler="slurm", ssh_options="-F x")
+
+
+def test_a_walltime_too_short_for_the_margin_is_said_not_silently_dropped() -> None:
+    (warning,) = JobSpec(scheduler="slurm", walltime="80s", lifetime_margin="30s").warnings()
+    assert warning.field == "lifetime_margin" and "start leaving" in str(warning) and "80 s" in str(warning)
+    assert JobSpec(scheduler="slurm", walltime="10m", lifetime_margin="30s").warnings() == []
