@@ -633,16 +633,13 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         index, i = min(failed_items)
         item, error, remote = chunks[i][index]
         raise ItemError(run.name, index, item, _worker_of(client, run.futures[i]), error, remote)
-    # Asking the batch system can take seconds, while workers that lost the scheduler still save
-    # what they finish: name the cause first, then read the disk, so the error counts those too.
-    cause = watch.explain(job) if not all(have) and (watch.connection_lost or watch.workers_gone) else None
-    for i, (low, high) in enumerate(run.bounds):
-        if have[i] or directory is None or not directory.has_chunk(low, high):
-            continue
-        try:
-            chunks[i], have[i] = directory.load_chunk(low, high), True
-        except (OSError, ValueError, EOFError):
-            pass
+    _read_saved(directory, run.bounds, chunks, have)
+    cause = None
+    if not all(have) and (watch.connection_lost or watch.workers_gone):
+        # Asking the batch system can take seconds, while workers that lost the scheduler still
+        # save what they finish: read the disk again after it, so the error counts those too.
+        cause = watch.explain(job)
+        _read_saved(directory, run.bounds, chunks, have)
     for i, ((low, high), future) in enumerate(zip(run.bounds, run.futures)):
         if not have[i] and future is not None and future.status == "error" and not watch.connection_lost:
             try:
@@ -670,6 +667,18 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
     saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
     raise cls(run.name, what, run.n_items, done, saved, missing, results,
               directory.path if directory else None, getattr(job, "job_id", None))
+
+
+def _read_saved(directory: RunDirectory | None, bounds: list[tuple[int, int]], chunks: list[Any],
+                have: list[bool]) -> None:
+    """Fill in, from the run directory, the chunks not had yet that a worker saved there."""
+    for i, (low, high) in enumerate(bounds):
+        if have[i] or directory is None or not directory.has_chunk(low, high):
+            continue
+        try:
+            chunks[i], have[i] = directory.load_chunk(low, high), True
+        except (OSError, ValueError, EOFError):
+            pass
 
 
 def _worker_of(client: Client, future: Future | None) -> str:
