@@ -344,6 +344,8 @@ class Bridge:
         """
         if self.connected or self.scheduler_file is None:
             return self.connected
+        if self.reattach():
+            return True
         deadline = time.monotonic() + (self.follow_timeout if timeout is None else timeout)
         # A scheduler that died in a job that keeps running (no requeue) leaves its file in place:
         # give up after this grace, unless the job is seen queued again or its file is rewritten.
@@ -390,6 +392,45 @@ class Bridge:
         self.client = client
         self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
         self._settings = None  # the new start has its own job end
+        return True
+
+    def reattach(self, timeout: float = _PROBE_SECONDS) -> bool:
+        """Attach again to the scheduler this bridge lost, at its old address, if it answers now.
+
+        A scheduler whose node was cut off the network for a while (shorter than the batch
+        system's node-failure limit) still runs and still holds its runs, but this client gave
+        up on it (:class:`~hpcbridge.losses.SchedulerUnreachable`). Tried only while the job
+        still runs (or is not known) and the scheduler file still names that address; a probe of
+        at most ``timeout`` s, so a bridge whose scheduler is gone is not held up.
+        """
+        if self.connected:
+            return True
+        info = self._file_info()
+        if info is None or info.address not in self._old_addresses:
+            return False
+        if self.job is not None:
+            try:
+                if self.job.status().state != "RUNNING":
+                    return False
+            except Exception:  # the batch system did not answer: the probe decides
+                pass
+        certificates = _certificates_for(info, self.job)
+        try:
+            if certificates is not None:
+                check_handshake(info.address, certificates, timeout=timeout)
+            elif not cluster_files.address_answers(info.address, timeout=timeout):
+                return False
+            client = Client(info.address, timeout=f"{max(timeout, 2.0):.0f}s", set_as_default=False,
+                            security=certificates.security() if certificates else None)
+        except (OSError, TypeError, TLSRefused):
+            return False
+        try:
+            self.client.close(timeout=1)
+        except Exception:
+            pass
+        client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
+                              mapping.RECONNECT_SECONDS)
+        self.client = client
         return True
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
@@ -526,6 +567,7 @@ class Bridge:
         """
         if arguments.name("name", name) is None:
             raise arguments.ArgumentError("name", name, "the name of a run (Bridge.runs() lists them)")
+        self.reattach()  # a scheduler that was only out of reach holds the run still
         if self.connected and name in self.client.list_datasets():
             return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
                                progress=progress, release=release)

@@ -2,7 +2,8 @@
 
 One error type per cause, all :class:`RunLost` (a :class:`~hpcbridge.mapping.RunError`):
 :class:`WalltimeReached`, :class:`JobCancelled`, :class:`NodeFailed`, :class:`SchedulerLost`
-(it died or cannot be reached; says for how long it was tried) and :class:`WorkersLeft`. Each
+(it died or cannot be reached; says for how long it was tried; :class:`SchedulerUnreachable` when
+its job still runs, e.g. its node is cut off the network) and :class:`WorkersLeft`. Each
 carries the run's progress (items done, saved on disk, missing), the results it has
 (``error.results``: one value per item in input order, ``None`` where an item has none) and the
 missing item ranges (``error.missing``), so nothing already computed is thrown away with the error.
@@ -10,6 +11,8 @@ missing item ranges (``error.missing``), so nothing already computed is thrown a
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -90,6 +93,22 @@ class SchedulerLost(RunLost):
         return f"If the job still runs, connect again later and collect with results({self.run!r}). " + super().advice()
 
 
+class SchedulerUnreachable(SchedulerLost):
+    """The scheduler does not answer while its job still runs: its node is cut off or hangs.
+
+    The scheduler may well hold the run still (it keeps computing on the workers it can reach),
+    so the advice is to collect it from there once it answers again.
+    """
+
+    cause = "scheduler unreachable"
+
+    def advice(self) -> str:
+        job = f"job {self.job_id}" if self.job_id else "its job"
+        return (f"The run is probably still on the scheduler, since {job} still runs: once the scheduler "
+                f"answers again (the network to its node is back), results({self.run!r}) on this bridge or on "
+                f"connect(job=...) collects every result from it. " + RunLost.advice(self))
+
+
 class WorkersLeft(RunLost):
     """Every worker left while the scheduler still ran (their step was cancelled, they were killed...)."""
 
@@ -97,13 +116,19 @@ class WorkersLeft(RunLost):
 
 
 def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool, drained: list[dict[str, Any]],
-            tried_seconds: float, address: str, near_end: bool = False) -> tuple[type[RunLost], str]:
+            tried_seconds: float, address: str, near_end: bool = False,
+            silent: bool = False) -> tuple[type[RunLost], str]:
     """The cause of a loss and a sentence saying it, from the batch job's state where it is known.
 
     ``drained``: the ``hpcbridge-drain`` events of workers that left before the walltime;
-    ``near_end``: the loss came when the job's walltime was (nearly) reached.
+    ``near_end``: the loss came when the job's walltime was (nearly) reached; ``silent``: the
+    scheduler's address does not even refuse a connection (its node is cut off or hangs), so its
+    job is not waited for to end: it would still run when the wait is over.
     """
-    status = _final_status(job) if job is not None and connection_lost else _status(job)
+    if job is not None and connection_lost and not silent:
+        status = _final_status(job)
+    else:
+        status = _status(job)
     words = ""
     if status is not None:
         words = f"{status.state}" + (f", {status.reason}" if status.reason else "")
@@ -120,6 +145,10 @@ def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool,
         return NodeFailed, f"a node of {job_text} failed{words}"
     if workers_gone and not connection_lost:
         return WorkersLeft, f"every worker left the cluster while its scheduler still ran{words}"
+    if connection_lost and silent and state == "RUNNING":
+        return SchedulerUnreachable, (f"the scheduler at {address} cannot be reached while {job_text} is still "
+                                      f"RUNNING (its node is cut off the network or hangs): it did not answer for "
+                                      f"{tried_seconds:.0f} s, and connections to it time out")
     if connection_lost:
         still = f"; {job_text} is {state}" if state in ("RUNNING", "COMPLETING") else ""
         if state == "FAILED" and workers_gone:
@@ -128,6 +157,21 @@ def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool,
         return SchedulerLost, (f"the scheduler at {address} stopped answering; reconnecting was tried for "
                                f"{tried_seconds:.0f} s{still}{words if not still else ''}{known}")
     return WorkersLeft, f"the cluster has no workers{words}"
+
+
+def address_silent(address: str, timeout: float = 2.0) -> bool:
+    """True when a TCP connection to ``address`` (``proto://host:port``) times out or finds no route,
+    rather than being refused or accepted: the host is cut off, not just the scheduler process gone."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return False
+    except (TimeoutError, socket.timeout):
+        return True
+    except OSError as error:
+        return error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
+    except ValueError:
+        return False
 
 
 def _status(job: SubmittedJob | None) -> Any:

@@ -473,14 +473,41 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
                 f"run {run.name!r}: {run.done_items()} of {run.n_items} items done after {timeout:g} s; "
                 f"the results stay on the cluster: collect them later with results({run.name!r})")
         _wait(client, pending, 0.5 if left is None else min(0.5, left), first=True)
-        pending = [f for f in pending if not f.done()]
         if meter:
             meter.update(run.done_items())
-        if watch.lost(cancelled=any(f.status == "cancelled" for f in run.futures if f is not None)):
+        lost = watch.lost(cancelled=any(f.status == "cancelled" for f in run.futures if f is not None))
+        if not lost:
+            _refresh_after_reconnect(client, run)
+        pending = [f for f in run.futures if f is not None and not f.done()]
+        if lost:
             break
     if meter and not pending:
         meter.finish()
     return _assemble(client, run, stack, watch, job)
+
+
+def _refresh_after_reconnect(client: Client, run: Run) -> bool:
+    """Take the run's futures anew from the scheduler after the client reconnected to it; True if taken.
+
+    A client whose connection broke (the scheduler's node cut off for half a minute) cancels every
+    future it holds when it reconnects ("scheduler-connection-lost"), but the scheduler still holds
+    the run under its name, and keeps computing it: the published record has live futures.
+    """
+    if client.status != "running" or not any(_cancelled_by_reconnect(f) for f in run.futures if f is not None):
+        return False
+    try:
+        fresh = reattach(client, run.name)
+    except Exception:  # released meanwhile, or the scheduler went away again
+        return False
+    if fresh.bounds != run.bounds:
+        return False
+    run.futures = fresh.futures
+    return True
+
+
+def _cancelled_by_reconnect(future: Future) -> bool:
+    error = getattr(future._state, "exception", None) if future.status == "cancelled" else None
+    return getattr(error, "reason", None) == "scheduler-connection-lost"
 
 
 class ClusterWatch:
@@ -497,6 +524,7 @@ class ClusterWatch:
         self.tried_seconds = 0.0
         self.drained: list[dict[str, Any]] = []
         self.address = getattr(client.scheduler, "address", "?")
+        self.answered_at = time.monotonic()  # the scheduler's last answer (or the start of the watch)
 
     def lost(self, cancelled: bool = False) -> bool:
         """True once the run cannot go on: the scheduler is gone, or no worker joined for a while."""
@@ -520,6 +548,7 @@ class ClusterWatch:
                 pass
             return True
         self.unanswered_since = None
+        self.answered_at = time.monotonic()
         if len(workers) < self.workers or not workers:
             self._read_drain_events()
         self.workers = len(workers)
@@ -555,9 +584,13 @@ class ClusterWatch:
             self.drained = [message for _, message in events]
 
     def explain(self, job: Any) -> tuple[type[RunLost], str]:
+        """The cause of the loss (:func:`hpcbridge.losses.explain`). A scheduler whose address times out
+        (its node is cut off) is said to be silent since its last answer, and its job is not waited for."""
         near_end = self.drain_from is not None and time.time() >= self.drain_from
-        return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, self.tried_seconds,
-                              self.address, near_end=near_end)
+        silent = self.connection_lost and losses.address_silent(self.address)
+        tried = max(self.tried_seconds, time.monotonic() - self.answered_at) if silent else self.tried_seconds
+        return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, tried,
+                              self.address, near_end=near_end, silent=silent)
 
 
 def _ask(client: Client, method: str, timeout: float, **kwargs: Any) -> Any:
@@ -600,13 +633,13 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         index, i = min(failed_items)
         item, error, remote = chunks[i][index]
         raise ItemError(run.name, index, item, _worker_of(client, run.futures[i]), error, remote)
-    for i, (low, high) in enumerate(run.bounds):
-        if have[i] or directory is None or not directory.has_chunk(low, high):
-            continue
-        try:
-            chunks[i], have[i] = directory.load_chunk(low, high), True
-        except (OSError, ValueError, EOFError):
-            pass
+    _read_saved(directory, run.bounds, chunks, have)
+    cause = None
+    if not all(have) and (watch.connection_lost or watch.workers_gone):
+        # Asking the batch system can take seconds, while workers that lost the scheduler still
+        # save what they finish: read the disk again after it, so the error counts those too.
+        cause = watch.explain(job)
+        _read_saved(directory, run.bounds, chunks, have)
     for i, ((low, high), future) in enumerate(zip(run.bounds, run.futures)):
         if not have[i] and future is not None and future.status == "error" and not watch.connection_lost:
             try:
@@ -620,8 +653,8 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         missing = sorted(missing + missing_ranges(run.n_items, run.bounds))
     if not missing:
         return _join(chunks, stack)
-    if watch.connection_lost or watch.workers_gone:
-        cls, what = watch.explain(job)
+    if cause is not None:
+        cls, what = cause
     elif client.status == "running" and any(f is not None and f.status == "cancelled" for f in run.futures):
         cls, what = RunLost, "its tasks were cancelled on the cluster (a client released the run)"
     else:
@@ -634,6 +667,18 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
     saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
     raise cls(run.name, what, run.n_items, done, saved, missing, results,
               directory.path if directory else None, getattr(job, "job_id", None))
+
+
+def _read_saved(directory: RunDirectory | None, bounds: list[tuple[int, int]], chunks: list[Any],
+                have: list[bool]) -> None:
+    """Fill in, from the run directory, the chunks not had yet that a worker saved there."""
+    for i, (low, high) in enumerate(bounds):
+        if have[i] or directory is None or not directory.has_chunk(low, high):
+            continue
+        try:
+            chunks[i], have[i] = directory.load_chunk(low, high), True
+        except (OSError, ValueError, EOFError):
+            pass
 
 
 def _worker_of(client: Client, future: Future | None) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pytest
 
 from hpcbridge.backends import JobStatus
-from hpcbridge.losses import (JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft,
-                              explain)
+from hpcbridge.losses import (JobCancelled, NodeFailed, RunLost, SchedulerLost, SchedulerUnreachable,
+                              WalltimeReached, WorkersLeft, address_silent, explain)
 
 
 @dataclass
@@ -54,3 +54,31 @@ def test_the_error_carries_progress_results_and_what_to_do_next() -> None:
         "/scratch/runs/scores; 4 have no result (items 6..9). The results saved in /scratch/runs/scores are "
         "kept: results('scores') returns them, and map(fn, items, name='scores') on a new cluster computes "
         "only the missing items.")
+
+
+def test_a_scheduler_out_of_reach_while_its_job_runs_says_the_run_is_probably_still_there() -> None:
+    found, what = explain(EndedJob("RUNNING"), True, False, [], 26.0, "tls://10.77.0.1:40000", silent=True)
+    assert found is SchedulerUnreachable and issubclass(found, SchedulerLost)
+    assert what == ("the scheduler at tls://10.77.0.1:40000 cannot be reached while job 4242 is still RUNNING "
+                    "(its node is cut off the network or hangs): it did not answer for 26 s, and connections to "
+                    "it time out")
+    error = found("scores", what, 10, 6, 6, [(6, 10)], None, "/scratch/runs/scores", "4242")
+    assert "The run is probably still on the scheduler, since job 4242 still runs: once the scheduler answers " \
+           "again (the network to its node is back), results('scores') on this bridge or on connect(job=...) " \
+           "collects every result from it." in str(error)
+    # A silent address whose job has ended is the job's end, not a cut.
+    assert explain(EndedJob("CANCELLED"), True, False, [], 26.0, "a:1", silent=True)[0] is JobCancelled
+
+
+def test_a_refused_or_answering_address_is_not_silent() -> None:
+    """(A silent one, a node cut off, is made for real in tests/cluster/test_node_cuts.py.)"""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    assert not address_silent(f"tcp://127.0.0.1:{port}", timeout=1.0)  # nothing listens: refused
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert not address_silent(f"tls://127.0.0.1:{listener.getsockname()[1]}", timeout=1.0)
