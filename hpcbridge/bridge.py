@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -483,8 +484,10 @@ class Bridge:
         client = self._cluster()
         if progress:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
-        return mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
-                             root=self.run_root if save else None)
+        run = mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
+                            root=self.run_root if save else None)
+        run.bridge = self
+        return run
 
     def gather(self, run: Run | Sequence[Future] | str, stack: bool = False, timeout: float | None = None,
                progress: bool = True, release: bool = True) -> Any:
@@ -540,7 +543,9 @@ class Bridge:
 
     def run(self, name: str) -> Run:
         """The run held under ``name``, to follow its progress (``done_items()``) or gather it."""
-        return mapping.reattach(self.client, name)
+        run = mapping.reattach(self.client, name)
+        run.bridge = self
+        return run
 
     def runs(self) -> list[str]:
         """Names of the runs (and other published datasets) the cluster holds."""
@@ -550,22 +555,42 @@ class Bridge:
         """Names of the broadcasts the cluster holds."""
         return broadcasts.names(self.client)
 
-    def release(self, handle: Run | Broadcast | str) -> None:
-        """Free a run's results or a broadcast's copies on the cluster (by handle or by name)."""
+    def release(self, handle: Run | Broadcast | str) -> bool:
+        """Free a run's results or a broadcast's copies on the cluster (by handle or by name).
+
+        Returns True when something was freed. Releasing what the cluster no longer holds
+        (released before, a run already collected by :meth:`gather`, or a name it never had) is
+        no error: a warning says so, naming what the cluster does hold, and False is returned.
+        """
         client = self._cluster()
-        if isinstance(handle, Broadcast):
-            broadcasts.release(client, handle.name)
-        elif isinstance(handle, Run):
-            mapping.release(client, handle.name)
+        runs = client.list_datasets()
+        if isinstance(handle, Run):
+            client.cancel([future for future in handle.futures if future is not None])
             if handle.directory:
                 shutil.rmtree(handle.directory, ignore_errors=True)
-        elif handle in client.list_datasets():
+            if handle.name in runs:
+                mapping.release(client, handle.name)
+                return True
+            return self._already_released(f"run {handle.name!r}", runs)
+        if not isinstance(handle, Broadcast) and handle in runs:
             directory = mapping.reattach(client, handle).directory
             mapping.release(client, handle)
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
-        else:
-            broadcasts.release(client, handle)
+            return True
+        name = handle.name if isinstance(handle, Broadcast) else handle
+        try:
+            broadcasts.release(client, name)
+        except KeyError:
+            what = f"broadcast {name!r}" if isinstance(handle, Broadcast) else f"run or broadcast {name!r}"
+            return self._already_released(what, runs)
+        return True
+
+    def _already_released(self, what: str, runs: Sequence[str]) -> bool:
+        warnings.warn(f"{what} is not on this cluster (already released or collected, or never there): nothing "
+                      f"to release; it holds runs {sorted(runs)} and broadcasts {sorted(self.broadcasts())}",
+                      stacklevel=3)
+        return False
 
     def executor(self, progress: bool = False) -> BridgeExecutor:
         """A ``concurrent.futures.Executor`` on this cluster whose ``map`` uses hpcbridge's chunking.
@@ -599,6 +624,19 @@ class Bridge:
         self.client.shutdown()
         if self.scheduler_file is not None:
             cluster_files.remove(self.scheduler_file, job_id=self.job.job_id if self.job else None)
+
+    def __repr__(self) -> str:
+        """Where the bridge is attached, its job, and (while attached) its workers and dashboard."""
+        address = getattr(self.client.scheduler, "address", None) or "?"
+        job = f", job {self.job.job_id} ({self.job.scheduler})" if self.job is not None else ""
+        if not self.connected:
+            return f"<Bridge {address}{job}: not attached ({self.client.status})>"
+        try:
+            threads = self.client.nthreads()
+        except Exception as error:  # the scheduler went away just now
+            return f"<Bridge {address}{job}: {type(error).__name__}>"
+        return (f"<Bridge {address}{job}: {len(threads)} workers, {sum(threads.values())} threads, "
+                f"dashboard {self.dashboard_link}>")
 
     def __enter__(self) -> Bridge:
         return self
