@@ -270,7 +270,16 @@ def submit(spec: JobSpec, as_json: bool) -> None:
             click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
 
 
-@main.command(cls=_SpecCommand)
+_UP_EPILOG = """\b
+Examples:
+  hpcbridge up --scheduler slurm --adapt 0:20 --ntasks-per-node 4 -c 8 --time 4h
+  hpcbridge up --scheduler slurm --adapt 1:6 --max-pending 2 --idle-timeout 15m \\
+      --worker-setup "module load gcc/12"
+  hpcbridge connect ~/.hpcbridge/jobs/4242/scheduler.json && hpcbridge status 4242
+"""
+
+
+@main.command(cls=_SpecCommand, epilog=_UP_EPILOG)
 @spec_options
 @click.option("--adapt", "adapt_range", required=True, metavar="MIN:MAX",
               help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers), as the work needs.")
