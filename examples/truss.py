@@ -26,19 +26,23 @@ import numpy as np
 
 from hpcbridge.workloads import add_cluster_options, open_cluster
 from hpcbridge.workloads.truss import (SOLVERS, Mesh, MeshError, assemble, find_mesh, first_frequency_estimate,
-                                       frequency_response, load_model, read_triangle, structured_mesh)
+                                       frequency_response, load_model, read_triangle, structured_mesh,
+                                       with_output_nodes)
 
 
-def save_plot(omegas: np.ndarray, response: np.ndarray, path: str, title: str) -> None:
+def save_plot(omegas: np.ndarray, response: np.ndarray, labels: list[str], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    axes.semilogy(omegas / (2 * np.pi), np.abs(response), lw=1)
+    for column, label in enumerate(labels):
+        axes.semilogy(omegas / (2 * np.pi), np.abs(response[:, column]), lw=1, label=label)
+    if len(labels) > 1:
+        axes.legend(fontsize="small")
     axes.set_xlabel("frequency [Hz]")
-    axes.set_ylabel("|displacement| at the load [m/N]")
+    axes.set_ylabel("|displacement| [m/N]" if len(labels) > 1 else f"|displacement| at {labels[0]} [m/N]")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
@@ -60,6 +64,28 @@ def supported_at(mesh: Mesh, support: str, tolerance: float, parser: argparse.Ar
     return dataclasses.replace(mesh, fixed=fixed)
 
 
+#: At most this many response columns are printed, plotted and written to the table.
+MAX_OUTPUTS = 20
+
+
+def node_numbers(text: str, parser: argparse.ArgumentParser) -> list[int]:
+    """``"12,40"`` as node numbers; anything else is a one-line error."""
+    try:
+        numbers = [int(word) for word in text.split(",")]
+    except ValueError:
+        parser.error(f"--output-nodes: {text!r}; expected node numbers separated by commas, e.g. 12,40")
+    return numbers
+
+
+def output_labels(args: argparse.Namespace, model) -> list[str]:
+    """One label per response column: the nodes asked for, the load, or the model file's DOFs."""
+    if args.output_nodes:
+        return [f"node {number}" for number in node_numbers(args.output_nodes, argparse.ArgumentParser())]
+    if args.model:
+        return [f"DOF {dof}" for dof in model.outputs]
+    return ["the load"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -76,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     mesh.add_argument("--support", metavar="AXIS=VALUE", help="support the nodes whose x or y is VALUE "
                       "(within --support-tolerance), e.g. y=2 (default: the nodes with the smallest x)")
     mesh.add_argument("--support-tolerance", type=float, default=1e-9, help="for --support (default 1e-9)")
+    mesh.add_argument("--output-nodes", metavar="N[,N...]",
+                      help="read the response (in the load's direction) at these nodes, numbered as in the "
+                      "mesh file, e.g. 12,40 (default: the loaded node)")
     mesh.add_argument("--random-load", type=int, metavar="SEED",
                       help="b drawn from a standard normal (seeded) over every free DOF instead of the unit load")
     parser.add_argument("--frequencies", type=int, default=200, help="how many frequencies (default 200)")
@@ -91,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.mesh and args.model:
         parser.error("--mesh and --model exclude each other: a model file already holds its matrices")
+    if args.model and args.output_nodes:
+        parser.error("--output-nodes is for meshes: a model file names its output DOFs (outputs)")
     amplitude = None
     try:
         if args.model:
@@ -100,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             source = read_triangle(find_mesh(args.mesh)) if args.mesh else structured_mesh(args.nx, args.ny)
             if args.support:
                 source = supported_at(source, args.support, args.support_tolerance, parser)
+            if args.output_nodes:
+                source = with_output_nodes(source, node_numbers(args.output_nodes, parser))
             model = assemble(source, youngs=args.youngs, area=args.area, density=args.density, damping=args.damping)
             name = f"{args.mesh} (Triangle)" if args.mesh else f"{args.nx} x {args.ny} cells"
             described = (f"{len(source.nodes)} nodes, {len(source.bars)} bars, {model.size} unknowns, "
@@ -122,18 +155,31 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = frequency_response(bridge, model, omegas, solver=args.solver, amplitude=amplitude)
         seconds = time.perf_counter() - started
-    response = result.outputs[:, 0]
-    peak = int(np.argmax(np.abs(response)))
+    labels = output_labels(args, model)[:MAX_OUTPUTS]
+    response = result.outputs[:, :MAX_OUTPUTS]
+    if result.outputs.shape[1] > MAX_OUTPUTS:
+        print(f"outputs: the first {MAX_OUTPUTS} of {result.outputs.shape[1]} are shown and saved")
     print(f"solver: {result.solver}")
     print(f"largest residual: {result.residuals.max():.2e}")
-    print(f"peak: |x| = {abs(response[peak]):.4g} m/N at ω = {omegas[peak]:.4g} rad/s")
+    for column, label in enumerate(labels):
+        peak = int(np.argmax(np.abs(response[:, column])))
+        print(f"peak{'' if len(labels) == 1 else f' at {label}'}: |x| = {abs(response[peak, column]):.4g} m/N "
+              f"at ω = {omegas[peak]:.4g} rad/s")
     print(f"workers: {workers}")
     print(f"time: {seconds:.2f} s ({seconds / len(omegas) * workers:.4f} s per frequency per worker)")
-    save_plot(omegas, response, args.png, f"truss {name}, {model.size} unknowns, solver {result.solver}")
+    save_plot(omegas, response, labels, args.png,
+              f"truss {name}, {model.size} unknowns, solver {result.solver}")
     print(f"plot: {args.png}")
     if args.csv:
-        table = np.column_stack([omegas, response.real, response.imag, np.abs(response), result.residuals])
-        np.savetxt(args.csv, table, delimiter=",", header="omega,re_x,im_x,abs_x,residual", comments="", fmt="%.10g")
+        # One output: omega,re_x,im_x,abs_x,residual; several: re_x_N,im_x_N,abs_x_N for each node N.
+        suffixes = [""] if len(labels) == 1 else [f"_{label.split()[-1]}" for label in labels]
+        columns = [omegas]
+        for column in range(response.shape[1]):
+            columns += [response[:, column].real, response[:, column].imag, np.abs(response[:, column])]
+        header = ",".join(["omega", *(f"{part}{suffix}" for suffix in suffixes for part in ("re_x", "im_x", "abs_x")),
+                           "residual"])
+        np.savetxt(args.csv, np.column_stack([*columns, result.residuals]), delimiter=",", header=header,
+                   comments="", fmt="%.10g")
         print(f"table: {args.csv}")
     return 0
 

@@ -185,6 +185,10 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      "the job.  [default: runs/ beside the scheduler files]"),
         click.option("--no-save-runs", "save_runs", flag_value=False, default=None,
                      help="Do not save finished chunks to disk (results live only in the cluster's memory)."),
+        click.option("--hostfile", help="With --scheduler ssh: a file with one host per line (repeat a host for "
+                     "more workers there); the workers start there over ssh."),
+        click.option("--ssh-options", help="With --scheduler ssh: options for every ssh command, as on its command "
+                     "line, e.g. '-F ~/.ssh/cluster' or '-i ~/.ssh/id_cluster'."),
         click.option("--requeue", is_flag=True, default=None,
                      help="Slurm: shortly before the walltime (or when preempted) the job goes back in the queue "
                      "and its cluster starts again, writing a new scheduler file; runs resume from disk."),
@@ -329,8 +333,8 @@ def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: s
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:
     if scheduler:
         return scheduler
-    if job_id.startswith("local-"):
-        return "local"
+    if job_id.startswith(("local-", "ssh-")):
+        return job_id.split("-", 1)[0]
     import dask.config
 
     return dask.config.get("hpcbridge.scheduler", None) or "slurm"
@@ -338,7 +342,7 @@ def _scheduler_for(job_id: str, scheduler: str | None) -> str:
 
 _job_scheduler_option = click.option(
     "--scheduler", type=click.Choice(SCHEDULERS), default=None,
-    help="The job's batch system.  [default: local for local-* ids, else hpcbridge.scheduler in Dask's config, "
+    help="The job's batch system.  [default: local or ssh for local-* or ssh-* ids, else hpcbridge.scheduler in Dask's config, "
          "else slurm]")
 
 

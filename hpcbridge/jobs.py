@@ -136,7 +136,7 @@ def records_home() -> Path:
 
 def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
-    candidates = [scheduler] if scheduler else ["local", "slurm", "pbs", "lsf"]
+    candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
     for name in candidates:
         record = records_home() / f"{name}-{_safe(job_id)}.json"
         try:

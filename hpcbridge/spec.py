@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from hpcbridge.units import (
     parse_walltime_seconds,
 )
 
-SCHEDULERS = ("slurm", "pbs", "lsf", "local")
+SCHEDULERS = ("slurm", "pbs", "lsf", "local", "ssh")
 MODES = ("scheduler-file", "mpi", "array")
 PROTOCOLS = ("tcp", "tls", "ucx")
 PBS_FLAVORS = ("pbspro", "torque")
@@ -48,6 +49,9 @@ _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 _ARRAY = re.compile(r"[0-9]{1,7}-[0-9]{1,7}(:[1-9][0-9]{0,6})?", re.ASCII)
 _COUNT = re.compile(r"\s*\+?[0-9]{1,12}\s*", re.ASCII)
 _FIELD_REFERENCE = re.compile(r"\{(\w+)\}")
+# A host as ssh takes it: [user@]name-or-address, never starting with "-" (ssh would read an option).
+_HOST = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]{0,252}", re.ASCII)
+_HOST_HELP = "host names or addresses such as node1, 10.0.0.5 or me@node1 (not starting with - or .)"
 MIN_LIFETIME_MARGIN = 30
 
 
@@ -129,6 +133,12 @@ class JobSpec:
     shortly before its walltime or when preempted, and writes a new scheduler file at the same
     path when it starts again.
 
+    With ``scheduler="ssh"`` the script runs on this machine (the scheduler with it) and starts
+    the workers over ssh on ``hosts``, or on the lines of ``hostfile`` (one host per line, as
+    ``dask-ssh --hostfile`` reads it; a host listed twice gets twice the workers); each line is a
+    node of ``ntasks_per_node`` workers. ``ssh_options`` go on every ssh command line
+    (``-F ~/.ssh/cluster``, ``-i key``); ssh runs in batch mode, with the user's keys.
+
     Fields accept text as users type it (``nodes="2"``, ``mem_per_cpu="4G"``,
     ``walltime="2h30m"``, ``lifetime_margin="30s"``) or numbers in the field's unit; once built,
     counts are ``int``, memory is ``int`` MiB and times are ``int`` seconds. ``ntasks`` (not a
@@ -167,12 +177,24 @@ class JobSpec:
     run_directory: str | None = None
     save_runs: bool | str = True
     requeue: bool | str = False
+    hosts: tuple[str, ...] | list[str] | str = ()
+    hostfile: str | None = None
+    ssh_options: tuple[str, ...] | list[str] | str = ()
     ntasks: InitVar[int | str | None] = None
 
     def __post_init__(self, ntasks: int | str | None) -> None:
         given = {name: getattr(self, name) for name in _CHECKS}
         for name, check in _CHECKS.items():
             object.__setattr__(self, name, check(name, given[name]))
+        if self.hostfile is not None:
+            if self.hosts:
+                raise SpecError("hosts", given["hosts"], "no {hosts} when {hostfile} is given (one host list)")
+            object.__setattr__(self, "hosts", _read_hostfile(self.hostfile))
+        if self.scheduler == "ssh" and self.hosts:
+            if self.nodes not in (1, len(self.hosts)):
+                raise SpecError("nodes", given["nodes"], f"the number of hosts ({len(self.hosts)}) with {{scheduler}} "
+                                "ssh: each line of the host list is one node")
+            object.__setattr__(self, "nodes", len(self.hosts))
         if ntasks is not None:
             self._set_ntasks(ntasks)
         if self.scheduler == "local" and self.interface is None:
@@ -320,8 +342,15 @@ class JobSpec:
                             f"{{mem_per_cpu}} is {given['mem_per_cpu']!r}")
         if self.scheduler == "local" and self.nodes != 1:
             raise SpecError("nodes", given["nodes"], "1 with {scheduler} local (it runs on this machine)")
-        if self.scheduler == "local" and self.mode != "scheduler-file":
-            raise SpecError("mode", given["mode"], "scheduler-file with {scheduler} local")
+        if self.scheduler in ("local", "ssh") and self.mode != "scheduler-file":
+            raise SpecError("mode", given["mode"], f"scheduler-file with {{scheduler}} {self.scheduler}")
+        if self.scheduler == "ssh" and not self.hosts:
+            raise SpecError("hostfile", None, "{scheduler} ssh starts its workers on a host list: give {hostfile} "
+                            "(one host per line; a host listed twice gets two workers)")
+        if self.scheduler != "ssh":
+            for name in ("hosts", "hostfile", "ssh_options"):
+                if getattr(self, name):
+                    raise SpecError(name, given[name], "no host list or ssh options unless {scheduler} is ssh")
         if self.mode == "mpi" and self.workers < 1:
             needed = self.mpi_reserved_ranks + 1
             raise SpecError("ntasks_per_node", given["ntasks_per_node"],
@@ -546,6 +575,19 @@ def _flag(name: str, value: object) -> bool:
     raise SpecError(name, value, "true or false (also yes/no, on/off, 1/0)")
 
 
+def _ssh_options(name: str, value: object) -> tuple[str, ...]:
+    """Words for every ssh command line: text as typed (``-F ~/.ssh/cluster -o Port=2222``) or a list of words.
+
+    The renderer quotes each word, so none can add a command; a word can only be an ssh argument.
+    """
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as error:
+            raise SpecError(name, value, f"ssh options as on ssh's command line ({error})") from None
+    return _lines(_one_line)(name, value)
+
+
 _INTERFACE_HELP = "a network interface name such as ib0, eth0 or lo"
 _NAME_HELP = "letters, digits and _ . + - (at most 64, not starting with . + or -)"
 _CHECKS = {
@@ -581,7 +623,33 @@ _CHECKS = {
     "run_directory": _optional_path,
     "save_runs": _flag,
     "requeue": _flag,
+    "hosts": _lines(_pattern(_HOST, _HOST_HELP, optional=False)),
+    "hostfile": _optional_path,
+    "ssh_options": _ssh_options,
 }
+
+
+def _read_hostfile(path: str) -> tuple[str, ...]:
+    """The hosts of a host list: one per line as dask-ssh reads it; blank lines and ``#`` comments skipped.
+
+    The file is read when the spec is built (on the machine that submits), and the rendered
+    script lists the hosts, so the job starts the same workers however the file changes later.
+    """
+    try:
+        text = open(os.path.expanduser(path), encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError("hostfile", path, f"a readable text file with one host per line "
+                        f"({getattr(error, 'strerror', None) or error})") from None
+    hosts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        host = line.split("#", 1)[0].strip()
+        if host and (_HOST.fullmatch(host) is None or host in _SHELL_WORDS):
+            raise SpecError("hostfile", f"{path}, line {number}: {line.strip()}", _HOST_HELP + ", one per line")
+        if host:
+            hosts.append(host)
+    if not hosts:
+        raise SpecError("hostfile", path, "a file with at least one host (one per line; # starts a comment)")
+    return tuple(hosts)
 
 
 def default_python() -> str:

@@ -70,10 +70,12 @@ export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT="$TLS_CERT"
 export DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY="$TLS_KEY"
 export DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT="$TLS_CERT"
 export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
-# What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi.
+# What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi. Rank 0's
+# scheduler writes its own file beside the one this job publishes for clients.
+DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
 MPI_PROGRAM=(
     "$PYTHON" -m hpcbridge.mpi_job
-    --scheduler-file "$SCHEDULER_FILE"
+    --scheduler-file "$DASK_SCHEDULER_FILE"
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
     --protocol tls
@@ -107,14 +109,44 @@ then
     echo "hpcbridge: $SCHEDULER_FILE belongs to a cluster that is still running; not replacing it (give this job another --scheduler-file)" >&2
     exit 1
 fi
-rm -f "$SCHEDULER_FILE"
+rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 # This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).
 rm -rf "$TLS_DIR"
 "$PYTHON" -m hpcbridge.tls "$TLS_DIR"
-# However this script ends, the scheduler file and the job's certificates go with it.
+
+# Once rank 0's scheduler has written its file, this background step adds the job's identity
+# and publishes it (clients wait for the published file; the ranks find the scheduler through MPI).
+(
+    until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
+        sleep 0.5
+    done
+# Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
+# identity for this start of the job, where the certificates are) and puts the result in place
+# with one rename, so that nobody reads half a file and a client can tell this cluster from any
+# other that used the same path.
+"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" slurm "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+import json, os, secrets, sys
+dask_file, final, job_id, scheduler, *tls = sys.argv[1:]
+with open(dask_file) as stream:
+    info = json.load(stream)
+here = os.path.dirname(os.path.abspath(final))
+def beside(path):
+    path = os.path.abspath(path)
+    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
+                     "tls": dict(zip(("ca_file", "cert", "key"), map(beside, tls))) if tls else None}
+temporary = f"{final}.{os.getpid()}.tmp"
+with open(temporary, "w") as stream:
+    json.dump(info, stream, indent=2)
+os.replace(temporary, final)
+PUBLISH
+    echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
+) &
+PUBLISHER_PID=$!
+# However this script ends, the publishing step, the scheduler files and the job's certificates go with it.
 # shellcheck disable=SC2090
-trap 'rm -f "$SCHEDULER_FILE"; rm -rf "$TLS_DIR"' EXIT
+trap 'kill "$PUBLISHER_PID" 2>/dev/null || true; rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"; rm -rf "$TLS_DIR"' EXIT
 trap 'exit 143' TERM
 
 # --- The MPI program: one rank per task -------------------------------------------

@@ -130,6 +130,29 @@ def test_truss_example_takes_supports_material_and_a_random_load_for_a_triangle_
     assert refused.returncode == 2 and "--support y=7: no node within 1e-09 of y=7" in refused.stderr
 
 
+def test_truss_example_reads_the_response_at_the_output_nodes_the_user_names(cluster: str, tmp_path: Path) -> None:
+    nodes, triangles = truss.structured_triangles(10, 4, spacing=0.25)
+    truss.write_triangle(nodes, triangles, tmp_path / "plate", first=1)  # numbered from 1, as Triangle may
+    output = run("truss", "--mesh", str(tmp_path / "plate"), "--output-nodes", "20,55", "--frequencies", "5",
+                 "--csv", str(tmp_path / "t.csv"), "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)
+    assert "peak at node 20: |x| =" in output and "peak at node 55: |x| =" in output
+    header = (tmp_path / "t.csv").read_text().splitlines()[0]
+    assert header == "omega,re_x_20,im_x_20,abs_x_20,re_x_55,im_x_55,abs_x_55,residual"
+    rows = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1)
+    mesh = truss.read_triangle(tmp_path / "plate")
+    model = truss.assemble(mesh)
+    x = truss.solver_for(model, "spsolve").solve(rows[2, 0], model.b)
+    free = np.setdiff1d(np.arange(len(mesh.nodes)), mesh.fixed)  # node k's y displacement, among the free DOFs
+    for node, column in ((20, 1), (55, 4)):
+        dof = 2 * int(np.searchsorted(free, node - 1)) + 1
+        np.testing.assert_allclose(rows[2, column] + 1j * rows[2, column + 1], x[dof], rtol=1e-8)
+    for bad, said in (("56", "output node 56: the mesh's nodes are numbered 1..55"),
+                      ("1", "output node 1 is supported"), ("2,x", "--output-nodes: '2,x'; expected node numbers")):
+        refused = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", str(tmp_path / "plate"),
+                                  "--output-nodes", bad], capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_truss_example_says_in_one_line_which_mesh_file_is_missing(tmp_path: Path) -> None:
     (tmp_path / "satellite.node").write_text("3 2 0 0\n1 0 0\n2 1 0\n3 0 1\n")
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "truss.py"), "--mesh", str(tmp_path / "satellite")],

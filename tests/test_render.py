@@ -26,6 +26,10 @@ SPECS = {
     "local-full": JobSpec(ntasks_per_node=3, cpus_per_task=2, mem="6G", python="/usr/bin/python3",
                           setup=("export A=1",), scheduler_file="~/runs/{job_id}.json"),
 }
+SPECS["ssh-minimal"] = JobSpec(scheduler="ssh", hosts=("node1",))
+SPECS["ssh-full"] = JobSpec(scheduler="ssh", hosts=("node1", "node1", "me@node2"), ntasks_per_node=2,
+                            ssh_options=("-F", "/home/a/my ssh/config", "-o", "Port=2222"), interface="ib0",
+                            scheduler_interface="eth0", setup=("source ~/venv/bin/activate",), walltime="1h")
 _FULL = dict(nodes=2, ntasks_per_node=3, cpus_per_task=2, mem_per_cpu="1G", walltime="2h", account="p1",
              queue="short", interface="ib0", modules=("openmpi/4.1",), setup=("source ~/env/bin/activate",))
 for _scheduler in ("slurm", "pbs", "lsf"):
@@ -239,3 +243,11 @@ def test_array_directives_and_the_element_command(name: str, lines: list[str]) -
         assert f"\n{line}\n" in script
     assert script.rstrip().endswith("""exec "$PYTHON" /home/a/chunk.py 'a b'""")
     assert "dask_scheduler" not in script and "dask_worker" not in script
+
+
+def test_ssh_script_lists_the_hosts_and_quotes_every_ssh_option() -> None:
+    script = render_script(SPECS["ssh-full"])
+    assert "HOSTS=(node1 node1 me@node2)" in script
+    assert "SSH=(ssh -F '/home/a/my ssh/config' -o Port=2222 -o BatchMode=yes -o ConnectTimeout=20)" in script
+    assert 'for _ in $(seq "$TASKS_PER_NODE"); do' in script  # --ntasks-per-node workers per line
+    assert "source ~/venv/bin/activate" in script.split("<<'REMOTE'")[1].split("\nREMOTE\n")[0]  # setup runs there too

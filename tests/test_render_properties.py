@@ -87,10 +87,14 @@ FIELDS = {
     "run_directory": typed("/scratch/runs", "~/runs", "runs"),
     "save_runs": st.sampled_from([True, False, "yes", "no", "maybe"]),
     "requeue": st.sampled_from([True, False, "yes", "no", "maybe"]),
+    "hosts": st.lists(typed("node1", "me@node2", "10.0.0.5", "-oProxyCommand=x"), max_size=3),
+    "hostfile": st.sampled_from([None, None, "/nonexistent/hosts.txt"]),
+    "ssh_options": st.one_of(st.lists(typed("-F", "/home/a/ssh config", "-oPort=2222"), max_size=3), typed("-F ~/x")),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
 NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes",
-                "tls_ca_file", "tls_cert", "tls_key")  # TLS files: all three or none
+                "tls_ca_file", "tls_cert", "tls_key",  # TLS files: all three or none
+                "scheduler")  # ssh needs a host list
 
 
 def accepted_spec(values: dict[str, object]) -> JobSpec:

@@ -122,3 +122,37 @@ def test_single_strings_for_repeatable_fields_become_one_item() -> None:
     spec = JobSpec(scheduler="slurm", modules="gcc/12.2", setup="source ~/venv/bin/activate")
     assert spec.modules == ("gcc/12.2",)
     assert spec.setup == ("source ~/venv/bin/activate",)
+
+
+def test_a_hostfile_is_one_node_per_line_repeats_and_comments_as_dask_ssh_reads_it(tmp_path) -> None:
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("# lab machines\nnode1\n\n127.0.0.1  # this one\nme@node2\nnode1\n")
+    spec = JobSpec(scheduler="ssh", hostfile=str(hostfile), ntasks_per_node=2, ssh_options="-F '/a b/config' -o Port=2")
+    assert spec.hosts == ("node1", "127.0.0.1", "me@node2", "node1")
+    assert (spec.nodes, spec.workers) == (4, 8)
+    assert spec.ssh_options == ("-F", "/a b/config", "-o", "Port=2")
+
+
+@pytest.mark.parametrize(("values", "field", "said"), [
+    ({}, "hostfile", "hostfile is missing: scheduler ssh starts its workers on a host list"),
+    ({"hostfile": "/nonexistent/hosts.txt"}, "hostfile", "No such file or directory"),
+    ({"hosts": ["-oProxyCommand=touch /tmp/x"]}, "hosts", "not starting with - or ."),
+    ({"hosts": ["node1"], "mode": "mpi"}, "mode", "scheduler-file with scheduler ssh"),
+    ({"hosts": ["node1", "node2"], "nodes": 3}, "nodes", "the number of hosts (2)"),
+])
+def test_bad_host_lists_are_one_line_errors(values: dict, field: str, said: str) -> None:
+    with pytest.raises(SpecError) as raised:
+        JobSpec(scheduler="ssh", **values)
+    assert raised.value.field == field and said in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_bad_line_of_a_hostfile_is_named_with_its_number(tmp_path) -> None:
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node1\n-oProxyCommand=sh\n")
+    with pytest.raises(SpecError, match=r"hosts.txt, line 2: -oProxyCommand=sh"):
+        JobSpec(scheduler="ssh", hostfile=str(hostfile))
+
+
+def test_host_lists_and_ssh_options_belong_to_the_ssh_scheduler() -> None:
+    with pytest.raises(SpecError, match="unless scheduler is ssh"):
+        JobSpec(scheduler="slurm", ssh_options="-F x")

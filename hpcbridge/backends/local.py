@@ -20,9 +20,9 @@ from hpcbridge.private_files import make_private_dir, open_private_log, write_pr
 _WRAPPER = 'bash "$1"; echo $? > "$2"'
 
 
-def state_home() -> Path:
-    """Where hpcbridge keeps records of local jobs."""
-    return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / "local"
+def state_home(kind: str = "local") -> Path:
+    """Where hpcbridge keeps records of jobs that run as processes here (``local``, ``ssh``)."""
+    return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / kind
 
 
 class LocalBackend:
@@ -31,15 +31,15 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = home or state_home()
+        self.home = home or state_home(self.name)
 
     def submit(self, script: str) -> str:
-        job_id = f"local-{secrets.token_hex(4)}"
+        job_id = f"{self.name}-{secrets.token_hex(4)}"
         folder = make_private_dir(self.home / job_id)
         script_path = write_private_file(folder / "job.sh", script)
         with open_private_log(folder / "output.log") as log:
             process = subprocess.Popen(
-                ["bash", "-c", _WRAPPER, "hpcbridge-local", str(script_path), str(folder / "exitcode")],
+                ["bash", "-c", _WRAPPER, f"hpcbridge-{self.name}", str(script_path), str(folder / "exitcode")],
                 cwd=os.getcwd(),
                 env={**os.environ, "HPCBRIDGE_JOB_ID": job_id},
                 stdin=subprocess.DEVNULL,
@@ -79,8 +79,8 @@ class LocalBackend:
 
     def _folder(self, job_id: str) -> Path:
         folder = self.home / job_id
-        if not job_id.startswith("local-") or "/" in job_id or not (folder / "pid").exists():
-            raise JobNotFound(f"no local job {job_id!r} under {self.home}")
+        if not job_id.startswith(f"{self.name}-") or "/" in job_id or not (folder / "pid").exists():
+            raise JobNotFound(f"no {self.name} job {job_id!r} under {self.home}")
         return folder
 
     @staticmethod

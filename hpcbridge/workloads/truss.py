@@ -23,6 +23,7 @@ Solvers, chosen on measurements here (FACTS.md, "Numerical kernels"):
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import glob
 import math
 import os
@@ -51,6 +52,8 @@ class Mesh:
     fixed: np.ndarray
     load_node: int
     load_direction: int = 1  # 0: x, 1: y
+    first: int = 0  # the number of the first node in the mesh's own file (Triangle writes 0 or 1)
+    output_nodes: tuple[int, ...] = ()  # where to read the response (indices from 0); () = the loaded node
 
     @property
     def free_dofs(self) -> int:
@@ -126,7 +129,23 @@ def read_triangle(base: str | os.PathLike[str]) -> Mesh:
     span = np.ptp(nodes[:, 0]) or 1.0
     fixed = np.flatnonzero(nodes[:, 0] <= nodes[:, 0].min() + 1e-9 * span)
     load = np.lexsort((nodes[:, 1], nodes[:, 0]))[-1]
-    return Mesh(nodes, bars, fixed=fixed, load_node=int(load))
+    return Mesh(nodes, bars, fixed=fixed, load_node=int(load), first=first)
+
+
+def with_output_nodes(mesh: Mesh, numbers: list[int]) -> Mesh:
+    """The mesh whose response is read at these nodes, numbered as in its file (``mesh.first`` up).
+
+    The displacement read is the one in the load's direction. A number outside the mesh or a
+    supported node (its displacement is zero by definition) is a :class:`MeshError`.
+    """
+    last = mesh.first + len(mesh.nodes) - 1
+    fixed = set(int(k) for k in mesh.fixed)
+    for number in numbers:
+        if not mesh.first <= number <= last:
+            raise MeshError(f"output node {number}: the mesh's nodes are numbered {mesh.first}..{last}")
+        if number - mesh.first in fixed:
+            raise MeshError(f"output node {number} is supported: its displacement is always 0")
+    return dataclasses.replace(mesh, output_nodes=tuple(number - mesh.first for number in numbers))
 
 
 class MeshError(ValueError):
@@ -252,7 +271,11 @@ def assemble(mesh: Mesh, youngs: float = 210e9, area: float = 1e-4, density: flo
         raise ValueError("the load acts on a supported node")
     b = np.zeros(len(free))
     b[load_dof] = 1.0
-    return Model(K=K, C=(damping * K).tocsr(), M=M, b=b, outputs=np.array([load_dof]))
+    outputs = (position[2 * np.asarray(mesh.output_nodes, np.int64) + mesh.load_direction] if mesh.output_nodes
+               else np.array([load_dof]))
+    if np.any(outputs < 0):
+        raise ValueError("an output node is supported")
+    return Model(K=K, C=(damping * K).tocsr(), M=M, b=b, outputs=outputs)
 
 
 def first_frequency_estimate(model: Model, iterations: int = 4) -> float:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hpcbridge import jobs
+from hpcbridge import scheduler_file as files
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.bridge import connect, wait_for_scheduler_file
 from hpcbridge.workloads.primes import split_range, sum_prime_factors
@@ -132,8 +133,10 @@ def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
     cluster = slurm_cluster_3nodes
     job = jobs.submit(batch_spec(cluster, "slurm", mode="mpi", nodes=3, ntasks_per_node=1, cpus_per_task=2, mem="500M"))
     batch_jobs.append(job)
-    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+    with connect(job=job, n_workers=2, timeout=120) as bridge:  # refused were the file not this job's
         assert bridge.client.scheduler.address.startswith(f"tls://{cluster.node_addresses[0]}:")
+        published = files.read(job.scheduler_file)
+        assert (published.job_id, published.scheduler) == (job.job_id, "slurm") and published.cluster
         worker_hosts = sorted(a.split("//")[1].rsplit(":", 1)[0] for a in bridge.client.nthreads())
         assert worker_hosts == sorted(cluster.node_addresses[1:])
         assert set(bridge.client.nthreads().values()) == {2}
