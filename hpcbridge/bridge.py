@@ -256,6 +256,7 @@ class Bridge:
         self._run_root_known = run_directory is not None
         self._settings: dict[str, Any] | None = None
         self.follow_timeout = 300.0  # how long a lost bridge waits for its requeued job to come back
+        self.dashboard_shown = False  # map says the dashboard link once per bridge; True once said
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
@@ -482,8 +483,9 @@ class Bridge:
         items, function = _zipped(fn, iterables)
         extra = _extra_arguments(args)
         client = self._cluster()
-        if progress:
+        if progress and not self.dashboard_shown:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
+            self.dashboard_shown = True
         run = mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
                             root=self.run_root if save else None)
         run.bridge = self
