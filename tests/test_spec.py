@@ -156,3 +156,11 @@ def test_a_bad_line_of_a_hostfile_is_named_with_its_number(tmp_path) -> None:
 def test_host_lists_and_ssh_options_belong_to_the_ssh_scheduler() -> None:
     with pytest.raises(SpecError, match="unless scheduler is ssh"):
         JobSpec(scheduler="slurm", ssh_options="-F x")
+
+
+def test_type_hints_say_which_fields_take_text_such_as_4G() -> None:
+    import typing
+
+    hints = typing.get_type_hints(JobSpec)
+    for field in ("mem_per_cpu", "mem", "walltime", "nodes", "cpus_per_task", "lifetime_margin"):
+        assert str in typing.get_args(hints[field]), field  # "4G", "2h30m", "5m" are accepted
