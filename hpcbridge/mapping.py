@@ -40,7 +40,7 @@ from distributed import Client, Future
 from distributed.client import FutureCancelledError
 
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import drain, losses
+from hpcbridge import drain, functions, losses
 from hpcbridge.losses import RunError, RunLost
 from hpcbridge.missing_modules import module_missing
 from hpcbridge.progress import Progress
@@ -111,6 +111,9 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
     A worker that would not finish the chunk before its job's walltime hands it back
     (:func:`hpcbridge.drain.check`).
     """
+    missing = functions.unimportable(task.fn)
+    if missing is not None:
+        raise missing  # the chunk fails as a whole: the client names the module and this worker
     directory = task.directory
     high = task.start + len(task.items)
     if directory is not None and directory.has_chunk(task.start, high):

@@ -9,12 +9,15 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from hpcbridge import jobs
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.missing_modules import ModuleMissing
 from tests.conftest import module_local_job
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the scheduler runs a helper below
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +88,38 @@ def test_a_module_the_cluster_lacks_is_named_with_where_and_what_to_do(cluster, 
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("user_code", None)
+        sys.modules.pop(helper, None)
+
+
+def _scheduler_sys_path(folder: str, add: bool, dask_scheduler=None) -> None:
+    """On the scheduler: put ``folder`` on its module path, or take it off again."""
+    if add:
+        sys.path.insert(0, folder)
+    else:
+        sys.path.remove(folder)
+
+
+def test_a_module_only_the_scheduler_has_is_named_with_the_worker_that_lacks_it(cluster, tmp_path: Path) -> None:
+    job, bridge = cluster
+    helper = f"edges_helper_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{helper}.py").write_text("FACTOR = 5\n")
+    (tmp_path / "user_code_w.py").write_text(f"import {helper}\n\ndef times5(x):\n    return {helper}.FACTOR * x\n")
+    sys.path.insert(0, str(tmp_path))
+    bridge.client.run_on_scheduler(_scheduler_sys_path, str(tmp_path), True)
+    try:
+        from user_code_w import times5
+
+        workers = set(bridge.client.nthreads())
+        run = bridge.map(times5, range(4), progress=False)
+        with pytest.raises(ModuleMissing) as raised:
+            bridge.gather(run, progress=False)
+        assert raised.value.module == helper
+        assert raised.value.where.removeprefix("worker ") in workers, raised.value.where  # that worker, by address
+        assert f"is not installed on the cluster (worker tls://127.0.0.1:" in str(raised.value)
+        assert set(bridge.client.nthreads()) == workers  # the worker lived through it
+        bridge.release(run)
+    finally:
+        bridge.client.run_on_scheduler(_scheduler_sys_path, str(tmp_path), False)
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("user_code_w", None)
         sys.modules.pop(helper, None)
