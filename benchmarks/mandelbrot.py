@@ -6,7 +6,9 @@
   array, against ``single_seconds_per_gigapixel``: the same compiled kernel in this process
   (run on one core; both after a warm-up that loads the compiled kernel);
 * ``assembly_gbps``: blocks already computed and held by the workers, gathered and copied into
-  one contiguous array, against ``memcpy_gbps``: ``np.copyto`` of the same number of bytes here.
+  one contiguous array, against ``memcpy_gbps``: ``np.copyto`` of the same number of bytes here;
+* ``file_seconds``: the same image written by the workers into one shared ``.npy`` file that this
+  process maps (``render_into_file``), against ``seconds`` (``file_vs_gather`` < 1: the file wins).
 
 The single-process image is computed only when ``--size`` is at most ``--single-max`` (default
 12000); above it, single_seconds_per_gigapixel is measured at --single-max. Prints ``name: value``.
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from hpcbridge.workloads import add_cluster_options, open_cluster
-from hpcbridge.workloads.mandelbrot import View, render, render_serial, row_blocks, rows
+from hpcbridge.workloads.mandelbrot import View, render, render_into_file, render_serial, row_blocks, rows
 
 
 def filled_block(task: tuple[int, int, int]) -> np.ndarray:
@@ -63,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             identical = (np.array_equal(image[:edge], rows((0, edge), view))
                          and np.array_equal(image[-edge:], rows((view.height - edge, view.height), view)))
 
+        with tempfile.TemporaryDirectory(prefix="hpcbridge-bench-") as folder:
+            mapped, file_seconds = best_of(args.repeats, render_into_file, bridge, view, Path(folder, "image.npy"))
+            file_identical = bool(np.array_equal(mapped, image))
+            del mapped
+
         blocks = row_blocks(view, workers)
         run = bridge.map(filled_block, [(low, high, view.width) for low, high in blocks], chunk_size=1, progress=False)
         while run.done_items() < run.n_items:  # computed and held by the workers before timing
@@ -99,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         "assembly_gbps": f"{assembly_gbps:.3g}",
         "memcpy_gbps": f"{memcpy_gbps:.3g}",
         "assembly_vs_memcpy": f"{assembly_gbps / memcpy_gbps:.3g}",
+        "file_seconds": f"{file_seconds:.3f}",
+        "file_vs_gather": f"{file_seconds / seconds:.3f}",
+        "file_identical": "yes" if file_identical else "NO",
     }
     for name, value in lines.items():
         print(f"{name}: {value}")
-    return 0 if identical and assembled_right else 1
+    return 0 if identical and assembled_right and file_identical else 1
 
 
 if __name__ == "__main__":

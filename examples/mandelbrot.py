@@ -2,6 +2,7 @@
 
     python examples/mandelbrot.py --size 5000 --png mandelbrot.png
     python examples/mandelbrot.py --size 35000 --png big.png --save big.npy   # 1.2 gigapixels
+    python examples/mandelbrot.py --size 35000 --into /shared/big.npy          # workers write the file
 
 The region is Re [-0.7440, -0.7433], Im [0.1315, 0.1322] with 255 iterations (change it with
 --region and --maxiter); the image is uint8 escape counts, assembled into one contiguous array.
@@ -16,7 +17,7 @@ import time
 import numpy as np
 
 from hpcbridge.workloads import add_cluster_options, open_cluster
-from hpcbridge.workloads.mandelbrot import MAXITER, REGION, View, render, save_plot
+from hpcbridge.workloads.mandelbrot import MAXITER, REGION, View, render, render_into_file, save_plot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maxiter", type=int, default=MAXITER, help=f"iterations, at most 255 (default {MAXITER})")
     parser.add_argument("--png", default="mandelbrot.png", help="where to save the plot (default mandelbrot.png)")
     parser.add_argument("--save", metavar="F.npy", help="also save the full image as a .npy file")
+    parser.add_argument("--into", metavar="F.npy", help="have the workers write the image straight into this .npy "
+                        "file (on a filesystem they share with you) and map it here, instead of sending the blocks")
     add_cluster_options(parser)
     args = parser.parse_args(argv)
     try:
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         render(bridge, View(64, 64 * workers))
         print(f"loading the compiled kernel on the workers: {time.perf_counter() - started:.2f} s")
         started = time.perf_counter()
-        image = render(bridge, view)
+        image = render_into_file(bridge, view, args.into) if args.into else render(bridge, view)
         seconds = time.perf_counter() - started
     gigapixels = view.width * view.height / 1e9
     print(f"image: {image.shape[0]} x {image.shape[1]} {image.dtype}, contiguous {image.flags.c_contiguous}")
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time: {seconds:.2f} s ({seconds / gigapixels:.1f} s per gigapixel)")
     save_plot(image, view, args.png)
     print(f"plot: {args.png}")
+    if args.into:
+        print(f"array: {args.into} (written by the workers)")
     if args.save:
         np.save(args.save, image)
         print(f"array: {args.save}")

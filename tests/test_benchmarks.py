@@ -53,10 +53,11 @@ def test_primes_benchmark(cluster: str) -> None:
 def test_mandelbrot_benchmark(cluster: str) -> None:
     lines = bench("mandelbrot", cluster, "--size", "400", "--single-max", "200")
     assert lines["identical_to_single_process"] == "yes" and lines["assembled_in_order"] == "yes"
+    assert lines["file_identical"] == "yes"  # the workers' writes into the shared .npy file
     assert lines["size"] == "400x400"
     assert 80 < float(lines["mean_iterations"]) < 110
     positive(lines, "seconds_per_gigapixel", "single_seconds_per_gigapixel", "speedup_vs_single", "efficiency",
-             "assembly_gbps", "memcpy_gbps", "assembly_vs_memcpy")
+             "assembly_gbps", "memcpy_gbps", "assembly_vs_memcpy", "file_seconds", "file_vs_gather")
 
 
 def test_truss_benchmark(cluster: str) -> None:

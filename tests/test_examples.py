@@ -73,6 +73,17 @@ def test_mandelbrot_example_assembles_the_reference_image(cluster: str, tmp_path
     assert "image: 301 x 333 uint8, contiguous True" in output
 
 
+def test_mandelbrot_example_has_the_workers_write_the_image_into_one_owner_only_file(cluster: str,
+                                                                                   tmp_path: Path) -> None:
+    target = tmp_path / "shared" / "m.npy"
+    target.parent.mkdir()
+    output = run("mandelbrot", "--width", "257", "--height", "190", "--into", str(target), "--png",
+                 str(tmp_path / "m.png"), "--scheduler-file", cluster)
+    assert f"array: {target} (written by the workers)" in output
+    assert target.stat().st_mode & 0o777 == 0o600
+    np.testing.assert_array_equal(np.load(target), mandelbrot.reference_rows((0, 190), mandelbrot.View(257, 190)))
+
+
 def test_truss_example_solves_every_frequency_to_a_small_residual(cluster: str, tmp_path: Path) -> None:
     output = run("truss", "--nx", "12", "--ny", "6", "--frequencies", "24", "--csv", str(tmp_path / "t.csv"),
                  "--png", str(tmp_path / "t.png"), "--scheduler-file", cluster)

@@ -12,14 +12,17 @@ escapes.
 
 :func:`render` spreads row blocks over the workers and copies them into one contiguous array
 as they arrive, a few waves at a time, so the client never holds more than the image plus the
-blocks in flight.
+blocks in flight. :func:`render_into_file` has the workers write their blocks into one shared
+``.npy`` file instead, which the client maps without a copy.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -182,6 +185,40 @@ def render(bridge: Bridge, view: View, block_bytes: int = BLOCK_BYTES, out: np.n
             image[low:high] = block
         del run
     return image
+
+
+def _block_into_file(task: tuple[int, int, View, str]) -> int:
+    """Compute rows ``[low, high)`` and write them straight into the shared ``.npy`` file; return the row count."""
+    low, high, view, path = task
+    target = np.load(path, mmap_mode="r+")
+    target[low:high] = rows((low, high), view)
+    target.flush()
+    del target
+    return high - low
+
+
+def render_into_file(bridge: Bridge, view: View, path: str | os.PathLike[str],
+                     block_bytes: int = BLOCK_BYTES) -> np.ndarray:
+    """The whole image written by the workers into one ``.npy`` file; returns it memory-mapped (no copy).
+
+    For a client that shares a filesystem with the workers, as on every HPC system: the client
+    creates the file (owner-only, the header and the full size at once), each worker opens it
+    and writes its row blocks in place, and nothing but row counts travels back over the network.
+    The returned array is the file mapped read-only; MATLAB opens the same file with
+    ``memmapfile`` (the data start at the ``.npy`` header's length) or ``readNPY``.
+    """
+    path = Path(path).expanduser().resolve()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(descriptor)
+    created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(view.height, view.width))
+    del created  # header written, size set; the workers write the pixels
+    blocks = row_blocks(view, max(1, bridge.n_workers), block_bytes)
+    run = bridge.map(_block_into_file, [(low, high, view, str(path)) for low, high in blocks], chunk_size=1,
+                     progress=False)
+    written = sum(bridge.gather(run, progress=False))
+    if written != view.height:
+        raise RuntimeError(f"the workers wrote {written} of {view.height} rows into {path}")
+    return np.load(path, mmap_mode="r")
 
 
 def image(cluster: str, width: int | float, height: int | float, maxiter: int | float = MAXITER) -> np.ndarray:
