@@ -28,6 +28,7 @@ from hpcbridge.backends import BatchCommandError, JobStatus
 from hpcbridge.broadcast import Broadcast
 from hpcbridge.losses import JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft
 from hpcbridge.mapping import ItemError, Run, RunError
+from hpcbridge.missing_modules import module_missing
 from hpcbridge.rundir import RunDirectory, RunMismatchError
 from hpcbridge.scheduler_file import ClusterInfo
 from hpcbridge.tls import Certificates, TLSRefused, check_handshake
@@ -510,7 +511,14 @@ class Bridge:
         if isinstance(run, str):
             return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
         if not isinstance(run, Run):
-            values = self._cluster().gather(list(run))
+            client = self._cluster()
+            try:
+                values = client.gather(list(run))
+            except Exception as error:
+                missing = module_missing(error, "a task", getattr(client.scheduler, "address", "?"), None)
+                if missing is not None:
+                    raise missing from error
+                raise
             return mapping._join([values], stack) if stack else values
         values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
                                  drain_from=self._drain_from())

@@ -82,6 +82,8 @@ def test_a_module_the_cluster_lacks_is_named_with_where_and_what_to_do(cluster, 
         assert re.search(r"the scheduler at tls://127\.0\.0\.1:\d+ cannot import it", message), message
         assert f"bridge.client.upload_file('{tmp_path / helper}.py')" in message
         assert (raised.value.module, raised.value.where.split(" at ")[0]) == (helper, "the scheduler")
+        with pytest.raises(ModuleMissing, match=f"a task could not start: module {helper!r} is not installed"):
+            bridge.gather([bridge.submit(triple, 2)])  # futures of submit too
         bridge.release(run)
         bridge.client.upload_file(str(tmp_path / f"{helper}.py"))  # the way out the message gives
         assert bridge.gather(bridge.map(triple, range(4), progress=False), progress=False) == [0, 3, 6, 9]
@@ -117,6 +119,8 @@ def test_a_module_only_the_scheduler_has_is_named_with_the_worker_that_lacks_it(
         assert raised.value.where.removeprefix("worker ") in workers, raised.value.where  # that worker, by address
         assert f"is not installed on the cluster (worker tls://127.0.0.1:" in str(raised.value)
         assert set(bridge.client.nthreads()) == workers  # the worker lived through it
+        with pytest.raises(ModuleMissing, match=f"module {helper!r} is not installed on the cluster \\(a worker"):
+            bridge.gather([bridge.submit(times5, 2)])
         bridge.release(run)
     finally:
         bridge.client.run_on_scheduler(_scheduler_sys_path, str(tmp_path), False)
