@@ -1,4 +1,4 @@
-"""hpcbridge: a Dask cluster on a Slurm, PBS or LSF batch system, for Python and MATLAB users.
+"""hpcbridge: a Dask cluster on a Slurm, PBS or LSF batch system (or a host list over ssh), for Python and MATLAB users.
 
 The flow is one way: a :class:`JobSpec` is rendered into a batch script, a backend submits it,
 the job writes a scheduler file, and :func:`connect` attaches a client through that file::
@@ -16,7 +16,8 @@ the job writes a scheduler file, and :func:`connect` attaches a client through t
 
 Errors: :class:`SpecError` (a job option), :class:`ArgumentError` (an argument of connect, map,
 broadcast or gather), :class:`ConnectError` (the cluster could not be reached in time),
-:class:`ItemError` (one item failed) and :class:`RunLost` with its causes.
+:class:`ItemError` (one item failed), :class:`ModuleMissing` (the cluster lacks a module the
+function needs) and :class:`RunLost` with its causes.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost",
-           "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "WorkersLeft", "RunMismatchError",
-           "__version__"]
+           "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
+           "RunMismatchError", "ModuleMissing", "__version__"]
 _BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "RunLost", "WalltimeReached", "JobCancelled",
-                 "NodeFailed", "SchedulerLost", "WorkersLeft", "RunMismatchError")
+                 "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft", "RunMismatchError")
 
 if TYPE_CHECKING:
     from hpcbridge.arguments import ArgumentError
     from hpcbridge.bridge import Bridge, Broadcast, ConnectError, ItemError, Run, connect
+    from hpcbridge.missing_modules import ModuleMissing
     from hpcbridge.spec import JobSpec, SpecError, SpecWarning
 
 
@@ -46,6 +48,10 @@ def __getattr__(name: str) -> Any:
         from hpcbridge import spec
 
         return getattr(spec, name)
+    if name == "ModuleMissing":
+        from hpcbridge.missing_modules import ModuleMissing
+
+        return ModuleMissing
     if name == "ArgumentError":
         from hpcbridge.arguments import ArgumentError
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -25,8 +26,10 @@ from hpcbridge import drain
 from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.backends import BatchCommandError, JobStatus
 from hpcbridge.broadcast import Broadcast
-from hpcbridge.losses import JobCancelled, NodeFailed, RunLost, SchedulerLost, WalltimeReached, WorkersLeft
+from hpcbridge.losses import (JobCancelled, NodeFailed, RunLost, SchedulerLost, SchedulerUnreachable,  # noqa: F401
+                              WalltimeReached, WorkersLeft)
 from hpcbridge.mapping import ItemError, Run, RunError
+from hpcbridge.missing_modules import module_missing
 from hpcbridge.rundir import RunDirectory, RunMismatchError
 from hpcbridge.scheduler_file import ClusterInfo
 from hpcbridge.tls import Certificates, TLSRefused, check_handshake
@@ -255,6 +258,7 @@ class Bridge:
         self._run_root_known = run_directory is not None
         self._settings: dict[str, Any] | None = None
         self.follow_timeout = 300.0  # how long a lost bridge waits for its requeued job to come back
+        self.dashboard_shown = False  # map says the dashboard link once per bridge; True once said
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
@@ -522,10 +526,13 @@ class Bridge:
         items, function = _zipped(fn, iterables)
         extra = _extra_arguments(args)
         client = self._cluster()
-        if progress:
+        if progress and not self.dashboard_shown:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
-        return mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
-                             root=self.run_root if save else None)
+            self.dashboard_shown = True
+        run = mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
+                            root=self.run_root if save else None)
+        run.bridge = self
+        return run
 
     def gather(self, run: Run | Sequence[Future] | str, stack: bool = False, timeout: float | None = None,
                progress: bool = True, release: bool = True) -> Any:
@@ -546,7 +553,14 @@ class Bridge:
         if isinstance(run, str):
             return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
         if not isinstance(run, Run):
-            values = self._cluster().gather(list(run))
+            client = self._cluster()
+            try:
+                values = client.gather(list(run))
+            except Exception as error:
+                missing = module_missing(error, "a task", getattr(client.scheduler, "address", "?"), None)
+                if missing is not None:
+                    raise missing from error
+                raise
             return mapping._join([values], stack) if stack else values
         values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
                                  drain_from=self._drain_from())
@@ -582,7 +596,9 @@ class Bridge:
 
     def run(self, name: str) -> Run:
         """The run held under ``name``, to follow its progress (``done_items()``) or gather it."""
-        return mapping.reattach(self.client, name)
+        run = mapping.reattach(self.client, name)
+        run.bridge = self
+        return run
 
     def runs(self) -> list[str]:
         """Names of the runs (and other published datasets) the cluster holds."""
@@ -592,22 +608,42 @@ class Bridge:
         """Names of the broadcasts the cluster holds."""
         return broadcasts.names(self.client)
 
-    def release(self, handle: Run | Broadcast | str) -> None:
-        """Free a run's results or a broadcast's copies on the cluster (by handle or by name)."""
+    def release(self, handle: Run | Broadcast | str) -> bool:
+        """Free a run's results or a broadcast's copies on the cluster (by handle or by name).
+
+        Returns True when something was freed. Releasing what the cluster no longer holds
+        (released before, a run already collected by :meth:`gather`, or a name it never had) is
+        no error: a warning says so, naming what the cluster does hold, and False is returned.
+        """
         client = self._cluster()
-        if isinstance(handle, Broadcast):
-            broadcasts.release(client, handle.name)
-        elif isinstance(handle, Run):
-            mapping.release(client, handle.name)
+        runs = client.list_datasets()
+        if isinstance(handle, Run):
+            client.cancel([future for future in handle.futures if future is not None])
             if handle.directory:
                 shutil.rmtree(handle.directory, ignore_errors=True)
-        elif handle in client.list_datasets():
+            if handle.name in runs:
+                mapping.release(client, handle.name)
+                return True
+            return self._already_released(f"run {handle.name!r}", runs)
+        if not isinstance(handle, Broadcast) and handle in runs:
             directory = mapping.reattach(client, handle).directory
             mapping.release(client, handle)
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
-        else:
-            broadcasts.release(client, handle)
+            return True
+        name = handle.name if isinstance(handle, Broadcast) else handle
+        try:
+            broadcasts.release(client, name)
+        except KeyError:
+            what = f"broadcast {name!r}" if isinstance(handle, Broadcast) else f"run or broadcast {name!r}"
+            return self._already_released(what, runs)
+        return True
+
+    def _already_released(self, what: str, runs: Sequence[str]) -> bool:
+        warnings.warn(f"{what} is not on this cluster (already released or collected, or never there): nothing "
+                      f"to release; it holds runs {sorted(runs)} and broadcasts {sorted(self.broadcasts())}",
+                      stacklevel=3)
+        return False
 
     def executor(self, progress: bool = False) -> BridgeExecutor:
         """A ``concurrent.futures.Executor`` on this cluster whose ``map`` uses hpcbridge's chunking.
@@ -641,6 +677,19 @@ class Bridge:
         self.client.shutdown()
         if self.scheduler_file is not None:
             cluster_files.remove(self.scheduler_file, job_id=self.job.job_id if self.job else None)
+
+    def __repr__(self) -> str:
+        """Where the bridge is attached, its job, and (while attached) its workers and dashboard."""
+        address = getattr(self.client.scheduler, "address", None) or "?"
+        job = f", job {self.job.job_id} ({self.job.scheduler})" if self.job is not None else ""
+        if not self.connected:
+            return f"<Bridge {address}{job}: not attached ({self.client.status})>"
+        try:
+            threads = self.client.nthreads()
+        except Exception as error:  # the scheduler went away just now
+            return f"<Bridge {address}{job}: {type(error).__name__}>"
+        return (f"<Bridge {address}{job}: {len(threads)} workers, {sum(threads.values())} threads, "
+                f"dashboard {self.dashboard_link}>")
 
     def __enter__(self) -> Bridge:
         return self

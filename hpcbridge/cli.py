@@ -227,7 +227,7 @@ hpcbridge --scheduler slurm submit. hpcbridge COMMAND --help lists them.
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_MAIN_EPILOG)
 @click.version_option(__version__, prog_name="hpcbridge")
 def main() -> None:
-    """Run a Dask cluster on a Slurm, PBS or LSF batch system (or this machine) and send work to it.
+    """Run a Dask cluster on a Slurm, PBS or LSF batch system (or this machine, or a host list over ssh) and send work to it.
 
     Every job option left out falls back to the site profile in Dask's config
     (hpcbridge.<scheduler>.<option>, from a YAML file or DASK_HPCBRIDGE__... variables).
@@ -274,7 +274,16 @@ def submit(spec: JobSpec, as_json: bool) -> None:
             click.echo(f"attach with:    hpcbridge connect {job.scheduler_file}")
 
 
-@main.command(cls=_SpecCommand)
+_UP_EPILOG = """\b
+Examples:
+  hpcbridge up --scheduler slurm --adapt 0:20 --ntasks-per-node 4 -c 8 --time 4h
+  hpcbridge up --scheduler slurm --adapt 1:6 --max-pending 2 --idle-timeout 15m \\
+      --worker-setup "module load gcc/12"
+  hpcbridge connect ~/.hpcbridge/jobs/4242/scheduler.json && hpcbridge status 4242
+"""
+
+
+@main.command(cls=_SpecCommand, epilog=_UP_EPILOG)
 @spec_options
 @click.option("--adapt", "adapt_range", required=True, metavar="MIN:MAX",
               help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers), as the work needs.")
@@ -453,15 +462,34 @@ def connect(target: str, scheduler: str | None, n_workers: int, timeout: float) 
 
 
 @main.command("tls-certificates", epilog="\b\nExamples:\n  hpcbridge tls-certificates\n"
-              "  hpcbridge tls-certificates ~/tls --days 30")
+              "  hpcbridge tls-certificates ~/tls --days 30\n"
+              "  eval \"$(hpcbridge tls-certificates ~/tls | tail -n +2)\"   # and set the client's variables")
 @click.argument("folder", type=click.Path(file_okay=False), default="~/.hpcbridge/tls")
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="How long they are valid.")
-def tls_certificates(folder: str, days: int) -> None:
-    """Create a private CA and a certificate for --protocol tls in FOLDER.  [default: ~/.hpcbridge/tls]"""
-    from hpcbridge.tls import create_certificates
+@click.option("--force", is_flag=True, help="Replace certificates already in FOLDER (clusters and clients that use "
+              "them are locked out).")
+def tls_certificates(folder: str, days: int, force: bool) -> None:
+    """Create a private CA and a certificate for --protocol tls in FOLDER.  [default: ~/.hpcbridge/tls]
 
+    Prints the job options on the first line and, after it, the variables a client sets to
+    present the certificates (a plain Dask client, or hpcbridge when the scheduler file does
+    not say where they are). An existing set is kept unless --force.
+    """
+    import shlex
+
+    from hpcbridge.tls import certificates_in, create_certificates
+
+    existing = certificates_in(folder)
+    present = [str(path) for path in (existing.ca_file, existing.cert, existing.key) if path.exists()]
+    if present and not force:
+        raise click.ClickException(f"{folder} already holds certificates ({', '.join(present)}); clusters and "
+                                   "clients may trust them: --force replaces them, or choose another FOLDER")
     made = create_certificates(folder, days=days)
+    if present:
+        warn(f"replaced the certificates in {folder}: clusters and clients that use the old ones are locked out")
     click.echo(f"--protocol tls --tls-ca-file {made.ca_file} --tls-cert {made.cert} --tls-key {made.key}")
+    for variable, value in made.client_environment().items():
+        click.echo(f"export {variable}={shlex.quote(value)}")
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge demo\n  hpcbridge demo --upper 10000000 --workers 2")

@@ -74,15 +74,53 @@ class SpreadItems:
         return f"<{self.__qualname__} over zipped items>"
 
 
+class Unimportable:
+    """Stands in, on a worker, for a shipped function that needs a module the worker lacks.
+
+    Unpickling such a function raises ``ModuleNotFoundError`` while the worker reads its
+    messages from the scheduler, and the worker process dies of it (distributed 2026.8), taking
+    every task on it along. This stand-in lets the task arrive and fail instead, with the error,
+    so the client can say which module is missing on which worker.
+    """
+
+    def __init__(self, error: ModuleNotFoundError) -> None:
+        self.error = error
+        self.__name__ = self.__qualname__ = "unimportable"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ModuleNotFoundError(str(self.error), name=self.error.name)
+
+
+def unimportable(fn: Any) -> ModuleNotFoundError | None:
+    """The import error of ``fn`` when it is (or wraps) an :class:`Unimportable`, else None."""
+    for _ in range(4):
+        if isinstance(fn, Unimportable):
+            return ModuleNotFoundError(str(fn.error), name=fn.error.name)
+        fn = getattr(fn, "fn", None)
+    return None
+
+
+def _on_a_worker_only() -> bool:
+    """True in a worker process that runs no scheduler (a scheduler must refuse the task itself)."""
+    worker, scheduler = sys.modules.get("distributed.worker"), sys.modules.get("distributed.scheduler")
+    return bool(worker and worker.Worker._instances) and not (scheduler and scheduler.Scheduler._instances)
+
+
 _UNSHIPPED: dict[bytes, ShippedFunction] = {}
 
 
 def _unship(payload: bytes) -> ShippedFunction:
     shipped = _UNSHIPPED.get(payload)
     if shipped is None:
+        try:
+            fn = cloudpickle.loads(payload)
+        except ModuleNotFoundError as error:
+            if not _on_a_worker_only():
+                raise
+            return ShippedFunction(Unimportable(error))
         if len(_UNSHIPPED) > 64:
             _UNSHIPPED.clear()
-        shipped = _UNSHIPPED[payload] = ShippedFunction(cloudpickle.loads(payload))
+        shipped = _UNSHIPPED[payload] = ShippedFunction(fn)
         shipped._payload = payload
     return shipped
 

@@ -32,7 +32,7 @@ import math
 import secrets
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -40,8 +40,9 @@ from distributed import Client, Future
 from distributed.client import FutureCancelledError
 
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import drain, losses
+from hpcbridge import drain, functions, losses
 from hpcbridge.losses import RunError, RunLost
+from hpcbridge.missing_modules import module_missing
 from hpcbridge.progress import Progress
 from hpcbridge.rundir import RunDirectory, RunMismatchError, function_identity, items_digest, missing_ranges, stamp
 
@@ -110,6 +111,9 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
     A worker that would not finish the chunk before its job's walltime hands it back
     (:func:`hpcbridge.drain.check`).
     """
+    missing = functions.unimportable(task.fn)
+    if missing is not None:
+        raise missing  # the chunk fails as a whole: the client names the module and this worker
     directory = task.directory
     high = task.start + len(task.items)
     if directory is not None and directory.has_chunk(task.start, high):
@@ -236,6 +240,9 @@ class Run:
     """A map that the cluster is computing or holds: its name, its chunks, and their futures.
 
     A chunk whose future is ``None`` was saved on disk by an earlier cluster (a resumed run).
+    ``len(run)`` is its number of items; ``run.result()`` (or iterating over the run) waits for
+    it and gives the results in input order, as ``bridge.gather(run)`` does, through the bridge
+    that made the run (``bridge``; None for a run read from a record or from disk).
     """
 
     name: str
@@ -244,6 +251,38 @@ class Run:
     futures: list[Future | None] = field(repr=False)
     function: str = ""
     directory: str | None = None
+    bridge: Any = field(default=None, repr=False, compare=False)
+    _values: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __bool__(self) -> bool:
+        return True  # a run is a handle, also when it has no items
+
+    def __iter__(self) -> Iterator[Any]:
+        """The results in input order (waits for the whole run, as :meth:`result`)."""
+        return iter(self.result())
+
+    def __repr__(self) -> str:
+        return (f"<Run {self.name!r}: {self.function or 'a function'} over {self.n_items} items in "
+                f"{len(self.bounds)} chunks, {self.done_items()} done>")
+
+    def result(self, timeout: float | None = None, stack: bool = False) -> Any:
+        """Wait for the run and return its results in input order: ``bridge.gather(run)``, kept once collected.
+
+        ``timeout`` (seconds) and ``stack`` are those of :meth:`hpcbridge.Bridge.gather`; errors too
+        (:class:`ItemError`, :class:`~hpcbridge.losses.RunLost`, ``TimeoutError``).
+        """
+        if self._values is None or stack:
+            if self.bridge is None:
+                raise RuntimeError(f"run {self.name!r} has no bridge to collect it through: use "
+                                   f"bridge.gather(run) or bridge.results({self.name!r})")
+            values = self.bridge.gather(self, stack=stack, timeout=timeout)
+            if stack:
+                return values
+            self._values = values
+        return self._values
 
     def done_items(self) -> int:
         """How many items are computed (in finished chunks, or saved by an earlier cluster)."""
@@ -645,6 +684,10 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
             try:
                 future.result()
             except Exception as error:
+                missing = module_missing(error, f"items {low}..{high - 1} of run {run.name!r}",
+                                         getattr(client.scheduler, "address", "?"), _erred_on(client, future))
+                if missing is not None:
+                    raise missing from error
                 raise RunError(f"items {low}..{high - 1} of run {run.name!r} failed as a chunk: "
                                f"{type(error).__name__}: {error}") from error
     missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
@@ -679,6 +722,19 @@ def _read_saved(directory: RunDirectory | None, bounds: list[tuple[int, int]], c
             chunks[i], have[i] = directory.load_chunk(low, high), True
         except (OSError, ValueError, EOFError):
             pass
+
+
+def _erred_on(client: Client, future: Future) -> str | None:
+    """The worker where ``future``'s task failed, if the scheduler says (None when the scheduler refused it)."""
+    try:
+        return next(iter(client.run_on_scheduler(_erred_workers, future.key)), None)
+    except Exception:
+        return None
+
+
+def _erred_workers(key: str, dask_scheduler: Any = None) -> list[str]:
+    task = dask_scheduler.tasks.get(key)
+    return [getattr(worker, "address", worker) for worker in getattr(task, "erred_on", None) or ()]
 
 
 def _worker_of(client: Client, future: Future | None) -> str:

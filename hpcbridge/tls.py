@@ -42,6 +42,13 @@ class Certificates:
             "distributed.comm.require-encryption": True,
         }
 
+    def client_environment(self) -> dict[str, str]:
+        """``DASK_DISTRIBUTED__COMM__...`` variables: a Dask client started with them presents these certificates."""
+        return {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(self.ca_file),
+                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(self.cert),
+                "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(self.key),
+                "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+
     def security(self):
         """A ``distributed.Security`` for a client that presents these certificates."""
         from distributed.security import Security

@@ -96,3 +96,17 @@ def test_compare_prints_one_table_of_ratios_with_the_load(cluster: str) -> None:
     for row in rows[1:]:
         assert float(row[3]) > 0 and row[5].strip(" |") in ("yes", "no"), row
     assert "load average before:" in done.stdout
+
+
+@pytest.mark.parametrize("script", ["broadcast.py", "map_overhead.py"])
+def test_benchmark_options_say_what_they_do_and_their_defaults(script: str) -> None:
+    shown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    options = [line for line in shown.stdout.splitlines() if line.strip().startswith("--") and "--help" not in line]
+    described = shown.stdout.split("options:", 1)[1]
+    assert options, shown.stdout
+    for line in options:
+        name = line.split()[0]
+        entry = described.split(name, 1)[1].split("\n  --", 1)[0]
+        assert "(default:" in entry, f"{script} {name} has no default shown"

@@ -92,11 +92,15 @@ def test_broadcast_handles_and_stacking_give_one_contiguous_array(cluster) -> No
 
 def test_progress_lines_and_the_dashboard_link_when_not_on_a_terminal(cluster, capsys) -> None:
     _, bridge = cluster
+    bridge.dashboard_shown = False  # as a new bridge: earlier tests may have mapped with progress
     bridge.gather(bridge.map(operator.neg, range(50_000)))
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"hpcbridge: dashboard {bridge.dashboard_link}"
     assert err[-1].startswith("run-") and ": 100% (50000/50000 items, " in err[-1]
     assert "\r" not in "".join(err)
+    bridge.gather(bridge.map(operator.neg, range(10)))
+    again = capsys.readouterr().err
+    assert "dashboard" not in again and ": 100% (10/10 items, " in again  # the link is said once per bridge
 
 
 def test_a_failing_item_comes_back_with_its_index_value_and_remote_traceback(cluster) -> None:

@@ -99,8 +99,8 @@ def test_release_drops_every_copy_and_later_tasks_say_it_is_gone(cluster) -> Non
     future = bridge.client.submit(broadcast.value, handle.name, pure=False)
     with pytest.raises(KeyError, match="no broadcast named"):
         future.result()
-    with pytest.raises(KeyError, match="no broadcast named"):
-        bridge.release(handle.name)
+    with pytest.warns(UserWarning, match="is not on this cluster"):
+        assert bridge.release(handle.name) is False  # released before: said, not an error
 
 
 def lambda_free_lookup(key: str, table: dict) -> list[float]:

@@ -133,3 +133,17 @@ def test_a_python_without_distributed_fails_the_job_before_dask_starts_and_statu
     assert "cannot import distributed" in log and "waiting for the Dask scheduler" not in log
     assert not Path(job["scheduler_file"]).exists()
     assert wait_for(lambda: not job_processes(job["job_id"]), timeout=30)
+
+
+def test_every_command_help_shows_examples_of_itself() -> None:
+    from click.testing import CliRunner
+
+    from hpcbridge.cli import main
+
+    runner = CliRunner()
+    for name in ["", *main.commands]:
+        shown = runner.invoke(main, [*([name] if name else []), "--help"])
+        assert shown.exit_code == 0, (name, shown.output)
+        examples = shown.output.split("Examples:\n", 1)
+        assert len(examples) == 2, f"hpcbridge {name} --help has no examples"
+        assert f"hpcbridge {name}".strip() in examples[1], name

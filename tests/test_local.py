@@ -26,6 +26,10 @@ def test_demo_computes_the_exact_sum_and_leaves_nothing_running(hpcbridge_home: 
     assert re.search(r"^  sum: +10218029$", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^  workers: +2$", done.stdout, re.MULTILINE)
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/status", done.stdout)
+    assert (done.stdout + done.stderr).count("/status") == 1  # the dashboard link, said once
+    # Progress counts the numbers factored (the map's items are ranges of them), ending at all 9998.
+    assert re.search(r"factoring: 100% \(9998/9998 numbers, ", done.stderr), done.stderr
+    assert " items" not in done.stderr
     job_id = re.search(r"local job (local-[0-9a-f]+)", done.stdout).group(1)
     assert job_processes(job_id) == []
     assert (hpcbridge_home / "local" / job_id / "exitcode").read_text().strip() == "0"

@@ -38,6 +38,7 @@ def test_help_on_the_package_lists_its_public_names() -> None:
     import hpcbridge
 
     text = pydoc.render_doc(hpcbridge, renderer=pydoc.plaintext)
-    for name in ("connect(", "class JobSpec", "class ConnectError", "class ArgumentError", "class Bridge"):
+    for name in ("connect(", "class JobSpec", "class ConnectError", "class ArgumentError", "class Bridge",
+                 "class ModuleMissing", "class Run"):
         assert name in text, name
     assert issubclass(hpcbridge.ConnectError, TimeoutError)

@@ -87,3 +87,12 @@ def test_a_broken_site_template_is_a_one_line_error_and_writes_nothing(tmp_path)
     assert done.stderr.startswith("Error: template ") and "line 1" in done.stderr
     assert "Traceback" not in done.stderr
     assert not target.exists()
+
+
+def test_a_module_given_adds_to_the_profiles_unless_no_profile_modules(site_config) -> None:
+    added = hpcbridge("render", "--module", "python/3.11", "--module", "gcc/12.2", environment=site_config)
+    assert added.returncode == 0, added.stderr
+    assert "module load gcc/12.2 openmpi/4.1 python/3.11\n" in added.stdout  # the site's first, once each
+    alone = hpcbridge("render", "--module", "python/3.11", "--no-profile-modules", environment=site_config)
+    assert alone.returncode == 0, alone.stderr
+    assert "module load python/3.11\n" in alone.stdout and "openmpi" not in alone.stdout

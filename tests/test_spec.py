@@ -162,3 +162,11 @@ def test_a_walltime_too_short_for_the_margin_is_said_not_silently_dropped() -> N
     (warning,) = JobSpec(scheduler="slurm", walltime="80s", lifetime_margin="30s").warnings()
     assert warning.field == "lifetime_margin" and "start leaving" in str(warning) and "80 s" in str(warning)
     assert JobSpec(scheduler="slurm", walltime="10m", lifetime_margin="30s").warnings() == []
+
+
+def test_type_hints_say_which_fields_take_text_such_as_4G() -> None:
+    import typing
+
+    hints = typing.get_type_hints(JobSpec)
+    for field in ("mem_per_cpu", "mem", "walltime", "nodes", "cpus_per_task", "lifetime_margin"):
+        assert str in typing.get_args(hints[field]), field  # "4G", "2h30m", "5m" are accepted

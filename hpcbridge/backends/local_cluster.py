@@ -49,6 +49,7 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
     try:
         with connect(job.scheduler_file, n_workers=workers, timeout=timeout, job=job) as bridge:
             say(f"dashboard: {bridge.dashboard_link}")
+            bridge.dashboard_shown = True  # said here: map does not say it again
             yield job, bridge
             bridge.shutdown()
         wait_until_finished(job, timeout=30)
