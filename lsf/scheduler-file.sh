@@ -29,6 +29,7 @@ done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
 
 
 # --- Software environment ------------------------------------------------------
+# shellcheck disable=SC2209  # the interpreter's name (python3 is a command), not its output
 PYTHON=python3
 
 # --- The allocation: hosts and slots come from LSF at run time ---------------------

@@ -24,6 +24,7 @@ HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
 
 
 # --- Software environment ------------------------------------------------------
+# shellcheck disable=SC2209  # the interpreter's name (python3 is a command), not its output
 PYTHON=python3
 
 # --- The allocation: the node count comes from the node file at run time -----------

@@ -16,6 +16,7 @@ set -euo pipefail
 JOB_ID=$SLURM_JOB_ID
 
 # --- Software environment ------------------------------------------------------
+# shellcheck disable=SC2209  # the interpreter's name (python3 is a command), not its output
 PYTHON=python3
 
 # --- The allocation: counts come from Slurm at run time ---------------------------
