@@ -387,13 +387,7 @@ class Bridge:
                             security=certificates.security() if certificates else None)
         except (OSError, TypeError, ConnectError):
             return False
-        try:
-            self.client.close(timeout=1)
-        except Exception:
-            pass
-        client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
-                              mapping.RECONNECT_SECONDS)
-        self.client = client
+        self._adopt(client)
         self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
         self._settings = None  # the new start has its own job end
         return True
@@ -428,6 +422,15 @@ class Bridge:
                             security=certificates.security() if certificates else None)
         except (OSError, TypeError, TLSRefused):
             return False
+        self._adopt(client)
+        return True
+
+    def _adopt(self, client: Client) -> None:
+        """Use ``client`` from now on, instead of the one that lost its scheduler (closed at once).
+
+        Its reconnect attempts are bounded as the first client's are, so a later loss is said in
+        seconds, not after distributed's 30 s.
+        """
         try:
             self.client.close(timeout=1)
         except Exception:
@@ -435,7 +438,6 @@ class Bridge:
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
                               mapping.RECONNECT_SECONDS)
         self.client = client
-        return True
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
         """Block until at least ``n_workers`` workers have joined, or raise :class:`ConnectError`."""

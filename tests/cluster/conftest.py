@@ -212,6 +212,22 @@ def batch_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
+def submit_3nodes(slurm_cluster_3nodes, batch_spec, batch_jobs):
+    """``submit_3nodes(**spec_values)``: a Slurm job over the three namespace nodes, one 300 MB
+    worker each (values override), cancelled after the test; the fault tests' jobs."""
+
+    def make(**values):
+        from hpcbridge import jobs
+
+        values = {"nodes": 3, "ntasks_per_node": 1, "cpus_per_task": 1, "mem_per_cpu": "300M", **values}
+        job = jobs.submit(batch_spec(slurm_cluster_3nodes, "slurm", **values))
+        batch_jobs.append(job)
+        return job
+
+    return make
+
+
+@pytest.fixture
 def batch_jobs() -> Iterator[list]:
     """Submitted jobs (hpcbridge.jobs.SubmittedJob), each cancelled at the end if it still runs."""
     submitted: list = []

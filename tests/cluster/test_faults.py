@@ -22,7 +22,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from hpcbridge import jobs, mapping
+from hpcbridge import mapping
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.losses import JobCancelled, SchedulerLost, WalltimeReached
 from tests.conftest import wait_for, worker_tls_env
@@ -52,22 +52,11 @@ def executed(bridge: Bridge, run: str) -> int:
     return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
 
 
-@pytest.fixture
-def submit(slurm_cluster_3nodes, batch_spec, batch_jobs):
-    def make(**values) -> jobs.SubmittedJob:
-        values = {"nodes": 3, "ntasks_per_node": 1, "cpus_per_task": 1, "mem_per_cpu": "300M", **values}
-        job = jobs.submit(batch_spec(slurm_cluster_3nodes, "slurm", **values))
-        batch_jobs.append(job)
-        return job
-
-    return make
-
-
-def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit, tmp_path: Path) -> None:
+def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit_3nodes, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
     items = list(range(600))  # 300 worker-seconds: more than 3 workers do before a 2-minute walltime
-    first = submit(walltime="2m", lifetime_margin=30, job_name="walltime")
+    first = submit_3nodes(walltime="2m", lifetime_margin=30, job_name="walltime")
     with connect(first.scheduler_file, n_workers=3, timeout=120, job=first) as bridge:
         run = bridge.map(marked, items, args=(str(marks), 0.5), name="long", progress=False)
         with pytest.raises(WalltimeReached) as reached:
@@ -81,7 +70,7 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit, 
     assert max(counted.values()) == 1, "an item ran twice in the first job"
     assert wait_for(lambda: first.status().finished, timeout=60)
 
-    second = submit(job_name="resume")
+    second = submit_3nodes(job_name="resume")
     with connect(second.scheduler_file, n_workers=3, timeout=120, job=second) as bridge:
         run = bridge.map(marked, items, args=(str(marks), 0.5), name="long", progress=False)
         assert bridge.gather(run, progress=False, timeout=120) == [3 * i for i in items]
@@ -90,11 +79,11 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit, 
     assert executions(marks) == collections.Counter(items)  # each item computed exactly once
 
 
-def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit, tmp_path: Path) -> None:
+def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit_3nodes, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
     items = list(range(300))
-    first = submit(job_name="cancelled")
+    first = submit_3nodes(job_name="cancelled")
     with connect(first.scheduler_file, n_workers=3, timeout=120, job=first) as bridge:
         run = bridge.map(marked, items, args=(str(marks), 0.2), name="cut", progress=False)
         assert wait_for(lambda: run.done_items() >= 60, timeout=120)
@@ -114,7 +103,7 @@ def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit, t
         assert from_disk.value.done == from_disk.value.saved == 300 - missing
     assert 0 < missing < 300
 
-    second = submit(job_name="resume2")
+    second = submit_3nodes(job_name="resume2")
     with connect(second.scheduler_file, n_workers=3, timeout=120, job=second) as bridge:
         assert bridge.gather(bridge.map(marked, items, args=(str(marks), 0.2), name="cut", progress=False),
                              progress=False, timeout=120) == [3 * i for i in items]
@@ -136,10 +125,11 @@ def scheduler_pids(scheduler_file: str) -> list[int]:
     return found
 
 
-def test_a_killed_scheduler_is_named_within_the_bound_and_what_was_saved_is_kept(submit, tmp_path: Path) -> None:
+def test_a_killed_scheduler_is_named_within_the_bound_and_what_was_saved_is_kept(submit_3nodes,
+                                                                                 tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = submit(job_name="nosched")
+    job = submit_3nodes(job_name="nosched")
     with connect(job.scheduler_file, n_workers=3, timeout=120, job=job) as bridge:
         run = bridge.map(marked, range(300), args=(str(marks), 0.2), name="orphan", progress=False)
         assert wait_for(lambda: run.done_items() >= 60, timeout=120)
@@ -158,11 +148,11 @@ def test_a_killed_scheduler_is_named_within_the_bound_and_what_was_saved_is_kept
         assert all(again.value.results[i] == 3 * i for i in range(300) if i not in set(again.value.missing_items()))
 
 
-def test_a_sigkilled_worker_and_a_cancelled_worker_step_lose_nothing(submit, slurm_cluster_3nodes,
+def test_a_sigkilled_worker_and_a_cancelled_worker_step_lose_nothing(submit_3nodes, slurm_cluster_3nodes,
                                                                      tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = submit(job_name="workerfaults")
+    job = submit_3nodes(job_name="workerfaults")
     with connect(job.scheduler_file, n_workers=3, timeout=120, job=job) as bridge:
         late = subprocess.Popen(
             ["srun", f"--jobid={job.job_id}", "--overlap", "--ntasks=1", "--cpus-per-task=1", sys.executable,

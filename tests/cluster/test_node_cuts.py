@@ -55,17 +55,6 @@ def ran_on(marks: Path, node: str) -> set[int]:
     return {int(path.name.split("-")[0]) for path in marks.iterdir() if path.name.split("-")[1] == node}
 
 
-@pytest.fixture
-def submit(slurm_cluster_3nodes, batch_spec, batch_jobs):
-    def make(**values) -> jobs.SubmittedJob:
-        values = {"nodes": 3, "ntasks_per_node": 1, "cpus_per_task": 1, "mem_per_cpu": "300M", **values}
-        job = jobs.submit(batch_spec(slurm_cluster_3nodes, "slurm", **values))
-        batch_jobs.append(job)
-        return job
-
-    return make
-
-
 def job_nodes(cluster, job: jobs.SubmittedJob) -> tuple[str, list[str]]:
     """(the batch host, where the scheduler runs; every node of the job)."""
     record = dict(field.split("=", 1) for field in cluster.run("scontrol", "show", "job", "-o", job.job_id)
@@ -106,7 +95,7 @@ def cut_off(cluster, node: str, seconds: float = CUT_SECONDS) -> Iterator[float]
 @pytest.mark.parametrize(("tcp_timeout", "n_items"), [(None, 300), ("12s", 600)],
                          ids=["client-reconnects", "client-gives-up"])
 def test_the_schedulers_node_cut_off_loses_nothing_and_the_run_is_collected_after(
-        submit, slurm_cluster_3nodes, tmp_path: Path, tcp_timeout: str | None, n_items: int) -> None:
+        submit_3nodes, slurm_cluster_3nodes, tmp_path: Path, tcp_timeout: str | None, n_items: int) -> None:
     """Scheduler's node cut off 35 s during a named map.
 
     Bound: gather returns, or raises SchedulerUnreachable naming the cut within
@@ -120,7 +109,7 @@ def test_the_schedulers_node_cut_off_loses_nothing_and_the_run_is_collected_afte
     marks = tmp_path / "marks"
     marks.mkdir()
     items = list(range(n_items))
-    job = submit(job_name="schedcut")
+    job = submit_3nodes(job_name="schedcut")
     patience = dask.config.set({"distributed.comm.timeouts.tcp": tcp_timeout}) if tcp_timeout else \
         contextlib.nullcontext()
     with patience, connect(job=job, n_workers=3, timeout=120) as bridge:
@@ -161,7 +150,7 @@ def test_the_schedulers_node_cut_off_loses_nothing_and_the_run_is_collected_afte
         bridge.shutdown()
 
 
-def test_a_workers_node_cut_off_the_map_completes_on_the_others(submit, slurm_cluster_3nodes,
+def test_a_workers_node_cut_off_the_map_completes_on_the_others(submit_3nodes, slurm_cluster_3nodes,
                                                                    tmp_path: Path) -> None:
     """A worker's node (not the scheduler's) cut off 35 s: the scheduler drops its worker after
     ~30 s and the map completes on the others within WORKER_CUT_BOUND s of the cut, every result
@@ -170,7 +159,7 @@ def test_a_workers_node_cut_off_the_map_completes_on_the_others(submit, slurm_cl
     marks = tmp_path / "marks"
     marks.mkdir()
     items = list(range(300))
-    job = submit(job_name="workercut")
+    job = submit_3nodes(job_name="workercut")
     with connect(job=job, n_workers=3, timeout=120) as bridge:
         batch_host, nodes = job_nodes(cluster, job)
         victim = next(node for node in nodes if node != batch_host)
