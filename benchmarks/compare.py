@@ -47,6 +47,8 @@ FIGURES = [
            "pool_us_per_item", "bridge_over_pool_ratio", "≤ 2", lambda r: r <= 2),
     Figure("map_overhead", "fixed cost of a run, ms (map of one item until it returns)", "run_start_ms",
            "run_start_ms", "run_start_ms", "< 50 ms", lambda r: r < 50),
+    Figure("map_overhead", "saving runs to disk, µs per item (vs the same map with save=False)",
+           "bridge_map_us_per_item", "unsaved_map_us_per_item", "saving_cost_ratio", "≤ 1.1", lambda r: r <= 1.1),
     Figure("primes", "sympy prime sum, seconds (vs the same items on plain processes)", "faithful_seconds",
            "plain_processes_seconds", "efficiency_vs_ceiling", "≥ 0.95", lambda r: r >= 0.95),
     Figure("broadcast", "broadcast to every worker, seconds (vs scatter(broadcast=True))", "hpcbridge_seconds",

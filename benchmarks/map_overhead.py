@@ -5,7 +5,9 @@ overhead. In the same run: a serial loop, ``multiprocessing.Pool.map`` with as m
 workers at its best chunksize (the best peer for tiny items on one machine), and raw
 ``client.map``, which makes one task per item and costs milliseconds per item, so it is measured
 on fewer items (``--raw-items``); the ratios compare per-item times. ``run_start_ms`` is the
-fixed cost of a run: ``map`` of one item until it returns.
+fixed cost of a run: ``map`` of one item until it returns. ``saving_cost_ratio`` is the time of
+the map with its chunks saved to the run directory (the default) over the same map with
+``save=False``, interleaved: what keeping results on disk costs.
 
     .venv/bin/python benchmarks/map_overhead.py --items 1000000 --workers 2
 """
@@ -37,14 +39,17 @@ def measure(bridge, options) -> None:
     items = range(options.items)
     raw_items = list(range(options.raw_items))
     bridge.gather(bridge.map(operator.neg, range(1000), progress=False), progress=False)  # warm up
-    ours, raw, chunks = [], [], 0
-    for _ in range(options.repeats):  # interleaved, best of each
-        started = time.perf_counter()
-        run = bridge.map(operator.neg, items, progress=False)
-        results = bridge.gather(run, progress=False)
-        ours.append(time.perf_counter() - started)
-        chunks = len(run.futures)
-        assert results[-1] == -(options.items - 1)
+    ours, unsaved, raw, chunks = [], [], [], 0
+    for repeat in range(options.repeats):  # interleaved, best of each
+        # The map as users run it (its chunks saved to the run directory), and the same map with
+        # save=False, in turns (each goes first every other repeat, so neither always follows raw).
+        for save in (True, False) if repeat % 2 == 0 else (False, True):
+            started = time.perf_counter()
+            run = bridge.map(operator.neg, items, progress=False, save=save)
+            results = bridge.gather(run, progress=False)
+            (ours if save else unsaved).append(time.perf_counter() - started)
+            chunks = len(run.futures)
+            assert results[-1] == -(options.items - 1)
         started = time.perf_counter()
         futures = bridge.client.map(operator.neg, raw_items, pure=False)
         bridge.client.gather(futures)
@@ -66,6 +71,9 @@ def measure(bridge, options) -> None:
     print(f"chunks: {chunks}")
     print(f"bridge_map_seconds: {min(ours):.3f}")
     print(f"bridge_map_us_per_item: {per_item * 1e6:.3f}")
+    print(f"runs_saved_to: {bridge.run_root or 'nowhere (saving is off)'}")
+    print(f"unsaved_map_us_per_item: {min(unsaved) / options.items * 1e6:.3f}")
+    print(f"saving_cost_ratio: {min(ours) / min(unsaved):.3f}")
     print(f"raw_client_map_items: {options.raw_items}")
     print(f"raw_client_map_us_per_item: {raw_per_item * 1e6:.1f}")
     print(f"raw_over_bridge_ratio: {raw_per_item / per_item:.0f}")
