@@ -77,13 +77,13 @@ def node_numbers(text: str, parser: argparse.ArgumentParser) -> list[int]:
     return numbers
 
 
-def output_labels(args: argparse.Namespace, model) -> list[str]:
-    """One label per response column: the nodes asked for, the load, or the model file's DOFs."""
+def output_names(args: argparse.Namespace, model) -> list[tuple[str, str]]:
+    """(label, table suffix) per response column: the nodes asked for, the model file's DOFs, or the load."""
     if args.output_nodes:
-        return [f"node {number}" for number in node_numbers(args.output_nodes, argparse.ArgumentParser())]
+        return [(f"node {number}", f"_{number}") for number in args.output_nodes]
     if args.model:
-        return [f"DOF {dof}" for dof in model.outputs]
-    return ["the load"]
+        return [(f"DOF {dof}", f"_{dof}") for dof in model.outputs]
+    return [("the load", "")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--mesh and --model exclude each other: a model file already holds its matrices")
     if args.model and args.output_nodes:
         parser.error("--output-nodes is for meshes: a model file names its output DOFs (outputs)")
+    if args.output_nodes:
+        args.output_nodes = node_numbers(args.output_nodes, parser)
     amplitude = None
     try:
         if args.model:
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.support:
                 source = supported_at(source, args.support, args.support_tolerance, parser)
             if args.output_nodes:
-                source = with_output_nodes(source, node_numbers(args.output_nodes, parser))
+                source = with_output_nodes(source, args.output_nodes)
             model = assemble(source, youngs=args.youngs, area=args.area, density=args.density, damping=args.damping)
             name = f"{args.mesh} (Triangle)" if args.mesh else f"{args.nx} x {args.ny} cells"
             described = (f"{len(source.nodes)} nodes, {len(source.bars)} bars, {model.size} unknowns, "
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = frequency_response(bridge, model, omegas, solver=args.solver, amplitude=amplitude)
         seconds = time.perf_counter() - started
-    labels = output_labels(args, model)[:MAX_OUTPUTS]
+    names = output_names(args, model)[:MAX_OUTPUTS]
+    labels = [label for label, _ in names]
     response = result.outputs[:, :MAX_OUTPUTS]
     if result.outputs.shape[1] > MAX_OUTPUTS:
         print(f"outputs: the first {MAX_OUTPUTS} of {result.outputs.shape[1]} are shown and saved")
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plot: {args.png}")
     if args.csv:
         # One output: omega,re_x,im_x,abs_x,residual; several: re_x_N,im_x_N,abs_x_N for each node N.
-        suffixes = [""] if len(labels) == 1 else [f"_{label.split()[-1]}" for label in labels]
+        suffixes = [""] if len(names) == 1 else [suffix for _, suffix in names]
         columns = [omegas]
         for column in range(response.shape[1]):
             columns += [response[:, column].real, response[:, column].imag, np.abs(response[:, column])]
