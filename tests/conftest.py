@@ -212,6 +212,16 @@ def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int) -> 
             assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
 
 
+@contextlib.contextmanager
+def module_bridge(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[tuple[jobs.SubmittedJob, object]]:
+    """:func:`module_local_job` with a bridge attached once all its ``workers`` joined: ``(job, bridge)``."""
+    from hpcbridge.bridge import connect
+
+    with module_local_job(tmp_path_factory, workers) as job, \
+            connect(job.scheduler_file, n_workers=workers, timeout=60) as bridge:
+        yield job, bridge
+
+
 @pytest.fixture
 def local_spec(tmp_path: Path):
     """Build a local spec whose Python is this interpreter and whose scheduler file is private."""

@@ -13,9 +13,9 @@ import cloudpickle
 import pytest
 
 from hpcbridge import jobs
-from hpcbridge.bridge import Bridge, connect
+from hpcbridge.bridge import Bridge
 from hpcbridge.missing_modules import ModuleMissing
-from tests.conftest import module_local_job
+from tests.conftest import module_bridge
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the scheduler runs a helper below
 
@@ -23,8 +23,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the scheduler run
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
     """A 1-worker local job shared by this module's tests."""
-    with module_local_job(tmp_path_factory, 1) as job, connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
-        yield job, bridge
+    with module_bridge(tmp_path_factory, 1) as attached:
+        yield attached
 
 
 def test_bridge_repr_says_where_it_is_attached_its_job_and_workers(cluster) -> None:

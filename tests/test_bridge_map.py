@@ -20,7 +20,7 @@ import pytest
 from hpcbridge import jobs, mapping
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.mapping import ItemError, plan_chunks
-from tests.conftest import module_local_job
+from tests.conftest import module_bridge
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
@@ -46,8 +46,8 @@ def slow_first_call(item: int, token: str) -> int:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
     """A 2-worker local job shared by this module's tests."""
-    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
-        yield job, bridge
+    with module_bridge(tmp_path_factory, 2) as attached:
+        yield attached
 
 
 def executed(bridge: Bridge, run: str) -> int:

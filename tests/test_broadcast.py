@@ -15,7 +15,7 @@ import pytest
 
 from hpcbridge import broadcast, jobs
 from hpcbridge.bridge import Bridge, connect
-from tests.conftest import module_local_job, worker_tls_env
+from tests.conftest import module_bridge, worker_tls_env
 from tests.scheduler_probes import amm_interval, peak_rss_bytes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -30,8 +30,8 @@ def total(values: np.ndarray, weights: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
     """A 3-worker local job shared by this module's tests."""
-    with module_local_job(tmp_path_factory, 3) as job, connect(job.scheduler_file, n_workers=3, timeout=60) as bridge:
-        yield job, bridge
+    with module_bridge(tmp_path_factory, 3) as attached:
+        yield attached
 
 
 def test_broadcast_is_sent_once_copied_by_workers_and_survives_the_memory_manager(cluster) -> None:
