@@ -113,6 +113,10 @@ class PatientAdaptive(Adaptive):
         self._planned_at: dict[str, float] = {}
         super().__init__(cluster, **kwargs)
 
+    def job_age(self, name: str) -> float:
+        """Seconds since the worker job ``name`` was first seen in the plan."""
+        return time.monotonic() - self._planned_at.get(name, time.monotonic())
+
     async def recommendations(self, target: int) -> dict:
         now = time.monotonic()
         names = self.cluster.worker_spec
@@ -120,7 +124,7 @@ class PatientAdaptive(Adaptive):
         advice = await super().recommendations(target)
         if advice["status"] == "down":
             advice["workers"] = [w for w in advice["workers"]
-                                 if now - self._planned_at.get(job_name_of(str(w), names), now) >= self.min_job_age]
+                                 if self.job_age(job_name_of(str(w), names)) >= self.min_job_age]
             if not advice["workers"]:
                 return {"status": "same"}
         return advice

@@ -39,10 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distributed.deploy.adaptive import Adaptive
-
-from hpcbridge.adaptive import (AdaptiveSettings, job_name_of, status_file_for, worker_job_options,
-                                worker_log_dir)
+from hpcbridge.adaptive import (AdaptiveSettings, PatientAdaptive, job_name_of, status_file_for,
+                                worker_job_options, worker_log_dir)
 from hpcbridge.backends import JobNotFound, JobStatus, get_backend
 from hpcbridge.drain import LEAVE_METRIC
 from hpcbridge.spec import JobSpec
@@ -193,13 +191,20 @@ class JobLedger:
         _write_private(self.status_file, json.dumps(report, indent=1))
 
 
-class BatchAdaptive(Adaptive):
-    """distributed's Adaptive with a shared batch system's manners (see the module's docstring)."""
+class BatchAdaptive(PatientAdaptive):
+    """distributed's Adaptive with a shared batch system's manners (see the module's docstring).
+
+    As :class:`~hpcbridge.adaptive.PatientAdaptive`, no worker job is cancelled in its first
+    ``min_job_age`` seconds, counted here from its submission (the ledger's record).
+    """
 
     def __init__(self, cluster: Any, *, ledger: JobLedger, processes: int, **kwargs: Any) -> None:
         self.ledger = ledger
         self.processes = processes
-        super().__init__(cluster, **kwargs)
+        super().__init__(cluster, min_job_age=ledger.settings.min_job_age, **kwargs)
+
+    def job_age(self, name: str) -> float:
+        return self.ledger.age(name)
 
     async def safe_target(self) -> int:
         wanted = await super().safe_target()
@@ -220,17 +225,6 @@ class BatchAdaptive(Adaptive):
         else:
             room = max(0, settings.max_pending - self.ledger.pending())
         return int(min(wanted, (planned + room) * self.processes))
-
-    async def recommendations(self, target: int) -> dict:
-        advice = await super().recommendations(target)
-        if advice["status"] == "down":
-            young = self.ledger.settings.min_job_age
-            names = self.cluster.worker_spec
-            workers = [w for w in advice["workers"] if self.ledger.age(job_name_of(str(w), names)) >= young]
-            if not workers:
-                return {"status": "same"}
-            advice["workers"] = workers
-        return advice
 
 
 def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: Path) -> dict[str, Any]:
