@@ -259,6 +259,9 @@ class Bridge:
         self._settings: dict[str, Any] | None = None
         self.follow_timeout = 300.0  # how long a lost bridge waits for its requeued job to come back
         self.dashboard_shown = False  # map says the dashboard link once per bridge; True once said
+        # Runs gathered (from disk) while the client was away from a scheduler that still held them:
+        # released there as soon as this bridge is attached again (see _release_collected).
+        self._unreleased: set[str] = set()
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
@@ -314,6 +317,8 @@ class Bridge:
         """
         if not self.connected:
             self.follow()
+        if self.connected and self._unreleased:
+            self._release_collected()
         if not self.connected:
             address = getattr(self.client.scheduler, "address", None) or "?"
             raise ConnectionError(
@@ -373,7 +378,8 @@ class Bridge:
                     status = None
                 if status is not None and status.finished:
                     return False
-                requeued = requeued or (status is not None and status.state != "RUNNING")
+                # UNKNOWN (the batch system cannot say: e.g. another user's record) is no sign of a requeue
+                requeued = requeued or (status is not None and status.state not in ("RUNNING", "UNKNOWN"))
                 fresh = address is not None and address not in self._old_addresses
                 if fresh and status is not None and status.state == "RUNNING":
                     break
@@ -438,6 +444,27 @@ class Bridge:
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
                               mapping.RECONNECT_SECONDS)
         self.client = client
+        self._release_collected()
+
+    def _release_collected(self, name: str | None = None) -> None:
+        """Let the cluster forget run ``name`` (gathered and released by the user) and those released
+        while this bridge was away.
+
+        A client that gave up on a scheduler out of reach (its node cut off) gathers a run from
+        its run directory, but the scheduler still holds it: without this the run would stay
+        there, holding workers' memory, after the bridge is attached again.
+        """
+        if name is not None:
+            self._unreleased.add(name)
+        if not self.connected or not self._unreleased:
+            return
+        try:
+            held = set(self.client.list_datasets())
+            for unreleased in sorted(self._unreleased & held):
+                self.client.unpublish_dataset(unreleased)
+        except OSError:  # lost again (distributed.comm.CommClosedError is one) meanwhile: released once attached again
+            return
+        self._unreleased.clear()
 
     def wait_for_workers(self, n_workers: int, timeout: float) -> None:
         """Block until at least ``n_workers`` workers have joined, or raise :class:`ConnectError`."""
@@ -564,11 +591,14 @@ class Bridge:
                     raise missing from error
                 raise
             return mapping._join([values], stack) if stack else values
+        if not self.connected:
+            self.reattach()  # a scheduler that was only out of reach holds the run still
+        if self.connected and any(future is not None and future.client is not self.client for future in run.futures):
+            mapping.rebind(self.client, run)
         values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
                                  drain_from=self._drain_from())
         if release:
-            if self.connected and run.name in self.client.list_datasets():
-                self.client.unpublish_dataset(run.name)
+            self._release_collected(run.name)
             if run.directory:
                 shutil.rmtree(run.directory, ignore_errors=True)
         return values

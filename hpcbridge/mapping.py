@@ -511,7 +511,8 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
             raise TimeoutError(
                 f"run {run.name!r}: {run.done_items()} of {run.n_items} items done after {timeout:g} s; "
                 f"the results stay on the cluster: collect them later with results({run.name!r})")
-        _wait(client, pending, 0.5 if left is None else min(0.5, left), first=True)
+        if client.status not in ("closing", "closed"):  # a closed client (it gave up) has no loop to wait in
+            _wait(client, pending, 0.5 if left is None else min(0.5, left), first=True)
         if meter:
             meter.update(run.done_items())
         lost = watch.lost(cancelled=any(f.status == "cancelled" for f in run.futures if f is not None))
@@ -542,6 +543,20 @@ def _refresh_after_reconnect(client: Client, run: Run) -> bool:
         return False
     run.futures = fresh.futures
     return True
+
+
+def rebind(client: Client, run: Run) -> None:
+    """Give ``run`` futures of ``client`` (a new client attached to the same scheduler), by its name.
+
+    Futures of a client that was closed wait for nothing; the scheduler holds the run under its
+    name. A run the scheduler does not hold (or holds with other chunks) keeps no futures: it is
+    then collected from its run directory.
+    """
+    try:
+        fresh = reattach(client, run.name)
+    except KeyError:
+        fresh = None
+    run.futures = fresh.futures if fresh is not None and fresh.bounds == run.bounds else [None] * len(run.bounds)
 
 
 def _cancelled_by_reconnect(future: Future) -> bool:

@@ -132,3 +132,30 @@ def test_a_bridge_whose_scheduler_is_gone_reads_runs_from_disk_at_once(tmp_path_
             assert time.monotonic() - started < 10  # no reconnect loop
         finally:
             bridge.close()
+
+
+
+def test_a_run_gathered_from_disk_while_the_client_was_away_is_released_when_it_is_back(tmp_path_factory) -> None:
+    """The client gave up on its scheduler (its node cut off longer than the client waits) and cannot
+    attach again yet, while a named run finished: gather returns the run from disk, and the run the
+    scheduler still holds is released as soon as the bridge is attached again, not left there for good."""
+    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+        run = bridge.map(square, range(5000), name="away", chunk_size=500, progress=False)
+        assert bridge.gather(run, progress=False, release=False) == [x * x for x in range(5000)]
+        bridge.client.close()  # what a client that gave up on its scheduler is left with
+        hidden = Path(job.scheduler_file).rename(job.scheduler_file + ".away")  # no way back for now
+        try:
+            assert bridge.gather(run, progress=False) == [x * x for x in range(5000)]  # from disk
+            assert not bridge.connected and not os.path.exists(run.directory)
+        finally:
+            hidden.rename(job.scheduler_file)
+        assert "away" not in bridge.runs()  # attached again: the run is released there too
+        assert bridge.connected
+
+
+def test_gathering_again_after_the_client_gave_up_attaches_again_and_collects_from_the_cluster(tmp_path_factory) -> None:
+    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+        run = bridge.map(square, range(5000), name="again", chunk_size=500, progress=False)
+        bridge.client.close()  # e.g. after SchedulerUnreachable, once the scheduler's node is back
+        assert bridge.gather(run, progress=False) == [x * x for x in range(5000)]
+        assert bridge.connected and "again" not in bridge.runs() and not os.path.exists(run.directory)
