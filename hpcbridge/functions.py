@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import itertools
 import os
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,6 +73,24 @@ class SpreadItems:
 
     def __repr__(self) -> str:
         return f"<{self.__qualname__} over zipped items>"
+
+
+def per_item_calls(fn: Any, items: Any, extra: Sequence[Any]) -> Iterator[Any]:
+    """``fn(item, *extra)`` for each item, as an iterator whose loop runs in C (``map``/``starmap``).
+
+    The wrappers above cost a Python frame per call (about 0.15 us, more than ``x + 1`` itself),
+    so the function they wrap is called directly; zipped items without extra arguments go through
+    ``itertools.starmap``.
+    """
+    repeats = [itertools.repeat(arg) for arg in extra]
+    if isinstance(fn, SpreadItems):
+        inner = fn.fn.fn if isinstance(fn.fn, ShippedFunction) else fn.fn
+        if not extra:
+            return itertools.starmap(inner, items)
+        return map(fn, items, *repeats)
+    if isinstance(fn, ShippedFunction):
+        fn = fn.fn
+    return map(fn, items, *repeats)
 
 
 class Unimportable:

@@ -158,9 +158,7 @@ def _call_each(task: ChunkTask, args: list[Any], values: list[Any], errors: dict
     ``map`` quietly: the count of values shows it.)
     """
     fn, items = task.fn, task.items
-    iterator = iter(items)
-    repeats = [itertools.repeat(arg) for arg in args]
-    calls = map(fn, iterator, *repeats)
+    calls = functions.per_item_calls(fn, items, args)
     first, count = -1.0, len(items)
     while len(values) < count:
         try:

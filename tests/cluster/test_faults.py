@@ -79,6 +79,29 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit_3
     assert executions(marks) == collections.Counter(items)  # each item computed exactly once
 
 
+
+def test_in_mpi_mode_the_workers_drain_before_the_walltime_and_every_result_is_saved(submit_3nodes,
+                                                                                    tmp_path: Path) -> None:
+    """dask-mpi mode (rank 0 the scheduler, ranks 1-2 workers) with a 2-minute walltime: the workers
+    leave in time, every chunk they finished is on disk, none ran twice, the error names the walltime."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    items = list(range(400))  # 200 worker-seconds: more than 2 workers do before a 2-minute walltime
+    job = submit_3nodes(mode="mpi", walltime="2m", lifetime_margin=30, job_name="mpiwall")
+    with connect(job=job, n_workers=2, timeout=120) as bridge:
+        run = bridge.map(marked, items, args=(str(marks), 0.5), name="mpilong", progress=False)
+        with pytest.raises(WalltimeReached) as reached:
+            bridge.gather(run, progress=False, timeout=200)
+    error = reached.value
+    print(f"\nfigures mpi walltime: {error}")
+    assert "reached its walltime" in str(error) and error.missing and error.done + error.n_missing == 400
+    assert error.done > 0 and error.saved == error.done  # every computed chunk is on disk
+    assert all(error.results[i] == 3 * i for i in range(400) if i not in set(error.missing_items()))
+    assert max(executions(marks).values()) == 1, "an item ran twice"
+    assert wait_for(lambda: job.status().finished, timeout=60)
+    log = Path(job.status().log).read_text()
+    assert log.count("hpcbridge-drain-before-walltime") >= 2, log[-3000:]  # both workers left for it
+
 def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit_3nodes, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
