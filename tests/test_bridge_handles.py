@@ -127,3 +127,17 @@ def test_a_module_only_the_scheduler_has_is_named_with_the_worker_that_lacks_it(
         sys.path.remove(str(tmp_path))
         sys.modules.pop("user_code_w", None)
         sys.modules.pop(helper, None)
+
+
+def streams_intervals(dask_scheduler=None) -> list[float]:
+    return [stream.interval for stream in [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()]]
+
+
+def test_a_bridge_shortens_the_clusters_message_batching_to_a_millisecond(cluster) -> None:
+    """distributed's 10 ms / 5 ms / 2 ms batching was most of a short run's cost (hpcbridge/latency.py)."""
+    from hpcbridge import latency
+
+    _, bridge = cluster
+    assert bridge.client.scheduler_comm.interval <= latency.INTERVAL_SECONDS
+    intervals = bridge.client.run_on_scheduler(streams_intervals)
+    assert intervals and max(intervals) <= latency.INTERVAL_SECONDS

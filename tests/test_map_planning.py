@@ -111,3 +111,19 @@ def test_the_worker_loop_runs_each_item_once_and_goes_on_after_errors() -> None:
     assert errors[13][:2] == ("3", "ValueError: bad 3") and "bad 3" in errors[13][2]
     assert "StopIteration" in errors[15][1]
     assert run_chunk(ChunkTask("loop", operator.neg, range(0), 0, False))[:2] == ([], {})
+
+
+def test_the_worker_loop_calls_the_users_function_itself_not_a_wrapper_per_item(monkeypatch) -> None:
+    """A Python frame per item (the shipping wrapper's ``__call__``) cost more than ``x + 1`` itself."""
+    from hpcbridge import functions
+
+    def no_wrapper_call(*args, **kwargs):
+        raise AssertionError("the wrapper was called for an item")
+
+    monkeypatch.setattr(functions.ShippedFunction, "__call__", no_wrapper_call)
+    monkeypatch.setattr(functions.SpreadItems, "__call__", no_wrapper_call)
+    shipped = functions.ShippedFunction(operator.sub)
+    assert list(functions.per_item_calls(shipped, [5, 6], [1])) == [4, 5]
+    assert list(functions.per_item_calls(functions.SpreadItems(shipped), [(5, 1), (9, 2)], [])) == [4, 7]
+    values, errors, _, _ = run_chunk(ChunkTask("direct", functions.ShippedFunction(operator.neg), range(3), 0, False))
+    assert (values, errors) == ([0, -1, -2], {})
