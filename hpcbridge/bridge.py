@@ -464,7 +464,7 @@ class Bridge:
             held = set(self.client.list_datasets())
             for unreleased in sorted(self._unreleased & held):
                 self.client.unpublish_dataset(unreleased)
-        except OSError:  # lost again (distributed.comm.CommClosedError is one) meanwhile: released once attached again
+        except OSError:  # lost again meanwhile (a CommClosedError is an OSError): released once attached again
             return
         self._unreleased.clear()
 

@@ -52,23 +52,28 @@ def executed(bridge: Bridge, run: str) -> int:
     return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
 
 
+def walltime_reached(job, n_workers: int, items: list[int], marks: Path, name: str) -> WalltimeReached:
+    """Map ``items`` (0.5 s each) on ``job`` until its walltime; check what the error says and keeps."""
+    with connect(job=job, n_workers=n_workers, timeout=120) as bridge:
+        run = bridge.map(marked, items, args=(str(marks), 0.5), name=name, progress=False)
+        with pytest.raises(WalltimeReached) as reached:
+            bridge.gather(run, progress=False, timeout=200)
+    error = reached.value
+    print(f"\nfigures walltime ({job.job_id}): {error}")
+    assert "reached its walltime" in str(error) and error.missing and error.done + error.n_missing == len(items)
+    assert error.done > 0 and error.saved == error.done  # every computed chunk is on disk
+    assert all(error.results[i] == 3 * i for i in items if i not in set(error.missing_items()))
+    assert max(executions(marks).values()) == 1, "an item ran twice in the job"
+    assert wait_for(lambda: job.status().finished, timeout=60)
+    return error
+
+
 def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit_3nodes, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
     items = list(range(600))  # 300 worker-seconds: more than 3 workers do before a 2-minute walltime
     first = submit_3nodes(walltime="2m", lifetime_margin=30, job_name="walltime")
-    with connect(first.scheduler_file, n_workers=3, timeout=120, job=first) as bridge:
-        run = bridge.map(marked, items, args=(str(marks), 0.5), name="long", progress=False)
-        with pytest.raises(WalltimeReached) as reached:
-            bridge.gather(run, progress=False, timeout=200)
-    error = reached.value
-    print(f"\nfigures walltime: {error}")
-    assert "reached its walltime" in str(error) and error.missing and error.done + error.n_missing == 600
-    assert error.saved == error.done  # every computed chunk is on disk
-    assert all(error.results[i] == 3 * i for i in range(600) if i not in set(error.missing_items()))
-    counted = executions(marks)
-    assert max(counted.values()) == 1, "an item ran twice in the first job"
-    assert wait_for(lambda: first.status().finished, timeout=60)
+    error = walltime_reached(first, 3, items, marks, "long")
 
     second = submit_3nodes(job_name="resume")
     with connect(second.scheduler_file, n_workers=3, timeout=120, job=second) as bridge:
@@ -79,7 +84,6 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit_3
     assert executions(marks) == collections.Counter(items)  # each item computed exactly once
 
 
-
 def test_in_mpi_mode_the_workers_drain_before_the_walltime_and_every_result_is_saved(submit_3nodes,
                                                                                     tmp_path: Path) -> None:
     """dask-mpi mode (rank 0 the scheduler, ranks 1-2 workers) with a 2-minute walltime: the workers
@@ -88,19 +92,11 @@ def test_in_mpi_mode_the_workers_drain_before_the_walltime_and_every_result_is_s
     marks.mkdir()
     items = list(range(400))  # 200 worker-seconds: more than 2 workers do before a 2-minute walltime
     job = submit_3nodes(mode="mpi", walltime="2m", lifetime_margin=30, job_name="mpiwall")
-    with connect(job=job, n_workers=2, timeout=120) as bridge:
-        run = bridge.map(marked, items, args=(str(marks), 0.5), name="mpilong", progress=False)
-        with pytest.raises(WalltimeReached) as reached:
-            bridge.gather(run, progress=False, timeout=200)
-    error = reached.value
-    print(f"\nfigures mpi walltime: {error}")
-    assert "reached its walltime" in str(error) and error.missing and error.done + error.n_missing == 400
-    assert error.done > 0 and error.saved == error.done  # every computed chunk is on disk
-    assert all(error.results[i] == 3 * i for i in range(400) if i not in set(error.missing_items()))
-    assert max(executions(marks).values()) == 1, "an item ran twice"
-    assert wait_for(lambda: job.status().finished, timeout=60)
+    error = walltime_reached(job, 2, items, marks, "mpilong")
+    assert "2 worker(s) left before it" in str(error)
     log = Path(job.status().log).read_text()
     assert log.count("hpcbridge-drain-before-walltime") >= 2, log[-3000:]  # both workers left for it
+
 
 def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit_3nodes, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
