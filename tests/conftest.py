@@ -119,6 +119,17 @@ def leftovers() -> list[str]:
     return left
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (``timeout``, a cancelled CI run) stops the session like Ctrl-C does: fixtures are torn
+    down (local jobs cancelled, harnesses stopped) and the leftover check runs, instead of the
+    process dying with its jobs' schedulers and workers left running."""
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
     if hasattr(session.config, "workerinput"):
