@@ -533,13 +533,10 @@ def _refresh_after_reconnect(client: Client, run: Run) -> bool:
     """
     if client.status != "running" or not any(_cancelled_by_reconnect(f) for f in run.futures if f is not None):
         return False
-    try:
-        fresh = reattach(client, run.name)
-    except Exception:  # released meanwhile, or the scheduler went away again
+    fresh = _fresh_futures(client, run)
+    if fresh is None:
         return False
-    if fresh.bounds != run.bounds:
-        return False
-    run.futures = fresh.futures
+    run.futures = fresh
     return True
 
 
@@ -550,11 +547,17 @@ def rebind(client: Client, run: Run) -> None:
     name. A run the scheduler does not hold (or holds with other chunks) keeps no futures: it is
     then collected from its run directory.
     """
+    run.futures = _fresh_futures(client, run) or [None] * len(run.bounds)
+
+
+def _fresh_futures(client: Client, run: Run) -> list[Future | None] | None:
+    """The run's futures as the scheduler's record under its name holds them, bound to ``client``;
+    None when it holds no such run (released meanwhile, other chunks) or went away again."""
     try:
         fresh = reattach(client, run.name)
-    except KeyError:
-        fresh = None
-    run.futures = fresh.futures if fresh is not None and fresh.bounds == run.bounds else [None] * len(run.bounds)
+    except Exception:
+        return None
+    return fresh.futures if fresh.bounds == run.bounds else None
 
 
 def _cancelled_by_reconnect(future: Future) -> bool:
