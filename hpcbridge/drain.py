@@ -9,8 +9,8 @@ the margin (``HPCBRIDGE_LIFETIME_MARGIN``, seconds, at least 30), and starts eve
 - from ``end - margin - stagger`` on it is *draining*: a chunk that arrives is handed back to the
   scheduler (``distributed.Reschedule``), which gives it to a worker with time left, if any; a
   chunk is also handed back earlier when its expected duration would run past that point. The
-  stagger, up to a third of the margin and different on each worker, makes the workers of one
-  job leave one after another instead of all at once;
+  stagger, from a second (closing takes a moment) up to a third of the margin and different on
+  each worker, makes the workers of one job leave one after another instead of all at once;
 - it reports its leave time to the scheduler with every heartbeat (the worker metric
   ``hpcbridge_leave_at``), so that an adaptive cluster submits a replacement job before it leaves;
 - once it runs no chunk any more, it logs an ``hpcbridge-drain`` event on the scheduler (clients
@@ -34,6 +34,7 @@ LEAVE_METRIC = "hpcbridge_leave_at"  # in each heartbeat: when this worker stops
 MINIMUM_MARGIN = 30.0
 POLL_SECONDS = 1.0
 STAGGER_FRACTION = 3  # workers leave spread over up to a third of the margin
+CLOSE_LEAD = 1.0  # the stagger is at least this: closing takes a moment, and it must end before end - margin
 HANDBACK_PAUSE = 1.0  # a draining worker waits this long before handing a chunk back, so chunks do not ping-pong
 
 logger = logging.getLogger("hpcbridge.drain")
@@ -104,25 +105,27 @@ async def dask_setup(worker: Any) -> None:
         _state["margin"] = max(MINIMUM_MARGIN, float(os.environ.get("HPCBRIDGE_LIFETIME_MARGIN", MINIMUM_MARGIN)))
     except ValueError:
         pass
-    _state["stagger"] = random.uniform(0, _state["margin"] / STAGGER_FRACTION)
+    _state["stagger"] = random.uniform(CLOSE_LEAD, max(CLOSE_LEAD, _state["margin"] / STAGGER_FRACTION))
     worker.metrics[LEAVE_METRIC] = lambda _worker: leave_at()
     worker._hpcbridge_drain = asyncio.ensure_future(_leave_before_the_end(worker))
 
 
 async def _leave_before_the_end(worker: Any) -> None:
     while True:
-        await asyncio.sleep(POLL_SECONDS)
-        limit = leave_at()
-        if limit is None or time.time() < limit:
+        limit, now = leave_at(), time.time()
+        if limit is None or now < limit:
+            # Wake at the leave time itself, not up to a poll later (a late wake-up ate into the margin).
+            await asyncio.sleep(POLL_SECONDS if limit is None else min(POLL_SECONDS, limit - now))
             continue
         _state["draining"] = True
-        if _state["running"] > 0 and time.time() < _state["end"] - 5:
+        if _state["running"] > 0 and now < _state["end"] - 5:
+            await asyncio.sleep(POLL_SECONDS)
             continue  # finish the chunk in hand first
-        remaining = _state["end"] - time.time()
+        remaining = _state["end"] - now
         logger.info("hpcbridge: the job ends in %.0f s; this worker leaves now", remaining)
         try:
             worker.log_event(EVENT_TOPIC, {"worker": worker.address, "job_end": _state["end"],
-                                           "left": time.time(), "margin": _state["end"] - time.time()})
+                                           "left": now, "margin": remaining})
             await asyncio.sleep(0.2)  # let the event reach the scheduler
             await worker.close_gracefully(restart=False, reason="hpcbridge-drain-before-walltime")
         except Exception as error:  # the scheduler may be gone already; the job ends anyway

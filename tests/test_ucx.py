@@ -52,7 +52,7 @@ def test_ucx_cluster_runs_end_to_end(ucx_python, local_spec, local_jobs) -> None
     assert len(report["workers"]) == 2 and all(w.startswith("ucx://") for w in report["workers"])
     assert report["total"] == 5050
     assert wait_for(lambda: job.status().finished, timeout=60)
-    assert job.status().state == "COMPLETED"
+    assert job.status().state == "COMPLETED", Path(job.status().log).read_text()[-3000:]
 
 
 def test_ucx_without_distributed_ucxx_fails_before_starting_dask(local_spec, local_jobs) -> None:
