@@ -54,10 +54,12 @@ def test_mandelbrot_benchmark(cluster: str) -> None:
     lines = bench("mandelbrot", cluster, "--size", "400", "--single-max", "200")
     assert lines["identical_to_single_process"] == "yes" and lines["assembled_in_order"] == "yes"
     assert lines["file_identical"] == "yes"  # the workers' writes into the shared .npy file
+    assert lines["file_assembled_in_order"] == "yes"
     assert lines["size"] == "400x400"
     assert 80 < float(lines["mean_iterations"]) < 110
     positive(lines, "seconds_per_gigapixel", "single_seconds_per_gigapixel", "speedup_vs_single", "efficiency",
-             "assembly_gbps", "memcpy_gbps", "assembly_vs_memcpy", "file_seconds", "file_vs_gather")
+             "assembly_gbps", "memcpy_gbps", "assembly_vs_memcpy", "file_seconds", "file_vs_gather",
+             "file_assembly_gbps", "file_assembly_vs_gather")
 
 
 def test_truss_benchmark(cluster: str) -> None:

@@ -187,14 +187,33 @@ def render(bridge: Bridge, view: View, block_bytes: int = BLOCK_BYTES, out: np.n
     return image
 
 
+def write_rows(path: str, low: int, block: np.ndarray) -> int:
+    """On a worker: write ``block`` into the shared ``.npy`` file at row ``low``; return its row count.
+
+    A plain positioned write, not a memory map and ``msync``: the page cache takes it at memory
+    speed, and closing the file is what a network filesystem (NFS's close-to-open) needs for the
+    client to see it.
+    """
+    with open(path, "r+b") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        block = np.ascontiguousarray(block)
+        if fortran_order or dtype != block.dtype or tuple(shape[1:]) != block.shape[1:] or low + len(block) > shape[0]:
+            raise ValueError(f"rows {low}..{low + len(block)} of {block.dtype} {block.shape[1:]} do not fit "
+                             f"{path} ({dtype} {tuple(shape)})")
+        row_bytes = block.nbytes // max(1, len(block))
+        data, offset = memoryview(block).cast("B"), file.tell() + low * row_bytes
+        while data:  # a write may take less than all (at most ~2 GiB per call on Linux)
+            written = os.pwrite(file.fileno(), data, offset)
+            data, offset = data[written:], offset + written
+    return len(block)
+
+
 def _block_into_file(task: tuple[int, int, View, str]) -> int:
     """Compute rows ``[low, high)`` and write them straight into the shared ``.npy`` file; return the row count."""
     low, high, view, path = task
-    target = np.load(path, mmap_mode="r+")
-    target[low:high] = rows((low, high), view)
-    target.flush()
-    del target
-    return high - low
+    return write_rows(path, low, rows((low, high), view))
 
 
 def render_into_file(bridge: Bridge, view: View, path: str | os.PathLike[str],
