@@ -194,16 +194,15 @@ def write_rows(path: str, low: int, block: np.ndarray) -> int:
     speed, and closing the file is what a network filesystem (NFS's close-to-open) needs for the
     client to see it.
     """
+    layout = np.load(path, mmap_mode="r")  # numpy reads the header; no page is touched
+    shape, dtype, start, fortran_order = layout.shape, layout.dtype, layout.offset, np.isfortran(layout)
+    del layout
+    block = np.ascontiguousarray(block)
+    if fortran_order or dtype != block.dtype or tuple(shape[1:]) != block.shape[1:] or low + len(block) > shape[0]:
+        raise ValueError(f"rows {low}..{low + len(block)} of {block.dtype} {block.shape[1:]} do not fit "
+                         f"{path} ({dtype} {tuple(shape)})")
     with open(path, "r+b") as file:
-        version = np.lib.format.read_magic(file)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(file)
-        block = np.ascontiguousarray(block)
-        if fortran_order or dtype != block.dtype or tuple(shape[1:]) != block.shape[1:] or low + len(block) > shape[0]:
-            raise ValueError(f"rows {low}..{low + len(block)} of {block.dtype} {block.shape[1:]} do not fit "
-                             f"{path} ({dtype} {tuple(shape)})")
-        row_bytes = block.nbytes // max(1, len(block))
-        data, offset = memoryview(block).cast("B"), file.tell() + low * row_bytes
+        data, offset = memoryview(block).cast("B"), start + low * (block.nbytes // max(1, len(block)))
         while data:  # a write may take less than all (at most ~2 GiB per call on Linux)
             written = os.pwrite(file.fileno(), data, offset)
             data, offset = data[written:], offset + written
