@@ -2,7 +2,10 @@
 
 For each method: seconds until every worker holds the object, bytes that left the client, how
 much the scheduler's peak memory grew, and how many workers still hold a copy after waiting
-past the Active Memory Manager's interval. Beside them, the loopback limit: the object's bytes
+past the Active Memory Manager's interval. hpcbridge runs twice: shared (the default: the
+workers of one machine map one read-only copy, so here, one machine, a single copy crosses the
+network) and private (``shared=False``: every worker its own copy over the network, as on
+nodes with one worker each). Beside them, the loopback limit: the object's bytes
 times the copies a broadcast makes (one per worker), over the single-stream bandwidth of a plain
 TCP socket on 127.0.0.1 measured in the same run. Prints ``name: value`` lines.
 
@@ -80,16 +83,8 @@ def measure(bridge, data: np.ndarray) -> None:
     print(f"megabytes: {data.nbytes / 2**20:.0f}")
     print(f"amm_interval_seconds: {interval:g}")
 
-    peak = client.run_on_scheduler(peak_rss_bytes)
-    handle = bridge.broadcast(data)
-    print(f"hpcbridge_seconds: {handle.seconds:.3f}")
-    print(f"hpcbridge_bytes_from_client: {handle.nbytes}")
-    print(f"hpcbridge_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
-    time.sleep(2 * interval + 1)
-    held = sum(handle.name in stats for stats in client.run(broadcast.worker_stats).values())
-    print(f"hpcbridge_workers_holding_after_amm: {held}")
-    bridge.release(handle)
-    hpcbridge_seconds = handle.seconds
+    hpcbridge_seconds = broadcast_once(bridge, data, interval, "hpcbridge", shared=True)
+    private_seconds = broadcast_once(bridge, data, interval, "hpcbridge_private", shared=False)
 
     peak = client.run_on_scheduler(peak_rss_bytes)
     started = time.perf_counter()
@@ -104,6 +99,27 @@ def measure(bridge, data: np.ndarray) -> None:
     print(f"loopback_gb_per_s: {bandwidth / 1e9:.2f}")
     print(f"loopback_limit_seconds: {data.nbytes * bridge.n_workers / bandwidth:.3f}")
     print(f"hpcbridge_over_scatter_ratio: {hpcbridge_seconds / scatter_seconds:.2f}")
+    print(f"hpcbridge_private_over_scatter_ratio: {private_seconds / scatter_seconds:.2f}")
+
+
+def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared: bool) -> float:
+    """One broadcast: its seconds, the bytes that left the client, the scheduler's growth, how the
+    copies arrived (network or mapped from a shared copy on the machine), and who holds one
+    after the Active Memory Manager had two intervals to act."""
+    client = bridge.client
+    peak = client.run_on_scheduler(peak_rss_bytes)
+    handle = bridge.broadcast(data, shared=shared)
+    print(f"{label}_seconds: {handle.seconds:.3f}")
+    print(f"{label}_bytes_from_client: {handle.nbytes}")
+    print(f"{label}_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
+    copies = [stats[handle.name] for stats in client.run(broadcast.worker_stats).values()]
+    print(f"{label}_network_copies: {sum(copy['via'] == 'network' for copy in copies)}")
+    print(f"{label}_mapped_copies: {sum(copy['via'] == 'shared memory' for copy in copies)}")
+    time.sleep(2 * interval + 1)
+    held = sum(stats.get(handle.name, {}).get("held", False) for stats in client.run(broadcast.worker_stats).values())
+    print(f"{label}_workers_holding_after_amm: {held}")
+    bridge.release(handle)
+    return handle.seconds
 
 
 if __name__ == "__main__":

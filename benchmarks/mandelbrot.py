@@ -30,7 +30,7 @@ import numpy as np
 
 from hpcbridge.workloads import add_cluster_options, open_cluster
 from hpcbridge.workloads.mandelbrot import (View, render, render_into_file, render_serial, row_blocks, rows,
-                                           write_rows)
+                                           rows_into_file, write_rows)
 
 
 def filled_block(task: tuple[int, int, int]) -> np.ndarray:
@@ -46,13 +46,7 @@ def filled_block_into_file(task: tuple[int, int, int, str]) -> int:
 
 def assemble_through_file(bridge, blocks: list[tuple[int, int]], shape: tuple[int, int], path: Path) -> np.ndarray:
     """The workers write every block into one ``.npy`` file; returns it mapped here (no copy)."""
-    created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    del created
-    run = bridge.map(filled_block_into_file, [(low, high, shape[1], str(path)) for low, high in blocks],
-                     chunk_size=1, progress=False)
-    if sum(bridge.gather(run, progress=False)) != shape[0]:
-        raise RuntimeError(f"the workers did not write every row of {path}")
-    return np.load(path, mmap_mode="r")
+    return rows_into_file(bridge, path, shape, filled_block_into_file, [(low, high, shape[1]) for low, high in blocks])
 
 
 def best_of(repeats: int, fn, *args) -> tuple[object, float]:

@@ -509,15 +509,19 @@ class Bridge:
         """The address of the cluster's dashboard."""
         return self.client.dashboard_link
 
-    def broadcast(self, obj: Any, name: str | None = None) -> Broadcast:
+    def broadcast(self, obj: Any, name: str | None = None, shared: bool = True) -> Broadcast:
         """Send ``obj`` to every worker, once from this client; pass the handle to :meth:`map`.
 
         The object goes to one worker directly (never through the scheduler), and workers copy it
         from each other, including workers that join later. It stays on every worker, safe from
         Dask's Active Memory Manager, until :meth:`release` (or the cluster ends). The handle
         says how many bytes left this client and how long it took.
+
+        ``shared`` (default): the workers on one machine map one read-only copy, so one copy per
+        machine crosses the network and sits in memory; tasks must not modify it (NumPy arrays
+        arrive with ``writeable=False``). ``shared=False``: every worker its own writable copy.
         """
-        return broadcasts.send(self.client, obj, arguments.name("name", name))
+        return broadcasts.send(self.client, obj, arguments.name("name", name), arguments.flag("shared", shared))
 
     def submit(self, fn: Callable[..., Any] | str, *args: Any) -> Future:
         """Run ``fn(*args)`` on a worker; broadcast handles among ``args`` are not resolved."""

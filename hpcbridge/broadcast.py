@@ -13,7 +13,13 @@ How it works instead:
    every worker that joins later. ``setup`` fetches the object from a peer that holds it; each
    holder serves at most :data:`MAX_SENDS_PER_HOLDER` copies at a time and turns the rest away,
    so the copies spread as a tree instead of every worker pulling from the first one.
-3. The object lives in this module's :data:`_HELD` on each worker, outside Dask's key store, so
+3. Workers on one machine share one copy (``shared=True``, the default): the first worker there
+   to hold the object writes it into a sealed shared-memory file (:mod:`hpcbridge.machine_copy`)
+   and its peers on that machine map it read-only instead of receiving it over the network. So
+   one copy crosses the network per machine and one lives in its memory; the objects the tasks
+   see are read-only (a NumPy array has ``flags.writeable == False``). ``shared=False`` gives
+   every worker its own writable copy, sent worker to worker as above.
+4. The object lives in this module's :data:`_HELD` on each worker, outside Dask's key store, so
    the Active Memory Manager never sees it and never deletes it. Dask reports it as unmanaged
    memory. It stays until :func:`release` unregisters the plugin (or the cluster ends); a client
    that disconnects does not take it with it. A name in use is refused at once: release it first.
@@ -27,12 +33,15 @@ import asyncio
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from distributed import Client, WorkerPlugin
+from distributed.comm import get_address_host
 from distributed.core import Status
 from distributed.protocol import Serialized, serialize, to_serialize
+
+from hpcbridge import machine_copy
 
 PLUGIN_PREFIX = "hpcbridge-broadcast-"
 MAX_SENDS_PER_HOLDER = 2
@@ -44,6 +53,7 @@ _PUT = "hpcbridge_broadcast_put"
 _HELD: dict[str, Any] = {}
 _STATS: dict[str, dict[str, Any]] = {}
 _SENDING: dict[str, int] = {}
+_SHARED: dict[str, machine_copy.MachineCopy] = {}
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ def value(name: str) -> Any:
     worker = get_worker()
     if PLUGIN_PREFIX + name not in worker.plugins:
         raise KeyError(f"no broadcast named {name!r} on this cluster (released, or never sent)")
-    sync(worker.loop, _fetch, worker, name, FETCH_TIMEOUT)
+    sync(worker.loop, _fetch, worker, name, FETCH_TIMEOUT, worker.plugins[PLUGIN_PREFIX + name].shared)
     return _HELD[name]
 
 
@@ -103,10 +113,14 @@ def _install(worker: Any) -> None:
     worker.handlers.setdefault(_PUT, _receive)
 
 
-async def _serve(comm: Any, name: str) -> Status:
-    """Send our copy of ``name`` to the asking peer, unless we are already sending enough copies."""
+async def _serve(comm: Any, name: str, machine: str = "") -> Status:
+    """Give the asking peer ``name``: where to map our shared copy when it runs on our machine,
+    else the data itself, unless we are already sending enough copies."""
+    shared = _SHARED.get(name)
     if name not in _HELD:
         await comm.write({"status": "missing"})
+    elif shared is not None and machine and machine == machine_copy.machine():
+        await comm.write({"status": "same machine", "where": asdict(shared.where())})
     elif _SENDING.get(name, 0) >= MAX_SENDS_PER_HOLDER:
         await comm.write({"status": "busy"})
     else:
@@ -118,37 +132,65 @@ async def _serve(comm: Any, name: str) -> Status:
     return Status.dont_reply
 
 
-def _receive(name: str, data: Any, nbytes: int) -> dict[str, str]:
+def _receive(name: str, data: Any, nbytes: int, shared: bool = True) -> dict[str, str]:
     """Take the copy the client sends (the first and only one that leaves the client)."""
-    _HELD[name] = data
-    _STATS[name] = {"source": "client", "fetches": 0, "nbytes": nbytes, "seconds": 0.0}
+    _hold(name, data, shared)
+    _STATS[name] = {"source": "client", "fetches": 0, "nbytes": nbytes, "seconds": 0.0,
+                    "via": "network", "shared": name in _SHARED}
     return {"status": "OK"}
 
 
-async def _fetch(worker: Any, name: str, timeout: float) -> None:
-    """Copy ``name`` from a peer that holds it: ask peers in random order until one sends it."""
+def _hold(name: str, obj: Any, shared: bool) -> None:
+    """Keep ``obj`` as broadcast ``name``; when ``shared``, as the machine's one shared copy."""
+    copy = machine_copy.publish(obj, f"hpcbridge-broadcast-{name}") if shared else None
+    if copy is None:
+        _HELD[name] = obj
+        return
+    _SHARED[name] = copy
+    _HELD[name] = copy.load()  # the private copy goes; every worker here maps the same pages
+
+
+async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) -> None:
+    """Copy ``name`` from a peer that holds it: ask peers in random order, those on our host
+    first, until one sends it; a peer on our machine with a shared copy lets us map it instead."""
     started = time.monotonic()
     pause = 0.02
+    here = machine_copy.machine() if shared else ""
     while name not in _HELD:
         identity = await worker.scheduler.identity(n_workers=-1)
         peers = [address for address in identity["workers"] if address != worker.address]
         random.shuffle(peers)
+        peers.sort(key=lambda address: get_address_host(address) != worker.ip)
         for peer in peers:
             try:
-                reply = await worker.rpc(peer).hpcbridge_broadcast_get(name=name)
+                reply = await worker.rpc(peer).hpcbridge_broadcast_get(name=name, machine=here)
             except (OSError, KeyError):
                 continue  # the peer left, or does not speak hpcbridge (yet)
-            if isinstance(reply, dict) and reply.get("status") == "OK":
-                stats = _STATS.setdefault(name, {"fetches": 0})
-                stats.update(source=peer, nbytes=_nbytes(reply["data"]),
-                             seconds=time.monotonic() - started)
-                stats["fetches"] += 1
-                _HELD[name] = reply["data"]
+            status = reply.get("status") if isinstance(reply, dict) else None
+            if status == "same machine":
+                copy = machine_copy.attach(machine_copy.Where(**reply["where"]))
+                if copy is None:
+                    here = ""  # cannot map it (the holder left, or another user): copy over the network
+                    continue
+                _SHARED[name] = copy
+                _HELD[name] = copy.load()
+                _record_fetch(name, peer, "shared memory", copy.nbytes, started)
+                return
+            if status == "OK":
+                _hold(name, reply["data"], shared)
+                _record_fetch(name, peer, "network", _nbytes(reply["data"]), started)
                 return
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"no peer sent broadcast {name!r} within {timeout:.0f} s")
         await asyncio.sleep(pause)
         pause = min(0.5, pause * 2)
+
+
+def _record_fetch(name: str, peer: str, via: str, nbytes: int, started: float) -> None:
+    stats = _STATS.setdefault(name, {"fetches": 0})
+    stats.update(source=peer, via=via, nbytes=nbytes, seconds=time.monotonic() - started,
+                 shared=name in _SHARED)
+    stats["fetches"] += 1
 
 
 def _nbytes(obj: Any) -> int:
@@ -168,21 +210,28 @@ class BroadcastService(WorkerPlugin):
 class BroadcastCopy(WorkerPlugin):
     """Holds one broadcast on a worker: fetched from a peer at setup, dropped at teardown."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, shared: bool = True) -> None:
         self.broadcast_name = name
+        self.shared = shared
 
     async def setup(self, worker: Any) -> None:
         _install(worker)
         if self.broadcast_name not in _HELD:
-            await _fetch(worker, self.broadcast_name, FETCH_TIMEOUT)
+            await _fetch(worker, self.broadcast_name, FETCH_TIMEOUT, self.shared)
 
     def teardown(self, worker: Any) -> None:
         _HELD.pop(self.broadcast_name, None)
         _STATS.pop(self.broadcast_name, None)
+        shared = _SHARED.pop(self.broadcast_name, None)
+        if shared is not None:
+            shared.close()  # the memory goes when the tasks still using the object drop it
 
 
-def send(client: Client, obj: Any, name: str | None = None) -> Broadcast:
-    """Broadcast ``obj`` to every worker of ``client``'s cluster; see the module's docstring."""
+def send(client: Client, obj: Any, name: str | None = None, shared: bool = True) -> Broadcast:
+    """Broadcast ``obj`` to every worker of ``client``'s cluster; see the module's docstring.
+
+    ``shared``: workers on one machine map one read-only copy (else each has its own, writable).
+    """
     name = name or f"b-{secrets.token_hex(6)}"
     started = time.perf_counter()
     if PLUGIN_PREFIX + name in client.run_on_scheduler(_plugin_names):
@@ -200,13 +249,13 @@ def send(client: Client, obj: Any, name: str | None = None) -> Broadcast:
 
     async def put() -> None:
         reply = await client.rpc(first).hpcbridge_broadcast_put(
-            name=name, data=Serialized(header, frames), nbytes=_nbytes(obj))
+            name=name, data=Serialized(header, frames), nbytes=_nbytes(obj), shared=shared)
         if reply != {"status": "OK"}:
             raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
 
     client.sync(put)
     del header, frames
-    responses = client.register_plugin(BroadcastCopy(name), name=PLUGIN_PREFIX + name)
+    responses = client.register_plugin(BroadcastCopy(name, shared), name=PLUGIN_PREFIX + name)
     failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
     if failed:
         raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")

@@ -552,10 +552,11 @@ def rebind(client: Client, run: Run) -> None:
 
 def _fresh_futures(client: Client, run: Run) -> list[Future | None] | None:
     """The run's futures as the scheduler's record under its name holds them, bound to ``client``;
-    None when it holds no such run (released meanwhile, other chunks) or went away again."""
+    None when it holds no such run (released meanwhile, other chunks) or went away again (a
+    closed comm or a timeout: OSError)."""
     try:
         fresh = reattach(client, run.name)
-    except Exception:
+    except (KeyError, OSError):
         return None
     return fresh.futures if fresh.bounds == run.bounds else None
 

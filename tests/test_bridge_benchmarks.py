@@ -42,6 +42,13 @@ def test_broadcast_benchmark_compares_with_scatter() -> None:
     found = figures("broadcast.py", "--megabytes", "16", "--workers", "2")
     assert found["hpcbridge_bytes_from_client"] == 16 * 2**20
     assert found["hpcbridge_workers_holding_after_amm"] == 2
+    # one machine: one copy over the network, mapped by the other worker; private: each its own
+    assert (found["hpcbridge_network_copies"], found["hpcbridge_mapped_copies"]) == (1, 1)
+    assert (found["hpcbridge_private_network_copies"], found["hpcbridge_private_mapped_copies"]) == (2, 0)
+    assert found["hpcbridge_private_workers_holding_after_amm"] == 2
+    assert found["hpcbridge_private_bytes_from_client"] == 16 * 2**20
+    assert abs(found["hpcbridge_private_over_scatter_ratio"]
+               - found["hpcbridge_private_seconds"] / found["scatter_seconds"]) < 0.01 + 0.05 * found["hpcbridge_private_over_scatter_ratio"]
     assert {"hpcbridge_seconds", "scatter_seconds", "scatter_workers_holding_after_amm",
             "hpcbridge_scheduler_peak_growth_mb", "scatter_scheduler_peak_growth_mb", "hpcbridge_over_scatter_ratio"
             } <= set(found)

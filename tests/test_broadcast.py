@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -62,6 +63,27 @@ def test_broadcast_is_sent_once_copied_by_workers_and_survives_the_memory_manage
     assert grown < 40 * MB, f"the scheduler's peak memory grew by {grown / MB:.0f} MB"
     np.testing.assert_array_equal(bridge.client.submit(broadcast.value, handle.name, pure=False).result(), data)
     bridge.release(handle)
+
+
+def describe_broadcast(name: str) -> tuple[bool, str]:
+    values = broadcast.value(name)
+    return bool(values.flags.writeable), hashlib.sha256(values).hexdigest()
+
+
+def test_workers_on_one_machine_map_one_shared_read_only_copy(cluster) -> None:
+    """Shared (the default): one copy crosses the network and the peers here map it; not shared:
+    every worker receives its own writable copy over the network."""
+    _, bridge = cluster
+    data = np.random.default_rng(2).random(5_000_000)
+    for shared, via, writeable in ((True, "shared memory", False), (False, "network", True)):
+        handle = bridge.broadcast(data, shared=shared)
+        copies = list(bridge.client.run(broadcast.worker_stats).values())
+        fetched = [per_worker[handle.name] for per_worker in copies if per_worker[handle.name]["source"] != "client"]
+        assert [copy["via"] for copy in fetched] == [via, via], copies
+        assert all(per_worker[handle.name]["shared"] is shared for per_worker in copies)
+        seen = set(bridge.client.run(describe_broadcast, handle.name).values())  # what tasks get, per worker
+        assert seen == {(writeable, hashlib.sha256(data).hexdigest())}
+        bridge.release(handle)
 
 
 def test_a_worker_that_joins_later_copies_the_broadcast_from_a_peer(cluster) -> None:

@@ -18,12 +18,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import job_processes, register_leftover_check, wait_for
-from hpcbridge import jobs
+from hpcbridge import broadcast, jobs
 from hpcbridge.bridge import connect
 from hpcbridge.spec import JobSpec
 from hpcbridge.tls import create_certificates
@@ -202,6 +204,29 @@ def test_another_unix_user_is_refused_with_the_reason(tls_job, other_user, open_
     assert "cannot read the cluster's TLS CA certificate" in message and "permission denied" in message, message
     leaked.unlink()
     print(f"another user refused, process ended after {seconds:.1f} s")
+
+
+def test_another_unix_user_cannot_map_a_broadcasts_shared_copy(tls_job, other_user) -> None:
+    """The workers of a machine share a broadcast through /proc/PID/fd: the kernel lets only the
+    owner (or root) open it. Told exactly where the copy is, another user gets nothing."""
+    with connect(job=tls_job, n_workers=2, timeout=60) as bridge:
+        handle = bridge.broadcast(np.arange(1000.0))
+        places = bridge.client.run(lambda name: asdict(broadcast._SHARED[name].where()), handle.name)
+        assert len(places) == 2
+        where = next(iter(places.values()))
+        script = ("import os\n"
+                  "from hpcbridge import machine_copy\n"
+                  f"where = machine_copy.Where(**{where!r})\n"
+                  "print(machine_copy.attach(where))\n"
+                  "try:\n"
+                  "    os.open(f'/proc/{where.pid}/fd/{where.fd}', os.O_RDONLY)\n"
+                  "except PermissionError:\n"
+                  "    print('permission denied')\n")
+        done = subprocess.run([*python_for(other_user), "-c", script], capture_output=True, text=True,
+                              timeout=60, cwd="/tmp")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[:2] == ["None", "permission denied"], done.stdout
+        bridge.release(handle)
 
 
 def test_tcp_is_still_there_for_who_asks_with_a_warning(tmp_path) -> None:

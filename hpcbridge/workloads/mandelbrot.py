@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -219,23 +220,34 @@ def render_into_file(bridge: Bridge, view: View, path: str | os.PathLike[str],
                      block_bytes: int = BLOCK_BYTES) -> np.ndarray:
     """The whole image written by the workers into one ``.npy`` file; returns it memory-mapped (no copy).
 
-    For a client that shares a filesystem with the workers, as on every HPC system: the client
-    creates the file (owner-only, the header and the full size at once), each worker opens it
-    and writes its row blocks in place, and nothing but row counts travels back over the network.
-    The returned array is the file mapped read-only; MATLAB opens the same file with
-    ``memmapfile`` (the data start at the ``.npy`` header's length) or ``readNPY``.
+    For a client that shares a filesystem with the workers, as on every HPC system: each worker
+    computes its row blocks and writes them in place (:func:`rows_into_file`), and nothing but
+    row counts travels back over the network. MATLAB opens the same file with ``memmapfile``
+    (the data start at the ``.npy`` header's length) or ``readNPY``.
+    """
+    blocks = row_blocks(view, max(1, bridge.n_workers), block_bytes)
+    return rows_into_file(bridge, path, (view.height, view.width), _block_into_file,
+                          [(low, high, view) for low, high in blocks])
+
+
+def rows_into_file(bridge: Bridge, path: str | os.PathLike[str], shape: tuple[int, int],
+                   write_block: Callable[[tuple], int], tasks: list[tuple]) -> np.ndarray:
+    """Assemble a ``uint8`` array of ``shape`` in one ``.npy`` file the workers write; return it mapped.
+
+    The client creates the file (owner-only, the header and the full size at once); then
+    ``write_block((*task, path))`` runs on the workers for every task, one task per chunk, writes
+    its rows with :func:`write_rows` and returns how many it wrote. The rows written must add up
+    to the array's height. The returned array is the file mapped read-only.
     """
     path = Path(path).expanduser().resolve()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(descriptor)
-    created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(view.height, view.width))
-    del created  # header written, size set; the workers write the pixels
-    blocks = row_blocks(view, max(1, bridge.n_workers), block_bytes)
-    run = bridge.map(_block_into_file, [(low, high, view, str(path)) for low, high in blocks], chunk_size=1,
-                     progress=False)
+    created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    del created  # header written, size set; the workers write the rows
+    run = bridge.map(write_block, [(*task, str(path)) for task in tasks], chunk_size=1, progress=False)
     written = sum(bridge.gather(run, progress=False))
-    if written != view.height:
-        raise RuntimeError(f"the workers wrote {written} of {view.height} rows into {path}")
+    if written != shape[0]:
+        raise RuntimeError(f"the workers wrote {written} of {shape[0]} rows into {path}")
     return np.load(path, mmap_mode="r")
 
 
