@@ -3,9 +3,10 @@
 For each method: seconds until every worker holds the object, bytes that left the client, how
 much the scheduler's peak memory grew, and how many workers still hold a copy after waiting
 past the Active Memory Manager's interval. hpcbridge runs twice: shared (the default: the
-workers of one machine map one read-only copy, so here, one machine, a single copy crosses the
-network) and private (``shared=False``: every worker its own copy over the network, as on
-nodes with one worker each). Beside them, the loopback limit: the object's bytes
+workers of one machine map one read-only copy; here the client shares the workers' machine, so
+it writes that copy itself and nothing crosses the network, as for a client inside the
+allocation) and private (``shared=False``: every worker its own copy over the network, as on
+nodes with one worker each and a client on a login node). Beside them, the loopback limit: the object's bytes
 times the copies a broadcast makes (one per worker), over the single-stream bandwidth of a plain
 TCP socket on 127.0.0.1 measured in the same run. Prints ``name: value`` lines.
 
@@ -111,6 +112,7 @@ def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared
     handle = bridge.broadcast(data, shared=shared)
     print(f"{label}_seconds: {handle.seconds:.3f}")
     print(f"{label}_bytes_from_client: {handle.nbytes}")
+    print(f"{label}_left_the_client_by: {handle.via}")
     print(f"{label}_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
     copies = [stats[handle.name] for stats in client.run(broadcast.worker_stats).values()]
     print(f"{label}_network_copies: {sum(copy['via'] == 'network' for copy in copies)}")

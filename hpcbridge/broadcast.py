@@ -8,6 +8,8 @@ holds it (distributed 2026.8, measured here).
 How it works instead:
 
 1. The client serializes the object once and sends it straight to one worker (no scheduler hop).
+   A client on the same machine as a worker (a local cluster, a client inside the allocation)
+   writes the machine's shared copy itself instead (see 3.), and that worker maps it.
 2. A :class:`BroadcastCopy` worker plugin named after the broadcast is registered. The scheduler
    keeps only the plugin (a few hundred bytes) and runs its ``setup`` on every worker, now and on
    every worker that joins later. ``setup`` fetches the object from a peer that holds it; each
@@ -62,13 +64,15 @@ class Broadcast:
 
     ``nbytes`` is what left the client (the serialized frames, sent once); ``seconds`` is the time
     from the start of serialization until every worker held a copy; ``n_workers`` is how many
-    workers held it then.
+    workers held it then; ``via`` is how it left: ``"network"`` to one worker, or ``"shared
+    memory"`` when the client shares a machine with a worker and wrote the shared copy itself.
     """
 
     name: str
     nbytes: int
     seconds: float
     n_workers: int
+    via: str = "network"
 
     def __str__(self) -> str:
         return self.name
@@ -132,11 +136,20 @@ async def _serve(comm: Any, name: str, machine: str = "") -> Status:
     return Status.dont_reply
 
 
-def _receive(name: str, data: Any, nbytes: int, shared: bool = True) -> dict[str, str]:
-    """Take the copy the client sends (the first and only one that leaves the client)."""
-    _hold(name, data, shared)
+def _receive(name: str, nbytes: int, data: Any = None, where: dict | None = None,
+             shared: bool = True) -> dict[str, str]:
+    """Take the copy the client sends (the first and only one that leaves the client): the data,
+    or, from a client on our machine, where to map the shared copy it wrote."""
+    if where is not None:
+        copy = machine_copy.attach(machine_copy.Where(**where))
+        if copy is None:
+            return {"status": "cannot map"}  # the client then sends the data
+        _SHARED[name] = copy
+        _HELD[name] = copy.load()
+    else:
+        _hold(name, data, shared)
     _STATS[name] = {"source": "client", "fetches": 0, "nbytes": nbytes, "seconds": 0.0,
-                    "via": "network", "shared": name in _SHARED}
+                    "via": "network" if where is None else "shared memory", "shared": name in _SHARED}
     return {"status": "OK"}
 
 
@@ -243,23 +256,41 @@ def send(client: Client, obj: Any, name: str | None = None, shared: bool = True)
     if not workers:
         raise RuntimeError("no workers to broadcast to: wait for workers first")
     client.register_plugin(BroadcastService())
-    header, frames = serialize(obj)
-    nbytes = sum(memoryview(frame).nbytes for frame in frames)
-    first = random.choice(workers)
-
-    async def put() -> None:
-        reply = await client.rpc(first).hpcbridge_broadcast_put(
-            name=name, data=Serialized(header, frames), nbytes=_nbytes(obj), shared=shared)
-        if reply != {"status": "OK"}:
-            raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
-
-    client.sync(put)
-    del header, frames
+    nbytes, via = _put(client, workers, name, obj, shared)
     responses = client.register_plugin(BroadcastCopy(name, shared), name=PLUGIN_PREFIX + name)
     failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
     if failed:
         raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")
-    return Broadcast(name, nbytes, time.perf_counter() - started, len(responses or {}))
+    return Broadcast(name, nbytes, time.perf_counter() - started, len(responses or {}), via)
+
+
+def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool) -> tuple[int, str]:
+    """Give the first worker its copy; return the bytes that left the client and how.
+
+    A client on the machine of some worker (a local cluster, a client inside the allocation)
+    writes the shared copy itself and that worker maps it: nothing crosses the network. Else,
+    or when the worker cannot map it, the serialized object goes to one worker over the comm.
+    """
+    async def put(worker: str, **message: Any) -> Any:
+        return await client.rpc(worker).hpcbridge_broadcast_put(name=name, nbytes=_nbytes(obj), **message)
+
+    here = machine_copy.machine() if shared else ""
+    machines = client.run(machine_copy.machine) if here else {}
+    beside = [address for address, machine in machines.items() if machine == here]
+    copy = machine_copy.publish(obj, f"hpcbridge-broadcast-{name}") if beside else None
+    if copy is not None:
+        try:
+            reply = client.sync(put, random.choice(beside), where=asdict(copy.where()), shared=True)
+        finally:
+            copy.close()  # the worker holds its own descriptor now; the memory lives while it does
+        if reply == {"status": "OK"}:
+            return copy.payload_bytes, "shared memory"
+    header, frames = serialize(obj)
+    first = random.choice(workers)
+    reply = client.sync(put, first, data=Serialized(header, frames), shared=shared)
+    if reply != {"status": "OK"}:
+        raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
+    return sum(memoryview(frame).nbytes for frame in frames), "network"
 
 
 def release(client: Client, name: str) -> None:

@@ -79,15 +79,23 @@ class MachineCopy:
         self.nbytes = os.fstat(fd).st_size
         self._map = mmap.mmap(fd, self.nbytes, access=mmap.ACCESS_READ)
 
+    @property
+    def payload_bytes(self) -> int:
+        """The bytes of the object's pickle and buffers, without the table and the alignment."""
+        return sum(length for _, length in self._regions())
+
+    def _regions(self) -> list[tuple[int, int]]:
+        view = memoryview(self._map)
+        _, _, table_length = _PREFIX.unpack_from(view)
+        return pickle.loads(view[_PREFIX.size:_PREFIX.size + table_length])
+
     def where(self) -> Where:
         return Where(machine(), os.getpid(), self.fd, self.token)
 
     def load(self) -> Any:
         """The object, its buffers mapped read-only from the shared copy (no copy of them made)."""
         view = memoryview(self._map)
-        _, _, table_length = _PREFIX.unpack_from(view)
-        regions = pickle.loads(view[_PREFIX.size:_PREFIX.size + table_length])
-        (start, length), *buffers = regions
+        (start, length), *buffers = self._regions()
         return pickle.loads(view[start:start + length],
                             buffers=[view[offset:offset + size] for offset, size in buffers])
 

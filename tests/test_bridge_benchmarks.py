@@ -40,10 +40,11 @@ def test_map_overhead_prints_per_item_costs_and_the_ratio_to_raw_client_map() ->
 
 def test_broadcast_benchmark_compares_with_scatter() -> None:
     found = figures("broadcast.py", "--megabytes", "16", "--workers", "2")
-    assert found["hpcbridge_bytes_from_client"] == 16 * 2**20
+    assert 16 * 2**20 <= found["hpcbridge_bytes_from_client"] < 16 * 2**20 + 4096  # the array and a header
     assert found["hpcbridge_workers_holding_after_amm"] == 2
-    # one machine: one copy over the network, mapped by the other worker; private: each its own
-    assert (found["hpcbridge_network_copies"], found["hpcbridge_mapped_copies"]) == (1, 1)
+    # one machine, the client's too: the client writes the shared copy, both workers map it;
+    # private: each worker its own copy over the network
+    assert (found["hpcbridge_network_copies"], found["hpcbridge_mapped_copies"]) == (0, 2)
     assert (found["hpcbridge_private_network_copies"], found["hpcbridge_private_mapped_copies"]) == (2, 0)
     assert found["hpcbridge_private_workers_holding_after_amm"] == 2
     assert found["hpcbridge_private_bytes_from_client"] == 16 * 2**20
