@@ -461,9 +461,8 @@ class Bridge:
         if not self.connected or not self._unreleased:
             return
         try:
-            held = set(self.client.list_datasets())
-            for unreleased in sorted(self._unreleased & held):
-                self.client.unpublish_dataset(unreleased)
+            for unreleased in sorted(self._unreleased):
+                self.client.unpublish_dataset(unreleased)  # a name the scheduler no longer holds is no error
         except OSError:  # lost again meanwhile (a CommClosedError is an OSError): released once attached again
             return
         self._unreleased.clear()

@@ -74,15 +74,21 @@ class RunDirectory:
 
     # --- chunks: written by workers, read by clients -----------------------------------
 
-    def save_chunk(self, low: int, high: int, values: Any) -> None:
-        """Write one finished chunk's values: ``.npy`` for a NumPy array of plain values, else pickled."""
+    def save_chunk(self, low: int, high: int, values: Any) -> bytes | None:
+        """Write one finished chunk's values: ``.npy`` for a NumPy array of plain values, else pickled.
+
+        Returns the pickle it wrote (``None`` for ``.npy``), so that the worker can send those
+        bytes back instead of having its values pickled a second time for the trip.
+        """
         import numpy as np
 
         base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
         if isinstance(values, np.ndarray) and values.dtype != object:
             _write_private(base + ".npy", lambda file: np.save(file, values, allow_pickle=False))
-        else:
-            _write_private(base + ".pkl", pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL))
+            return None
+        pickled = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+        _write_private(base + ".pkl", pickled)
+        return pickled
 
     def load_chunk(self, low: int, high: int) -> Any:
         """A saved chunk's values, or raise ``FileNotFoundError``."""
