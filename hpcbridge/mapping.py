@@ -153,12 +153,21 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
 
 @dataclass(frozen=True)
 class Pickled:
-    """A chunk's values as the pickle its worker saved; the client loads them (:meth:`values`)."""
+    """A chunk's values as the pickle its worker saved; the client loads them (:meth:`values`).
 
-    data: bytes
+    The pickle travels as a buffer of its own (protocol 5), so distributed sends it as a frame
+    without copying it into its message (8 MB blocks: two copies fewer each way).
+    """
+
+    data: bytes | memoryview
 
     def values(self) -> Any:
         return pickle.loads(self.data)
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        if protocol >= 5:
+            return Pickled, (pickle.PickleBuffer(self.data),)
+        return Pickled, (bytes(self.data),)
 
 
 def _call_each(task: ChunkTask, args: list[Any], values: list[Any], errors: dict[int, tuple[str, str, str]],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import operator
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,33 @@ def test_a_slow_first_call_on_cold_workers_still_gets_chunks_sized_for_cheap_ite
     run = bridge.map(cold, range(20_000), progress=False)
     assert bridge.gather(run, progress=False) == list(range(20_000))
     assert len(run.futures) < 200  # not one task per item
+
+
+def test_results_come_straight_from_the_workers_unless_the_client_cannot_reach_them(cluster, monkeypatch) -> None:
+    """Gathering through the scheduler sends every byte over two connections; a client that reaches
+    the workers gathers from them, one that reaches the scheduler only (a tunnel to its port)
+    keeps the scheduler's route, decided within a bound and once per client."""
+    job, bridge = cluster
+    assert mapping.reaches_workers(bridge.client) is True
+    with connect(job=job, n_workers=2, timeout=60) as other:
+        with socket.socket() as closed:  # a port nobody listens on: what a firewalled worker looks like
+            closed.bind(("127.0.0.1", 0))
+            address = f"tls://127.0.0.1:{closed.getsockname()[1]}"
+        real_info = other.client.scheduler_info
+        monkeypatch.setattr(other.client, "scheduler_info", lambda **kw: {**real_info(**kw), "workers": {address: {}}})
+        started = time.monotonic()
+        assert mapping.reaches_workers(other.client) is False
+        assert time.monotonic() - started < mapping.DIRECT_PROBE_SECONDS + 1
+        monkeypatch.undo()
+        routes: list = []
+        real_gather = other.client.gather
+        monkeypatch.setattr(other.client, "gather", lambda futures, **kw: routes.append(kw.get("direct")) or
+                            real_gather(futures, **kw))
+        assert other.gather(other.map(operator.neg, range(50), progress=False), progress=False) == [-x for x in range(50)]
+        assert routes == [False]  # decided once: through the scheduler
+    routes.clear()
+    own_gather = bridge.client.gather
+    monkeypatch.setattr(bridge.client, "gather", lambda futures, **kw: routes.append(kw.get("direct")) or
+                        own_gather(futures, **kw))
+    assert bridge.gather(bridge.map(operator.neg, range(50), progress=False), progress=False) == [-x for x in range(50)]
+    assert routes == [True]

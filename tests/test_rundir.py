@@ -4,6 +4,7 @@ read back when the cluster no longer holds them, resumed by a later map of the s
 from __future__ import annotations
 
 import operator
+import pickle
 import os
 import stat
 import sys
@@ -159,3 +160,28 @@ def test_gathering_again_after_the_client_gave_up_attaches_again_and_collects_fr
         bridge.client.close()  # e.g. after SchedulerUnreachable, once the scheduler's node is back
         assert bridge.gather(run, progress=False) == [x * x for x in range(5000)]
         assert bridge.connected and "again" not in bridge.runs() and not os.path.exists(run.directory)
+
+
+def list_of_blocks(x: int) -> list[np.ndarray]:
+    return [np.full((200, 500), x, dtype=np.uint8)]
+
+
+def test_a_saved_chunk_comes_back_as_the_pickle_on_disk_sent_as_its_own_frame(cluster) -> None:
+    """The worker pickles a chunk once: the bytes it saved are what it returns, and they travel as
+    an out-of-band buffer (no copy into distributed's message) before the client loads them."""
+    _, bridge = cluster
+    run = bridge.map(list_of_blocks, range(4), chunk_size=2, name="pickled-once", progress=False)
+    raw = bridge.client.gather(run.futures)  # the chunks as the workers returned them
+    folder = RunDirectory(run.directory)
+    for (low, high), (values, errors, _, _) in zip(run.bounds, raw):
+        assert isinstance(values, mapping.Pickled) and not errors
+        assert bytes(values.data) == Path(run.directory, f"chunk-{low}-{high}.pkl").read_bytes()
+        buffers: list = []
+        header = pickle.dumps(values, protocol=5, buffer_callback=buffers.append)
+        assert len(buffers) == 1 and len(header) < 200  # the pickle went beside the message, not in it
+        loaded, on_disk = values.values(), folder.load_chunk(low, high)
+        assert len(loaded) == len(on_disk) == high - low
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(loaded, on_disk))
+    results = bridge.gather(run, progress=False)
+    assert [int(block[0][0, 0]) for block in results] == [0, 1, 2, 3]
+    assert all(block[0].shape == (200, 500) for block in results)
