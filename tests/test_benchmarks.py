@@ -112,3 +112,17 @@ def test_benchmark_options_say_what_they_do_and_their_defaults(script: str) -> N
         name = line.split()[0]
         entry = described.split(name, 1)[1].split("\n  --", 1)[0]
         assert "(default:" in entry, f"{script} {name} has no default shown"
+
+
+def test_a_goal_set_for_one_size_is_judged_at_that_size_only() -> None:
+    """``make bench --quick`` renders a 400x400 image: the 35000^2-in-30-s row must not say "yes" then."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    figure = next(figure for figure in compare.FIGURES if figure.size)
+    lines = {"size": "400x400", figure.ours: "0.2", figure.baseline: "0.3", figure.ratio: "0.2"}
+    assert figure.row(lines)[-1] == f"(at {figure.size} only)"
+    assert figure.row({**lines, "size": figure.size})[-1] == "yes"
+    assert figure.row({**lines, "size": figure.size, figure.ratio: "31.0"})[-1] == "no"

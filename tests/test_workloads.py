@@ -70,7 +70,12 @@ def test_row_blocks_cover_every_row_once_and_within_the_byte_budget() -> None:
     blocks = mandelbrot.row_blocks(view, workers=2)
     assert blocks[0][0] == 0 and blocks[-1][1] == view.height
     assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
-    assert max((high - low) * view.width for low, high in blocks) <= mandelbrot.BLOCK_BYTES
+    sizes = [(high - low) * view.width for low, high in blocks]
+    assert max(sizes) <= mandelbrot.BLOCK_BYTES
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True)  # large first, shrinking towards the end
+    assert sizes[-2] <= mandelbrot.SMALLEST_BLOCK_BYTES < sizes[0] / 16 and len(blocks) < 100
+    small = mandelbrot.row_blocks(mandelbrot.View(400, 400), workers=2)
+    assert len(small) >= 4 and small[-1][1] == 400  # a small image is still shared out
 
 
 def test_view_rejects_what_does_not_fit_uint8() -> None:
