@@ -200,10 +200,10 @@ def test_results_come_straight_from_the_workers_unless_the_client_cannot_reach_t
         monkeypatch.setattr(other.client, "gather", lambda futures, **kw: routes.append(kw.get("direct")) or
                             real_gather(futures, **kw))
         assert other.gather(other.map(operator.neg, range(50), progress=False), progress=False) == [-x for x in range(50)]
-        assert routes == [False]  # decided once: through the scheduler
+        assert routes and set(routes) == {False}  # decided once: through the scheduler (probe and results)
     routes.clear()
     own_gather = bridge.client.gather
     monkeypatch.setattr(bridge.client, "gather", lambda futures, **kw: routes.append(kw.get("direct")) or
                         own_gather(futures, **kw))
     assert bridge.gather(bridge.map(operator.neg, range(50), progress=False), progress=False) == [-x for x in range(50)]
-    assert routes == [True]
+    assert routes and set(routes) == {True}

@@ -61,6 +61,12 @@ class NoWaits:
     def sync(self, fn) -> None:
         self.waits += 1
 
+    def scheduler_info(self, **_: object) -> dict:
+        return {"workers": {}}  # no worker to reach directly: results come through the scheduler
+
+    def gather(self, future: Done, direct: bool | None = None) -> tuple:
+        return future.result()
+
 
 def probe_with(seconds_per_call: float, n: int, threads: int = 2) -> tuple[list[tuple[int, int]], int, float]:
     submitted: list[tuple[int, int]] = []
