@@ -6,9 +6,10 @@ past the Active Memory Manager's interval. hpcbridge runs twice: shared (the def
 workers of one machine map one read-only copy; here the client shares the workers' machine, so
 it writes that copy itself and nothing crosses the network, as for a client inside the
 allocation) and private (``shared=False``: every worker its own copy over the network, as on
-nodes with one worker each and a client on a login node). Beside them, the loopback limit: the object's bytes
-times the copies a broadcast makes (one per worker), over the single-stream bandwidth of a plain
-TCP socket on 127.0.0.1 measured in the same run. Prints ``name: value`` lines.
+nodes with one worker each and a client on a login node). Beside them, the loopback limit: the
+object's bytes times the copies a private broadcast makes (one per worker), over the
+single-stream bandwidth of a plain TCP socket on 127.0.0.1 measured in the same run. Prints
+``name: value`` lines.
 
     .venv/bin/python benchmarks/broadcast.py --megabytes 400 --workers 4
 """

@@ -123,7 +123,10 @@ def publish(obj: Any, label: str = "hpcbridge") -> MachineCopy | None:
     table = pickle.dumps(regions)
     assert len(table) <= table_length
     token = secrets.token_bytes(16)
-    fd = os.memfd_create(label, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        fd = os.memfd_create(label, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None  # a kernel without memfd (or one that refuses it): private copies, as before
     try:
         os.ftruncate(fd, offset)
         _write(fd, _PREFIX.pack(MAGIC, token, len(table)) + table, 0)
@@ -141,8 +144,8 @@ def attach(where: Where) -> MachineCopy | None:
     if not where.machine or where.machine != machine():
         return None
     try:
-        fd = os.open(f"/proc/{where.pid}/fd/{where.fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        fd = os.open(f"/proc/{int(where.pid)}/fd/{int(where.fd)}", os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError, TypeError):
         return None  # the holder is gone, or the kernel does not let us trace it
     try:
         prefix = os.pread(fd, _PREFIX.size, 0)

@@ -26,13 +26,14 @@ have no result anywhere, :func:`collect` raises the :mod:`hpcbridge.losses` erro
 from __future__ import annotations
 
 import asyncio
-import pickle
 import itertools
 import logging
 import math
+import pickle
 import secrets
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -334,7 +335,7 @@ class Run:
                    directory.path)
 
 
-_REACHES: dict[int, tuple[Client, bool]] = {}  # per client: whether it gathers from workers directly
+_REACHES: weakref.WeakKeyDictionary[Client, bool] = weakref.WeakKeyDictionary()  # per client: gathers directly?
 
 
 def new_run_name() -> str:
@@ -771,21 +772,25 @@ def reaches_workers(client: Client) -> bool:
     directly (distributed still takes what a worker does not send through the scheduler); one
     behind a tunnel to the scheduler's port only keeps the scheduler's route.
     """
-    known = _REACHES.get(id(client))
-    if known is not None and known[0] is client:
-        return known[1]
-    workers = list(client.scheduler_info(n_workers=-1).get("workers", ()))
+    known = _REACHES.get(client)
+    if known is not None:
+        return known
 
-    async def probe() -> bool:
-        await asyncio.wait_for(client.rpc(workers[0]).identity(), DIRECT_PROBE_SECONDS)
+    async def probe(worker: str) -> bool:
+        await asyncio.wait_for(client.rpc(worker).identity(), DIRECT_PROBE_SECONDS)
         return True
 
     try:
-        reached = bool(workers) and client.sync(probe)
+        workers = list(client.scheduler_info(n_workers=-1).get("workers", ()))
+    except Exception:  # the scheduler is away: through it (distributed's default), asked again next time
+        return False
+    if not workers:
+        return False
+    try:
+        reached = client.sync(probe, workers[0])
     except Exception:  # refused, timed out, TLS refused: any failure means "not directly"
         reached = False
-    if workers:
-        _REACHES[id(client)] = (client, reached)
+    _REACHES[client] = reached
     return reached
 
 
