@@ -114,14 +114,14 @@ def publish(obj: Any, label: str = "hpcbridge") -> MachineCopy | None:
     main = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     raws = [buffer.raw() for buffer in buffers]
     parts = [memoryview(main), *raws]
-    table_length = len(pickle.dumps([(0, 0)] * len(parts))) + 16 * len(parts)  # room for the offsets
+    # Room for the table of (offset, length) pairs at their largest encoding, before the offsets are known.
+    table_length = len(pickle.dumps([(2**62 + index, 2**62 + index) for index in range(len(parts))]))
     offset = _aligned(_PREFIX.size + table_length)
     regions = []
     for part in parts:
         regions.append((offset, part.nbytes))
         offset = _aligned(offset + part.nbytes)
     table = pickle.dumps(regions)
-    assert len(table) <= table_length
     token = secrets.token_bytes(16)
     try:
         fd = os.memfd_create(label, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)

@@ -77,3 +77,13 @@ def test_a_wrong_token_another_machine_or_a_gone_holder_is_refused() -> None:
     os.close(plain)
     copy.close()
     assert machine_copy.attach(where) is None
+
+
+def test_hundreds_of_buffers_fit_the_table_and_come_back_in_order() -> None:
+    arrays = [np.full(1000 + index, index, dtype=np.int32) for index in range(300)]
+    copy = machine_copy.publish(arrays)
+    assert copy is not None
+    loaded = copy.load()
+    assert len(loaded) == 300 and all(np.array_equal(a, b) for a, b in zip(loaded, arrays))
+    assert copy.payload_bytes >= sum(array.nbytes for array in arrays)
+    copy.close()
