@@ -144,8 +144,7 @@ def _receive(name: str, nbytes: int, data: Any = None, where: dict | None = None
         copy = machine_copy.attach(machine_copy.Where(**where))
         if copy is None:
             return {"status": "cannot map"}  # the client then sends the data
-        _SHARED[name] = copy
-        _HELD[name] = copy.load()
+        _keep_shared(name, copy)
     else:
         _hold(name, data, shared)
     _STATS[name] = {"source": "client", "fetches": 0, "nbytes": nbytes, "seconds": 0.0,
@@ -158,9 +157,14 @@ def _hold(name: str, obj: Any, shared: bool) -> None:
     copy = machine_copy.publish(obj, f"hpcbridge-broadcast-{name}") if shared else None
     if copy is None:
         _HELD[name] = obj
-        return
+    else:
+        _keep_shared(name, copy)  # the private copy goes; every worker here maps the same pages
+
+
+def _keep_shared(name: str, copy: machine_copy.MachineCopy) -> None:
+    """Hold broadcast ``name`` as the objects mapped from the machine's shared copy."""
     _SHARED[name] = copy
-    _HELD[name] = copy.load()  # the private copy goes; every worker here maps the same pages
+    _HELD[name] = copy.load()
 
 
 async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) -> None:
@@ -185,8 +189,7 @@ async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) ->
                 if copy is None:
                     here = ""  # cannot map it (the holder left, or another user): copy over the network
                     continue
-                _SHARED[name] = copy
-                _HELD[name] = copy.load()
+                _keep_shared(name, copy)
                 _record_fetch(name, peer, "shared memory", copy.nbytes, started)
                 return
             if status == "OK":

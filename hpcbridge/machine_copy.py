@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from hpcbridge.private_files import write_at
+
 MAGIC = b"HPCBMC01"
 _PREFIX = struct.Struct("<8s16sQ")  # magic, token, length of the region table
 ALIGN = 64
 _SEALS = (getattr(fcntl, "F_SEAL_SEAL", 0) | getattr(fcntl, "F_SEAL_SHRINK", 0)
           | getattr(fcntl, "F_SEAL_GROW", 0) | getattr(fcntl, "F_SEAL_WRITE", 0))
-_WRITE_CHUNK = 1 << 30  # pwrite moves at most about 2 GiB per call on Linux
 
 
 @cache
@@ -129,9 +130,9 @@ def publish(obj: Any, label: str = "hpcbridge") -> MachineCopy | None:
         return None  # a kernel without memfd (or one that refuses it): private copies, as before
     try:
         os.ftruncate(fd, offset)
-        _write(fd, _PREFIX.pack(MAGIC, token, len(table)) + table, 0)
+        write_at(fd, _PREFIX.pack(MAGIC, token, len(table)) + table, 0)
         for (start, _), part in zip(regions, parts):
-            _write(fd, part, start)
+            write_at(fd, part, start)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
         return MachineCopy(fd, token)
     except BaseException:
@@ -161,9 +162,3 @@ def attach(where: Where) -> MachineCopy | None:
 def _aligned(offset: int) -> int:
     return -(-offset // ALIGN) * ALIGN
 
-
-def _write(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    while view.nbytes:
-        written = os.pwrite(fd, view[:_WRITE_CHUNK], offset)
-        view, offset = view[written:], offset + written

@@ -481,7 +481,7 @@ def _probe(client: Client, submit: Callable[[int, int], Future], n: int, threads
         return position, PROBE_WAIT_COLD / 2  # slow items: at least this long each
     if finished[0].status != "finished":
         return position, TARGET_CHUNK_SECONDS  # it failed; gather will say why; keep chunks small
-    per_item, measured = _timing(_result(client, finished[0]), sizes[finished[0].key])
+    per_item, measured = _timing(_gather(client, finished[0]), sizes[finished[0].key])
     for _ in range(MAX_PROBES):
         if measured >= PROBE_SECONDS or position >= n or per_item * (n - position) <= FEW_CHUNKS_SECONDS:
             break
@@ -490,14 +490,14 @@ def _probe(client: Client, submit: Callable[[int, int], Future], n: int, threads
         _wait(client, [future], PROBE_WAIT)
         if not future.done() or future.status != "finished":
             return high, per_item  # landed on a worker still busy or failing: keep the estimate
-        per_item, measured = _timing(_result(client, future), high - position)
+        per_item, measured = _timing(_gather(client, future), high - position)
         position = high
     return position, per_item
 
 
-def _result(client: Client, future: Future) -> Any:
-    """A finished future's result, straight from its worker when the client reaches it."""
-    return client.gather(future, direct=reaches_workers(client))
+def _gather(client: Client, futures: Future | list[Future]) -> Any:
+    """Finished futures' results, straight from their workers when the client reaches them."""
+    return client.gather(futures, direct=reaches_workers(client))
 
 
 def _probe_size(per_item: float, remaining: int, threads: int) -> int:
@@ -708,7 +708,7 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
     gathered: list[Any] = []
     if finished and client.status == "running":
         try:
-            gathered = client.gather([run.futures[i] for i in finished], direct=reaches_workers(client))
+            gathered = _gather(client, [run.futures[i] for i in finished])
         except Exception:  # the cluster went away while sending: take what the disk has
             gathered = []
             watch.lost(cancelled=True)

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+WRITE_CHUNK = 1 << 30  # bytes per positioned write
+
 
 def make_private_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` and any missing parents as 0700 folders; make ``path`` itself 0700.
@@ -49,3 +51,12 @@ def write_private_file(path: str | os.PathLike[str], data: bytes | str) -> Path:
 def open_private_log(path: str | os.PathLike[str]):
     """Open ``path`` for writing (binary) as a 0600 file, created if missing."""
     return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` into the open file ``fd`` at ``offset`` (positioned writes, repeated
+    until all is written: one call may write less, at most about 2 GiB on Linux)."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = os.pwrite(fd, view[:WRITE_CHUNK], offset)
+        view, offset = view[written:], offset + written

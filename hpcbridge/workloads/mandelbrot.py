@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcbridge.bridge import Bridge
+from hpcbridge.private_files import write_at
 
 #: The region of the issue: a filament near the Seahorse valley, no cardioid or bulb inside.
 REGION = (-0.7440, -0.7433, 0.1315, 0.1322)
@@ -221,10 +222,7 @@ def write_rows(path: str, low: int, block: np.ndarray) -> int:
         raise ValueError(f"rows {low}..{low + len(block)} of {block.dtype} {block.shape[1:]} do not fit "
                          f"{path} ({dtype} {tuple(shape)})")
     with open(path, "r+b") as file:
-        data, offset = memoryview(block).cast("B"), start + low * (block.nbytes // max(1, len(block)))
-        while data:  # a write may take less than all (at most ~2 GiB per call on Linux)
-            written = os.pwrite(file.fileno(), data, offset)
-            data, offset = data[written:], offset + written
+        write_at(file.fileno(), block, start + low * (block.nbytes // max(1, len(block))))
     return len(block)
 
 
