@@ -2,10 +2,12 @@
 
 Prints ``name: value`` lines. The function is ``operator.neg``, so nearly all the time measured is
 overhead. In the same run: a serial loop, ``multiprocessing.Pool.map`` with as many processes as
-workers at its best chunksize (the best peer for tiny items on one machine), and raw
+workers at its best chunksize (the best peer for tiny items on one machine; the chunksize is
+chosen first, then the pool's map is timed in turn with the bridge's, best of each), and raw
 ``client.map``, which makes one task per item and costs milliseconds per item, so it is measured
 on fewer items (``--raw-items``); the ratios compare per-item times. ``run_start_ms`` is the
-fixed cost of a run: ``map`` of one item until it returns. ``saving_cost_ratio`` is the time of
+fixed cost of a run: ``map`` of one item until it returns. The repeats map the same function,
+so after the first they plan from the time per item the earlier runs measured (no warm-up). ``saving_cost_ratio`` is the time of
 the map with its chunks saved to the run directory (the default) over the same map with
 ``save=False``, interleaved: what keeping results on disk costs.
 
@@ -22,6 +24,7 @@ import time
 from hpcbridge.backends.local_cluster import local_cluster
 
 RAW_REPEATS = 3  # raw client.map is timed at most this often, whatever --repeats says
+SETTLE_SECONDS = 0.05  # a pause before each timed map, so that none pays for the last one's clean-up
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,31 +46,36 @@ def measure(bridge, options) -> None:
     items = range(options.items)
     raw_items = list(range(options.raw_items))
     bridge.gather(bridge.map(operator.neg, range(1000), progress=False), progress=False)  # warm up
-    ours, unsaved, raw, chunks = [], [], [], 0
-    for repeat in range(options.repeats):  # interleaved, best of each
-        # The map as users run it (its chunks saved to the run directory), and the same map with
-        # save=False, in turns (each goes first every other repeat, so neither always follows raw).
-        for save in (True, False) if repeat % 2 == 0 else (False, True):
-            started = time.perf_counter()
-            run = bridge.map(operator.neg, items, progress=False, save=save)
-            results = bridge.gather(run, progress=False)
-            (ours if save else unsaved).append(time.perf_counter() - started)
-            chunks = len(run.futures)
-            assert results[-1] == -(options.items - 1)
-        if repeat < RAW_REPEATS:  # a second each: its spread is small beside its size
-            started = time.perf_counter()
-            futures = bridge.client.map(operator.neg, raw_items, pure=False)
-            bridge.client.gather(futures)
-            raw.append(time.perf_counter() - started)
-            del futures
+    ours, unsaved, raw, pooled, serial, chunks = [], [], [], [], [], 0
+    with multiprocessing.get_context("spawn").Pool(bridge.n_workers) as pool:  # started beforehand, as a cluster is
+        pool.map(operator.neg, range(1000))
+        pool_chunksize = _best_chunksize(pool, options.items, bridge.n_workers)
+        for repeat in range(options.repeats):  # interleaved, best of each: the machine's speed drifts
+            # The map as users run it (its chunks saved to the run directory), and the same map with
+            # save=False, in turns (each goes first every other repeat, so neither always follows raw).
+            for save in (True, False) if repeat % 2 == 0 else (False, True):
+                time.sleep(SETTLE_SECONDS)
+                started = time.perf_counter()
+                run = bridge.map(operator.neg, items, progress=False, save=save)
+                results = bridge.gather(run, progress=False)
+                (ours if save else unsaved).append(time.perf_counter() - started)
+                chunks = len(run.futures)
+                assert results[-1] == -(options.items - 1)
+            pooled.append(_pool_seconds(pool, options.items, pool_chunksize))
+            serial.append(_serial(options.items))
+            if repeat < RAW_REPEATS:  # a second each: its spread is small beside its size
+                started = time.perf_counter()
+                futures = bridge.client.map(operator.neg, raw_items, pure=False)
+                bridge.client.gather(futures)
+                raw.append(time.perf_counter() - started)
+                del futures
     starts = []
     for _ in range(5):
         started = time.perf_counter()
         run = bridge.map(operator.neg, [1], progress=False)
         starts.append(time.perf_counter() - started)
         bridge.gather(run, progress=False)
-    serial_seconds = min(_serial(options.items) for _ in range(options.repeats))
-    pool_seconds, pool_chunksize = _best_pool(options.items, bridge.n_workers, options.repeats)
+    serial_seconds, pool_seconds = min(serial), min(pooled)
     per_item = min(ours) / options.items
     raw_per_item = min(raw) / options.raw_items
     pool_per_item = pool_seconds / options.items
@@ -96,18 +104,19 @@ def _serial(n: int) -> float:
     return time.perf_counter() - started
 
 
-def _best_pool(n: int, processes: int, repeats: int) -> tuple[float, int]:
-    """``Pool.map``'s best time over a few chunksizes (the pool started beforehand, as a cluster is)."""
-    best = (float("inf"), 0)
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        pool.map(operator.neg, range(1000))
-        for chunksize in sorted({max(1, n // (4 * processes)), max(1, n // processes), 10_000, 1_000}):
-            for _ in range(repeats):
-                started = time.perf_counter()
-                values = pool.map(operator.neg, range(n), chunksize=chunksize)
-                best = min(best, (time.perf_counter() - started, chunksize))
-            assert values[-1] == -(n - 1)
-    return best
+def _pool_seconds(pool, n: int, chunksize: int) -> float:
+    time.sleep(SETTLE_SECONDS)
+    started = time.perf_counter()
+    values = pool.map(operator.neg, range(n), chunksize=chunksize)
+    seconds = time.perf_counter() - started
+    assert values[-1] == -(n - 1)
+    return seconds
+
+
+def _best_chunksize(pool, n: int, processes: int, tries: int = 3) -> int:
+    """``Pool.map``'s fastest chunksize for these items (best of ``tries`` each), timed again beside the bridge."""
+    sizes = sorted({max(1, n // (4 * processes)), max(1, n // processes), 10_000, 1_000})
+    return min(sizes, key=lambda size: min(_pool_seconds(pool, n, size) for _ in range(tries)))
 
 
 if __name__ == "__main__":

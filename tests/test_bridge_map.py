@@ -44,6 +44,11 @@ def slow_first_call(item: int, token: str) -> int:
     return item
 
 
+def pause(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
     """A 2-worker local job shared by this module's tests."""
@@ -177,6 +182,30 @@ def test_a_slow_first_call_on_cold_workers_still_gets_chunks_sized_for_cheap_ite
     run = bridge.map(cold, range(20_000), progress=False)
     assert bridge.gather(run, progress=False) == list(range(20_000))
     assert len(run.futures) < 200  # not one task per item
+
+
+def test_a_function_mapped_before_is_planned_from_what_its_last_run_measured(cluster) -> None:
+    """The warm-up (two items per thread, waited for) is left out when this client has collected a
+    run of the same function over items of the same type; the next run learns from the last."""
+    _, bridge = cluster
+    first = bridge.map(pause, [0.0] * 4000, progress=False)
+    assert first.bounds[:2] == [(0, 2), (2, 4)]  # warm-ups
+    assert bridge.gather(first, progress=False) == [0.0] * 4000
+    again = bridge.map(pause, [0.0] * 4000, progress=False)
+    assert again.bounds == [(0, 2000), (2000, 4000)]  # tiny items, as measured: one chunk per thread
+    assert bridge.gather(again, progress=False) == [0.0] * 4000
+    assert executed(bridge, first.name) == executed(bridge, again.name) == 4000
+    other_type = bridge.map(pause, [0] * 10, progress=False)  # ints, not floats: warmed up again
+    assert other_type.bounds[:2] == [(0, 2), (2, 4)]
+    bridge.gather(other_type, progress=False)
+    slower = bridge.map(pause, [0.01] * 400, progress=False)  # planned from the tiny items' figure
+    assert len(slower.bounds) == 2
+    bridge.gather(slower, progress=False)
+    learned = bridge.map(pause, [0.01] * 400, progress=False)  # 4 s of work as the last run measured
+    assert len(learned.bounds) >= 16
+    assert max(high - low for low, high in learned.bounds) * 0.01 <= mapping.TARGET_CHUNK_SECONDS * 1.5
+    assert bridge.gather(learned, progress=False) == [0.01] * 400
+    assert executed(bridge, slower.name) == executed(bridge, learned.name) == 400
 
 
 def test_results_come_straight_from_the_workers_unless_the_client_cannot_reach_them(cluster, monkeypatch) -> None:
