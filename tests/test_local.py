@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 
@@ -44,6 +45,7 @@ def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None
         assert bridge.n_workers == 2 and bridge.total_threads == 2
         limits = {w["memory_limit"] for w in bridge.client.scheduler_info(n_workers=-1)["workers"].values()}
         assert limits == {896 * 2**20}  # (2 GiB less an eighth for the scheduler) / 2 workers
+        assert profiling(bridge) == {"False"}  # its sampling slowed SymPy 5-13 %
         offset = bridge.broadcast(np.arange(1000.0))
         results = bridge.gather(bridge.map(operator.add, range(20), args=(offset,)))
         assert [float(r.sum()) for r in results] == [499500.0 + 1000 * i for i in range(20)]
@@ -53,6 +55,20 @@ def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None
     assert (job.status().state, job.status().exit_code) == ("COMPLETED", 0)
     assert not Path(job.scheduler_file).exists()
     assert wait_for(lambda: not job_processes(job.job_id), timeout=15)
+
+
+def profiling(bridge) -> set:
+    """Whether Dask's statistical profiler samples the workers (their config, from each)."""
+    return {str(value) for value in bridge.client.run(dask.config.get, "distributed.worker.profile.enabled").values()}
+
+
+def test_a_job_given_the_profiler_runs_it(local_spec, local_jobs, monkeypatch) -> None:
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    job = jobs.submit(local_spec(ntasks_per_node=1, cpus_per_task=1, mem="1G"))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
+        assert profiling(bridge) == {"True"}
+        bridge.shutdown()
 
 
 def test_cancel_ends_every_process_of_the_job(local_spec, local_jobs) -> None:
