@@ -41,13 +41,15 @@ def positive(lines: dict[str, str], *names: str) -> None:
 
 
 def test_primes_benchmark(cluster: str) -> None:
-    lines = bench("primes", cluster, "--upper", "20000")
+    lines = bench("primes", cluster, "--upper", "20000", "--repeats", "3")
     assert lines["correct"] == "yes" and lines["sum"] == "37586705"
     assert lines["workers"] == "2"
     assert sum(map(int, lines["static_partials"].split())) == 37586705
     positive(lines, "serial_seconds", "faithful_seconds", "static_seconds", "efficiency", "static_efficiency",
              "efficiency_vs_static", "fast_seconds", "fast_speedup_vs_faithful", "plain_processes_seconds",
              "ceiling_efficiency", "efficiency_vs_ceiling")
+    pairs = sorted(map(float, lines["efficiency_vs_ceiling_pairs"].split()))
+    assert len(pairs) == 3 and float(lines["efficiency_vs_ceiling"]) == pytest.approx(pairs[1], abs=1e-3)  # the median
 
 
 def test_mandelbrot_benchmark(cluster: str) -> None:
