@@ -7,9 +7,9 @@ chosen first, then the pool's map is timed in turn with the bridge's, best of ea
 ``client.map``, which makes one task per item and costs milliseconds per item, so it is measured
 on fewer items (``--raw-items``); the ratios compare per-item times. ``run_start_ms`` is the
 fixed cost of a run: ``map`` of one item until it returns. The repeats map the same function,
-so after the first they plan from the time per item the earlier runs measured (no warm-up). ``saving_cost_ratio`` is the time of
-the map with its chunks saved to the run directory (the default) over the same map with
-``save=False``, interleaved: what keeping results on disk costs.
+so after the first they plan from the time per item the earlier runs measured (no warm-up).
+``saving_cost_ratio`` is the time of the map with its chunks saved to the run directory (the
+default) over the same map with ``save=False``, interleaved: what keeping results on disk costs.
 
     .venv/bin/python benchmarks/map_overhead.py --items 1000000 --workers 2
 """

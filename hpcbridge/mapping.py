@@ -413,10 +413,8 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
                     submit(*chunk)
         else:
             position = 0
-            if not chunk_size and remembered:
-                per_item = remembered  # this function's items were measured by an earlier run: no warm-up
-            elif not chunk_size:
-                position, per_item = _probe(client, submit, n, threads)
+            if not chunk_size:  # measured by an earlier run of this function (no warm-up), or probed now
+                position, per_item = (0, remembered) if remembered else _probe(client, submit, n, threads)
             for low, high in _plan(position, n, chunk_size, threads, per_item):
                 submit(low, high)
         order = sorted(range(len(run.bounds)), key=lambda i: run.bounds[i])
@@ -456,13 +454,13 @@ def _remember_estimate(client: Client, run: Run, gathered: list[tuple], finished
     """Keep the seconds per item measured by the computed chunks of ``run`` (see :func:`remembered_estimate`)."""
     if run.estimate_key is None:
         return
-    seconds = items = 0.0
+    seconds, count = 0.0, 0
     for i, (_, errors, chunk_seconds, _) in zip(finished, gathered):
         if chunk_seconds > 0 and not errors:  # 0: read back from disk, not computed
             low, high = run.bounds[i]
-            seconds, items = seconds + chunk_seconds, items + (high - low)
-    if items >= 2 and seconds > 0:
-        _ESTIMATES.setdefault(client, {})[run.estimate_key] = seconds / items
+            seconds, count = seconds + chunk_seconds, count + (high - low)
+    if count >= 2:
+        _ESTIMATES.setdefault(client, {})[run.estimate_key] = seconds / count
 
 
 def _plan(low: int, high: int, chunk_size: int | None, threads: int, per_item: float) -> list[tuple[int, int]]:
