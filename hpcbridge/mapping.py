@@ -55,6 +55,10 @@ PROBE_SECONDS = 0.02
 PROBE_WAIT = 2.0
 PROBE_WAIT_COLD = 30.0
 MAX_PROBES = 4
+# A collected run teaches the next map of its function only when it timed at least this many
+# items (first calls left out): a warm-up of a few items (as the benchmarks run to import
+# libraries on every worker) is no sample of what the real run's items cost.
+REMEMBERED_MIN_ITEMS = 100
 # A map whose warm-up says it is at most this much work is planned at once, one chunk per thread.
 # The warm-up times one call, which for a tiny item measured 3-7 us here against 0.1 us in a loop,
 # so for tiny items this is usually a small fraction of it; and a wrong guess costs at most this
@@ -446,6 +450,8 @@ def remembered_estimate(client: Client, key: str) -> float | None:
     libraries do the same (joblib keeps the batch size its earlier batches measured). When the
     items cost much more than last time, the chunks are fewer and longer than the planner would
     have made them (still one per thread at least), and the next run plans from the new figure.
+    Only a run that timed :data:`REMEMBERED_MIN_ITEMS` items or more is remembered, each chunk's
+    first call left out.
     """
     return _ESTIMATES.get(client, {}).get(key)
 
@@ -455,12 +461,14 @@ def _remember_estimate(client: Client, run: Run, gathered: list[tuple], finished
     if run.estimate_key is None:
         return
     seconds, count = 0.0, 0
-    for i, (_, errors, chunk_seconds, _) in zip(finished, gathered):
-        if chunk_seconds > 0 and not errors:  # 0: read back from disk, not computed
-            low, high = run.bounds[i]
-            seconds, count = seconds + chunk_seconds, count + (high - low)
-    if count >= 2:
-        _ESTIMATES.setdefault(client, {})[run.estimate_key] = seconds / count
+    for i, (_, errors, chunk_seconds, first) in zip(finished, gathered):
+        low, high = run.bounds[i]
+        if chunk_seconds > 0 and not errors and high - low >= 2:  # 0 s: read back from disk, not computed
+            # Each chunk's first call is left out, as the probe does: on a fresh worker it pays
+            # for imports (seconds), which would make every later chunk one item long.
+            seconds, count = seconds + chunk_seconds - first, count + (high - low - 1)
+    if count >= REMEMBERED_MIN_ITEMS:
+        _ESTIMATES.setdefault(client, {})[run.estimate_key] = max(seconds, 0.0) / count
 
 
 def _plan(low: int, high: int, chunk_size: int | None, threads: int, per_item: float) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ import pytest
 from hpcbridge import jobs, mapping
 from hpcbridge.bridge import Bridge, connect
 from hpcbridge.mapping import ItemError, plan_chunks
+from hpcbridge.rundir import function_identity
 from tests.conftest import module_bridge
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -206,6 +207,26 @@ def test_a_function_mapped_before_is_planned_from_what_its_last_run_measured(clu
     assert max(high - low for low, high in learned.bounds) * 0.01 <= mapping.TARGET_CHUNK_SECONDS * 1.5
     assert bridge.gather(learned, progress=False) == [0.01] * 400
     assert executed(bridge, slower.name) == executed(bridge, learned.name) == 400
+
+
+def test_a_warm_up_of_a_few_items_with_slow_first_calls_does_not_plan_the_next_map(cluster) -> None:
+    """A benchmark or script that first maps a few items to import its libraries on every worker
+    (3 s each here) must not make the real map one task per item: the remembered figure leaves
+    out first calls, and a run of a few items is not remembered at all."""
+    _, bridge = cluster
+    cold = functools.partial(slow_first_call, token=f"hpcbridge_cold_{uuid.uuid4().hex}")
+    assert bridge.gather(bridge.map(cold, range(4), progress=False), progress=False) == [0, 1, 2, 3]
+    key = mapping.estimate_key(function_identity(cold), range(4))
+    assert mapping.remembered_estimate(bridge.client, key) is None  # 4 items: a warm-up, no sample
+    real = bridge.map(cold, range(2000), progress=False)
+    assert real.bounds[:2] == [(0, 2), (2, 4)]  # probed afresh
+    assert bridge.gather(real, progress=False) == list(range(2000))
+    assert len(real.futures) < 50
+    assert mapping.remembered_estimate(bridge.client, key) < 0.01  # the 3 s first calls are not in it
+    again = bridge.map(cold, range(2000), progress=False)
+    assert len(again.futures) <= 4 and again.bounds[0] != (0, 2)  # planned from the last run
+    assert bridge.gather(again, progress=False) == list(range(2000))
+    assert executed(bridge, real.name) == executed(bridge, again.name) == 2000
 
 
 def test_results_come_straight_from_the_workers_unless_the_client_cannot_reach_them(cluster, monkeypatch) -> None:
