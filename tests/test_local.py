@@ -46,6 +46,7 @@ def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None
         limits = {w["memory_limit"] for w in bridge.client.scheduler_info(n_workers=-1)["workers"].values()}
         assert limits == {896 * 2**20}  # (2 GiB less an eighth for the scheduler) / 2 workers
         assert profiling(bridge) == {"False"}  # its sampling slowed SymPy 5-13 %
+        assert clocks(bridge) == {("1s", "2s")}  # Dask's 20 ms tick and 500 ms monitor: 12 % of a core idle
         offset = bridge.broadcast(np.arange(1000.0))
         results = bridge.gather(bridge.map(operator.add, range(20), args=(offset,)))
         assert [float(r.sum()) for r in results] == [499500.0 + 1000 * i for i in range(20)]
@@ -62,12 +63,23 @@ def profiling(bridge) -> set:
     return {str(value) for value in bridge.client.run(dask.config.get, "distributed.worker.profile.enabled").values()}
 
 
+def clocks(bridge) -> set:
+    """The event-loop tick and system-monitor intervals of the scheduler and every worker."""
+    def intervals() -> tuple[str, str]:
+        return (str(dask.config.get("distributed.admin.tick.interval")),
+                str(dask.config.get("distributed.admin.system-monitor.interval")))
+
+    return {*bridge.client.run(intervals).values(), bridge.client.run_on_scheduler(intervals)}
+
+
 def test_a_job_given_the_profiler_runs_it(local_spec, local_jobs, monkeypatch) -> None:
     monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "20ms")  # and Dask's own clocks, when asked
     job = jobs.submit(local_spec(ntasks_per_node=1, cpus_per_task=1, mem="1G"))
     local_jobs.append(job)
     with connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
         assert profiling(bridge) == {"True"}
+        assert clocks(bridge) == {("20ms", "2s")}
         bridge.shutdown()
 
 
