@@ -80,7 +80,7 @@ FIGURES = [
 
 FULL = {
     "map_overhead": ["--items", "200000", "--repeats", "10"],
-    "primes": ["--upper", "1000000", "--repeats", "3"],
+    "primes": ["--upper", "1000000", "--repeats", "5"],
     "broadcast": ["--megabytes", "400", "--workers", "4"],
     "mandelbrot": ["--size", "35000"],  # goal 5's image: 1.2 gigapixels, about 3 minutes
     "truss": ["--nx", "140", "--ny", "140", "--frequencies", "4"],
