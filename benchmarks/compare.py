@@ -72,8 +72,9 @@ FIGURES = [
            "file_seconds", "seconds", "file_seconds", "≤ 30 s", lambda r: r <= 30, size="35000x35000"),
     Figure("mandelbrot", "Mandelbrot gathered into one array, s per gigapixel (vs one process)", "seconds_per_gigapixel",
            "single_seconds_per_gigapixel", "efficiency", "(efficiency)", lambda r: True),
-    Figure("truss", "FE frequency response, CPU s per frequency (vs spsolve)", "cluster_wall_seconds_per_frequency",
-           "spsolve_cpu_seconds_per_frequency", "ratio_vs_spsolve", "≥ 10", lambda r: r >= 10),
+    Figure("truss", "FE frequency response, CPU s per frequency, fastest solver (vs spsolve)",
+           "best_cpu_seconds_per_frequency", "spsolve_cpu_seconds_per_frequency", "ratio_vs_spsolve", "≥ 10",
+           lambda r: r >= 10),
     Figure("montecarlo", "Monte Carlo π, seconds (vs one process)", "seconds", "serial_seconds", "efficiency",
            "(efficiency)", lambda r: True),
 ]
@@ -83,7 +84,7 @@ FULL = {
     "primes": ["--upper", "1000000", "--repeats", "5"],
     "broadcast": ["--megabytes", "400", "--workers", "4"],
     "mandelbrot": ["--size", "35000"],  # goal 5's image: 1.2 gigapixels, about 3 minutes
-    "truss": ["--nx", "140", "--ny", "140", "--frequencies", "4"],
+    "truss": ["--plate-spacing", "0.0138", "--frequencies", "3", "--sweep", "40"],  # the goal's mesh: unstructured, 40k unknowns
     "montecarlo": ["--count", "1200", "--high", "10000000"],
 }
 QUICK = {

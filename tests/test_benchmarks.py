@@ -77,6 +77,12 @@ def test_truss_benchmark(cluster: str) -> None:
     assert lines["cluster_solver"] == truss.resolve_solver("auto")
     assert float(lines["cluster_residual_max"]) < 1e-10
     positive(lines, "ratio_vs_spsolve", "cluster_wall_seconds_per_frequency", "cluster_speedup_vs_spsolve_cpu")
+    assert lines["best_solver"] in solvers[1:] + ["reuse"]  # the fastest of hpcbridge's, spsolve left out
+    best = float(lines["best_cpu_seconds_per_frequency"])
+    assert best == min(float(lines[f"{name}_cpu_seconds_per_frequency"]) for name in solvers[1:] + ["reuse"])
+    rounding = 0.01 + 0.0001 / best  # the lines give 4 decimals of a second and 2 of a ratio
+    assert float(lines["ratio_vs_spsolve"]) == pytest.approx(float(lines["spsolve_cpu_seconds_per_frequency"]) / best,
+                                                             rel=rounding)
     assert float(lines["reuse_residual_max"]) <= 1e-10 and lines["reuse_frequencies"] == "20"
     assert int(lines["reuse_factorisations"]) < 20  # the factorisation was reused
     positive(lines, "reuse_cpu_seconds_per_frequency", "reuse_ratio_vs_spsolve")

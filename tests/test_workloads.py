@@ -236,6 +236,26 @@ def test_workload_modules_import_without_numba_scipy_or_matplotlib() -> None:
     assert done.stdout.split() == ["1200", "12"], done.stderr
 
 
+def test_pardiso_preconditions_without_refinement_and_solves_with_it() -> None:
+    """GMRES corrects the preconditioner's solve, so PARDISO's refinement steps (which doubled its
+    cost) are left out there; a direct solve keeps them."""
+    model = truss.assemble(truss.structured_mesh(20, 10))
+    pattern = truss.Pattern(model)
+    omega = 0.5 * truss.first_frequency_estimate(model)
+    rhs = model.b.astype(complex)
+    solver = truss.PardisoSolver(pattern)
+    direct = solver.solve(omega, rhs)
+    assert solver.refinement_steps >= 1
+    assert truss.relative_residual(pattern, omega, direct, rhs) <= 1e-10
+    solver.factorise(omega)
+    preconditioned = solver.apply(rhs)
+    assert solver.refinement_steps == 0
+    assert truss.relative_residual(pattern, omega, preconditioned, rhs) <= 1e-8  # the factors are A(ω)'s own
+    solver.solve(omega, rhs)
+    assert solver.refinement_steps >= 1  # the direct solve's setting is back
+    solver.close()
+
+
 def test_a_reused_factorisation_solves_neighbouring_frequencies_to_1e_10_and_refactorises_when_needed() -> None:
     model = truss.assemble(truss.structured_mesh(20, 10))
     pattern = truss.Pattern(model)

@@ -422,11 +422,25 @@ class PardisoSolver:
         self._call(22, np.zeros(self.n, complex), np.zeros(self.n, complex))
 
     def apply(self, rhs: np.ndarray) -> np.ndarray:
-        """Solve with the kept factors (phase 33): A(ω₀)⁻¹ rhs."""
+        """Solve with the kept factors (phase 33): A(ω₀)⁻¹ rhs, without iterative refinement.
+
+        As a preconditioner the solve need not be exact (GMRES corrects it), and PARDISO's two
+        default refinement steps doubled its cost: 42-47 ms against 18-20 ms on the 40k plate.
+        """
         b = np.ascontiguousarray(rhs, dtype=complex)
         x = np.zeros(self.n, complex)
-        self._call(33, b, x)
+        refinement = int(self._iparm[7])
+        self._iparm[7] = 0
+        try:
+            self._call(33, b, x)
+        finally:
+            self._iparm[7] = refinement
         return x
+
+    @property
+    def refinement_steps(self) -> int:
+        """The iterative refinement steps PARDISO made in its last solve."""
+        return int(self._iparm[6])
 
     def close(self) -> None:
         if getattr(self, "_analysed", False):
