@@ -160,6 +160,16 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     return bridge
 
 
+def _restarts_of(job: SubmittedJob | None) -> int | None:
+    """How often the batch system has requeued ``job`` (None without a job or an answer)."""
+    if job is None:
+        return None
+    try:
+        return int(job.status().restarts)
+    except Exception:  # the batch system did not answer: no baseline, as before
+        return None
+
+
 def _certificates_for(info: ClusterInfo, job: SubmittedJob | None) -> Certificates | None:
     """The certificates a client presents to the scheduler in ``info``; checked readable, never guessed."""
     if not info.address.startswith("tls://"):
@@ -264,6 +274,9 @@ class Bridge:
         self._unreleased: set[str] = set()
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
+        # How often the batch system had requeued the job when this bridge attached: a higher count
+        # later says "requeued" also when the job is already running again with the old file in place.
+        self._restarts = _restarts_of(job)
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
         # call blocks meanwhile; a lost scheduler is reported after this bound instead.
         client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
@@ -379,8 +392,13 @@ class Bridge:
                     status = None
                 if status is not None and status.finished:
                     return False
-                # UNKNOWN (the batch system cannot say: e.g. another user's record) is no sign of a requeue
+                # UNKNOWN (the batch system cannot say: e.g. another user's record) is no sign of a requeue.
+                # A job that started again before this loop first asked is RUNNING with its old file
+                # still there until its script replaces it (seconds, more on a busy node): its restart
+                # count says it was requeued.
                 requeued = requeued or (status is not None and status.state not in ("RUNNING", "UNKNOWN"))
+                requeued = requeued or (status is not None and self._restarts is not None
+                                        and status.restarts > self._restarts)
                 fresh = address is not None and address not in self._old_addresses
                 if fresh and status is not None and status.state == "RUNNING":
                     break
@@ -396,6 +414,7 @@ class Bridge:
             return False
         self._adopt(client)
         self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
+        self._restarts = _restarts_of(self.job)
         self._settings = None  # the new start has its own job end
         return True
 

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
+from hpcbridge import bridge as bridges
 from hpcbridge import jobs
+from hpcbridge.backends.base import JobStatus
 from hpcbridge.bridge import ConnectError, connect
 
 
@@ -65,3 +67,53 @@ def test_a_bridge_follows_the_scheduler_file_a_requeued_cluster_rewrites(tmp_pat
         first.close()
         if second is not None:
             second.close()
+
+
+class RestartingJob:
+    """A job as the batch system reports it: running, requeued ``restarts`` times."""
+
+    scheduler = "slurm"
+    job_id = "7"
+
+    def __init__(self) -> None:
+        self.restarts = 0
+
+    def status(self) -> JobStatus:
+        return JobStatus(self.job_id, "RUNNING", restarts=self.restarts)
+
+
+def test_a_bridge_follows_a_job_that_runs_again_before_its_old_scheduler_file_is_replaced(tmp_path, monkeypatch) -> None:
+    """A requeued job that starts again at once is RUNNING while its script has not yet replaced the
+    old file (seconds on a busy node; more than the 15 s grace in a fresh CI run): its restart count
+    says it was requeued, and the bridge waits for the new file instead of giving up."""
+    import threading
+
+    from distributed import LocalCluster
+
+    from tests.conftest import wait_for
+
+    monkeypatch.setattr(bridges, "_FOLLOW_GRACE_SECONDS", 1.0)  # what a scheduler dead in a running job gets
+    path = tmp_path / "scheduler.json"
+    job = RestartingJob()
+    first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None)
+    second = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None)
+    rewrite = threading.Timer(4.0, lambda: path.write_text(
+        json.dumps({"address": second.scheduler_address, "type": "Scheduler"})))
+    try:
+        path.write_text(json.dumps({"address": first.scheduler_address, "type": "Scheduler"}))
+        bridge = connect(path, timeout=30, job=job)
+        try:
+            first.close()
+            assert wait_for(lambda: not bridge.connected, timeout=60)
+            job.restarts = 1  # requeued and running again; the file still names the old scheduler
+            rewrite.start()  # the new start's script replaces it 4 s later, after the grace
+            started = time.monotonic()
+            assert bridge.gather(bridge.map(abs, [-3, -4], progress=False), progress=False) == [3, 4]
+            assert 3.0 < time.monotonic() - started < 60
+            assert bridge.client.scheduler.address == second.scheduler_address
+        finally:
+            bridge.close()
+    finally:
+        rewrite.cancel()
+        first.close()
+        second.close()
