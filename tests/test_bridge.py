@@ -95,8 +95,8 @@ def test_a_bridge_follows_a_job_that_runs_again_before_its_old_scheduler_file_is
     monkeypatch.setattr(bridges, "_FOLLOW_GRACE_SECONDS", 1.0)  # what a scheduler dead in a running job gets
     path = tmp_path / "scheduler.json"
     job = RestartingJob()
-    first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None)
-    second = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None)
+    first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0")
+    second = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0")
     rewrite = threading.Timer(4.0, lambda: path.write_text(
         json.dumps({"address": second.scheduler_address, "type": "Scheduler"})))
     try:
