@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -309,6 +310,7 @@ class Pattern:
         upper.sort_indices()
         self.upper_indptr, self.upper_indices = upper.indptr.astype(np.int32), upper.indices.astype(np.int32)
         self.upper = [self._align(upper, sp.triu(m, format="csr")) for m in (model.K, model.C, model.M)]
+        self._last: tuple[float, Any] | None = None  # the last ω's matrix (see matrix)
 
     @staticmethod
     def _align(pattern, matrix) -> np.ndarray:
@@ -326,10 +328,16 @@ class Pattern:
         return k + (1j * omega) * c - (omega * omega) * m
 
     def matrix(self, omega: float):
-        """K + iωC − ω²M as a SciPy CSR matrix."""
+        """K + iωC − ω²M as a SciPy CSR matrix (treat it as read-only).
+
+        The last ω's matrix is kept: a solve, its solver's residual check and the reported
+        residual ask for the same one (5 ms to build at 40k unknowns, a product 0.7 ms).
+        """
         import scipy.sparse as sp
 
-        return sp.csr_matrix((self.values(omega), self.indices, self.indptr), shape=(self.n, self.n))
+        if self._last is None or self._last[0] != omega:
+            self._last = (omega, sp.csr_matrix((self.values(omega), self.indices, self.indptr), shape=(self.n, self.n)))
+        return self._last[1]
 
 
 # --- solvers --------------------------------------------------------------------------------
@@ -375,6 +383,8 @@ class PardisoSolver:
     """MKL PARDISO, complex symmetric (mtype 6): analysis once, then factorise and solve per ω."""
 
     MTYPE = 6
+    # A direct solve whose residual ‖A(ω)x − b‖/‖b‖ is above this is refined from its factors.
+    refine_above = 1e-10
 
     def __init__(self, pattern: Pattern, threads: int = 1) -> None:
         library = _mkl()
@@ -409,9 +419,6 @@ class PardisoSolver:
         if error.value != 0:
             raise RuntimeError(f"PARDISO phase {phase} failed with error {error.value}")
 
-    # A direct solve whose residual ‖A(ω)x − b‖/‖b‖ is above this is refined from its factors.
-    refine_above = 1e-10
-
     def solve(self, omega: float, rhs: np.ndarray) -> np.ndarray:
         """Factorise A(ω) and solve; PARDISO's refinement steps only when the residual needs them.
 
@@ -429,6 +436,7 @@ class PardisoSolver:
         return x
 
     def _unrefined(self, phase: int, b: np.ndarray, x: np.ndarray) -> None:
+        """Run ``phase`` with no iterative refinement, leaving the setting as it was."""
         refinement = int(self._iparm[7])
         self._iparm[7] = 0
         try:
