@@ -65,6 +65,7 @@ REMEMBERED_MIN_ITEMS = 100
 # much imbalance, while a probe costs a round trip to a worker (10-40 ms here).
 FEW_CHUNKS_SECONDS = 2.0
 RUN_MARKER = "hpcbridge-run"
+CLAIM = "starting"  # a published record with this key is a name taken by a run that is being started
 WORKERLESS_SECONDS = 20.0  # a run whose cluster has had no worker this long is reported lost
 RECONNECT_SECONDS = 10.0  # how long a client tries to reach a scheduler that went away
 DIRECT_PROBE_SECONDS = 2.0  # a worker that does not answer the client this fast is reached through the scheduler
@@ -336,6 +337,9 @@ class Run:
     def from_record(cls, name: str, record: Any) -> Run:
         if not isinstance(record, dict) or RUN_MARKER not in record:
             raise KeyError(f"{name!r} is a published dataset, but not an hpcbridge run")
+        if CLAIM in record:
+            raise KeyError(f"run {name!r} is being started by a client and has no chunks yet; try again "
+                           "once its map has returned")
         return cls(name, record["n_items"], [tuple(b) for b in record["bounds"]], list(record["futures"]),
                    record.get("function", ""), record.get("directory"))
 
@@ -370,11 +374,8 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
     folder already holds a run of the same function and items, only the items it lacks are
     submitted (the run resumes); a different function or items raise :class:`RunMismatchError`.
     """
-    if name is None:
-        name = new_run_name()  # unique: no need to ask the scheduler (publishing would refuse a clash)
-    elif name in client.list_datasets():
-        raise KeyError(f"a run or dataset named {name!r} already exists on this cluster; "
-                       "collect or release it first, or choose another name")
+    name = name or new_run_name()
+    start_id = _claim(client, name)
     if not (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
         items = list(items)
     n = len(items)
@@ -402,7 +403,7 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
 
     def submit(low: int, high: int) -> Future:
         task = ChunkTask(name, fn, items[low:high], low, stack, directory, per_item * (high - low))
-        future = client.submit(run_chunk, task, *extra, key=f"{name}-{len(run.futures)}", pure=False)
+        future = client.submit(run_chunk, task, *extra, key=f"{name}-{start_id}-{len(run.futures)}", pure=False)
         run.bounds.append((low, high))
         run.futures.append(future)
         return future
@@ -427,11 +428,39 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
         if directory is not None:
             directory.write_manifest({**manifest, "bounds": run.bounds,
                                       "seconds_per_item": per_item or manifest.get("seconds_per_item")})
-        client.publish_dataset(run.record(), name=name)
+        client.publish_dataset(run.record(), name=name, override=True)  # replaces this start's claim
     except BaseException:
         client.cancel([f for f in run.futures if f is not None])
+        _unclaim(client, name, start_id)
         raise
     return run
+
+
+def _claim(client: Client, name: str) -> str:
+    """Take ``name`` on the cluster for one start of a run, before anything is submitted; returns the
+    start's id, which every task key of the run carries.
+
+    Publishing without ``override`` is atomic on the scheduler: of two clients that start runs of
+    one name at once, exactly one gets it, and the other is refused before it submits a task or
+    touches the run directory. The id keeps two starts' task keys apart even so.
+    """
+    start_id = secrets.token_hex(4)
+    try:
+        client.publish_dataset({RUN_MARKER: 1, CLAIM: start_id}, name=name)
+    except KeyError:
+        raise KeyError(f"a run or dataset named {name!r} already exists on this cluster (another client may "
+                       "be starting it); collect or release it first, or choose another name") from None
+    return start_id
+
+
+def _unclaim(client: Client, name: str, start_id: str) -> None:
+    """Give ``name`` back after a start that failed, unless it no longer holds this start's claim."""
+    try:
+        record = client.get_dataset(name)
+        if isinstance(record, dict) and record.get(CLAIM) == start_id:
+            client.unpublish_dataset(name)
+    except Exception:  # the scheduler is gone or the name was released: nothing to give back
+        pass
 
 
 def estimate_key(identity: str, items: Sequence[Any]) -> str:
@@ -916,7 +945,7 @@ def release(client: Client, name: str) -> None:
 def futures_in(record: Any) -> list[Future]:
     if not isinstance(record, dict) or RUN_MARKER not in record:
         return []
-    return [future for future in record["futures"] if future is not None]
+    return [future for future in record.get("futures", ()) if future is not None]
 
 
 def reattach(client: Client, name: str) -> Run:

@@ -3,8 +3,10 @@ every item run once, and neither the scheduler nor the workers keep memory or ta
 
 from __future__ import annotations
 
+import operator
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpcbridge import jobs, mapping
-from hpcbridge.bridge import Bridge
+from hpcbridge.bridge import Bridge, connect
 from tests.conftest import module_bridge
 from tests.scheduler_probes import peak_rss_bytes, task_and_client_counts
 
@@ -74,3 +76,54 @@ def test_eight_clients_at_once_each_get_every_result_once_with_flat_memory(clust
     # none of them (only chunk metadata), a worker at most its share.
     assert grown < 100 * 2**20 and worker_growth < 200 * 2**20
     assert bridge.run_root and not list(Path(bridge.run_root).glob("client-*"))  # gathered: folders deleted
+
+
+class MeetingItems(list):
+    """Items whose first slice (a run's first chunk, cut after its name was taken) waits for another
+    run's, so that two ``map`` calls reach the cluster at the same moment: the race of two clients
+    that chose one name."""
+
+    def __init__(self, values: range, barrier: threading.Barrier) -> None:
+        super().__init__(values)
+        self.barrier = barrier
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice) and self.barrier is not None:
+            barrier, self.barrier = self.barrier, None
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:  # the other run was refused before cutting a chunk
+                pass
+        return list.__getitem__(self, index)
+
+
+def test_two_clients_starting_a_run_of_one_name_at_once_never_mix_their_results(cluster) -> None:
+    job, bridge = cluster
+    barrier = threading.Barrier(2, timeout=5)
+    outcomes: dict[int, object] = {}
+
+    def start(chunk_size: int, client_bridge: Bridge) -> None:
+        items = MeetingItems(range(300), barrier)
+        try:
+            run = client_bridge.map(operator.neg, items, name="same", chunk_size=chunk_size, progress=False)
+            outcomes[chunk_size] = client_bridge.gather(run, progress=False, timeout=120)
+        except Exception as error:  # noqa: BLE001 - the loser's error is what is checked
+            outcomes[chunk_size] = error
+
+    with connect(job.scheduler_file, n_workers=2, timeout=60, set_as_default=False) as other:
+        threads = [threading.Thread(target=start, args=(7, bridge)), threading.Thread(target=start, args=(13, other))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        assert not any(thread.is_alive() for thread in threads)
+    errors = [outcome for outcome in outcomes.values() if isinstance(outcome, Exception)]
+    values = [outcome for outcome in outcomes.values() if not isinstance(outcome, Exception)]
+    assert len(errors) == 1 and len(values) == 1, outcomes
+    assert values[0] == [-x for x in range(300)]  # the winner's own chunks, every one
+    message = str(errors[0])
+    assert isinstance(errors[0], KeyError) and "'same'" in message and "already exists" in message
+    assert "Dataset same" not in message  # distributed's words came after both runs had submitted chunks
+    executed = sum(counts.get("same", 0) for counts in bridge.client.run(mapping.executed_items).values())
+    assert executed == 300  # the loser computed nothing
+    assert bridge.runs() == []
