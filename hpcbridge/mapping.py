@@ -376,6 +376,16 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
     """
     name = name or new_run_name()
     start_id = _claim(client, name)
+    try:
+        return _start_claimed(client, fn, items, extra, name, start_id, stack, chunk_size, root)
+    except BaseException:
+        _unclaim(client, name, start_id)
+        raise
+
+
+def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any], name: str,
+                   start_id: str, stack: bool, chunk_size: int | None, root: str | None) -> Run:
+    """:func:`start` once ``name`` is claimed: check the run directory, plan, submit, publish."""
     if not (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
         items = list(items)
     n = len(items)
@@ -431,7 +441,6 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
         client.publish_dataset(run.record(), name=name, override=True)  # replaces this start's claim
     except BaseException:
         client.cancel([f for f in run.futures if f is not None])
-        _unclaim(client, name, start_id)
         raise
     return run
 
