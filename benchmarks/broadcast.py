@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from hpcbridge import broadcast
-from hpcbridge.backends.local_cluster import local_cluster
+from hpcbridge.cluster import broadcasts as broadcast
+from hpcbridge.local_cluster import local_cluster
 
 
 def peak_rss_bytes() -> int:

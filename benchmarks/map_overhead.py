@@ -21,7 +21,7 @@ import multiprocessing
 import operator
 import time
 
-from hpcbridge.backends.local_cluster import local_cluster
+from hpcbridge.local_cluster import local_cluster
 
 RAW_REPEATS = 3  # raw client.map is timed at most this often, whatever --repeats says
 SETTLE_SECONDS = 0.05  # a pause before each timed map, so that none pays for the last one's clean-up

@@ -10,7 +10,7 @@ the job writes a scheduler file, and :func:`connect` attaches a client through t
         run = bridge.map(score, candidates, args=(weights,))  # returns at once; the cluster keeps it
         results = bridge.gather(run)                     # in input order
 
-    from hpcbridge.render import render_script
+    from hpcbridge.job.render import render_script
     spec = hpcbridge.JobSpec(scheduler="slurm", nodes=2, ntasks_per_node=4, walltime="2h30m")
     print(render_script(spec))                           # or: hpcbridge render --help
 
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from hpcbridge._version import __version__
+
 __all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost",
            "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
            "RunMismatchError", "ModuleMissing", "__version__"]
@@ -32,28 +33,28 @@ _BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemE
                  "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft", "RunMismatchError")
 
 if TYPE_CHECKING:
-    from hpcbridge.arguments import ArgumentError
-    from hpcbridge.bridge import Bridge, Broadcast, ConnectError, ItemError, Run, connect
-    from hpcbridge.missing_modules import ModuleMissing
-    from hpcbridge.spec import JobSpec, SpecError, SpecWarning
+    from hpcbridge.client.arguments import ArgumentError
+    from hpcbridge.client.bridge import Bridge, Broadcast, ConnectError, ItemError, Run, connect
+    from hpcbridge.client.missing_modules import ModuleMissing
+    from hpcbridge.job.spec import JobSpec, SpecError, SpecWarning
 
 
 def __getattr__(name: str) -> Any:
     """Import on first use, so ``hpcbridge render`` does not pay for importing Dask."""
     if name in _BRIDGE_NAMES:
-        from hpcbridge import bridge
+        from hpcbridge.client import bridge
 
         return getattr(bridge, name)
     if name in ("JobSpec", "SpecError", "SpecWarning"):
-        from hpcbridge import spec
+        from hpcbridge.job import spec
 
         return getattr(spec, name)
     if name == "ModuleMissing":
-        from hpcbridge.missing_modules import ModuleMissing
+        from hpcbridge.client.missing_modules import ModuleMissing
 
         return ModuleMissing
     if name == "ArgumentError":
-        from hpcbridge.arguments import ArgumentError
+        from hpcbridge.client.arguments import ArgumentError
 
         return ArgumentError
     raise AttributeError(f"module 'hpcbridge' has no attribute {name!r}")

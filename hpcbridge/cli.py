@@ -16,10 +16,9 @@ from typing import Any
 
 import click
 
-from hpcbridge import __version__
+from hpcbridge._version import __version__
 from hpcbridge.backends import BatchCommandError, JobNotFound, get_backend
-from hpcbridge.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, SpecWarning, spec_fields
-
+from hpcbridge.job.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, SpecWarning, spec_fields
 
 _RAW_ARGS = "hpcbridge.raw_args"
 
@@ -35,8 +34,8 @@ class _Group(click.Group):
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
-        from hpcbridge.bridge import ConnectError
-        from hpcbridge.render import RenderError
+        from hpcbridge.client.bridge import ConnectError
+        from hpcbridge.job.render import RenderError
 
         try:
             return super().invoke(ctx)
@@ -103,6 +102,20 @@ def option_as_typed(ctx: click.Context, field: str) -> str:
 def warn(text: str) -> None:
     """One line on stderr: something allowed that the user probably did not mean."""
     click.echo(f"Warning: {text}", err=True)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Show a job option's warning as one line, its options spelled as the user typed them; others as Python does."""
+    if not isinstance(message, SpecWarning):
+        _SHOW_WARNING(message, category, *args, **kwargs)
+    elif message.field == "protocol":
+        click.echo(f"hpcbridge: warning: {message.text}", err=True)
+    else:
+        context = click.get_current_context(silent=True)
+        warn(message.describe(lambda field: option_as_typed(context, field) if context else field))
 
 
 _RENDER_EPILOG = """\b
@@ -198,8 +211,6 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def build_spec(no_profile_modules: bool, **values: Any) -> Any:
         spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
         spec = JobSpec.from_config(spec_values, profile_modules=not no_profile_modules)
-        for warning in spec.warnings():
-            warn(warning.describe(lambda field: option_as_typed(click.get_current_context(), field)))
         return command(spec=spec, **values)
 
     for option in reversed(options):
@@ -232,7 +243,8 @@ def main() -> None:
     Every job option left out falls back to the site profile in Dask's config
     (hpcbridge.<scheduler>.<option>, from a YAML file or DASK_HPCBRIDGE__... variables).
     """
-    warnings.simplefilter("ignore", SpecWarning)  # the commands print them as one line each
+    warnings.simplefilter("always", SpecWarning)  # rendering raises them; each is shown as one line
+    warnings.showwarning = _show_warning
 
 
 @main.command(cls=_SpecCommand, epilog=_RENDER_EPILOG)
@@ -241,11 +253,8 @@ def main() -> None:
               help="Write the script to this file (made executable) instead of printing it.")
 def render(spec: JobSpec, output: str | None) -> None:
     """Print the batch script for a job, or write it with -o FILE."""
-    from hpcbridge.jobs import TCP_WARNING
-    from hpcbridge.render import render_script, write_script
+    from hpcbridge.job.render import render_script, write_script
 
-    if spec.protocol == "tcp" and spec.mode != "array":
-        click.echo(f"hpcbridge: warning: {TCP_WARNING}", err=True)
     if output:
         write_script(spec, output)
         click.echo(f"wrote {output}", err=True)
@@ -258,13 +267,9 @@ def render(spec: JobSpec, output: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON, for programs.")
 def submit(spec: JobSpec, as_json: bool) -> None:
     """Submit a job; print its id and where its scheduler file will appear."""
-    from hpcbridge import jobs
+    from hpcbridge.job import submit as jobs
 
-    if spec.protocol == "tcp" and spec.mode != "array":
-        click.echo(f"hpcbridge: warning: {jobs.TCP_WARNING}", err=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        job = jobs.submit(spec)
+    job = jobs.submit(spec)
     if as_json:
         click.echo(json.dumps(job.as_dict()))
     else:
@@ -307,7 +312,7 @@ def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: s
     cluster; clients may come and go. It ends on shutdown(), after --idle-timeout without work,
     or on hpcbridge cancel JOB, cancelling its worker jobs; hpcbridge status JOB lists them.
     """
-    from hpcbridge import adaptive
+    from hpcbridge.job import adaptive
 
     minimum, maximum = adaptive.parse_adapt_range(adapt_range)
     given = {"max_pending": max_pending, "idle_timeout": idle_timeout, "interval": adapt_interval,
@@ -367,7 +372,7 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     said = _last_job_message(state.log) if state.state == "FAILED" else None
     if said:
         click.echo(f"  the job said: {said}")
-    from hpcbridge.adaptive import describe_status, read_status
+    from hpcbridge.job.adaptive import describe_status, read_status
 
     report = read_status(job_id, _scheduler_for(job_id, scheduler))
     if report is not None:
@@ -423,7 +428,7 @@ def cancel(job_id: str, scheduler: str | None) -> None:
 
 def _submitted_job(job_id: str, scheduler: str | None):
     """The job as submitted from here (with its scheduler file), or as the batch system knows it."""
-    from hpcbridge import jobs
+    from hpcbridge.job import submit as jobs
 
     found = jobs.find(job_id, scheduler)
     if found is not None:
@@ -447,7 +452,7 @@ def connect(target: str, scheduler: str | None, n_workers: int, timeout: float) 
     """
     from pathlib import Path
 
-    from hpcbridge.bridge import connect as attach
+    from hpcbridge.client.bridge import connect as attach
 
     if "/" in target or target.endswith(".json") or Path(target).expanduser().exists():
         bridge = attach(target, n_workers=n_workers, timeout=timeout)
@@ -501,7 +506,7 @@ def tls_certificates(folder: str, days: int, force: bool) -> None:
               help="Seconds to wait for the cluster to start.")
 def demo(upper: int, workers: int, timeout: float) -> None:
     """Start a local cluster as a job, attach through its scheduler file, and compute."""
-    from hpcbridge.demo import run_demo
+    from hpcbridge.workloads.demo import run_demo
 
     click.echo(f"hpcbridge demo: the sum of the distinct prime factors of every integer in [2, {upper:,})")
     result = run_demo(upper, workers, timeout=timeout, say=lambda line: click.echo(f"  {line}"))

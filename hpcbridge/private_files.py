@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 WRITE_CHUNK = 1 << 30  # bytes per positioned write
+DEFAULT_HOME = "~/.hpcbridge"
+
+
+def state_home(kind: str) -> Path:
+    """Where hpcbridge keeps its own files of one kind (``submitted``, ``local``, ``pbs``, ``adaptive``, ...):
+    ``$HPCBRIDGE_HOME/<kind>``, by default under ``~/.hpcbridge``. The one place that reads the variable."""
+    return Path(os.environ.get("HPCBRIDGE_HOME", DEFAULT_HOME)).expanduser() / kind
 
 
 def make_private_dir(path: str | os.PathLike[str]) -> Path:
@@ -34,13 +43,19 @@ def make_private_dir(path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def write_private_file(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically as a 0600 file: readers see the old file or the whole new one."""
+def write_private_file(path: str | os.PathLike[str], data: bytes | str | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` to ``path`` atomically as a 0600 file: readers see the old file or the whole new one.
+
+    ``data`` may also be a function that writes into the open file (``lambda file: np.save(file, a)``).
+    """
     target = Path(path).expanduser()
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data.encode() if isinstance(data, str) else data)
+            if callable(data):
+                data(stream)
+            else:
+                stream.write(data.encode() if isinstance(data, str) else data)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

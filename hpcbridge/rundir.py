@@ -20,12 +20,13 @@ import hashlib
 import json
 import os
 import pickle
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hpcbridge.private_files import write_private_file
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -62,7 +63,7 @@ class RunDirectory:
         self.write_manifest(manifest)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        _write_private(os.path.join(self.path, MANIFEST), json.dumps({"format": FORMAT, **manifest}).encode())
+        write_private_file(os.path.join(self.path, MANIFEST), json.dumps({"format": FORMAT, **manifest}).encode())
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as written; ``{}`` when there is none."""
@@ -84,10 +85,10 @@ class RunDirectory:
 
         base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
         if isinstance(values, np.ndarray) and values.dtype != object:
-            _write_private(base + ".npy", lambda file: np.save(file, values, allow_pickle=False))
+            write_private_file(base + ".npy", lambda file: np.save(file, values, allow_pickle=False))
             return None
         pickled = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-        _write_private(base + ".pkl", pickled)
+        write_private_file(base + ".pkl", pickled)
         return pickled
 
     def load_chunk(self, low: int, high: int) -> Any:
@@ -216,25 +217,6 @@ def _make_private_dirs(path: str) -> None:
     parent = os.path.dirname(path)
     if os.path.basename(parent) == "runs":
         os.chmod(parent, 0o700)
-
-
-def _write_private(path: str, content: bytes | Any) -> None:
-    """Write a file readable by its owner only, under a temporary name renamed at the end (atomic)."""
-    temporary = f"{path}.{os.getpid()}-{secrets.token_hex(3)}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            if isinstance(content, bytes):
-                file.write(content)
-            else:
-                content(file)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def stamp() -> str:

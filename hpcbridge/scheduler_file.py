@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbridge.addresses import address_answers
+from hpcbridge.private_files import write_private_file
 from hpcbridge.tls import Certificates, certificates_in
 
 
@@ -103,17 +105,6 @@ def _cluster_info(path: Path, info: dict[str, Any]) -> ClusterInfo:
     return ClusterInfo(path=path, address=info["address"], certificates=certificates, **text)
 
 
-def address_answers(address: str, timeout: float = 2.0) -> bool:
-    """True when something accepts a TCP connection at the scheduler's address (``proto://host:port``)."""
-    location = address.split("://", 1)[-1]
-    host, _, port = location.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def remove(path: str | os.PathLike[str], job_id: str | None = None) -> bool:
     """Remove a scheduler file and its job's certificates; with ``job_id``, only if that job wrote it.
 
@@ -140,6 +131,58 @@ def remove(path: str | os.PathLike[str], job_id: str | None = None) -> bool:
         shutil.rmtree(folder, ignore_errors=True)
         removed = True
     return removed
+
+
+# Whether the job a scheduler file names still runs, and its state in words (None and the reason
+# when the batch system cannot be asked). The caller asks the batch system: backends sit above this module.
+JobCheck = Callable[[ClusterInfo], "tuple[bool | None, str]"]
+
+
+def claim(path: str | os.PathLike[str], job_running: JobCheck, default: str) -> None:
+    """Make ``path`` free for a new cluster before its job is submitted: remove a stale file (and its
+    certificates), refuse one that a live cluster uses with :class:`SchedulerFileInUse`.
+
+    ``default`` is the one-per-job scheduler file to suggest instead.
+    """
+    path = Path(path).expanduser()
+    try:
+        info = read(path)
+    except FileNotFoundError:
+        remove(path)  # certificates of a job that left no file
+        return
+    except SchedulerFileError as error:
+        raise SchedulerFileInUse(f"{error}; hpcbridge does not replace it: remove it or choose another "
+                                 "--scheduler-file") from None
+    if info.describes_job:
+        running, state = job_running(info)
+        if running is None:
+            raise SchedulerFileInUse(
+                f"{path} belongs to {info.job_label()}, whose state cannot be checked ({state}); "
+                "it is not replaced: choose another --scheduler-file")
+        if running:
+            raise SchedulerFileInUse(
+                f"{path} belongs to {info.job_label()}, which is still {state}: choose another "
+                f"--scheduler-file (the default, {default}, is one per job) or cancel job {info.job_id} first")
+    elif address_answers(info.address):
+        raise SchedulerFileInUse(
+            f"{path} belongs to a running scheduler at {info.address} (a cluster hpcbridge did not start): "
+            "choose another --scheduler-file")
+    remove(path)
+
+
+def publish(path: str | os.PathLike[str], identity: dict[str, Any], section: dict[str, Any]) -> None:
+    """Write the scheduler file as every hpcbridge cluster does: Dask's fields (the scheduler's
+    ``identity()``) plus the ``hpcbridge`` section, owner-only, put in place with one rename so that
+    nobody reads half a file. Certificate paths inside the file's folder are written relative to it."""
+    path = Path(path)
+    tls = section.get("tls")
+    if tls:
+        here = str(path.parent.resolve())
+        section = {**section, "tls": {key: (os.path.relpath(value, here)
+                                            if os.path.abspath(value).startswith(here + os.sep) else value)
+                                      for key, value in tls.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_file(path, json.dumps({**identity, "hpcbridge": section}, indent=2, default=str))
 
 
 def _owner(path: Path) -> str:

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbridge.addresses import host_and_port
 from hpcbridge.private_files import make_private_dir, write_private_file
 
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
@@ -118,7 +119,7 @@ def check_handshake(address: str, certificates: Certificates, timeout: float) ->
     because there the server checks the client's certificate inside the handshake; under 1.3
     that refusal would arrive only after it.
     """
-    host, port = _host_port(address)
+    host, port = host_and_port(address)
     context = certificates.security().get_connection_args("client")["ssl_context"]
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     with socket.create_connection((host, port), timeout=timeout) as raw:
@@ -132,12 +133,6 @@ def check_handshake(address: str, certificates: Certificates, timeout: float) ->
             reason = error.reason or str(error)
             raise TLSRefused(f"the scheduler refused this client's certificate {certificates.cert} "
                              f"({reason}): it is not signed by the cluster's CA") from None
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    location = address.split("://", 1)[-1]
-    host, _, port = location.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def main(argv: list[str] | None = None) -> int:

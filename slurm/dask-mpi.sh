@@ -90,16 +90,16 @@ export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
 # results outlive the job; a later job resumes a run from there.
 export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
 # Workers stop taking work this long before the job ends (more if their chunks take long),
-# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+# finish what they run and leave one after another (hpcbridge.cluster.drain), so nothing is lost.
 HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}
 export HPCBRIDGE_JOB_END
 export HPCBRIDGE_LIFETIME_MARGIN=300
 
-# What every rank runs: hpcbridge.mpi_job checks the world size, then calls dask-mpi. Rank 0's
+# What every rank runs: hpcbridge.cluster.mpi_job checks the world size, then calls dask-mpi. Rank 0's
 # scheduler writes its own file beside the one this job publishes for clients.
 DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
 MPI_PROGRAM=(
-    "$PYTHON" -m hpcbridge.mpi_job
+    "$PYTHON" -m hpcbridge.cluster.mpi_job
     --scheduler-file "$DASK_SCHEDULER_FILE"
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"

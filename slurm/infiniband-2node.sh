@@ -88,7 +88,7 @@ export DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY="$TLS_KEY"
 # results outlive the job; a later job resumes a run from there.
 export HPCBRIDGE_RUN_DIRECTORY="$HOME"/.hpcbridge/jobs/runs
 # Workers stop taking work this long before the job ends (more if their chunks take long),
-# finish what they run and leave one after another (hpcbridge.drain), so nothing is lost.
+# finish what they run and leave one after another (hpcbridge.cluster.drain), so nothing is lost.
 HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 14400))}
 export HPCBRIDGE_JOB_END
 export HPCBRIDGE_LIFETIME_MARGIN=300
@@ -102,7 +102,7 @@ WORKER_OPTIONS=(
     --memory-limit "$WORKER_MEMORY"
     --interface ib0
     --protocol tls
-    --preload hpcbridge.drain
+    --preload hpcbridge.cluster.drain
     --death-timeout 60
 )
 

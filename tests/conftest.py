@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.spec import JobSpec
-
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec
 
 # A client script for mpi-mode jobs: it attaches through the job's scheduler file, computes the
 # prime-factor sum over [2, 10000) (10218029) and writes what it saw to the file named by argv[1].
@@ -226,7 +225,7 @@ def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int) -> 
 @contextlib.contextmanager
 def module_bridge(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[tuple[jobs.SubmittedJob, object]]:
     """:func:`module_local_job` with a bridge attached once all its ``workers`` joined: ``(job, bridge)``."""
-    from hpcbridge.bridge import connect
+    from hpcbridge.client.bridge import connect
 
     with module_local_job(tmp_path_factory, workers) as job, \
             connect(job.scheduler_file, n_workers=workers, timeout=60) as bridge:

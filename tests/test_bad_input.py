@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpcbridge import matlab
-from hpcbridge.arguments import ArgumentError
-from hpcbridge.bridge import Bridge, connect
 from hpcbridge.cli import main
-from hpcbridge.spec import JobSpec, SpecError
+from hpcbridge.client import matlab
+from hpcbridge.client.arguments import ArgumentError
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.job.spec import JobSpec, SpecError
 from tests.conftest import module_local_job
 from tests.scheduler_probes import task_and_client_counts
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.bridge import connect
-from hpcbridge.render import render_script
+from hpcbridge.client.bridge import connect
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.render import render_script
 from tests.conftest import job_processes, wait_for
 from tests.test_render import SPECS
 

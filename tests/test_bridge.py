@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from hpcbridge import bridge as bridges
-from hpcbridge import jobs
 from hpcbridge.backends.base import JobStatus
-from hpcbridge.bridge import ConnectError, connect
+from hpcbridge.client import bridge as bridges
+from hpcbridge.client.bridge import ConnectError, connect
+from hpcbridge.job import submit as jobs
 
 
 def test_a_missing_scheduler_file_times_out_instead_of_hanging(tmp_path) -> None:
@@ -92,7 +92,7 @@ def test_a_bridge_follows_a_job_that_runs_again_before_its_old_scheduler_file_is
 
     from tests.conftest import wait_for
 
-    monkeypatch.setattr(bridges, "_FOLLOW_GRACE_SECONDS", 1.0)  # what a scheduler dead in a running job gets
+    monkeypatch.setattr(bridges, "FOLLOW_GRACE_SECONDS", 1.0)  # what a scheduler dead in a running job gets
     path = tmp_path / "scheduler.json"
     job = RestartingJob()
     first = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0")

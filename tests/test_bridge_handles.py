@@ -12,9 +12,9 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.bridge import Bridge
-from hpcbridge.missing_modules import ModuleMissing
+from hpcbridge.client.bridge import Bridge
+from hpcbridge.client.missing_modules import ModuleMissing
+from hpcbridge.job import submit as jobs
 from tests.conftest import module_bridge
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the scheduler runs a helper below
@@ -135,7 +135,7 @@ def streams_intervals(dask_scheduler=None) -> list[float]:
 
 def test_a_bridge_shortens_the_clusters_message_batching_to_a_millisecond(cluster) -> None:
     """distributed's 10 ms / 5 ms / 2 ms batching was most of a short run's cost (hpcbridge/latency.py)."""
-    from hpcbridge import latency
+    from hpcbridge.client import latency
 
     _, bridge = cluster
     assert bridge.client.scheduler_comm.interval <= latency.INTERVAL_SECONDS

@@ -18,9 +18,12 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from hpcbridge import jobs, mapping
-from hpcbridge.bridge import Bridge, connect
-from hpcbridge.mapping import ItemError, plan_chunks
+from hpcbridge.client import futures, planning
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.planning import plan_chunks
+from hpcbridge.client.runs import ItemError
+from hpcbridge.cluster import chunks
+from hpcbridge.job import submit as jobs
 from hpcbridge.rundir import function_identity
 from tests.conftest import module_bridge
 
@@ -59,7 +62,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.Sub
 
 def executed(bridge: Bridge, run: str) -> int:
     """How many items of ``run`` the workers executed, all workers together."""
-    return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
+    return sum(counts.get(run, 0) for counts in bridge.client.run(chunks.executed_items).values())
 
 
 def test_guided_chunks_cover_every_item_once_and_shrink_towards_the_end() -> None:
@@ -69,9 +72,9 @@ def test_guided_chunks_cover_every_item_once_and_shrink_towards_the_end() -> Non
     sizes = [high - low for low, high in bounds]
     assert sizes == sorted(sizes, reverse=True)
     assert len(bounds) < 300
-    assert sizes[-1] * 1e-6 <= mapping.SHORTEST_CHUNK_SECONDS * 2  # the tail is short work
+    assert sizes[-1] * 1e-6 <= planning.SHORTEST_CHUNK_SECONDS * 2  # the tail is short work
     slow = plan_chunks(0, 1000, threads=4, seconds_per_item=0.1)
-    assert max(high - low for low, high in slow) * 0.1 <= mapping.TARGET_CHUNK_SECONDS
+    assert max(high - low for low, high in slow) * 0.1 <= planning.TARGET_CHUNK_SECONDS
 
 
 def test_a_million_small_items_run_as_few_tasks_and_come_back_in_order(cluster) -> None:
@@ -204,7 +207,7 @@ def test_a_function_mapped_before_is_planned_from_what_its_last_run_measured(clu
     bridge.gather(slower, progress=False)
     learned = bridge.map(pause, [0.01] * 400, progress=False)  # 4 s of work as the last run measured
     assert len(learned.bounds) >= 16
-    assert max(high - low for low, high in learned.bounds) * 0.01 <= mapping.TARGET_CHUNK_SECONDS * 1.5
+    assert max(high - low for low, high in learned.bounds) * 0.01 <= planning.TARGET_CHUNK_SECONDS * 1.5
     assert bridge.gather(learned, progress=False) == [0.01] * 400
     assert executed(bridge, slower.name) == executed(bridge, learned.name) == 400
 
@@ -216,13 +219,13 @@ def test_a_warm_up_of_a_few_items_with_slow_first_calls_does_not_plan_the_next_m
     _, bridge = cluster
     cold = functools.partial(slow_first_call, token=f"hpcbridge_cold_{uuid.uuid4().hex}")
     assert bridge.gather(bridge.map(cold, range(4), progress=False), progress=False) == [0, 1, 2, 3]
-    key = mapping.estimate_key(function_identity(cold), range(4))
-    assert mapping.remembered_estimate(bridge.client, key) is None  # 4 items: a warm-up, no sample
+    key = planning.estimate_key(function_identity(cold), range(4))
+    assert planning.remembered_estimate(bridge.client, key) is None  # 4 items: a warm-up, no sample
     real = bridge.map(cold, range(2000), progress=False)
     assert real.bounds[:2] == [(0, 2), (2, 4)]  # probed afresh
     assert bridge.gather(real, progress=False) == list(range(2000))
     assert len(real.futures) < 50
-    assert mapping.remembered_estimate(bridge.client, key) < 0.01  # the 3 s first calls are not in it
+    assert planning.remembered_estimate(bridge.client, key) < 0.01  # the 3 s first calls are not in it
     again = bridge.map(cold, range(2000), progress=False)
     assert len(again.futures) <= 4 and again.bounds[0] != (0, 2)  # planned from the last run
     assert bridge.gather(again, progress=False) == list(range(2000))
@@ -234,7 +237,7 @@ def test_results_come_straight_from_the_workers_unless_the_client_cannot_reach_t
     the workers gathers from them, one that reaches the scheduler only (a tunnel to its port)
     keeps the scheduler's route, decided within a bound and once per client."""
     job, bridge = cluster
-    assert mapping.reaches_workers(bridge.client) is True
+    assert futures.reaches_workers(bridge.client) is True
     with connect(job=job, n_workers=2, timeout=60) as other:
         with socket.socket() as closed:  # a port nobody listens on: what a firewalled worker looks like
             closed.bind(("127.0.0.1", 0))
@@ -242,8 +245,8 @@ def test_results_come_straight_from_the_workers_unless_the_client_cannot_reach_t
         real_info = other.client.scheduler_info
         monkeypatch.setattr(other.client, "scheduler_info", lambda **kw: {**real_info(**kw), "workers": {address: {}}})
         started = time.monotonic()
-        assert mapping.reaches_workers(other.client) is False
-        assert time.monotonic() - started < mapping.DIRECT_PROBE_SECONDS + 1
+        assert futures.reaches_workers(other.client) is False
+        assert time.monotonic() - started < futures.DIRECT_PROBE_SECONDS + 1
         monkeypatch.undo()
         routes: list = []
         real_gather = other.client.gather

@@ -14,8 +14,10 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from hpcbridge import broadcast, jobs, machine_copy
-from hpcbridge.bridge import Bridge, connect
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.cluster import broadcasts as broadcast
+from hpcbridge.cluster import machine_copy
+from hpcbridge.job import submit as jobs
 from tests.conftest import module_bridge, worker_tls_env
 from tests.scheduler_probes import amm_interval, peak_rss_bytes
 

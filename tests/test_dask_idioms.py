@@ -17,8 +17,9 @@ import distributed
 import numpy as np
 import pytest
 
-from hpcbridge import jobs, mapping
-from hpcbridge.bridge import Bridge, connect
+from hpcbridge.client import runs as run_module
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.job import submit as jobs
 from tests.conftest import module_local_job
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # f and the helpers run on the workers
@@ -66,9 +67,9 @@ def test_set_as_default_false_opts_out(cluster: jobs.SubmittedJob) -> None:
 
 def test_the_executor_maps_the_seed_function_over_254_inputs_in_a_few_chunks(bridge: Bridge,
                                                                               monkeypatch) -> None:
-    runs: list[mapping.Run] = []
-    start = mapping.start
-    monkeypatch.setattr(mapping, "start", lambda *a, **k: runs.append(start(*a, **k)) or runs[-1])
+    runs: list[run_module.Run] = []
+    start = run_module.start
+    monkeypatch.setattr(run_module, "start", lambda *a, **k: runs.append(start(*a, **k)) or runs[-1])
     with bridge.executor() as executor:
         assert isinstance(executor, concurrent.futures.Executor)
         assert list(executor.map(f, range(254))) == [x * x for x in range(254)]

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["hpcbridge.units", "hpcbridge.render", "hpcbridge.backends.slurm", "hpcbridge.backends.pbs",
+MODULES = ["hpcbridge.job.units", "hpcbridge.job.render", "hpcbridge.backends.slurm", "hpcbridge.backends.pbs",
            "hpcbridge.backends.lsf", "hpcbridge.workloads.primes"]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hpcbridge import drain
+from hpcbridge.cluster import drain
 
 
 class _Worker:

@@ -219,7 +219,7 @@ def test_montecarlo_example_writes_the_table_the_serial_run_gives(cluster: str, 
 def test_render_holds_the_image_plus_two_waves_not_a_second_copy(cluster: str) -> None:
     import tracemalloc
 
-    from hpcbridge.bridge import connect
+    from hpcbridge.client.bridge import connect
 
     view = mandelbrot.View(6000, 6000)
     with connect(cluster, n_workers=2, timeout=60) as bridge:

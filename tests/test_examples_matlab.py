@@ -1,7 +1,7 @@
 """The MATLAB examples: they parse (in GNU Octave), name Python functions that exist, and the calls
 they make through the toolbox's Python side give the right answers on a real local cluster.
 
-MATLAB is not available here, so the toolbox's Python entry points (``hpcbridge.matlab``) are
+MATLAB is not available here, so the toolbox's Python entry points (``hpcbridge.client.matlab``) are
 called with the types MATLAB passes: matrices as memoryview, vectors as array.array, structs as
 dict.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge import matlab as toolbox
-from hpcbridge.spec import JobSpec
+from hpcbridge.client import matlab as toolbox
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec
 from hpcbridge.workloads import mandelbrot, montecarlo, truss
 from tests.conftest import job_processes, wait_for
 

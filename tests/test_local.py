@@ -14,8 +14,9 @@ import dask
 import numpy as np
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.bridge import ConnectError, connect, wait_for_scheduler_file
+from hpcbridge.client.attach import wait_for_scheduler_file
+from hpcbridge.client.bridge import ConnectError, connect
+from hpcbridge.job import submit as jobs
 from hpcbridge.workloads.primes import sum_prime_factors
 from tests.conftest import job_processes, wait_for
 

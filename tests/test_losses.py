@@ -6,9 +6,18 @@ from dataclasses import dataclass
 
 import pytest
 
+from hpcbridge.addresses import address_silent
 from hpcbridge.backends import JobStatus
-from hpcbridge.losses import (JobCancelled, NodeFailed, RunLost, SchedulerLost, SchedulerUnreachable,
-                              WalltimeReached, WorkersLeft, address_silent, explain)
+from hpcbridge.client.losses import (
+    JobCancelled,
+    NodeFailed,
+    RunLost,
+    SchedulerLost,
+    SchedulerUnreachable,
+    WalltimeReached,
+    WorkersLeft,
+    explain,
+)
 
 
 @dataclass

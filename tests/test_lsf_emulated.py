@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from hpcbridge.backends.lsf import parse_bjobs, parse_job_id
-from hpcbridge.bridge import connect
-from hpcbridge.render import render_script
-from hpcbridge.spec import JobSpec
+from hpcbridge.client.bridge import connect
+from hpcbridge.job.render import render_script
+from hpcbridge.job.spec import JobSpec
 from tests.conftest import CLIENT_SCRIPT, wait_for
 
 # bsub options that take a value, and how LSF's documentation says the value looks.

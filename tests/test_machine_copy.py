@@ -11,7 +11,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from hpcbridge import machine_copy
+from hpcbridge.cluster import machine_copy
 
 
 def sample() -> dict:
@@ -55,7 +55,7 @@ def test_another_process_of_the_owner_maps_the_same_pages() -> None:
     assert copy is not None
     where = asdict(copy.where())
     script = ("import sys, numpy as np\n"
-              "from hpcbridge import machine_copy\n"
+              "from hpcbridge.cluster import machine_copy\n"
               f"copy = machine_copy.attach(machine_copy.Where(**{where!r}))\n"
               "array = copy.load()\n"
               "print(array.flags.writeable, array.size, repr(float(array.sum())))\n")

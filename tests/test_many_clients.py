@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs, mapping
-from hpcbridge.bridge import Bridge, connect
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.cluster import chunks
+from hpcbridge.job import submit as jobs
 from tests.conftest import module_bridge
 from tests.scheduler_probes import peak_rss_bytes, task_and_client_counts
 
@@ -24,7 +25,7 @@ BOUND_SECONDS = 240  # all eight together, on a loaded 2-core machine: ~20 s her
 
 CLIENT = """
 import operator, sys
-from hpcbridge.bridge import connect
+from hpcbridge.client.bridge import connect
 
 name = sys.argv[2]
 with connect(sys.argv[1], n_workers=2, timeout=60) as bridge:
@@ -62,7 +63,7 @@ def test_eight_clients_at_once_each_get_every_result_once_with_flat_memory(clust
     print(f"\nfigures many clients: {CLIENTS} x {ITEMS} items in {time.monotonic() - started:.1f} s")
     for name, client, (out, err) in zip(names, clients, outputs):
         assert client.returncode == 0 and out.split() == ["ok", name, str(ITEMS)], err[-2000:]
-    executed = bridge.client.run(mapping.executed_items).values()
+    executed = bridge.client.run(chunks.executed_items).values()
     assert [sum(counts.get(name, 0) for counts in executed) for name in names] == [ITEMS] * CLIENTS
     assert bridge.runs() == []
     tasks, _ = bridge.client.run_on_scheduler(task_and_client_counts)
@@ -124,6 +125,6 @@ def test_two_clients_starting_a_run_of_one_name_at_once_never_mix_their_results(
     message = str(errors[0])
     assert isinstance(errors[0], KeyError) and "'same'" in message and "already exists" in message
     assert "Dataset same" not in message  # distributed's words came after both runs had submitted chunks
-    executed = sum(counts.get("same", 0) for counts in bridge.client.run(mapping.executed_items).values())
+    executed = sum(counts.get("same", 0) for counts in bridge.client.run(chunks.executed_items).values())
     assert executed == 300  # the loser computed nothing
     assert bridge.runs() == []

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import operator
 
-from hpcbridge import mapping
-from hpcbridge.mapping import ChunkTask, plan_chunks, run_chunk
+from hpcbridge.client import planning
+from hpcbridge.client.planning import plan_chunks
+from hpcbridge.cluster.chunks import ChunkTask, run_chunk
 
 
 def covers(bounds: list[tuple[int, int]], start: int, stop: int) -> bool:
@@ -26,17 +27,17 @@ def test_tiny_items_go_in_chunks_of_many_task_costs_but_every_thread_gets_work()
     per_item = 1e-7
     bounds = plan_chunks(0, 50_000_000, threads=2, seconds_per_item=per_item)  # 5 s of work
     assert covers(bounds, 0, 50_000_000)
-    assert min(high - low for low, high in bounds[:-1]) * per_item >= mapping.SHORTEST_CHUNK_SECONDS  # the last: what is left
-    assert max(high - low for low, high in bounds) * per_item <= mapping.TARGET_CHUNK_SECONDS
+    assert min(high - low for low, high in bounds[:-1]) * per_item >= planning.SHORTEST_CHUNK_SECONDS  # the last: what is left
+    assert max(high - low for low, high in bounds) * per_item <= planning.TARGET_CHUNK_SECONDS
     many = plan_chunks(0, 10_000_000, threads=64, seconds_per_item=per_item)  # 1 s over 64 threads
     assert covers(many, 0, 10_000_000) and len(many) >= 64
 
 
 def test_a_probe_is_sized_from_the_estimate_within_a_share_of_what_remains() -> None:
-    assert mapping._probe_size(1e-7, 10**6, threads=2) == 10**6 // (mapping.CHUNKS_PER_THREAD * 2)
-    assert mapping._probe_size(1e-7, 10**9, threads=2) * 1e-7 >= mapping.PROBE_SECONDS
-    assert mapping._probe_size(1.0, 10**6, threads=2) == 20  # slow items: ten times the warm-up
-    assert mapping._probe_size(1e-3, 30, threads=2) >= 1
+    assert planning._probe_size(1e-7, 10**6, threads=2) == 10**6 // (planning.CHUNKS_PER_THREAD * 2)
+    assert planning._probe_size(1e-7, 10**9, threads=2) * 1e-7 >= planning.PROBE_SECONDS
+    assert planning._probe_size(1.0, 10**6, threads=2) == 20  # slow items: ten times the warm-up
+    assert planning._probe_size(1e-3, 30, threads=2) >= 1
 
 
 class Done:
@@ -77,7 +78,7 @@ def probe_with(seconds_per_call: float, n: int, threads: int = 2) -> tuple[list[
         return Done(f"k{len(submitted)}", ([], {}, seconds_per_call * count, seconds_per_call))
 
     client = NoWaits()
-    position, per_item = mapping._probe(client, submit, n, threads)
+    position, per_item = planning.probe(client, submit, n, threads)
     assert position == submitted[-1][1]
     return submitted, client.waits, per_item
 
@@ -91,7 +92,7 @@ def test_a_large_map_of_tiny_items_needs_one_probe_after_the_warm_up() -> None:
     submitted, waits, per_item = probe_with(2e-6, 50_000_000)
     assert len(submitted) == 3 and waits == 2  # warm-ups, then one probe long enough to measure
     low, high = submitted[-1]
-    assert (high - low) * per_item >= mapping.PROBE_SECONDS
+    assert (high - low) * per_item >= planning.PROBE_SECONDS
 
 
 def test_warm_ups_that_hold_every_item_are_not_waited_for() -> None:

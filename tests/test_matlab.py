@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcbridge import mapping, matlab
-from hpcbridge.mapping import ItemError
+from hpcbridge.client import losses, matlab, planning, runs
+from hpcbridge.client.runs import ItemError
 from tests.conftest import module_local_job
 
 USER_FUNCTIONS = textwrap.dedent("""
@@ -166,21 +166,21 @@ def test_bad_arguments_are_refused_with_a_reason(cluster: str) -> None:
 
 
 def test_results_from_disk_say_what_is_missing_and_map_by_name_resumes(cluster: str) -> None:
-    from hpcbridge import mapping
+    from hpcbridge.client import losses, planning, runs
 
     run = matlab.map(cluster, "operator:neg", array.array("d", [float(x) for x in range(400)]),
                      (), "m-resume", False, 50.0)
     assert matlab.wait(cluster, run, 60.0)["finished"]
     bridge = matlab.bridge_for(cluster)
     directory = Path(bridge.run(run).directory)
-    mapping.release(bridge.client, run)  # the cluster forgets it, as one that ended would
+    runs.release(bridge.client, run)  # the cluster forgets it, as one that ended would
     (directory / "chunk-100-150.pkl").unlink()
     got = matlab.results(cluster, run, math.inf, False, True)
     assert not got["complete"] and got["missing"].tolist() == list(range(101, 151))  # 1-based
     assert got["values"].dtype == np.float64 and np.isnan(got["values"][100:150]).all()
     np.testing.assert_array_equal(got["values"][:100], -np.arange(100.0))
     assert "50 have no result (items 100..149)" in got["reason"]
-    with pytest.raises(mapping.RunLost, match="items 100..149"):
+    with pytest.raises(losses.RunLost, match="items 100..149"):
         matlab.gather(cluster, run)
     again = matlab.map(cluster, "operator:neg", array.array("d", [float(x) for x in range(400)]),
                        (), "m-resume", False, 50.0)
@@ -208,7 +208,7 @@ def test_map_returns_before_its_probes_finish_and_gather_collects_everything(
         cluster: str, user_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The probes cannot finish until the gate file exists, which the test makes only after map returned."""
     matlab.connect(cluster, 2.0, 60.0)
-    monkeypatch.setattr(mapping, "PROBE_WAIT_COLD", 300.0)  # a blocking map would wait this long
+    monkeypatch.setattr(planning, "PROBE_WAIT_COLD", 300.0)  # a blocking map would wait this long
     gate = tmp_path / "gate"
     matlab.broadcast(cluster, str(gate), "gate")
     returned: list[str] = []

@@ -52,7 +52,7 @@ def test_gather_says_the_timeout_it_was_given_not_the_time_left(tmp_path: Path) 
     """hpcbridge.gather against a stand-in for MATLAB's ``py`` whose run never finishes."""
     (tmp_path / "py.m").write_text(
         "function p = py()\n"
-        "p.hpcbridge.matlab.wait = @(file, name, t) waited(t);\n"
+        "p.hpcbridge.client.matlab.wait = @(file, name, t) waited(t);\n"
         "end\n"
         "function s = waited(t)\n"
         "pause(min(t, 0.05));\n"

@@ -16,9 +16,9 @@ def test_too_few_ranks_for_a_client_script_is_a_clear_error(tmp_path) -> None:
     script.write_text("print('never runs')\n")
     environment = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     done = subprocess.run(
-        ["mpirun", "-n", "2", sys.executable, "-m", "hpcbridge.mpi_job", "--scheduler-file", str(tmp_path / "s.json"),
+        ["mpirun", "-n", "2", sys.executable, "-m", "hpcbridge.cluster.mpi_job", "--scheduler-file", str(tmp_path / "s.json"),
          "--nthreads", "1", "--client-script", str(script)],
-        capture_output=True, text=True, timeout=120, env=environment,
+        capture_output=True, text=True, timeout=120, env=environment, cwd=tmp_path,
     )
     assert done.returncode != 0
     assert "hpcbridge: mpi mode needs at least 3 MPI ranks (scheduler, client, one worker); this job has 2" in done.stderr
@@ -30,7 +30,7 @@ def test_in_mpi_mode_the_workers_leave_before_the_job_ends_and_say_so(tmp_path) 
     """The drain preload runs on the dask-mpi workers: before HPCBRIDGE_JOB_END - margin they close, logging why."""
     from distributed import Client
 
-    from hpcbridge import drain
+    from hpcbridge.cluster import drain
 
     scheduler_file = tmp_path / "s.json"
     environment = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -38,9 +38,10 @@ def test_in_mpi_mode_the_workers_leave_before_the_job_ends_and_say_so(tmp_path) 
     log_path = tmp_path / "mpi.log"
     log = log_path.open("w")
     program = subprocess.Popen(
-        ["mpirun", "--oversubscribe", "-n", "3", sys.executable, "-m", "hpcbridge.mpi_job", "--scheduler-file",
+        ["mpirun", "--oversubscribe", "-n", "3", sys.executable, "-m", "hpcbridge.cluster.mpi_job", "--scheduler-file",
          str(scheduler_file), "--nthreads", "1", "--interface", "lo", "--drain"],
-        stdout=subprocess.DEVNULL, stderr=log, text=True, env=environment, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env=environment, start_new_session=True,
+        cwd=tmp_path)  # dask-mpi's workers put their scratch space in the working directory
     try:
         assert wait_for(lambda: scheduler_file.exists() or program.poll() is not None, timeout=60)
         assert program.poll() is None, log_path.read_text()[-2000:]

@@ -22,7 +22,7 @@ def test_wheel_ships_the_templates_and_renders_from_them(tmp_path: Path) -> None
     zipfile.ZipFile(wheel).extractall(unpacked)
     done = subprocess.run(
         [sys.executable, "-c",
-         "import hpcbridge.render as r; from hpcbridge.spec import JobSpec;"
+         "import hpcbridge.job.render as r; from hpcbridge.job.spec import JobSpec;"
          "print(r.packaged_template_dir()); print(r.render_script(JobSpec(scheduler='slurm')))"],
         cwd=tmp_path, env={"PYTHONPATH": str(unpacked), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True,

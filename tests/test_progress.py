@@ -6,7 +6,7 @@ import ast
 import io
 from pathlib import Path
 
-from hpcbridge.progress import Progress
+from hpcbridge.client.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +44,6 @@ def test_only_the_command_line_imports_the_demo() -> None:
     importers = []
     for path in [*ROOT.glob("hpcbridge/**/*.py"), *ROOT.glob("examples/*.py"), *ROOT.glob("benchmarks/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "hpcbridge.demo":
+            if isinstance(node, ast.ImportFrom) and node.module == "hpcbridge.workloads.demo":
                 importers.append(path.relative_to(ROOT).as_posix())
     assert importers == ["hpcbridge/cli.py"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge.ready_scripts import ready_scripts, stale_scripts
+from hpcbridge.job.ready_scripts import ready_scripts, stale_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ready_scripts_match_the_templates() -> None:
-    assert stale_scripts(ROOT) == [], "regenerate with: python -m hpcbridge.ready_scripts"
+    assert stale_scripts(ROOT) == [], "regenerate with: python -m hpcbridge.job.ready_scripts"
 
 
 def test_every_scheduler_has_the_common_cases() -> None:

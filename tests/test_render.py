@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import render
-from hpcbridge.render import render_script, write_script
-from hpcbridge.spec import JobSpec, SpecError
+from hpcbridge.job import render
+from hpcbridge.job.render import render_script, write_script
+from hpcbridge.job.spec import JobSpec, SpecError
 
 SPECS = {
     "slurm-minimal": JobSpec(scheduler="slurm"),
@@ -177,7 +177,7 @@ def test_lsf_directives() -> None:
 def test_mpi_mode_launches_one_mpi_program(scheduler: str, launcher: str) -> None:
     script = render_script(SPECS[f"{scheduler}-mpi-full"])
     assert launcher in script
-    assert '"$PYTHON" -m hpcbridge.mpi_job' in script
+    assert '"$PYTHON" -m hpcbridge.cluster.mpi_job' in script
     assert "distributed.cli.dask_scheduler" not in script
     assert "import dask_mpi, mpi4py, hpcbridge" in script
 
@@ -209,7 +209,7 @@ def test_ucx_sets_ucx_variables_and_checks_distributed_ucxx_first() -> None:
 
 def test_workers_retire_before_the_walltime() -> None:
     script = render_script(JobSpec(scheduler="slurm", walltime="1h", lifetime_margin="10m"))
-    assert "    --preload hpcbridge.drain\n" in script
+    assert "    --preload hpcbridge.cluster.drain\n" in script
     assert "HPCBRIDGE_JOB_END=${SLURM_JOB_END_TIME:-$(($(date +%s) + 3600))}\n" in script
     assert "export HPCBRIDGE_LIFETIME_MARGIN=600\n" in script
     assert "export HPCBRIDGE_LIFETIME_MARGIN=30\n" in render_script(
@@ -217,7 +217,7 @@ def test_workers_retire_before_the_walltime() -> None:
     with pytest.raises(SpecError, match="at least 30 s"):  # never less than 30 s: the spec refuses it
         JobSpec(scheduler="slurm", walltime="1h", lifetime_margin=5)
     plain = render_script(JobSpec(scheduler="slurm"))
-    assert "hpcbridge.drain" not in plain and "HPCBRIDGE_JOB_END" not in plain
+    assert "hpcbridge.cluster.drain" not in plain and "HPCBRIDGE_JOB_END" not in plain
 
 
 def test_the_job_tells_clients_and_workers_where_runs_are_saved() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hpcbridge.render import render_script
-from hpcbridge.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, SpecWarning, spec_fields
+from hpcbridge.job.render import render_script
+from hpcbridge.job.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, SpecWarning, spec_fields
 
 CANARY = "HPCB CANARY"
 PAYLOADS = [

@@ -4,8 +4,8 @@ read back when the cluster no longer holds them, resumed by a later map of the s
 from __future__ import annotations
 
 import operator
-import pickle
 import os
+import pickle
 import stat
 import sys
 from collections.abc import Iterator
@@ -15,12 +15,14 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from hpcbridge import jobs, mapping
-from hpcbridge.bridge import Bridge, connect
-from hpcbridge.losses import RunLost
+from hpcbridge.client import runs
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.losses import RunLost
+from hpcbridge.cluster import chunks
+from hpcbridge.job import submit as jobs
 from hpcbridge.rundir import RunDirectory, RunMismatchError, missing_ranges
-from tests.test_bridge_map import cluster, executed  # noqa: F401 (the module's 2-worker job, counted runs)
 from tests.conftest import module_local_job
+from tests.test_bridge_map import cluster, executed  # noqa: F401 (the module's 2-worker job, counted runs)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
@@ -39,7 +41,7 @@ def row_of(x: int) -> np.ndarray:
 
 def forget_on_cluster(bridge: Bridge, name: str) -> None:
     """What a cluster that ended does to a run: it no longer holds it (the folder stays)."""
-    mapping.release(bridge.client, name)
+    runs.release(bridge.client, name)
 
 
 def test_chunks_are_saved_as_they_finish_owner_only_beside_the_scheduler_files(cluster) -> None:
@@ -174,7 +176,7 @@ def test_a_saved_chunk_comes_back_as_the_pickle_on_disk_sent_as_its_own_frame(cl
     raw = bridge.client.gather(run.futures)  # the chunks as the workers returned them
     folder = RunDirectory(run.directory)
     for (low, high), (values, errors, _, _) in zip(run.bounds, raw):
-        assert isinstance(values, mapping.Pickled) and not errors
+        assert isinstance(values, chunks.Pickled) and not errors
         assert bytes(values.data) == Path(run.directory, f"chunk-{low}-{high}.pkl").read_bytes()
         buffers: list = []
         header = pickle.dumps(values, protocol=5, buffer_callback=buffers.append)

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import job_processes, register_leftover_check, wait_for
-from hpcbridge import broadcast, jobs
-from hpcbridge.bridge import connect
-from hpcbridge.spec import JobSpec
+from hpcbridge.client.bridge import connect
+from hpcbridge.cluster import broadcasts as broadcast
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec
 from hpcbridge.tls import create_certificates
+from tests.conftest import job_processes, register_leftover_check, wait_for
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 REFUSAL_BOUND = 30  # seconds a refused client process may take in all, imports included (it took 3-5 s here)
@@ -215,7 +216,7 @@ def test_another_unix_user_cannot_map_a_broadcasts_shared_copy(tls_job, other_us
         assert len(places) == 2
         where = next(iter(places.values()))
         script = ("import os\n"
-                  "from hpcbridge import machine_copy\n"
+                  "from hpcbridge.cluster import machine_copy\n"
                   f"where = machine_copy.Where(**{where!r})\n"
                   "print(machine_copy.attach(where))\n"
                   "try:\n"

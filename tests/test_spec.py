@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hpcbridge.spec import JobSpec, SpecError
+from hpcbridge.job.spec import JobSpec, SpecError
 
 
 def test_text_values_are_parsed_into_units() -> None:

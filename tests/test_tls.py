@@ -11,8 +11,8 @@ from pathlib import Path
 import dask.config
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.bridge import ConnectError, connect
+from hpcbridge.client.bridge import ConnectError, connect
+from hpcbridge.job import submit as jobs
 from hpcbridge.tls import create_certificates
 
 

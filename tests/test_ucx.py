@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
+from hpcbridge.job import submit as jobs
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

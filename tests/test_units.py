@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from hpcbridge import units
+from hpcbridge.job import units
 
 
 @pytest.mark.parametrize(

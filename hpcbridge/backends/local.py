@@ -15,14 +15,9 @@ import subprocess
 from pathlib import Path
 
 from hpcbridge.backends.base import JobNotFound, JobStatus
-from hpcbridge.private_files import make_private_dir, open_private_log, write_private_file
+from hpcbridge.private_files import make_private_dir, open_private_log, state_home, write_private_file
 
 _WRAPPER = 'bash "$1"; echo $? > "$2"'
-
-
-def state_home(kind: str = "local") -> Path:
-    """Where hpcbridge keeps records of jobs that run as processes here (``local``, ``ssh``)."""
-    return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / kind
 
 
 class LocalBackend:

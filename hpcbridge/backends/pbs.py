@@ -8,13 +8,12 @@ submission keeps its script and output path under ``$HPCBRIDGE_HOME/pbs/``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from pathlib import Path
 
 from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, read_tail, run_command
-from hpcbridge.private_files import make_private_dir, write_private_file
+from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
 _JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$")
 _ATTRIBUTE = re.compile(r"^\s+([\w.]+) = (.*)$")
@@ -22,11 +21,6 @@ _STATES = {
     "Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "S": "PENDING",
     "R": "RUNNING", "B": "RUNNING", "E": "COMPLETING", "C": "COMPLETED", "F": "COMPLETED", "X": "COMPLETED",
 }
-
-
-def state_home() -> Path:
-    """Where hpcbridge keeps the scripts and output paths of PBS submissions."""
-    return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / "pbs"
 
 
 # PBS Pro's negative exit statuses for jobs the server or MOM ended (pbs_job.h, "JOB_EXEC_*").
@@ -92,7 +86,7 @@ class PBSBackend:
     name = "pbs"
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = home or state_home()
+        self.home = home or state_home("pbs")
 
     def submit(self, script: str) -> str:
         make_private_dir(self.home)

@@ -2,11 +2,11 @@
 
 Each module holds functions that run on the Dask workers (so they must be importable there, which
 is why they live in the package and not in the example scripts) and a driver that spreads them
-over a :class:`~hpcbridge.bridge.Bridge`. Numba and SciPy are imported inside the functions that
+over a :class:`~hpcbridge.client.bridge.Bridge`. Numba and SciPy are imported inside the functions that
 need them: ``import hpcbridge`` works without the ``examples`` extra.
 
 :func:`open_cluster` and :func:`add_cluster_options` are the part every example and benchmark
-shares: run on a fresh local cluster (:func:`hpcbridge.backends.local_cluster.local_cluster`, started the way a batch job starts), or attach
+shares: run on a fresh local cluster (:func:`hpcbridge.local_cluster.local_cluster`, started the way a batch job starts), or attach
 to a running cluster through its scheduler file.
 """
 
@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from hpcbridge.bridge import Bridge, connect
+from hpcbridge.client.bridge import Bridge, connect
 
 
 def add_cluster_options(parser: argparse.ArgumentParser, workers: int = 2) -> None:
@@ -45,7 +45,7 @@ def open_cluster(scheduler_file: str | os.PathLike[str] | None, workers: int, ti
             say(f"attached to {bridge.client.scheduler.address} through {scheduler_file}")
             yield bridge
         return
-    from hpcbridge.backends.local_cluster import local_cluster
+    from hpcbridge.local_cluster import local_cluster
 
     with local_cluster(workers, timeout=timeout, say=say, job_name=job_name) as (_job, bridge):
         yield bridge

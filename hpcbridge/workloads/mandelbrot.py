@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcbridge.bridge import Bridge
+from hpcbridge.client.bridge import Bridge
 from hpcbridge.private_files import write_at
 
 #: The region of the issue: a filament near the Seahorse valley, no cardioid or bulb inside.
@@ -275,7 +275,7 @@ def image(cluster: str, width: int | float, height: int | float, maxiter: int | 
     arrive as doubles. MATLAB converts the result with a single ``uint8(...)``, so it never
     holds the blocks, only Python's image and its own copy.
     """
-    from hpcbridge.matlab import bridge_for
+    from hpcbridge.client.matlab import bridge_for
 
     view = View(width=int(width), height=int(height), maxiter=int(maxiter))
     return render(bridge_for(cluster), view)

@@ -19,7 +19,8 @@ from functools import cache
 
 import numpy as np
 
-from hpcbridge.bridge import Bridge
+from hpcbridge.client.bridge import Bridge
+
 
 def sample_sizes(count: int = 1200, low: int = 10**3, high: int = 10**7) -> np.ndarray:
     """``count`` distinct integers from ``low`` to ``high``, evenly spaced in log."""

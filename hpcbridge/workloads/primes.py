@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from functools import cache
 
-from hpcbridge.bridge import Bridge
+from hpcbridge.client.bridge import Bridge
 
 __all__ = ["sum_prime_factors", "distinct_prime_factor_sum", "sum_prime_factors_strided", "prime_contribution", "distinct_prime_factor_sums",
            "strided_job", "segment_contribution",

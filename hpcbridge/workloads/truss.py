@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcbridge.bridge import Bridge
+from hpcbridge.client.bridge import Bridge
 
 SOLVERS = ("auto", "reuse", "pardiso", "superlu", "spsolve")
 

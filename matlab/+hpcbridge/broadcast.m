@@ -25,7 +25,7 @@ addParameter(p, 'Name', '', @(x) ischar(x) || isstring(x));
 parse(p, cluster, value, varargin{:});
 opts = p.Results;
 
-info = py.hpcbridge.matlab.broadcast(hpcbridge.clusterFile(opts.cluster), hpcbridge.toPython(opts.value), char(opts.Name));
+info = py.hpcbridge.client.matlab.broadcast(hpcbridge.clusterFile(opts.cluster), hpcbridge.toPython(opts.value), char(opts.Name));
 handle = hpcbridge.fromPython(info);
 end
 

@@ -6,5 +6,5 @@ function close(cluster)
 %
 %   See also hpcbridge.connect, hpcbridge.shutdown.
 
-py.hpcbridge.matlab.close(hpcbridge.clusterFile(cluster));
+py.hpcbridge.client.matlab.close(hpcbridge.clusterFile(cluster));
 end

@@ -29,6 +29,6 @@ addParameter(p, 'Timeout', 300, @(x) isnumeric(x) && isscalar(x) && x >= 0);
 parse(p, schedulerFile, varargin{:});
 opts = p.Results;
 
-info = py.hpcbridge.matlab.connect(char(opts.schedulerFile), int64(opts.Workers), double(opts.Timeout));
+info = py.hpcbridge.client.matlab.connect(char(opts.schedulerFile), int64(opts.Workers), double(opts.Timeout));
 cluster = hpcbridge.fromPython(info);
 end

@@ -34,7 +34,7 @@ shown = -1;
 % Wait in short Python calls: Python threads do not run while MATLAB code does.
 while true
     left = opts.Timeout - toc(deadline);
-    status = struct(py.hpcbridge.matlab.wait(file, name, min(1.0, max(0, left))));
+    status = struct(py.hpcbridge.client.matlab.wait(file, name, min(1.0, max(0, left))));
     done = double(status.done);
     total = max(1, double(status.total));
     percent = floor(100 * done / total);
@@ -52,5 +52,5 @@ while true
     end
 end
 % Every chunk is done: the results only have to travel.
-results = hpcbridge.fromPython(py.hpcbridge.matlab.gather(file, name, Inf, logical(opts.Stack)));
+results = hpcbridge.fromPython(py.hpcbridge.client.matlab.gather(file, name, Inf, logical(opts.Stack)));
 end

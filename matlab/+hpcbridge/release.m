@@ -13,5 +13,5 @@ parse(p, cluster, handle);
 if isstruct(handle)
     handle = handle.name;
 end
-py.hpcbridge.matlab.release(hpcbridge.clusterFile(cluster), char(handle));
+py.hpcbridge.client.matlab.release(hpcbridge.clusterFile(cluster), char(handle));
 end

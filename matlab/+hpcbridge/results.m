@@ -31,13 +31,13 @@ opts = p.Results;
 
 file = hpcbridge.clusterFile(opts.cluster);
 if ~logical(opts.Partial)
-    values = hpcbridge.fromPython(py.hpcbridge.matlab.results(file, char(opts.run), opts.Timeout, ...
+    values = hpcbridge.fromPython(py.hpcbridge.client.matlab.results(file, char(opts.run), opts.Timeout, ...
         logical(opts.Stack), false));
     missing = zeros(1, 0);
     reason = '';
     return
 end
-got = struct(py.hpcbridge.matlab.results(file, char(opts.run), opts.Timeout, logical(opts.Stack), true));
+got = struct(py.hpcbridge.client.matlab.results(file, char(opts.run), opts.Timeout, logical(opts.Stack), true));
 values = hpcbridge.fromPython(got.values);
 missing = double(hpcbridge.fromPython(got.missing));
 reason = char(got.reason);

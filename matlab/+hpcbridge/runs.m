@@ -5,5 +5,5 @@ function names = runs(cluster)
 %
 %   See also hpcbridge.gather, hpcbridge.release.
 
-names = hpcbridge.fromPython(py.hpcbridge.matlab.runs(hpcbridge.clusterFile(cluster)));
+names = hpcbridge.fromPython(py.hpcbridge.client.matlab.runs(hpcbridge.clusterFile(cluster)));
 end

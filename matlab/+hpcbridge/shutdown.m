@@ -4,5 +4,5 @@ function shutdown(cluster)
 %
 %   See also hpcbridge.close.
 
-py.hpcbridge.matlab.shutdown(hpcbridge.clusterFile(cluster));
+py.hpcbridge.client.matlab.shutdown(hpcbridge.clusterFile(cluster));
 end

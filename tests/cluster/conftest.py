@@ -200,7 +200,7 @@ def batch_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
 
     def make(cluster: SlurmCluster, scheduler: str, **values):
-        from hpcbridge.spec import JobSpec
+        from hpcbridge.job.spec import JobSpec
 
         values.setdefault("interface", cluster.interface)
         values.setdefault("python", sys.executable)
@@ -217,7 +217,7 @@ def submit_3nodes(slurm_cluster_3nodes, batch_spec, batch_jobs):
     worker each (values override), cancelled after the test; the fault tests' jobs."""
 
     def make(**values):
-        from hpcbridge import jobs
+        from hpcbridge.job import submit as jobs
 
         values = {"nodes": 3, "ntasks_per_node": 1, "cpus_per_task": 1, "mem_per_cpu": "300M", **values}
         job = jobs.submit(batch_spec(slurm_cluster_3nodes, "slurm", **values))
@@ -229,7 +229,7 @@ def submit_3nodes(slurm_cluster_3nodes, batch_spec, batch_jobs):
 
 @pytest.fixture
 def batch_jobs() -> Iterator[list]:
-    """Submitted jobs (hpcbridge.jobs.SubmittedJob), each cancelled at the end if it still runs."""
+    """Submitted jobs (hpcbridge.job.submit.SubmittedJob), each cancelled at the end if it still runs."""
     submitted: list = []
     yield submitted
     for job in submitted:

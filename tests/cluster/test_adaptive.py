@@ -7,9 +7,9 @@ import sys
 import pytest
 from distributed import Client
 
-from hpcbridge.adaptive import jobqueue_cluster, jobqueue_options
+from hpcbridge.job.adaptive import jobqueue_cluster, jobqueue_options
+from hpcbridge.job.spec import JobSpec, SpecError
 from hpcbridge.workloads.primes import split_range, sum_prime_factors
-from hpcbridge.spec import JobSpec, SpecError
 from tests.conftest import wait_for
 
 

@@ -23,9 +23,10 @@ import pytest
 from click.testing import CliRunner
 
 import hpcbridge
-from hpcbridge import adaptive, jobs
 from hpcbridge.cli import main as cli
-from hpcbridge.spec import JobSpec, SpecError
+from hpcbridge.job import adaptive
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec, SpecError
 from tests.conftest import wait_for
 
 FAST = {"interval": 1, "wait_count": 3, "min_job_age": 20, "scheduler_mem": "1G", "idle_timeout": "10m"}

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import hpcbridge
-from hpcbridge import jobs
+from hpcbridge.job import submit as jobs
 from hpcbridge.rundir import RunDirectory
 from tests.conftest import wait_for
 
@@ -53,7 +53,7 @@ def test_a_requeued_cluster_comes_back_and_its_run_resumes_without_recomputing(
     spec = batch_spec(slurm_cluster, "slurm", protocol="tcp", requeue=True, ntasks_per_node=2, mem_per_cpu="700M",
                       job_name="hpcb-requeue")
     script = (tmp_path / "requeue.sh")
-    from hpcbridge.render import render_script
+    from hpcbridge.job.render import render_script
 
     script.write_text(render_script(spec))
     assert "#SBATCH --requeue\n#SBATCH --open-mode=append\n#SBATCH --signal=B:USR1@150\n" in script.read_text()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.spec import JobSpec
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec
 from tests.conftest import wait_for
 
 ELEMENT_SCRIPT = """\

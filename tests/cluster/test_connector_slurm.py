@@ -15,9 +15,11 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from hpcbridge import broadcast, jobs, mapping
-from hpcbridge.bridge import connect
-from hpcbridge.spec import JobSpec
+from hpcbridge.client.bridge import connect
+from hpcbridge.cluster import broadcasts as broadcast
+from hpcbridge.cluster import chunks
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec
 from tests.conftest import wait_for, worker_tls_env
 from tests.scheduler_probes import amm_interval, peak_rss_bytes
 
@@ -122,6 +124,6 @@ def test_a_killed_clients_run_is_collected_from_a_new_process_without_recomputin
             client.wait()
     with connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
         assert bridge.results("slurm-survivor", timeout=120, progress=False) == [x**3 for x in range(150)]
-        counts = bridge.client.run(mapping.executed_items).values()
+        counts = bridge.client.run(chunks.executed_items).values()
         assert sum(c.get("slurm-survivor", 0) for c in counts) == 150
         bridge.shutdown()

@@ -22,9 +22,9 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from hpcbridge import mapping
-from hpcbridge.bridge import Bridge, connect
-from hpcbridge.losses import JobCancelled, SchedulerLost, WalltimeReached
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.losses import JobCancelled, SchedulerLost, WalltimeReached
+from hpcbridge.cluster import chunks
 from tests.conftest import wait_for, worker_tls_env
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -49,7 +49,7 @@ def executions(marks: Path) -> collections.Counter:
 
 
 def executed(bridge: Bridge, run: str) -> int:
-    return sum(counts.get(run, 0) for counts in bridge.client.run(mapping.executed_items).values())
+    return sum(counts.get(run, 0) for counts in bridge.client.run(chunks.executed_items).values())
 
 
 def walltime_reached(job, n_workers: int, items: list[int], marks: Path, name: str) -> WalltimeReached:

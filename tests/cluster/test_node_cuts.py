@@ -25,16 +25,16 @@ import cloudpickle
 import dask
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.bridge import Bridge, connect
-from hpcbridge.losses import SchedulerLost, SchedulerUnreachable
+from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.losses import SchedulerLost, SchedulerUnreachable
+from hpcbridge.job import submit as jobs
 from tests.conftest import wait_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
 CUT_SECONDS = 35.0  # under SlurmdTimeout (60 s): Slurm keeps the job
 # The scheduler's node cut off: distributed's TCP timeout (30 s) or hpcbridge's unanswered bound
-# (mapping.UNREACHABLE_SECONDS, 30 s), the reconnect try (10 s) and the batch system's word (10 s).
+# (watch.UNREACHABLE_SECONDS, 30 s), the reconnect try (10 s) and the batch system's word (10 s).
 SCHEDULER_CUT_BOUND = 60.0
 GATHER_TIMEOUT = 150.0  # the map completes within this of the cut, on the workers that remain
 WORKER_CUT_BOUND = 150.0  # the map finishes on the other workers within this of the cut

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
 from hpcbridge.backends import JobNotFound, get_backend
-from hpcbridge.bridge import connect, wait_for_scheduler_file
+from hpcbridge.client.attach import wait_for_scheduler_file
+from hpcbridge.client.bridge import connect
+from hpcbridge.job import submit as jobs
 from tests.conftest import CLIENT_SCRIPT, wait_for
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge import jobs
 from hpcbridge.backends import get_backend
-from hpcbridge.bridge import ConnectError, connect
-from hpcbridge.render import render_script
+from hpcbridge.client.bridge import ConnectError, connect
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.render import render_script
+from hpcbridge.job.spec import JobSpec
 from hpcbridge.scheduler_file import SchedulerFileInUse
-from hpcbridge.spec import JobSpec
 from tests.conftest import wait_for
 
 NODE_FAILURE_BOUND = 180  # seconds; Slurm declares a node dead after SlurmdTimeout=60 s (+ ping interval)

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcbridge import jobs
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import BatchCommandError
-from hpcbridge.bridge import connect, wait_for_scheduler_file
+from hpcbridge.client.attach import wait_for_scheduler_file
+from hpcbridge.client.bridge import connect
+from hpcbridge.job import submit as jobs
 from hpcbridge.workloads.primes import split_range, sum_prime_factors
 from tests.conftest import CLIENT_SCRIPT, wait_for
 
@@ -168,13 +169,13 @@ def test_dask_mpi_checks_the_workers_interface_on_every_node_before_starting(slu
                                  scheduler_interface=slurm_cluster.interface))
     batch_jobs.append(job)
     log = _failed_naming_ib7(job)
-    assert "hpcbridge.mpi_job" not in log and "distributed" not in log
+    assert "hpcbridge.cluster.mpi_job" not in log and "distributed" not in log
 
 
 def test_a_script_follows_the_allocation_sbatch_gives_it(slurm_cluster_3nodes, batch_spec, batch_jobs,
                                                           tmp_path) -> None:
     """`sbatch -N 2 -c 2` of a script rendered for 1 node x 1 CPU: 2 nodes of 2-thread workers."""
-    from hpcbridge.render import write_script
+    from hpcbridge.job.render import write_script
 
     cluster = slurm_cluster_3nodes
     spec = batch_spec(cluster, "slurm", nodes=1, ntasks_per_node=1, cpus_per_task=1, mem_per_cpu="200M")

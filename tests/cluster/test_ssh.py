@@ -18,9 +18,9 @@ from typing import Iterator
 
 import pytest
 
-from hpcbridge import jobs
-from hpcbridge.bridge import connect
-from hpcbridge.spec import JobSpec
+from hpcbridge.client.bridge import connect
+from hpcbridge.job import submit as jobs
+from hpcbridge.job.spec import JobSpec
 from tests.cluster.conftest import SlurmCluster, running_cluster
 from tests.cluster.sshd import SSHHosts, command_line, netns_inode, process_netns_inode, running_sshd
 from tests.conftest import job_processes, wait_for

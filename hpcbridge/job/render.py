@@ -1,4 +1,4 @@
-"""Render a :class:`~hpcbridge.spec.JobSpec` into a batch script from the Jinja templates.
+"""Render a :class:`~hpcbridge.job.spec.JobSpec` into a batch script from the Jinja templates.
 
 Quoting happens here and only here: every ``{{ value }}`` a template prints goes through
 :func:`shlex.quote` (the environment's ``finalize`` hook), so a template cannot forget it. The
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import jinja2
 
-from hpcbridge import __version__, units
-from hpcbridge.spec import JOB_ID_PLACEHOLDER, JobSpec
+from hpcbridge._version import __version__
+from hpcbridge.job import units
+from hpcbridge.job.spec import JOB_ID_PLACEHOLDER, JobSpec
 
 
 class ShellCode(str):
@@ -31,7 +32,7 @@ def packaged_template_dir() -> Path:
     installed = Path(str(resources.files("hpcbridge"))) / "templates"
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(__file__).resolve().parents[2] / "templates"
 
 
 def site_template_dirs() -> list[Path]:
@@ -64,10 +65,9 @@ def render_script(spec: JobSpec, template_dirs: list[Path] | None = None) -> str
     Templates are looked up in ``template_dirs`` when given, otherwise in the site folders
     (:func:`site_template_dirs`) and then the packaged ones. What the spec allows but probably
     does not mean (a walltime too short for the lifetime margin) is said as a
-    :class:`~hpcbridge.spec.SpecWarning`.
+    :class:`~hpcbridge.job.spec.SpecWarning`.
     """
-    for warning in spec.warnings():
-        warnings.warn(warning, stacklevel=2)
+    _warn(spec)
     folders = template_dirs if template_dirs is not None else [*site_template_dirs(), packaged_template_dir()]
     try:
         return _environment(folders).get_template(template_name(spec)).render(spec=spec, version=__version__)
@@ -78,12 +78,20 @@ def render_script(spec: JobSpec, template_dirs: list[Path] | None = None) -> str
                           f"{error.__class__.__name__}: {error}") from None
 
 
+
+def _warn(spec: JobSpec) -> None:
+    """Raise what ``spec`` allows but probably does not mean (:meth:`JobSpec.warnings`), once per script."""
+    for warning in spec.warnings():
+        warnings.warn(warning, stacklevel=3)
+
+
 def render_named(template: str, spec: JobSpec, template_dirs: list[Path] | None = None, **context: object) -> str:
     """Render the template ``template`` (e.g. ``slurm/adaptive.sh.j2``) for ``spec``, with extra ``context``.
 
     For scripts that are not one per launch mode (the adaptive cluster's scheduler job); the
     search path and the quoting are those of :func:`render_script`.
     """
+    _warn(spec)
     folders = template_dirs if template_dirs is not None else [*site_template_dirs(), packaged_template_dir()]
     try:
         return _environment(folders).get_template(template).render(spec=spec, version=__version__, **context)

@@ -6,7 +6,7 @@ when they idle. hpcbridge only translates the spec; the scaling is dask-jobqueue
 (``SLURMCluster``, ``PBSCluster``, ``LSFCluster``). Two ways to run it:
 
 - :func:`start` (``hpcbridge up --adapt MIN:MAX``) submits one small batch job that runs the
-  scheduler and the adaptive logic (:mod:`hpcbridge.adaptive_job`) and writes the scheduler
+  scheduler and the adaptive logic (:mod:`hpcbridge.job.adaptive_scheduler`) and writes the scheduler
   file like every hpcbridge cluster, so clients come and go while it adapts;
 - :func:`jobqueue_cluster` keeps the scheduler in the caller's own process.
 """
@@ -23,8 +23,9 @@ from typing import Any
 
 from distributed.deploy.adaptive import Adaptive
 
-from hpcbridge import units
-from hpcbridge.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec, SpecError
+from hpcbridge.job import units
+from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec, SpecError
+from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
 
 def jobqueue_options(spec: JobSpec) -> dict[str, Any]:
@@ -268,9 +269,9 @@ def render_adaptive_script(spec: JobSpec, settings: AdaptiveSettings) -> str:
     """The scheduler job's script: ``templates/<scheduler>/adaptive.sh.j2``.
 
     The template gets the scheduler job's spec as ``spec`` and the worker jobs' spec and the
-    settings as JSON text (``worker_spec``, ``settings``) for ``python -m hpcbridge.adaptive_job``.
+    settings as JSON text (``worker_spec``, ``settings``) for ``python -m hpcbridge.job.adaptive_scheduler``.
     """
-    from hpcbridge.render import render_named
+    from hpcbridge.job.render import render_named
 
     check_adaptive_spec(spec)
     return render_named(f"{spec.scheduler}/adaptive.sh.j2", scheduler_job_spec(spec, settings),
@@ -279,7 +280,7 @@ def render_adaptive_script(spec: JobSpec, settings: AdaptiveSettings) -> str:
 
 
 def start(spec: JobSpec, minimum: int = 0, maximum: int = 1, **settings: Any):
-    """Submit the adaptive cluster's scheduler job; return it as a :class:`~hpcbridge.jobs.SubmittedJob`.
+    """Submit the adaptive cluster's scheduler job; return it as a :class:`~hpcbridge.job.submit.SubmittedJob`.
 
     The job runs the Dask scheduler and dask-jobqueue's adaptive logic, writes the scheduler
     file like every hpcbridge cluster (``hpcbridge.connect(job.scheduler_file)``), and submits
@@ -288,13 +289,14 @@ def start(spec: JobSpec, minimum: int = 0, maximum: int = 1, **settings: Any):
     ``shutdown()``, when it has been idle for ``idle_timeout``, or when it is cancelled; worker
     jobs are cancelled with it.
     """
+    from hpcbridge import scheduler_file
     from hpcbridge.backends import get_backend
-    from hpcbridge.jobs import SubmittedJob
+    from hpcbridge.backends.job import SubmittedJob, file_owner_running
 
     adapt = AdaptiveSettings(minimum=minimum, maximum=maximum, **settings)
     script = render_adaptive_script(spec, adapt)
     if JOB_ID_PLACEHOLDER not in spec.scheduler_file:
-        Path(spec.scheduler_file).expanduser().unlink(missing_ok=True)
+        scheduler_file.claim(spec.scheduler_file, file_owner_running, DEFAULT_SCHEDULER_FILE)
     job_id = get_backend(spec.scheduler).submit(script)
     job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file_for(job_id))
     _write_record(job)
@@ -319,21 +321,16 @@ def worker_log_dir(scheduler_file: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name.removesuffix(".json") + ".workers")
 
 
-def _records_dir() -> Path:
-    return Path(os.environ.get("HPCBRIDGE_HOME", "~/.hpcbridge")).expanduser() / "adaptive"
-
-
 def _write_record(job) -> None:
-    folder = _records_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (folder / f"{job.scheduler}-{job.job_id}.json").write_text(json.dumps(job.as_dict()))
+    folder = make_private_dir(state_home("adaptive"))
+    write_private_file(folder / f"{job.scheduler}-{job.job_id}.json", json.dumps(job.as_dict()))
 
 
 def read_status(job_id: str, scheduler: str) -> dict[str, Any] | None:
     """The adaptive job's last report on its worker jobs, or None when ``job_id`` is not an adaptive cluster."""
     candidates = []
     try:
-        record = json.loads((_records_dir() / f"{scheduler}-{job_id}.json").read_text())
+        record = json.loads((state_home("adaptive") / f"{scheduler}-{job_id}.json").read_text())
         candidates.append(status_file_for(record["scheduler_file"]))
     except (OSError, ValueError, KeyError):
         pass

@@ -3,7 +3,7 @@
 Every scheduler spells these differently (Slurm wants ``4096M`` and ``1-00:00:00``, PBS wants
 ``4gb`` and ``24:00:00``, LSF wants kilobytes or megabytes depending on the site), so the spec keeps
 one internal unit (MiB for memory, seconds for time) and the templates format it with the pure
-functions below, registered as Jinja filters by :mod:`hpcbridge.render`.
+functions below, registered as Jinja filters by :mod:`hpcbridge.job.render`.
 """
 
 from __future__ import annotations

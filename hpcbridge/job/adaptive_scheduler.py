@@ -1,6 +1,6 @@
 """The program inside an adaptive cluster's scheduler job: a Dask scheduler and dask-jobqueue adapting.
 
-``templates/<scheduler>/adaptive.sh.j2`` runs ``python -m hpcbridge.adaptive_job``. It starts
+``templates/<scheduler>/adaptive.sh.j2`` runs ``python -m hpcbridge.job.adaptive_scheduler``. It starts
 dask-jobqueue's ``SLURMCluster``/``PBSCluster``/``LSFCluster`` here (the scheduler lives in
 this job, not on the login node), writes the scheduler file like every hpcbridge cluster, and
 lets distributed's :class:`~distributed.deploy.Adaptive` submit and cancel worker jobs, with
@@ -9,7 +9,7 @@ what a shared batch system needs on top (:class:`BatchAdaptive`):
 - a worker job is never cancelled in its first ``min_job_age`` seconds;
 - at most ``max_pending`` worker jobs wait in the queue at once (their state is asked of the
   batch system through hpcbridge's backend);
-- a worker job whose workers will drain before its walltime (:mod:`hpcbridge.drain`) gets a
+- a worker job whose workers will drain before its walltime (:mod:`hpcbridge.cluster.drain`) gets a
   replacement job ``replace_lead`` seconds ahead (or twice the slowest start seen, if longer),
   while the work still wants it, so that the cluster does not shrink when they leave;
 - a worker job that ends on its own before its workers joined, or soon after, counts as a
@@ -39,11 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcbridge.adaptive import (AdaptiveSettings, PatientAdaptive, job_name_of, status_file_for,
-                                worker_job_options, worker_log_dir)
+from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.backends import JobNotFound, JobStatus, get_backend
-from hpcbridge.drain import LEAVE_METRIC
-from hpcbridge.spec import JobSpec
+from hpcbridge.job.adaptive import (
+    AdaptiveSettings,
+    PatientAdaptive,
+    job_name_of,
+    status_file_for,
+    worker_job_options,
+    worker_log_dir,
+)
+from hpcbridge.job.spec import JobSpec
+from hpcbridge.leaving import LEAVE_METRIC
+from hpcbridge.private_files import write_private_file
 
 logger = logging.getLogger("hpcbridge.adaptive")
 _KEEP_FINISHED = 50
@@ -188,13 +196,14 @@ class JobLedger:
                      for job in self.jobs.values()],
             "finished": self.finished, "failed": self.failed,
         }
-        _write_private(self.status_file, json.dumps(report, indent=1))
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        write_private_file(self.status_file, json.dumps(report, indent=1))
 
 
 class BatchAdaptive(PatientAdaptive):
     """distributed's Adaptive with a shared batch system's manners (see the module's docstring).
 
-    As :class:`~hpcbridge.adaptive.PatientAdaptive`, no worker job is cancelled in its first
+    As :class:`~hpcbridge.job.adaptive.PatientAdaptive`, no worker job is cancelled in its first
     ``min_job_age`` seconds, counted here from its submission (the ledger's record).
     """
 
@@ -249,7 +258,7 @@ def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: P
     options["scheduler_options"] = scheduler_options
     options["job_script_prologue"] += worker_job_environment(spec)
     if spec.walltime:
-        options["worker_extra_args"] = ["--preload", "hpcbridge.drain"]
+        options["worker_extra_args"] = ["--preload", "hpcbridge.cluster.drain"]
     return options
 
 
@@ -257,9 +266,9 @@ def worker_job_environment(spec: JobSpec) -> list[str]:
     """Shell lines that give a worker job what the workers of every hpcbridge job know.
 
     Where finished chunks are saved (runs outlive their cluster), and when this worker job ends,
-    so that its workers drain before its walltime (:mod:`hpcbridge.drain`) rather than die mid-task.
+    so that its workers drain before its walltime (:mod:`hpcbridge.cluster.drain`) rather than die mid-task.
     """
-    from hpcbridge.render import shell_path
+    from hpcbridge.job.render import shell_path
 
     lines = [f"export HPCBRIDGE_RUN_DIRECTORY={shell_path(spec.runs_directory) if spec.save_runs else chr(34) * 2}"]
     if spec.walltime:
@@ -288,7 +297,9 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
     cluster = await cluster_class(asynchronous=True, **cluster_options(spec, settings, scheduler_file))
     reason = "the scheduler closed (a client called shutdown(), or it was idle)"
     try:
-        publish_scheduler_file(cluster.scheduler, scheduler_file, job_id, scheduler)
+        cluster_files.publish(scheduler_file, cluster.scheduler.identity(),
+                              {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
+                               "adaptive": True, "tls": _certificate_paths()})
         logger.info("hpcbridge: scheduler at %s; adapting between %d and %d worker job(s)",
                     cluster.scheduler.address, settings.minimum, settings.maximum)
         print(f"hpcbridge: scheduler file ready: {scheduler_file}", flush=True)
@@ -331,25 +342,11 @@ async def _close(cluster: Any) -> None:
             logger.info("closing the scheduler: %s", error)
 
 
-def publish_scheduler_file(scheduler: Any, path: Path, job_id: str, batch_system: str) -> None:
-    """Write the scheduler file as every hpcbridge cluster does: Dask's fields plus who wrote it.
-
-    Owner-only, and put in place with one rename, so that nobody reads half a file.
-    """
-    info = dict(scheduler.identity())
-    info["hpcbridge"] = {"job_id": job_id, "scheduler": batch_system, "cluster": secrets.token_hex(8),
-                         "adaptive": True, "tls": _certificate_paths(path)}
-    _write_private(path, json.dumps(info, indent=2, default=str))
-
-
-def _certificate_paths(path: Path) -> dict[str, str] | None:
+def _certificate_paths() -> dict[str, str] | None:
+    """The client certificate this job's variables name (the job made them, or was given them)."""
     files = {key: os.environ.get(f"DASK_DISTRIBUTED__COMM__TLS__{variable}")
              for key, variable in (("ca_file", "CA_FILE"), ("cert", "CLIENT__CERT"), ("key", "CLIENT__KEY"))}
-    if not all(files.values()):
-        return None
-    here = str(path.parent.resolve())
-    return {key: (os.path.relpath(value, here) if os.path.abspath(value).startswith(here + os.sep) else value)
-            for key, value in files.items()}
+    return files if all(files.values()) else None  # type: ignore[return-value]
 
 
 def _remove_job_certificates(scheduler_file: Path) -> None:
@@ -358,15 +355,6 @@ def _remove_job_certificates(scheduler_file: Path) -> None:
     ca_file = os.environ.get("DASK_DISTRIBUTED__COMM__TLS__CA_FILE", "")
     if ca_file and Path(ca_file).parent == folder and folder.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
 
 
 def _last_line(log: str | None) -> str | None:
@@ -380,7 +368,7 @@ def _last_line(log: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpcbridge.adaptive_job", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hpcbridge.job.adaptive_scheduler", description=__doc__.splitlines()[0])
     parser.add_argument("--job-id", required=True, help="this batch job's id")
     parser.add_argument("--scheduler", required=True, choices=("slurm", "pbs", "lsf"))
     parser.add_argument("--scheduler-file", required=True, type=Path)

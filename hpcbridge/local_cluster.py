@@ -5,7 +5,7 @@ The examples, the benchmarks, the worker-side workloads' drivers and ``hpcbridge
 backend (the rendered script runs as local processes), attaches through the scheduler file, and
 ends the job on exit. It sits with the backends because it is the local backend put to use; it
 is the one module here that also attaches (it is the whole flow in miniature), so nothing below
-``hpcbridge.jobs`` imports it.
+``hpcbridge.job.submit`` imports it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from hpcbridge.backends.local import state_home
+from hpcbridge.private_files import state_home
 
 if TYPE_CHECKING:
-    from hpcbridge.bridge import Bridge
-    from hpcbridge.jobs import SubmittedJob
+    from hpcbridge.backends.job import SubmittedJob
+    from hpcbridge.client.bridge import Bridge
 
 
 @contextmanager
@@ -36,13 +36,13 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
     run the way Ctrl-C does, cleanup included: the job's processes run in a session of their own,
     so nothing else would stop them when a terminal closes or a batch system ends this process.
     """
-    from hpcbridge import jobs
-    from hpcbridge.bridge import connect
-    from hpcbridge.spec import JobSpec
+    from hpcbridge.client.bridge import connect
+    from hpcbridge.job import submit as jobs
+    from hpcbridge.job.spec import JobSpec
 
     spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=threads_per_worker,
                    python=sys.executable, job_name=job_name,
-                   scheduler_file=str(state_home() / "{job_id}" / "scheduler.json"))
+                   scheduler_file=str(state_home("local") / "{job_id}" / "scheduler.json"))
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
     previous = _exit_on_termination()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hpcbridge import functions
 
 if TYPE_CHECKING:
-    from hpcbridge.bridge import Bridge
+    from hpcbridge.client.bridge import Bridge
 
 
 class BridgeExecutor(concurrent.futures.Executor):
@@ -25,10 +25,10 @@ class BridgeExecutor(concurrent.futures.Executor):
 
     ``submit`` runs one call as one Dask task (a ``concurrent.futures.Future``); functions from
     modules the cluster lacks are shipped by value, as for ``map``. ``map`` runs
-    ``fn(*args)`` for the zipped iterables through :meth:`~hpcbridge.bridge.Bridge.map`, so a
+    ``fn(*args)`` for the zipped iterables through :meth:`~hpcbridge.client.bridge.Bridge.map`, so a
     million small items cost a few hundred tasks; ``chunksize`` > 1 fixes the items per task
     (default: measured). Iterating the result waits for the whole run, then yields in input
-    order; a failing item raises :class:`~hpcbridge.mapping.ItemError` (index, item, remote
+    order; a failing item raises :class:`~hpcbridge.client.runs.ItemError` (index, item, remote
     traceback) when the iteration reaches it. ``shutdown`` only stops this executor; the cluster
     and the bridge stay.
     """

@@ -2,7 +2,7 @@
 
 They are rendered from the templates like any other script, so they cannot drift from them
 unnoticed: a test renders them again and compares. After changing a template, regenerate with
-``python -m hpcbridge.ready_scripts``.
+``python -m hpcbridge.job.ready_scripts``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpcbridge.render import packaged_template_dir, render_script
-from hpcbridge.spec import JobSpec
+from hpcbridge.job.render import packaged_template_dir, render_script
+from hpcbridge.job.spec import JobSpec
 
 # The ready scripts are for any site, so they name no venv: python3 after the --setup lines.
 _ONE_NODE = dict(python="python3", nodes=1, ntasks_per_node=4, cpus_per_task=2, mem_per_cpu="2G", walltime="01:00:00")
@@ -55,7 +55,7 @@ def write_scripts(root: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Regenerate (or with --check, only compare) the ready-to-use scripts."""
-    parser = argparse.ArgumentParser(prog="python -m hpcbridge.ready_scripts", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hpcbridge.job.ready_scripts", description=main.__doc__)
     parser.add_argument("root", nargs="?", default=".", type=Path, help="the repository's top folder")
     parser.add_argument("--check", action="store_true", help="exit 1 if any script is out of date")
     options = parser.parse_args(argv)

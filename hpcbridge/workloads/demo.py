@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hpcbridge.backends.local_cluster import local_cluster
-from hpcbridge.progress import Progress
+from hpcbridge.client.progress import Progress
+from hpcbridge.local_cluster import local_cluster
 from hpcbridge.workloads.primes import split_range, sum_prime_factors
 
 if TYPE_CHECKING:
-    from hpcbridge.bridge import Bridge
-    from hpcbridge.mapping import Run
+    from hpcbridge.client.bridge import Bridge
+    from hpcbridge.client.runs import Run
 
 CHUNK_NUMBERS = 20_000
 

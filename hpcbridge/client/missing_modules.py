@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hpcbridge.losses import RunError
+from hpcbridge.client.losses import RunError
 
 _SCHEDULER_SIGNATURE = "deserialization of the task graph"
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import InitVar, dataclass
 from typing import Any
 
-from hpcbridge.units import (
+from hpcbridge.job.units import (
     DURATION_HELP,
     MAX_MEMORY_MIB,
     MAX_WALLTIME_SECONDS,
@@ -82,6 +82,10 @@ class SpecError(ValueError):
 
     def __str__(self) -> str:
         return self.describe()
+
+
+TCP_WARNING = ("protocol tcp: the cluster is not encrypted, and anyone who can reach the scheduler's "
+               "port can run code as you")
 
 
 class SpecWarning(UserWarning):
@@ -230,7 +234,7 @@ class JobSpec:
         """
         import dask.config
 
-        from hpcbridge import profile
+        from hpcbridge.job import profile
 
         given = {key: value for key, value in (values or {}).items() if value not in (None, ())}
         scheduler = given.get("scheduler") or dask.config.get("hpcbridge.scheduler", None) or "local"
@@ -288,19 +292,22 @@ class JobSpec:
 
     @property
     def worker_lifetime(self) -> int | None:
-        """Seconds a worker works before it starts to leave (hpcbridge.drain), when a walltime is known and long enough."""
+        """Seconds a worker works before it starts to leave (hpcbridge.cluster.drain), when a walltime is known and long enough."""
         if self.walltime is None or self.walltime - self.lifetime_margin < 60:
             return None
         return self.walltime - self.lifetime_margin
 
     def warnings(self) -> list[SpecWarning]:
-        """What this spec allows but probably does not mean; rendering warns, the CLI prints one line each."""
+        """What this spec allows but probably does not mean; rendering warns (:mod:`hpcbridge.job.render`,
+        the one place that raises them), the CLI prints one line each."""
         found = []
         if self.mode != "array" and self.walltime is not None and self.worker_lifetime is None:
             found.append(SpecWarning("lifetime_margin", self.lifetime_margin, (
                 f"{{walltime}} ({self.walltime} s) leaves less than a minute after {{lifetime_margin}} "
                 f"({self.lifetime_margin} s): the workers start leaving (handing their work back) within a "
                 "minute of the job's start; give a longer {walltime} or a shorter {lifetime_margin}")))
+        if self.mode != "array" and self.protocol == "tcp":
+            found.append(SpecWarning("protocol", "tcp", TCP_WARNING))
         return found
 
     @property

@@ -1,6 +1,6 @@
 """Why a run has items without results, said in the batch system's words, with what to do next.
 
-One error type per cause, all :class:`RunLost` (a :class:`~hpcbridge.mapping.RunError`):
+One error type per cause, all :class:`RunLost` (a :class:`RunError`):
 :class:`WalltimeReached`, :class:`JobCancelled`, :class:`NodeFailed`, :class:`SchedulerLost`
 (it died or cannot be reached; says for how long it was tried; :class:`SchedulerUnreachable` when
 its job still runs, e.g. its node is cut off the network) and :class:`WorkersLeft`. Each
@@ -11,8 +11,6 @@ missing item ranges (``error.missing``), so nothing already computed is thrown a
 
 from __future__ import annotations
 
-import errno
-import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hpcbridge.rundir import describe_ranges
 
 if TYPE_CHECKING:
-    from hpcbridge.jobs import SubmittedJob
+    from hpcbridge.backends.job import SubmittedJob
 
 JOB_STATE_WAIT = 10.0  # how long to let the batch system catch up with a lost scheduler
 
@@ -157,21 +155,6 @@ def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool,
         return SchedulerLost, (f"the scheduler at {address} stopped answering; reconnecting was tried for "
                                f"{tried_seconds:.0f} s{still}{words if not still else ''}{known}")
     return WorkersLeft, f"the cluster has no workers{words}"
-
-
-def address_silent(address: str, timeout: float = 2.0) -> bool:
-    """True when a TCP connection to ``address`` (``proto://host:port``) times out or finds no route,
-    rather than being refused or accepted: the host is cut off, not just the scheduler process gone."""
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return False
-    except (TimeoutError, socket.timeout):
-        return True
-    except OSError as error:
-        return error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
-    except ValueError:
-        return False
 
 
 def _status(job: SubmittedJob | None) -> Any:

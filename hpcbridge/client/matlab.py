@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from hpcbridge import arguments, mapping
-from hpcbridge.broadcast import Broadcast
-from hpcbridge.bridge import Bridge, ConnectError
-from hpcbridge.bridge import connect as _connect
-from hpcbridge.losses import RunLost
-from hpcbridge.mapping import ItemError
+from hpcbridge.client import arguments
+from hpcbridge.client.bridge import Bridge, ConnectError
+from hpcbridge.client.bridge import connect as _connect
+from hpcbridge.client.futures import wait_for
+from hpcbridge.client.losses import RunLost
+from hpcbridge.client.runs import ItemError, new_run_name
+from hpcbridge.cluster.broadcasts import Broadcast
 
 _BRIDGES: dict[str, Bridge] = {}
 RECONNECT_TIMEOUT = 60.0
@@ -148,7 +149,7 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     name, stack = arguments.name("name", name, empty_is_none=True), arguments.flag("stack", stack)
     chunks = _count(chunk_size, "chunk_size") or None
     bridge = _bridge(cluster)
-    name = name or mapping.new_run_name()
+    name = name or new_run_name()
     if name in bridge.client.list_datasets() or (_cluster_id(cluster), name) in _SUBMITTING:
         raise KeyError(f"a run named {name!r} already exists on this cluster; gather or release it first, "
                        "or choose another name")
@@ -182,7 +183,7 @@ def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
         return {"done": 0, "total": 0, "finished": True, "failed": False}
     handle = bridge.run(run)
     futures = [f for f in handle.futures if f is not None]
-    mapping._wait(bridge.client, futures, seconds)
+    wait_for(bridge.client, futures, seconds)
     done = handle.done_items()
     failed = sum(f.status == "error" for f in futures)
     return {"done": done, "total": handle.n_items,

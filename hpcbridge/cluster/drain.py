@@ -2,7 +2,7 @@
 
 The job script exports when the job ends (``HPCBRIDGE_JOB_END``, seconds since the epoch) and
 the margin (``HPCBRIDGE_LIFETIME_MARGIN``, seconds, at least 30), and starts every worker with
-``--preload hpcbridge.drain``. Each worker then:
+``--preload hpcbridge.cluster.drain``. Each worker then:
 
 - measures its chunks (:func:`record`); its margin is the larger of the job's margin and three
   times its longest chunk, so a worker whose chunks take long stops earlier;
@@ -29,8 +29,8 @@ import random
 import time
 from typing import Any
 
-EVENT_TOPIC = "hpcbridge-drain"
-LEAVE_METRIC = "hpcbridge_leave_at"  # in each heartbeat: when this worker stops taking chunks
+from hpcbridge.leaving import EVENT_TOPIC, LEAVE_METRIC
+
 MINIMUM_MARGIN = 30.0
 POLL_SECONDS = 1.0
 STAGGER_FRACTION = 3  # workers leave spread over up to a third of the margin
@@ -96,7 +96,7 @@ def record(seconds: float) -> None:
 
 
 async def dask_setup(worker: Any) -> None:
-    """``--preload hpcbridge.drain``: read the job's end, and leave before it."""
+    """``--preload hpcbridge.cluster.drain``: read the job's end, and leave before it."""
     end = job_end()
     if end is None:
         return

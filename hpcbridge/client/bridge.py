@@ -1,9 +1,8 @@
-"""Attach to a running Dask cluster through its scheduler file, and send work to it.
+"""The Bridge: a client attached to a running Dask cluster through its scheduler file, and the work API.
 
-The scheduler file is the only thing a client needs: the job writes it when the scheduler is up.
-:func:`connect` waits for it with a deadline of its own, because
-``distributed.Client(scheduler_file=<missing file>, timeout=...)`` waits forever for a file that
-is not there (distributed 2026.8), which is exactly the case while a job is still queued.
+:func:`connect` reaches the cluster (:mod:`hpcbridge.client.attach` waits for the file, the
+certificates and the scheduler); the :class:`Bridge` broadcasts, maps (:mod:`hpcbridge.client.runs`),
+gathers (:mod:`hpcbridge.client.collect`), follows a requeued job and attaches again.
 """
 
 from __future__ import annotations
@@ -20,89 +19,43 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future
 
-from hpcbridge import arguments, functions, mapping
-from hpcbridge import broadcast as broadcasts
-from hpcbridge import drain, latency
+from hpcbridge import functions
 from hpcbridge import scheduler_file as cluster_files
-from hpcbridge.backends import BatchCommandError, JobStatus
-from hpcbridge.broadcast import Broadcast
-from hpcbridge.losses import (JobCancelled, NodeFailed, RunLost, SchedulerLost, SchedulerUnreachable,  # noqa: F401
-                              WalltimeReached, WorkersLeft)
-from hpcbridge.mapping import ItemError, Run, RunError
-from hpcbridge.missing_modules import module_missing
-from hpcbridge.rundir import RunDirectory, RunMismatchError
+from hpcbridge.addresses import address_answers
+from hpcbridge.backends import BatchCommandError
+from hpcbridge.backends.job import SubmittedJob
+from hpcbridge.client import arguments, collect, latency, runs, watch
+from hpcbridge.client import broadcast as broadcasts
+from hpcbridge.client.attach import (
+    FOLLOW_GRACE_SECONDS,
+    POLL_SECONDS,
+    PROBE_SECONDS,
+    ConnectError,
+    certificates_for,
+    restarts_of,
+    state_words,
+    wait_for_scheduler,
+    wait_for_scheduler_file,
+)
+from hpcbridge.client.losses import (  # noqa: F401
+    JobCancelled,
+    NodeFailed,
+    RunLost,
+    SchedulerLost,
+    SchedulerUnreachable,
+    WalltimeReached,
+    WorkersLeft,
+)
+from hpcbridge.client.missing_modules import module_missing
+from hpcbridge.client.runs import ItemError, Run  # noqa: F401  (public through hpcbridge)
+from hpcbridge.cluster import drain
+from hpcbridge.cluster.broadcasts import Broadcast
+from hpcbridge.rundir import RunDirectory, RunMismatchError  # noqa: F401  (public through hpcbridge)
 from hpcbridge.scheduler_file import ClusterInfo
-from hpcbridge.tls import Certificates, TLSRefused, check_handshake
+from hpcbridge.tls import TLSRefused, check_handshake
 
 if TYPE_CHECKING:
-    from hpcbridge.executor import BridgeExecutor
-    from hpcbridge.jobs import SubmittedJob
-
-_POLL_SECONDS = 0.2
-_INVALID_GRACE_SECONDS = 2.0  # a file a plain Dask scheduler is still writing is invalid for a moment
-_PROBE_SECONDS = 5.0
-_FOLLOW_GRACE_SECONDS = 15.0
-
-
-class ConnectError(TimeoutError):
-    """The cluster behind a scheduler file could not be reached in time; says what was waited for."""
-
-
-def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
-                            job: SubmittedJob | None = None) -> ClusterInfo:
-    """Wait until ``path`` holds a complete scheduler file; return what it says.
-
-    Given the ``job`` that will write the file, stop waiting as soon as that job has ended, and
-    refuse a file that another job still running wrote (a stale file of an ended job is waited
-    past: the job replaces it when it starts). A file that cannot be read, or stays invalid
-    JSON, is reported as such at once.
-    """
-    from hpcbridge.jobs import SubmittedJob
-
-    path = Path(path).expanduser()
-    deadline = time.monotonic() + timeout
-    next_status = time.monotonic() + 1.0
-    invalid_since: float | None = None
-    stale: str | None = None
-    while True:
-        try:
-            info = cluster_files.read(path)
-            invalid_since = None
-            if job is None or not info.describes_job or (info.job_id, info.scheduler) == (job.job_id, job.scheduler):
-                return info
-            try:
-                running, status = SubmittedJob(info.job_id, info.scheduler, str(path)).alive()
-            except (BatchCommandError, ValueError) as error:
-                raise ConnectError(f"{path} was written by {info.job_label()}, not by job {job.job_id} "
-                                   f"({job.scheduler}), and that job's state cannot be checked ({error})") from None
-            if running:
-                raise ConnectError(
-                    f"{path} was written by {info.job_label()}, which is still {status.state}, not by job "
-                    f"{job.job_id} ({job.scheduler}): two clusters share one scheduler file path; refusing to "
-                    "attach to the wrong one (give each job its own file, e.g. with {job_id} in the path)")
-            stale = f"{info.job_label()}, which has ended ({status.state})"
-        except FileNotFoundError:
-            invalid_since = None
-        except cluster_files.SchedulerFileError as error:
-            now = time.monotonic()
-            invalid_since = invalid_since or now
-            if "permission denied" in str(error) or now - invalid_since >= _INVALID_GRACE_SECONDS:
-                raise ConnectError(str(error)) from None
-        if job is not None and time.monotonic() >= next_status:
-            next_status = time.monotonic() + 1.0
-            status = job.status()
-            if status.finished:
-                raise ConnectError(f"job {job.job_id} ended ({_state_words(status)}) without writing {path}; "
-                                   f"its output: {status.log}")
-        if time.monotonic() >= deadline:
-            if stale:
-                raise ConnectError(f"{path} still holds the stale file of {stale} after {timeout:g} s; "
-                                   f"job {job.job_id} has not replaced it yet (hpcbridge status {job.job_id})")
-            raise ConnectError(
-                f"no scheduler file at {path} after {timeout:g} s: the job may still be queued "
-                "(hpcbridge status JOB) or may have failed before starting Dask (see its log)"
-            )
-        time.sleep(_POLL_SECONDS)
+    from hpcbridge.client.executor import BridgeExecutor
 
 
 def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int = 1, timeout: float = 300.0,
@@ -136,11 +89,9 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     deadline = time.monotonic() + timeout
     info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
     if job is None and info.describes_job:
-        from hpcbridge.jobs import SubmittedJob
-
         job = SubmittedJob(info.job_id, info.scheduler, str(info.path))
-    certificates = _certificates_for(info, job)
-    _wait_for_scheduler(info, certificates, deadline, timeout, job)
+    certificates = certificates_for(info, job)
+    wait_for_scheduler(info, certificates, deadline, timeout, job)
     security = certificates.security() if certificates else None
     remaining = max(1.0, deadline - time.monotonic())
     try:
@@ -158,96 +109,6 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
         client.close()
         raise
     return bridge
-
-
-def _restarts_of(job: SubmittedJob | None) -> int | None:
-    """How often the batch system has requeued ``job`` (None without a job or an answer)."""
-    if job is None:
-        return None
-    try:
-        return int(job.status().restarts)
-    except Exception:  # the batch system did not answer: no baseline, as before
-        return None
-
-
-def _certificates_for(info: ClusterInfo, job: SubmittedJob | None) -> Certificates | None:
-    """The certificates a client presents to the scheduler in ``info``; checked readable, never guessed."""
-    if not info.address.startswith("tls://"):
-        return None
-    certificates = info.certificates or _configured_certificates()
-    if certificates is None:
-        raise ConnectError(
-            f"the scheduler at {info.address} speaks TLS and this client has no certificates: none beside "
-            f"{info.path} (expected in {cluster_files.certificate_dir(info.path)}) and none in Dask's config "
-            "(DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT, ..._CLIENT__KEY)")
-    for kind, path in (("CA certificate", certificates.ca_file), ("certificate", certificates.cert),
-                       ("key", certificates.key)):
-        try:
-            with open(path, "rb"):
-                pass
-        except PermissionError:
-            raise ConnectError(f"cannot read the cluster's TLS {kind} {path}: permission denied; only the "
-                               "cluster's owner can attach") from None
-        except OSError as error:
-            _raise_if_ended(info, job, "its certificates are gone")
-            raise ConnectError(f"the cluster's TLS {kind} {path} is not there ({error.strerror}): the job "
-                               "removes its certificates when it ends") from None
-    return certificates
-
-
-def _raise_if_ended(info: ClusterInfo, job: SubmittedJob | None, what: str) -> None:
-    """Raise :class:`ConnectError` saying the file is stale when its job has ended."""
-    if job is None:
-        return
-    try:
-        status = job.status()
-    except (BatchCommandError, ValueError):  # no such batch system here, or it does not answer
-        return
-    if status.finished or status.state == "UNKNOWN":
-        raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer, and job {job.job_id} "
-                           f"has ended ({_state_words(status)}): the scheduler file is stale ({what})")
-
-
-def _configured_certificates() -> Certificates | None:
-    import dask.config
-
-    values = [dask.config.get(f"distributed.comm.tls.{key}", None) for key in ("ca-file", "client.cert", "client.key")]
-    if not all(values):
-        return None
-    return Certificates(*(Path(value) for value in values))
-
-
-def _wait_for_scheduler(info: ClusterInfo, certificates: Certificates | None, deadline: float, timeout: float,
-                        job: SubmittedJob | None) -> None:
-    """Probe the scheduler until it answers; stop early when its job has ended or TLS refuses us.
-
-    Probing before a ``distributed.Client`` exists keeps a refusal quick (a refused Client takes
-    ~40 s to let the interpreter exit) and lets the wait honour ``timeout`` in full (a Client
-    gives up on a dead address after at most its own 30 s).
-    """
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            if certificates is not None:
-                check_handshake(info.address, certificates, timeout=max(0.5, min(_PROBE_SECONDS, remaining)))
-            elif not cluster_files.address_answers(info.address, timeout=max(0.5, min(_PROBE_SECONDS, remaining))):
-                raise ConnectionRefusedError("connection refused or timed out")
-            return
-        except TLSRefused as error:
-            raise ConnectError(f"the scheduler at {info.address} (from {info.path}) and this client do not "
-                               f"trust each other: {error}") from None
-        except OSError as error:
-            last_error = error
-        _raise_if_ended(info, job, str(last_error))
-        if time.monotonic() >= deadline:
-            raise ConnectError(f"the scheduler at {info.address} (from {info.path}) does not answer: tried for "
-                               f"{timeout:g} s ({last_error}); a file left by a job that has ended points at a "
-                               "dead address (hpcbridge status JOB)")
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-
-
-def _state_words(status: JobStatus) -> str:
-    return status.state + (f": {status.reason}" if status.reason else "")
 
 
 class Bridge:
@@ -276,11 +137,11 @@ class Bridge:
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # How often the batch system had requeued the job when this bridge attached: a higher count
         # later says "requeued" also when the job is already running again with the old file in place.
-        self._restarts = _restarts_of(job)
+        self._restarts = restarts_of(job)
         # distributed tries to reconnect for as long as the connect timeout (30 s here), and every
         # call blocks meanwhile; a lost scheduler is reported after this bound instead.
-        client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
-                              mapping.RECONNECT_SECONDS)
+        client._timeout = min(float(getattr(client, "_timeout", None) or watch.RECONNECT_SECONDS),
+                              watch.RECONNECT_SECONDS)
         latency.quicken(client)
 
     @property
@@ -301,7 +162,7 @@ class Bridge:
         return self._run_root
 
     def job_settings(self) -> dict[str, Any]:
-        """What the cluster's job exported: run directory, job end and margin (:func:`hpcbridge.drain.job_settings`)."""
+        """What the cluster's job exported: run directory, job end and margin (:func:`hpcbridge.cluster.drain.job_settings`)."""
         if self._settings is None and self.connected:
             try:
                 self._settings = self.client.run_on_scheduler(drain.job_settings)
@@ -372,7 +233,7 @@ class Bridge:
         deadline = time.monotonic() + (self.follow_timeout if timeout is None else timeout)
         # A scheduler that died in a job that keeps running (no requeue) leaves its file in place:
         # give up after this grace, unless the job is seen queued again or its file is rewritten.
-        grace = time.monotonic() + _FOLLOW_GRACE_SECONDS
+        grace = time.monotonic() + FOLLOW_GRACE_SECONDS
         requeued = False
         next_status = 0.0
         while True:
@@ -404,26 +265,26 @@ class Bridge:
                     break
             if not requeued and time.monotonic() >= grace:
                 return False
-            time.sleep(_POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
         info = self._file_info()
         try:  # a new start of the job made new certificates beside the file
-            certificates = _certificates_for(info, self.job) if info is not None else None
+            certificates = certificates_for(info, self.job) if info is not None else None
             client = Client(address, timeout="10s", set_as_default=False,
                             security=certificates.security() if certificates else None)
         except (OSError, TypeError, ConnectError):
             return False
         self._adopt(client)
         self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
-        self._restarts = _restarts_of(self.job)
+        self._restarts = restarts_of(self.job)
         self._settings = None  # the new start has its own job end
         return True
 
-    def reattach(self, timeout: float = _PROBE_SECONDS) -> bool:
+    def reattach(self, timeout: float = PROBE_SECONDS) -> bool:
         """Attach again to the scheduler this bridge lost, at its old address, if it answers now.
 
         A scheduler whose node was cut off the network for a while (shorter than the batch
         system's node-failure limit) still runs and still holds its runs, but this client gave
-        up on it (:class:`~hpcbridge.losses.SchedulerUnreachable`). Tried only while the job
+        up on it (:class:`~hpcbridge.client.losses.SchedulerUnreachable`). Tried only while the job
         still runs (or is not known) and the scheduler file still names that address; a probe of
         at most ``timeout`` s, so a bridge whose scheduler is gone is not held up.
         """
@@ -438,11 +299,11 @@ class Bridge:
                     return False
             except Exception:  # the batch system did not answer: the probe decides
                 pass
-        certificates = _certificates_for(info, self.job)
+        certificates = certificates_for(info, self.job)
         try:
             if certificates is not None:
                 check_handshake(info.address, certificates, timeout=timeout)
-            elif not cluster_files.address_answers(info.address, timeout=timeout):
+            elif not address_answers(info.address, timeout=timeout):
                 return False
             client = Client(info.address, timeout=f"{max(timeout, 2.0):.0f}s", set_as_default=False,
                             security=certificates.security() if certificates else None)
@@ -461,8 +322,8 @@ class Bridge:
             self.client.close(timeout=1)
         except Exception:
             pass
-        client._timeout = min(float(getattr(client, "_timeout", None) or mapping.RECONNECT_SECONDS),
-                              mapping.RECONNECT_SECONDS)
+        client._timeout = min(float(getattr(client, "_timeout", None) or watch.RECONNECT_SECONDS),
+                              watch.RECONNECT_SECONDS)
         self.client = client
         latency.quicken(client)
         self._release_collected()
@@ -512,7 +373,7 @@ class Bridge:
         message = f"the scheduler at {address} is gone (this client lost its connection)"
         if self.job is not None:
             try:
-                message += f"; job {self.job.job_id} ({self.job.scheduler}) is {_state_words(self.job.status())}"
+                message += f"; job {self.job.job_id} ({self.job.scheduler}) is {state_words(self.job.status())}"
             except (BatchCommandError, ValueError) as error:
                 message += f"; the state of job {self.job.job_id} cannot be checked ({error})"
         return message
@@ -582,7 +443,7 @@ class Bridge:
         if progress and not self.dashboard_shown:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
             self.dashboard_shown = True
-        run = mapping.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
+        run = runs.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
                             root=self.run_root if save else None)
         run.bridge = self
         return run
@@ -594,17 +455,17 @@ class Bridge:
         ``stack=True`` returns one contiguous NumPy array (results stacked along a new first
         axis). ``timeout`` is in seconds; on timeout the run stays on the cluster. With
         ``release=True`` the cluster forgets the run once its results are here, and its run
-        directory is deleted. A failing item raises :class:`~hpcbridge.mapping.ItemError` with the
+        directory is deleted. A failing item raises :class:`~hpcbridge.client.runs.ItemError` with the
         item and the remote traceback. Items that have no result anywhere (the job reached its
         walltime, was cancelled, lost a node, its scheduler or its workers) raise the
-        :class:`~hpcbridge.losses.RunLost` of that cause, which carries the results there are.
+        :class:`~hpcbridge.client.losses.RunLost` of that cause, which carries the results there are.
         """
         stack = arguments.flag("stack", stack)
         timeout = arguments.seconds("timeout", timeout, none=True)
         if not isinstance(run, (Run, str, list, tuple)):
             raise arguments.ArgumentError("run", run, "a Run from map, a run's name, or a list of futures")
         if isinstance(run, str):
-            return self.results(run, stack=stack, timeout=timeout, progress=progress, release=release)
+            run = self._find_run(run)
         if not isinstance(run, Run):
             client = self._cluster()
             try:
@@ -614,12 +475,45 @@ class Bridge:
                 if missing is not None:
                     raise missing from error
                 raise
-            return mapping._join([values], stack) if stack else values
+            return collect.join([values], stack) if stack else values
+        return self._collect(run, stack, timeout, progress, release)
+
+    def results(self, name: str, stack: bool = False, timeout: float | None = None, progress: bool = True,
+                release: bool = True) -> Any:
+        """Collect run ``name``: from the cluster, also when another (dead) client started it, or, when
+        the cluster does not hold it (it ended, or this is a new one), from its run directory.
+
+        Items that no cluster and no saved chunk has raise a :class:`~hpcbridge.client.losses.RunLost`
+        (e.g. :class:`~hpcbridge.client.losses.WalltimeReached`) whose ``results`` holds the rest.
+        """
+        stack = arguments.flag("stack", stack)
+        timeout = arguments.seconds("timeout", timeout, none=True)
+        return self._collect(self._find_run(name), stack, timeout, progress, release)
+
+    def _find_run(self, name: str) -> Run:
+        """Run ``name`` as the cluster holds it, else as its run directory holds it (no futures); KeyError if neither."""
+        if arguments.name("name", name) is None:
+            raise arguments.ArgumentError("name", name, "the name of a run (Bridge.runs() lists them)")
+        self.reattach()  # a scheduler that was only out of reach holds the run still
+        if self.connected and name in self.client.list_datasets():
+            return runs.reattach(self.client, name)
+        root = self.run_root
+        directory = RunDirectory.under(root, name) if root else None
+        if directory is None or not directory.exists():
+            where = f" nor in {directory.path}" if directory else " (and runs are not saved to disk)"
+            held = self.client.list_datasets() if self.connected else "unknown: the scheduler is gone"
+            raise KeyError(f"no run named {name!r} on this cluster (runs: {held}){where}")
+        return Run.from_disk(directory)
+
+    def _collect(self, run: Run, stack: bool, timeout: float | None, progress: bool, release: bool) -> Any:
+        """Wait for ``run`` and return its values in input order (see :meth:`gather`); forget it when ``release``."""
+        if not any(future is not None for future in run.futures):
+            progress = False  # read from its run directory: nothing to wait for
         if not self.connected:
             self.reattach()  # a scheduler that was only out of reach holds the run still
         if self.connected and any(future is not None and future.client is not self.client for future in run.futures):
-            mapping.rebind(self.client, run)
-        values = mapping.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
+            runs.rebind(self.client, run)
+        values = collect.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
                                  drain_from=self._drain_from())
         if release:
             self._release_collected(run.name)
@@ -627,32 +521,9 @@ class Bridge:
                 shutil.rmtree(run.directory, ignore_errors=True)
         return values
 
-    def results(self, name: str, stack: bool = False, timeout: float | None = None, progress: bool = True,
-                release: bool = True) -> Any:
-        """Collect run ``name``: from the cluster, also when another (dead) client started it, or, when
-        the cluster does not hold it (it ended, or this is a new one), from its run directory.
-
-        Items that no cluster and no saved chunk has raise a :class:`~hpcbridge.losses.RunLost`
-        (e.g. :class:`~hpcbridge.losses.WalltimeReached`) whose ``results`` holds the rest.
-        """
-        if arguments.name("name", name) is None:
-            raise arguments.ArgumentError("name", name, "the name of a run (Bridge.runs() lists them)")
-        self.reattach()  # a scheduler that was only out of reach holds the run still
-        if self.connected and name in self.client.list_datasets():
-            return self.gather(mapping.reattach(self.client, name), stack=stack, timeout=timeout,
-                               progress=progress, release=release)
-        root = self.run_root
-        directory = RunDirectory.under(root, name) if root else None
-        if directory is None or not directory.exists():
-            where = f" nor in {directory.path}" if directory else " (and runs are not saved to disk)"
-            held = self.client.list_datasets() if self.connected else "unknown: the scheduler is gone"
-            raise KeyError(f"no run named {name!r} on this cluster (runs: {held}){where}")
-        return self.gather(Run.from_disk(directory), stack=stack, timeout=timeout, progress=False,
-                           release=release)
-
     def run(self, name: str) -> Run:
         """The run held under ``name``, to follow its progress (``done_items()``) or gather it."""
-        run = mapping.reattach(self.client, name)
+        run = runs.reattach(self.client, name)
         run.bridge = self
         return run
 
@@ -672,18 +543,18 @@ class Bridge:
         no error: a warning says so, naming what the cluster does hold, and False is returned.
         """
         client = self._cluster()
-        runs = client.list_datasets()
+        held = client.list_datasets()
         if isinstance(handle, Run):
             client.cancel([future for future in handle.futures if future is not None])
             if handle.directory:
                 shutil.rmtree(handle.directory, ignore_errors=True)
-            if handle.name in runs:
-                mapping.release(client, handle.name)
+            if handle.name in held:
+                runs.release(client, handle.name)
                 return True
-            return self._already_released(f"run {handle.name!r}", runs)
-        if not isinstance(handle, Broadcast) and handle in runs:
-            directory = mapping.reattach(client, handle).directory
-            mapping.release(client, handle)
+            return self._already_released(f"run {handle.name!r}", held)
+        if not isinstance(handle, Broadcast) and handle in held:
+            directory = runs.reattach(client, handle).directory
+            runs.release(client, handle)
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
             return True
@@ -692,7 +563,7 @@ class Bridge:
             broadcasts.release(client, name)
         except KeyError:
             what = f"broadcast {name!r}" if isinstance(handle, Broadcast) else f"run or broadcast {name!r}"
-            return self._already_released(what, runs)
+            return self._already_released(what, held)
         return True
 
     def _already_released(self, what: str, runs: Sequence[str]) -> bool:
@@ -705,9 +576,9 @@ class Bridge:
         """A ``concurrent.futures.Executor`` on this cluster whose ``map`` uses hpcbridge's chunking.
 
         ``with bridge.executor() as ex: squares = list(ex.map(f, range(254)))``; see
-        :class:`~hpcbridge.executor.BridgeExecutor`.
+        :class:`~hpcbridge.client.executor.BridgeExecutor`.
         """
-        from hpcbridge.executor import BridgeExecutor
+        from hpcbridge.client.executor import BridgeExecutor
 
         return BridgeExecutor(self, progress=progress)
 
@@ -717,7 +588,7 @@ class Bridge:
         joblib's ``dask`` backend with this bridge's client; ``options`` go to
         ``joblib.parallel_config``. Needs ``pip install joblib``.
         """
-        from hpcbridge.executor import joblib_on
+        from hpcbridge.client.executor import joblib_on
 
         return joblib_on(self, **options)
 

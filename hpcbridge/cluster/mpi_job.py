@@ -23,7 +23,7 @@ import traceback
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     """Read the options the dask-mpi job template passes."""
-    parser = argparse.ArgumentParser(prog="python -m hpcbridge.mpi_job", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hpcbridge.cluster.mpi_job", description=__doc__.splitlines()[0])
     parser.add_argument("--scheduler-file", required=True)
     parser.add_argument("--nthreads", type=int, required=True)
     parser.add_argument("--memory-limit", default="auto")
@@ -33,7 +33,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lifetime", type=int, default=None, help="seconds before workers retire")
     parser.add_argument("--drain", action="store_true",
                         help="workers leave before the job's end (HPCBRIDGE_JOB_END), handing back what "
-                        "they cannot finish (hpcbridge.drain)")
+                        "they cannot finish (hpcbridge.cluster.drain)")
     parser.add_argument("--client-script", default=None)
     parser.add_argument("--client-arg", action="append", default=[])
     return parser.parse_args(argv)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = _ClientOutcome()
     worker_options: dict = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
     if options.drain:
-        worker_options["preload"] = ["hpcbridge.drain"]
+        worker_options["preload"] = ["hpcbridge.cluster.drain"]
     if options.scheduler_interface and comm.Get_rank() == 0:
         interface = options.scheduler_interface
     else:

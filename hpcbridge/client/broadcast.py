@@ -1,0 +1,91 @@
+"""Sending a broadcast from the client, and releasing it: see :mod:`hpcbridge.cluster.broadcasts`.
+
+The client sends the object once, to one worker (or writes the machine's shared copy itself),
+then registers the :class:`~hpcbridge.cluster.broadcasts.BroadcastCopy` plugin that copies it
+worker to worker.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from dataclasses import asdict
+from typing import Any
+
+from distributed import Client
+from distributed.protocol import Serialized, serialize
+
+from hpcbridge.cluster import machine_copy
+from hpcbridge.cluster.broadcasts import PLUGIN_PREFIX, Broadcast, BroadcastCopy, BroadcastService, nbytes_of
+
+
+def send(client: Client, obj: Any, name: str | None = None, shared: bool = True) -> Broadcast:
+    """Broadcast ``obj`` to every worker of ``client``'s cluster; see the module's docstring.
+
+    ``shared``: workers on one machine map one read-only copy (else each has its own, writable).
+    """
+    name = name or f"b-{secrets.token_hex(6)}"
+    started = time.perf_counter()
+    if PLUGIN_PREFIX + name in client.run_on_scheduler(_plugin_names):
+        # Registering the plugin again would run the old one's teardown on every worker, which
+        # drops the copy just sent, and the new setup would wait for a copy no peer holds.
+        raise ValueError(f"a broadcast named {name!r} already exists on this cluster; release it first, "
+                         "or choose another name")
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise RuntimeError("no workers to broadcast to: wait for workers first")
+    client.register_plugin(BroadcastService())
+    nbytes, via = _put(client, workers, name, obj, shared)
+    responses = client.register_plugin(BroadcastCopy(name, shared), name=PLUGIN_PREFIX + name)
+    failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
+    if failed:
+        raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")
+    return Broadcast(name, nbytes, time.perf_counter() - started, len(responses or {}), via)
+
+
+def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool) -> tuple[int, str]:
+    """Give the first worker its copy; return the bytes that left the client and how.
+
+    A client on the machine of some worker (a local cluster, a client inside the allocation)
+    writes the shared copy itself and that worker maps it: nothing crosses the network. Else,
+    or when the worker cannot map it, the serialized object goes to one worker over the comm.
+    """
+    async def put(worker: str, **message: Any) -> Any:
+        return await client.rpc(worker).hpcbridge_broadcast_put(name=name, nbytes=nbytes_of(obj), **message)
+
+    here = machine_copy.machine() if shared else ""
+    machines = client.run(machine_copy.machine) if here else {}
+    beside = [address for address, machine in machines.items() if machine == here]
+    copy = machine_copy.publish(obj, f"hpcbridge-broadcast-{name}") if beside else None
+    if copy is not None:
+        try:
+            reply = client.sync(put, random.choice(beside), where=asdict(copy.where()), shared=True)
+        finally:
+            copy.close()  # the worker holds its own descriptor now; the memory lives while it does
+        if reply == {"status": "OK"}:
+            return copy.payload_bytes, "shared memory"
+    header, frames = serialize(obj)
+    first = random.choice(workers)
+    reply = client.sync(put, first, data=Serialized(header, frames), shared=shared)
+    if reply != {"status": "OK"}:
+        raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
+    return sum(memoryview(frame).nbytes for frame in frames), "network"
+
+
+def release(client: Client, name: str) -> None:
+    """Drop broadcast ``name`` from every worker; later workers will not fetch it."""
+    try:
+        client.unregister_worker_plugin(PLUGIN_PREFIX + name)
+    except ValueError:
+        raise KeyError(f"no broadcast named {name!r} on this cluster") from None
+
+
+def names(client: Client) -> list[str]:
+    """The broadcasts the cluster holds now, by name."""
+    return [name[len(PLUGIN_PREFIX):] for name in client.run_on_scheduler(_plugin_names)
+            if name.startswith(PLUGIN_PREFIX)]
+
+
+def _plugin_names(dask_scheduler: Any) -> list[str]:
+    return list(dask_scheduler.worker_plugins)

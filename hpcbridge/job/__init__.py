@@ -1,0 +1,1 @@
+"""The login node: a job spec validated, rendered into a batch script, and submitted."""

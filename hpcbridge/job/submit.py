@@ -1,0 +1,67 @@
+"""Submit a spec as a batch job and follow it: the one place where render meets a backend.
+
+Each submission leaves a small record (``$HPCBRIDGE_HOME/submitted/``, owner-only) of where the
+job's scheduler file goes, so that ``hpcbridge connect JOB`` and ``hpcbridge cancel JOB`` find it
+from the job id alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from hpcbridge import scheduler_file as files
+from hpcbridge.backends import get_backend
+from hpcbridge.backends.job import SubmittedJob, file_owner_running
+from hpcbridge.job.render import render_script
+from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
+from hpcbridge.private_files import make_private_dir, state_home, write_private_file
+
+
+
+def submit(spec: JobSpec) -> SubmittedJob:
+    """Render ``spec`` and submit it; the script is complete before anything is submitted.
+
+    A scheduler file without ``{job_id}`` may still hold an earlier job's address. When that
+    job has ended the file (and its certificates) are removed before submitting, so a client
+    that attaches right away cannot reach the old cluster; when it still runs, nothing is
+    submitted and :class:`~hpcbridge.scheduler_file.SchedulerFileInUse` says which job holds it.
+    """
+    script = render_script(spec)
+    has_cluster = spec.mode != "array"
+    if has_cluster and JOB_ID_PLACEHOLDER not in spec.scheduler_file:
+        files.claim(spec.scheduler_file, file_owner_running, DEFAULT_SCHEDULER_FILE)
+    job_id = get_backend(spec.scheduler).submit(script)
+    scheduler_file = spec.scheduler_file_for(job_id) if has_cluster else None
+    job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=scheduler_file)
+    _write_record(job)
+    return job
+
+
+def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
+    """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
+    candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
+    for name in candidates:
+        record = state_home("submitted") / f"{name}-{_safe(job_id)}.json"
+        try:
+            values = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        return SubmittedJob(job_id=str(values["job_id"]), scheduler=values["scheduler"],
+                            scheduler_file=values.get("scheduler_file"))
+    return None
+
+
+def default_scheduler_file(job_id: str) -> str:
+    """The scheduler file a job writes when no ``--scheduler-file`` was given."""
+    return os.path.expanduser(DEFAULT_SCHEDULER_FILE.replace(JOB_ID_PLACEHOLDER, job_id))
+
+
+def _write_record(job: SubmittedJob) -> None:
+    folder = make_private_dir(state_home("submitted"))
+    write_private_file(folder / f"{job.scheduler}-{_safe(job.job_id)}.json", json.dumps(job.as_dict()))
+
+
+def _safe(job_id: str) -> str:
+    return re.sub(r"[^\w.\[\]-]", "_", job_id)
