@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from hpcbridge.addresses import address_silent
+from hpcbridge.client.bridge import connect
+from hpcbridge.cluster import chunks
+from hpcbridge.job import submit as jobs
 from hpcbridge.backends import JobStatus
 from hpcbridge.client.losses import (
     JobCancelled,
@@ -18,6 +27,9 @@ from hpcbridge.client.losses import (
     WorkersLeft,
     explain,
 )
+from tests.conftest import job_processes, wait_for
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # pause runs on the cluster
 
 
 @dataclass
@@ -73,7 +85,8 @@ def test_a_scheduler_out_of_reach_while_its_job_runs_says_the_run_is_probably_st
                     "it time out")
     error = found("scores", what, 10, 6, 6, [(6, 10)], None, "/scratch/runs/scores", "4242")
     assert "The run is probably still on the scheduler, since job 4242 still runs: once the scheduler answers " \
-           "again (the network to its node is back), results('scores') on this bridge or on connect(job=...) " \
+           "again (the network to its node is back, its process runs again), results('scores') on this bridge or " \
+           "on connect(job=...) " \
            "collects every result from it." in str(error)
     # A silent address whose job has ended is the job's end, not a cut.
     assert explain(EndedJob("CANCELLED"), True, False, [], 26.0, "a:1", silent=True)[0] is JobCancelled
@@ -91,3 +104,49 @@ def test_a_refused_or_answering_address_is_not_silent() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         assert not address_silent(f"tls://127.0.0.1:{listener.getsockname()[1]}", timeout=1.0)
+
+
+def test_a_scheduler_that_hangs_is_told_from_one_that_died() -> None:
+    """Its port accepts connections (the kernel does) but it does not answer: it hangs, its job runs, the run
+    is most likely still on it. A refused port is a scheduler process that is gone."""
+    found, what = explain(EndedJob("RUNNING"), True, False, [], 31.0, "tls://10.77.0.1:40000", hanging=True)
+    assert found is SchedulerUnreachable
+    assert "accepts connections but has not answered for 31 s" in what and "hangs" in what
+    assert "a scheduler that died refuses connections" in what
+    found, what = explain(EndedJob("RUNNING"), True, False, [], 10.0, "tls://10.77.0.1:40000", refused=True)
+    assert found is SchedulerLost and "refuses connections: the scheduler process is gone" in what
+
+
+def scheduler_pid(job_id: str) -> int:
+    (pid,) = [pid for pid in job_processes(job_id)
+              if b"distributed.cli.dask_scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return pid
+
+
+def pause(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stopped_scheduler_is_named_as_hanging_within_the_bound_and_keeps_the_run(local_jobs, local_spec) -> None:
+    """SIGSTOP on the scheduler (as a node swapping hard, or a debugger): the error says it hangs rather than
+    died, and once it runs again the run is collected from it, no item computed twice."""
+    job = jobs.submit(local_spec(ntasks_per_node=2, cpus_per_task=1))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=60, job=job) as bridge:
+        run = bridge.map(pause, [0.05] * 400, name="frozen", chunk_size=10, progress=False)
+        assert wait_for(lambda: run.done_items() >= 40, timeout=60)
+        pid = scheduler_pid(job.job_id)
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            with pytest.raises(SchedulerUnreachable, match="accepts connections but has not answered") as lost:
+                bridge.gather(run, progress=False, timeout=150)
+            print(f"\nfigures stopped scheduler: error after {time.monotonic() - stopped_at:.1f} s: {lost.value}")
+            assert time.monotonic() - stopped_at < 120
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert lost.value.done < 400
+        assert bridge.results("frozen", progress=False, timeout=120) == [0.05] * 400
+        executed = sum(counts.get("frozen", 0) for counts in bridge.client.run(chunks.executed_items).values())
+        assert executed == 400

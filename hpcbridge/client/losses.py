@@ -103,7 +103,8 @@ class SchedulerUnreachable(SchedulerLost):
     def advice(self) -> str:
         job = f"job {self.job_id}" if self.job_id else "its job"
         return (f"The run is probably still on the scheduler, since {job} still runs: once the scheduler "
-                f"answers again (the network to its node is back), results({self.run!r}) on this bridge or on "
+                f"answers again (the network to its node is back, its process runs again), results({self.run!r}) "
+                "on this bridge or on "
                 f"connect(job=...) collects every result from it. " + RunLost.advice(self))
 
 
@@ -115,13 +116,16 @@ class WorkersLeft(RunLost):
 
 def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool, drained: list[dict[str, Any]],
             tried_seconds: float, address: str, near_end: bool = False,
-            silent: bool = False) -> tuple[type[RunLost], str]:
+            silent: bool = False, hanging: bool = False, refused: bool = False) -> tuple[type[RunLost], str]:
     """The cause of a loss and a sentence saying it, from the batch job's state where it is known.
 
     ``drained``: the ``hpcbridge-drain`` events of workers that left before the walltime;
     ``near_end``: the loss came when the job's walltime was (nearly) reached; ``silent``: the
     scheduler's address does not even refuse a connection (its node is cut off or hangs), so its
-    job is not waited for to end: it would still run when the wait is over.
+    job is not waited for to end: it would still run when the wait is over. ``hanging``: its
+    address accepts connections (the kernel does that for a process that is stopped, swapping or
+    stuck) but the scheduler did not answer; ``refused``: its address refuses connections, so the
+    scheduler process is gone. Those two are what tells a hung scheduler from a dead one.
     """
     if job is not None and connection_lost and not silent:
         status = _final_status(job)
@@ -147,13 +151,19 @@ def explain(job: SubmittedJob | None, connection_lost: bool, workers_gone: bool,
         return SchedulerUnreachable, (f"the scheduler at {address} cannot be reached while {job_text} is still "
                                       f"RUNNING (its node is cut off the network or hangs): it did not answer for "
                                       f"{tried_seconds:.0f} s, and connections to it time out")
+    if connection_lost and hanging and state in (None, "RUNNING"):
+        return SchedulerUnreachable, (f"the scheduler at {address} accepts connections but has not answered for "
+                                      f"{tried_seconds:.0f} s{words}: its process hangs (stopped, swapping or stuck) "
+                                      "rather than died (a scheduler that died refuses connections, one whose node "
+                                      "is cut off lets them time out)")
     if connection_lost:
         still = f"; {job_text} is {state}" if state in ("RUNNING", "COMPLETING") else ""
         if state == "FAILED" and workers_gone:
             return WorkersLeft, f"every worker exited, and then {job_text} stopped its scheduler{words}"
         known = "" if job is not None else " (the batch job is not known to this client, so no more is known)"
+        gone = "; its address now refuses connections: the scheduler process is gone" if refused else ""
         return SchedulerLost, (f"the scheduler at {address} stopped answering; reconnecting was tried for "
-                               f"{tried_seconds:.0f} s{still}{words if not still else ''}{known}")
+                               f"{tried_seconds:.0f} s{still}{words if not still else ''}{gone}{known}")
     return WorkersLeft, f"the cluster has no workers{words}"
 
 

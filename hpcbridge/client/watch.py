@@ -8,7 +8,7 @@ from typing import Any
 
 from distributed import Client
 
-from hpcbridge.addresses import address_silent
+from hpcbridge.addresses import address_answers, address_silent
 from hpcbridge.client import losses
 from hpcbridge.client.losses import RunLost
 from hpcbridge.leaving import EVENT_TOPIC
@@ -100,9 +100,12 @@ class ClusterWatch:
         (its node is cut off) is said to be silent since its last answer, and its job is not waited for."""
         near_end = self.drain_from is not None and time.time() >= self.drain_from
         silent = self.connection_lost and address_silent(self.address)
-        tried = max(self.tried_seconds, time.monotonic() - self.answered_at) if silent else self.tried_seconds
-        return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, tried,
-                              self.address, near_end=near_end, silent=silent)
+        answers = self.connection_lost and not silent and address_answers(self.address)
+        tried = (max(self.tried_seconds, time.monotonic() - self.answered_at) if silent or answers
+                 else self.tried_seconds)
+        return losses.explain(job, self.connection_lost, self.workers_gone, self.drained, tried, self.address,
+                              near_end=near_end, silent=silent, hanging=answers,
+                              refused=self.connection_lost and not silent and not answers)
 
 
 def _ask(client: Client, method: str, timeout: float, **kwargs: Any) -> Any:
