@@ -23,7 +23,9 @@ from hpcbridge.rundir import RunDirectory
 
 logger = logging.getLogger("hpcbridge.client.runs")
 
-# Worker-side: items executed per run, to show that nothing ran twice.
+# Worker-side: items executed per run, to show that nothing ran twice. Only the latest runs are
+# kept, so that a worker serving many maps does not grow by one entry per run.
+EXECUTED_RUNS_KEPT = 1000
 _EXECUTED: dict[str, int] = {}
 
 
@@ -77,7 +79,7 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
         seconds = time.perf_counter() - started
     finally:
         drain.record(time.perf_counter() - started)
-    _EXECUTED[task.run] = _EXECUTED.get(task.run, 0) + len(task.items)
+    _count_executed(task.run, len(task.items))
     if task.stack and not errors:
         values = _stack_if_arrays(values)
     if directory is not None and not errors:
@@ -143,8 +145,14 @@ def _call_each(task: ChunkTask, args: list[Any], values: list[Any], errors: dict
     return max(first, 0.0)
 
 
+def _count_executed(run: str, count: int) -> None:
+    _EXECUTED[run] = _EXECUTED.pop(run, 0) + count  # (re)inserted last: the dict's order is by latest use
+    while len(_EXECUTED) > EXECUTED_RUNS_KEPT:
+        del _EXECUTED[next(iter(_EXECUTED))]
+
+
 def executed_items() -> dict[str, int]:
-    """Worker side: how many items this worker process has run, per run name."""
+    """Worker side: how many items this worker process has run, per run name (its latest runs)."""
     return dict(_EXECUTED)
 
 
