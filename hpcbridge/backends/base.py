@@ -59,6 +59,37 @@ class Backend(Protocol):
         """Where the job's output goes, when known."""
 
 
+def statuses(backend: Backend, job_ids: Sequence[str],
+             errors: dict[str, Exception] | None = None) -> dict[str, JobStatus]:
+    """The states of many jobs, with as few questions to the batch system as it allows.
+
+    A backend that lists many jobs at once (a ``queued(job_ids)`` hook: Slurm's ``squeue -j a,b,c``,
+    PBS's ``qstat -f a b c``) is asked once for all of them; only a job it does not list as waiting or
+    running (it has ended, so it is asked once more) is asked alone with :meth:`Backend.status`, which
+    finds how it ended. A job the batch system does not know is UNKNOWN; a job it could not be asked
+    about is left out, with the error in ``errors`` when given.
+    """
+    wanted = list(dict.fromkeys(job_ids))
+    found: dict[str, JobStatus] = {}
+    queued = getattr(backend, "queued", None)
+    if queued is not None and wanted:
+        try:
+            found = {job_id: status for job_id, status in queued(wanted).items() if job_id in wanted}
+        except BatchCommandError:
+            found = {}  # e.g. every id already purged: asked one by one below
+    for job_id in wanted:
+        if job_id in found:
+            continue
+        try:
+            found[job_id] = backend.status(job_id)
+        except JobNotFound as error:
+            found[job_id] = JobStatus(job_id, "UNKNOWN", reason=str(error))
+        except Exception as error:  # the batch system did not answer: the caller asks again later
+            if errors is not None:
+                errors[job_id] = error
+    return found
+
+
 class BatchCommandError(RuntimeError):
     """A batch-system command failed; carries the command, exit code, stdout and stderr."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, read_tail, run_command
@@ -138,6 +139,18 @@ class PBSBackend:
         if record.exists():
             return Path(json.loads(record.read_text())["log"])
         return None
+
+    def queued(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The jobs among ``job_ids`` that wait or run, from one ``qstat -f`` of them all (see
+        :func:`~hpcbridge.backends.base.statuses`); a job that has ended is left out for :meth:`status`."""
+        found = {}
+        for block in re.split(r"^Job Id:[ \t]*", run_command(["qstat", "-f", *job_ids]), flags=re.M)[1:]:
+            job_id = block.split("\n", 1)[0].strip()
+            attributes = parse_qstat_full(block)
+            state = _STATES.get(attributes.get("job_state", ""), "UNKNOWN")
+            if state in ("PENDING", "RUNNING"):
+                found[job_id] = JobStatus(job_id, state, reason=attributes.get("comment") if state == "PENDING" else None)
+        return found
 
     @staticmethod
     def _show(job_id: str) -> dict[str, str]:

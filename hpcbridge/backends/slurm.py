@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pwd
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, read_tail, run_command
@@ -150,6 +151,22 @@ class SlurmBackend:
             log=first.get("StdOut"),
             restarts=restarts,
         )
+
+    def queued(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The jobs among ``job_ids`` that wait or run, from one ``squeue`` (see :func:`~hpcbridge.backends.base.statuses`).
+
+        A job in an end state is left out: :meth:`status` says how it ended (squeue cannot).
+        """
+        output = run_command(["squeue", "--noheader", "--jobs", ",".join(job_ids), "--format", "%i|%T|%r"],
+                             timeout=30)
+        found = {}
+        for line in output.splitlines():
+            job_id, _, rest = line.strip().partition("|")
+            state_text, _, reason = rest.partition("|")
+            state = _STATES.get(state_text, "UNKNOWN")
+            if state in ("PENDING", "RUNNING", "COMPLETING"):
+                found[job_id] = JobStatus(job_id, state, reason=explain_reason(reason) if state == "PENDING" else None)
+        return found
 
     def cancel(self, job_id: str) -> None:
         self._show(job_id)

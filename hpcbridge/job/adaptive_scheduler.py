@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcbridge import scheduler_file as cluster_files
-from hpcbridge.backends import JobNotFound, JobStatus, get_backend
+from hpcbridge.backends import JobStatus, get_backend
+from hpcbridge.backends.base import statuses
 from hpcbridge.job.adaptive import (
     AdaptiveSettings,
     PatientAdaptive,
@@ -150,15 +151,12 @@ class JobLedger:
         return leaving
 
     def _states(self, asked: list[tuple[str, str]]) -> dict[str, JobStatus]:
-        states = {}
-        for name, job_id in asked:
-            try:
-                states[name] = self.backend.status(job_id)
-            except JobNotFound as error:
-                states[name] = JobStatus(job_id, "UNKNOWN", reason=str(error))
-            except Exception as error:  # the batch system did not answer: ask again next time
-                logger.warning("could not ask for the state of worker job %s: %s", job_id, error)
-        return states
+        """The worker jobs' states by name: one question to the batch system for all the jobs in its queue."""
+        errors: dict[str, Exception] = {}
+        by_id = statuses(self.backend, [job_id for _, job_id in asked], errors)
+        for job_id, error in errors.items():  # the batch system did not answer: asked again next time
+            logger.warning("could not ask for the state of worker job %s: %s", job_id, error)
+        return {name: by_id[job_id] for name, job_id in asked if job_id in by_id}
 
     def _ended_on_its_own(self, job: WorkerJob, status: JobStatus, now: float) -> None:
         words = status.state + (f", exit code {status.exit_code}" if status.exit_code is not None else "")

@@ -62,3 +62,41 @@ def test_qdel_cancels_and_unknown_jobs_are_reported(slurm_cluster, batch_spec, b
     assert wait_for(lambda: slurm_cluster.run("squeue", "-h", "-j", job.job_id).stdout.strip() == "", timeout=60)
     with pytest.raises(JobNotFound):
         get_backend("pbs").status("99999")
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_many_jobs_are_asked_about_in_one_question(slurm_cluster, batch_jobs, monkeypatch, tmp_path,
+                                                   scheduler) -> None:
+    """What the adaptive scheduler asks at every decision (issue 25, goal 6): one squeue / qstat for all
+    the jobs still queued, and a question of its own only for a job that ended. The commands run for real;
+    a wrapper around run_command counts them."""
+    from hpcbridge.backends import base
+    from hpcbridge.backends import pbs as pbs_backend
+    from hpcbridge.backends import slurm as slurm_backend
+    from hpcbridge.job.submit import SubmittedJob
+
+    monkeypatch.chdir(tmp_path)
+    backend = get_backend(scheduler)
+    quick = backend.submit("#!/bin/bash\ntrue\n")
+    sleepers = [backend.submit("#!/bin/bash\nsleep 120\n") for _ in range(3)]
+    batch_jobs.extend(SubmittedJob(job_id, scheduler, None) for job_id in [quick, *sleepers])
+    assert wait_for(lambda: backend.status(quick).finished, timeout=60)
+    asked: list[list[str]] = []
+
+    def counted(command, *args, **kwargs):
+        asked.append(list(command))
+        return base.run_command(command, *args, **kwargs)
+
+    monkeypatch.setattr(slurm_backend if scheduler == "slurm" else pbs_backend, "run_command", counted)
+    found = base.statuses(backend, [quick, *sleepers])
+    def names(command: list[str], job_id: str) -> bool:
+        return any(job_id in part.split(",") for part in command)
+
+    lists = [command for command in asked if all(names(command, job_id) for job_id in sleepers)]
+    assert len(lists) == 1, asked
+    assert not [command for command in asked if command not in lists and any(names(command, j) for j in sleepers)], asked
+    assert found[quick].state == "COMPLETED"
+    monkeypatch.undo()
+    for job_id in sleepers:
+        assert found[job_id].state in ("PENDING", "RUNNING")
+        assert found[job_id].state == backend.status(job_id).state or backend.status(job_id).state == "RUNNING"
