@@ -72,10 +72,12 @@ class NoWaits:
 def probe_with(seconds_per_call: float, n: int, threads: int = 2) -> tuple[list[tuple[int, int]], int, float]:
     submitted: list[tuple[int, int]] = []
 
-    def submit(low: int, high: int) -> Done:
-        submitted.append((low, high))
-        count = high - low
-        return Done(f"k{len(submitted)}", ([], {}, seconds_per_call * count, seconds_per_call))
+    def submit(chunks: list[tuple[int, int]]) -> list[Done]:
+        done = []
+        for low, high in chunks:
+            submitted.append((low, high))
+            done.append(Done(f"k{len(submitted)}", ([], {}, seconds_per_call * (high - low), seconds_per_call)))
+        return done
 
     client = NoWaits()
     position, per_item = planning.probe(client, submit, n, threads)
@@ -134,3 +136,16 @@ def test_the_worker_loop_calls_the_users_function_itself_not_a_wrapper_per_item(
     assert list(functions.per_item_calls(functions.SpreadItems(shipped), [(5, 1), (9, 2)], [])) == [4, 7]
     values, errors, _, _ = run_chunk(ChunkTask("direct", functions.ShippedFunction(operator.neg), range(3), 0, False))
     assert (values, errors) == ([0, -1, -2], {})
+
+
+def test_with_hundreds_of_threads_the_chunks_are_as_many_as_the_scheduler_can_hand_out() -> None:
+    """Issue 25: 20 ms items, 0.8 s of work per thread. One task per thread at most a few times over, not the
+    thousands of 30 ms chunks the scheduler (a few ms per task) hands out slower than the threads finish them."""
+    for threads in (256, 1024):
+        n = threads * 40
+        bounds = plan_chunks(0, n, threads=threads, seconds_per_item=0.02)
+        assert covers(bounds, 0, n)
+        assert threads <= len(bounds) <= 1.1 * threads
+    small = plan_chunks(0, 10_000, threads=2, seconds_per_item=0.01)  # at 2 threads the plan is unchanged
+    assert min(high - low for low, high in small[:-1]) * 0.01 >= planning.SHORTEST_CHUNK_SECONDS
+    assert len(small) >= 2 * planning.CHUNKS_PER_THREAD

@@ -29,6 +29,11 @@ TARGET_CHUNK_SECONDS = 0.25
 
 
 SHORTEST_CHUNK_SECONDS = 0.03  # ten times the ~3 ms of CPU one task costs across all processes here
+# What one task costs the scheduler (2.3-2.5 ms measured here, a little more with TLS). It hands out
+# tasks one after another, so with T threads waiting a chunk shorter than T of these leaves threads
+# idle between chunks: at 256 threads, 20 ms items planned as 0.03 s chunks made 3,203 tasks for a
+# 0.8 s map and took 9.7 s.
+SCHEDULER_SECONDS_PER_TASK = 0.003
 
 
 CHUNKS_PER_THREAD = 4
@@ -69,9 +74,13 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
 
     A chunk takes ``remaining / (CHUNKS_PER_THREAD * threads)`` items, but at most
     ``target_seconds`` of work and at least :data:`SHORTEST_CHUNK_SECONDS` of it (and one item):
-    a task costs milliseconds, so tiny items go in few large chunks. The shortest chunk is never
+    a task costs milliseconds, so tiny items go in few large chunks. With many threads the shortest
+    chunk is at least what the scheduler needs to hand every thread one task
+    (``threads * SCHEDULER_SECONDS_PER_TASK``), so the number of tasks grows with the work and the
+    scheduler's pace, not with the threads alone. The shortest chunk is never
     more than a thread's fair share of all the items, so even a small map keeps every thread busy.
-    A range of at most :data:`FEW_CHUNKS_SECONDS` of work is split evenly, one chunk per thread:
+    A range of at most :data:`FEW_CHUNKS_SECONDS` of work, or of less than two shortest chunks per
+    thread, is split evenly, one chunk per thread:
     balancing it finer would cost more in tasks than it could save, and an estimate from one
     call (all a warm-up gives) may be several times too high for a tiny item.
 
@@ -84,10 +93,13 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
     """
     per_item = max(seconds_per_item, 1e-9)
     fair_share = max(1, math.ceil((stop - start) / max(1, threads)))
-    if per_item * (stop - start) <= FEW_CHUNKS_SECONDS:
+    shortest_seconds = max(SHORTEST_CHUNK_SECONDS, threads * SCHEDULER_SECONDS_PER_TASK)
+    shortest = min(max(1, int(shortest_seconds / per_item)), fair_share)
+    if per_item * (stop - start) <= FEW_CHUNKS_SECONDS or 2 * shortest > fair_share:
+        # Little work, or too little per thread for two chunks each: one chunk per thread. A few
+        # chunks more than threads would be a second round of whole chunks (twice the time).
         return [(low, min(stop, low + fair_share)) for low in range(start, stop, fair_share)]
-    shortest = min(max(1, int(SHORTEST_CHUNK_SECONDS / per_item)), fair_share)
-    longest = max(shortest, int(target_seconds / per_item))
+    longest = max(shortest, int(max(target_seconds, shortest_seconds) / per_item))
     bounds, low = [], start
     while low < stop:
         size = math.ceil((stop - low) / (CHUNKS_PER_THREAD * max(1, threads)))
@@ -103,24 +115,26 @@ def plan(low: int, high: int, chunk_size: int | None, threads: int, per_item: fl
     return plan_chunks(low, high, threads, per_item)
 
 
-def probe(client: Client, submit: Callable[[int, int], Future], n: int, threads: int) -> tuple[int, float]:
+def probe(client: Client, submit: Callable[[list[tuple[int, int]]], list[Future]], n: int,
+          threads: int, workers: int | None = None) -> tuple[int, float]:
     """Measure the time per item with probe chunks; return (next item, seconds per item).
 
-    Every thread first gets a probe of two items. The first call on a fresh worker pays for its
-    imports (seconds for SymPy or Numba on a busy machine), so only the second call is timed, and
-    warming every worker at once costs nothing: they would idle otherwise. The first probe to
+    Every worker process (``workers``, default one per thread) first gets a probe of two items. The
+    first call on a fresh worker pays for its imports (seconds for SymPy or Numba on a busy machine),
+    so only the second call is timed, and warming every worker at once costs nothing: they would idle
+    otherwise. One probe per process warms all its threads (they share its imports); one per thread
+    cost the scheduler a task each (256 at 256 threads, as many as the whole map's plan). The first probe to
     finish gives the estimate; if none finishes within :data:`PROBE_WAIT_COLD` the items are slow.
     When that estimate says the rest of the map is at most :data:`FEW_CHUNKS_SECONDS` of work, the
     rest is planned from it at once: the map is only a few chunks, and waiting for probes would
     cost more than an imprecise estimate can. Otherwise, while the timed calls ran too briefly to
-    measure, a probe sized from the estimate to run :data:`PROBE_SECONDS` follows.
+    measure, a probe sized from the estimate to run :data:`PROBE_SECONDS` follows. ``submit`` submits
+    a list of ``(first, end)`` chunks at once and returns their futures.
     """
-    position, sizes, warmups = 0, {}, []
-    while len(warmups) < threads and position < n:
-        high = min(n, position + 2)
-        future = submit(position, high)
-        sizes[future.key], position = high - position, high
-        warmups.append(future)
+    bounds = [(low, min(n, low + 2)) for low in range(0, min(n, 2 * (workers or threads)), 2)]
+    warmups = submit(bounds)
+    sizes = {future.key: high - low for future, (low, high) in zip(warmups, bounds)}
+    position = bounds[-1][1] if bounds else 0
     if position >= n:
         return position, 0.0  # the warm-ups hold every item: nothing left to plan
     wait_for(client, warmups, PROBE_WAIT_COLD, first=True)
@@ -134,7 +148,7 @@ def probe(client: Client, submit: Callable[[int, int], Future], n: int, threads:
         if measured >= PROBE_SECONDS or position >= n or per_item * (n - position) <= FEW_CHUNKS_SECONDS:
             break
         high = min(n, position + _probe_size(per_item, n - position, threads))
-        future = submit(position, high)
+        (future,) = submit([(position, high)])
         wait_for(client, [future], PROBE_WAIT)
         if not future.done() or future.status != "finished":
             return high, per_item  # landed on a worker still busy or failing: keep the estimate
