@@ -7,7 +7,8 @@
 Each row is a figure hpcbridge is measured on and the best alternative measured beside it, in
 the same process tree and minutes: ``multiprocessing.Pool.map`` for tiny items, plain processes
 for the prime sum, ``client.scatter(broadcast=True)`` and the loopback limit for a broadcast,
-``np.copyto`` for assembly, one process for Mandelbrot, ``spsolve`` for the FE solve. The
+``np.copyto`` for assembly, one process for Mandelbrot, ``spsolve`` for the FE solve, one chunk per
+thread for a map at hundreds of threads. The
 benchmarks print ``name: value`` lines; this script runs each as its own process, reads the
 lines, and prints the table (Markdown) with the load average, since the machine may be shared.
 """
@@ -77,6 +78,18 @@ FIGURES = [
            lambda r: r >= 10),
     Figure("montecarlo", "Monte Carlo π, seconds (vs one process)", "seconds", "serial_seconds", "efficiency",
            "(efficiency)", lambda r: True),
+    Figure("scale", "map at 256 threads, even 20 ms items, s (vs one chunk per thread)", "t256_even_bridge_seconds",
+           "t256_even_naive_seconds", "t256_even_bridge_over_naive", "≤ 1.0", lambda r: r <= 1.0),
+    Figure("scale", "map at 256 threads, even items, s (vs the ideal: total wait / threads)", "t256_even_bridge_seconds",
+           "t256_even_ideal_seconds", "t256_even_efficiency", "≥ 0.6", lambda r: r >= 0.6),
+    Figure("scale", "map at 1,024 threads, even 20 ms items, s (vs one chunk per thread)", "t1024_even_bridge_seconds",
+           "t1024_even_naive_seconds", "t1024_even_bridge_over_naive", "≤ 1.0", lambda r: r <= 1.0),
+    Figure("scale", "map at 256 threads, heavy-tailed items, speed-up (vs one chunk per thread)",
+           "t256_uneven_bridge_seconds", "t256_uneven_naive_seconds", "t256_uneven_speedup_vs_naive", "≥ 1.5",
+           lambda r: r >= 1.5),
+    Figure("scale", "map at 1,024 threads, heavy-tailed items, speed-up (vs one chunk per thread)",
+           "t1024_uneven_bridge_seconds", "t1024_uneven_naive_seconds", "t1024_uneven_speedup_vs_naive", "≥ 1.5",
+           lambda r: r >= 1.5),
 ]
 
 FULL = {
@@ -86,6 +99,7 @@ FULL = {
     "mandelbrot": ["--size", "35000"],  # goal 5's image: 1.2 gigapixels, about 3 minutes
     "truss": ["--plate-spacing", "0.0138", "--frequencies", "3", "--sweep", "40"],  # the goal's mesh: unstructured, 40k unknowns
     "montecarlo": ["--count", "1200", "--high", "10000000"],
+    "scale": ["--sizes", "4x64,8x128", "--repeats", "3"],
 }
 QUICK = {
     "map_overhead": ["--items", "20000", "--raw-items", "200", "--repeats", "1"],
@@ -94,6 +108,7 @@ QUICK = {
     "mandelbrot": ["--size", "400", "--single-max", "200"],
     "truss": ["--nx", "10", "--ny", "8", "--frequencies", "3", "--cluster-factor", "2"],
     "montecarlo": ["--count", "60", "--high", "100000"],
+    "scale": ["--sizes", "2x4", "--items-per-thread", "5", "--cost", "0.005", "--repeats", "1"],
 }
 ATTACHES = {"primes", "mandelbrot", "truss", "montecarlo"}  # take --scheduler-file
 

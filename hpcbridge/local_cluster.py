@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpcbridge.private_files import state_home
 
@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 
 @contextmanager
 def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], None] = print,
-                  job_name: str = "hpcbridge-local", threads_per_worker: int = 1
+                  job_name: str = "hpcbridge-local", threads_per_worker: int = 1, **spec_values: Any
                   ) -> Iterator[tuple[SubmittedJob, Bridge]]:
     """Start ``workers`` local workers as a scheduler-file job, attach, yield the job and the bridge.
+
+    ``spec_values`` are further job options (e.g. ``mem_per_cpu="20M"`` for workers of many threads).
 
     On exit the cluster is shut down through the client, and the job cancelled if it is still
     running 30 s later (or if the body raised before the shutdown). SIGTERM and SIGHUP end the
@@ -42,7 +44,7 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
 
     spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=threads_per_worker,
                    python=sys.executable, job_name=job_name,
-                   scheduler_file=str(state_home("local") / "{job_id}" / "scheduler.json"))
+                   scheduler_file=str(state_home("local") / "{job_id}" / "scheduler.json"), **spec_values)
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
     previous = _exit_on_termination()

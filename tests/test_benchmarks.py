@@ -97,6 +97,20 @@ def test_montecarlo_benchmark(cluster: str) -> None:
     positive(lines, "serial_seconds", "seconds", "million_points_per_second", "efficiency")
 
 
+def test_scale_benchmark() -> None:
+    """Workers of many threads (here 2 x 4), items that wait: each map's results are checked inside it."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--sizes", "2x4",
+                           "--items-per-thread", "5", "--cost", "0.005", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert lines["t8_threads"] == "8"
+    for kind in ("even", "uneven"):
+        positive(lines, *(f"t8_{kind}_{name}" for name in ("ideal_seconds", "naive_seconds", "bridge_seconds",
+                                                           "bridge_over_naive", "speedup_vs_naive", "efficiency",
+                                                           "chunks")))
+
+
 def test_compare_prints_one_table_of_ratios_with_the_load(cluster: str) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--only",
                            "primes,montecarlo", "--scheduler-file", cluster], capture_output=True, text=True, timeout=300)
@@ -108,7 +122,7 @@ def test_compare_prints_one_table_of_ratios_with_the_load(cluster: str) -> None:
     assert "load average before:" in done.stdout
 
 
-@pytest.mark.parametrize("script", ["broadcast.py", "map_overhead.py"])
+@pytest.mark.parametrize("script", ["broadcast.py", "map_overhead.py", "scale.py"])
 def test_benchmark_options_say_what_they_do_and_their_defaults(script: str) -> None:
     shown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
                            capture_output=True, text=True, timeout=60)

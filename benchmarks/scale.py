@@ -1,0 +1,101 @@
+"""map at the size of a real allocation: hundreds to thousands of worker threads, against a static split.
+
+Workers get many threads and the items wait (``time.sleep`` frees the GIL and the CPU), so on two
+cores the only costs left are Dask's and hpcbridge's: what grows with the thread count. In the same
+run, for each size: the ideal (the items' total wait over the threads), the naive split (one
+contiguous chunk per thread, one ``client.map``: the best simple alternative) and ``bridge.map``
+(default settings, its run saved to the run directory), each the median of ``--repeats`` pairs
+taken in turn. Even items all wait ``--cost`` s; uneven ones wait a heavy-tailed multiple of it
+(Pareto, shape 1.2, capped at 50x, a fixed seed), where a static split leaves threads idle.
+
+    .venv/bin/python benchmarks/scale.py --sizes 4x64,8x128
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+from hpcbridge.local_cluster import local_cluster
+
+
+def wait(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def wait_all(chunk: list[float]) -> list[float]:
+    return [wait(seconds) for seconds in chunk]
+
+
+def costs(kind: str, n: int, cost: float) -> list[float]:
+    """Each item's wait: ``cost`` for even items, a heavy-tailed multiple of it for uneven ones."""
+    if kind == "even":
+        return [cost] * n
+    draw = random.Random(25)
+    return [cost * min(50.0, draw.paretovariate(1.2)) for _ in range(n)]
+
+
+def naive(client, items: list[float], threads: int) -> float:
+    """One contiguous chunk per thread in one client.map: the static split."""
+    share = -(-len(items) // threads)
+    started = time.perf_counter()
+    futures = client.map(wait_all, [items[i:i + share] for i in range(0, len(items), share)], pure=False)
+    joined = [value for chunk in client.gather(futures) for value in chunk]
+    seconds = time.perf_counter() - started
+    assert joined == items
+    return seconds
+
+
+def mapped(bridge, items: list[float]) -> tuple[float, int]:
+    started = time.perf_counter()
+    run = bridge.map(wait, items, progress=False)
+    values = bridge.gather(run, progress=False)
+    seconds = time.perf_counter() - started
+    assert values == items
+    return seconds, len(run.bounds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--sizes", default="4x64,8x128", help="WORKERSxTHREADS, comma-separated")
+    parser.add_argument("--items-per-thread", type=int, default=40, help="items per thread (even: 0.8 s of waits)")
+    parser.add_argument("--cost", type=float, default=0.02, help="seconds each even item waits")
+    parser.add_argument("--repeats", type=int, default=3, help="pairs taken in turn; the medians are printed")
+    options = parser.parse_args(argv)
+    for size in options.sizes.split(","):
+        workers, threads_per_worker = (int(part) for part in size.split("x"))
+        threads = workers * threads_per_worker
+        prefix = f"t{threads}"
+        memory = f"{max(20, 512 // threads_per_worker)}M"  # a worker needs ~100 MB whatever its threads
+        with local_cluster(workers, threads_per_worker=threads_per_worker, mem_per_cpu=memory,
+                           say=lambda text: None) as (_, bridge):
+            print(f"{prefix}_threads: {bridge.total_threads}")
+            bridge.gather(bridge.map(wait, [0.0] * threads, progress=False), progress=False)  # imports, workers warm
+            for kind in ("even", "uneven"):
+                items = costs(kind, threads * options.items_per_thread, options.cost)
+                ideal = sum(items) / threads
+                ours, theirs, chunks = [], [], []
+                for repeat in range(options.repeats):
+                    if repeat % 2:
+                        theirs.append(naive(bridge.client, items, threads))
+                    seconds, count = mapped(bridge, items)
+                    ours.append(seconds)
+                    chunks.append(count)
+                    if not repeat % 2:
+                        theirs.append(naive(bridge.client, items, threads))
+                bridge_seconds, naive_seconds = statistics.median(ours), statistics.median(theirs)
+                print(f"{prefix}_{kind}_ideal_seconds: {ideal:.3f}")
+                print(f"{prefix}_{kind}_naive_seconds: {naive_seconds:.3f}")
+                print(f"{prefix}_{kind}_bridge_seconds: {bridge_seconds:.3f}")
+                print(f"{prefix}_{kind}_bridge_over_naive: {bridge_seconds / naive_seconds:.3f}")
+                print(f"{prefix}_{kind}_speedup_vs_naive: {naive_seconds / bridge_seconds:.3f}")
+                print(f"{prefix}_{kind}_efficiency: {ideal / bridge_seconds:.3f}")
+                print(f"{prefix}_{kind}_chunks: {statistics.median(chunks):.0f}")
+
+
+if __name__ == "__main__":
+    main()
