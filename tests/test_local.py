@@ -158,3 +158,16 @@ def test_sigterm_and_sighup_end_the_local_cluster_too(command: list[str], signum
             process.wait()
         if job_id and job_processes(job_id):  # the failure this test is for: end what it left
             jobs.SubmittedJob(job_id, "local", None).cancel()
+
+
+def test_workers_that_joined_but_are_paused_for_memory_are_named_as_such(local_jobs, local_spec) -> None:
+    """A worker whose memory limit is below what a bare worker uses pauses at once: it joined, but takes no
+    work. connect must say that, not 'only 1 of 1 workers joined'."""
+    from hpcbridge.client.attach import ConnectError
+    from hpcbridge.client.bridge import connect
+
+    job = jobs.submit(local_spec(ntasks_per_node=1, cpus_per_task=4, mem_per_cpu="20M"))  # a 70 MiB limit
+    local_jobs.append(job)
+    with pytest.raises(ConnectError, match=r"only 0 of 2 workers joined .* and run, within \d+ s; 1 of them paused: "
+                                           r"its memory use is above Dask's pause threshold \(80 % of its 70 MiB"):
+        connect(job.scheduler_file, n_workers=2, timeout=20)  # one worker: paused long before the wait ends

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 from distributed import Client, Future
 
 from hpcbridge import functions
@@ -354,9 +355,18 @@ class Bridge:
         try:
             self.client.wait_for_workers(n_workers, timeout=timeout)
         except TimeoutError:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+            paused = [worker for worker in workers if worker.get("status") == "paused"]
+            why = ""
+            if paused:  # they joined, but take no work: distributed counts only running workers
+                limit, used = paused[0].get("memory_limit") or 0, paused[0].get("metrics", {}).get("memory") or 0
+                fraction = dask.config.get("distributed.worker.memory.pause", 0.8)
+                why = (f"; {len(paused)} of them paused: its memory use is above Dask's pause threshold "
+                       f"({fraction:.0%} of its {limit / 2**20:.0f} MiB limit; it uses {used / 2**20:.0f} MiB), so it "
+                       "takes no work: give the workers more memory (--mem-per-cpu or --mem)").replace("%", " %")
             raise ConnectError(
-                f"only {self.n_workers} of {n_workers} workers joined {self.client.scheduler.address} "
-                f"within {timeout:.0f} s"
+                f"only {len(workers) - len(paused)} of {n_workers} workers joined {self.client.scheduler.address} "
+                f"and run, within {timeout:.0f} s{why}"
             ) from None
 
     @property
