@@ -147,20 +147,18 @@ rm -rf "$TLS_DIR"
         sleep 0.5
     done
 # Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
-# identity for this start of the job, where the certificates are) and puts the result in place
-# with one rename, so that nobody reads half a file and a client can tell this cluster from any
+# identity for this start of the job, its folder, where the certificates are: absolute paths,
+# so that a copy of the file elsewhere still leads to them) and puts the result in place with
+# one rename, so that nobody reads half a file and a client can tell this cluster from any
 # other that used the same path.
 "$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" slurm "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
 import json, os, secrets, sys
 dask_file, final, job_id, scheduler, *tls = sys.argv[1:]
 with open(dask_file) as stream:
     info = json.load(stream)
-here = os.path.dirname(os.path.abspath(final))
-def beside(path):
-    path = os.path.abspath(path)
-    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
 info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
-                     "tls": dict(zip(("ca_file", "cert", "key"), map(beside, tls))) if tls else None}
+                     "folder": os.path.dirname(os.path.abspath(final)),
+                     "tls": dict(zip(("ca_file", "cert", "key"), map(os.path.abspath, tls))) if tls else None}
 temporary = f"{final}.{os.getpid()}.tmp"
 with open(temporary, "w") as stream:
     json.dump(info, stream, indent=2)

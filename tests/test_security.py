@@ -207,6 +207,31 @@ def test_another_unix_user_is_refused_with_the_reason(tls_job, other_user, open_
     print(f"another user refused, process ended after {seconds:.1f} s")
 
 
+def test_a_copy_of_the_scheduler_file_stands_on_its_own(tls_job, other_user, open_folder, tmp_path) -> None:
+    """The file says where the job's certificates are, not where they lie beside it: the owner's copy
+    elsewhere attaches, and another user's copy is refused for the true reason, not as stale."""
+    recorded = json.loads(Path(tls_job.scheduler_file).read_text())["hpcbridge"]["tls"]
+    assert all(os.path.isabs(path) for path in recorded.values()), recorded
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy = elsewhere / "copy.json"
+    shutil.copy(tls_job.scheduler_file, copy)
+    with connect(copy, n_workers=2, timeout=60) as bridge:
+        assert bridge.job.job_id == tls_job.job_id
+        assert bridge.gather(bridge.map(abs, [-5], progress=False)) == [5]
+    done = subprocess.run(cli("connect", str(copy), "--timeout", "60"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"job:       {tls_job.job_id} (local)" in done.stdout, done.stderr
+    leaked = open_folder / "copied.json"
+    shutil.copy(tls_job.scheduler_file, leaked)
+    leaked.chmod(0o644)
+    try:
+        message, _ = refused([*python_for(other_user), "-m", "hpcbridge.cli", "connect", str(leaked), "--timeout", "20"])
+    finally:
+        leaked.unlink()
+    assert f"cannot read the cluster's TLS CA certificate {recorded['ca_file']}: permission denied" in message, message
+    assert "stale" not in message and "ended" not in message, message
+
+
 def test_another_unix_user_cannot_map_a_broadcasts_shared_copy(tls_job, other_user) -> None:
     """The workers of a machine share a broadcast through /proc/PID/fd: the kernel lets only the
     owner (or root) open it. Told exactly where the copy is, another user gets nothing."""

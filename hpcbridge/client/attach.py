@@ -122,9 +122,24 @@ def certificates_for(info: ClusterInfo, job: SubmittedJob | None) -> Certificate
                                "cluster's owner can attach") from None
         except OSError as error:
             _raise_if_ended(info, job, "its certificates are gone")
-            raise ConnectError(f"the cluster's TLS {kind} {path} is not there ({error.strerror}): the job "
-                               "removes its certificates when it ends") from None
+            raise ConnectError(f"the cluster's TLS {kind} {path} (named by {info.path}) is not there "
+                               f"({error.strerror}): {_why_missing(job)}") from None
     return certificates
+
+
+def _why_missing(job: SubmittedJob | None) -> str:
+    """Why a file of a job that has not ended is not there, in words that fit what the batch system says."""
+    try:
+        status = job.status() if job is not None else None
+    except (BatchCommandError, ValueError):
+        status = None
+    if status is not None and status.state == "RUNNING":
+        return (f"job {job.job_id} is RUNNING, so its folder was removed while it runs (a scratch purge?) or is not "
+                "mounted on this machine; the cluster runs on, but no new client can attach to it and a worker "
+                f"that restarts cannot rejoin it (hpcbridge cancel {job.job_id}, then submit again)")
+    if status is not None:
+        return f"job {job.job_id} is {state_words(status)}; a job removes its certificates when it ends"
+    return "a job removes its certificates when it ends, and a scratch purge removes them while it runs"
 
 
 def _raise_if_ended(info: ClusterInfo, job: SubmittedJob | None, what: str) -> None:
