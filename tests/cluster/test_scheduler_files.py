@@ -133,11 +133,17 @@ def test_a_node_failure_is_said_in_slurms_words(slurm_cluster_3nodes, submitted,
         bridge.client.close(timeout=5)
         subprocess.run(["ip", "link", "set", veth, "up"], check=True, timeout=30)
         cluster.run("scontrol", "update", f"nodename={worker_node}", "state=resume")
+    # Started again at once (not 2 min after the requeue), then cancelled while it runs.
+    cluster.run("scontrol", "update", f"jobid={job.job_id}", "StartTime=now")
+    assert wait_for(lambda: job.status().state == "RUNNING" and Path(job.scheduler_file).exists(), timeout=90), \
+        job.status()
     ended = cli("cancel", job.job_id, "--scheduler", "slurm")
     assert ended.returncode == 0 and ended.stdout.strip() == f"cancelled {job.job_id}"
     assert wait_for(lambda: job.status().finished, timeout=60)
     again = cli("cancel", job.job_id, "--scheduler", "slurm")
     assert again.returncode == 0 and again.stdout.startswith(f"job {job.job_id} had already ended: CANCELLED")
+    assert "then cancelled while running, after 1 restart" in again.stdout and "pending" not in again.stdout, \
+        again.stdout
 
 
 def _expand(node_list: str) -> list[str]:
