@@ -372,12 +372,41 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     said = _last_job_message(state.log) if state.state == "FAILED" else None
     if said:
         click.echo(f"  the job said: {said}")
+    if state.state == "RUNNING":
+        for warning in _running_warnings(job_id, scheduler, state):
+            click.echo(f"  warning: {warning}")
     from hpcbridge.job.adaptive import describe_status, read_status
 
     report = read_status(job_id, _scheduler_for(job_id, scheduler))
     if report is not None:
         for line in describe_status(report, live=not state.finished):
             click.echo(line)
+
+
+def _running_warnings(job_id: str, scheduler: str | None, state) -> list[str]:
+    """What a running job warned of since it published its scheduler file (that the file is gone, say).
+
+    A job submitted from here whose file is gone is said so also before the job notices (or
+    when its output went with the file's folder).
+    """
+    from pathlib import Path
+
+    from hpcbridge.backends.job import read_job_output
+    from hpcbridge.job import submit as jobs
+
+    said = read_job_output(state.log)
+    if said is not None and said.warnings:
+        return list(said.warnings)
+    found = jobs.find(job_id, scheduler)
+    if found is None or not found.scheduler_file or Path(found.scheduler_file).exists():
+        return []
+    if said is not None and said.published:
+        return [f"the scheduler file {found.scheduler_file} is gone while the job runs (its folder purged or "
+                "deleted?): no new client can attach, and a worker that restarts cannot rejoin"]
+    if said is None:
+        return [f"neither the scheduler file {found.scheduler_file} nor the job's output {state.log} is there: "
+                "the job has not started Dask yet, or its folder was purged"]
+    return []
 
 
 def _last_job_message(log: str | None) -> str | None:

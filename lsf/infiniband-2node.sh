@@ -201,6 +201,34 @@ os.replace(temporary, final)
 PUBLISH
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
 
+# --- While the cluster runs, the files it published must stay ------------------------
+# A scratch purge (or anyone) that removes the scheduler file or the certificates leaves a
+# cluster that no new client can attach to and that a restarted worker cannot rejoin, and
+# nothing else would say so: check_published_files says it once in this job's output (where
+# hpcbridge status and connect read it), after 10 s gone (a client's shutdown removes the
+# file too, as the scheduler stops).
+PUBLISHED_FILES=("$SCHEDULER_FILE" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY")
+GONE_SINCE=
+check_published_files() {
+    local path missing=
+    for path in "${PUBLISHED_FILES[@]}"; do
+        [ -e "$path" ] || { missing=$path; break; }
+    done
+    if [ -z "$missing" ]; then
+        GONE_SINCE=
+    elif [ -z "$GONE_SINCE" ]; then
+        GONE_SINCE=$SECONDS
+    elif [ "$GONE_SINCE" != said ] && ((SECONDS - GONE_SINCE >= 10)); then
+        if [ "$missing" = "$SCHEDULER_FILE" ]; then
+            missing="the scheduler file $missing"
+        else
+            missing="the cluster's certificate $missing"
+        fi
+        echo "hpcbridge: warning: $missing is gone while the job runs (its folder purged or deleted?): no new client can attach, and a worker that restarts cannot rejoin; the cluster goes on with the clients and workers it has (cancel the job and submit it again with --scheduler-file in a folder that is not purged)" >&2
+        GONE_SINCE=said
+    fi
+}
+
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task: blaunch starts the command once for every host listed.
 blaunch -z "${TASK_HOSTS[*]}" "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
@@ -214,6 +242,7 @@ WORKERS_PID=$!
 # A poll, not `wait -n`, which bash 4.2 (CentOS 7) lacks; bash keeps each child's exit status.
 set +e
 while kill -0 "$SCHEDULER_PID" 2>/dev/null && kill -0 "$WORKERS_PID" 2>/dev/null; do
+    check_published_files
     sleep 1
 done
 if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then

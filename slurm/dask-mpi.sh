@@ -140,8 +140,37 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
 rm -rf "$TLS_DIR"
 "$PYTHON" -m hpcbridge.tls "$TLS_DIR"
 
+# --- While the cluster runs, the files it published must stay ------------------------
+# A scratch purge (or anyone) that removes the scheduler file or the certificates leaves a
+# cluster that no new client can attach to and that a restarted worker cannot rejoin, and
+# nothing else would say so: check_published_files says it once in this job's output (where
+# hpcbridge status and connect read it), after 10 s gone (a client's shutdown removes the
+# file too, as the scheduler stops).
+PUBLISHED_FILES=("$SCHEDULER_FILE" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY")
+GONE_SINCE=
+check_published_files() {
+    local path missing=
+    for path in "${PUBLISHED_FILES[@]}"; do
+        [ -e "$path" ] || { missing=$path; break; }
+    done
+    if [ -z "$missing" ]; then
+        GONE_SINCE=
+    elif [ -z "$GONE_SINCE" ]; then
+        GONE_SINCE=$SECONDS
+    elif [ "$GONE_SINCE" != said ] && ((SECONDS - GONE_SINCE >= 10)); then
+        if [ "$missing" = "$SCHEDULER_FILE" ]; then
+            missing="the scheduler file $missing"
+        else
+            missing="the cluster's certificate $missing"
+        fi
+        echo "hpcbridge: warning: $missing is gone while the job runs (its folder purged or deleted?): no new client can attach, and a worker that restarts cannot rejoin; the cluster goes on with the clients and workers it has (cancel the job and submit it again with --scheduler-file in a folder that is not purged)" >&2
+        GONE_SINCE=said
+    fi
+}
+
 # Once rank 0's scheduler has written its file, this background step adds the job's identity
-# and publishes it (clients wait for the published file; the ranks find the scheduler through MPI).
+# and publishes it (clients wait for the published file; the ranks find the scheduler through MPI),
+# then checks that it stays.
 (
     until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
         sleep 0.5
@@ -165,6 +194,10 @@ with open(temporary, "w") as stream:
 os.replace(temporary, final)
 PUBLISH
     echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
+    while true; do
+        check_published_files
+        sleep 2
+    done
 ) &
 PUBLISHER_PID=$!
 # However this script ends, the publishing step, the scheduler files and the job's certificates go with it.

@@ -42,3 +42,27 @@ def test_a_copy_reads_the_recorded_certificates_and_another_mount_finds_them_bes
         "ca_file": "scheduler.tls/ca.pem", "cert": "scheduler.tls/cert.pem", "key": "scheduler.tls/key.pem"}}})
     (mounted / "old.json").write_text(old)
     assert scheduler_file.read(mounted / "old.json").certificates.cert == mounted / "scheduler.tls" / "cert.pem"
+
+
+def test_the_adaptive_program_says_once_that_its_published_files_are_gone(tmp_path, capsys) -> None:
+    from hpcbridge.job.adaptive_scheduler import PublishedFiles
+
+    made = create_certificates(tmp_path / "scheduler.tls")
+    path = tmp_path / "scheduler.json"
+    path.write_text("{}")
+    files = PublishedFiles(path, {"ca_file": str(made.ca_file), "cert": str(made.cert), "key": str(made.key)})
+    assert files.check(now=0) is None
+    made.ca_file.unlink()  # the certificates first, then the file
+    path.unlink()
+    assert files.check(now=1) is None and files.check(now=10.5) is None  # a shutdown removes it too: a grace
+    said = files.check(now=11)
+    assert said.startswith(f"hpcbridge: warning: the scheduler file {path} is gone while the job runs"), said
+    assert files.check(now=30) is None  # once
+    assert capsys.readouterr().err.strip() == said
+    # Put back, then a certificate alone removed: said again, naming it.
+    path.write_text("{}")
+    made.ca_file.write_text("restored")
+    assert files.check(now=31) is None
+    made.key.unlink()
+    assert files.check(now=32) is None
+    assert files.check(now=43).startswith(f"hpcbridge: warning: the cluster's certificate {made.key} is gone")

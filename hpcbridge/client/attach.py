@@ -15,7 +15,7 @@ from pathlib import Path
 from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.addresses import address_answers
 from hpcbridge.backends import BatchCommandError, JobStatus
-from hpcbridge.backends.job import SubmittedJob
+from hpcbridge.backends.job import SubmittedJob, read_job_output
 from hpcbridge.scheduler_file import ClusterInfo
 from hpcbridge.tls import Certificates, TLSRefused, check_handshake
 
@@ -44,13 +44,15 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
     past: the job replaces it when it starts). A file that cannot be read, or stays invalid
     JSON, is reported as such at once.
     """
-    from hpcbridge.backends.job import SubmittedJob
+    from hpcbridge.backends.job import SubmittedJob, read_job_output
 
     path = Path(path).expanduser()
     deadline = time.monotonic() + timeout
     next_status = time.monotonic() + 1.0
     invalid_since: float | None = None
     stale: str | None = None
+    gone_since: float | None = None
+    last_status: JobStatus | None = None
     while True:
         try:
             info = cluster_files.read(path)
@@ -77,19 +79,47 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
                 raise ConnectError(str(error)) from None
         if job is not None and time.monotonic() >= next_status:
             next_status = time.monotonic() + 1.0
-            status = job.status()
+            last_status = status = job.status()
             if status.finished:
                 raise ConnectError(f"job {job.job_id} ended ({state_words(status)}) without writing {path}; "
                                    f"its output: {status.log}")
+            gone_since = _published_and_gone(job, status, path, gone_since)
         if time.monotonic() >= deadline:
             if stale:
                 raise ConnectError(f"{path} still holds the stale file of {stale} after {timeout:g} s; "
                                    f"job {job.job_id} has not replaced it yet (hpcbridge status {job.job_id})")
+            if last_status is not None and last_status.state == "RUNNING":
+                raise ConnectError(f"no scheduler file at {path} after {timeout:g} s, though job {job.job_id} is "
+                                   f"RUNNING: its Dask scheduler has not started (its output: {last_status.log})")
+            if last_status is not None and last_status.state == "PENDING":
+                raise ConnectError(f"no scheduler file at {path} after {timeout:g} s: job {job.job_id} is still "
+                                   f"queued ({state_words(last_status)}; hpcbridge status {job.job_id})")
             raise ConnectError(
                 f"no scheduler file at {path} after {timeout:g} s: the job may still be queued "
                 "(hpcbridge status JOB) or may have failed before starting Dask (see its log)"
             )
         time.sleep(POLL_SECONDS)
+
+
+GONE_CONFIRM_SECONDS = 3.0  # a requeued Slurm job is RUNNING a moment before its new start empties the old output
+
+
+def _published_and_gone(job: SubmittedJob, status: JobStatus, path: Path, since: float | None) -> float | None:
+    """Raise :class:`ConnectError` when a RUNNING job published its scheduler file and the file is gone
+    (for :data:`GONE_CONFIRM_SECONDS`); return since when that has been seen (None when it has not)."""
+    if status.state != "RUNNING" or path.exists():
+        return None
+    said = read_job_output(status.log)
+    if said is None or not said.published:
+        return None
+    now = time.monotonic()
+    if since is None or now - since < GONE_CONFIRM_SECONDS:
+        return since or now
+    if said.warnings:
+        raise ConnectError(f"job {job.job_id} is RUNNING, and its output says: {said.warnings[-1]} ({status.log})")
+    raise ConnectError(f"job {job.job_id} is RUNNING and published its scheduler file {path}, which is gone: its "
+                       "folder was removed while the job runs (a scratch purge?) or is not mounted on this machine; "
+                       f"no new client can attach (its output: {status.log})")
 
 
 def restarts_of(job: SubmittedJob | None) -> int | None:

@@ -307,10 +307,12 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
                       interval=settings.interval, wait_count=settings.wait_count, ledger=ledger,
                       processes=spec.ntasks_per_node)
         ledger.write()
+        published = PublishedFiles(scheduler_file, _certificate_paths())
         while cluster.scheduler.status.name not in ("closing", "closed", "failed"):
             if stop.is_set():
                 reason = "the job was signalled (cancelled, or its walltime is near)"
                 break
+            published.check()
             await asyncio.sleep(0.5)
     finally:
         logger.info("hpcbridge: ending: %s; cancelling %d worker job(s)", reason, len(cluster.workers))
@@ -340,6 +342,43 @@ async def _close(cluster: Any) -> None:
             await asyncio.wait_for(cluster.scheduler.close(), timeout=10)
         except Exception as error:
             logger.info("closing the scheduler: %s", error)
+
+
+class PublishedFiles:
+    """The scheduler file and certificates this job published, which must stay while it runs.
+
+    A scratch purge that removes them leaves a cluster that no new client can attach to and that
+    new workers cannot join; :meth:`check` says so once in the job's output (where ``hpcbridge
+    status`` and ``connect`` read it), after :attr:`GRACE` seconds gone (a client's shutdown
+    removes the file too, as the scheduler stops). As the job scripts' ``check_published_files``.
+    """
+
+    GRACE = 10.0
+
+    def __init__(self, scheduler_file: Path, certificates: dict[str, str] | None) -> None:
+        self.paths = [Path(scheduler_file), *(Path(path) for path in (certificates or {}).values())]
+        self.scheduler_file = Path(scheduler_file)
+        self.gone_since: float | None = None
+        self.said = False
+
+    def check(self, now: float | None = None) -> str | None:
+        """Look once; return the warning when it is said now."""
+        now = time.monotonic() if now is None else now
+        missing = next((path for path in self.paths if not path.exists()), None)
+        if missing is None:
+            self.gone_since, self.said = None, False
+            return None
+        self.gone_since = self.gone_since if self.gone_since is not None else now
+        if self.said or now - self.gone_since < self.GRACE:
+            return None
+        self.said = True
+        what = f"the scheduler file {missing}" if missing == self.scheduler_file else f"the cluster's certificate {missing}"
+        warning = (f"hpcbridge: warning: {what} is gone while the job runs (its folder purged or deleted?): no new "
+                   "client can attach, and a worker job that starts cannot join; the cluster goes on with the clients "
+                   "and workers it has (cancel the job and start it again with --scheduler-file in a folder that "
+                   "is not purged)")
+        print(warning, file=sys.stderr, flush=True)
+        return warning
 
 
 def _certificate_paths() -> dict[str, str] | None:

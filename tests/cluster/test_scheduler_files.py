@@ -9,6 +9,7 @@ the module.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -102,6 +103,23 @@ def test_a_broken_file_is_reported_as_broken_and_left_alone(slurm_cluster_3nodes
     with pytest.raises(SchedulerFileInUse, match="invalid JSON"):
         jobs.submit(spec_for(slurm_cluster_3nodes, broken))
     assert broken.exists()
+
+
+def test_a_purged_folder_is_said_by_the_job_status_and_connect(slurm_cluster_3nodes, submitted, tmp_path) -> None:
+    """A scratch purge removes the scheduler file's folder while the job runs: the job's output and
+    ``hpcbridge status`` say so, and ``connect JOB`` says it at once instead of "may still be queued"."""
+    job = jobs.submit(spec_for(slurm_cluster_3nodes, tmp_path / "scratch" / "{job_id}" / "scheduler.json"))
+    submitted.append(job)
+    with connect(job=job, n_workers=1, timeout=120):
+        pass
+    shutil.rmtree(Path(job.scheduler_file).parent)
+    attached = cli("connect", job.job_id, "--scheduler", "slurm", "--timeout", "300")  # 120 s at most (cli's bound)
+    assert attached.returncode == 1 and f"job {job.job_id} is RUNNING" in attached.stderr, attached.stderr
+    assert "gone" in attached.stderr and "queued" not in attached.stderr, attached.stderr
+    assert wait_for(lambda: "gone while the job runs" in Path(job.status().log).read_text(), timeout=60)
+    shown = cli("status", job.job_id, "--scheduler", "slurm")
+    assert f"{job.job_id}: RUNNING" in shown.stdout, shown.stdout
+    assert f"  warning: the scheduler file {job.scheduler_file} is gone while the job runs" in shown.stdout, shown.stdout
 
 
 def test_a_node_failure_is_said_in_slurms_words(slurm_cluster_3nodes, submitted, tmp_path) -> None:
