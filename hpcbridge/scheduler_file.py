@@ -43,6 +43,16 @@ class SchedulerFileInUse(FileExistsError):
 
 
 @dataclass(frozen=True)
+class Dashboard:
+    """Where a cluster's dashboard listens: on ``node`` (its host name there), at ``host`` (``127.0.0.1``
+    by default; ``""`` for every interface), on ``port``. ``node`` is None for files that do not say."""
+
+    node: str | None
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class ClusterInfo:
     """What a scheduler file says: the scheduler's address and, when the job wrote them, its job and certificates."""
 
@@ -52,6 +62,7 @@ class ClusterInfo:
     scheduler: str | None = None
     cluster: str | None = None
     certificates: Certificates | None = None
+    dashboard: Dashboard | None = None
 
     @property
     def describes_job(self) -> bool:
@@ -108,7 +119,19 @@ def _cluster_info(path: Path, info: dict[str, Any]) -> ClusterInfo:
     elif info["address"].startswith("tls://") and certificate_dir(path).exists():
         certificates = certificates_in(certificate_dir(path))
     text = {key: str(section[key]) if section.get(key) is not None else None for key in ("job_id", "scheduler", "cluster")}
-    return ClusterInfo(path=path, address=info["address"], certificates=certificates, **text)
+    return ClusterInfo(path=path, address=info["address"], certificates=certificates,
+                       dashboard=_dashboard(info, section), **text)
+
+
+def _dashboard(info: dict[str, Any], section: dict[str, Any]) -> Dashboard | None:
+    """The dashboard the job recorded, or the port Dask's own fields name (listening on every interface then)."""
+    recorded = section.get("dashboard")
+    if isinstance(recorded, dict) and isinstance(recorded.get("port"), int) and isinstance(recorded.get("host"), str):
+        node = recorded.get("node")
+        return Dashboard(node if isinstance(node, str) and node else None, recorded["host"], recorded["port"])
+    services = info.get("services")
+    port = services.get("dashboard") if isinstance(services, dict) else None
+    return Dashboard(None, "", port) if isinstance(port, int) and not isinstance(port, bool) else None
 
 
 def _locate(path: Path, folder: str | None, recorded: str) -> Path:

@@ -61,6 +61,14 @@ export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
 # spill folders) is its owner's alone: the scheduler file says where to send code that runs as you.
 umask 077
 
+# --- Dask's dashboard: on the scheduler's node only, unless asked otherwise --------
+# It is plain HTTP without a login and shows task names, call stacks and every log line, so it
+# listens on 127.0.0.1 there (each worker's own pages on its node's); `hpcbridge dashboard JOB`
+# prints the ssh tunnel that brings it to your computer. Port 0 is any free port (the
+# scheduler file records the one taken).
+# shellcheck disable=SC2034  # an adaptive job's program reads it from the spec instead
+DASHBOARD_ADDRESS=127.0.0.1:0
+
 # --- Dask's statistical profiler: off unless asked for ------------------------------
 # Sampling each worker's stack every 10 ms took 5-13 % of a SymPy map's time (2 cores). Export
 # DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True into the job for the dashboard's Profile page.
@@ -108,6 +116,7 @@ WORKER_OPTIONS=(
     --nworkers 1
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
+    --dashboard-address 127.0.0.1:0
     --protocol tls
     --preload hpcbridge.cluster.drain
     --death-timeout 60
@@ -151,7 +160,7 @@ rm -rf "$TLS_DIR"
     --scheduler-file "$DASK_SCHEDULER_FILE" \
     --protocol tls \
     --port 0 \
-    --dashboard-address :0 &
+    --dashboard-address "$DASHBOARD_ADDRESS" &
 SCHEDULER_PID=$!
 # However this script ends (also by scancel/qdel/bkill), the scheduler does not outlive it, and
 # neither do the scheduler file and the job's certificates.
@@ -175,16 +184,19 @@ until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHED
 done
 # Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
 # identity for this start of the job, its folder, where the certificates are: absolute paths,
-# so that a copy of the file elsewhere still leads to them) and puts the result in place with
-# one rename, so that nobody reads half a file and a client can tell this cluster from any
-# other that used the same path.
-"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" pbs "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
-import json, os, secrets, sys
-dask_file, final, job_id, scheduler, *tls = sys.argv[1:]
+# so that a copy of the file elsewhere still leads to them; the node and address of the
+# dashboard, for the ssh tunnel to it) and puts the result in place with one rename, so that
+# nobody reads half a file and a client can tell this cluster from any other that used the same path.
+"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" pbs "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+import json, os, secrets, socket, sys
+dask_file, final, job_id, scheduler, dashboard, *tls = sys.argv[1:]
 with open(dask_file) as stream:
     info = json.load(stream)
+port = info.get("services", {}).get("dashboard")
 info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
                      "folder": os.path.dirname(os.path.abspath(final)),
+                     "dashboard": {"node": socket.gethostname(), "host": dashboard.rpartition(":")[0],
+                                   "port": port} if port else None,
                      "tls": dict(zip(("ca_file", "cert", "key"), map(os.path.abspath, tls))) if tls else None}
 temporary = f"{final}.{os.getpid()}.tmp"
 with open(temporary, "w") as stream:

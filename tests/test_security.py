@@ -264,6 +264,21 @@ def test_tcp_is_still_there_for_who_asks_with_a_warning(tmp_path) -> None:
     assert "--protocol tcp" in done.stdout and "DASK_DISTRIBUTED__COMM__TLS" not in done.stdout
 
 
+def test_a_dashboard_open_beyond_its_node_is_there_for_who_asks_with_a_warning() -> None:
+    done = subprocess.run(cli("render", "--scheduler", "slurm", "--dashboard-address", "0.0.0.0:8787"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stderr.strip() == ("hpcbridge: warning: --dashboard-address 0.0.0.0:8787: the dashboard listens beyond "
+                                   "the scheduler's node, in plain HTTP without a login: anyone who can reach that "
+                                   "port reads your function and run names and every log line (the default, "
+                                   "127.0.0.1:0, is reached through the ssh tunnel hpcbridge dashboard JOB prints)")
+    assert "DASHBOARD_ADDRESS=0.0.0.0:8787\n" in done.stdout and "hpcbridge: warning: dashboard address" in done.stdout
+    default = subprocess.run(cli("render", "--scheduler", "slurm"), capture_output=True, text=True, timeout=60)
+    assert default.stderr == "" and "DASHBOARD_ADDRESS=127.0.0.1:0\n" in default.stdout
+    assert '--dashboard-address "$DASHBOARD_ADDRESS"' in default.stdout  # the scheduler's
+    assert "--dashboard-address 127.0.0.1:0\n" in default.stdout  # each worker's own pages
+
+
 def test_cancel_removes_the_scheduler_file_and_the_certificates(tls_job) -> None:
     scheduler_file = Path(tls_job.scheduler_file)
     runs = scheduler_file.parent / "runs"

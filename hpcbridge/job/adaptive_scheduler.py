@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -258,7 +259,7 @@ def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: P
     options["scheduler_options"] = scheduler_options
     options["job_script_prologue"] += worker_job_environment(spec)
     if spec.walltime:
-        options["worker_extra_args"] = ["--preload", "hpcbridge.cluster.drain"]
+        options["worker_extra_args"] = [*options["worker_extra_args"], "--preload", "hpcbridge.cluster.drain"]
     return options
 
 
@@ -299,7 +300,8 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
     try:
         cluster_files.publish(scheduler_file, cluster.scheduler.identity(),
                               {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
-                               "adaptive": True, "tls": _certificate_paths()})
+                               "adaptive": True, "tls": _certificate_paths(),
+                               "dashboard": _dashboard(cluster.scheduler, spec.dashboard_host)})
         logger.info("hpcbridge: scheduler at %s; adapting between %d and %d worker job(s)",
                     cluster.scheduler.address, settings.minimum, settings.maximum)
         print(f"hpcbridge: scheduler file ready: {scheduler_file}", flush=True)
@@ -379,6 +381,13 @@ class PublishedFiles:
                    "is not purged)")
         print(warning, file=sys.stderr, flush=True)
         return warning
+
+
+def _dashboard(scheduler: Any, host: str) -> dict[str, Any] | None:
+    """Where the scheduler's dashboard listens, as job scripts record it: this node, the host, the port taken."""
+    port = scheduler.services.get("dashboard") if hasattr(scheduler, "services") else None
+    port = getattr(port, "port", port)
+    return {"node": socket.gethostname(), "host": host, "port": int(port)} if port else None
 
 
 def _certificate_paths() -> dict[str, str] | None:
