@@ -45,11 +45,13 @@ class SchedulerFileInUse(FileExistsError):
 @dataclass(frozen=True)
 class Dashboard:
     """Where a cluster's dashboard listens: on ``node`` (its host name there), at ``host`` (``127.0.0.1``
-    by default; ``""`` for every interface), on ``port``. ``node`` is None for files that do not say."""
+    by default; ``""`` for every interface), on ``port``; ``token`` opens it (once, in its link).
+    ``node`` and ``token`` are None for files that do not say."""
 
     node: str | None
     host: str
     port: int
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,9 @@ def _dashboard(info: dict[str, Any], section: dict[str, Any]) -> Dashboard | Non
     """The dashboard the job recorded, or the port Dask's own fields name (listening on every interface then)."""
     recorded = section.get("dashboard")
     if isinstance(recorded, dict) and isinstance(recorded.get("port"), int) and isinstance(recorded.get("host"), str):
-        node = recorded.get("node")
-        return Dashboard(node if isinstance(node, str) and node else None, recorded["host"], recorded["port"])
+        node, token = recorded.get("node"), recorded.get("token")
+        return Dashboard(node if isinstance(node, str) and node else None, recorded["host"], recorded["port"],
+                         token if isinstance(token, str) and token else None)
     services = info.get("services")
     port = services.get("dashboard") if isinstance(services, dict) else None
     return Dashboard(None, "", port) if isinstance(port, int) and not isinstance(port, bool) else None

@@ -60,13 +60,17 @@ export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
 # spill folders) is its owner's alone: the scheduler file says where to send code that runs as you.
 umask 077
 
-# --- Dask's dashboard: on the scheduler's node only, unless asked otherwise --------
+# --- Dask's dashboard: on the scheduler's node only, for its owner only ---------
 # It is plain HTTP without a login and shows task names, call stacks and every log line, so it
-# listens on 127.0.0.1 there (each worker's own pages on its node's); `hpcbridge dashboard JOB`
-# prints the ssh tunnel that brings it to your computer. Port 0 is any free port (the
-# scheduler file records the one taken).
+# listens on 127.0.0.1 there (the workers serve no pages); `hpcbridge dashboard JOB` prints the
+# ssh tunnel that brings it to your computer. Port 0 is any free port (the scheduler file
+# records the one taken). Other users of the node reach 127.0.0.1 too: the dashboard lets in
+# only a browser that brings this token (hpcbridge.cluster.dashboard_gate), made anew at each
+# start, kept in this job's environment and in the owner-only scheduler file (the link carries it).
 # shellcheck disable=SC2034  # an adaptive job's program reads it from the spec instead
 DASHBOARD_ADDRESS=127.0.0.1:0
+HPCBRIDGE_DASHBOARD_TOKEN=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+export HPCBRIDGE_DASHBOARD_TOKEN
 
 # --- Dask's statistical profiler: off unless asked for ------------------------------
 # Sampling each worker's stack every 10 ms took 5-13 % of a SymPy map's time (2 cores). Export
@@ -115,6 +119,7 @@ WORKER_OPTIONS=(
     --nworkers 1
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
+    --no-dashboard
     --dashboard-address 127.0.0.1:0
     --protocol tls
     --preload hpcbridge.cluster.drain
@@ -127,6 +132,10 @@ if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
     echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
     exit 1
 fi
+"$PYTHON" -c 'import hpcbridge.cluster.dashboard_gate' 2>/dev/null || {
+    echo "hpcbridge: the dashboard's gate (it lets in only its owner) runs in the scheduler, with hpcbridge, which $PYTHON cannot import; install hpcbridge there" >&2
+    exit 1
+}
 "$PYTHON" -c 'import hpcbridge.tls' 2>/dev/null || {
     echo "hpcbridge: protocol tls (the default) makes this job's certificates with hpcbridge, which $PYTHON cannot import; install hpcbridge there, or pass --tls-ca-file/--tls-cert/--tls-key, or --protocol tcp" >&2
     exit 1
@@ -159,7 +168,8 @@ rm -rf "$TLS_DIR"
     --scheduler-file "$DASK_SCHEDULER_FILE" \
     --protocol tls \
     --port 0 \
-    --dashboard-address "$DASHBOARD_ADDRESS" &
+    --dashboard-address "$DASHBOARD_ADDRESS" \
+    --preload hpcbridge.cluster.dashboard_gate &
 SCHEDULER_PID=$!
 # However this script ends (also by scancel/qdel/bkill), the scheduler does not outlive it, and
 # neither do the scheduler file and the job's certificates.
@@ -184,7 +194,7 @@ done
 # Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
 # identity for this start of the job, its folder, where the certificates are: absolute paths,
 # so that a copy of the file elsewhere still leads to them; the node and address of the
-# dashboard, for the ssh tunnel to it) and puts the result in place with one rename, so that
+# dashboard, for the ssh tunnel to it, and the token that opens it) and puts the result in place with one rename, so that
 # nobody reads half a file and a client can tell this cluster from any other that used the same path.
 "$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" lsf "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
 import json, os, secrets, socket, sys
@@ -194,8 +204,8 @@ with open(dask_file) as stream:
 port = info.get("services", {}).get("dashboard")
 info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
                      "folder": os.path.dirname(os.path.abspath(final)),
-                     "dashboard": {"node": socket.gethostname(), "host": dashboard.rpartition(":")[0],
-                                   "port": port} if port else None,
+                     "dashboard": {"node": socket.gethostname(), "host": dashboard.rpartition(":")[0], "port": port,
+                                   "token": os.environ.get("HPCBRIDGE_DASHBOARD_TOKEN")} if port else None,
                      "tls": dict(zip(("ca_file", "cert", "key"), map(os.path.abspath, tls))) if tls else None}
 temporary = f"{final}.{os.getpid()}.tmp"
 with open(temporary, "w") as stream:

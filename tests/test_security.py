@@ -269,9 +269,10 @@ def test_a_dashboard_open_beyond_its_node_is_there_for_who_asks_with_a_warning()
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert done.stderr.strip() == ("hpcbridge: warning: --dashboard-address 0.0.0.0:8787: the dashboard listens beyond "
-                                   "the scheduler's node, in plain HTTP without a login: anyone who can reach that "
-                                   "port reads your function and run names and every log line (the default, "
-                                   "127.0.0.1:0, is reached through the ssh tunnel hpcbridge dashboard JOB prints)")
+                                   "the scheduler's node, in plain HTTP: its pages (your function and run names, every "
+                                   "log line) and the token that opens them cross the network unencrypted (the "
+                                   "default, 127.0.0.1:0, is reached through the ssh tunnel hpcbridge dashboard JOB "
+                                   "prints)")
     assert "DASHBOARD_ADDRESS=0.0.0.0:8787\n" in done.stdout and "hpcbridge: warning: dashboard address" in done.stdout
     default = subprocess.run(cli("render", "--scheduler", "slurm"), capture_output=True, text=True, timeout=60)
     assert default.stderr == "" and "DASHBOARD_ADDRESS=127.0.0.1:0\n" in default.stdout

@@ -170,7 +170,7 @@ def test_the_dashboard_listens_on_the_schedulers_node_only_unless_asked_with_a_w
     assert (opened.dashboard_host, opened.worker_dashboard_address) == ("", ":0")
     [warning] = opened.warnings()
     assert warning.describe(lambda field: "--" + field.replace("_", "-")).startswith(
-        "--dashboard-address :8787: the dashboard listens beyond the scheduler's node, in plain HTTP without a login")
+        "--dashboard-address :8787: the dashboard listens beyond the scheduler's node, in plain HTTP: its pages")
     assert JobSpec(scheduler="slurm", dashboard_address="localhost:8787").warnings() == []
     assert JobSpec(scheduler="slurm", mode="array", array="1-2", client_script="/c.py",
                    dashboard_address=":8787").warnings() == []  # no cluster, no dashboard

@@ -10,7 +10,10 @@ which checks who they are::
 
 The local port is the dashboard's own (two clusters' tunnels do not collide), and ``-J`` jumps
 through the machine that printed the command (a login node), from which compute nodes are
-reachable; it is left out when the dashboard runs on that machine itself.
+reachable; it is left out when the dashboard runs on that machine itself. Other users of the
+scheduler's node reach its 127.0.0.1 too: the dashboard lets in only a browser that brings the
+job's token once (``?token=...``, from the owner-only scheduler file; see
+:mod:`hpcbridge.cluster.dashboard_gate`), so every URL here carries it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import getpass
 import shlex
 import socket
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from hpcbridge.addresses import host_and_port, is_loopback
 from hpcbridge.scheduler_file import ClusterInfo, Dashboard
@@ -65,22 +69,22 @@ def access(info: ClusterInfo, local_port: int | None = None, login_host: str | N
     this_host = this_host if this_host is not None else socket.gethostname()
     user = user or getpass.getuser()
     if not is_loopback(dashboard.host) and dashboard.host not in ("", "0.0.0.0", "::", "[::]"):
-        url = f"http://{_url_host(dashboard.host)}:{dashboard.port}/status"
+        url = _page(dashboard.host, dashboard.port, dashboard.token)
         return DashboardAccess(url, None, url, dashboard.node, dashboard.host, dashboard.port)
     if not is_loopback(dashboard.host):  # every interface: the scheduler's own address reaches it
-        url = f"http://{_url_host(host_and_port(info.address)[0])}:{dashboard.port}/status"
+        url = _page(host_and_port(info.address)[0], dashboard.port, dashboard.token)
         return DashboardAccess(url, None, url, dashboard.node, dashboard.host, dashboard.port)
     port = local_port or dashboard.port
     forward = ("-L", f"{port}:{dashboard.host.strip('[]') or '127.0.0.1'}:{dashboard.port}")
     on_this_machine = dashboard.node is None or _same_host(dashboard.node, this_host)
-    here = f"http://{_url_host(dashboard.host)}:{dashboard.port}/status" if on_this_machine else None
+    here = _page(dashboard.host, dashboard.port, dashboard.token) if on_this_machine else None
     if on_this_machine:
         target = f"{user}@{login_host or _this_machine()}"
         tunnel: tuple[str, ...] = ("ssh", "-N", *forward, target)
     else:
         jump = login_host if login_host is not None else _this_machine()
         tunnel = ("ssh", "-N", *forward, *(("-J", f"{user}@{jump}") if jump else ()), f"{user}@{dashboard.node}")
-    return DashboardAccess(f"http://localhost:{port}/status", tunnel, here, dashboard.node, dashboard.host,
+    return DashboardAccess(_page("localhost", port, dashboard.token), tunnel, here, dashboard.node, dashboard.host,
                            dashboard.port)
 
 
@@ -109,6 +113,11 @@ def _this_machine() -> str:
 
 def _same_host(node: str, this_host: str) -> bool:
     return node.split(".")[0].lower() == this_host.split(".")[0].lower()
+
+
+def _page(host: str, port: int, token: str | None) -> str:
+    """The dashboard's status page at ``host:port``, with the token that opens it."""
+    return f"http://{_url_host(host)}:{port}/status" + (f"?token={quote(token, safe='')}" if token else "")
 
 
 def _url_host(host: str) -> str:

@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     worker_options: dict = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
     if options.drain:
         worker_options["preload"] = ["hpcbridge.cluster.drain"]
-    # dask-mpi's workers would serve their pages on their listening interface: on the dashboard's host instead.
-    worker_options["dashboard_address"] = options.dashboard_address.rpartition(":")[0] + ":0"
+    # dask-mpi's workers would serve their counts on their listening interface: on the dashboard's host
+    # instead; they serve no pages. The scheduler's dashboard lets in its owner only (the job's token).
+    worker_options.update(dashboard=False, dashboard_address=options.dashboard_address.rpartition(":")[0] + ":0")
+    import dask.config
+
+    dask.config.set({"distributed.scheduler.preload": ["hpcbridge.cluster.dashboard_gate"]})
     if options.scheduler_interface and comm.Get_rank() == 0:
         interface = options.scheduler_interface
     else:

@@ -246,6 +246,9 @@ def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: P
     options["job_script_prologue"] = ["set -e", *options["job_script_prologue"], *settings.worker_setup]
     options["log_directory"] = str(worker_log_dir(scheduler_file))
     scheduler_options = dict(options["scheduler_options"], port=0)
+    # The dashboard lets in its owner only: a browser that brings the token the scheduler file holds.
+    os.environ.setdefault("HPCBRIDGE_DASHBOARD_TOKEN", secrets.token_urlsafe(24))
+    scheduler_options["preload"] = ["hpcbridge.cluster.dashboard_gate"]
     if settings.idle_timeout:
         scheduler_options["idle_timeout"] = settings.idle_timeout
     if spec.protocol == "tls":
@@ -387,7 +390,8 @@ def _dashboard(scheduler: Any, host: str) -> dict[str, Any] | None:
     """Where the scheduler's dashboard listens, as job scripts record it: this node, the host, the port taken."""
     port = scheduler.services.get("dashboard") if hasattr(scheduler, "services") else None
     port = getattr(port, "port", port)
-    return {"node": socket.gethostname(), "host": host, "port": int(port)} if port else None
+    return {"node": socket.gethostname(), "host": host, "port": int(port),
+            "token": os.environ.get("HPCBRIDGE_DASHBOARD_TOKEN")} if port else None
 
 
 def _certificate_paths() -> dict[str, str] | None:

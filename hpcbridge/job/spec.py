@@ -93,9 +93,10 @@ TCP_WARNING = ("protocol tcp: the cluster is not encrypted, and anyone who can r
                "port can run code as you")
 
 
-DASHBOARD_WARNING = ("the dashboard listens beyond the scheduler's node, in plain HTTP without a login: anyone who "
-                     "can reach that port reads your function and run names and every log line (the default, "
-                     f"{DEFAULT_DASHBOARD_ADDRESS}, is reached through the ssh tunnel hpcbridge dashboard JOB prints)")
+DASHBOARD_WARNING = ("the dashboard listens beyond the scheduler's node, in plain HTTP: its pages (your function "
+                     "and run names, every log line) and the token that opens them cross the network unencrypted "
+                     f"(the default, {DEFAULT_DASHBOARD_ADDRESS}, is reached through the ssh tunnel hpcbridge "
+                     "dashboard JOB prints)")
 
 
 class SpecWarning(UserWarning):

@@ -145,7 +145,7 @@ def test_the_dashboard_reaches_its_owner_through_ssh_and_nobody_else(two_hosts, 
     address = cluster.node_addresses[cluster.nodes.index(node)]
     assert shown["host"] == "127.0.0.1" and shown["tunnel"] == ["ssh", "-N", "-L", f"{port}:127.0.0.1:{port}",
                                                                 f"root@{node}"], shown
-    assert link.startswith(f"http://localhost:{port}/status through an ssh tunnel to {node}"), link
+    assert link.startswith(f"{shown['url']} through an ssh tunnel to {node}") and "?token=" in link, link
 
     # Another user gets nothing: not the dashboard on the node's address, not a worker's pages.
     for host, page in [(address, port), *worker_pages]:
@@ -153,6 +153,12 @@ def test_the_dashboard_reaches_its_owner_through_ssh_and_nobody_else(two_hosts, 
                                 "-w", "%{http_code}", f"http://{host}:{page}/status"],
                                capture_output=True, text=True, timeout=30, cwd="/tmp")
         assert tried.stdout == "000" and tried.returncode == 7, (host, page, tried)  # 7: could not connect
+    # Nor from a process of theirs on the scheduler's node (a shared node), where 127.0.0.1 is reached.
+    namespace = cluster.netns[cluster.nodes.index(node)]
+    on_node = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "runuser", "-u", other_user, "--", "curl",
+                              "-s", "-m", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/status"],
+                             capture_output=True, text=True, timeout=30, cwd="/tmp")
+    assert on_node.stdout.endswith("\n403") and "bokeh" not in on_node.stdout.lower(), on_node
 
     # The owner's tunnel, as printed (ssh -F: the test's keys, and node names as the nodes' addresses).
     config = tmp_path / "ssh_config"
@@ -163,7 +169,8 @@ def test_the_dashboard_reaches_its_owner_through_ssh_and_nobody_else(two_hosts, 
                               stderr=subprocess.PIPE)
     try:
         def page() -> str | None:
-            done = subprocess.run(["curl", "-s", "-m", "10", shown["url"]], capture_output=True, text=True, timeout=30)
+            done = subprocess.run(["curl", "-s", "-L", "-b", "", "-m", "10", shown["url"]], capture_output=True,
+                                  text=True, timeout=30)  # as a browser: the cookie the token gives, kept
             return done.stdout if done.returncode == 0 and done.stdout else None
 
         assert wait_for(page, timeout=30), tunnel.stderr.read().decode() if tunnel.poll() is not None else "no page"
