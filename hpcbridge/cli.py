@@ -178,10 +178,10 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM).  [default: the job makes its own]"),
         click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
-        click.option("--dashboard-address", help="HOST:PORT where Dask's dashboard (plain HTTP, no login) listens; "
-                     "any other than 127.0.0.1 lets everyone who reaches it read your tasks and logs (a warning). "
-                     "hpcbridge dashboard JOB prints the ssh tunnel to it.  [default: 127.0.0.1:0, the scheduler's "
-                     "node only, any free port]"),
+        click.option("--dashboard-address", help="HOST:PORT where Dask's dashboard listens (plain HTTP; it lets in "
+                     "only a browser with the job's token); any host but 127.0.0.1 sends its pages and the token "
+                     "over the network unencrypted (a warning). hpcbridge dashboard JOB prints the ssh tunnel to it.  "
+                     "[default: 127.0.0.1:0, the scheduler's node only, any free port]"),
         click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
                      "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json]"),
         click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable); loaded "
@@ -517,9 +517,10 @@ def dashboard(target: str, scheduler: str | None, local_port: int | None, login_
               as_json: bool) -> None:
     """Say how to open a cluster's dashboard: the ssh tunnel to run on your computer, and the URL.
 
-    The dashboard is plain HTTP without a login, so a job's dashboard listens on 127.0.0.1 of the
-    scheduler's node only (unless the job was given --dashboard-address); ssh, which knows who you
-    are, brings it to your computer. TARGET is the job id or its scheduler file.
+    Dask's dashboard is plain HTTP without a login, so a job's dashboard listens on 127.0.0.1 of
+    the scheduler's node (unless the job was given --dashboard-address) and lets in only a browser
+    that brings the job's token (the URL carries it); ssh, which knows who you are, brings it to
+    your computer. TARGET is the job id or its scheduler file.
     """
     from pathlib import Path
 
@@ -552,11 +553,11 @@ def dashboard(target: str, scheduler: str | None, local_port: int | None, login_
     name = f"job {info.job_id}" if info.job_id else str(path)
     if reach.tunnel is None:
         click.echo(f"{name}'s dashboard listens on {reach.host or 'every interface'} of {reach.node or 'its node'}, "
-                   f"port {reach.port}: anyone who reaches that port can read it (no login)")
+                   f"port {reach.port}: its pages and token cross the network unencrypted")
         click.echo(f"open:    {reach.url}")
         return
     click.echo(f"{name}'s dashboard listens on {reach.node or 'this machine'} at {reach.host}:{reach.port}, for "
-               "that machine alone (it has no login); ssh brings it to your computer")
+               "its owner alone (the URL carries the job's token); ssh brings it to your computer")
     if reach.here:
         click.echo(f"here:    {reach.here}")
     click.echo(f"tunnel:  {reach.tunnel_text}    (run it on your computer; Ctrl-C ends it)")

@@ -44,7 +44,7 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
     past: the job replaces it when it starts). A file that cannot be read, or stays invalid
     JSON, is reported as such at once.
     """
-    from hpcbridge.backends.job import SubmittedJob, read_job_output
+    from hpcbridge.backends.job import SubmittedJob
 
     path = Path(path).expanduser()
     deadline = time.monotonic() + timeout
