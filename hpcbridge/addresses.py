@@ -40,3 +40,14 @@ def address_silent(address: str, timeout: float = 2.0) -> bool:
         return error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT)
     except ValueError:
         return False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names the loopback of the machine it is on: 127.x.y.z, ::1 (bracketed or not), localhost.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("[::1]"), is_loopback("localhost"), is_loopback(""), is_loopback("0.0.0.0")
+    (True, True, True, False, False)
+    """
+    host = host.strip("[]").lower()
+    parts = host.split(".")
+    return host in ("localhost", "::1") or (len(parts) == 4 and parts[0] == "127" and all(p.isdigit() for p in parts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -111,11 +112,13 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
     """Show a job option's warning as one line, its options spelled as the user typed them; others as Python does."""
     if not isinstance(message, SpecWarning):
         _SHOW_WARNING(message, category, *args, **kwargs)
-    elif message.field == "protocol":
-        click.echo(f"hpcbridge: warning: {message.text}", err=True)
     else:
         context = click.get_current_context(silent=True)
-        warn(message.describe(lambda field: option_as_typed(context, field) if context else field))
+        text = message.describe(lambda field: option_as_typed(context, field) if context else field)
+        if message.field in ("protocol", "dashboard_address"):  # who can reach the cluster: as the job says it too
+            click.echo(f"hpcbridge: warning: {text}", err=True)
+        else:
+            warn(text)
 
 
 _RENDER_EPILOG = """\b
@@ -175,6 +178,10 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM).  [default: the job makes its own]"),
         click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
+        click.option("--dashboard-address", help="HOST:PORT where Dask's dashboard listens (plain HTTP; it lets in "
+                     "only a browser with the job's token); any host but 127.0.0.1 sends its pages and the token "
+                     "over the network unencrypted (a warning). hpcbridge dashboard JOB prints the ssh tunnel to it.  "
+                     "[default: 127.0.0.1:0, the scheduler's node only, any free port]"),
         click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
                      "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json]"),
         click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable); loaded "
@@ -227,6 +234,7 @@ Examples:
   hpcbridge submit --scheduler slurm -N 2 --ntasks-per-node 4 --interface ib0
   hpcbridge status 4242 && hpcbridge logs 4242 --tail 50
   hpcbridge connect ~/.hpcbridge/jobs/4242/scheduler.json --workers 8
+  hpcbridge dashboard 4242       # the ssh tunnel to its dashboard, and the URL
   hpcbridge cancel 4242
 
 \b
@@ -372,12 +380,41 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     said = _last_job_message(state.log) if state.state == "FAILED" else None
     if said:
         click.echo(f"  the job said: {said}")
+    if state.state == "RUNNING":
+        for warning in _running_warnings(job_id, scheduler, state):
+            click.echo(f"  warning: {warning}")
     from hpcbridge.job.adaptive import describe_status, read_status
 
     report = read_status(job_id, _scheduler_for(job_id, scheduler))
     if report is not None:
         for line in describe_status(report, live=not state.finished):
             click.echo(line)
+
+
+def _running_warnings(job_id: str, scheduler: str | None, state) -> list[str]:
+    """What a running job warned of since it published its scheduler file (that the file is gone, say).
+
+    A job submitted from here whose file is gone is said so also before the job notices (or
+    when its output went with the file's folder).
+    """
+    from pathlib import Path
+
+    from hpcbridge.backends.job import read_job_output
+    from hpcbridge.job import submit as jobs
+
+    said = read_job_output(state.log)
+    if said is not None and said.warnings:
+        return list(said.warnings)
+    found = jobs.find(job_id, scheduler)
+    if found is None or not found.scheduler_file or Path(found.scheduler_file).exists():
+        return []
+    if said is not None and said.published:
+        return [f"the scheduler file {found.scheduler_file} is gone while the job runs (its folder purged or "
+                "deleted?): no new client can attach, and a worker that restarts cannot rejoin"]
+    if said is None:
+        return [f"neither the scheduler file {found.scheduler_file} nor the job's output {state.log} is there: "
+                "the job has not started Dask yet, or its folder was purged"]
+    return []
 
 
 def _last_job_message(log: str | None) -> str | None:
@@ -454,7 +491,7 @@ def connect(target: str, scheduler: str | None, n_workers: int, timeout: float) 
 
     from hpcbridge.client.bridge import connect as attach
 
-    if "/" in target or target.endswith(".json") or Path(target).expanduser().exists():
+    if "/" in target or target.endswith(".json") or Path(target).expanduser().is_file():
         bridge = attach(target, n_workers=n_workers, timeout=timeout)
     else:
         bridge = attach(n_workers=n_workers, timeout=timeout, job=_submitted_job(target, scheduler))
@@ -464,6 +501,67 @@ def connect(target: str, scheduler: str | None, n_workers: int, timeout: float) 
             click.echo(f"job:       {bridge.job.job_id} ({bridge.job.scheduler})")
         click.echo(f"workers:   {bridge.n_workers} ({bridge.total_threads} threads)")
         click.echo(f"dashboard: {bridge.dashboard_link}")
+
+
+@main.command(epilog="\b\nExamples:\n  hpcbridge dashboard 4242\n  hpcbridge dashboard 4242 --login-host cluster.example.org\n"
+              "  hpcbridge dashboard ~/.hpcbridge/jobs/4242/scheduler.json --local-port 8787")
+@click.argument("target")
+@_job_scheduler_option
+@click.option("--local-port", type=click.IntRange(min=1, max=65535), default=None,
+              help="The port on your computer.  [default: the dashboard's own port]")
+@click.option("--login-host", default=None, metavar="HOST",
+              help="The host your computer reaches the cluster through, for ssh -J; '' for none.  "
+                   "[default: this machine's name]")
+@click.option("--json", "as_json", is_flag=True, help="Print the URL and the tunnel as JSON, for programs.")
+def dashboard(target: str, scheduler: str | None, local_port: int | None, login_host: str | None,
+              as_json: bool) -> None:
+    """Say how to open a cluster's dashboard: the ssh tunnel to run on your computer, and the URL.
+
+    Dask's dashboard is plain HTTP without a login, so a job's dashboard listens on 127.0.0.1 of
+    the scheduler's node (unless the job was given --dashboard-address) and lets in only a browser
+    that brings the job's token (the URL carries it); ssh, which knows who you are, brings it to
+    your computer. TARGET is the job id or its scheduler file.
+    """
+    from pathlib import Path
+
+    from hpcbridge import scheduler_file as cluster_files
+    from hpcbridge.client.dashboard import access
+
+    if login_host is not None and login_host and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@:%-]{0,252}", login_host):
+        raise click.BadParameter(f"{login_host!r} is not allowed; expected a host name or address such as "
+                                 "login1.example.org (or '' for none)", param_hint="--login-host")
+    if "/" in target or target.endswith(".json") or Path(target).expanduser().is_file():
+        path, job = Path(target).expanduser(), None
+    else:
+        job = _submitted_job(target, scheduler)
+        path = Path(job.scheduler_file)
+    try:
+        info = cluster_files.read(path)
+    except FileNotFoundError:
+        state = f": job {job.job_id} is {job.status().state}" if job is not None else ""
+        raise click.ClickException(f"no scheduler file at {path}{state} (the dashboard starts with the cluster)") \
+            from None
+    except cluster_files.SchedulerFileError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        reach = access(info, local_port=local_port, login_host=login_host)
+    except LookupError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(reach.as_dict()))
+        return
+    name = f"job {info.job_id}" if info.job_id else str(path)
+    if reach.tunnel is None:
+        click.echo(f"{name}'s dashboard listens on {reach.host or 'every interface'} of {reach.node or 'its node'}, "
+                   f"port {reach.port}: its pages and token cross the network unencrypted")
+        click.echo(f"open:    {reach.url}")
+        return
+    click.echo(f"{name}'s dashboard listens on {reach.node or 'this machine'} at {reach.host}:{reach.port}, for "
+               "its owner alone (the URL carries the job's token); ssh brings it to your computer")
+    if reach.here:
+        click.echo(f"here:    {reach.here}")
+    click.echo(f"tunnel:  {reach.tunnel_text}    (run it on your computer; Ctrl-C ends it)")
+    click.echo(f"open:    {reach.url}")
 
 
 @main.command("tls-certificates", epilog="\b\nExamples:\n  hpcbridge tls-certificates\n"

@@ -5,13 +5,18 @@ section and renames the result into place, so a reader sees the whole file or no
 
     {"address": "tls://10.77.0.1:40123", ...Dask's fields...,
      "hpcbridge": {"job_id": "42", "scheduler": "slurm", "cluster": "9f3c...",
-                   "tls": {"ca_file": "scheduler.tls/ca.pem", "cert": "...", "key": "..."}}}
+                   "folder": "/home/me/.hpcbridge/jobs/42",
+                   "tls": {"ca_file": "/home/me/.hpcbridge/jobs/42/scheduler.tls/ca.pem", ...}}}
 
 ``cluster`` is a random identity made at each start of the job (a requeued job is a new
-cluster under the same job id). Certificate paths are relative to the file's folder when they
-lie inside it, so a client that mounts the shared filesystem elsewhere still finds them. With
-per-job certificates the folder is :func:`certificate_dir`; files written by plain Dask (or by
-dask-mpi in mpi mode) have no ``hpcbridge`` section and are still read.
+cluster under the same job id). The file stands on its own: certificate paths are absolute, so
+a copy of the file elsewhere (``cp`` to another folder, a mail to oneself) reaches the same
+certificates, and a user who may not read them is told so. ``folder`` is where the job wrote
+the file, as the job saw it: a client that mounts the shared filesystem elsewhere, and finds
+nothing at the recorded paths, looks for them at the same place under the file's own folder.
+With per-job certificates the folder holds them in :func:`certificate_dir`; files written by
+plain Dask (or by dask-mpi in mpi mode) have no ``hpcbridge`` section and are still read, and
+older files with paths relative to their folder are read as before.
 """
 
 from __future__ import annotations
@@ -38,6 +43,18 @@ class SchedulerFileInUse(FileExistsError):
 
 
 @dataclass(frozen=True)
+class Dashboard:
+    """Where a cluster's dashboard listens: on ``node`` (its host name there), at ``host`` (``127.0.0.1``
+    by default; ``""`` for every interface), on ``port``; ``token`` opens it (once, in its link).
+    ``node`` and ``token`` are None for files that do not say."""
+
+    node: str | None
+    host: str
+    port: int
+    token: str | None = None
+
+
+@dataclass(frozen=True)
 class ClusterInfo:
     """What a scheduler file says: the scheduler's address and, when the job wrote them, its job and certificates."""
 
@@ -47,6 +64,7 @@ class ClusterInfo:
     scheduler: str | None = None
     cluster: str | None = None
     certificates: Certificates | None = None
+    dashboard: Dashboard | None = None
 
     @property
     def describes_job(self) -> bool:
@@ -98,11 +116,51 @@ def _cluster_info(path: Path, info: dict[str, Any]) -> ClusterInfo:
     tls = section.get("tls")
     certificates = None
     if isinstance(tls, dict) and all(isinstance(tls.get(key), str) for key in ("ca_file", "cert", "key")):
-        certificates = Certificates(*(path.parent / Path(tls[key]).expanduser() for key in ("ca_file", "cert", "key")))
+        folder = section.get("folder") if isinstance(section.get("folder"), str) else None
+        certificates = Certificates(*(_locate(path, folder, tls[key]) for key in ("ca_file", "cert", "key")))
     elif info["address"].startswith("tls://") and certificate_dir(path).exists():
         certificates = certificates_in(certificate_dir(path))
     text = {key: str(section[key]) if section.get(key) is not None else None for key in ("job_id", "scheduler", "cluster")}
-    return ClusterInfo(path=path, address=info["address"], certificates=certificates, **text)
+    return ClusterInfo(path=path, address=info["address"], certificates=certificates,
+                       dashboard=_dashboard(info, section), **text)
+
+
+def _dashboard(info: dict[str, Any], section: dict[str, Any]) -> Dashboard | None:
+    """The dashboard the job recorded, or the port Dask's own fields name (listening on every interface then)."""
+    recorded = section.get("dashboard")
+    if isinstance(recorded, dict) and isinstance(recorded.get("port"), int) and isinstance(recorded.get("host"), str):
+        node, token = recorded.get("node"), recorded.get("token")
+        return Dashboard(node if isinstance(node, str) and node else None, recorded["host"], recorded["port"],
+                         token if isinstance(token, str) and token else None)
+    services = info.get("services")
+    port = services.get("dashboard") if isinstance(services, dict) else None
+    return Dashboard(None, "", port) if isinstance(port, int) and not isinstance(port, bool) else None
+
+
+def _locate(path: Path, folder: str | None, recorded: str) -> Path:
+    """Where a certificate the file names is, for a reader of the file at ``path``.
+
+    The recorded absolute path, unless nothing is there and the file's own folder holds the same
+    place under the job's ``folder`` (the shared filesystem mounted elsewhere). A relative path
+    (files of earlier versions) is taken relative to the file's folder. Never a guess beyond that:
+    a path this reader may not look at stays the recorded one, so opening it says why.
+
+    >>> str(_locate(Path("/copy/s.json"), "/jobs/42", "/jobs/42/s.tls/ca.pem"))
+    '/jobs/42/s.tls/ca.pem'
+    >>> str(_locate(Path("/copy/s.json"), None, "s.tls/ca.pem"))
+    '/copy/s.tls/ca.pem'
+    """
+    given = Path(recorded).expanduser()
+    if not given.is_absolute():
+        return path.parent / given
+    if folder and not os.path.exists(given):
+        try:
+            inside = given.relative_to(folder)
+        except ValueError:
+            return given
+        if os.path.exists(path.parent / inside):
+            return path.parent / inside
+    return given
 
 
 def remove(path: str | os.PathLike[str], job_id: str | None = None) -> bool:
@@ -173,14 +231,13 @@ def claim(path: str | os.PathLike[str], job_running: JobCheck, default: str) -> 
 def publish(path: str | os.PathLike[str], identity: dict[str, Any], section: dict[str, Any]) -> None:
     """Write the scheduler file as every hpcbridge cluster does: Dask's fields (the scheduler's
     ``identity()``) plus the ``hpcbridge`` section, owner-only, put in place with one rename so that
-    nobody reads half a file. Certificate paths inside the file's folder are written relative to it."""
+    nobody reads half a file. Certificate paths are written absolute and the file's folder is
+    recorded, so that a copy of the file stands on its own."""
     path = Path(path)
+    section = {**section, "folder": str(path.parent.absolute())}
     tls = section.get("tls")
     if tls:
-        here = str(path.parent.resolve())
-        section = {**section, "tls": {key: (os.path.relpath(value, here)
-                                            if os.path.abspath(value).startswith(here + os.sep) else value)
-                                      for key, value in tls.items()}}
+        section["tls"] = {key: os.path.abspath(os.path.expanduser(value)) for key, value in tls.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private_file(path, json.dumps({**identity, "hpcbridge": section}, indent=2, default=str))
 

@@ -55,6 +55,18 @@ export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE - 1))
 # spill folders) is its owner's alone: the scheduler file says where to send code that runs as you.
 umask 077
 
+# --- Dask's dashboard: on the scheduler's node only, for its owner only ---------
+# It is plain HTTP without a login and shows task names, call stacks and every log line, so it
+# listens on 127.0.0.1 there (the workers serve no pages); `hpcbridge dashboard JOB` prints the
+# ssh tunnel that brings it to your computer. Port 0 is any free port (the scheduler file
+# records the one taken). Other users of the node reach 127.0.0.1 too: the dashboard lets in
+# only a browser that brings this token (hpcbridge.cluster.dashboard_gate), made anew at each
+# start, kept in this job's environment and in the owner-only scheduler file (the link carries it).
+# shellcheck disable=SC2034  # an adaptive job's program reads it from the spec instead
+DASHBOARD_ADDRESS=127.0.0.1:0
+HPCBRIDGE_DASHBOARD_TOKEN=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+export HPCBRIDGE_DASHBOARD_TOKEN
+
 # --- Dask's statistical profiler: off unless asked for ------------------------------
 # Sampling each worker's stack every 10 ms took 5-13 % of a SymPy map's time (2 cores). Export
 # DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True into the job for the dashboard's Profile page.
@@ -103,6 +115,7 @@ MPI_PROGRAM=(
     --scheduler-file "$DASK_SCHEDULER_FILE"
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
+    --dashboard-address "$DASHBOARD_ADDRESS"
     --protocol tls
     --drain
 )
@@ -140,33 +153,67 @@ mkdir -p "$(dirname "$SCHEDULER_FILE")"
 rm -rf "$TLS_DIR"
 "$PYTHON" -m hpcbridge.tls "$TLS_DIR"
 
+# --- While the cluster runs, the files it published must stay ------------------------
+# A scratch purge (or anyone) that removes the scheduler file or the certificates leaves a
+# cluster that no new client can attach to and that a restarted worker cannot rejoin, and
+# nothing else would say so: check_published_files says it once in this job's output (where
+# hpcbridge status and connect read it), after 10 s gone (a client's shutdown removes the
+# file too, as the scheduler stops).
+PUBLISHED_FILES=("$SCHEDULER_FILE" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY")
+GONE_SINCE=
+check_published_files() {
+    local path missing=
+    for path in "${PUBLISHED_FILES[@]}"; do
+        [ -e "$path" ] || { missing=$path; break; }
+    done
+    if [ -z "$missing" ]; then
+        GONE_SINCE=
+    elif [ -z "$GONE_SINCE" ]; then
+        GONE_SINCE=$SECONDS
+    elif [ "$GONE_SINCE" != said ] && ((SECONDS - GONE_SINCE >= 10)); then
+        if [ "$missing" = "$SCHEDULER_FILE" ]; then
+            missing="the scheduler file $missing"
+        else
+            missing="the cluster's certificate $missing"
+        fi
+        echo "hpcbridge: warning: $missing is gone while the job runs (its folder purged or deleted?): no new client can attach, and a worker that restarts cannot rejoin; the cluster goes on with the clients and workers it has (cancel the job and submit it again with --scheduler-file in a folder that is not purged)" >&2
+        GONE_SINCE=said
+    fi
+}
+
 # Once rank 0's scheduler has written its file, this background step adds the job's identity
-# and publishes it (clients wait for the published file; the ranks find the scheduler through MPI).
+# and publishes it (clients wait for the published file; the ranks find the scheduler through MPI),
+# then checks that it stays.
 (
     until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
         sleep 0.5
     done
 # Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
-# identity for this start of the job, where the certificates are) and puts the result in place
-# with one rename, so that nobody reads half a file and a client can tell this cluster from any
-# other that used the same path.
-"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" slurm "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
-import json, os, secrets, sys
-dask_file, final, job_id, scheduler, *tls = sys.argv[1:]
+# identity for this start of the job, its folder, where the certificates are: absolute paths,
+# so that a copy of the file elsewhere still leads to them; the node and address of the
+# dashboard, for the ssh tunnel to it, and the token that opens it) and puts the result in place with one rename, so that
+# nobody reads half a file and a client can tell this cluster from any other that used the same path.
+"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" slurm "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+import json, os, secrets, socket, sys
+dask_file, final, job_id, scheduler, dashboard, *tls = sys.argv[1:]
 with open(dask_file) as stream:
     info = json.load(stream)
-here = os.path.dirname(os.path.abspath(final))
-def beside(path):
-    path = os.path.abspath(path)
-    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+port = info.get("services", {}).get("dashboard")
 info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
-                     "tls": dict(zip(("ca_file", "cert", "key"), map(beside, tls))) if tls else None}
+                     "folder": os.path.dirname(os.path.abspath(final)),
+                     "dashboard": {"node": socket.gethostname(), "host": dashboard.rpartition(":")[0], "port": port,
+                                   "token": os.environ.get("HPCBRIDGE_DASHBOARD_TOKEN")} if port else None,
+                     "tls": dict(zip(("ca_file", "cert", "key"), map(os.path.abspath, tls))) if tls else None}
 temporary = f"{final}.{os.getpid()}.tmp"
 with open(temporary, "w") as stream:
     json.dump(info, stream, indent=2)
 os.replace(temporary, final)
 PUBLISH
     echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
+    while true; do
+        check_published_files
+        sleep 2
+    done
 ) &
 PUBLISHER_PID=$!
 # However this script ends, the publishing step, the scheduler files and the job's certificates go with it.

@@ -53,6 +53,18 @@ export HPCBRIDGE_WORKERS=$((NODES * TASKS_PER_NODE))
 # spill folders) is its owner's alone: the scheduler file says where to send code that runs as you.
 umask 077
 
+# --- Dask's dashboard: on the scheduler's node only, for its owner only ---------
+# It is plain HTTP without a login and shows task names, call stacks and every log line, so it
+# listens on 127.0.0.1 there (the workers serve no pages); `hpcbridge dashboard JOB` prints the
+# ssh tunnel that brings it to your computer. Port 0 is any free port (the scheduler file
+# records the one taken). Other users of the node reach 127.0.0.1 too: the dashboard lets in
+# only a browser that brings this token (hpcbridge.cluster.dashboard_gate), made anew at each
+# start, kept in this job's environment and in the owner-only scheduler file (the link carries it).
+# shellcheck disable=SC2034  # an adaptive job's program reads it from the spec instead
+DASHBOARD_ADDRESS=127.0.0.1:0
+HPCBRIDGE_DASHBOARD_TOKEN=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+export HPCBRIDGE_DASHBOARD_TOKEN
+
 # --- Dask's statistical profiler: off unless asked for ------------------------------
 # Sampling each worker's stack every 10 ms took 5-13 % of a SymPy map's time (2 cores). Export
 # DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True into the job for the dashboard's Profile page.
@@ -100,6 +112,8 @@ WORKER_OPTIONS=(
     --nworkers 1
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
+    --no-dashboard
+    --dashboard-address 127.0.0.1:0
     --interface ib0
     --protocol tls
     --preload hpcbridge.cluster.drain
@@ -117,6 +131,10 @@ if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
     echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
     exit 1
 fi
+"$PYTHON" -c 'import hpcbridge.cluster.dashboard_gate' 2>/dev/null || {
+    echo "hpcbridge: the dashboard's gate (it lets in only its owner) runs in the scheduler, with hpcbridge, which $PYTHON cannot import; install hpcbridge there" >&2
+    exit 1
+}
 "$PYTHON" -c 'import hpcbridge.tls' 2>/dev/null || {
     echo "hpcbridge: protocol tls (the default) makes this job's certificates with hpcbridge, which $PYTHON cannot import; install hpcbridge there, or pass --tls-ca-file/--tls-cert/--tls-key, or --protocol tcp" >&2
     exit 1
@@ -153,7 +171,8 @@ rm -rf "$TLS_DIR"
     --protocol tls \
     --interface ib0 \
     --port 0 \
-    --dashboard-address :0 &
+    --dashboard-address "$DASHBOARD_ADDRESS" \
+    --preload hpcbridge.cluster.dashboard_gate &
 SCHEDULER_PID=$!
 # However this script ends (also by scancel/qdel/bkill), the scheduler does not outlive it, and
 # neither do the scheduler file and the job's certificates.
@@ -176,26 +195,55 @@ until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHED
     sleep 0.5
 done
 # Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
-# identity for this start of the job, where the certificates are) and puts the result in place
-# with one rename, so that nobody reads half a file and a client can tell this cluster from any
-# other that used the same path.
-"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" slurm "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
-import json, os, secrets, sys
-dask_file, final, job_id, scheduler, *tls = sys.argv[1:]
+# identity for this start of the job, its folder, where the certificates are: absolute paths,
+# so that a copy of the file elsewhere still leads to them; the node and address of the
+# dashboard, for the ssh tunnel to it, and the token that opens it) and puts the result in place with one rename, so that
+# nobody reads half a file and a client can tell this cluster from any other that used the same path.
+"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" slurm "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+import json, os, secrets, socket, sys
+dask_file, final, job_id, scheduler, dashboard, *tls = sys.argv[1:]
 with open(dask_file) as stream:
     info = json.load(stream)
-here = os.path.dirname(os.path.abspath(final))
-def beside(path):
-    path = os.path.abspath(path)
-    return os.path.relpath(path, here) if path.startswith(here + os.sep) else path
+port = info.get("services", {}).get("dashboard")
 info["hpcbridge"] = {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
-                     "tls": dict(zip(("ca_file", "cert", "key"), map(beside, tls))) if tls else None}
+                     "folder": os.path.dirname(os.path.abspath(final)),
+                     "dashboard": {"node": socket.gethostname(), "host": dashboard.rpartition(":")[0], "port": port,
+                                   "token": os.environ.get("HPCBRIDGE_DASHBOARD_TOKEN")} if port else None,
+                     "tls": dict(zip(("ca_file", "cert", "key"), map(os.path.abspath, tls))) if tls else None}
 temporary = f"{final}.{os.getpid()}.tmp"
 with open(temporary, "w") as stream:
     json.dump(info, stream, indent=2)
 os.replace(temporary, final)
 PUBLISH
 echo "hpcbridge: scheduler file ready: $SCHEDULER_FILE"
+
+# --- While the cluster runs, the files it published must stay ------------------------
+# A scratch purge (or anyone) that removes the scheduler file or the certificates leaves a
+# cluster that no new client can attach to and that a restarted worker cannot rejoin, and
+# nothing else would say so: check_published_files says it once in this job's output (where
+# hpcbridge status and connect read it), after 10 s gone (a client's shutdown removes the
+# file too, as the scheduler stops).
+PUBLISHED_FILES=("$SCHEDULER_FILE" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY")
+GONE_SINCE=
+check_published_files() {
+    local path missing=
+    for path in "${PUBLISHED_FILES[@]}"; do
+        [ -e "$path" ] || { missing=$path; break; }
+    done
+    if [ -z "$missing" ]; then
+        GONE_SINCE=
+    elif [ -z "$GONE_SINCE" ]; then
+        GONE_SINCE=$SECONDS
+    elif [ "$GONE_SINCE" != said ] && ((SECONDS - GONE_SINCE >= 10)); then
+        if [ "$missing" = "$SCHEDULER_FILE" ]; then
+            missing="the scheduler file $missing"
+        else
+            missing="the cluster's certificate $missing"
+        fi
+        echo "hpcbridge: warning: $missing is gone while the job runs (its folder purged or deleted?): no new client can attach, and a worker that restarts cannot rejoin; the cluster goes on with the clients and workers it has (cancel the job and submit it again with --scheduler-file in a folder that is not purged)" >&2
+        GONE_SINCE=said
+    fi
+}
 
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task. Since Slurm 22.05 srun does not inherit --cpus-per-task from the job.
@@ -212,6 +260,7 @@ WORKERS_PID=$!
 # A poll, not `wait -n`, which bash 4.2 (CentOS 7) lacks; bash keeps each child's exit status.
 set +e
 while kill -0 "$SCHEDULER_PID" 2>/dev/null && kill -0 "$WORKERS_PID" 2>/dev/null; do
+    check_published_files
     sleep 1
 done
 if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then

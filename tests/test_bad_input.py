@@ -63,6 +63,8 @@ CLI_CASES = [
     (["--mode", "mpi", "--ntasks-per-node", "1"], "--ntasks-per-node", "1", "at least 2 tasks"),
     (["--protocol", "tls", "--tls-ca-file", "/ca.pem"], "--tls-cert", None, "give all three of --tls-ca-file"),
     (["--protocol", "http"], "--protocol", "http", "tcp"),
+    (["--dashboard-address", "8787"], "--dashboard-address", "8787", "HOST:PORT such as 127.0.0.1:0"),
+    (["--dashboard-address", "node1:70000"], "--dashboard-address", "node1:70000", "PORT from 0"),
     (["--protocol", "tcp", "--tls-cert", "/c.pem"], "--tls-cert", "/c.pem", "unless --protocol is tls"),
     (["--account", "proj; rm -rf ~"], "--account", "proj; rm -rf ~", "letters, digits"),
     (["-A", "proj$(id)"], "-A", "proj$(id)", "letters, digits"),

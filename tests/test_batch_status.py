@@ -79,6 +79,38 @@ def test_slurm_says_requeued_after_a_node_failure_not_cancelled_or_begintime(tmp
     assert slurm.describe({"Reason": "BeginTime"}, "CANCELLED", 0, None) is None
 
 
+def test_slurm_tells_a_requeued_job_cancelled_while_running_from_one_cancelled_while_pending(tmp_path) -> None:
+    """Records and output as Slurm 22.05 left them on the harness: a job requeued, started again
+    (Slurm truncates its output then) and cancelled while running; one cancelled while still pending."""
+    running = tmp_path / "job-2.out"
+    running.write_text("start restarts=1\nslurmstepd-node1: error: *** JOB 2 ON node1 CANCELLED AT "
+                       "2026-12-06T15:15:06 ***\n")
+    record = {"JobState": "CANCELLED", "Reason": "None", "Restarts": "1", "ExitCode": "0:15", "RunTime": "00:00:02",
+              "StdOut": str(running)}
+    reason = slurm.describe(record, "CANCELLED", 1, slurm._last_end_line(record, "2"))
+    assert "cancelled while running, after 1 restart" in reason, reason
+    assert "pending" not in reason and "requeued it" not in reason, reason  # the cancel requeued nothing
+    assert "JOB 2 ON node1 CANCELLED AT 2026-12-06T15:15:06" in reason
+    pending = tmp_path / "job-3.out"
+    pending.write_text("start restarts=\nslurmstepd-node1: error: *** JOB 3 ON node1 CANCELLED AT 2026-12-06T15:15:15 "
+                       "DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***\n")
+    record = {"JobState": "CANCELLED", "Reason": "BeginTime", "Restarts": "2", "ExitCode": "0:0",
+              "RunTime": "00:00:00", "StdOut": str(pending)}
+    reason = slurm.describe(record, "CANCELLED", 2, slurm._last_end_line(record, "3"))
+    assert reason.startswith("node failure: Slurm ended the job (JOB 3 ON node1 CANCELLED AT 2026-12-06T15:15:15 DUE "
+                             "TO NODE FAILURE) and requeued it (Restarts=2)"), reason
+    assert reason.endswith("then cancelled while pending, after 2 restarts"), reason
+    # Requeued, started again and ended by its walltime: the end line is the last start's end, not the requeue's.
+    timed_out = tmp_path / "job-4.out"
+    timed_out.write_text("slurmstepd-node1: error: *** JOB 4 ON node1 CANCELLED AT 2026-12-06T16:00:00 DUE TO TIME "
+                         "LIMIT ***\n")
+    record = {"JobState": "TIMEOUT", "Reason": "TimeLimit", "Restarts": "1", "RunTime": "00:10:00",
+              "StdOut": str(timed_out)}
+    reason = slurm.describe(record, "TIMEOUT", 1, slurm._last_end_line(record, "4"))
+    assert reason.startswith("requeued by Slurm (Restarts=1); Slurm: JOB 4 ON node1 CANCELLED AT 2026-12-06T16:00:00 "
+                             "DUE TO TIME LIMIT"), reason
+
+
 def test_slurm_asks_sacct_who_cancelled_a_job_and_about_jobs_scontrol_forgot(fake_bin, monkeypatch) -> None:
     monkeypatch.setattr(slurm, "_SACCT_MISSING", [])
     fake_command(fake_bin, "scontrol", "slurm_load_jobs error: Invalid job id specified", exit_code=1, stream=">&2")

@@ -31,6 +31,44 @@ def test_a_file_pointing_at_a_dead_scheduler_says_so(tmp_path) -> None:
         connect(path, timeout=3)
 
 
+class StaticJob:
+    """A job the batch system reports in one state, with its output at ``log``."""
+
+    scheduler = "slurm"
+    job_id = "9"
+
+    def __init__(self, state: str, log, reason: str | None = None) -> None:
+        self.state, self.log, self.reason = state, str(log), reason
+
+    def status(self) -> JobStatus:
+        return JobStatus(self.job_id, self.state, reason=self.reason, log=self.log)
+
+
+def test_waiting_for_a_file_says_whether_the_job_is_queued_running_or_lost_its_file(tmp_path) -> None:
+    missing = tmp_path / "9" / "scheduler.json"
+    log = tmp_path / "job-9.out"
+    pending = StaticJob("PENDING", log, reason="Resources: waiting for nodes to become free")
+    with pytest.raises(ConnectError, match=r"job 9 is still queued \(PENDING: Resources: waiting for nodes"):
+        connect(missing, timeout=1.5, job=pending)
+    log.write_text("hpcbridge: waiting for the Dask scheduler to write x.dask\n")
+    with pytest.raises(ConnectError, match="though job 9 is RUNNING: its Dask scheduler has not started"):
+        connect(missing, timeout=1.5, job=StaticJob("RUNNING", log))
+    # It published the file, which is gone: said in seconds, whatever the timeout.
+    log.write_text(log.read_text() + f"hpcbridge: scheduler file ready: {missing}\n")
+    started = time.monotonic()
+    with pytest.raises(ConnectError, match=f"job 9 is RUNNING and published its scheduler file {missing}, which is "
+                                           "gone: its folder was removed while the job runs"):
+        connect(missing, timeout=600, job=StaticJob("RUNNING", log))
+    assert time.monotonic() - started < 60
+    log.write_text(log.read_text() + "hpcbridge: warning: the scheduler file ... is gone while the job runs\n")
+    with pytest.raises(ConnectError, match="job 9 is RUNNING, and its output says: the scheduler file ... is gone"):
+        connect(missing, timeout=600, job=StaticJob("RUNNING", log))
+    # A new start of the job (a requeue that appends to its output) has not published its file yet.
+    log.write_text(log.read_text() + "hpcbridge: waiting for the Dask scheduler to write x.dask\n")
+    with pytest.raises(ConnectError, match="though job 9 is RUNNING: its Dask scheduler has not started"):
+        connect(missing, timeout=5, job=StaticJob("RUNNING", log))
+
+
 def test_too_few_workers_is_reported_with_the_count(local_spec, local_jobs) -> None:
     job = jobs.submit(local_spec(ntasks_per_node=1))
     local_jobs.append(job)

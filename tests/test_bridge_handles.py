@@ -31,7 +31,7 @@ def test_bridge_repr_says_where_it_is_attached_its_job_and_workers(cluster) -> N
     job, bridge = cluster
     shown = repr(bridge)
     assert re.fullmatch(rf"<Bridge tls://127\.0\.0\.1:\d+, job {job.job_id} \(local\): 1 workers, 1 threads, "
-                        r"dashboard http://127\.0\.0\.1:\d+/status>", shown), shown
+                        r"dashboard http://127\.0\.0\.1:\d+/status\?token=[\w-]+>", shown), shown
 
 
 def test_a_run_has_a_length_a_result_and_iterates_in_input_order(cluster) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import operator
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None
     assert (job.status().state, job.status().exit_code) == ("COMPLETED", 0)
     assert not Path(job.scheduler_file).exists()
     assert wait_for(lambda: not job_processes(job.job_id), timeout=15)
+    assert "gone while the job runs" not in Path(job.status().log).read_text()  # shutdown removes it: no alarm
 
 
 def profiling(bridge) -> set:
@@ -120,6 +122,31 @@ def test_a_job_python_without_hpcbridge_cannot_make_certificates_and_says_so(loc
         connect(job.scheduler_file, timeout=120, job=job)
     assert (f"protocol tls (the default) makes this job's certificates with hpcbridge, which {python} "
             "cannot import") in Path(job.status().log).read_text()
+
+
+def test_a_job_whose_folder_is_purged_says_so_and_connect_does_not_wait_for_it(local_spec, local_jobs) -> None:
+    """A scratch purge removes the scheduler file's folder (and the certificates) while the job runs:
+    the job's log and ``hpcbridge status`` say so, and ``connect JOB`` says it at once, not "queued"."""
+    job = jobs.submit(local_spec())
+    local_jobs.append(job)
+    scheduler_file = Path(job.scheduler_file)
+    with connect(job=job, n_workers=1, timeout=60) as bridge:
+        shutil.rmtree(scheduler_file.parent)
+        assert bridge.gather(bridge.map(abs, [-7], progress=False)) == [7]  # an attached client goes on
+    log = Path(job.status().log)
+    assert wait_for(lambda: "gone while the job runs" in log.read_text(), timeout=60), log.read_text()
+    said = next(line for line in log.read_text().splitlines() if "gone while the job runs" in line)
+    assert said.startswith(f"hpcbridge: warning: the scheduler file {scheduler_file} is gone while the job runs"), said
+    assert "cannot rejoin" in said
+    shown = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "status", job.job_id], capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"{job.job_id}: RUNNING\n"), shown
+    assert f"  warning: the scheduler file {scheduler_file} is gone while the job runs" in shown.stdout, shown.stdout
+    attached = subprocess.run([sys.executable, "-m", "hpcbridge.cli", "connect", job.job_id, "--timeout", "300"],
+                              capture_output=True, text=True, timeout=60)  # told at once, not after 300 s
+    assert attached.returncode == 1 and "Traceback" not in attached.stderr, attached.stderr
+    assert f"job {job.job_id} is RUNNING" in attached.stderr and str(scheduler_file) in attached.stderr
+    assert "gone" in attached.stderr and "queued" not in attached.stderr, attached.stderr
 
 
 def test_a_stale_scheduler_file_is_replaced_before_the_scheduler_starts(local_spec, local_jobs, tmp_path) -> None:

@@ -207,6 +207,31 @@ def test_another_unix_user_is_refused_with_the_reason(tls_job, other_user, open_
     print(f"another user refused, process ended after {seconds:.1f} s")
 
 
+def test_a_copy_of_the_scheduler_file_stands_on_its_own(tls_job, other_user, open_folder, tmp_path) -> None:
+    """The file says where the job's certificates are, not where they lie beside it: the owner's copy
+    elsewhere attaches, and another user's copy is refused for the true reason, not as stale."""
+    recorded = json.loads(Path(tls_job.scheduler_file).read_text())["hpcbridge"]["tls"]
+    assert all(os.path.isabs(path) for path in recorded.values()), recorded
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy = elsewhere / "copy.json"
+    shutil.copy(tls_job.scheduler_file, copy)
+    with connect(copy, n_workers=2, timeout=60) as bridge:
+        assert bridge.job.job_id == tls_job.job_id
+        assert bridge.gather(bridge.map(abs, [-5], progress=False)) == [5]
+    done = subprocess.run(cli("connect", str(copy), "--timeout", "60"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and f"job:       {tls_job.job_id} (local)" in done.stdout, done.stderr
+    leaked = open_folder / "copied.json"
+    shutil.copy(tls_job.scheduler_file, leaked)
+    leaked.chmod(0o644)
+    try:
+        message, _ = refused([*python_for(other_user), "-m", "hpcbridge.cli", "connect", str(leaked), "--timeout", "20"])
+    finally:
+        leaked.unlink()
+    assert f"cannot read the cluster's TLS CA certificate {recorded['ca_file']}: permission denied" in message, message
+    assert "stale" not in message and "ended" not in message, message
+
+
 def test_another_unix_user_cannot_map_a_broadcasts_shared_copy(tls_job, other_user) -> None:
     """The workers of a machine share a broadcast through /proc/PID/fd: the kernel lets only the
     owner (or root) open it. Told exactly where the copy is, another user gets nothing."""
@@ -237,6 +262,22 @@ def test_tcp_is_still_there_for_who_asks_with_a_warning(tmp_path) -> None:
     assert done.stderr.strip() == ("hpcbridge: warning: protocol tcp: the cluster is not encrypted, and anyone who "
                                    "can reach the scheduler's port can run code as you")
     assert "--protocol tcp" in done.stdout and "DASK_DISTRIBUTED__COMM__TLS" not in done.stdout
+
+
+def test_a_dashboard_open_beyond_its_node_is_there_for_who_asks_with_a_warning() -> None:
+    done = subprocess.run(cli("render", "--scheduler", "slurm", "--dashboard-address", "0.0.0.0:8787"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stderr.strip() == ("hpcbridge: warning: --dashboard-address 0.0.0.0:8787: the dashboard listens beyond "
+                                   "the scheduler's node, in plain HTTP: its pages (your function and run names, every "
+                                   "log line) and the token that opens them cross the network unencrypted (the "
+                                   "default, 127.0.0.1:0, is reached through the ssh tunnel hpcbridge dashboard JOB "
+                                   "prints)")
+    assert "DASHBOARD_ADDRESS=0.0.0.0:8787\n" in done.stdout and "hpcbridge: warning: dashboard address" in done.stdout
+    default = subprocess.run(cli("render", "--scheduler", "slurm"), capture_output=True, text=True, timeout=60)
+    assert default.stderr == "" and "DASHBOARD_ADDRESS=127.0.0.1:0\n" in default.stdout
+    assert '--dashboard-address "$DASHBOARD_ADDRESS"' in default.stdout  # the scheduler's
+    assert "--dashboard-address 127.0.0.1:0\n" in default.stdout  # each worker's own pages
 
 
 def test_cancel_removes_the_scheduler_file_and_the_certificates(tls_job) -> None:

@@ -36,6 +36,9 @@ def test_text_values_are_parsed_into_units() -> None:
         ("job_name", "-x", "letters, digits"),
         ("interface", "a-name-that-is-too-long", "a network interface name"),
         ("protocol", "http", "one of tcp"),
+        ("dashboard_address", "8787", "HOST:PORT such as 127.0.0.1:0"),
+        ("dashboard_address", "node1:65536", "PORT from 0 (any free one) to 65535"),
+        ("dashboard_address", "$(id):1", "HOST:PORT"),
         ("modules", ["gcc/12; reboot"], "module names"),
         ("setup", ["echo a\necho b"], "one non-empty line"),
         ("python", "", "one non-empty line"),
@@ -156,6 +159,21 @@ def test_a_bad_line_of_a_hostfile_is_named_with_its_number(tmp_path) -> None:
 def test_host_lists_and_ssh_options_belong_to_the_ssh_scheduler() -> None:
     with pytest.raises(SpecError, match="unless scheduler is ssh"):
         JobSpec(scheduler="slurm", ssh_options="-F x")
+
+
+def test_the_dashboard_listens_on_the_schedulers_node_only_unless_asked_with_a_warning() -> None:
+    spec = JobSpec(scheduler="slurm")
+    assert (spec.dashboard_address, spec.dashboard_loopback, spec.worker_dashboard_address) == \
+        ("127.0.0.1:0", True, "127.0.0.1:0")
+    assert spec.warnings() == []
+    opened = JobSpec(scheduler="slurm", dashboard_address=":8787")
+    assert (opened.dashboard_host, opened.worker_dashboard_address) == ("", ":0")
+    [warning] = opened.warnings()
+    assert warning.describe(lambda field: "--" + field.replace("_", "-")).startswith(
+        "--dashboard-address :8787: the dashboard listens beyond the scheduler's node, in plain HTTP: its pages")
+    assert JobSpec(scheduler="slurm", dashboard_address="localhost:8787").warnings() == []
+    assert JobSpec(scheduler="slurm", mode="array", array="1-2", client_script="/c.py",
+                   dashboard_address=":8787").warnings() == []  # no cluster, no dashboard
 
 
 def test_a_walltime_too_short_for_the_margin_is_said_not_silently_dropped() -> None:

@@ -75,3 +75,43 @@ def file_owner_running(info: files.ClusterInfo) -> tuple[bool | None, str]:
     except (ValueError, BatchCommandError) as error:
         return None, str(error)
     return running, status.state
+
+
+# The lines a job script writes when its scheduler starts and once the scheduler file is published.
+STARTING_LINE = "hpcbridge: waiting for the Dask scheduler"
+READY_LINE = "hpcbridge: scheduler file ready"
+WARNING_PREFIX = "hpcbridge: warning: "
+
+
+@dataclass(frozen=True)
+class JobSaid:
+    """What a job's output says about its latest start: whether it published its scheduler file,
+    and what it warned of since (each warning without the ``hpcbridge: warning: `` prefix)."""
+
+    published: bool
+    warnings: tuple[str, ...] = ()
+
+
+def read_job_output(log: str | Path | None) -> JobSaid | None:
+    """Read a job's output for :class:`JobSaid`; None when there is none to read (not yet, or removed).
+
+    A requeued job that appends to its output starts again with :data:`STARTING_LINE`, which
+    forgets what an earlier start said.
+    """
+    if not log:
+        return None
+    published, warnings = False, []
+    try:
+        with open(log, errors="replace") as stream:
+            for line in stream:
+                if not line.startswith("hpcbridge: "):
+                    continue
+                if line.startswith(STARTING_LINE):
+                    published, warnings = False, []
+                elif line.startswith(READY_LINE):
+                    published, warnings = True, []
+                elif published and line.startswith(WARNING_PREFIX):
+                    warnings.append(line[len(WARNING_PREFIX):].rstrip("\n"))
+    except OSError:
+        return None
+    return JobSaid(published, tuple(warnings))

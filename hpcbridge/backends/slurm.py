@@ -205,16 +205,22 @@ def describe(record: dict[str, str], state: str, restarts: int, end_line: str | 
     """
     words = []
     reason = record.get("Reason")
-    if restarts and end_line:
-        cause = _ENDED.search(f"*** {end_line} ***")
+    cause = _ENDED.search(f"*** {end_line} ***") if end_line else None
+    # Slurm truncates a job's output when a requeued job starts again: once it has run again, the
+    # last end line is how that start ended (a cancel while running has no cause), not why it was requeued.
+    ran_again = _ran(record) or (cause is not None and cause.group("cause") is None)
+    ended_now = state not in ("PENDING", "RUNNING", "COMPLETING") and ran_again
+    if restarts and end_line and not ended_now:
         what = (cause.group("cause") or "cancellation").lower() if cause else "an earlier end"
         words.append(f"{what}: Slurm ended the job ({end_line}) and requeued it (Restarts={restarts})")
     elif restarts:
         words.append(f"requeued by Slurm (Restarts={restarts})")
-    elif end_line and state != "PENDING":
+    cancelled_after_restarts = state == "CANCELLED" and restarts
+    if end_line and state != "PENDING" and (not restarts or ended_now) and not cancelled_after_restarts:
         words.append(f"Slurm: {end_line}")
     if accounted is not None and accounted.reason:
         words.append(accounted.reason)
+    after = f"after {restarts} restart{'s' if restarts != 1 else ''}"
     if state == "PENDING" and reason == "BeginTime" and restarts:
         words.append(f"pending again: BeginTime: a requeued job may start again at {record.get('EligibleTime', '?')}")
     elif state == "PENDING" and restarts:
@@ -222,9 +228,15 @@ def describe(record: dict[str, str], state: str, restarts: int, end_line: str | 
     elif state == "PENDING" or (explain_reason(reason) and reason not in _WAIT_REASONS):
         if explain_reason(reason):
             words.append(explain_reason(reason))
-    elif state == "CANCELLED" and restarts and accounted is None:
-        words.append("then cancelled while pending")
+    elif cancelled_after_restarts:
+        how = f" ({end_line})" if end_line and ended_now else ""
+        words.append(f"then cancelled while {'running' if ran_again else 'pending'}, {after}{how}")
     return "; ".join(words) or None
+
+
+def _ran(record: dict[str, str]) -> bool:
+    """Whether the job's latest start ran at all (``RunTime`` counts from it; 0 for a job cancelled while pending)."""
+    return record.get("RunTime", "0:00:00").replace("-", ":").strip("0:") != ""
 
 
 # Reasons that explain a wait; once a job has ended, a leftover one says nothing about how it ended.

@@ -15,7 +15,7 @@ from pathlib import Path
 from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.addresses import address_answers
 from hpcbridge.backends import BatchCommandError, JobStatus
-from hpcbridge.backends.job import SubmittedJob
+from hpcbridge.backends.job import SubmittedJob, read_job_output
 from hpcbridge.scheduler_file import ClusterInfo
 from hpcbridge.tls import Certificates, TLSRefused, check_handshake
 
@@ -51,6 +51,8 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
     next_status = time.monotonic() + 1.0
     invalid_since: float | None = None
     stale: str | None = None
+    gone_since: float | None = None
+    last_status: JobStatus | None = None
     while True:
         try:
             info = cluster_files.read(path)
@@ -77,19 +79,47 @@ def wait_for_scheduler_file(path: str | os.PathLike[str], timeout: float,
                 raise ConnectError(str(error)) from None
         if job is not None and time.monotonic() >= next_status:
             next_status = time.monotonic() + 1.0
-            status = job.status()
+            last_status = status = job.status()
             if status.finished:
                 raise ConnectError(f"job {job.job_id} ended ({state_words(status)}) without writing {path}; "
                                    f"its output: {status.log}")
+            gone_since = _published_and_gone(job, status, path, gone_since)
         if time.monotonic() >= deadline:
             if stale:
                 raise ConnectError(f"{path} still holds the stale file of {stale} after {timeout:g} s; "
                                    f"job {job.job_id} has not replaced it yet (hpcbridge status {job.job_id})")
+            if last_status is not None and last_status.state == "RUNNING":
+                raise ConnectError(f"no scheduler file at {path} after {timeout:g} s, though job {job.job_id} is "
+                                   f"RUNNING: its Dask scheduler has not started (its output: {last_status.log})")
+            if last_status is not None and last_status.state == "PENDING":
+                raise ConnectError(f"no scheduler file at {path} after {timeout:g} s: job {job.job_id} is still "
+                                   f"queued ({state_words(last_status)}; hpcbridge status {job.job_id})")
             raise ConnectError(
                 f"no scheduler file at {path} after {timeout:g} s: the job may still be queued "
                 "(hpcbridge status JOB) or may have failed before starting Dask (see its log)"
             )
         time.sleep(POLL_SECONDS)
+
+
+GONE_CONFIRM_SECONDS = 3.0  # a requeued Slurm job is RUNNING a moment before its new start empties the old output
+
+
+def _published_and_gone(job: SubmittedJob, status: JobStatus, path: Path, since: float | None) -> float | None:
+    """Raise :class:`ConnectError` when a RUNNING job published its scheduler file and the file is gone
+    (for :data:`GONE_CONFIRM_SECONDS`); return since when that has been seen (None when it has not)."""
+    if status.state != "RUNNING" or path.exists():
+        return None
+    said = read_job_output(status.log)
+    if said is None or not said.published:
+        return None
+    now = time.monotonic()
+    if since is None or now - since < GONE_CONFIRM_SECONDS:
+        return since or now
+    if said.warnings:
+        raise ConnectError(f"job {job.job_id} is RUNNING, and its output says: {said.warnings[-1]} ({status.log})")
+    raise ConnectError(f"job {job.job_id} is RUNNING and published its scheduler file {path}, which is gone: its "
+                       "folder was removed while the job runs (a scratch purge?) or is not mounted on this machine; "
+                       f"no new client can attach (its output: {status.log})")
 
 
 def restarts_of(job: SubmittedJob | None) -> int | None:
@@ -122,9 +152,24 @@ def certificates_for(info: ClusterInfo, job: SubmittedJob | None) -> Certificate
                                "cluster's owner can attach") from None
         except OSError as error:
             _raise_if_ended(info, job, "its certificates are gone")
-            raise ConnectError(f"the cluster's TLS {kind} {path} is not there ({error.strerror}): the job "
-                               "removes its certificates when it ends") from None
+            raise ConnectError(f"the cluster's TLS {kind} {path} (named by {info.path}) is not there "
+                               f"({error.strerror}): {_why_missing(job)}") from None
     return certificates
+
+
+def _why_missing(job: SubmittedJob | None) -> str:
+    """Why a file of a job that has not ended is not there, in words that fit what the batch system says."""
+    try:
+        status = job.status() if job is not None else None
+    except (BatchCommandError, ValueError):
+        status = None
+    if status is not None and status.state == "RUNNING":
+        return (f"job {job.job_id} is RUNNING, so its folder was removed while it runs (a scratch purge?) or is not "
+                "mounted on this machine; the cluster runs on, but no new client can attach to it and a worker "
+                f"that restarts cannot rejoin it (hpcbridge cancel {job.job_id}, then submit again)")
+    if status is not None:
+        return f"job {job.job_id} is {state_words(status)}; a job removes its certificates when it ends"
+    return "a job removes its certificates when it ends, and a scratch purge removes them while it runs"
 
 
 def _raise_if_ended(info: ClusterInfo, job: SubmittedJob | None, what: str) -> None:

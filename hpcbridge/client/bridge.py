@@ -25,7 +25,7 @@ from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.addresses import address_answers
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.backends.job import SubmittedJob
-from hpcbridge.client import arguments, collect, latency, runs, watch
+from hpcbridge.client import arguments, collect, dashboard, latency, runs, watch
 from hpcbridge.client import broadcast as broadcasts
 from hpcbridge.client.attach import (
     FOLLOW_GRACE_SECONDS,
@@ -136,6 +136,8 @@ class Bridge:
         self._unreleased: set[str] = set()
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
+        # Where the dashboard listens, as the file said when this bridge attached.
+        self._dashboard_info = self._file_info()
         # How often the batch system had requeued the job when this bridge attached: a higher count
         # later says "requeued" also when the job is already running again with the old file in place.
         self._restarts = restarts_of(job)
@@ -276,6 +278,7 @@ class Bridge:
             return False
         self._adopt(client)
         self._old_addresses |= {address, getattr(client.scheduler, "address", None)}
+        self._dashboard_info = info
         self._restarts = restarts_of(self.job)
         self._settings = None  # the new start has its own job end
         return True
@@ -395,8 +398,10 @@ class Bridge:
 
     @property
     def dashboard_link(self) -> str:
-        """The address of the cluster's dashboard."""
-        return self.client.dashboard_link
+        """How to open the cluster's dashboard: its URL when it opens from this machine as it is, else the
+        local URL and the ssh tunnel to run first (the dashboard listens on its node's 127.0.0.1 only;
+        see :mod:`hpcbridge.client.dashboard`, and ``hpcbridge dashboard JOB``)."""
+        return dashboard.link(self._dashboard_info, self.client.dashboard_link)
 
     def broadcast(self, obj: Any, name: str | None = None, shared: bool = True) -> Broadcast:
         """Send ``obj`` to every worker, once from this client; pass the handle to :meth:`map`.

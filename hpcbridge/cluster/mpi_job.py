@@ -30,6 +30,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--interface", default=None)
     parser.add_argument("--scheduler-interface", default=None)
     parser.add_argument("--protocol", default="tcp")
+    parser.add_argument("--dashboard-address", default="127.0.0.1:0",
+                        help="where the scheduler's dashboard listens (each worker's pages: the same host, any port)")
     parser.add_argument("--lifetime", type=int, default=None, help="seconds before workers retire")
     parser.add_argument("--drain", action="store_true",
                         help="workers leave before the job's end (HPCBRIDGE_JOB_END), handing back what "
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     worker_options: dict = {"lifetime": f"{options.lifetime}s", "lifetime_stagger": "30s"} if options.lifetime else {}
     if options.drain:
         worker_options["preload"] = ["hpcbridge.cluster.drain"]
+    # dask-mpi's workers would serve their counts on their listening interface: on the dashboard's host
+    # instead; they serve no pages. The scheduler's dashboard lets in its owner only (the job's token).
+    worker_options.update(dashboard=False, dashboard_address=options.dashboard_address.rpartition(":")[0] + ":0")
+    import dask.config
+
+    dask.config.set({"distributed.scheduler.preload": ["hpcbridge.cluster.dashboard_gate"]})
     if options.scheduler_interface and comm.Get_rank() == 0:
         interface = options.scheduler_interface
     else:
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         client_args=(options.client_script, options.client_arg),
         scheduler_file=options.scheduler_file,
         scheduler_port=0,
-        dashboard_address=":0",
+        dashboard_address=options.dashboard_address,
         interface=interface,
         protocol=options.protocol,
         nthreads=options.nthreads,

@@ -53,7 +53,8 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
         "python": spec.python,
         "job_name": spec.job_name,
         "interface": spec.interface,
-        "scheduler_options": {"interface": spec.scheduler_interface, "dashboard_address": ":0"},
+        "scheduler_options": {"interface": spec.scheduler_interface, "dashboard_address": spec.dashboard_address},
+        "worker_extra_args": ["--no-dashboard", "--dashboard-address", spec.worker_dashboard_address],
         "job_script_prologue": prologue + list(spec.setup),
         "queue": spec.queue,
     }

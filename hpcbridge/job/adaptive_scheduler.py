@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -243,6 +244,9 @@ def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: P
     options["job_script_prologue"] = ["set -e", *options["job_script_prologue"], *settings.worker_setup]
     options["log_directory"] = str(worker_log_dir(scheduler_file))
     scheduler_options = dict(options["scheduler_options"], port=0)
+    # The dashboard lets in its owner only: a browser that brings the token the scheduler file holds.
+    os.environ.setdefault("HPCBRIDGE_DASHBOARD_TOKEN", secrets.token_urlsafe(24))
+    scheduler_options["preload"] = ["hpcbridge.cluster.dashboard_gate"]
     if settings.idle_timeout:
         scheduler_options["idle_timeout"] = settings.idle_timeout
     if spec.protocol == "tls":
@@ -256,7 +260,7 @@ def cluster_options(spec: JobSpec, settings: AdaptiveSettings, scheduler_file: P
     options["scheduler_options"] = scheduler_options
     options["job_script_prologue"] += worker_job_environment(spec)
     if spec.walltime:
-        options["worker_extra_args"] = ["--preload", "hpcbridge.cluster.drain"]
+        options["worker_extra_args"] = [*options["worker_extra_args"], "--preload", "hpcbridge.cluster.drain"]
     return options
 
 
@@ -297,7 +301,8 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
     try:
         cluster_files.publish(scheduler_file, cluster.scheduler.identity(),
                               {"job_id": job_id, "scheduler": scheduler, "cluster": secrets.token_hex(8),
-                               "adaptive": True, "tls": _certificate_paths()})
+                               "adaptive": True, "tls": _certificate_paths(),
+                               "dashboard": _dashboard(cluster.scheduler, spec.dashboard_host)})
         logger.info("hpcbridge: scheduler at %s; adapting between %d and %d worker job(s)",
                     cluster.scheduler.address, settings.minimum, settings.maximum)
         print(f"hpcbridge: scheduler file ready: {scheduler_file}", flush=True)
@@ -305,10 +310,12 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
                       interval=settings.interval, wait_count=settings.wait_count, ledger=ledger,
                       processes=spec.ntasks_per_node)
         ledger.write()
+        published = PublishedFiles(scheduler_file, _certificate_paths())
         while cluster.scheduler.status.name not in ("closing", "closed", "failed"):
             if stop.is_set():
                 reason = "the job was signalled (cancelled, or its walltime is near)"
                 break
+            published.check()
             await asyncio.sleep(0.5)
     finally:
         logger.info("hpcbridge: ending: %s; cancelling %d worker job(s)", reason, len(cluster.workers))
@@ -338,6 +345,51 @@ async def _close(cluster: Any) -> None:
             await asyncio.wait_for(cluster.scheduler.close(), timeout=10)
         except Exception as error:
             logger.info("closing the scheduler: %s", error)
+
+
+class PublishedFiles:
+    """The scheduler file and certificates this job published, which must stay while it runs.
+
+    A scratch purge that removes them leaves a cluster that no new client can attach to and that
+    new workers cannot join; :meth:`check` says so once in the job's output (where ``hpcbridge
+    status`` and ``connect`` read it), after :attr:`GRACE` seconds gone (a client's shutdown
+    removes the file too, as the scheduler stops). As the job scripts' ``check_published_files``.
+    """
+
+    GRACE = 10.0
+
+    def __init__(self, scheduler_file: Path, certificates: dict[str, str] | None) -> None:
+        self.paths = [Path(scheduler_file), *(Path(path) for path in (certificates or {}).values())]
+        self.scheduler_file = Path(scheduler_file)
+        self.gone_since: float | None = None
+        self.said = False
+
+    def check(self, now: float | None = None) -> str | None:
+        """Look once; return the warning when it is said now."""
+        now = time.monotonic() if now is None else now
+        missing = next((path for path in self.paths if not path.exists()), None)
+        if missing is None:
+            self.gone_since, self.said = None, False
+            return None
+        self.gone_since = self.gone_since if self.gone_since is not None else now
+        if self.said or now - self.gone_since < self.GRACE:
+            return None
+        self.said = True
+        what = f"the scheduler file {missing}" if missing == self.scheduler_file else f"the cluster's certificate {missing}"
+        warning = (f"hpcbridge: warning: {what} is gone while the job runs (its folder purged or deleted?): no new "
+                   "client can attach, and a worker job that starts cannot join; the cluster goes on with the clients "
+                   "and workers it has (cancel the job and start it again with --scheduler-file in a folder that "
+                   "is not purged)")
+        print(warning, file=sys.stderr, flush=True)
+        return warning
+
+
+def _dashboard(scheduler: Any, host: str) -> dict[str, Any] | None:
+    """Where the scheduler's dashboard listens, as job scripts record it: this node, the host, the port taken."""
+    port = scheduler.services.get("dashboard") if hasattr(scheduler, "services") else None
+    port = getattr(port, "port", port)
+    return {"node": socket.gethostname(), "host": host, "port": int(port),
+            "token": os.environ.get("HPCBRIDGE_DASHBOARD_TOKEN")} if port else None
 
 
 def _certificate_paths() -> dict[str, str] | None:

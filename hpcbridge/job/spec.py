@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import InitVar, dataclass
 from typing import Any
 
+from hpcbridge.addresses import is_loopback
 from hpcbridge.job.units import (
     DURATION_HELP,
     MAX_MEMORY_MIB,
@@ -36,6 +37,7 @@ PROTOCOLS = ("tcp", "tls", "ucx")
 PBS_FLAVORS = ("pbspro", "torque")
 JOB_ID_PLACEHOLDER = "{job_id}"
 DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"
+DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 # Every pattern is matched whole (re.fullmatch: "$" alone would let a trailing newline through)
 # and in ASCII (a scheduler reads no other digits or letters).
@@ -52,6 +54,9 @@ _FIELD_REFERENCE = re.compile(r"\{(\w+)\}")
 # A host as ssh takes it: [user@]name-or-address, never starting with "-" (ssh would read an option).
 _HOST = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,63}@)?[A-Za-z0-9_\[][A-Za-z0-9_.:%\[\]-]{0,252}", re.ASCII)
 _HOST_HELP = "host names or addresses such as node1, 10.0.0.5 or me@node1 (not starting with - or .)"
+# Where the dashboard listens: HOST:PORT, :PORT (every interface), [IPv6]:PORT.
+_DASHBOARD = re.compile(r"(?P<host>|[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})",
+                        re.ASCII)
 MIN_LIFETIME_MARGIN = 30
 
 
@@ -86,6 +91,12 @@ class SpecError(ValueError):
 
 TCP_WARNING = ("protocol tcp: the cluster is not encrypted, and anyone who can reach the scheduler's "
                "port can run code as you")
+
+
+DASHBOARD_WARNING = ("the dashboard listens beyond the scheduler's node, in plain HTTP: its pages (your function "
+                     "and run names, every log line) and the token that opens them cross the network unencrypted "
+                     f"(the default, {DEFAULT_DASHBOARD_ADDRESS}, is reached through the ssh tunnel hpcbridge "
+                     "dashboard JOB prints)")
 
 
 class SpecWarning(UserWarning):
@@ -133,7 +144,10 @@ class JobSpec:
     makes its own CA, certificate and key beside the scheduler file (see :mod:`hpcbridge.tls`);
     with them, all three are given and the scheduler, workers and clients share them. Workers
     stop taking work ``lifetime_margin`` before the walltime and leave cleanly instead of being
-    killed. With ``requeue`` (Slurm, scheduler-file mode) the job puts itself back in the queue
+    killed. Dask's dashboard is plain HTTP without a login and shows task names, call stacks and
+    logs: it listens on ``dashboard_address``, by default ``127.0.0.1:0`` (the scheduler's node
+    only, any free port; ``hpcbridge dashboard JOB`` prints the ssh tunnel that reaches it), and
+    the workers' own pages listen on the same host. With ``requeue`` (Slurm, scheduler-file mode) the job puts itself back in the queue
     shortly before its walltime or when preempted, and writes a new scheduler file at the same
     path when it starts again.
 
@@ -167,6 +181,7 @@ class JobSpec:
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS
     scheduler_file: str = DEFAULT_SCHEDULER_FILE
     modules: tuple[str, ...] | list[str] | str = ()
     setup: tuple[str, ...] | list[str] | str = ()
@@ -308,7 +323,25 @@ class JobSpec:
                 "minute of the job's start; give a longer {walltime} or a shorter {lifetime_margin}")))
         if self.mode != "array" and self.protocol == "tcp":
             found.append(SpecWarning("protocol", "tcp", TCP_WARNING))
+        if self.mode != "array" and not self.dashboard_loopback:
+            found.append(SpecWarning("dashboard_address", self.dashboard_address,
+                                     f"{{dashboard_address}} {self.dashboard_address}: " + DASHBOARD_WARNING))
         return found
+
+    @property
+    def dashboard_host(self) -> str:
+        """The host part of ``dashboard_address``: ``127.0.0.1``, or ``""`` for every interface."""
+        return self.dashboard_address.rpartition(":")[0]
+
+    @property
+    def dashboard_loopback(self) -> bool:
+        """True when the dashboard listens on the scheduler's node only (a loopback address)."""
+        return is_loopback(self.dashboard_host)
+
+    @property
+    def worker_dashboard_address(self) -> str:
+        """Where each worker's own pages listen: the dashboard's host, any free port."""
+        return f"{self.dashboard_host}:0"
 
     @property
     def runs_directory(self) -> str:
@@ -555,6 +588,16 @@ def _optional_path(name: str, value: object) -> str | None:
     return text if text.startswith("~/") or os.path.isabs(text) else os.path.abspath(text)
 
 
+def _dashboard_address(name: str, value: object) -> str:
+    """HOST:PORT for the dashboard to listen on; PORT 0 is any free one, an empty HOST every interface."""
+    allowed = (f"HOST:PORT such as {DEFAULT_DASHBOARD_ADDRESS} (the scheduler's node only, any free port: the "
+               "default), :8787 (every interface) or 10.0.0.5:8787; PORT from 0 (any free one) to 65535")
+    match = _DASHBOARD.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match["port"]) > 65535 or match["host"].startswith(("-", ".")):
+        raise SpecError(name, value, allowed)
+    return value
+
+
 def _python(name: str, value: object) -> str:
     """An interpreter: a command name found on PATH (python3) or a path to one, never shell syntax."""
     allowed = ("an interpreter's name such as python3 or its path such as ~/venv/bin/python or /opt/py/bin/python "
@@ -615,6 +658,7 @@ _CHECKS = {
     "tls_ca_file": _optional_path,
     "tls_cert": _optional_path,
     "tls_key": _optional_path,
+    "dashboard_address": _dashboard_address,
     "scheduler_file": _scheduler_file,
     "modules": _lines(_pattern(_MODULE, "module names such as gcc/12.2 or python/3.11 (letters, digits and "
                                         "_ . + / @ : -, no .. step)", optional=False)),

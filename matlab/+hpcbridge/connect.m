@@ -7,7 +7,9 @@ function cluster = connect(schedulerFile, varargin)
 %                 hpcbridge function (a plain char vector, never a Python object)
 %     workers   - workers connected now
 %     threads   - their threads in all
-%     dashboard - the address of Dask's dashboard
+%     dashboard - how to open Dask's dashboard: its URL (with the job's
+%                 token), or, for a dashboard on a compute node, that URL
+%                 and the ssh tunnel to run first (hpcbridge dashboard JOB)
 %
 %   CLUSTER = hpcbridge.connect(SCHEDULERFILE, 'Workers', N, 'Timeout', T)
 %   waits for N workers, T seconds in all (default 300).

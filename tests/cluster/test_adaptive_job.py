@@ -25,6 +25,7 @@ from click.testing import CliRunner
 import hpcbridge
 from hpcbridge.cli import main as cli
 from hpcbridge.job import adaptive
+from hpcbridge.scheduler_file import read as read_scheduler_file
 from hpcbridge.job import submit as jobs
 from hpcbridge.job.spec import JobSpec, SpecError
 from tests.conftest import wait_for
@@ -255,6 +256,14 @@ def test_an_adaptive_cluster_speaks_tls_with_the_jobs_certificates(slurm_cluster
         with hpcbridge.connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
             assert bridge.gather(bridge.map(abs, range(-3, 0), progress=False)) == [3, 2, 1]
             assert all(w.startswith("tls://") for w in bridge.client.scheduler_info(n_workers=-1)["workers"])
+            # The dashboard on the node's 127.0.0.1 (this machine's, on one node) opens with the token only.
+            board = read_scheduler_file(job.scheduler_file).dashboard
+            assert board.host == "127.0.0.1" and board.token
+            curl = ["curl", "-s", "-L", "-b", "", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}"]
+            assert subprocess.run([*curl, f"http://127.0.0.1:{board.port}/status"], capture_output=True, text=True,
+                                  timeout=30).stdout == "403"
+            assert subprocess.run([*curl, f"http://127.0.0.1:{board.port}/status?token={board.token}"],
+                                  capture_output=True, text=True, timeout=30).stdout == "200"
             bridge.shutdown()
     assert wait_for(lambda: not _queue(slurm_cluster, "hpcb-tls"), timeout=60), _queue(slurm_cluster, "hpcb-tls")
     assert made.key.exists()  # certificates given in the spec are the user's: kept

@@ -9,6 +9,7 @@ the module.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +105,23 @@ def test_a_broken_file_is_reported_as_broken_and_left_alone(slurm_cluster_3nodes
     assert broken.exists()
 
 
+def test_a_purged_folder_is_said_by_the_job_status_and_connect(slurm_cluster_3nodes, submitted, tmp_path) -> None:
+    """A scratch purge removes the scheduler file's folder while the job runs: the job's output and
+    ``hpcbridge status`` say so, and ``connect JOB`` says it at once instead of "may still be queued"."""
+    job = jobs.submit(spec_for(slurm_cluster_3nodes, tmp_path / "scratch" / "{job_id}" / "scheduler.json"))
+    submitted.append(job)
+    with connect(job=job, n_workers=1, timeout=120):
+        pass
+    shutil.rmtree(Path(job.scheduler_file).parent)
+    attached = cli("connect", job.job_id, "--scheduler", "slurm", "--timeout", "300")  # 120 s at most (cli's bound)
+    assert attached.returncode == 1 and f"job {job.job_id} is RUNNING" in attached.stderr, attached.stderr
+    assert "gone" in attached.stderr and "queued" not in attached.stderr, attached.stderr
+    assert wait_for(lambda: "gone while the job runs" in Path(job.status().log).read_text(), timeout=60)
+    shown = cli("status", job.job_id, "--scheduler", "slurm")
+    assert f"{job.job_id}: RUNNING" in shown.stdout, shown.stdout
+    assert f"  warning: the scheduler file {job.scheduler_file} is gone while the job runs" in shown.stdout, shown.stdout
+
+
 def test_a_node_failure_is_said_in_slurms_words(slurm_cluster_3nodes, submitted, tmp_path) -> None:
     cluster = slurm_cluster_3nodes
     job = jobs.submit(spec_for(cluster, tmp_path / "{job_id}" / "scheduler.json", nodes=2))
@@ -133,11 +151,17 @@ def test_a_node_failure_is_said_in_slurms_words(slurm_cluster_3nodes, submitted,
         bridge.client.close(timeout=5)
         subprocess.run(["ip", "link", "set", veth, "up"], check=True, timeout=30)
         cluster.run("scontrol", "update", f"nodename={worker_node}", "state=resume")
+    # Started again at once (not 2 min after the requeue), then cancelled while it runs.
+    cluster.run("scontrol", "update", f"jobid={job.job_id}", "StartTime=now")
+    assert wait_for(lambda: job.status().state == "RUNNING" and Path(job.scheduler_file).exists(), timeout=90), \
+        job.status()
     ended = cli("cancel", job.job_id, "--scheduler", "slurm")
     assert ended.returncode == 0 and ended.stdout.strip() == f"cancelled {job.job_id}"
     assert wait_for(lambda: job.status().finished, timeout=60)
     again = cli("cancel", job.job_id, "--scheduler", "slurm")
     assert again.returncode == 0 and again.stdout.startswith(f"job {job.job_id} had already ended: CANCELLED")
+    assert "then cancelled while running, after 1 restart" in again.stdout and "pending" not in again.stdout, \
+        again.stdout
 
 
 def _expand(node_list: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import operator
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,15 @@ def test_dask_mpi_job_without_client_serves_an_outside_client_across_nodes(
         assert worker_hosts == sorted(cluster.node_addresses[1:])
         assert set(bridge.client.nthreads().values()) == {2}
         assert bridge.gather(bridge.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        # The dashboard: on node1's 127.0.0.1, for a browser that brings the job's token only.
+        board = published.dashboard
+        assert (board.node, board.host) == ("node1", "127.0.0.1") and board.token
+        on_node1 = ["nsenter", f"--net=/run/netns/{cluster.netns[0]}", "curl", "-s", "-L", "-b", "", "-m", "10",
+                    "-o", "/dev/null", "-w", "%{http_code}"]
+        assert subprocess.run([*on_node1, f"http://127.0.0.1:{board.port}/status"], capture_output=True, text=True,
+                              timeout=30).stdout == "403"
+        assert subprocess.run([*on_node1, f"http://127.0.0.1:{board.port}/status?token={board.token}"],
+                              capture_output=True, text=True, timeout=30).stdout == "200"
         bridge.shutdown()
     _finish(job)
 

@@ -1,9 +1,10 @@
 """``--scheduler ssh --hostfile``: workers started over real ssh on two hosts (sshd in the nodes' namespaces).
 
-The harness's two-node network (no Slurm job is used) gives two namespaces with ``ib0``
-addresses; an sshd runs in each (tests/cluster/sshd.py). The job's script and scheduler run on
-the host, listening on the bridge the namespaces reach; the workers run inside the namespaces,
-started by ``ssh -F <the test's config>`` with the test's own keys.
+The harness's two-node network gives two namespaces with ``ib0`` addresses; an sshd runs in each
+(tests/cluster/sshd.py). The ssh scheduler's script and scheduler run on the host, listening on
+the bridge the namespaces reach; the workers run inside the namespaces, started by ``ssh -F <the
+test's config>`` with the test's own keys. A Slurm job on the same nodes shows the dashboard's
+ssh tunnel: its owner reaches the dashboard through the node's sshd, another user reaches nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hpcbridge.job.spec import JobSpec
 from tests.cluster.conftest import SlurmCluster, running_cluster
 from tests.cluster.sshd import SSHHosts, command_line, netns_inode, process_netns_inode, running_sshd
 from tests.conftest import job_processes, wait_for
+from tests.test_security import other_user  # noqa: F401  (a second Unix user for the module, removed after it)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +125,56 @@ def test_a_host_that_refuses_ssh_fails_the_job_at_once_with_its_name(two_hosts, 
     status = cli("status", job.job_id).stdout
     assert f"the job said: the check on host {cluster.host_address} failed" in status and "refused" in status, status
     assert not job_processes(job.job_id)
+
+
+def test_the_dashboard_reaches_its_owner_through_ssh_and_nobody_else(two_hosts, batch_jobs, other_user, tmp_path,
+                                                                      monkeypatch) -> None:  # noqa: F811
+    cluster, hosts = two_hosts
+    monkeypatch.chdir(tmp_path)  # sbatch writes the job's output here
+    job = jobs.submit(JobSpec(scheduler="slurm", interface="ib0", python=sys.executable, walltime="10m",
+                              mem_per_cpu="400M", scheduler_file=str(tmp_path / "{job_id}" / "scheduler.json")))
+    batch_jobs.append(job)
+    with connect(job=job, n_workers=1, timeout=120) as bridge:
+        worker_pages = [(address.split("://")[1].rsplit(":", 1)[0], worker["services"]["dashboard"])
+                        for address, worker in bridge.client.scheduler_info(n_workers=-1)["workers"].items()]
+        link = bridge.dashboard_link
+    said = cli("dashboard", job.job_id, "--scheduler", "slurm", "--login-host", "", "--json")
+    assert said.returncode == 0, said.stderr
+    shown = json.loads(said.stdout)
+    node, port = shown["node"], shown["port"]
+    address = cluster.node_addresses[cluster.nodes.index(node)]
+    assert shown["host"] == "127.0.0.1" and shown["tunnel"] == ["ssh", "-N", "-L", f"{port}:127.0.0.1:{port}",
+                                                                f"root@{node}"], shown
+    assert link.startswith(f"{shown['url']} through an ssh tunnel to {node}") and "?token=" in link, link
+
+    # Another user gets nothing: not the dashboard on the node's address, not a worker's pages.
+    for host, page in [(address, port), *worker_pages]:
+        tried = subprocess.run(["runuser", "-u", other_user, "--", "curl", "-s", "-m", "5", "-o", "/dev/null",
+                                "-w", "%{http_code}", f"http://{host}:{page}/status"],
+                               capture_output=True, text=True, timeout=30, cwd="/tmp")
+        assert tried.stdout == "000" and tried.returncode == 7, (host, page, tried)  # 7: could not connect
+    # Nor from a process of theirs on the scheduler's node (a shared node), where 127.0.0.1 is reached.
+    namespace = cluster.netns[cluster.nodes.index(node)]
+    on_node = subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "runuser", "-u", other_user, "--", "curl",
+                              "-s", "-m", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/status"],
+                             capture_output=True, text=True, timeout=30, cwd="/tmp")
+    assert on_node.stdout.endswith("\n403") and "bokeh" not in on_node.stdout.lower(), on_node
+
+    # The owner's tunnel, as printed (ssh -F: the test's keys, and node names as the nodes' addresses).
+    config = tmp_path / "ssh_config"
+    config.write_text("".join(f"Host {name}\n    HostName {ip}\n" for name, ip in zip(cluster.nodes, cluster.node_addresses))
+                      + hosts.config.read_text())
+    tunnel = subprocess.Popen([shown["tunnel"][0], "-F", str(config), "-o", "ExitOnForwardFailure=yes",
+                               *shown["tunnel"][1:]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        def page() -> str | None:
+            done = subprocess.run(["curl", "-s", "-L", "-b", "", "-m", "10", shown["url"]], capture_output=True,
+                                  text=True, timeout=30)  # as a browser: the cookie the token gives, kept
+            return done.stdout if done.returncode == 0 and done.stdout else None
+
+        assert wait_for(page, timeout=30), tunnel.stderr.read().decode() if tunnel.poll() is not None else "no page"
+        assert "bokeh" in page().lower() and "needs bokeh" not in page().lower()
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=15)
