@@ -7,11 +7,13 @@ process of a local job starts), no task reaches the cluster.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from hpcbridge.cli import main
 from hpcbridge.client import matlab
 from hpcbridge.client.arguments import ArgumentError
 from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.cluster.broadcasts import Broadcast
 from hpcbridge.job.spec import JobSpec, SpecError
 from tests.conftest import module_local_job
 from tests.scheduler_probes import task_and_client_counts
@@ -290,13 +293,26 @@ def test_jobspec_refuses_bad_keywords_naming_them(values: dict, field: str | Non
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One local job with one worker for the module; its scheduler file's path."""
     with module_local_job(tmp_path_factory, workers=1) as job:
-        yield job.scheduler_file
+        try:
+            yield job.scheduler_file
+        finally:
+            matlab.close(job.scheduler_file)
 
 
 @pytest.fixture(scope="module")
 def bridge(cluster: str) -> Iterator[Bridge]:
     with connect(cluster, n_workers=1, timeout=120) as attached:
         yield attached
+
+
+LOCK = threading.Lock()  # an object pickle cannot send to a worker
+ENDLESS = itertools.count()  # items without end
+NEVER_SENT = Broadcast.named("never-broadcast")  # a handle of a broadcast the cluster does not hold
+
+
+def holds_a_lock(x: int, lock: object = LOCK) -> int:
+    """A function that cannot travel: it is shipped by value, and its default is a lock."""
+    return x
 
 
 # (what to call, given the bridge and the cluster's scheduler file; the argument named; the value as given)
@@ -334,6 +350,17 @@ API_CASES = [
     (lambda b, f: b.gather([], stack="x"), "stack", "x"),
     (lambda b, f: b.results(None), "name", None),
     (lambda b, f: b.results(""), "name", ""),
+    (lambda b, f: connect(f, run_directory=123), "run_directory", 123),
+    (lambda b, f: b.map("operator:neg", [1], save="no"), "save", "no"),
+    (lambda b, f: b.map("operator:neg", [1], name="../x"), "name", "../x"),
+    (lambda b, f: b.map("operator:neg", ENDLESS), "items", ENDLESS),
+    (lambda b, f: b.map(abs, [1, LOCK, 3]), "items[1]", LOCK),
+    (lambda b, f: b.map(holds_a_lock, [1, 2]), "fn", holds_a_lock),
+    (lambda b, f: b.map(max, [1, 2], args=(0, LOCK)), "args[1]", LOCK),
+    (lambda b, f: b.map(max, [1, 2], args=(NEVER_SENT,)), "args[0]", NEVER_SENT),
+    (lambda b, f: b.gather(["not a future"]), "run", ["not a future"]),
+    (lambda b, f: b.release(None), "handle", None),
+    (lambda b, f: b.release(123), "handle", 123),
     # MATLAB's entry points, with the types MATLAB passes (numbers are doubles)
     (lambda b, f: matlab.connect("", 1.0, 60.0), "scheduler_file", ""),
     (lambda b, f: matlab.connect(3.0, 1.0, 60.0), "scheduler_file", 3.0),
@@ -356,22 +383,51 @@ API_CASES = [
     (lambda b, f: matlab.broadcast(f, (1.0, 2.0), 5.0), "name", 5.0),
     (lambda b, f: matlab.runs(3.0), "cluster", 3.0),
     (lambda b, f: matlab.release("~bob/scheduler.json", "x"), "cluster", "~bob/scheduler.json"),
+    (lambda b, f: matlab.release(f, 123.0), "handle", 123.0),
+    (lambda b, f: matlab.map(f, "operator:neg", (1.0,), ("nope",), "", False, 0.0), "broadcasts", "nope"),
+    (lambda b, f: matlab.map(f, "operator:neg", (1.0,), (), "../x", False, 0.0), "name", "../x"),
+    (lambda b, f: matlab.map(f, "operator:neg", (1.0,), (), "", False, 0.0, "no"), "save", "no"),
 ]
+
+
+def run_folders(bridge: Bridge) -> list[str]:
+    """The run folders under the bridge's run directory (none when it does not exist yet)."""
+    root = bridge.run_root
+    return sorted(os.listdir(root)) if root and os.path.isdir(root) else []
 
 
 @pytest.mark.parametrize(("call", "argument", "value"), API_CASES, ids=[f"{i}:{c[1]}" for i, c in enumerate(API_CASES)])
 def test_connect_map_broadcast_gather_refuse_bad_arguments(call, argument: str, value: object, bridge: Bridge,
                                                            cluster: str) -> None:
+    matlab.connect(cluster, 1.0, 60.0)  # MATLAB's own client, attached before counting clients
     before = bridge.client.run_on_scheduler(task_and_client_counts)
+    folders = run_folders(bridge)
     with pytest.raises(ArgumentError) as caught:
         call(bridge, cluster)
     error = caught.value
     assert error.argument == argument
     assert error.value is value or error.value == value
-    message = str(error)
-    assert "\n" not in message and message.startswith(f"{argument}: {value!r} is not allowed; expected ")
+    message, shown = str(error), repr(value)
+    shown = shown if len(shown) <= 80 else shown[:75] + " ...>"  # a long value is cut short
+    assert "\n" not in message and message.startswith(f"{argument}: {shown} is not allowed; expected ")
     assert bridge.client.run_on_scheduler(task_and_client_counts) == before  # no task, no new client
     assert bridge.runs() == [] and bridge.broadcasts() == []
+    assert run_folders(bridge) == folders  # no run folder either
+
+
+def test_an_endless_generator_is_refused_once_it_passes_the_bound_and_a_finite_one_is_mapped(
+        bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcbridge.client import arguments
+
+    monkeypatch.setattr(arguments, "MAX_UNSIZED_ITEMS", 1000)
+    before = bridge.client.run_on_scheduler(task_and_client_counts)
+    endless = (x for x in itertools.count())  # a generator has no length: it is read, up to the bound
+    with pytest.raises(ArgumentError, match=r"^items: <generator object .* expected a bounded iterable: .*"
+                                            r"gave more than 1,000 items without a length"):
+        bridge.map(abs, endless, progress=False)
+    assert next(endless) == 1001  # read no further than the bound
+    assert bridge.client.run_on_scheduler(task_and_client_counts) == before and bridge.runs() == []
+    assert bridge.gather(bridge.map(abs, (-x for x in range(1000)), progress=False), progress=False) == list(range(1000))
 
 
 def test_the_table_holds_at_least_sixty_bad_inputs() -> None:

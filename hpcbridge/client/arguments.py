@@ -7,12 +7,20 @@ counts it was typed as ``4`` as the float ``4.0``, so counts accept whole floats
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
+import pickle
+from collections.abc import Sequence
 from typing import Any
 
+import cloudpickle
+
 _MAX_REPR = 80
+# Items read from an iterable without a length (a generator, an iterator) before it is taken for
+# endless: a list of ten million small items is about 80 MB of pointers plus the items.
+MAX_UNSIZED_ITEMS = 10_000_000
 
 
 class ArgumentError(TypeError, ValueError):
@@ -88,6 +96,28 @@ def name(argument: str, value: Any, empty_is_none: bool = False) -> str | None:
     return value
 
 
+def run_name(argument: str, value: Any, empty_is_none: bool = False) -> str | None:
+    """A run's name: as :func:`name`, and usable as a folder's name (the run directory's), so no ``/``,
+    ``.`` or ``..``."""
+    checked = name(argument, value, empty_is_none)
+    if checked is not None and ("/" in checked or checked.strip() in (".", "..")):
+        raise ArgumentError(argument, value, "None or a run name without '/' that is not '.' or '..' (it names "
+                            "the run's folder), e.g. 'spectra-2'")
+    return checked
+
+
+def directory(argument: str, value: Any) -> str | None:
+    """None, or a folder's path: non-empty text on one line (a str or os.PathLike)."""
+    if value is None:
+        return None
+    text = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(text, str) or not text.strip() or not text.isprintable():
+        raise ArgumentError(argument, value, "None or a folder's path (a str or os.PathLike), e.g. /scratch/me/runs")
+    if text.startswith("~") and not text.startswith("~/") and text != "~":
+        raise ArgumentError(argument, value, "a path in your own home (~/...), not another user's")
+    return text
+
+
 def flag(argument: str, value: Any) -> bool:
     """True or False (MATLAB's logical arrives as bool; 0 and 1 count too)."""
     if isinstance(value, bool):
@@ -112,3 +142,75 @@ def items(argument: str, value: Any) -> Any:
         raise ArgumentError(argument, value, "an iterable of items (a list, tuple, range or array), not "
                             f"{'text' if isinstance(value, (str, bytes)) else type(value).__name__}")
     return value
+
+
+def bounded_items(argument: str, value: Any, limit: int | None = None) -> Sequence[Any]:
+    """The items of an iterable as a sequence: a list, tuple or range as it is, anything else read into a list.
+
+    An iterable without a length is read up to ``limit`` items (default :data:`MAX_UNSIZED_ITEMS`);
+    one that gives more, or is known to have no end (``itertools.count``, ``cycle``, ``repeat``
+    without a count), is refused rather than read until memory runs out.
+    """
+    limit = MAX_UNSIZED_ITEMS if limit is None else limit
+    bounded = "a bounded iterable: a list, tuple, range or array, or itertools.islice(items, n) for the first n"
+    if isinstance(value, (itertools.count, itertools.cycle)) or _endless_repeat(value):
+        raise ArgumentError(argument, value, f"{bounded} (this one never ends)")
+    if isinstance(value, (list, tuple, range)):
+        return value
+    if hasattr(value, "__len__"):
+        return list(value)
+    read = list(itertools.islice(value, limit + 1))
+    if len(read) > limit:
+        raise ArgumentError(argument, value, f"{bounded} (this one gave more than {limit:,} items without a "
+                            "length; endless?)")
+    return read
+
+
+def _endless_repeat(value: Any) -> bool:
+    if not isinstance(value, itertools.repeat):
+        return False
+    try:
+        value.__length_hint__()
+    except TypeError:  # repeat(x) without times: "len() of unsized object"
+        return True
+    return False
+
+
+def picklable(argument: str, value: Any, given: Any = None) -> None:
+    """Refuse what cannot travel to the workers: what neither pickle nor cloudpickle can serialise.
+
+    ``given``: the value as the user gave it, when ``value`` wraps it (a function shipped by value).
+    Arrays are not copied to find out (their buffers are only looked at, as distributed sends them).
+    """
+    error = _pickle_error(value)
+    if error is not None:
+        raise ArgumentError(argument, value if given is None else given, "a value that can be pickled, to be "
+                            f"sent to the workers (this one cannot: {error})")
+
+
+def picklable_items(argument: str, items: Sequence[Any]) -> None:
+    """:func:`picklable` for every item; names the first item that cannot travel, as ``items[i]``."""
+    if _pickle_error(items) is None:
+        return
+    for index, item in enumerate(items):
+        error = _pickle_error(item)
+        if error is not None:
+            raise ArgumentError(f"{argument}[{index}]", item, "a value that can be pickled, to be sent to the "
+                                f"workers (this one cannot: {error})")
+    picklable(argument, items)  # each item alone travels, all together do not
+
+
+def _pickle_error(value: Any) -> str | None:
+    """Why ``value`` cannot be pickled (as distributed tries: pickle, then cloudpickle), or None."""
+    failure: Exception | None = None
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        try:
+            dumps(value, protocol=5, buffer_callback=_drop)
+            return None
+        except Exception as error:  # noqa: BLE001 -- whatever it is, it is the reason
+            failure = error
+    return f"{type(failure).__name__}: {failure}"
+
+
+def _drop(buffer: pickle.PickleBuffer) -> bool:
+    return False  # looked at, not copied: an array's data goes out of band

@@ -87,6 +87,7 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
     scheduler_file = arguments.scheduler_file("scheduler_file", scheduler_file)
     n_workers = arguments.count("n_workers", n_workers)
     timeout = arguments.seconds("timeout", timeout)
+    run_directory = arguments.directory("run_directory", run_directory)
     deadline = time.monotonic() + timeout
     info = wait_for_scheduler_file(scheduler_file, timeout, job=job)
     if job is None and info.describes_job:
@@ -103,8 +104,8 @@ def connect(scheduler_file: str | os.PathLike[str] | None = None, n_workers: int
             hint = " (a scheduler that speaks only TLS closes a plain TCP connection at once)"
         raise ConnectError(f"the scheduler at {info.address} (from {info.path}) refused the connection{hint}: "
                            f"{error}") from None
-    bridge = Bridge(client, job=job, scheduler_file=info.path, run_directory=run_directory)
     try:
+        bridge = Bridge(client, job=job, scheduler_file=info.path, run_directory=run_directory)
         bridge.wait_for_workers(n_workers, timeout=max(0.0, deadline - time.monotonic()))
     except BaseException:
         client.close()
@@ -448,13 +449,16 @@ class Bridge:
         fn = arguments.function("fn", fn)
         if iterables and not isinstance(iterables[0], Broadcast):
             arguments.items("items", iterables[0])
-        name = arguments.name("name", name)
+        name = arguments.run_name("name", name)
         stack = arguments.flag("stack", stack)
         chunk_size = None if chunk_size is None else arguments.count("chunk_size", chunk_size, minimum=1)
         progress = arguments.flag("progress", progress)
+        save = arguments.flag("save", save)
         items, function = _zipped(fn, iterables)
         extra = _extra_arguments(args)
+        _check_travels(fn, function, items, extra)  # before the name is claimed or a folder made
         client = self._cluster()
+        _check_broadcasts_held(client, extra)
         if progress and not self.dashboard_shown:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
             self.dashboard_shown = True
@@ -477,8 +481,10 @@ class Bridge:
         """
         stack = arguments.flag("stack", stack)
         timeout = arguments.seconds("timeout", timeout, none=True)
-        if not isinstance(run, (Run, str, list, tuple)):
-            raise arguments.ArgumentError("run", run, "a Run from map, a run's name, or a list of futures")
+        if not isinstance(run, (Run, str, list, tuple)) or (
+                isinstance(run, (list, tuple)) and not all(isinstance(future, Future) for future in run)):
+            raise arguments.ArgumentError("run", run, "a Run from map, a run's name, or a list of futures (from "
+                                          "Bridge.submit)")
         if isinstance(run, str):
             run = self._find_run(run)
         if not isinstance(run, Run):
@@ -557,6 +563,10 @@ class Bridge:
         (released before, a run already collected by :meth:`gather`, or a name it never had) is
         no error: a warning says so, naming what the cluster does hold, and False is returned.
         """
+        if not isinstance(handle, (Run, Broadcast, str)) or (isinstance(handle, str)
+                                                             and arguments.name("handle", handle) is None):
+            raise arguments.ArgumentError("handle", handle, "a Run or a Broadcast, or the name of a run or broadcast "
+                                          "(Bridge.runs() and Bridge.broadcasts() list them)")
         client = self._cluster()
         held = client.list_datasets()
         if isinstance(handle, Run):
@@ -662,6 +672,27 @@ def _zipped(fn: Callable[..., Any] | str, iterables: Sequence[Iterable[Any]]) ->
     return list(zip(*sequences)), functions.SpreadItems(function)
 
 
+def _check_travels(fn: Any, function: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any]) -> None:
+    """Refuse a function, an extra argument or an item that cannot be sent to the workers, by name."""
+    arguments.picklable("fn", function, given=fn)
+    for position, argument in enumerate(extra):
+        if not isinstance(argument, Broadcast):
+            arguments.picklable(f"args[{position}]", argument)
+    arguments.picklable_items("items", items)
+
+
+def _check_broadcasts_held(client: Client, extra: Sequence[Any]) -> None:
+    """Refuse a broadcast handle the cluster does not hold (released, or never sent there)."""
+    handles = [(position, a) for position, a in enumerate(extra) if isinstance(a, Broadcast)]
+    if not handles:
+        return
+    held = broadcasts.names(client)
+    for position, handle in handles:
+        if handle.name not in held:
+            raise arguments.ArgumentError(f"args[{position}]", handle, "a handle of a broadcast this cluster holds "
+                                          f"(it holds {sorted(held) or 'none'}); broadcast it first")
+
+
 def _extra_arguments(args: Sequence[Any] | Broadcast) -> tuple[Any, ...]:
     if isinstance(args, Broadcast):
         return (args,)
@@ -681,4 +712,4 @@ def _as_sequence(items: Iterable[Any]) -> Sequence[Any]:
             return items  # slices stay arrays: one buffer per chunk, not one object per item
     except ImportError:
         pass
-    return list(items)
+    return arguments.bounded_items("items", items)  # a generator is read, an endless one refused

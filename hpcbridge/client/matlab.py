@@ -146,9 +146,15 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise arguments.ArgumentError("broadcasts", broadcasts, "a broadcast's name or a cell array of names")
     handles = [Broadcast.named(n) for n in names if n]
-    name, stack = arguments.name("name", name, empty_is_none=True), arguments.flag("stack", stack)
+    name, stack = arguments.run_name("name", name, empty_is_none=True), arguments.flag("stack", stack)
+    save = arguments.flag("save", save)
     chunks = _count(chunk_size, "chunk_size") or None
     bridge = _bridge(cluster)
+    held = bridge.broadcasts() if handles else []
+    for handle in handles:
+        if handle.name not in held:  # refused now, not on the thread that submits: gather would say it
+            raise arguments.ArgumentError("broadcasts", handle.name, "names of broadcasts this cluster holds "
+                                          f"({', '.join(sorted(held)) or 'none'}), as hpcbridge.broadcast returned them")
     name = name or new_run_name()
     if name in bridge.client.list_datasets() or (_cluster_id(cluster), name) in _SUBMITTING:
         raise KeyError(f"a run named {name!r} already exists on this cluster; gather or release it first, "
@@ -156,6 +162,7 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     from hpcbridge import functions
 
     resolved = functions.resolve(function)  # a bad name fails here, not on the thread
+    arguments.picklable("function", resolved, given=function)
 
     def start() -> None:
         bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks,
@@ -250,10 +257,14 @@ def broadcasts(cluster: str) -> list[str]:
     return _bridge(cluster).broadcasts()
 
 
-def release(cluster: str, name: str) -> None:
-    """Free a run's results or a broadcast's copies on the cluster."""
-    _submitted(cluster, name)
-    _bridge(cluster).release(name)
+def release(cluster: str, handle: str) -> None:
+    """Free a run's results or a broadcast's copies on the cluster (``handle``: the run's or broadcast's name)."""
+    _cluster_id(cluster)
+    if not isinstance(handle, str) or arguments.name("handle", handle) is None:
+        raise arguments.ArgumentError("handle", handle, "the name of a run or of a broadcast (a char vector or "
+                                      "string), or a broadcast's handle")
+    _submitted(cluster, handle)
+    _bridge(cluster).release(handle)
 
 
 def close(cluster: str) -> None:
