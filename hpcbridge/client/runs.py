@@ -13,8 +13,11 @@ computes only what no chunk file holds.
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +33,9 @@ RUN_MARKER = "hpcbridge-run"
 
 
 CLAIM = "starting"  # a published record with this key is a name taken by a run that is being started
+# How long a start that was interrupted (Ctrl-C) or failed waits for the chunks it had sent that are
+# already running (Dask cannot stop a task while it runs) before it says so and returns.
+ABANDON_WAIT_SECONDS = 30.0
 
 
 class ItemError(Exception):
@@ -161,40 +167,44 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
     threads, workers = max(1, sum(nthreads.values())), max(1, len(nthreads))
     extra = tuple(extra)
     directory = RunDirectory.under(root, name) if root else None
+    made = directory is not None and not os.path.exists(directory.path)  # removed again if this start fails
     run = Run(name, n, [], [], getattr(fn, "__qualname__", repr(fn)), directory.path if directory else None)
     manifest: dict[str, Any] = {}
     saved: list[tuple[int, int]] = []
     identity = function_identity(fn)
-    if directory is not None:
-        digest = items_digest(items, [a for a in extra if not isinstance(a, broadcasts.Broadcast)])
-        manifest = directory.manifest()
-        if manifest:
-            _check_same_run(name, directory, manifest, identity, digest, n)
-            saved = [bounds for bounds in directory.saved() if bounds[1] <= n]
-        else:
-            manifest = {"name": name, "function": identity, "items_digest": digest, "n_items": n,
-                        "stack": stack, "created": stamp(), "bounds": None, "seconds_per_item": None}
-            directory.create(manifest)
-    resumed = bool(manifest.get("created")) and bool(saved or manifest.get("bounds"))
-    per_item = float(manifest.get("seconds_per_item") or 0.0)
-    run.estimate_key = estimate_key(identity, items)
-    remembered = remembered_estimate(client, run.estimate_key)
+    sent = [0]  # chunks whose sending began: one interrupted inside client.map may have left without futures here
+    per_item = 0.0
 
     def submit(chunks: list[tuple[int, int]]) -> list[Future]:
         """Submit ``chunks`` as one graph: one message, one update on the scheduler. One ``client.submit``
         each cost the scheduler an update per chunk (263 chunks at 256 threads: ~1 s before the map returned)."""
         if not chunks:
             return []
-        first = len(run.futures)
         tasks = [ChunkTask(name, fn, items[low:high], low, stack, directory, per_item * (high - low))
                  for low, high in chunks]
+        first = sent[0]
         keys = [f"{name}-{start_id}-{first + i}" for i in range(len(tasks))]
+        sent[0] += len(tasks)  # counted before sending: Ctrl-C inside client.map can land after the graph left
         futures = client.map(run_chunk, tasks, *([value] * len(tasks) for value in extra), key=keys, pure=False)
         run.bounds.extend(chunks)
         run.futures.extend(futures)
         return futures
 
     try:
+        if directory is not None:
+            digest = items_digest(items, [a for a in extra if not isinstance(a, broadcasts.Broadcast)])
+            manifest = directory.manifest()
+            if manifest:
+                _check_same_run(name, directory, manifest, identity, digest, n)
+                saved = [bounds for bounds in directory.saved() if bounds[1] <= n]
+            else:
+                manifest = {"name": name, "function": identity, "items_digest": digest, "n_items": n,
+                            "stack": stack, "created": stamp(), "bounds": None, "seconds_per_item": None}
+                directory.create(manifest)
+        resumed = bool(manifest.get("created")) and bool(saved or manifest.get("bounds"))
+        per_item = float(manifest.get("seconds_per_item") or 0.0)
+        run.estimate_key = estimate_key(identity, items)
+        remembered = remembered_estimate(client, run.estimate_key)
         if resumed:
             for bounds in saved:
                 run.bounds.append(bounds)
@@ -213,10 +223,69 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
             directory.write_manifest({**manifest, "bounds": run.bounds,
                                       "seconds_per_item": per_item or manifest.get("seconds_per_item")})
         client.publish_dataset(run.record(), name=name, override=True)  # replaces this start's claim
-    except BaseException:
-        client.cancel([f for f in run.futures if f is not None])
+    except BaseException:  # an error, or Ctrl-C (KeyboardInterrupt) anywhere in here
+        _abandon(client, name, start_id, sent[0], directory if made else None)
         raise
     return run
+
+
+def _abandon(client: Client, name: str, start_id: str, sent: int, made: RunDirectory | None) -> None:
+    """Undo a start that failed or was interrupted: cancel every task it sent, wait (up to
+    :data:`ABANDON_WAIT_SECONDS`) until no worker runs one any more, and remove the run folder it made.
+
+    Tasks are cancelled by key, not by future: Ctrl-C inside ``client.submit`` can land after the
+    task was sent and before its future was kept. The cancel travels on the client's message stream
+    behind the tasks it sent, so the scheduler never runs one after it. A chunk that was already
+    running goes on until it ends (Dask cannot stop a running task); its result is dropped, and the
+    folder is removed once it has ended, so it saves nothing there.
+    """
+    prefix = f"{name}-{start_id}-"
+    try:
+        if sent:
+            client.cancel([Future(f"{prefix}{index}", client) for index in range(sent)], force=True)
+            left = _wait_until_gone(client, prefix, ABANDON_WAIT_SECONDS)
+            if left:
+                warnings.warn(f"run {name!r} was stopped, but chunks of it still run on {', '.join(sorted(left))} "
+                              f"after {ABANDON_WAIT_SECONDS:g} s (Dask cannot stop a task while it runs): their "
+                              "results will be dropped when they end", stacklevel=4)
+    finally:
+        if made is not None:
+            _remove_folder(made.path)
+
+
+def _wait_until_gone(client: Client, prefix: str, timeout: float) -> list[str]:
+    """Wait until neither the scheduler nor a worker holds a task whose key starts with ``prefix``;
+    return the workers that still hold one after ``timeout`` seconds (none: all gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            holding = sorted(worker for worker, keys in client.run(_worker_keys, prefix).items() if keys)
+            if not holding and not client.run_on_scheduler(_scheduler_keys, prefix):
+                return []
+        except OSError:  # the cluster went away: nothing of this start runs there any more
+            return []
+        if time.monotonic() >= deadline:
+            return holding
+        time.sleep(0.05)
+
+
+def _scheduler_keys(prefix: str, dask_scheduler: Any = None) -> list[str]:
+    return [str(key) for key in dask_scheduler.tasks if str(key).startswith(prefix)]
+
+
+def _worker_keys(prefix: str, dask_worker: Any = None) -> list[str]:
+    """The worker's tasks whose key starts with ``prefix``, queued, running, or cancelled while running."""
+    return [str(key) for key in dask_worker.state.tasks if str(key).startswith(prefix)]
+
+
+def _remove_folder(path: str, attempts: int = 5) -> None:
+    """Remove ``path`` and what is in it; a worker writing a chunk there at that moment (its temporary
+    file appearing while the folder is emptied) is met by trying again."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            return
+        time.sleep(0.05)
 
 
 def _claim(client: Client, name: str) -> str:
@@ -237,10 +306,13 @@ def _claim(client: Client, name: str) -> str:
 
 
 def _unclaim(client: Client, name: str, start_id: str) -> None:
-    """Give ``name`` back after a start that failed, unless it no longer holds this start's claim."""
+    """Give ``name`` back after a start that failed, unless it no longer holds this start's claim or run
+    (interrupted just after publishing it, the record is this start's run)."""
     try:
         record = client.get_dataset(name)
-        if isinstance(record, dict) and record.get(CLAIM) == start_id:
+        ours = isinstance(record, dict) and (record.get(CLAIM) == start_id or any(
+            str(future.key).startswith(f"{name}-{start_id}-") for future in futures_in(record)))
+        if ours:
             client.unpublish_dataset(name)
     except Exception:  # the scheduler is gone or the name was released: nothing to give back
         pass
