@@ -153,7 +153,7 @@ def test_ctrl_c_inside_distributeds_submit_cancels_the_chunks_sent_before_and_le
         gate.touch()
     assert INTERRUPTED.is_set()
     assert not os.path.exists(os.path.join(bridge.run_root, name))
-    assert held_anywhere(bridge, name) == []
+    assert held_anywhere(bridge, name) == [], bridge.client.run(_keys_on_worker, f"{name}-")
     ran = executed(bridge, name)  # the chunks already running when Ctrl-C landed (at most one per thread) ran out
     assert ran == len(os.listdir(started)) and ran % 5 == 0 and ran <= 10, (ran, sorted(os.listdir(started)))
     assert name not in bridge.runs()

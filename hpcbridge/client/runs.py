@@ -243,6 +243,10 @@ def _abandon(client: Client, name: str, start_id: str, sent: int, made: RunDirec
     try:
         if sent:
             client.cancel([Future(f"{prefix}{index}", client) for index in range(sent)], force=True)
+            # Publishing waits until the scheduler has handled every message this client sent before
+            # (distributed flushes the client's stream first): the tasks, then their cancel. Only
+            # then can asking the scheduler and the workers what they hold tell that nothing is left.
+            client.publish_dataset({RUN_MARKER: 1, CLAIM: start_id}, name=name, override=True)
             left = _wait_until_gone(client, prefix, ABANDON_WAIT_SECONDS)
             if left:
                 warnings.warn(f"run {name!r} was stopped, but chunks of it still run on {', '.join(sorted(left))} "
@@ -257,12 +261,14 @@ def _wait_until_gone(client: Client, prefix: str, timeout: float) -> list[str]:
     """Wait until neither the scheduler nor a worker holds a task whose key starts with ``prefix``;
     return the workers that still hold one after ``timeout`` seconds (none: all gone)."""
     deadline = time.monotonic() + timeout
+    gone = 0
     while True:
         try:
             holding = sorted(worker for worker, keys in client.run(_worker_keys, prefix).items() if keys)
-            if not holding and not client.run_on_scheduler(_scheduler_keys, prefix):
-                return []
+            gone = gone + 1 if not holding and not client.run_on_scheduler(_scheduler_keys, prefix) else 0
         except OSError:  # the cluster went away: nothing of this start runs there any more
+            return []
+        if gone == 2:  # twice in a row: a task and its cancel still on their way to a worker are not missed
             return []
         if time.monotonic() >= deadline:
             return holding
