@@ -37,6 +37,23 @@ class RunMismatchError(ValueError):
     """A run of that name exists on disk for another function or other items; says which differs."""
 
 
+class RunDirectoryError(OSError):
+    """A run's folder cannot be written (full, read-only, gone...): one line naming the path and the reason.
+
+    An ``OSError`` with the ``errno`` of the failure that says so; ``path`` is the run's folder and
+    ``reason`` that failure.
+    """
+
+    def __init__(self, path: str, reason: OSError) -> None:
+        super().__init__(reason.errno, reason.strerror)
+        self.path, self.reason, self.filename = path, reason, path
+
+    def __str__(self) -> str:
+        return (f"run directory {self.path} cannot be written: {failure_text(self.reason)}; make room there or fix "
+                "the folder, choose another with connect(..., run_directory=...), or map(..., save=False) to keep "
+                "the results in the cluster's memory only")
+
+
 @dataclass(frozen=True)
 class RunDirectory:
     """The folder of one run: ``<root>/<name>/``. Cheap to pickle (one string), so every chunk task carries it."""
@@ -124,6 +141,14 @@ class RunDirectory:
 
     def saved_items(self) -> int:
         return sum(high - low for low, high in self.saved())
+
+
+def failure_text(error: BaseException) -> str:
+    """An error in a few words: an OSError without the file it names (a temporary file's name says nothing
+    to the user; the folder is named beside it), anything else as its type and text."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"[Errno {error.errno}] {error.strerror}" if error.errno else error.strerror
+    return f"{type(error).__name__}: {error}"
 
 
 def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

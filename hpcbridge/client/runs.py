@@ -27,7 +27,15 @@ from distributed import Client, Future
 from hpcbridge.client.planning import TARGET_CHUNK_SECONDS, estimate_key, plan, probe, remembered_estimate
 from hpcbridge.cluster import broadcasts
 from hpcbridge.cluster.chunks import ChunkTask, run_chunk
-from hpcbridge.rundir import RunDirectory, RunMismatchError, function_identity, items_digest, missing_ranges, stamp
+from hpcbridge.rundir import (
+    RunDirectory,
+    RunDirectoryError,
+    RunMismatchError,
+    function_identity,
+    items_digest,
+    missing_ranges,
+    stamp,
+)
 
 RUN_MARKER = "hpcbridge-run"
 
@@ -193,14 +201,7 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
     try:
         if directory is not None:
             digest = items_digest(items, [a for a in extra if not isinstance(a, broadcasts.Broadcast)])
-            manifest = directory.manifest()
-            if manifest:
-                _check_same_run(name, directory, manifest, identity, digest, n)
-                saved = [bounds for bounds in directory.saved() if bounds[1] <= n]
-            else:
-                manifest = {"name": name, "function": identity, "items_digest": digest, "n_items": n,
-                            "stack": stack, "created": stamp(), "bounds": None, "seconds_per_item": None}
-                directory.create(manifest)
+            manifest, saved = _prepare_directory(directory, name, identity, digest, n, stack)
         resumed = bool(manifest.get("created")) and bool(saved or manifest.get("bounds"))
         per_item = float(manifest.get("seconds_per_item") or 0.0)
         run.estimate_key = estimate_key(identity, items)
@@ -227,6 +228,25 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         _abandon(client, name, start_id, sent[0], directory if made else None)
         raise
     return run
+
+
+def _prepare_directory(directory: RunDirectory, name: str, identity: str, digest: str, n: int,
+                       stack: bool) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    """The run folder's manifest (written now for a new run) and its saved chunks; refuses a folder that
+    holds another run (:class:`RunMismatchError`) or cannot be written (:class:`RunDirectoryError`),
+    before anything is submitted."""
+    try:
+        manifest = directory.manifest()
+        if not manifest:
+            manifest = {"name": name, "function": identity, "items_digest": digest, "n_items": n,
+                        "stack": stack, "created": stamp(), "bounds": None, "seconds_per_item": None}
+            directory.create(manifest)
+            return manifest, []
+        _check_same_run(name, directory, manifest, identity, digest, n)
+        directory.write_manifest(manifest)  # as it is: a resumed run's folder must take its chunks too
+        return manifest, [bounds for bounds in directory.saved() if bounds[1] <= n]
+    except OSError as error:
+        raise RunDirectoryError(directory.path, error) from None
 
 
 def _abandon(client: Client, name: str, start_id: str, sent: int, made: RunDirectory | None) -> None:
