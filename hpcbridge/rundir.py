@@ -37,6 +37,10 @@ class RunMismatchError(ValueError):
     """A run of that name exists on disk for another function or other items; says which differs."""
 
 
+class RunDirectoryWarning(UserWarning):
+    """A run's folder could not be written during a map (chunks are only in memory) or removed after it."""
+
+
 class RunDirectoryError(OSError):
     """A run's folder cannot be written (full, read-only, gone...): one line naming the path and the reason.
 
@@ -81,6 +85,16 @@ class RunDirectory:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_private_file(os.path.join(self.path, MANIFEST), json.dumps({"format": FORMAT, **manifest}).encode())
+
+    def write_error(self) -> OSError | None:
+        """Why a file cannot be written in this folder now (a probe written and removed), or None."""
+        probe = os.path.join(self.path, ".hpcbridge-probe")
+        try:
+            write_private_file(probe, b"probe")
+            os.unlink(probe)
+        except OSError as error:
+            return error
+        return None
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as written; ``{}`` when there is none."""

@@ -1,8 +1,11 @@
 """A run directory that cannot be written is said where the user looks, on a real local cluster and a
 real tmpfs (mounted by the test, unmounted after it, also when it fails).
 
-At the start of a map (a full or read-only folder): one line naming the path and the reason, before
-anything is submitted, and the name is free again.
+During a map (the folder fills up, is deleted, or turns read-only): every result still comes back,
+and ``gather`` warns with the path, the reason and how many chunks are only in memory; a folder
+that cannot be removed after it is said too. At the start of a map (a full or read-only folder):
+one line naming the path and the reason, before anything is submitted, and the name is free
+again.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +25,13 @@ import pytest
 
 from hpcbridge.client.bridge import Bridge, connect
 from hpcbridge.job import submit as jobs
-from hpcbridge.rundir import RunDirectoryError
+from hpcbridge.rundir import RunDirectory, RunDirectoryError, RunDirectoryWarning
 from tests.conftest import module_bridge
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
 MB = 1 << 20
+GATE_SECONDS = 120
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +70,78 @@ def fill(path: Path) -> None:
     assert full.value.errno == errno.ENOSPC
 
 
+def megabyte(x: int) -> bytes:
+    return bytes([x % 256]) * MB
+
+
+def at_gate(x: int, gate: str) -> int:
+    deadline = time.monotonic() + GATE_SECONDS
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return x
+
+
 def tasks_and_clients(dask_scheduler=None) -> tuple[int, list[str]]:
     """The scheduler's tasks and connected clients (not the entry distributed keeps for each name ever
     published, "published-<name>": it stays after the name is unpublished)."""
     return len(dask_scheduler.tasks), sorted(c for c in dask_scheduler.clients if not c.startswith("published-"))
 
+
+def one_warning(caught: list, *pieces: str) -> str:
+    """The one warning whose text holds every piece; it is one line."""
+    found = [str(w.message) for w in caught if all(piece in str(w.message) for piece in pieces)]
+    assert len(found) == 1, [str(w.message) for w in caught]
+    assert "\n" not in found[0]
+    return found[0]
+
+
+def test_a_run_directory_that_fills_up_during_a_map_is_said_at_gather_and_every_result_comes_back(
+        cluster, tmp_path: Path) -> None:
+    job, _ = cluster
+    with tmpfs(tmp_path / "small", "20m") as root, connect(job.scheduler_file, n_workers=2, timeout=60,
+                                                         run_directory=root, set_as_default=False) as bridge:
+        run = bridge.map(megabyte, range(200), chunk_size=5, name="fills-up", progress=False)  # 200 MB on 20 MB
+        with pytest.warns(RunDirectoryWarning) as caught:
+            values = bridge.gather(run, progress=False, release=False)
+        assert [value[0] for value in values] == [x % 256 for x in range(200)] and {len(v) for v in values} == {MB}
+        on_disk = RunDirectory(run.directory).saved()
+        unsaved = [bounds for bounds in run.bounds if bounds not in on_disk]
+        assert on_disk and unsaved, on_disk  # it took some chunks, then it was full
+        one_warning(caught, f"run 'fills-up': {len(unsaved)} of {len(run.bounds)} chunks "
+                            f"({5 * len(unsaved)} of 200 items) were not saved in {run.directory}",
+                    "No space left on device")
+        assert bridge.release(run) and not os.path.exists(run.directory)
+
+
+def test_a_run_folder_deleted_during_a_map_is_said_at_gather(cluster, tmp_path: Path) -> None:
+    _, bridge = cluster
+    gate = tmp_path / "gate"
+    run = bridge.map(at_gate, range(20), args=(str(gate),), chunk_size=5, name="deleted", progress=False)
+    shutil.rmtree(run.directory)  # a scratch purge, or a user's rm -r, while the chunks run
+    gate.touch()
+    with pytest.warns(RunDirectoryWarning) as caught:
+        assert bridge.gather(run, progress=False) == list(range(20))
+    one_warning(caught, f"run 'deleted': 4 of 4 chunks (20 of 20 items) were not saved in {run.directory}",
+                "No such file or directory")
+    assert not os.path.exists(run.directory)
+
+
+def test_a_run_folder_made_read_only_during_a_map_is_said_at_gather_and_so_is_the_folder_left(
+        cluster, tmp_path: Path) -> None:
+    job, _ = cluster
+    gate = tmp_path / "gate"
+    with tmpfs(tmp_path / "turns-ro", "20m") as root, connect(job.scheduler_file, n_workers=2, timeout=60,
+                                                            run_directory=root, set_as_default=False) as bridge:
+        run = bridge.map(at_gate, range(20), args=(str(gate),), chunk_size=5, name="read-only", progress=False)
+        read_only(root)
+        gate.touch()
+        with pytest.warns(RunDirectoryWarning) as caught:
+            assert bridge.gather(run, progress=False) == list(range(20))
+        one_warning(caught, f"run 'read-only': 4 of 4 chunks (20 of 20 items) were not saved in {run.directory}",
+                    "Read-only file system")
+        one_warning(caught, f"run 'read-only': its run directory {run.directory} could not be removed",
+                    "Read-only file system")
+        assert "read-only" not in bridge.runs()  # collected and released all the same
 
 
 @pytest.mark.parametrize("trouble", ["full", "read-only"])

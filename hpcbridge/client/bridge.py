@@ -8,7 +8,6 @@ gathers (:mod:`hpcbridge.client.collect`), follows a requeued job and attaches a
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -25,7 +24,7 @@ from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.addresses import address_answers
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.backends.job import SubmittedJob
-from hpcbridge.client import arguments, collect, dashboard, latency, runs, watch
+from hpcbridge.client import arguments, collect, dashboard, latency, runs, saving, watch
 from hpcbridge.client import broadcast as broadcasts
 from hpcbridge.client.attach import (
     FOLLOW_GRACE_SECONDS,
@@ -536,10 +535,11 @@ class Bridge:
             runs.rebind(self.client, run)
         values = collect.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
                                  drain_from=self._drain_from())
+        saving.warn_not_saved(self.client, run, stacklevel=3)
         if release:
             self._release_collected(run.name)
             if run.directory:
-                shutil.rmtree(run.directory, ignore_errors=True)
+                saving.remove_folder(run.directory, run.name, stacklevel=3)
         return values
 
     def run(self, name: str) -> Run:
@@ -572,7 +572,7 @@ class Bridge:
         if isinstance(handle, Run):
             client.cancel([future for future in handle.futures if future is not None])
             if handle.directory:
-                shutil.rmtree(handle.directory, ignore_errors=True)
+                saving.remove_folder(handle.directory, handle.name, stacklevel=2)
             if handle.name in held:
                 runs.release(client, handle.name)
                 return True
@@ -581,7 +581,7 @@ class Bridge:
             directory = runs.reattach(client, handle).directory
             runs.release(client, handle)
             if directory:
-                shutil.rmtree(directory, ignore_errors=True)
+                saving.remove_folder(directory, handle, stacklevel=2)
             return True
         name = handle.name if isinstance(handle, Broadcast) else handle
         try:

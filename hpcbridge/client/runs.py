@@ -30,7 +30,9 @@ from hpcbridge.cluster.chunks import ChunkTask, run_chunk
 from hpcbridge.rundir import (
     RunDirectory,
     RunDirectoryError,
+    RunDirectoryWarning,
     RunMismatchError,
+    failure_text,
     function_identity,
     items_digest,
     missing_ranges,
@@ -221,8 +223,14 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         run.bounds[:] = [run.bounds[i] for i in order]
         run.futures[:] = [run.futures[i] for i in order]
         if directory is not None:
-            directory.write_manifest({**manifest, "bounds": run.bounds,
-                                      "seconds_per_item": per_item or manifest.get("seconds_per_item")})
+            try:
+                directory.write_manifest({**manifest, "bounds": run.bounds,
+                                          "seconds_per_item": per_item or manifest.get("seconds_per_item")})
+            except OSError as error:  # the run goes on: a resumed run finds its chunks without the bounds
+                warnings.warn(f"run {name!r}: its planned chunks could not be written in {directory.path} "
+                              f"({failure_text(error)}); "
+                              "gather will say which chunks could not be saved either", RunDirectoryWarning,
+                              stacklevel=4)
         client.publish_dataset(run.record(), name=name, override=True)  # replaces this start's claim
     except BaseException:  # an error, or Ctrl-C (KeyboardInterrupt) anywhere in here
         _abandon(client, name, start_id, sent[0], directory if made else None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hpcbridge import functions
 from hpcbridge.cluster import broadcasts, drain
-from hpcbridge.rundir import RunDirectory
+from hpcbridge.rundir import RunDirectory, failure_text
 
 logger = logging.getLogger("hpcbridge.client.runs")
 
@@ -27,6 +27,9 @@ logger = logging.getLogger("hpcbridge.client.runs")
 # kept, so that a worker serving many maps does not grow by one entry per run.
 EXECUTED_RUNS_KEPT = 1000
 _EXECUTED: dict[str, int] = {}
+# The scheduler's event topic under which a worker says that it could not save a chunk (the client
+# reads it at gather: hpcbridge.client.saving).
+NOT_SAVED_TOPIC = "hpcbridge-not-saved"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, s
         except Exception as error:  # the result still goes back through the cluster
             logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start, high - 1,
                            task.run, directory.path, error)
+            _tell_not_saved(task, directory, error)
         else:
             if pickled is not None:
                 values = Pickled(pickled)  # pickled once, for the disk and for the trip back
@@ -179,3 +183,16 @@ def _stack_if_arrays(values: list[Any]) -> Any:
         except ValueError:
             pass
     return values
+
+
+def _tell_not_saved(task: ChunkTask, directory: RunDirectory, error: Exception) -> None:
+    """Worker side: tell the scheduler (an event under :data:`NOT_SAVED_TOPIC`) why a chunk was not saved."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(NOT_SAVED_TOPIC, {"run": task.run, "directory": directory.path, "low": task.start,
+                                           "high": task.start + len(task.items), "worker": worker.address,
+                                           "error": failure_text(error)})
+    except Exception:  # noqa: BLE001 -- not on a worker, or the scheduler is away: the log line stays
+        logger.debug("hpcbridge: could not report the unsaved chunk", exc_info=True)
