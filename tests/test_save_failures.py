@@ -5,7 +5,8 @@ During a map (the folder fills up, is deleted, or turns read-only): every result
 and ``gather`` warns with the path, the reason and how many chunks are only in memory; a folder
 that cannot be removed after it is said too. At the start of a map (a full or read-only folder):
 one line naming the path and the reason, before anything is submitted, and the name is free
-again.
+again. A folder deleted and then the job cancelled: the error counts the items that were computed
+(and lost), saves none, says why, and ``results`` says the same instead of a ``KeyError``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import cloudpickle
 import pytest
 
 from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.losses import JobCancelled
+from hpcbridge.cluster import chunks
 from hpcbridge.job import submit as jobs
 from hpcbridge.rundir import RunDirectory, RunDirectoryError, RunDirectoryWarning
-from tests.conftest import module_bridge
+from tests.conftest import module_bridge, module_local_job, wait_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
 
@@ -81,10 +84,19 @@ def at_gate(x: int, gate: str) -> int:
     return x
 
 
+def nap(x: int) -> int:
+    time.sleep(0.02)
+    return x
+
+
 def tasks_and_clients(dask_scheduler=None) -> tuple[int, list[str]]:
     """The scheduler's tasks and connected clients (not the entry distributed keeps for each name ever
     published, "published-<name>": it stays after the name is unpublished)."""
     return len(dask_scheduler.tasks), sorted(c for c in dask_scheduler.clients if not c.startswith("published-"))
+
+
+def executed(bridge: Bridge, run: str) -> int:
+    return sum(counts.get(run, 0) for counts in bridge.client.run(chunks.executed_items).values())
 
 
 def one_warning(caught: list, *pieces: str) -> str:
@@ -167,3 +179,24 @@ def test_a_map_on_a_run_directory_that_cannot_be_written_is_one_line_at_once_and
         assert sorted(os.listdir(root)) == left and "refused" not in bridge.runs()  # no folder, the name free
         run = bridge.map(abs, range(-3, 0), name="refused", save=False, progress=False)
         assert bridge.gather(run, progress=False) == [3, 2, 1]
+
+
+def test_a_folder_deleted_and_then_the_job_cancelled_counts_what_was_computed_and_results_says_the_same(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+        run = bridge.map(nap, range(400), chunk_size=8, name="gone", progress=False)
+        shutil.rmtree(run.directory)
+        assert wait_for(lambda: run.done_items() >= 160, 60, 0.05)
+        ran = executed(bridge, "gone")
+        job.cancel()
+        with pytest.raises(JobCancelled) as cancelled:
+            bridge.gather(run, progress=False)
+        lost = cancelled.value
+        assert lost.saved == 0 and lost.done == 0 and lost.results == [None] * 400
+        assert ran <= lost.computed <= 400 and lost.computed % 8 == 0, (ran, lost.computed)
+        message = str(lost)
+        assert f"{lost.computed} of 400 items were computed, 0 saved in {run.directory} (saving there failed: " in message
+        assert "No such file or directory" in message and f"{lost.computed} were lost with the cluster" in message
+        with pytest.raises(JobCancelled) as again:  # not a KeyError: the bridge knows the run it started
+            bridge.results("gone", progress=False)
+        assert (again.value.computed, again.value.saved, again.value.n_missing) == (lost.computed, 0, 400)

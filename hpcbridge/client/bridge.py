@@ -134,6 +134,10 @@ class Bridge:
         # Runs gathered (from disk) while the client was away from a scheduler that still held them:
         # released there as soon as this bridge is attached again (see _release_collected).
         self._unreleased: set[str] = set()
+        # The runs this bridge started and has not collected or released, without their futures (which
+        # would keep results alive): results(name) says what became of one that neither the cluster nor
+        # its run directory holds any more (a job cancelled after its folder was deleted), not KeyError.
+        self._started: dict[str, Run] = {}
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
         # Where the dashboard listens, as the file said when this bridge attached.
@@ -464,6 +468,9 @@ class Bridge:
         run = runs.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
                             root=self.run_root if save else None)
         run.bridge = self
+        known = Run(run.name, run.n_items, list(run.bounds), [None] * len(run.bounds), run.function, run.directory)
+        known.computed = run.computed  # one set: the chunks finished are noted in both
+        self._started[run.name] = known
         return run
 
     def gather(self, run: Run | Sequence[Future] | str, stack: bool = False, timeout: float | None = None,
@@ -519,6 +526,8 @@ class Bridge:
             return runs.reattach(self.client, name)
         root = self.run_root
         directory = RunDirectory.under(root, name) if root else None
+        if (directory is None or not directory.exists()) and not self.connected and name in self._started:
+            return self._started[name]  # started here, and lost with its cluster: collecting it says how
         if directory is None or not directory.exists():
             where = f" nor in {directory.path}" if directory else " (and runs are not saved to disk)"
             held = self.client.list_datasets() if self.connected else "unknown: the scheduler is gone"
@@ -533,11 +542,16 @@ class Bridge:
             self.reattach()  # a scheduler that was only out of reach holds the run still
         if self.connected and any(future is not None and future.client is not self.client for future in run.futures):
             runs.rebind(self.client, run)
-        values = collect.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
-                                 drain_from=self._drain_from())
+        try:
+            values = collect.collect(self.client, run, stack=stack, timeout=timeout, progress=progress, job=self.job,
+                                     drain_from=self._drain_from())
+        except RunLost as lost:
+            saving.explain_lost(lost, self.client, run)  # the items computed, and why they are not on disk
+            raise
         saving.warn_not_saved(self.client, run, stacklevel=3)
         if release:
             self._release_collected(run.name)
+            self._started.pop(run.name, None)
             if run.directory:
                 saving.remove_folder(run.directory, run.name, stacklevel=3)
         return values
@@ -571,6 +585,7 @@ class Bridge:
         held = client.list_datasets()
         if isinstance(handle, Run):
             client.cancel([future for future in handle.futures if future is not None])
+            self._started.pop(handle.name, None)
             if handle.directory:
                 saving.remove_folder(handle.directory, handle.name, stacklevel=2)
             if handle.name in held:
@@ -580,6 +595,7 @@ class Bridge:
         if not isinstance(handle, Broadcast) and handle in held:
             directory = runs.reattach(client, handle).directory
             runs.release(client, handle)
+            self._started.pop(handle, None)
             if directory:
                 saving.remove_folder(directory, handle, stacklevel=2)
             return True

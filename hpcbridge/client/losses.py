@@ -31,6 +31,11 @@ class RunLost(RunError):
     """Items of a run have no result because the cluster (or part of it) went away."""
 
     cause = "the cluster went away"
+    # Items the cluster had computed, also those lost with it since (None: as many as ``done``), and why
+    # computed results are not in the run directory (None: nothing failed there). Filled in by the
+    # bridge that collects the run (hpcbridge.client.saving.explain_lost).
+    computed: int | None = None
+    save_error: str | None = None
 
     def __init__(self, run: str, what: str, n_items: int, done: int, saved: int,
                  missing: Sequence[tuple[int, int]], results: list[Any] | None = None,
@@ -51,6 +56,9 @@ class RunLost(RunError):
 
     def advice(self) -> str:
         where = f" in {self.directory}" if self.directory else ""
+        if self.directory and self.save_error and not self.saved:
+            return (f"Nothing of this run is saved{where}, so the missing items must be computed again: fix that "
+                    f"folder (or choose another run directory), then map(fn, items, name={self.run!r}).")
         if self.directory:
             return (f"The results saved{where} are kept: results({self.run!r}) returns them, and "
                     f"map(fn, items, name={self.run!r}) on a new cluster computes only the missing items.")
@@ -58,8 +66,13 @@ class RunLost(RunError):
                 "items must be computed again.")
 
     def __str__(self) -> str:
+        computed = max(self.done, self.computed or 0)
         saved = f", {self.saved} saved in {self.directory}" if self.directory else ", none saved to disk"
-        return (f"run {self.run!r}: {self.what}. {self.done} of {self.n_items} items were computed{saved}; "
+        if self.directory and self.save_error:
+            saved += f" (saving there failed: {self.save_error})"
+        if computed > self.done:
+            saved += f"; {computed - self.done} were lost with the cluster before they were saved or collected"
+        return (f"run {self.run!r}: {self.what}. {computed} of {self.n_items} items were computed{saved}; "
                 f"{self.n_missing} have no result ({describe_ranges(self.missing)}). {self.advice()}")
 
 

@@ -82,6 +82,9 @@ class Run:
     # What the run's measured seconds per item are remembered under (see remembered_estimate);
     # set by start, not published: a run read from a record or from disk teaches nothing.
     estimate_key: str | None = field(default=None, repr=False, compare=False)
+    # The chunks (bounds) the cluster has finished, noted as they finish for a run this client
+    # started: a loss then says how many items were computed, also those lost with the cluster.
+    computed: set[tuple[int, int]] = field(default_factory=set, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.n_items
@@ -198,6 +201,8 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         futures = client.map(run_chunk, tasks, *([value] * len(tasks) for value in extra), key=keys, pure=False)
         run.bounds.extend(chunks)
         run.futures.extend(futures)
+        for bounds, future in zip(chunks, futures):
+            _note_when_computed(client, run, future, bounds)
         return futures
 
     try:
@@ -255,6 +260,19 @@ def _prepare_directory(directory: RunDirectory, name: str, identity: str, digest
         return manifest, [bounds for bounds in directory.saved() if bounds[1] <= n]
     except OSError as error:
         raise RunDirectoryError(directory.path, error) from None
+
+
+def _note_when_computed(client: Client, run: Run, future: Future, bounds: tuple[int, int]) -> None:
+    """Add ``bounds`` to ``run.computed`` as soon as the chunk's future finishes (on the client's loop, so
+    it is noted also while nobody gathers, before a lost cluster cancels every future)."""
+    state = future._state
+
+    async def note() -> None:
+        await state.wait()
+        if state.status == "finished":
+            run.computed.add(bounds)
+
+    client.loop.add_callback(note)
 
 
 def _abandon(client: Client, name: str, start_id: str, sent: int, made: RunDirectory | None) -> None:

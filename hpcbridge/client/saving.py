@@ -4,8 +4,9 @@ Workers save every finished chunk (:mod:`hpcbridge.cluster.chunks`). A save that
 is full, the folder was deleted or turned read-only) leaves that chunk's result in the cluster's
 memory only, and the worker tells the scheduler why (an event). At gather the client compares the
 chunks it collected from the cluster with the chunk files, and warns with the folder, the reason
-and how many chunks are only in memory (:func:`warn_not_saved`). A run folder that cannot be
-removed after a gather is said too (:func:`remove_folder`).
+and how many chunks are only in memory (:func:`warn_not_saved`); a run that was lost says the
+same in its error (:func:`explain_lost`), with how many items had been computed. A run folder that
+cannot be removed after a gather is said too (:func:`remove_folder`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from distributed import Client
 
+from hpcbridge.client.losses import RunLost
 from hpcbridge.client.runs import Run
 from hpcbridge.cluster.chunks import NOT_SAVED_TOPIC
 from hpcbridge.rundir import RunDirectory, RunDirectoryWarning, failure_text
@@ -63,6 +65,15 @@ def warn_not_saved(client: Client, run: Run, stacklevel: int = 2) -> None:
                   "cluster's memory only (had the cluster ended first, they would have been lost): make room there "
                   "or fix the folder, or map(..., save=False) not to save", RunDirectoryWarning,
                   stacklevel=stacklevel + 1)
+
+
+def explain_lost(lost: RunLost, client: Client, run: Run) -> None:
+    """Complete a lost run's error: how many items the cluster had computed (also those lost with it since),
+    and, when computed results are not on disk, why saving them failed."""
+    missing = {tuple(bounds) for bounds in lost.missing}
+    lost.computed = lost.done + sum(high - low for low, high in run.computed if (low, high) in missing)
+    if run.directory and (lost.saved < lost.computed or not os.path.isdir(run.directory)):
+        lost.save_error = reason(client, run)
 
 
 def remove_folder(path: str, run: str, stacklevel: int = 2) -> None:
