@@ -5,8 +5,9 @@ During a map (the folder fills up, is deleted, or turns read-only): every result
 and ``gather`` warns with the path, the reason and how many chunks are only in memory; a folder
 that cannot be removed after it is said too. At the start of a map (a full or read-only folder):
 one line naming the path and the reason, before anything is submitted, and the name is free
-again. A folder deleted and then the job cancelled: the error counts the items that were computed
-(and lost), saves none, says why, and ``results`` says the same instead of a ``KeyError``.
+again. A folder deleted (or full), and then the job cancelled: the error counts the items that were
+computed (and lost), those saved, says why the others are not on disk, and ``results`` says the
+same instead of a ``KeyError``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def at_gate(x: int, gate: str) -> int:
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.02)
     return x
+
+
+def slow_megabyte(x: int) -> bytes:
+    time.sleep(0.02)
+    return megabyte(x)
 
 
 def nap(x: int) -> int:
@@ -181,22 +187,31 @@ def test_a_map_on_a_run_directory_that_cannot_be_written_is_one_line_at_once_and
         assert bridge.gather(run, progress=False) == [3, 2, 1]
 
 
-def test_a_folder_deleted_and_then_the_job_cancelled_counts_what_was_computed_and_results_says_the_same(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
-    with module_local_job(tmp_path_factory, 2) as job, connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
-        run = bridge.map(nap, range(400), chunk_size=8, name="gone", progress=False)
-        shutil.rmtree(run.directory)
+@pytest.mark.parametrize("trouble", ["deleted", "full"])
+def test_a_run_whose_folder_failed_then_whose_job_was_cancelled_counts_what_was_computed_and_saved(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, trouble: str) -> None:
+    with module_local_job(tmp_path_factory, 2) as job, contextlib.ExitStack() as stack:
+        root = stack.enter_context(tmpfs(tmp_path / "small", "20m")) if trouble == "full" else None
+        bridge = stack.enter_context(connect(job.scheduler_file, n_workers=2, timeout=60, run_directory=root))
+        run = bridge.map(nap if trouble == "deleted" else slow_megabyte, range(400), chunk_size=8, name="gone",
+                         progress=False)
+        if trouble == "deleted":
+            shutil.rmtree(run.directory)
         assert wait_for(lambda: run.done_items() >= 160, 60, 0.05)
         ran = executed(bridge, "gone")
         job.cancel()
         with pytest.raises(JobCancelled) as cancelled:
             bridge.gather(run, progress=False)
         lost = cancelled.value
-        assert lost.saved == 0 and lost.done == 0 and lost.results == [None] * 400
+        on_disk = RunDirectory(run.directory).saved_items()
+        assert lost.saved == lost.done == on_disk == sum(value is not None for value in lost.results)
+        assert (on_disk == 0) if trouble == "deleted" else (0 < on_disk < 160), on_disk  # 8 MB chunks on 20 MB
         assert ran <= lost.computed <= 400 and lost.computed % 8 == 0, (ran, lost.computed)
         message = str(lost)
-        assert f"{lost.computed} of 400 items were computed, 0 saved in {run.directory} (saving there failed: " in message
-        assert "No such file or directory" in message and f"{lost.computed} were lost with the cluster" in message
+        assert (f"{lost.computed} of 400 items were computed, {on_disk} saved in {run.directory} (saving there "
+                f"failed: ") in message, message
+        assert {"deleted": "No such file or directory", "full": "No space left on device"}[trouble] in message
+        assert f"; {lost.computed - on_disk} were lost with the cluster before they were saved" in message
         with pytest.raises(JobCancelled) as again:  # not a KeyError: the bridge knows the run it started
             bridge.results("gone", progress=False)
-        assert (again.value.computed, again.value.saved, again.value.n_missing) == (lost.computed, 0, 400)
+        assert (again.value.computed, again.value.saved, again.value.missing) == (lost.computed, on_disk, lost.missing)

@@ -469,7 +469,7 @@ class Bridge:
                             root=self.run_root if save else None)
         run.bridge = self
         known = Run(run.name, run.n_items, list(run.bounds), [None] * len(run.bounds), run.function, run.directory)
-        known.computed = run.computed  # one set: the chunks finished are noted in both
+        known.computed, known.save_errors = run.computed, run.save_errors  # shared: noted in both as they come
         self._started[run.name] = known
         return run
 
@@ -524,10 +524,10 @@ class Bridge:
         self.reattach()  # a scheduler that was only out of reach holds the run still
         if self.connected and name in self.client.list_datasets():
             return runs.reattach(self.client, name)
+        if not self.connected and name in self._started:
+            return self._started[name]  # started here, and lost with its cluster: collecting it says what is left
         root = self.run_root
         directory = RunDirectory.under(root, name) if root else None
-        if (directory is None or not directory.exists()) and not self.connected and name in self._started:
-            return self._started[name]  # started here, and lost with its cluster: collecting it says how
         if directory is None or not directory.exists():
             where = f" nor in {directory.path}" if directory else " (and runs are not saved to disk)"
             held = self.client.list_datasets() if self.connected else "unknown: the scheduler is gone"

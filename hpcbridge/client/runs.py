@@ -13,11 +13,13 @@ computes only what no chunk file holds.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,7 @@ from distributed import Client, Future
 
 from hpcbridge.client.planning import TARGET_CHUNK_SECONDS, estimate_key, plan, probe, remembered_estimate
 from hpcbridge.cluster import broadcasts
-from hpcbridge.cluster.chunks import ChunkTask, run_chunk
+from hpcbridge.cluster.chunks import NOT_SAVED_TOPIC, ChunkTask, run_chunk
 from hpcbridge.rundir import (
     RunDirectory,
     RunDirectoryError,
@@ -61,6 +63,12 @@ class ItemError(Exception):
                 f"the item: {self.item}\nremote traceback:\n{self.remote_traceback}")
 
 
+class SaveErrors(list):
+    """Why workers could not save chunks of a run in ``directory`` (a list that a weak reference can name)."""
+
+    directory: str | None = None
+
+
 @dataclass
 class Run:
     """A map that the cluster is computing or holds: its name, its chunks, and their futures.
@@ -85,6 +93,9 @@ class Run:
     # The chunks (bounds) the cluster has finished, noted as they finish for a run this client
     # started: a loss then says how many items were computed, also those lost with the cluster.
     computed: set[tuple[int, int]] = field(default_factory=set, repr=False, compare=False)
+    # Why workers could not save chunks of this run, as they told the scheduler (an event each, passed
+    # on to this client as they happen): said at gather, and in the error of a run lost since.
+    save_errors: SaveErrors = field(default_factory=SaveErrors, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.n_items
@@ -209,6 +220,7 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         if directory is not None:
             digest = items_digest(items, [a for a in extra if not isinstance(a, broadcasts.Broadcast)])
             manifest, saved = _prepare_directory(directory, name, identity, digest, n, stack)
+            _listen_for_failed_saves(client, run)
         resumed = bool(manifest.get("created")) and bool(saved or manifest.get("bounds"))
         per_item = float(manifest.get("seconds_per_item") or 0.0)
         run.estimate_key = estimate_key(identity, items)
@@ -273,6 +285,34 @@ def _note_when_computed(client: Client, run: Run, future: Future, bounds: tuple[
             run.computed.add(bounds)
 
     client.loop.add_callback(note)
+
+
+# Per client: where to note the failed saves of its runs, by run name (see _listen_for_failed_saves).
+_LISTENING: weakref.WeakKeyDictionary[Client, weakref.WeakValueDictionary[str, SaveErrors]] = (
+    weakref.WeakKeyDictionary())
+MAX_SAVE_ERRORS = 10  # reasons kept per run: the same failure, chunk after chunk, says nothing more
+
+
+def _listen_for_failed_saves(client: Client, run: Run) -> None:
+    """Have the scheduler pass on to ``client`` the events of workers that could not save a chunk, and note
+    those of ``run`` in ``run.save_errors``: also when the cluster is gone by the time it is collected."""
+    notes = _LISTENING.get(client)
+    if notes is None:
+        notes = _LISTENING[client] = weakref.WeakValueDictionary()
+        client.subscribe_topic(NOT_SAVED_TOPIC, functools.partial(_note_failed_save, notes))
+    run.save_errors.directory = run.directory
+    notes[run.name] = run.save_errors  # kept while the run (or a bridge's record of it) holds it
+
+
+def _note_failed_save(notes: weakref.WeakValueDictionary[str, SaveErrors], event: Any) -> None:
+    """On the client's loop: one worker's event that it could not save a chunk (see :func:`run_chunk`)."""
+    _, message = event
+    errors = notes.get(message.get("run")) if isinstance(message, dict) else None
+    if errors is None or message.get("directory") != errors.directory or len(errors) >= MAX_SAVE_ERRORS:
+        return
+    text = f"{message.get('error')} (on worker {message.get('worker')})"
+    if text not in errors:
+        errors.append(text)
 
 
 def _abandon(client: Client, name: str, start_id: str, sent: int, made: RunDirectory | None) -> None:

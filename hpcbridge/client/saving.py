@@ -35,8 +35,10 @@ def not_saved(run: Run) -> list[tuple[int, int]]:
 
 
 def reason(client: Client, run: Run) -> str:
-    """Why chunks of ``run`` were not saved: a worker's own words while the scheduler holds them, else what
-    writing a file into the folder from here says."""
+    """Why chunks of ``run`` were not saved: a worker's own words (passed on to the client that started the
+    run as they happened, or asked of the scheduler), else what writing a file into the folder from here says."""
+    if run.save_errors:
+        return run.save_errors[-1]
     if client.status == "running":
         try:
             events = client.get_events(NOT_SAVED_TOPIC)
