@@ -189,7 +189,11 @@ def picklable(argument: str, value: Any, given: Any = None) -> None:
 
 
 def picklable_items(argument: str, items: Sequence[Any]) -> None:
-    """:func:`picklable` for every item; names the first item that cannot travel, as ``items[i]``."""
+    """:func:`picklable` for every item; names the first item that cannot travel, as ``items[i]``.
+
+    All the items are pickled at once first (a list of ints in milliseconds, array buffers only looked
+    at); one by one only when that fails.
+    """
     if _pickle_error(items) is None:
         return
     for index, item in enumerate(items):
@@ -197,7 +201,8 @@ def picklable_items(argument: str, items: Sequence[Any]) -> None:
         if error is not None:
             raise ArgumentError(f"{argument}[{index}]", item, "a value that can be pickled, to be sent to the "
                                 f"workers (this one cannot: {error})")
-    picklable(argument, items)  # each item alone travels, all together do not
+    # Every item travels alone: the container does not (a list subclass with an attribute that cannot be
+    # pickled), but chunks are its slices, plain lists.
 
 
 def _pickle_error(value: Any) -> str | None:
