@@ -225,3 +225,24 @@ def test_map_returns_before_its_probes_finish_and_gather_collects_everything(
     assert matlab.gather(cluster, "gated", 120.0, False).tolist() == [2.0 * x for x in range(50)]
     assert "gated" not in matlab.runs(cluster)
     matlab.release(cluster, "gate")
+
+
+def test_chunks_not_saved_are_notices_for_matlab_to_show_not_python_warnings(cluster: str, user_file: Path,
+                                                                              tmp_path: Path, recwarn) -> None:
+    import shutil
+
+    from hpcbridge.rundir import RunDirectoryWarning
+
+    gate = tmp_path / "gate"
+    handle = matlab.broadcast(cluster, str(gate), "gate-for-notices")
+    run = matlab.map(cluster, f"{user_file}:after_go", (1.0, 2.0, 3.0, 4.0), (handle["name"],), "unsaved", False, 2.0)
+    folder = Path(matlab.bridge_for(cluster).run_root, run)
+    shutil.rmtree(folder)  # deleted while the chunks wait at the gate: none can be saved
+    gate.touch()
+    assert matlab.gather(cluster, run, 60.0, False).tolist() == [2.0, 4.0, 6.0, 8.0]
+    [notice] = matlab.notices(cluster, run)
+    assert f"run 'unsaved': 2 of 2 chunks (4 of 4 items) were not saved in {folder}: " in notice
+    assert "No such file or directory" in notice and "\n" not in notice
+    assert matlab.notices(cluster, run) == []  # said once
+    assert not [w for w in recwarn if issubclass(w.category, RunDirectoryWarning)]  # not on Python's stderr
+    matlab.release(cluster, handle["name"])

@@ -63,3 +63,22 @@ def test_gather_says_the_timeout_it_was_given_not_the_time_left(tmp_path: Path) 
                  "catch e, disp(e.identifier); disp(e.message); end;")
     assert "hpcbridge:timeout" in out
     assert "run run-x: 1 of 4 items done after 0.3 s; the results stay on the cluster" in out
+
+
+def test_gather_and_results_show_what_collecting_noticed_as_matlab_warnings(tmp_path: Path) -> None:
+    """hpcbridge.gather and hpcbridge.results against a stand-in for MATLAB's ``py`` whose run left notices."""
+    notice = "run run-x: 2 of 2 chunks (4 of 4 items) were not saved in /scratch/runs/run-x: [Errno 28] No space left"
+    (tmp_path / "py.m").write_text(
+        "function p = py()\n"
+        "p.hpcbridge.client.matlab.wait = @(file, name, t) struct('done', int64(4), 'total', int64(4), "
+        "'finished', true, 'failed', false);\n"
+        "p.hpcbridge.client.matlab.gather = @(file, name, t, stack) 42;\n"
+        "p.hpcbridge.client.matlab.results = @(file, name, t, stack, partial) 43;\n"
+        f"p.hpcbridge.client.matlab.notices = @(file, name) {{'{notice}'}};\n"
+        "end\n")
+    out = octave(f"addpath('{tmp_path}');"
+                 "x = hpcbridge.gather('c.json', 'run-x', 'Progress', false); disp(x);"
+                 "[~, id] = lastwarn(); disp(id); lastwarn('');"
+                 "y = hpcbridge.results('c.json', 'run-x'); disp(y); [~, id] = lastwarn(); disp(id);")
+    assert out.count(f"warning: {notice}") == 2, out
+    assert out.split().count("hpcbridge:runDirectory") == 2 and "42" in out and "43" in out, out

@@ -26,6 +26,7 @@ import array
 import math
 import numbers
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from hpcbridge.client.futures import wait_for
 from hpcbridge.client.losses import RunLost
 from hpcbridge.client.runs import ItemError, new_run_name
 from hpcbridge.cluster.broadcasts import Broadcast
+from hpcbridge.rundir import RunDirectoryWarning
 
 _BRIDGES: dict[str, Bridge] = {}
 RECONNECT_TIMEOUT = 60.0
@@ -215,10 +217,34 @@ def _results(cluster: str, run: str, timeout: Any, stack: Any) -> Any:
     run, seconds, stack = _run_name(run), _timeout(timeout), arguments.flag("stack", stack)
     _submitted(cluster, run, SUBMIT_TIMEOUT if seconds is None else max(seconds, 1.0))
     try:
-        return _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RunDirectoryWarning)
+            try:
+                return _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
+            finally:
+                _keep_notices(cluster, run, caught)
     except ItemError as error:
         raise MatlabItemError(error.run, error.index, error.item, error.worker, error.error,
                               error.remote_traceback) from None
+
+
+_NOTICES: dict[tuple[str, str], list[str]] = {}
+
+
+def _keep_notices(cluster: str, run: str, caught: list[warnings.WarningMessage]) -> None:
+    """Keep the run directory's warnings for :func:`notices` (MATLAB shows them as its own warnings);
+    pass any other warning on as it was."""
+    for warning in caught:
+        if issubclass(warning.category, RunDirectoryWarning):
+            _NOTICES.setdefault((_cluster_id(cluster), run), []).append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def notices(cluster: str, run: str) -> list[str]:
+    """What gathering run ``run`` had to say beside its results (chunks that could not be saved in its run
+    directory, a folder that could not be removed), once; ``hpcbridge.gather`` shows each as a warning."""
+    return _NOTICES.pop((_cluster_id(cluster), _run_name(run)), [])
 
 
 def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = False,

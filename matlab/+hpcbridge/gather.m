@@ -13,7 +13,9 @@ function results = gather(cluster, run, varargin)
 %     'Progress' - false to print nothing while waiting
 %
 %   A failing item raises an error that names the item (counting from 1, as
-%   MATLAB does) and carries the Python traceback from the worker.
+%   MATLAB does) and carries the Python traceback from the worker. Chunks
+%   that could not be saved in the run directory (full, deleted, read-only)
+%   are said by a warning (hpcbridge:runDirectory) naming the folder and why.
 %
 %   See also hpcbridge.map, hpcbridge.fromPython.
 
@@ -53,4 +55,13 @@ while true
 end
 % Every chunk is done: the results only have to travel.
 results = hpcbridge.fromPython(py.hpcbridge.client.matlab.gather(file, name, Inf, logical(opts.Stack)));
+showNotices(file, name);
+end
+
+function showNotices(file, name)
+% What gathering said beside the results (e.g. chunks the run directory could not take), as warnings.
+said = hpcbridge.fromPython(py.hpcbridge.client.matlab.notices(file, name));
+for k = 1:numel(said)
+    warning('hpcbridge:runDirectory', '%s', said{k});
+end
 end

@@ -35,10 +35,20 @@ if ~logical(opts.Partial)
         logical(opts.Stack), false));
     missing = zeros(1, 0);
     reason = '';
+    showNotices(file, char(opts.run));
     return
 end
 got = struct(py.hpcbridge.client.matlab.results(file, char(opts.run), opts.Timeout, logical(opts.Stack), true));
 values = hpcbridge.fromPython(got.values);
 missing = double(hpcbridge.fromPython(got.missing));
 reason = char(got.reason);
+showNotices(file, char(opts.run));
+end
+
+function showNotices(file, name)
+% What collecting said beside the results (e.g. chunks the run directory could not take), as warnings.
+said = hpcbridge.fromPython(py.hpcbridge.client.matlab.notices(file, name));
+for k = 1:numel(said)
+    warning('hpcbridge:runDirectory', '%s', said{k});
+end
 end
