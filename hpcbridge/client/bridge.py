@@ -447,7 +447,15 @@ class Bridge:
         worker that computed it, so results outlive the cluster; ``save=False`` turns that off.
         When that folder holds a run of the same function and items (its cluster ended before it
         finished), the run **resumes**: only the items without a saved result are computed. The
-        same name for another function or other items raises :class:`RunMismatchError`.
+        same name for another function or other items raises :class:`RunMismatchError`; a folder
+        that cannot be written (full, read-only) raises :class:`~hpcbridge.rundir.RunDirectoryError`
+        before anything is submitted. Chunks that fail to save later are said at gather.
+
+        Items with a length (a list, tuple, range, array) are taken as they are; other iterables are
+        read first (up to 10,000,000 items: an endless one is refused). The function, the items and
+        ``args`` must pickle (they travel to the workers): what does not is refused by name
+        (``items[3]``, ``args[0]``) before anything starts. Ctrl-C while map submits cancels what it
+        sent and leaves no run behind.
         """
         fn = arguments.function("fn", fn)
         if iterables and not isinstance(iterables[0], Broadcast):
@@ -484,6 +492,8 @@ class Bridge:
         item and the remote traceback. Items that have no result anywhere (the job reached its
         walltime, was cancelled, lost a node, its scheduler or its workers) raise the
         :class:`~hpcbridge.client.losses.RunLost` of that cause, which carries the results there are.
+        Chunks that could not be saved in the run directory (full, deleted, read-only) are said by a
+        :class:`~hpcbridge.rundir.RunDirectoryWarning` naming the folder, the reason and how many.
         """
         stack = arguments.flag("stack", stack)
         timeout = arguments.seconds("timeout", timeout, none=True)
