@@ -27,8 +27,8 @@ logger = logging.getLogger("hpcbridge.client.runs")
 # kept, so that a worker serving many maps does not grow by one entry per run.
 EXECUTED_RUNS_KEPT = 1000
 _EXECUTED: dict[str, int] = {}
-# The scheduler's event topic under which a worker says that it could not save a chunk (the client
-# reads it at gather: hpcbridge.client.saving).
+# The scheduler's event topic under which a worker says that it could not save a chunk (passed on to
+# the client that started the run, or asked at gather: hpcbridge.client.runs and .saving).
 NOT_SAVED_TOPIC = "hpcbridge-not-saved"
 
 
