@@ -319,7 +319,7 @@ def _abandon(client: Client, name: str, start_id: str, sent: int, made: RunDirec
     """Undo a start that failed or was interrupted: cancel every task it sent, wait (up to
     :data:`ABANDON_WAIT_SECONDS`) until no worker runs one any more, and remove the run folder it made.
 
-    Tasks are cancelled by key, not by future: Ctrl-C inside ``client.submit`` can land after the
+    Tasks are cancelled by key, not by future: Ctrl-C inside ``client.map`` can land after the
     task was sent and before its future was kept. The cancel travels on the client's message stream
     behind the tasks it sent, so the scheduler never runs one after it. A chunk that was already
     running goes on until it ends (Dask cannot stop a running task); its result is dropped, and the
