@@ -125,6 +125,28 @@ class RunDirectory:
     def saved_items(self) -> int:
         return sum(high - low for low, high in self.saved())
 
+    # --- chunks with failing items: kept only for the start of the run that computed them --------
+
+    def save_failed_chunk(self, low: int, high: int, key: str, values: Any, errors: dict[int, Any]) -> None:
+        """Keep a finished chunk that has failing items, for a recomputation of the same task (its result was
+        lost with a worker that died holding it). It is no saved chunk: a later start of the run (a
+        resume) runs its items again, and results from disk do not count it."""
+        write_private_file(self._failed_path(low, high, key),
+                           pickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load_failed_chunk(self, low: int, high: int, key: str) -> tuple[Any, dict[int, Any]] | None:
+        """What :meth:`save_failed_chunk` kept for task ``key`` (None when nothing or unreadable)."""
+        try:
+            with open(self._failed_path(low, high, key), "rb") as file:
+                values, errors = pickle.load(file)
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+            return None
+        return values, errors
+
+    def _failed_path(self, low: int, high: int, key: str) -> str:
+        tag = hashlib.sha1(key.encode()).hexdigest()[:12]
+        return os.path.join(self.path, f"failed-{low}-{high}-{tag}.pkl")
+
 
 def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The item ranges of ``[0, n_items)`` that no saved chunk covers.

@@ -47,7 +47,7 @@ from hpcbridge.client.losses import (  # noqa: F401
     WorkersLeft,
 )
 from hpcbridge.client.missing_modules import module_missing
-from hpcbridge.client.runs import ItemError, Run  # noqa: F401  (public through hpcbridge)
+from hpcbridge.client.runs import ItemError, ItemKilledWorker, ItemTimedOut, Run  # noqa: F401  (public through hpcbridge)
 from hpcbridge.cluster import drain
 from hpcbridge.cluster.broadcasts import Broadcast
 from hpcbridge.rundir import RunDirectory, RunMismatchError  # noqa: F401  (public through hpcbridge)
@@ -408,7 +408,7 @@ class Bridge:
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], args: Sequence[Any] | Broadcast = (),
             name: str | None = None, stack: bool = False, chunk_size: int | None = None,
-            progress: bool = True, save: bool = True) -> Run:
+            progress: bool = True, save: bool = True, item_timeout: float | None = None) -> Run:
         """Run ``fn(item, *args)`` for every item, in chunks sized from measured durations.
 
         As in ``client.map`` and ``Executor.map``, several iterables are zipped:
@@ -429,8 +429,15 @@ class Bridge:
         When that folder holds a run of the same function and items (its cluster ended before it
         finished), the run **resumes**: only the items without a saved result are computed. The
         same name for another function or other items raises :class:`RunMismatchError`.
+
+        An item that ends its worker process (its memory limit, ``os._exit``, a crash) fails with
+        :class:`~hpcbridge.client.runs.ItemKilledWorker`, which says the cause, and is not run again;
+        the rest of the map goes on. ``item_timeout`` (seconds, default None: no limit) ends an
+        item that runs longer, by ending its worker process (distributed's nanny starts a new one),
+        and fails it with :class:`~hpcbridge.client.runs.ItemTimedOut`.
         """
         fn = arguments.function("fn", fn)
+        item_timeout = arguments.positive_seconds("item_timeout", item_timeout)
         if iterables and not isinstance(iterables[0], Broadcast):
             arguments.items("items", iterables[0])
         name = arguments.name("name", name)
@@ -444,7 +451,7 @@ class Bridge:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
             self.dashboard_shown = True
         run = runs.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
-                            root=self.run_root if save else None)
+                         root=self.run_root if save else None, item_timeout=item_timeout)
         run.bridge = self
         return run
 

@@ -17,7 +17,7 @@ from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.missing_modules import module_missing
 from hpcbridge.client.planning import remember_estimate
 from hpcbridge.client.progress import Progress
-from hpcbridge.client.runs import ItemError, Run, refresh_after_reconnect
+from hpcbridge.client.runs import Run, item_error_class, refresh_after_reconnect
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
 from hpcbridge.rundir import RunDirectory, missing_ranges
@@ -78,18 +78,30 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
             gathered = []
             watch.lost(cancelled=True)
     remember_estimate(client, run.estimate_key, run.bounds, gathered, finished)
-    failed_items: list[tuple[int, int]] = []
+    failed: dict[int, tuple[Any, ...]] = {}  # item index -> (item, error, remote traceback, worker or chunk number)
     for i, (values, errors, _, _) in zip(finished, gathered):
-        if errors:
-            failed_items.append((min(errors), i))
-            chunks[i] = errors
-        else:
-            chunks[i], have[i] = (values.values() if isinstance(values, Pickled) else values), True
-    if failed_items:
-        index, i = min(failed_items)
-        item, error, remote = chunks[i][index]
-        raise ItemError(run.name, index, item, _worker_of(client, run.futures[i]), error, remote)
+        low, high = run.bounds[i]
+        values = values.values() if isinstance(values, Pickled) else values
+        if len(values) > high - low:  # computed whole by a retry after a client cut it: the rest is elsewhere
+            values = values[:high - low]
+        elif len(values) < high - low:  # cut, but the rest was never handed to another task
+            continue
+        chunks[i], have[i] = values, True
+        for index, entry in errors.items():
+            if low <= index < high:
+                failed[index] = (*entry[:3], entry[3] if len(entry) > 3 else i)
     _read_saved(directory, run.bounds, chunks, have)
+    if failed:
+        index = min(failed)
+        item, error, remote, where = failed[index]
+        if not isinstance(where, str):
+            where = _worker_of(client, run.futures[where])
+        missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
+        results = _results(run, chunks, have)
+        for failing in failed:
+            results[failing] = None
+        raise item_error_class(error)(run.name, index, item, where, error, remote, results,
+                                      {i: entry[1] for i, entry in sorted(failed.items())}, missing)
     cause = None
     if not all(have) and (watch.connection_lost or watch.workers_gone):
         # Asking the batch system can take seconds, while workers that lost the scheduler still
@@ -105,8 +117,11 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
                                          getattr(client.scheduler, "address", "?"), _erred_on(client, future))
                 if missing is not None:
                     raise missing from error
-                raise RunError(f"items {low}..{high - 1} of run {run.name!r} failed as a chunk: "
-                               f"{type(error).__name__}: {error}") from error
+                failure = RunError(f"items {low}..{high - 1} of run {run.name!r} failed as a chunk: "
+                                   f"{type(error).__name__}: {error}{_rest_words(run, have)}")
+                failure.results = _results(run, chunks, have)
+                failure.missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
+                raise failure from error
     missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
     covered = sum(high - low for low, high in run.bounds)
     if covered < run.n_items:  # a run read from disk: chunks that no worker saved
@@ -119,14 +134,26 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         cls, what = RunLost, "its tasks were cancelled on the cluster (a client released the run)"
     else:
         cls, what = RunLost, "the cluster does not hold this run, and its run directory lacks these items"
-    results: list[Any] = [None] * run.n_items
-    for (low, high), values, ok in zip(run.bounds, chunks, have):
-        if ok:
-            results[low:high] = list(values)
+    results = _results(run, chunks, have)
     done = run.n_items - sum(high - low for low, high in missing)
     saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
     raise cls(run.name, what, run.n_items, done, saved, missing, results,
               directory.path if directory else None, getattr(job, "job_id", None))
+
+
+def _results(run: Run, chunks: list[Any], have: list[bool]) -> list[Any]:
+    """One value per item of the run in input order, None where its chunk is not had."""
+    results: list[Any] = [None] * run.n_items
+    for (low, high), values, ok in zip(run.bounds, chunks, have):
+        if ok:
+            results[low:high] = list(values)
+    return results
+
+
+def _rest_words(run: Run, have: list[bool]) -> str:
+    """What the other chunks hold, for an error about one chunk."""
+    done = sum(high - low for (low, high), ok in zip(run.bounds, have) if ok)
+    return f". {done} of the run's {run.n_items} items have results (in this error's .results, None for the others)"
 
 
 def _read_saved(directory: RunDirectory | None, bounds: list[tuple[int, int]], chunks: list[Any],

@@ -1,0 +1,801 @@
+"""What each chunk attempt is doing, readable after its worker process died, and what a retry makes of it.
+
+A worker process that dies in an item (its nanny ended it for memory, ``os._exit``, a crash in
+native code, a signal) takes the chunk's task with it, and distributed runs the task again on
+another worker (``distributed.scheduler.allowed-failures``, default 3: up to 4 workers), where the
+same item kills that worker too. To tell the retry which item it was, every chunk attempt keeps a
+*slot*: a small file in node-local shared memory (``/dev/shm``), mapped into the worker process,
+with one byte written per item *before* the item runs. The write is a C call in the C loop that
+calls the items (``itertools.compress`` over ``mmap.write``), so it costs tens of nanoseconds an
+item and no Python frame; the file outlives the process, so after a death the number of bytes
+says exactly which item was running.
+
+A retry learns that its task's worker died from the scheduler: :class:`DeathNotes`, a scheduler
+plugin, notes in the task's annotations which worker (its process id, nanny and host) was
+running it when it died; the annotations travel with the task to its next worker. The retry
+then asks the dead worker's nanny (:func:`death_report`, run in the nanny over distributed's own
+connection) for the slots of that process and for what the nanny saw (its exit status, the
+signal, or that the nanny ended it for exceeding its memory limit), and (:func:`investigate`)
+skips the item with an error that names it and says the cause, and computes the rest.
+
+A thread per worker process (:class:`Watchdog`) looks at the running attempts twice a second:
+it says which item each is on and for how long (:func:`active`), ends an item that runs past its
+``item_timeout`` by ending the worker process (there is no other way to stop a Python thread;
+the nanny starts a new one), after noting the item and keeping what the attempts in that process
+had computed (:func:`investigate` reads it back), and hands an item that runs far longer than
+its chunk's items were expected to take out of the worker's thread pool (as ``secede`` does), so
+that the tasks queued behind it on that worker run, and tells the scheduler (an event) so a
+client can take the rest of its chunk elsewhere (:func:`cut`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import mmap
+import os
+import pickle
+import secrets
+import signal
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+logger = logging.getLogger("hpcbridge.cluster.attempts")
+
+ANNOTATION = "hpcbridge-died"  # the task annotation DeathNotes writes: the workers that died running it
+PLUGIN_NAME = "hpcbridge-death-notes"
+STUCK_TOPIC = "hpcbridge-stuck"  # scheduler events: an item that has run far longer than expected
+
+ITEM_TIMEOUT_EXIT = 124  # the exit status of a worker process ended for an item's timeout (as timeout(1) uses)
+ONE_WORKER_LIMIT = 2  # an item running when this many workers died is not run again (1 when it ran alone)
+REPORT_WAIT = 10.0  # how long a retry waits for the dead worker's nanny to say what happened
+ASK_TIMEOUT = 30.0  # the bound on every question a retry asks the nanny or the scheduler
+TICK_SECONDS = 0.5  # how often the watchdog looks at the running attempts
+STUCK_MIN_SECONDS = 5.0  # an item counts as stuck after this long, and
+STUCK_FACTOR = 20.0  # after this many times its chunk's expected time per item
+STALE_SLOT_SECONDS = 24 * 3600  # slots of dead processes older than this are removed
+
+# The slot: a fixed header, then one byte per item of the chunk, written before the item runs.
+_MAGIC = b"HPCBRID1"
+_STATE, _CUT, _TIMED_OUT, _TIMED_SECONDS, _SAVED, _JSON_LENGTH = 8, 16, 24, 32, 40, 48
+_JSON_AT = 64
+HEADER = 4096
+RUNNING, LOOP_DONE = 0, 1
+_ONE = (b"\x01",)
+
+
+def slot_directory() -> Path:
+    """The node-local folder of this user's slots (``/dev/shm`` when there is one), private to its owner."""
+    base = Path(os.environ.get("HPCBRIDGE_SLOT_DIRECTORY") or
+                ("/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()))
+    folder = base / f"hpcbridge-{os.getuid()}-attempts"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise PermissionError(f"{folder} belongs to another user")
+    return folder
+
+
+class Attempt:
+    """One run of one chunk task in this process: its slot, its place in the items, what it has computed.
+
+    ``tracked(a, b)`` is the iterator over items ``a..b-1`` (chunk-relative) that writes the slot
+    as the items are taken; :meth:`fetched` is how many items have been taken (the item running
+    is ``fetched() - 1``). An attempt whose slot cannot be made (no shared memory) still runs its
+    items, untracked: a death in it then cannot be pinned on an item.
+    """
+
+    def __init__(self, key: str, run: str, start: int, items: Sequence[Any], extra: tuple[Any, ...] = (),
+                 item_timeout: float | None = None, expected_per_item: float = 0.0, task: Any = None) -> None:
+        self.key, self.run, self.start, self.items, self.extra = key, run, start, items, extra
+        self.item_timeout, self.expected_per_item, self.task = item_timeout, expected_per_item, task
+        self.n = len(items)
+        self.values: list[Any] = []
+        self.errors: dict[int, tuple] = {}
+        self.data: Iterator[Any] | None = None  # the sequence iterator the loop takes items from (cut ends it)
+        self.cut_at: int | None = None
+        self.thread = threading.current_thread()
+        self.worker = _worker_address()
+        self.seen = (-1, time.monotonic())  # (fetched, since when) as the watchdog last saw it
+        self.seceded = self.stuck_said = False
+        self.path: Path | None = None
+        self.map: mmap.mmap | None = None
+        try:
+            self._open()
+        except Exception as error:  # noqa: BLE001 -- no shared memory: the items still run
+            logger.warning("hpcbridge: chunk %s..%s runs untracked (no slot: %s); a worker death in it cannot be "
+                           "pinned on an item", start, start + self.n - 1, error)
+            self.path, self.map = None, None
+
+    def _open(self) -> None:
+        path = slot_directory() / f"{os.getpid()}.{secrets.token_hex(6)}.slot"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, HEADER + max(self.n, 1))
+            self.map = mmap.mmap(fd, HEADER + max(self.n, 1))
+        finally:
+            os.close(fd)
+        self.path = path
+        header = json.dumps({"key": self.key, "run": self.run, "start": self.start, "n": self.n,
+                             "pid": os.getpid(), "worker": self.worker, "started": time.time(),
+                             "item_timeout": self.item_timeout}).encode()[:HEADER - _JSON_AT]
+        self.map[0:8] = _MAGIC
+        struct.pack_into("qqqdqq", self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header))
+        self.map[_JSON_AT:_JSON_AT + len(header)] = header
+
+    def tracked(self, low: int, high: int) -> Iterator[Any]:
+        """The items ``low..high-1`` (chunk-relative), each noted in the slot before it is handed out."""
+        data = iter(self.items)
+        if low:
+            data.__setstate__(low)
+        self.data = data
+        if self.cut_at is not None and self.cut_at < high:
+            high = max(low, self.cut_at)
+        taken = data if high >= self.n else itertools.islice(data, high - low)
+        if self.map is None:
+            return iter(taken)
+        self.map.seek(HEADER + low)
+        return itertools.compress(taken, itertools.starmap(self.map.write, itertools.repeat(_ONE)))
+
+    def advance(self, to: int) -> None:
+        """Note items up to ``to`` (chunk-relative) as taken without running them (done before, or skipped)."""
+        if self.map is not None:
+            fetched = self.fetched()
+            if to > fetched:
+                self.map.seek(HEADER + fetched)
+                self.map.write(b"\x01" * (to - fetched))
+
+    def fetched(self) -> int:
+        """How many items have been taken (the item running, if any, is the last of them)."""
+        if self.map is None:
+            hint = getattr(self.data, "__length_hint__", None)
+            return self.n - hint() if hint is not None and self.cut_at is None else len(self.values)
+        found = self.map.find(b"\x00", HEADER, HEADER + self.n)
+        return self.n if found < 0 else found - HEADER
+
+    def cut(self) -> int | None:
+        """Take no item after the one running; return how many items the attempt will have computed
+        (None when its loop is over or it has taken every item already)."""
+        if self.data is None or self.map is None or self.cut_at is not None or self._loop_done():
+            return None
+        fetched = self.fetched()
+        if fetched >= self.n or not hasattr(self.data, "__setstate__"):
+            return None
+        self.data.__setstate__(self.n)  # the loop's next take finds nothing: a C call, atomic with the loop's
+        self.cut_at = self.fetched()
+        if self.map is not None:
+            struct.pack_into("q", self.map, _CUT, self.cut_at)
+        return self.cut_at
+
+    def finish_loop(self) -> None:
+        if self.map is not None:
+            struct.pack_into("q", self.map, _STATE, LOOP_DONE)
+
+    def _loop_done(self) -> bool:
+        return self.map is not None and struct.unpack_from("q", self.map, _STATE)[0] == LOOP_DONE
+
+    def note_timeout(self, index: int, seconds: float) -> None:
+        """Note that the item at ``index`` (chunk-relative) ran past the item timeout (before the process ends)."""
+        if self.map is not None:
+            struct.pack_into("qd", self.map, _TIMED_OUT, index, seconds)
+
+    def keep_computed(self) -> None:
+        """Save what this attempt computed so far beside its slot, for its retry (done before the process
+        is ended on purpose)."""
+        if self.map is None or self.path is None:
+            return
+        values = list(self.values)  # one C call: a consistent copy while the loop may still append
+        done = len(values)
+        errors = {i: e for i, e in list(self.errors.items()) if i - self.start < done}
+        try:
+            with open(self.path.with_suffix(".values"), "wb") as out:
+                pickle.dump((values, errors), out, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
+            logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", self.key, error)
+            return
+        struct.pack_into("q", self.map, _SAVED, done)
+
+    def close(self) -> None:
+        """The attempt is over (the process goes on): remove its slot."""
+        with contextlib.suppress(Exception):
+            if self.map is not None:
+                self.map.close()
+        for path in (self.path, self.path.with_suffix(".values") if self.path else None):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        self.map = None
+
+    def describe(self) -> dict[str, Any]:
+        """What it is doing now: the item it is on and for how long (for :func:`active`)."""
+        fetched, since = self.seen
+        now = self.fetched()
+        if now != fetched:
+            since = time.monotonic()
+        index = self.start + now - 1 if 0 < now and not self._loop_done() else None
+        item = _short_repr(self.items[now - 1]) if index is not None else None
+        return {"key": self.key, "run": self.run, "start": self.start, "stop": self.start + self.n,
+                "index": index, "item": item, "seconds": time.monotonic() - since if index is not None else 0.0,
+                "worker": self.worker, "pid": os.getpid(), "cut": None if self.cut_at is None else self.start + self.cut_at}
+
+
+# ---------------------------------------------------------------- the attempts running in this process
+
+_ACTIVE: dict[int, Attempt] = {}
+_LOCK = threading.Lock()
+
+
+def begin(attempt: Attempt) -> Attempt:
+    with _LOCK:
+        _ACTIVE[id(attempt)] = attempt
+    Watchdog.ensure()
+    _hook_exits()
+    return attempt
+
+
+def end(attempt: Attempt) -> None:
+    with _LOCK:
+        _ACTIVE.pop(id(attempt), None)
+    attempt.close()
+
+
+def running() -> list[Attempt]:
+    with _LOCK:
+        return list(_ACTIVE.values())
+
+
+def active(run: str | None = None) -> list[dict[str, Any]]:
+    """Worker side (``client.run``): the attempts of ``run`` (all when None) running here, with their item."""
+    return [a.describe() for a in running() if run is None or a.run == run]
+
+
+def cut(key: str) -> dict[str, Any] | None:
+    """Worker side (``client.run``): stop the attempt of task ``key`` after its running item, and hand back the
+    rest of its chunk: ``{"at": first item not computed here, "task": the chunk task of the rest, "extra": ...}``
+    (None when it is not running here or has nothing left to hand back)."""
+    for attempt in running():
+        if attempt.key != key:
+            continue
+        at = attempt.cut()
+        if at is None:
+            return None
+        rest = None
+        if attempt.task is not None:
+            import dataclasses
+
+            rest = dataclasses.replace(attempt.task, items=attempt.items[at:], start=attempt.start + at,
+                                       expected_seconds=attempt.expected_per_item * (attempt.n - at))
+        return {"at": attempt.start + at, "stop": attempt.start + attempt.n, "task": rest, "extra": attempt.extra}
+    return None
+
+
+def stop_run(run: str) -> list[dict[str, Any]]:
+    """Worker side (``client.run``): take no further item in the attempts of a released run; return those
+    still in an item."""
+    left = []
+    for attempt in running():
+        if attempt.run == run:
+            attempt.cut()
+            described = attempt.describe()
+            if described["index"] is not None:
+                left.append(described)
+    return left
+
+
+def keep_all() -> None:
+    """Keep what every running attempt has computed (the process is about to end)."""
+    for attempt in running():
+        attempt.keep_computed()
+
+
+_HOOKED = False
+
+
+def _hook_exits() -> None:
+    """Keep the running attempts' computed items when this process ends by ``os._exit`` or SIGTERM (how a
+    nanny ends a worker over its memory limit): their retries then run only the items not computed.
+
+    The process still ends as it would have, with the same status or signal, a few milliseconds
+    later. Installed once per worker process; a SIGTERM handler someone else installed is left alone.
+    """
+    global _HOOKED
+    if _HOOKED:
+        return
+    _HOOKED = True
+    real_exit = os._exit
+
+    def _exit(status: int) -> None:
+        with contextlib.suppress(BaseException):
+            keep_all()
+        real_exit(status)
+
+    _exit.__wrapped__ = real_exit  # type: ignore[attr-defined]
+    os._exit = _exit
+    worker = _worker()
+    if worker is not None:
+        with contextlib.suppress(Exception):
+            worker.loop.add_callback(_hook_sigterm)  # signal handlers are set in the main thread: the loop's
+
+
+def _hook_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        with contextlib.suppress(BaseException):
+            keep_all()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _real_exit(status: int) -> None:
+    getattr(os._exit, "__wrapped__", os._exit)(status)
+
+
+# ---------------------------------------------------------------- the watchdog
+
+class Watchdog:
+    """One thread per worker process: item timeouts, stuck items, what each attempt is on."""
+
+    _thread: threading.Thread | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def ensure(cls) -> None:
+        with cls._lock:
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._run, name="hpcbridge-watchdog", daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def _run(cls) -> None:
+        with contextlib.suppress(Exception):
+            remove_stale_slots()
+        while True:
+            attempts = running()
+            tick = TICK_SECONDS
+            for attempt in attempts:
+                if attempt.item_timeout:
+                    tick = min(tick, max(0.05, attempt.item_timeout / 5))
+            try:
+                cls.look(attempts)
+            except Exception:  # the watchdog must go on
+                logger.exception("hpcbridge: the watchdog failed once")
+            time.sleep(tick)
+
+    @classmethod
+    def look(cls, attempts: list[Attempt]) -> None:
+        now = time.monotonic()
+        for attempt in attempts:
+            fetched = attempt.fetched()
+            if fetched != attempt.seen[0]:
+                attempt.seen = (fetched, now)
+                continue
+            if fetched == 0 or attempt._loop_done() or attempt.map is None and fetched >= attempt.n:
+                continue
+            seconds = now - attempt.seen[1]
+            if attempt.item_timeout and seconds > attempt.item_timeout:
+                end_for_timeout(attempt, fetched - 1, seconds, attempts)
+            limit = max(STUCK_MIN_SECONDS, STUCK_FACTOR * attempt.expected_per_item)
+            if seconds > limit and not attempt.stuck_said:
+                attempt.stuck_said = True
+                _stuck(attempt, fetched - 1, seconds)
+
+
+def end_for_timeout(attempt: Attempt, index: int, seconds: float, attempts: list[Attempt]) -> None:
+    """End this worker process: its item ran past the item timeout (the nanny starts a new one; the
+    task's retry reads the slot and fails the item with a timeout error)."""
+    attempt.note_timeout(index, seconds)
+    for other in attempts:
+        other.keep_computed()
+    logger.error("hpcbridge: item %s of run %r ran %.1f s, past its item_timeout of %g s: ending this worker "
+                 "process (pid %s) to stop it", attempt.start + index, attempt.run, seconds, attempt.item_timeout,
+                 os.getpid())
+    for handler in logging.getLogger().handlers + logging.getLogger("distributed").handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    _real_exit(ITEM_TIMEOUT_EXIT)
+
+
+def _stuck(attempt: Attempt, index: int, seconds: float) -> None:
+    """An item runs far longer than expected: free its thread's place in the worker's pool, and say so."""
+    attempt.seceded = _secede(attempt)
+    worker = _worker()
+    if worker is not None:
+        message = {"run": attempt.run, "key": attempt.key, "index": attempt.start + index,
+                   "worker": attempt.worker, "seconds": round(seconds, 1)}
+        with contextlib.suppress(Exception):
+            worker.log_event(STUCK_TOPIC, message)
+
+
+def _secede(attempt: Attempt) -> bool:
+    """``distributed.secede()`` on behalf of the attempt's thread: the worker runs its next task in a new thread.
+
+    The thread itself leaves the pool when its task ends (:func:`leave_pool_if_seceded`).
+    """
+    worker = _worker()
+    if worker is None:
+        return False
+    try:
+        from distributed.threadpoolexecutor import threads_lock
+        from distributed.worker_state_machine import SecedeEvent
+
+        executor = worker.executors.get("default")
+        with threads_lock:
+            if attempt.thread not in executor._threads:
+                return False
+            executor._threads.remove(attempt.thread)
+            executor._adjust_thread_count()
+        worker.loop.add_callback(worker.handle_stimulus, SecedeEvent(
+            key=attempt.key, compute_duration=0.0, stimulus_id=f"hpcbridge-stuck-{time.time()}"))
+        return True
+    except Exception as error:  # noqa: BLE001 -- another distributed: the tasks behind it wait
+        logger.warning("hpcbridge: could not free the thread of stuck chunk %s: %s", attempt.key, error)
+        return False
+
+
+def leave_pool_if_seceded(attempt: Attempt) -> None:
+    """In the attempt's own thread, at its end: a thread the watchdog took out of the pool leaves it now."""
+    if attempt.seceded:
+        with contextlib.suppress(Exception):
+            from distributed.threadpoolexecutor import thread_state
+
+            thread_state.proceed = False
+
+
+# ---------------------------------------------------------------- after a death: the scheduler's notes
+
+def install_death_notes(dask_scheduler: Any = None) -> bool:
+    """Scheduler side (``run_on_scheduler``): add :class:`DeathNotes` once."""
+    if PLUGIN_NAME not in dask_scheduler.plugins:
+        plugin = DeathNotes()
+        plugin.scheduler = dask_scheduler
+        dask_scheduler.add_plugin(plugin, name=PLUGIN_NAME)
+    return True
+
+
+class DeathNotes(SchedulerPlugin):
+    """Notes in a task's annotations the worker that was running it when it died.
+
+    The scheduler counts a task's worker deaths (``ts.suspicious``) and sends the task to another
+    worker, but that worker is not told. Annotations travel with the task, so the note reaches it:
+    the worker's address, process id, nanny and host.
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self) -> None:
+        self.scheduler: Any = None
+        self.running_on: dict[Any, tuple] = {}
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        tasks = getattr(self.scheduler, "tasks", None)
+        ts = tasks.get(key) if tasks is not None else None
+        if finish == "processing":
+            worker = getattr(ts, "processing_on", None)
+            if worker is not None:
+                self.running_on[key] = (worker.address, worker.pid, worker.nanny, worker.host, ts.suspicious)
+            return
+        if start != "processing":
+            return
+        where = self.running_on.pop(key, None)
+        if ts is None or where is None or ts.suspicious <= where[4]:
+            return  # finished, failed, stolen, or its worker left in good order
+        died = [*(ts.annotations or {}).get(ANNOTATION, ()),
+                {"worker": where[0], "pid": where[1], "nanny": where[2], "host": where[3], "time": time.time()}]
+        ts.annotations = {**(ts.annotations or {}), ANNOTATION: died}  # a new dict: it may be shared
+
+
+def previous_deaths() -> list[dict[str, Any]]:
+    """In a task: the workers that died while running this task before (its annotation), oldest first."""
+    worker = _worker()
+    if worker is None:
+        return []
+    try:
+        key = worker.get_current_task()
+        state = worker.state.tasks.get(key)
+        return list((getattr(state, "annotations", None) or {}).get(ANNOTATION, ()))
+    except Exception:  # noqa: BLE001 -- not in a task
+        return []
+
+
+def current_key() -> str | None:
+    worker = _worker()
+    if worker is None:
+        return None
+    with contextlib.suppress(Exception):
+        return worker.get_current_task()
+    return None
+
+
+# ---------------------------------------------------------------- after a death: the nanny's word and the slots
+
+def read_slots(pid: int, key: str | None = None) -> list[dict[str, Any]]:
+    """The slots process ``pid`` left on this node: what each attempt of it had done when it ended (and,
+    for task ``key``'s attempt, the values it kept before its process was ended on purpose)."""
+    found = []
+    try:
+        paths = sorted(slot_directory().glob(f"{pid}.*.slot"))
+    except OSError:
+        return []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if len(data) < HEADER or data[:8] != _MAGIC:
+            continue
+        state, cut_at, timed_out, timed_seconds, saved, length = struct.unpack_from("qqqdqq", data, 8)
+        try:
+            header = json.loads(data[_JSON_AT:_JSON_AT + length])
+        except ValueError:
+            continue
+        n = int(header.get("n", 0))
+        zero = data.find(b"\x00", HEADER, HEADER + n)
+        header.update(fetched=n if zero < 0 else zero - HEADER, loop_done=state == LOOP_DONE,
+                      cut=None if cut_at < 0 else cut_at, timed_out=None if timed_out < 0 else timed_out,
+                      timed_seconds=timed_seconds, saved=None if saved < 0 else saved, path=str(path))
+        if key is not None and header.get("key") == key and saved > 0:
+            with contextlib.suppress(OSError):  # as bytes: the nanny may not import the values' classes
+                header["kept"] = path.with_suffix(".values").read_bytes()
+        found.append(header)
+    return found
+
+
+async def death_report(pid: int, key: str | None = None, wait: float = REPORT_WAIT,
+                       dask_worker: Any = None) -> dict[str, Any]:
+    """Nanny side (distributed's ``run``): what this nanny saw of its worker process ``pid``'s end, and its slots
+    (with the values task ``key``'s attempt kept, if it kept any).
+
+    Waits up to ``wait`` s for the nanny to notice the end (it logs the exit status or signal).
+    """
+    nanny = dask_worker
+    deadline = time.monotonic() + wait
+    marker = f"Worker process {pid} "
+    while True:
+        lines = [message for _, message in nanny.get_logs() if str(pid) in message]
+        if any(marker in line for line in lines) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    manager = getattr(nanny, "memory_manager", None)
+    return {"lines": list(reversed(lines)), "memory_limit": getattr(manager, "memory_limit", None),
+            "terminate": getattr(manager, "memory_terminate_fraction", None), "slots": read_slots(pid, key),
+            "address": getattr(nanny, "address", None)}
+
+
+def _ask_about(death: dict[str, Any], key: str | None = None) -> dict[str, Any] | None:
+    """In a task: the dead worker's nanny's :func:`death_report` (None when it cannot be asked), with the
+    memory it saw when it ended the process for memory (the scheduler's ``worker-restart-memory`` event)."""
+    worker = _worker()
+    if worker is None:
+        return None
+    from distributed.utils import sync
+
+    pid = death.get("pid")
+
+    async def ask() -> dict[str, Any] | None:
+        report = None
+        if death.get("nanny"):
+            answer = await asyncio.wait_for(worker.rpc(death["nanny"]).run(
+                function=pickle.dumps(death_report), args=pickle.dumps((pid, key))), ASK_TIMEOUT)
+            if isinstance(answer, dict) and answer.get("status") == "OK":
+                report = answer["result"]
+        if report is None:
+            if death.get("host") != _host():
+                return None
+            report = {"lines": [], "memory_limit": None, "terminate": None, "slots": read_slots(pid, key),
+                      "address": None}
+        if any("memory budget" in line for line in report["lines"]):
+            with contextlib.suppress(Exception):
+                events = await asyncio.wait_for(worker.scheduler.events(topic="worker-restart-memory"), ASK_TIMEOUT)
+                for _, message in events or ():
+                    if isinstance(message, dict) and message.get("pid") == pid:
+                        report["rss"] = message.get("rss")
+        return report
+
+    try:
+        return sync(worker.loop, ask)
+    except Exception as error:  # noqa: BLE001 -- the nanny's node is gone too: nothing to pin on an item
+        logger.warning("hpcbridge: could not ask the nanny of dead worker %s (pid %s): %s", death.get("worker"),
+                       pid, error)
+        return None
+
+
+class Verdict:
+    """What a retry does after its task's worker(s) died: items to fail without running, where to stop,
+    what was kept."""
+
+    def __init__(self) -> None:
+        self.skip: dict[int, tuple[str, str]] = {}  # chunk-relative index -> (error, details)
+        self.where: dict[int, str] = {}  # chunk-relative index -> the worker it died on
+        self.stop: int | None = None  # chunk-relative: the chunk was cut there (the rest went elsewhere)
+        self.kept: tuple[list[Any], dict[int, tuple]] | None = None  # values and errors computed before a timeout
+
+    def __bool__(self) -> bool:
+        return bool(self.skip) or self.stop is not None or self.kept is not None
+
+
+def investigate(key: str, start: int, deaths: list[dict[str, Any]],
+                ask: Any = None) -> Verdict:
+    """What the deaths of the workers that ran task ``key`` before say about its items (see the module)."""
+    ask = ask or _ask_about
+    verdict = Verdict()
+    suspects: dict[int, list[str]] = {}
+    for death in deaths:
+        report = ask(death, key)
+        if report is None:
+            continue
+        slots = report.get("slots") or []
+        ours = [s for s in slots if s.get("key") == key]
+        if not ours:
+            continue
+        slot = ours[-1]
+        if slot.get("cut") is not None:
+            verdict.stop = slot["cut"] if verdict.stop is None else min(verdict.stop, slot["cut"])
+        kept = _unpickle_kept(slot["kept"]) if slot.get("kept") is not None else None
+        if kept is not None and (verdict.kept is None or len(kept[0]) > len(verdict.kept[0])):
+            verdict.kept = kept  # the latest death's attempt went furthest
+        timed = slot.get("timed_out")
+        if timed is not None:
+            limit = slot.get("item_timeout")
+            verdict.skip[timed] = (
+                f"ItemTimeout: it ran longer than item_timeout={limit:g} s ({slot.get('timed_seconds', 0):.1f} s when "
+                f"it was stopped) on {death.get('worker')}; hpcbridge ended that worker process (pid {death.get('pid')}) "
+                "to stop it, and its nanny started a new one",
+                "no traceback: the item was stopped by ending its worker process")
+            verdict.where[timed] = death.get("worker") or "a worker"
+            continue
+        if any(s.get("timed_out") is not None for s in slots):
+            continue  # its process was ended on purpose, for another attempt's item: nothing to pin here
+        if slot.get("loop_done") or not slot.get("fetched"):
+            continue  # it died before the first item or after the last: not in an item
+        index = slot["fetched"] - 1
+        alone = not any(s is not slot and not s.get("loop_done") and s.get("fetched") for s in slots)
+        suspects.setdefault(index, []).append(_cause(death, report))
+        if alone or len(suspects[index]) >= ONE_WORKER_LIMIT:
+            times = len(suspects[index])
+            why = ("it was the only item running in that process" if alone and times == 1 else
+                   f"it was running each of the {times} times a worker process died")
+            allowed = _allowed_failures()
+            verdict.skip[index] = (
+                f"WorkerDied: {suspects[index][-1]}. It is not run again: {why} (hpcbridge runs an item whose worker "
+                f"process died on no other worker when it ran alone there, on at most {ONE_WORKER_LIMIT} workers "
+                f"otherwise; distributed alone would try it on up to {allowed + 1}: allowed-failures={allowed})",
+                "no traceback: the worker process died in this item\n" + "\n".join(report.get("lines") or ()))
+            verdict.where[index] = death.get("worker") or "a worker"
+    if verdict.stop is not None:
+        verdict.skip = {i: e for i, e in verdict.skip.items() if i < verdict.stop}
+    return verdict
+
+
+def _unpickle_kept(data: bytes) -> tuple[list[Any], dict[int, tuple]] | None:
+    """The values and errors an attempt kept before its process was ended on purpose (None: compute them again)."""
+    try:
+        values, errors = pickle.loads(data)
+    except Exception:  # noqa: BLE001 -- unreadable: the items are computed again
+        return None
+    return list(values), dict(errors)
+
+
+def _cause(death: dict[str, Any], report: dict[str, Any]) -> str:
+    """The death in words, as the nanny saw it."""
+    pid, where = death.get("pid"), death.get("worker")
+    lines = report.get("lines") or []
+    process = f"the worker process running it (pid {pid} on {where})"
+    if any("memory budget" in line for line in lines):
+        limit, fraction = report.get("memory_limit"), report.get("terminate") or 0.95
+        reached = report.get("rss")
+        reached_words = f"it reached {_mib(reached)}, over" if reached else "it went over"
+        limit_words = f"{fraction * 100:.0f} % of the worker's {_mib(limit)} limit" if limit else "its limit"
+        return (f"{process} was ended by its nanny for memory: {reached_words} {limit_words} "
+                "(distributed.worker.memory.terminate)")
+    for line in lines:
+        if f"Worker process {pid} exited with status" in line:
+            return f"{process} exited with status {line.rsplit(' ', 1)[-1]}"
+        if f"Worker process {pid} was killed by signal" in line:
+            number = line.rsplit(" ", 1)[-1]
+            return f"{process} was killed by signal {number} ({_signal_name(number)})"
+        if f"Worker process {pid} was killed by unknown signal" in line:
+            return f"{process} was killed by an unknown signal"
+    if report.get("address") is None:
+        return f"{process} ended; no nanny watched it, so nothing says why"
+    return f"{process} ended; its nanny did not say why within {REPORT_WAIT:g} s"
+
+
+def _signal_name(number: str) -> str:
+    try:
+        name = signal.Signals(int(number)).name
+    except ValueError:
+        return "unknown"
+    if name == "SIGKILL":
+        return "SIGKILL: e.g. the kernel's out-of-memory killer, or kill -9"
+    return name
+
+
+def _mib(nbytes: Any) -> str:
+    return f"{float(nbytes) / 2**20:.0f} MiB" if nbytes else "?"
+
+
+def _allowed_failures() -> int:
+    try:
+        import dask
+
+        return int(dask.config.get("distributed.scheduler.allowed-failures"))
+    except Exception:  # noqa: BLE001
+        return 3
+
+
+# ---------------------------------------------------------------- small helpers
+
+def _worker() -> Any:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except Exception:  # noqa: BLE001 -- not on a worker (a test calling run_chunk, the local executor)
+        return None
+
+
+def _worker_address() -> str | None:
+    worker = _worker()
+    return getattr(worker, "address", None) if worker is not None else None
+
+
+def _host() -> str | None:
+    worker = _worker()
+    if worker is None:
+        return None
+    try:
+        from distributed.utils import get_address_host
+
+        return get_address_host(worker.address)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _short_repr(item: Any, limit: int = 300) -> str:
+    text = repr(item)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def remove_stale_slots(older_than: float = STALE_SLOT_SECONDS) -> None:
+    """Remove the slots (and kept values) of processes that ended more than ``older_than`` s ago."""
+    try:
+        paths = list(slot_directory().iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for path in paths:
+        try:
+            pid = int(path.name.split(".", 1)[0])
+            if _alive(pid) or now - path.stat().st_mtime < older_than:
+                continue
+            path.unlink()
+        except (ValueError, OSError):
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

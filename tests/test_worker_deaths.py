@@ -1,0 +1,165 @@
+"""Items that end their worker process (memory limit, os._exit, sys.exit) on a real local cluster.
+
+The job's workers have a real memory limit (``mem=1000``: 437 MiB each beside the scheduler's
+room); every item appends its number to a log file before it runs, so the tests count how often
+each item ran, also in processes that died.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from hpcbridge.client.bridge import Bridge
+from hpcbridge.client.runs import ItemError
+from hpcbridge.job import submit as jobs
+from tests.conftest import module_bridge
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the items below run on the cluster
+
+MEMORY_HOG, EXITS, SYS_EXIT = 75, 150, 225
+
+
+def misbehave(x: int, log: str) -> int:
+    """Square ``x``, except three items that end their worker process or try to."""
+    with open(log, "a") as out:
+        out.write(f"{x}\n")
+    if x == MEMORY_HOG:  # 2 GiB under a 437 MiB limit, touched as it grows, held
+        import numpy as np
+
+        blocks = [np.ones(2**23) for _ in range(32)]  # 64 MiB each
+        time.sleep(60)
+        return len(blocks)
+    if x == EXITS:
+        os._exit(3)
+    if x == SYS_EXIT:
+        sys.exit()
+    time.sleep(0.002)
+    return x * x
+
+
+def counted(log: Path) -> collections.Counter:
+    return collections.Counter(int(line) for line in log.read_text().split())
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
+    """2 one-thread workers with a 437 MiB memory limit each."""
+    with module_bridge(tmp_path_factory, 2, mem=1000) as attached:
+        yield attached
+
+
+def test_items_that_end_their_worker_fail_alone_with_the_cause_and_every_other_result_comes_back(
+        cluster, tmp_path: Path) -> None:
+    _, bridge = cluster
+    limit = next(iter(bridge.client.scheduler_info()["workers"].values()))["memory_limit"]
+    assert 400 * 2**20 < limit < 480 * 2**20  # the job's real memory limit
+    log = tmp_path / "calls.log"
+    run = bridge.map(misbehave, range(300), args=(str(log),), name="oom", progress=False)
+    with pytest.raises(ItemError) as failed:
+        bridge.gather(run, timeout=240, progress=False)
+    error = failed.value
+    assert type(error).__name__ == "ItemKilledWorker" and error.index == MEMORY_HOG and error.item == "75"
+    text = str(error)
+    assert "was ended by its nanny for memory: it reached " in text  # what it reached, and the limit:
+    assert f"MiB, over 95 % of the worker's {limit / 2**20:.0f} MiB limit" in text
+    assert "It is not run again: it was the only item running in that process" in text
+    assert "distributed alone would try it on up to 4: allowed-failures=3" in text
+    assert sorted(error.errors) == [MEMORY_HOG, EXITS, SYS_EXIT]
+    assert "WorkerDied: " in error.errors[EXITS] and "exited with status 3" in error.errors[EXITS]
+    assert error.errors[SYS_EXIT].startswith("SystemExit")  # an item error: its worker did not die
+    expected = [None if x in (MEMORY_HOG, EXITS, SYS_EXIT) else x * x for x in range(300)]
+    assert error.results == expected
+    assert "297 of 300 items have results" in text
+    calls = counted(log)
+    assert sorted(calls) == list(range(300))
+    assert calls[MEMORY_HOG] == calls[EXITS] == 1  # not run on a second worker, let alone a third
+    assert {x: n for x, n in calls.items() if n != 1} == {}  # every other item ran exactly once
+    # The run stays on the cluster: collected again by name, the same error with the same results.
+    with pytest.raises(ItemError) as again:
+        bridge.results("oom", timeout=60, progress=False)
+    assert again.value.index == MEMORY_HOG and again.value.results == expected
+    bridge.release("oom")
+    # The nannies started new workers: the cluster maps as before.
+    bridge.wait_for_workers(2, timeout=60)
+    assert bridge.gather(bridge.map(abs, range(-4, 0), progress=False), progress=False) == [4, 3, 2, 1]
+
+
+# --- what a retry makes of the deaths it is told about (no cluster: the nanny's reports are given) ---
+
+def slot(key: str, fetched: int, **fields: object) -> dict:
+    return {"key": key, "fetched": fetched, "loop_done": False, "cut": None, "timed_out": None,
+            "timed_seconds": 0.0, "item_timeout": None, **fields}
+
+
+def report(*slots: dict, lines: tuple[str, ...] = ("Worker process 11 exited with status 3",)) -> dict:
+    return {"lines": list(lines), "memory_limit": 2**29, "terminate": 0.95, "slots": list(slots), "address": "n"}
+
+
+def death(pid: int = 11) -> dict:
+    return {"worker": f"tls://w{pid}", "pid": pid, "nanny": "tls://n", "host": "h"}
+
+
+def test_an_item_alone_in_its_dead_worker_is_failed_at_once_with_the_nannys_words() -> None:
+    from hpcbridge.cluster.attempts import investigate
+
+    verdict = investigate("k", 100, [death()], ask=lambda d, key: report(slot("k", 5), slot("other", 3, loop_done=True)))
+    assert list(verdict.skip) == [4] and verdict.where[4] == "tls://w11"
+    error, details = verdict.skip[4]
+    assert error.startswith("WorkerDied: the worker process running it (pid 11 on tls://w11) exited with status 3.")
+    assert "it was the only item running in that process" in error and "Worker process 11 exited" in details
+
+
+def test_an_item_sharing_its_dead_worker_runs_again_and_is_failed_when_a_second_worker_dies() -> None:
+    from hpcbridge.cluster.attempts import investigate
+
+    shared = report(slot("k", 5), slot("other", 3))
+    assert not investigate("k", 0, [death()], ask=lambda d, key: shared).skip  # perhaps the other item's fault
+    verdict = investigate("k", 0, [death(11), death(12)], ask=lambda d, key: shared)
+    assert list(verdict.skip) == [4] and "each of the 2 times a worker process died" in verdict.skip[4][0]
+
+
+def test_a_timed_out_item_is_named_and_the_other_attempts_of_its_process_are_not_blamed() -> None:
+    from hpcbridge.cluster.attempts import investigate
+
+    timed = report(slot("k", 3, timed_out=2, timed_seconds=5.4, item_timeout=5.0), slot("other", 7))
+    verdict = investigate("k", 0, [death()], ask=lambda d, key: timed)
+    assert list(verdict.skip) == [2]
+    assert verdict.skip[2][0].startswith("ItemTimeout: it ran longer than item_timeout=5 s (5.4 s when it was stopped)")
+    assert not investigate("other", 0, [death()], ask=lambda d, key: timed)  # ended on purpose: rerun, no blame
+
+
+def test_no_item_is_blamed_for_a_death_outside_the_items_or_without_a_report() -> None:
+    from hpcbridge.cluster.attempts import investigate
+
+    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 9, loop_done=True)))
+    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 0)))
+    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("elsewhere", 2)))
+    assert not investigate("k", 0, [death()], ask=lambda d, key: None)  # the nanny's node is gone too
+    assert investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 4, cut=4, loop_done=True))).stop == 4
+
+
+def test_a_chunk_notes_each_item_before_it_runs_and_a_cut_ends_it_after_the_running_one(tmp_path, monkeypatch) -> None:
+    from hpcbridge.cluster import attempts
+    from hpcbridge.cluster.chunks import ChunkTask, run_chunk
+
+    monkeypatch.setenv("HPCBRIDGE_SLOT_DIRECTORY", str(tmp_path))
+    seen = {}
+
+    def item(x: int) -> int:
+        if x == 13:
+            [attempt] = attempts.running()
+            seen["slot"] = attempts.read_slots(os.getpid())[0]["fetched"]
+            seen["cut"] = attempt.cut()
+        return -x
+
+    values, errors, _, _ = run_chunk(ChunkTask("cut", item, list(range(10, 30)), 10, False))
+    assert seen == {"slot": 4, "cut": 4} and values == [-10, -11, -12, -13] and not errors
+    assert not list(tmp_path.glob("*/*.slot"))  # an attempt that ends removes its slot
