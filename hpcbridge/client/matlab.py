@@ -35,7 +35,7 @@ from hpcbridge.client import arguments
 from hpcbridge.client.bridge import Bridge, ConnectError
 from hpcbridge.client.bridge import connect as _connect
 from hpcbridge.client.futures import wait_for
-from hpcbridge.client.losses import RunLost
+from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.runs import ItemError, new_run_name
 from hpcbridge.cluster.broadcasts import Broadcast
 
@@ -211,7 +211,7 @@ def _results(cluster: str, run: str, timeout: Any, stack: Any) -> Any:
         return _bridge_or_lost(cluster).results(run, stack=bool(stack), timeout=seconds, progress=False)
     except ItemError as error:
         raise MatlabItemError(error.run, error.index, error.item, error.worker, error.error,
-                              error.remote_traceback) from None
+                              error.remote_traceback, error.results, error.errors, error.missing) from None
 
 
 def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = False,
@@ -221,15 +221,16 @@ def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fal
     ``partial=True`` returns ``{"values", "missing", "complete", "reason"}``: the values in
     input order as :func:`gather` shapes them, numeric ones with NaN where an item has no result
     (other kinds: an empty cell); ``missing``, the 1-based indices of those items (int64, MATLAB's
-    indexing); ``reason``, the error's text ("" when complete).
+    indexing): items lost with the cluster and items that failed (an error in the function, or
+    they ended their worker process); ``reason``, the error's text ("" when complete).
     """
     try:
         values = _results(cluster, run, timeout, stack)
-    except RunLost as lost:
-        if not partial:
+    except (RunLost, ItemError, RunError) as lost:
+        if not partial or getattr(lost, "results", None) is None:
             raise
-        missing = set(lost.missing_items())
-        values = lost.results or [None] * lost.n_items
+        missing = set(_without_result(lost))
+        values = lost.results
         numeric = all(isinstance(v, numbers.Number) for i, v in enumerate(values) if i not in missing)
         filled = [math.nan if i in missing and numeric else v for i, v in enumerate(values)]
         return {"values": to_matlab(filled), "missing": np.array(sorted(missing), dtype=np.int64) + 1,
@@ -237,6 +238,14 @@ def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fal
     if not partial:
         return to_matlab(values)
     return {"values": to_matlab(values), "missing": np.zeros(0, dtype=np.int64), "complete": True, "reason": ""}
+
+
+def _without_result(error: RunError | ItemError) -> list[int]:
+    """The 0-based indices of the items an error says have no result."""
+    if isinstance(error, RunLost):
+        return error.missing_items()
+    failed = error.failed_items() if isinstance(error, ItemError) else []
+    return failed + [index for low, high in error.missing for index in range(low, high)]
 
 
 def runs(cluster: str) -> list[str]:
