@@ -132,7 +132,8 @@ def test_a_timed_out_item_is_named_and_the_other_attempts_of_its_process_are_not
     timed = report(slot("k", 3, timed_out=2, timed_seconds=5.4, item_timeout=5.0), slot("other", 7))
     verdict = investigate("k", 0, [death()], ask=lambda d, key: timed)
     assert list(verdict.skip) == [2]
-    assert verdict.skip[2][0].startswith("ItemTimeout: it ran longer than item_timeout=5 s (5.4 s when it was stopped)")
+    assert verdict.skip[2][0].startswith("ItemTimeout: it ran longer than item_timeout=5 s on tls://w11 (it was "
+                                         "stopped after 5.4 s)")
     assert not investigate("other", 0, [death()], ask=lambda d, key: timed)  # ended on purpose: rerun, no blame
 
 

@@ -24,7 +24,7 @@ from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.addresses import address_answers
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.backends.job import SubmittedJob
-from hpcbridge.client import arguments, collect, latency, runs, watch
+from hpcbridge.client import arguments, collect, latency, runs, stuck, watch
 from hpcbridge.client import broadcast as broadcasts
 from hpcbridge.client.attach import (
     FOLLOW_GRACE_SECONDS,
@@ -545,6 +545,10 @@ class Bridge:
     def release(self, handle: Run | Broadcast | str) -> bool:
         """Free a run's results or a broadcast's copies on the cluster (by handle or by name).
 
+        A run's chunks still computing stop after their running items; a worker whose item does
+        not end within 2 s is ended (its nanny starts a new one), so a hung item does not keep
+        it busy for good.
+
         Returns True when something was freed. Releasing what the cluster no longer holds
         (released before, a run already collected by :meth:`gather`, or a name it never had) is
         no error: a warning says so, naming what the cluster does hold, and False is returned.
@@ -552,16 +556,21 @@ class Bridge:
         client = self._cluster()
         held = client.list_datasets()
         if isinstance(handle, Run):
+            unfinished = any(future is not None and not future.done() for future in handle.futures)
             client.cancel([future for future in handle.futures if future is not None])
             if handle.directory:
                 shutil.rmtree(handle.directory, ignore_errors=True)
             if handle.name in held:
-                runs.release(client, handle.name)
+                unfinished = runs.release(client, handle.name) or unfinished
+            if unfinished:
+                stuck.free_workers(client, handle.name)
+            if handle.name in held:
                 return True
             return self._already_released(f"run {handle.name!r}", held)
         if not isinstance(handle, Broadcast) and handle in held:
             directory = runs.reattach(client, handle).directory
-            runs.release(client, handle)
+            if runs.release(client, handle):
+                stuck.free_workers(client, handle)
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
             return True

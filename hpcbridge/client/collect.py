@@ -18,6 +18,7 @@ from hpcbridge.client.missing_modules import module_missing
 from hpcbridge.client.planning import remember_estimate
 from hpcbridge.client.progress import Progress
 from hpcbridge.client.runs import Run, item_error_class, refresh_after_reconnect
+from hpcbridge.client.stuck import Handoff, describe_running, running_items
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
 from hpcbridge.rundir import RunDirectory, missing_ranges
@@ -40,12 +41,17 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
     deadline = None if timeout is None else time.monotonic() + timeout
     meter = Progress(run.name, run.n_items, stream) if progress else None
     watch = ClusterWatch(client, drain_from)
+    handoff = Handoff(client, run)
     pending = [f for f in run.futures if f is not None]
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
+            running = running_items(client, run.name) if client.status == "running" else []
+            still = (f"; still running: {describe_running(running)} (the items before a running item in its chunk "
+                     "are computed and come back with it; map(..., item_timeout=seconds) ends such items)"
+                     if running else "")
             raise TimeoutError(
-                f"run {run.name!r}: {run.done_items()} of {run.n_items} items done after {timeout:g} s; "
+                f"run {run.name!r}: {run.done_items()} of {run.n_items} items done after {timeout:g} s{still}; "
                 f"the results stay on the cluster: collect them later with results({run.name!r})")
         if client.status not in ("closing", "closed"):  # a closed client (it gave up) has no loop to wait in
             wait_for(client, pending, 0.5 if left is None else min(0.5, left), first=True)
@@ -54,6 +60,7 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
         lost = watch.lost(cancelled=any(f.status == "cancelled" for f in run.futures if f is not None))
         if not lost:
             refresh_after_reconnect(client, run)
+            handoff.check()
         pending = [f for f in run.futures if f is not None and not f.done()]
         if lost:
             break

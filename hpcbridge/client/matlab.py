@@ -37,6 +37,7 @@ from hpcbridge.client.bridge import connect as _connect
 from hpcbridge.client.futures import wait_for
 from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.runs import ItemError, new_run_name
+from hpcbridge.client.stuck import Handoff
 from hpcbridge.cluster.broadcasts import Broadcast
 
 _BRIDGES: dict[str, Bridge] = {}
@@ -182,6 +183,7 @@ def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     if not bridge.connected or run not in bridge.client.list_datasets():
         return {"done": 0, "total": 0, "finished": True, "failed": False}
     handle = bridge.run(run)
+    Handoff(bridge.client, handle).check(now=True)  # a stuck item's chunk hands the rest of its items on
     futures = [f for f in handle.futures if f is not None]
     wait_for(bridge.client, futures, seconds)
     done = handle.done_items()

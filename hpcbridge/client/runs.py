@@ -340,14 +340,17 @@ def _check_same_run(name: str, directory: RunDirectory, manifest: dict[str, Any]
             "name, or delete that folder to start the run afresh")
 
 
-def release(client: Client, name: str) -> None:
-    """Let the cluster forget run ``name`` and its results."""
+def release(client: Client, name: str) -> bool:
+    """Let the cluster forget run ``name`` and its results; True if some of its chunks had not finished."""
     try:
         record = client.get_dataset(name)
     except KeyError:
         raise KeyError(f"no run named {name!r} on this cluster") from None
     client.unpublish_dataset(name)
-    client.cancel(futures_in(record))
+    futures = futures_in(record)
+    unfinished = any(not future.done() for future in futures)
+    client.cancel(futures)
+    return unfinished
 
 
 def futures_in(record: Any) -> list[Future]:

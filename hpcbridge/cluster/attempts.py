@@ -57,6 +57,7 @@ PLUGIN_NAME = "hpcbridge-death-notes"
 STUCK_TOPIC = "hpcbridge-stuck"  # scheduler events: an item that has run far longer than expected
 
 ITEM_TIMEOUT_EXIT = 124  # the exit status of a worker process ended for an item's timeout (as timeout(1) uses)
+RELEASED_EXIT = 75  # the exit status of a worker process ended because a released run's item would not stop
 ONE_WORKER_LIMIT = 2  # an item running when this many workers died is not run again (1 when it ran alone)
 REPORT_WAIT = 10.0  # how long a retry waits for the dead worker's nanny to say what happened
 ASK_TIMEOUT = 30.0  # the bound on every question a retry asks the nanny or the scheduler
@@ -67,7 +68,7 @@ STALE_SLOT_SECONDS = 24 * 3600  # slots of dead processes older than this are re
 
 # The slot: a fixed header, then one byte per item of the chunk, written before the item runs.
 _MAGIC = b"HPCBRID1"
-_STATE, _CUT, _TIMED_OUT, _TIMED_SECONDS, _SAVED, _JSON_LENGTH = 8, 16, 24, 32, 40, 48
+_STATE, _CUT, _TIMED_OUT, _TIMED_SECONDS, _SAVED, _JSON_LENGTH, _ENDED = 8, 16, 24, 32, 40, 48, 56
 _JSON_AT = 64
 HEADER = 4096
 RUNNING, LOOP_DONE = 0, 1
@@ -104,7 +105,8 @@ class Attempt:
         self.data: Iterator[Any] | None = None  # the sequence iterator the loop takes items from (cut ends it)
         self.cut_at: int | None = None
         self.thread = threading.current_thread()
-        self.worker = _worker_address()
+        self.dask_worker = _worker()  # found through the task's context: the watchdog's thread has none
+        self.worker = getattr(self.dask_worker, "address", None)
         self.seen = (-1, time.monotonic())  # (fetched, since when) as the watchdog last saw it
         self.seceded = self.stuck_said = False
         self.path: Path | None = None
@@ -129,7 +131,7 @@ class Attempt:
                              "pid": os.getpid(), "worker": self.worker, "started": time.time(),
                              "item_timeout": self.item_timeout}).encode()[:HEADER - _JSON_AT]
         self.map[0:8] = _MAGIC
-        struct.pack_into("qqqdqq", self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header))
+        struct.pack_into("qqqdqqq", self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header), 0)
         self.map[_JSON_AT:_JSON_AT + len(header)] = header
 
     def tracked(self, low: int, high: int) -> Iterator[Any]:
@@ -182,6 +184,11 @@ class Attempt:
 
     def _loop_done(self) -> bool:
         return self.map is not None and struct.unpack_from("q", self.map, _STATE)[0] == LOOP_DONE
+
+    def note_ended(self) -> None:
+        """Note that hpcbridge ends this process on purpose (a released run's item would not stop)."""
+        if self.map is not None:
+            struct.pack_into("q", self.map, _ENDED, 1)
 
     def note_timeout(self, index: int, seconds: float) -> None:
         """Note that the item at ``index`` (chunk-relative) ran past the item timeout (before the process ends)."""
@@ -345,6 +352,26 @@ def _real_exit(status: int) -> None:
     getattr(os._exit, "__wrapped__", os._exit)(status)
 
 
+def end_for_release(run: str, dask_worker: Any = None) -> bool:
+    """Worker side (``client.run``): end this worker process if an attempt of released run ``run`` is still in
+    an item (its nanny starts a new one); True if it will end. The other attempts here keep what they
+    computed and are not blamed: their retries compute only the rest."""
+    if not _has_nanny(dask_worker):
+        logger.warning("hpcbridge: an item of released run %r still runs here, and this worker has no nanny to "
+                       "start it again: it is left running", run)
+        return False
+    busy = [a for a in running() if a.run == run and a.describe()["index"] is not None]
+    if not busy:
+        return False
+    for attempt in running():
+        attempt.note_ended()
+    keep_all()
+    logger.warning("hpcbridge: ending this worker process (pid %s) to stop item %s of released run %r",
+                   os.getpid(), busy[0].describe()["index"], run)
+    threading.Timer(0.2, _real_exit, (RELEASED_EXIT,)).start()  # after this answer has gone back
+    return True
+
+
 # ---------------------------------------------------------------- the watchdog
 
 class Watchdog:
@@ -387,7 +414,7 @@ class Watchdog:
             if fetched == 0 or attempt._loop_done() or attempt.map is None and fetched >= attempt.n:
                 continue
             seconds = now - attempt.seen[1]
-            if attempt.item_timeout and seconds > attempt.item_timeout:
+            if attempt.item_timeout and seconds > attempt.item_timeout and _has_nanny(attempt.dask_worker):
                 end_for_timeout(attempt, fetched - 1, seconds, attempts)
             limit = max(STUCK_MIN_SECONDS, STUCK_FACTOR * attempt.expected_per_item)
             if seconds > limit and not attempt.stuck_said:
@@ -413,7 +440,7 @@ def end_for_timeout(attempt: Attempt, index: int, seconds: float, attempts: list
 def _stuck(attempt: Attempt, index: int, seconds: float) -> None:
     """An item runs far longer than expected: free its thread's place in the worker's pool, and say so."""
     attempt.seceded = _secede(attempt)
-    worker = _worker()
+    worker = attempt.dask_worker
     if worker is not None:
         message = {"run": attempt.run, "key": attempt.key, "index": attempt.start + index,
                    "worker": attempt.worker, "seconds": round(seconds, 1)}
@@ -426,7 +453,7 @@ def _secede(attempt: Attempt) -> bool:
 
     The thread itself leaves the pool when its task ends (:func:`leave_pool_if_seceded`).
     """
-    worker = _worker()
+    worker = attempt.dask_worker
     if worker is None:
         return False
     try:
@@ -541,7 +568,7 @@ def read_slots(pid: int, key: str | None = None) -> list[dict[str, Any]]:
             continue
         if len(data) < HEADER or data[:8] != _MAGIC:
             continue
-        state, cut_at, timed_out, timed_seconds, saved, length = struct.unpack_from("qqqdqq", data, 8)
+        state, cut_at, timed_out, timed_seconds, saved, length, ended = struct.unpack_from("qqqdqqq", data, 8)
         try:
             header = json.loads(data[_JSON_AT:_JSON_AT + length])
         except ValueError:
@@ -550,7 +577,8 @@ def read_slots(pid: int, key: str | None = None) -> list[dict[str, Any]]:
         zero = data.find(b"\x00", HEADER, HEADER + n)
         header.update(fetched=n if zero < 0 else zero - HEADER, loop_done=state == LOOP_DONE,
                       cut=None if cut_at < 0 else cut_at, timed_out=None if timed_out < 0 else timed_out,
-                      timed_seconds=timed_seconds, saved=None if saved < 0 else saved, path=str(path))
+                      timed_seconds=timed_seconds, saved=None if saved < 0 else saved, ended=bool(ended),
+                      path=str(path))
         if key is not None and header.get("key") == key and saved > 0:
             with contextlib.suppress(OSError):  # as bytes: the nanny may not import the values' classes
                 header["kept"] = path.with_suffix(".values").read_bytes()
@@ -655,14 +683,14 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]],
         if timed is not None:
             limit = slot.get("item_timeout")
             verdict.skip[timed] = (
-                f"ItemTimeout: it ran longer than item_timeout={limit:g} s ({slot.get('timed_seconds', 0):.1f} s when "
-                f"it was stopped) on {death.get('worker')}; hpcbridge ended that worker process (pid {death.get('pid')}) "
-                "to stop it, and its nanny started a new one",
+                f"ItemTimeout: it ran longer than item_timeout={limit:g} s on {death.get('worker')} (it was stopped "
+                f"after {slot.get('timed_seconds', 0):.1f} s): hpcbridge ended that worker process "
+                f"(pid {death.get('pid')}) to stop it, and its nanny started a new one",
                 "no traceback: the item was stopped by ending its worker process")
             verdict.where[timed] = death.get("worker") or "a worker"
             continue
-        if any(s.get("timed_out") is not None for s in slots):
-            continue  # its process was ended on purpose, for another attempt's item: nothing to pin here
+        if any(s.get("timed_out") is not None or s.get("ended") for s in slots):
+            continue  # its process was ended on purpose (another item's timeout, a released run): no blame
         if slot.get("loop_done") or not slot.get("fetched"):
             continue  # it died before the first item or after the last: not in an item
         index = slot["fetched"] - 1
@@ -750,6 +778,12 @@ def _worker() -> Any:
         return get_worker()
     except Exception:  # noqa: BLE001 -- not on a worker (a test calling run_chunk, the local executor)
         return None
+
+
+def _has_nanny(worker: Any) -> bool:
+    """Whether a nanny watches this worker (it starts a new process when this one ends). Without one (dask-mpi's
+    ranks), ending the process would lose the worker, or the whole MPI job: item timeouts are not enforced."""
+    return worker is not None and getattr(worker, "nanny", None) is not None
 
 
 def _worker_address() -> str | None:
