@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests.conftest import module_bridge
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the items below run on the cluster
 
 MEMORY_HOG, EXITS, SYS_EXIT = 75, 150, 225
+KILLED = 70
 
 
 def misbehave(x: int, log: str) -> int:
@@ -43,6 +45,16 @@ def misbehave(x: int, log: str) -> int:
         sys.exit()
     time.sleep(0.002)
     return x * x
+
+
+def killed_outright(x: int, log: str) -> int:
+    """``-x``, except item 70, which kills its own worker process with SIGKILL (as the kernel's OOM killer would)."""
+    with open(log, "a") as out:
+        out.write(f"{x}\n")
+    if x == KILLED:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.002)
+    return -x
 
 
 def counted(log: Path) -> collections.Counter:
@@ -71,7 +83,7 @@ def test_items_that_end_their_worker_fail_alone_with_the_cause_and_every_other_r
     assert "was ended by its nanny for memory: it reached " in text  # what it reached, and the limit:
     assert f"MiB, over 95 % of the worker's {limit / 2**20:.0f} MiB limit" in text
     assert "It is not run again: it was the only item running in that process" in text
-    assert "distributed alone would try it on up to 4: allowed-failures=3" in text
+    assert "never on a third; distributed alone would try it on up to 4 workers: allowed-failures=3" in text
     assert sorted(error.errors) == [MEMORY_HOG, EXITS, SYS_EXIT]
     assert "WorkerDied: " in error.errors[EXITS] and "exited with status 3" in error.errors[EXITS]
     assert error.errors[SYS_EXIT].startswith("SystemExit")  # an item error: its worker did not die
@@ -92,10 +104,34 @@ def test_items_that_end_their_worker_fail_alone_with_the_cause_and_every_other_r
     assert bridge.gather(bridge.map(abs, range(-4, 0), progress=False), progress=False) == [4, 3, 2, 1]
 
 
+def test_an_item_that_kills_its_worker_outright_is_pinned_by_its_retry_and_runs_on_no_third_worker(
+        cluster, tmp_path: Path) -> None:
+    """SIGKILL leaves the process no moment to keep what it computed: the first death is known to a
+    block of items, the retry notes each item and pins the second on the item."""
+    _, bridge = cluster
+    log = tmp_path / "calls.log"
+    run = bridge.map(killed_outright, range(200), args=(str(log),), chunk_size=100, progress=False)
+    with pytest.raises(ItemError) as failed:
+        bridge.gather(run, timeout=240, progress=False)
+    error = failed.value
+    assert type(error).__name__ == "ItemKilledWorker" and error.index == KILLED and sorted(error.errors) == [KILLED]
+    assert "was killed by signal 9 (SIGKILL: e.g. the kernel's out-of-memory killer, or kill -9)" in str(error)
+    assert error.results == [None if x == KILLED else -x for x in range(200)]
+    calls = counted(log)
+    assert calls[KILLED] == 2  # on two workers, not a third
+    block = KILLED // 64 * 64  # the retry kept the items before the killing block: only those in it ran thrice
+    assert {x for x, n in calls.items() if n == 3} == set(range(block, KILLED))
+    assert {x for x, n in calls.items() if n == 2} == set(range(block)) | {KILLED}
+    assert {x: n for x, n in calls.items() if n > 3 or x > KILLED and n != 1} == {}
+    bridge.release(run)
+
+
 # --- what a retry makes of the deaths it is told about (no cluster: the nanny's reports are given) ---
 
-def slot(key: str, fetched: int, **fields: object) -> dict:
-    return {"key": key, "fetched": fetched, "loop_done": False, "cut": None, "timed_out": None,
+def slot(key: str, fetched: int | tuple[int, int], **fields: object) -> dict:
+    """A slot as read_slots gives it: ``fetched`` exact, or the (low, high) range of a block."""
+    taken = fetched if isinstance(fetched, tuple) else (fetched, fetched)
+    return {"key": key, "fetched": taken, "loop_done": False, "cut": None, "timed_out": None, "saved": None,
             "timed_seconds": 0.0, "item_timeout": None, **fields}
 
 
@@ -142,6 +178,10 @@ def test_no_item_is_blamed_for_a_death_outside_the_items_or_without_a_report() -
 
     assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 9, loop_done=True)))
     assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 0)))
+    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 5, saved=5)))  # between items
+    # A hard kill in a first attempt is known to a block of items: the retry tracks each item from it.
+    block = investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", (65, 128))))
+    assert not block.skip and block.suspect == 64
     assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("elsewhere", 2)))
     assert not investigate("k", 0, [death()], ask=lambda d, key: None)  # the nanny's node is gone too
     assert investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 4, cut=4, loop_done=True))).stop == 4
@@ -157,10 +197,10 @@ def test_a_chunk_notes_each_item_before_it_runs_and_a_cut_ends_it_after_the_runn
     def item(x: int) -> int:
         if x == 13:
             [attempt] = attempts.running()
-            seen["slot"] = attempts.read_slots(os.getpid())[0]["fetched"]
+            seen["slot"] = attempts.read_slots(os.getpid())[0]["fetched"]  # a block of 64 begun
             seen["cut"] = attempt.cut()
         return -x
 
     values, errors, _, _ = run_chunk(ChunkTask("cut", item, list(range(10, 30)), 10, False))
-    assert seen == {"slot": 4, "cut": 4} and values == [-10, -11, -12, -13] and not errors
+    assert seen == {"slot": (1, 20), "cut": 4} and values == [-10, -11, -12, -13] and not errors
     assert not list(tmp_path.glob("*/*.slot"))  # an attempt that ends removes its slot

@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import mmap
+import operator
 import os
 import pickle
 import secrets
@@ -66,11 +67,15 @@ STUCK_MIN_SECONDS = 5.0  # an item counts as stuck after this long, and
 STUCK_FACTOR = 20.0  # after this many times its chunk's expected time per item
 STALE_SLOT_SECONDS = 24 * 3600  # slots of dead processes older than this are removed
 
-# The slot: a fixed header, then one byte per item of the chunk, written before the item runs.
-_MAGIC = b"HPCBRID1"
-_STATE, _CUT, _TIMED_OUT, _TIMED_SECONDS, _SAVED, _JSON_LENGTH, _ENDED = 8, 16, 24, 32, 40, 48, 56
-_JSON_AT = 64
+# The slot: a fixed header, then one byte per block of items (per item on a retry), written before
+# the block's first item (the item) is handed out.
+_MAGIC = b"HPCBRID2"
+_FIELDS = "qqqdqqqqq"  # state, cut, timed out, its seconds, saved, header length, ended, granule, taken
+_STATE, _CUT, _TIMED_OUT, _TIMED_SECONDS, _SAVED, _JSON_LENGTH, _ENDED, _GRANULE, _TAKEN = range(8, 80, 8)
+_JSON_AT = 128
 HEADER = 4096
+BLOCK = 64  # items per slot byte on a first attempt
+_BLOCK_OF_TRUE = (True,) * BLOCK
 RUNNING, LOOP_DONE = 0, 1
 _ONE = (b"\x01",)
 
@@ -89,21 +94,26 @@ def slot_directory() -> Path:
 class Attempt:
     """One run of one chunk task in this process: its slot, its place in the items, what it has computed.
 
-    ``tracked(a, b)`` is the iterator over items ``a..b-1`` (chunk-relative) that writes the slot
-    as the items are taken; :meth:`fetched` is how many items have been taken (the item running
-    is ``fetched() - 1``). An attempt whose slot cannot be made (no shared memory) still runs its
-    items, untracked: a death in it then cannot be pinned on an item.
+    ``tracked(a, b)`` is the iterator over items ``a..b-1`` (chunk-relative) that notes them in the
+    slot as they are taken: one byte per block of :data:`BLOCK` items on a first attempt (about
+    10 ns an item), one byte per item on a retry (``exact``), which runs after a death and must pin
+    the next one on an item. :meth:`fetched` is how many items have been taken, exactly (from the
+    iterator; the item running is ``fetched() - 1``). An attempt whose slot cannot be made (no
+    shared memory) still runs its items: a death in it then cannot be pinned on an item.
     """
 
     def __init__(self, key: str, run: str, start: int, items: Sequence[Any], extra: tuple[Any, ...] = (),
-                 item_timeout: float | None = None, expected_per_item: float = 0.0, task: Any = None) -> None:
+                 item_timeout: float | None = None, expected_per_item: float = 0.0, task: Any = None,
+                 exact: bool = False) -> None:
         self.key, self.run, self.start, self.items, self.extra = key, run, start, items, extra
         self.item_timeout, self.expected_per_item, self.task = item_timeout, expected_per_item, task
         self.n = len(items)
+        self.granule = 1 if exact else BLOCK
         self.values: list[Any] = []
         self.errors: dict[int, tuple] = {}
         self.data: Iterator[Any] | None = None  # the sequence iterator the loop takes items from (cut ends it)
         self.cut_at: int | None = None
+        self.loop_done = False
         self.thread = threading.current_thread()
         self.dask_worker = _worker()  # found through the task's context: the watchdog's thread has none
         self.worker = getattr(self.dask_worker, "address", None)
@@ -114,16 +124,17 @@ class Attempt:
         try:
             self._open()
         except Exception as error:  # noqa: BLE001 -- no shared memory: the items still run
-            logger.warning("hpcbridge: chunk %s..%s runs untracked (no slot: %s); a worker death in it cannot be "
+            logger.warning("hpcbridge: chunk %s..%s runs without a slot (%s): a worker death in it cannot be "
                            "pinned on an item", start, start + self.n - 1, error)
             self.path, self.map = None, None
 
     def _open(self) -> None:
         path = slot_directory() / f"{os.getpid()}.{secrets.token_hex(6)}.slot"
+        size = HEADER + max(1, -(-self.n // self.granule))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, HEADER + max(self.n, 1))
-            self.map = mmap.mmap(fd, HEADER + max(self.n, 1))
+            os.ftruncate(fd, size)
+            self.map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         self.path = path
@@ -131,11 +142,12 @@ class Attempt:
                              "pid": os.getpid(), "worker": self.worker, "started": time.time(),
                              "item_timeout": self.item_timeout}).encode()[:HEADER - _JSON_AT]
         self.map[0:8] = _MAGIC
-        struct.pack_into("qqqdqqq", self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header), 0)
+        struct.pack_into(_FIELDS, self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header), 0, self.granule, -1)
         self.map[_JSON_AT:_JSON_AT + len(header)] = header
 
     def tracked(self, low: int, high: int) -> Iterator[Any]:
-        """The items ``low..high-1`` (chunk-relative), each noted in the slot before it is handed out."""
+        """The items ``low..high-1`` (chunk-relative), noted in the slot as they are taken (a first
+        attempt, by blocks, always starts at 0)."""
         data = iter(self.items)
         if low:
             data.__setstate__(low)
@@ -145,45 +157,46 @@ class Attempt:
         taken = data if high >= self.n else itertools.islice(data, high - low)
         if self.map is None:
             return iter(taken)
-        self.map.seek(HEADER + low)
-        return itertools.compress(taken, itertools.starmap(self.map.write, itertools.repeat(_ONE)))
+        self.map.seek(HEADER + low // self.granule)
+        if self.granule == 1:
+            marks = itertools.starmap(self.map.write, itertools.repeat(_ONE))
+        else:  # a block's byte, then its items: mmap.write returns 1, and 1 * (True,) * BLOCK selects BLOCK items
+            marks = itertools.chain.from_iterable(map(operator.mul, map(self.map.write, itertools.repeat(b"\x01")),
+                                                      itertools.repeat(_BLOCK_OF_TRUE)))
+        return itertools.compress(taken, marks)
 
     def advance(self, to: int) -> None:
-        """Note items up to ``to`` (chunk-relative) as taken without running them (done before, or skipped)."""
-        if self.map is not None:
-            fetched = self.fetched()
-            if to > fetched:
-                self.map.seek(HEADER + fetched)
-                self.map.write(b"\x01" * (to - fetched))
+        """Note items up to ``to`` (chunk-relative) as taken without running them (kept from before, or
+        skipped): only a retry, with one byte per item, does that."""
+        if self.map is not None and self.granule == 1:
+            self.map.seek(HEADER)
+            self.map.write(b"\x01" * to)
 
     def fetched(self) -> int:
-        """How many items have been taken (the item running, if any, is the last of them)."""
-        if self.map is None:
-            hint = getattr(self.data, "__length_hint__", None)
-            return self.n - hint() if hint is not None and self.cut_at is None else len(self.values)
-        found = self.map.find(b"\x00", HEADER, HEADER + self.n)
-        return self.n if found < 0 else found - HEADER
+        """How many items have been taken, exactly (the item running, if any, is the last of them)."""
+        if self.cut_at is not None:
+            return self.cut_at
+        hint = getattr(self.data, "__length_hint__", None)
+        return self.n - hint() if hint is not None else len(self.values)
 
     def cut(self) -> int | None:
         """Take no item after the one running; return how many items the attempt will have computed
         (None when its loop is over or it has taken every item already)."""
-        if self.data is None or self.map is None or self.cut_at is not None or self._loop_done():
+        if self.data is None or self.cut_at is not None or self.loop_done or not hasattr(self.data, "__setstate__"):
             return None
         fetched = self.fetched()
-        if fetched >= self.n or not hasattr(self.data, "__setstate__"):
+        if fetched >= self.n:
             return None
         self.data.__setstate__(self.n)  # the loop's next take finds nothing: a C call, atomic with the loop's
-        self.cut_at = self.fetched()
+        self.cut_at = fetched
         if self.map is not None:
             struct.pack_into("q", self.map, _CUT, self.cut_at)
         return self.cut_at
 
     def finish_loop(self) -> None:
+        self.loop_done = True
         if self.map is not None:
             struct.pack_into("q", self.map, _STATE, LOOP_DONE)
-
-    def _loop_done(self) -> bool:
-        return self.map is not None and struct.unpack_from("q", self.map, _STATE)[0] == LOOP_DONE
 
     def note_ended(self) -> None:
         """Note that hpcbridge ends this process on purpose (a released run's item would not stop)."""
@@ -196,10 +209,11 @@ class Attempt:
             struct.pack_into("qd", self.map, _TIMED_OUT, index, seconds)
 
     def keep_computed(self) -> None:
-        """Save what this attempt computed so far beside its slot, for its retry (done before the process
-        is ended on purpose)."""
+        """Save what this attempt computed so far beside its slot, and exactly how many items it had taken,
+        for its retry (done when the process is about to end)."""
         if self.map is None or self.path is None:
             return
+        taken = self.fetched() if not self.loop_done else -1
         values = list(self.values)  # one C call: a consistent copy while the loop may still append
         done = len(values)
         errors = {i: e for i, e in list(self.errors.items()) if i - self.start < done}
@@ -209,6 +223,7 @@ class Attempt:
         except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
             logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", self.key, error)
             return
+        struct.pack_into("q", self.map, _TAKEN, taken)
         struct.pack_into("q", self.map, _SAVED, done)
 
     def close(self) -> None:
@@ -228,7 +243,7 @@ class Attempt:
         now = self.fetched()
         if now != fetched:
             since = time.monotonic()
-        index = self.start + now - 1 if 0 < now and not self._loop_done() else None
+        index = self.start + now - 1 if 0 < now and not self.loop_done else None
         item = _short_repr(self.items[now - 1]) if index is not None else None
         return {"key": self.key, "run": self.run, "start": self.start, "stop": self.start + self.n,
                 "index": index, "item": item, "seconds": time.monotonic() - since if index is not None else 0.0,
@@ -411,7 +426,7 @@ class Watchdog:
             if fetched != attempt.seen[0]:
                 attempt.seen = (fetched, now)
                 continue
-            if fetched == 0 or attempt._loop_done() or attempt.map is None and fetched >= attempt.n:
+            if fetched == 0 or attempt.loop_done:
                 continue
             seconds = now - attempt.seen[1]
             if attempt.item_timeout and seconds > attempt.item_timeout and _has_nanny(attempt.dask_worker):
@@ -568,17 +583,27 @@ def read_slots(pid: int, key: str | None = None) -> list[dict[str, Any]]:
             continue
         if len(data) < HEADER or data[:8] != _MAGIC:
             continue
-        state, cut_at, timed_out, timed_seconds, saved, length, ended = struct.unpack_from("qqqdqqq", data, 8)
+        state, cut_at, timed_out, timed_seconds, saved, length, ended, granule, taken = struct.unpack_from(
+            _FIELDS, data, 8)
         try:
             header = json.loads(data[_JSON_AT:_JSON_AT + length])
         except ValueError:
             continue
         n = int(header.get("n", 0))
-        zero = data.find(b"\x00", HEADER, HEADER + n)
-        header.update(fetched=n if zero < 0 else zero - HEADER, loop_done=state == LOOP_DONE,
-                      cut=None if cut_at < 0 else cut_at, timed_out=None if timed_out < 0 else timed_out,
-                      timed_seconds=timed_seconds, saved=None if saved < 0 else saved, ended=bool(ended),
-                      path=str(path))
+        marks = max(1, -(-n // max(1, granule)))
+        zero = data.find(b"\x00", HEADER, HEADER + marks)
+        blocks = marks if zero < 0 else zero - HEADER
+        # The items taken: one byte an item on a retry; on a first attempt, exactly when the process
+        # kept its values as it ended, else somewhere in the last block begun.
+        if granule == 1:
+            low = high = blocks
+        elif taken >= 0:
+            low = high = taken
+        else:
+            low, high = max(0, blocks - 1) * granule + min(1, blocks), min(n, blocks * granule)
+        header.update(fetched=(low, high), loop_done=state == LOOP_DONE, cut=None if cut_at < 0 else cut_at,
+                      timed_out=None if timed_out < 0 else timed_out, timed_seconds=timed_seconds,
+                      saved=None if saved < 0 else saved, ended=bool(ended), path=str(path))
         if key is not None and header.get("key") == key and saved > 0:
             with contextlib.suppress(OSError):  # as bytes: the nanny may not import the values' classes
                 header["kept"] = path.with_suffix(".values").read_bytes()
@@ -654,9 +679,10 @@ class Verdict:
         self.where: dict[int, str] = {}  # chunk-relative index -> the worker it died on
         self.stop: int | None = None  # chunk-relative: the chunk was cut there (the rest went elsewhere)
         self.kept: tuple[list[Any], dict[int, tuple]] | None = None  # values and errors computed before a timeout
+        self.suspect: int | None = None  # chunk-relative: a hard kill happened in the block from here
 
     def __bool__(self) -> bool:
-        return bool(self.skip) or self.stop is not None or self.kept is not None
+        return bool(self.skip) or self.stop is not None or self.kept is not None or self.suspect is not None
 
 
 def investigate(key: str, start: int, deaths: list[dict[str, Any]],
@@ -691,25 +717,38 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]],
             continue
         if any(s.get("timed_out") is not None or s.get("ended") for s in slots):
             continue  # its process was ended on purpose (another item's timeout, a released run): no blame
-        if slot.get("loop_done") or not slot.get("fetched"):
-            continue  # it died before the first item or after the last: not in an item
-        index = slot["fetched"] - 1
-        alone = not any(s is not slot and not s.get("loop_done") and s.get("fetched") for s in slots)
+        if not _in_item(slot):
+            continue  # it died before its first item, between two, or after its last: no item to pin it on
+        low, high = slot["fetched"]
+        if low != high:  # a hard kill (SIGKILL, a crash) in a first attempt: somewhere in a block; the
+            # retry notes each item (and keeps what it computed before that block) to pin the next death
+            verdict.suspect = low - 1 if verdict.suspect is None else min(verdict.suspect, low - 1)
+            continue
+        index = low - 1
+        alone = not any(other is not slot and _in_item(other) for other in slots)
         suspects.setdefault(index, []).append(_cause(death, report))
         if alone or len(suspects[index]) >= ONE_WORKER_LIMIT:
             times = len(suspects[index])
-            why = ("it was the only item running in that process" if alone and times == 1 else
+            why = ("it was the only item running in that process" if alone else
                    f"it was running each of the {times} times a worker process died")
             allowed = _allowed_failures()
             verdict.skip[index] = (
-                f"WorkerDied: {suspects[index][-1]}. It is not run again: {why} (hpcbridge runs an item whose worker "
-                f"process died on no other worker when it ran alone there, on at most {ONE_WORKER_LIMIT} workers "
-                f"otherwise; distributed alone would try it on up to {allowed + 1}: allowed-failures={allowed})",
+                f"WorkerDied: {suspects[index][-1]}. It is not run again: {why} (hpcbridge runs such an item on a "
+                f"second worker only when the death could not be pinned on it alone, and never on a third; "
+                f"distributed alone would try it on up to {allowed + 1} workers: allowed-failures={allowed})",
                 "no traceback: the worker process died in this item\n" + "\n".join(report.get("lines") or ()))
             verdict.where[index] = death.get("worker") or "a worker"
     if verdict.stop is not None:
         verdict.skip = {i: e for i, e in verdict.skip.items() if i < verdict.stop}
     return verdict
+
+
+def _in_item(slot: dict[str, Any]) -> bool:
+    """Whether the attempt a slot describes was (or may have been) in an item when its process ended."""
+    low, high = slot.get("fetched") or (0, 0)
+    if slot.get("loop_done") or high == 0:
+        return False
+    return low != high or slot.get("saved") is None or slot["saved"] < low
 
 
 def _unpickle_kept(data: bytes) -> tuple[list[Any], dict[int, tuple]] | None:

@@ -80,7 +80,7 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
     per_item = task.expected_seconds / len(task.items) if len(task.items) else 0.0
     attempt = attempts.begin(attempts.Attempt(key, task.run, task.start, task.items, extra, task.item_timeout,
-                                              per_item, task))
+                                              per_item, task, exact=bool(deaths)))
     try:
         values, errors = attempt.values, attempt.errors
         skip: dict[int, tuple] = {}
@@ -91,11 +91,12 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
                 errors.update({i: e for i, e in kept_errors.items() if i < high})
             skip = {i: (_short_repr(task.items[i]), error, details, verdict.where.get(i, "a worker"))
                     for i, (error, details) in verdict.skip.items() if len(values) <= i < stop}
+        keep_at = verdict.suspect if verdict is not None and verdict.suspect is not None else -1
         drain.started()
         started = time.perf_counter()
         first, called = 0.0, 0
         try:
-            first, called = _call_each(task, args, attempt, skip, stop, started)
+            first, called = _call_each(task, args, attempt, skip, stop, started, keep_at)
             seconds = time.perf_counter() - started
         finally:
             attempt.finish_loop()
@@ -144,7 +145,7 @@ class Pickled:
 
 
 def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip: dict[int, tuple], stop: int,
-               started: float) -> tuple[float, int]:
+               started: float, keep_at: int = -1) -> tuple[float, int]:
     """Append ``fn(item, *args)`` for the items up to ``stop`` (chunk-relative) to ``attempt.values`` (None
     and an entry in ``attempt.errors`` when it raises); return the first call's seconds and how many
     items were called.
@@ -157,7 +158,9 @@ def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip
     goes on from the next item, so every item runs exactly once. (A StopIteration from the function
     would end ``map`` quietly: the slot shows an item taken without a value.) Items in ``skip``
     (they ended a worker process before) get their error without running; a cut (the rest of the
-    chunk was handed to other tasks) ends the loop early.
+    chunk was handed to other tasks) ends the loop early. At ``keep_at`` (a retry reaching the
+    block where a worker was killed outright) the items computed so far are kept beside the slot
+    first, so that another such death does not make them run a third time.
     """
     fn, items, values, errors = task.fn, task.items, attempt.values, attempt.errors
     first, called = -1.0, 0
@@ -169,7 +172,9 @@ def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip
             errors[task.start + position] = skip[position]
             values.append(None)
             continue
-        end = min((i for i in skip if i > position), default=stop)
+        if position == keep_at:
+            attempt.keep_computed()
+        end = min([i for i in skip if i > position] + ([keep_at] if keep_at > position else []) + [stop])
         attempt.advance(position)
         calls = functions.per_item_calls(fn, attempt.tracked(position, end), args)
         while len(values) < end:
