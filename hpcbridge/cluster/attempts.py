@@ -505,6 +505,8 @@ def install_death_notes(dask_scheduler: Any = None) -> bool:
     if PLUGIN_NAME not in dask_scheduler.plugins:
         plugin = DeathNotes()
         plugin.scheduler = dask_scheduler
+        for address in dask_scheduler.workers:
+            plugin.add_worker(dask_scheduler, address)
         dask_scheduler.add_plugin(plugin, name=PLUGIN_NAME)
     return True
 
@@ -514,33 +516,45 @@ class DeathNotes(SchedulerPlugin):
 
     The scheduler counts a task's worker deaths (``ts.suspicious``) and sends the task to another
     worker, but that worker is not told. Annotations travel with the task, so the note reaches it:
-    the worker's address, process id, nanny and host.
+    the dead worker's address, process id, nanny and host. The scheduler says which worker it is
+    removing, and which tasks it was running, in its ``remove-worker`` event, just before it sends
+    those tasks elsewhere (a task a worker stole is told apart this way too).
     """
 
     name = PLUGIN_NAME
 
     def __init__(self) -> None:
         self.scheduler: Any = None
-        self.running_on: dict[Any, tuple] = {}
+        self.workers: dict[str, tuple[Any, Any, Any]] = {}  # address -> (pid, nanny, host)
+        self.dying: dict[Any, str] = {}  # task key -> the worker that died running it, until it is sent on
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
 
+    def add_worker(self, scheduler: Any = None, worker: str | None = None, **kwargs: Any) -> None:
+        state = (scheduler or self.scheduler).workers.get(worker)
+        if state is not None:
+            self.workers[worker] = (state.pid, state.nanny, state.host)
+
+    def remove_worker(self, scheduler: Any = None, worker: str | None = None, **kwargs: Any) -> None:
+        self.workers.pop(worker, None)  # called after its tasks were sent on
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == "all" and isinstance(msg, dict) and msg.get("action") == "remove-worker" \
+                and not msg.get("expected"):
+            for key in msg.get("processing-tasks") or ():
+                self.dying[key] = msg.get("worker")
+
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        tasks = getattr(self.scheduler, "tasks", None)
-        ts = tasks.get(key) if tasks is not None else None
-        if finish == "processing":
-            worker = getattr(ts, "processing_on", None)
-            if worker is not None:
-                self.running_on[key] = (worker.address, worker.pid, worker.nanny, worker.host, ts.suspicious)
+        if start != "processing" or key not in self.dying:
             return
-        if start != "processing":
+        address = self.dying.pop(key)
+        ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+        if ts is None:
             return
-        where = self.running_on.pop(key, None)
-        if ts is None or where is None or ts.suspicious <= where[4]:
-            return  # finished, failed, stolen, or its worker left in good order
+        pid, nanny, host = self.workers.get(address, (None, None, None))
         died = [*(ts.annotations or {}).get(ANNOTATION, ()),
-                {"worker": where[0], "pid": where[1], "nanny": where[2], "host": where[3], "time": time.time()}]
+                {"worker": address, "pid": pid, "nanny": nanny, "host": host, "time": time.time()}]
         ts.annotations = {**(ts.annotations or {}), ANNOTATION: died}  # a new dict: it may be shared
 
 
