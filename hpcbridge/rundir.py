@@ -125,27 +125,26 @@ class RunDirectory:
     def saved_items(self) -> int:
         return sum(high - low for low, high in self.saved())
 
-    # --- chunks with failing items: kept only for the start of the run that computed them --------
+    # --- what one task keeps for its own retries: never a saved chunk ----------------------------
 
-    def save_failed_chunk(self, low: int, high: int, key: str, values: Any, errors: dict[int, Any]) -> None:
-        """Keep a finished chunk that has failing items, for a recomputation of the same task (its result was
-        lost with a worker that died holding it). It is no saved chunk: a later start of the run (a
-        resume) runs its items again, and results from disk do not count it."""
-        write_private_file(self._failed_path(low, high, key),
-                           pickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL))
+    def keep(self, kind: str, low: int, high: int, key: str, kept: Any) -> None:
+        """Keep something for a rerun of task ``key`` (chunk ``low..high-1``) only: ``"failed"``, a finished
+        chunk with failing items (its result would be lost with a worker that died holding it);
+        ``"kept"``, what an attempt computed before its worker process ended. It is no saved chunk:
+        a later start of the run (a resume) runs those items again, results from disk do not count it."""
+        write_private_file(self._kept_path(kind, low, high, key), pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def load_failed_chunk(self, low: int, high: int, key: str) -> tuple[Any, dict[int, Any]] | None:
-        """What :meth:`save_failed_chunk` kept for task ``key`` (None when nothing or unreadable)."""
+    def kept(self, kind: str, low: int, high: int, key: str) -> Any:
+        """What :meth:`keep` kept (None when nothing, or unreadable)."""
         try:
-            with open(self._failed_path(low, high, key), "rb") as file:
-                values, errors = pickle.load(file)
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+            with open(self._kept_path(kind, low, high, key), "rb") as file:
+                return pickle.load(file)
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
             return None
-        return values, errors
 
-    def _failed_path(self, low: int, high: int, key: str) -> str:
+    def _kept_path(self, kind: str, low: int, high: int, key: str) -> str:
         tag = hashlib.sha1(key.encode()).hexdigest()[:12]
-        return os.path.join(self.path, f"failed-{low}-{high}-{tag}.pkl")
+        return os.path.join(self.path, f"{kind}-{low}-{high}-{tag}.pkl")
 
 
 def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -60,8 +60,10 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
-    with module_bridge(tmp_path_factory, 2) as attached:
-        yield attached
+    with pytest.MonkeyPatch.context() as patch:  # the workers' slots, and those dead processes leave, stay here
+        patch.setenv("HPCBRIDGE_SLOT_DIRECTORY", str(tmp_path_factory.mktemp("slots")))
+        with module_bridge(tmp_path_factory, 2) as attached:
+            yield attached
 
 
 def test_a_hung_item_holds_back_nothing_else_gather_names_it_and_a_release_frees_its_worker(

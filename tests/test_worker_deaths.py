@@ -64,8 +64,10 @@ def counted(log: Path) -> collections.Counter:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
     """2 one-thread workers with a 437 MiB memory limit each."""
-    with module_bridge(tmp_path_factory, 2, mem=1000) as attached:
-        yield attached
+    with pytest.MonkeyPatch.context() as patch:  # the workers' slots, and those dead processes leave, stay here
+        patch.setenv("HPCBRIDGE_SLOT_DIRECTORY", str(tmp_path_factory.mktemp("slots")))
+        with module_bridge(tmp_path_factory, 2, mem=1000) as attached:
+            yield attached
 
 
 def test_items_that_end_their_worker_fail_alone_with_the_cause_and_every_other_result_comes_back(
@@ -146,7 +148,7 @@ def death(pid: int = 11) -> dict:
 def test_an_item_alone_in_its_dead_worker_is_failed_at_once_with_the_nannys_words() -> None:
     from hpcbridge.cluster.attempts import investigate
 
-    verdict = investigate("k", 100, [death()], ask=lambda d, key: report(slot("k", 5), slot("other", 3, loop_done=True)))
+    verdict = investigate("k", 100, [death()], ask=lambda d: report(slot("k", 5), slot("other", 3, loop_done=True)))
     assert list(verdict.skip) == [4] and verdict.where[4] == "tls://w11"
     error, details = verdict.skip[4]
     assert error.startswith("WorkerDied: the worker process running it (pid 11 on tls://w11) exited with status 3.")
@@ -157,8 +159,8 @@ def test_an_item_sharing_its_dead_worker_runs_again_and_is_failed_when_a_second_
     from hpcbridge.cluster.attempts import investigate
 
     shared = report(slot("k", 5), slot("other", 3))
-    assert not investigate("k", 0, [death()], ask=lambda d, key: shared).skip  # perhaps the other item's fault
-    verdict = investigate("k", 0, [death(11), death(12)], ask=lambda d, key: shared)
+    assert not investigate("k", 0, [death()], ask=lambda d: shared).skip  # perhaps the other item's fault
+    verdict = investigate("k", 0, [death(11), death(12)], ask=lambda d: shared)
     assert list(verdict.skip) == [4] and "each of the 2 times a worker process died" in verdict.skip[4][0]
 
 
@@ -166,25 +168,25 @@ def test_a_timed_out_item_is_named_and_the_other_attempts_of_its_process_are_not
     from hpcbridge.cluster.attempts import investigate
 
     timed = report(slot("k", 3, timed_out=2, timed_seconds=5.4, item_timeout=5.0), slot("other", 7))
-    verdict = investigate("k", 0, [death()], ask=lambda d, key: timed)
+    verdict = investigate("k", 0, [death()], ask=lambda d: timed)
     assert list(verdict.skip) == [2]
     assert verdict.skip[2][0].startswith("ItemTimeout: it ran longer than item_timeout=5 s on tls://w11 (it was "
                                          "stopped after 5.4 s)")
-    assert not investigate("other", 0, [death()], ask=lambda d, key: timed)  # ended on purpose: rerun, no blame
+    assert not investigate("other", 0, [death()], ask=lambda d: timed)  # ended on purpose: rerun, no blame
 
 
 def test_no_item_is_blamed_for_a_death_outside_the_items_or_without_a_report() -> None:
     from hpcbridge.cluster.attempts import investigate
 
-    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 9, loop_done=True)))
-    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 0)))
-    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 5, saved=5)))  # between items
+    assert not investigate("k", 0, [death()], ask=lambda d: report(slot("k", 9, loop_done=True)))
+    assert not investigate("k", 0, [death()], ask=lambda d: report(slot("k", 0)))
+    assert not investigate("k", 0, [death()], ask=lambda d: report(slot("k", 5, saved=5)))  # between items
     # A hard kill in a first attempt is known to a block of items: the retry tracks each item from it.
-    block = investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", (65, 128))))
+    block = investigate("k", 0, [death()], ask=lambda d: report(slot("k", (65, 128))))
     assert not block.skip and block.suspect == 64
-    assert not investigate("k", 0, [death()], ask=lambda d, key: report(slot("elsewhere", 2)))
-    assert not investigate("k", 0, [death()], ask=lambda d, key: None)  # the nanny's node is gone too
-    assert investigate("k", 0, [death()], ask=lambda d, key: report(slot("k", 4, cut=4, loop_done=True))).stop == 4
+    assert not investigate("k", 0, [death()], ask=lambda d: report(slot("elsewhere", 2)))
+    assert not investigate("k", 0, [death()], ask=lambda d: None)  # the nanny's node is gone too
+    assert investigate("k", 0, [death()], ask=lambda d: report(slot("k", 4, cut=4, loop_done=True))).stop == 4
 
 
 def test_a_chunk_notes_each_item_before_it_runs_and_a_cut_ends_it_after_the_running_one(tmp_path, monkeypatch) -> None:

@@ -104,8 +104,9 @@ class Attempt:
 
     def __init__(self, key: str, run: str, start: int, items: Sequence[Any], extra: tuple[Any, ...] = (),
                  item_timeout: float | None = None, expected_per_item: float = 0.0, task: Any = None,
-                 exact: bool = False) -> None:
+                 exact: bool = False, directory: Any = None) -> None:
         self.key, self.run, self.start, self.items, self.extra = key, run, start, items, extra
+        self.directory = directory  # the run directory (a RunDirectory), where computed items are kept
         self.item_timeout, self.expected_per_item, self.task = item_timeout, expected_per_item, task
         self.n = len(items)
         self.granule = 1 if exact else BLOCK
@@ -209,20 +210,23 @@ class Attempt:
             struct.pack_into("qd", self.map, _TIMED_OUT, index, seconds)
 
     def keep_computed(self) -> None:
-        """Save what this attempt computed so far beside its slot, and exactly how many items it had taken,
-        for its retry (done when the process is about to end)."""
-        if self.map is None or self.path is None:
+        """Note exactly how many items this attempt had taken, and keep what it computed so far in the run
+        directory for its retry (done when the process is about to end, and before a block where a
+        worker was killed outright). Without a run directory (``save=False``) only the count is noted."""
+        if self.map is None:
             return
         taken = self.fetched() if not self.loop_done else -1
-        values = list(self.values)  # one C call: a consistent copy while the loop may still append
-        done = len(values)
-        errors = {i: e for i, e in list(self.errors.items()) if i - self.start < done}
-        try:
-            with open(self.path.with_suffix(".values"), "wb") as out:
-                pickle.dump((values, errors), out, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
-            logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", self.key, error)
-            return
+        done = -1
+        if self.directory is not None:
+            values = list(self.values)  # one C call: a consistent copy while the loop may still append
+            errors = {i: e for i, e in list(self.errors.items()) if i - self.start < len(values)}
+            try:
+                self.directory.keep("kept", self.start, self.start + self.n, self.key, (values, errors))
+                done = len(values)
+            except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
+                logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", self.key, error)
+        else:
+            done = len(self.values)
         struct.pack_into("q", self.map, _TAKEN, taken)
         struct.pack_into("q", self.map, _SAVED, done)
 
@@ -231,10 +235,9 @@ class Attempt:
         with contextlib.suppress(Exception):
             if self.map is not None:
                 self.map.close()
-        for path in (self.path, self.path.with_suffix(".values") if self.path else None):
-            if path is not None:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
         self.map = None
 
     def describe(self) -> dict[str, Any]:
@@ -582,9 +585,8 @@ def current_key() -> str | None:
 
 # ---------------------------------------------------------------- after a death: the nanny's word and the slots
 
-def read_slots(pid: int, key: str | None = None) -> list[dict[str, Any]]:
-    """The slots process ``pid`` left on this node: what each attempt of it had done when it ended (and,
-    for task ``key``'s attempt, the values it kept before its process was ended on purpose)."""
+def read_slots(pid: int) -> list[dict[str, Any]]:
+    """The slots process ``pid`` left on this node: what each attempt of it had done when it ended."""
     found = []
     try:
         paths = sorted(slot_directory().glob(f"{pid}.*.slot"))
@@ -618,17 +620,12 @@ def read_slots(pid: int, key: str | None = None) -> list[dict[str, Any]]:
         header.update(fetched=(low, high), loop_done=state == LOOP_DONE, cut=None if cut_at < 0 else cut_at,
                       timed_out=None if timed_out < 0 else timed_out, timed_seconds=timed_seconds,
                       saved=None if saved < 0 else saved, ended=bool(ended), path=str(path))
-        if key is not None and header.get("key") == key and saved > 0:
-            with contextlib.suppress(OSError):  # as bytes: the nanny may not import the values' classes
-                header["kept"] = path.with_suffix(".values").read_bytes()
         found.append(header)
     return found
 
 
-async def death_report(pid: int, key: str | None = None, wait: float = REPORT_WAIT,
-                       dask_worker: Any = None) -> dict[str, Any]:
-    """Nanny side (distributed's ``run``): what this nanny saw of its worker process ``pid``'s end, and its slots
-    (with the values task ``key``'s attempt kept, if it kept any).
+async def death_report(pid: int, wait: float = REPORT_WAIT, dask_worker: Any = None) -> dict[str, Any]:
+    """Nanny side (distributed's ``run``): what this nanny saw of its worker process ``pid``'s end, and its slots.
 
     Waits up to ``wait`` s for the nanny to notice the end (it logs the exit status or signal).
     """
@@ -642,11 +639,11 @@ async def death_report(pid: int, key: str | None = None, wait: float = REPORT_WA
         await asyncio.sleep(0.1)
     manager = getattr(nanny, "memory_manager", None)
     return {"lines": list(reversed(lines)), "memory_limit": getattr(manager, "memory_limit", None),
-            "terminate": getattr(manager, "memory_terminate_fraction", None), "slots": read_slots(pid, key),
+            "terminate": getattr(manager, "memory_terminate_fraction", None), "slots": read_slots(pid),
             "address": getattr(nanny, "address", None)}
 
 
-def _ask_about(death: dict[str, Any], key: str | None = None) -> dict[str, Any] | None:
+def _ask_about(death: dict[str, Any]) -> dict[str, Any] | None:
     """In a task: the dead worker's nanny's :func:`death_report` (None when it cannot be asked), with the
     memory it saw when it ended the process for memory (the scheduler's ``worker-restart-memory`` event)."""
     worker = _worker()
@@ -660,13 +657,13 @@ def _ask_about(death: dict[str, Any], key: str | None = None) -> dict[str, Any] 
         report = None
         if death.get("nanny"):
             answer = await asyncio.wait_for(worker.rpc(death["nanny"]).run(
-                function=pickle.dumps(death_report), args=pickle.dumps((pid, key))), ASK_TIMEOUT)
+                function=pickle.dumps(death_report), args=pickle.dumps((pid,))), ASK_TIMEOUT)
             if isinstance(answer, dict) and answer.get("status") == "OK":
                 report = answer["result"]
         if report is None:
             if death.get("host") != _host():
                 return None
-            report = {"lines": [], "memory_limit": None, "terminate": None, "slots": read_slots(pid, key),
+            report = {"lines": [], "memory_limit": None, "terminate": None, "slots": read_slots(pid),
                       "address": None}
         if any("memory budget" in line for line in report["lines"]):
             with contextlib.suppress(Exception):
@@ -699,14 +696,18 @@ class Verdict:
         return bool(self.skip) or self.stop is not None or self.kept is not None or self.suspect is not None
 
 
-def investigate(key: str, start: int, deaths: list[dict[str, Any]],
-                ask: Any = None) -> Verdict:
-    """What the deaths of the workers that ran task ``key`` before say about its items (see the module)."""
+def investigate(key: str, start: int, deaths: list[dict[str, Any]], ask: Any = None,
+                kept: Any = None) -> Verdict:
+    """What the deaths of the workers that ran task ``key`` before say about its items (see the module).
+
+    ``ask(death)`` gives the dead worker's report (default: its nanny's :func:`death_report`);
+    ``kept()`` what the task's attempts kept in the run directory (None when nothing).
+    """
     ask = ask or _ask_about
     verdict = Verdict()
     suspects: dict[int, list[str]] = {}
     for death in deaths:
-        report = ask(death, key)
+        report = ask(death)
         if report is None:
             continue
         slots = report.get("slots") or []
@@ -716,9 +717,11 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]],
         slot = ours[-1]
         if slot.get("cut") is not None:
             verdict.stop = slot["cut"] if verdict.stop is None else min(verdict.stop, slot["cut"])
-        kept = _unpickle_kept(slot["kept"]) if slot.get("kept") is not None else None
-        if kept is not None and (verdict.kept is None or len(kept[0]) > len(verdict.kept[0])):
-            verdict.kept = kept  # the latest death's attempt went furthest
+        if slot.get("saved") and kept is not None and verdict.kept is None:
+            found = kept()  # the last attempt that kept anything went furthest: it resumed from the ones before
+            if found is not None:
+                values, errors = found
+                verdict.kept = (list(values), dict(errors))
         timed = slot.get("timed_out")
         if timed is not None:
             limit = slot.get("item_timeout")
@@ -763,15 +766,6 @@ def _in_item(slot: dict[str, Any]) -> bool:
     if slot.get("loop_done") or high == 0:
         return False
     return low != high or slot.get("saved") is None or slot["saved"] < low
-
-
-def _unpickle_kept(data: bytes) -> tuple[list[Any], dict[int, tuple]] | None:
-    """The values and errors an attempt kept before its process was ended on purpose (None: compute them again)."""
-    try:
-        values, errors = pickle.loads(data)
-    except Exception:  # noqa: BLE001 -- unreadable: the items are computed again
-        return None
-    return list(values), dict(errors)
 
 
 def _cause(death: dict[str, Any], report: dict[str, Any]) -> str:

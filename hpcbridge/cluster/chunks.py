@@ -65,7 +65,10 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
     directory = task.directory
     key = attempts.current_key() or f"{task.run}-{task.start}"
     deaths = attempts.previous_deaths()
-    verdict = attempts.investigate(key, task.start, deaths) if deaths else None
+    verdict = None
+    if deaths:
+        kept = (lambda: directory.kept("kept", task.start, task.start + len(task.items), key)) if directory else None
+        verdict = attempts.investigate(key, task.start, deaths, kept=kept)
     stop = len(task.items) if verdict is None or verdict.stop is None else verdict.stop
     high = task.start + stop
     if directory is not None and directory.has_chunk(task.start, high):
@@ -74,13 +77,13 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
         except (OSError, ValueError, EOFError) as error:
             logger.warning("hpcbridge: computing chunk %s..%s again: its saved copy is unreadable (%s)",
                            task.start, high - 1, error)
-    if directory is not None and (failed := directory.load_failed_chunk(task.start, high, key)) is not None:
+    if directory is not None and (failed := directory.kept("failed", task.start, high, key)) is not None:
         return failed[0], failed[1], 0.0, 0.0  # computed before, with failing items, by a worker that then died
     drain.check(task.expected_seconds)
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
     per_item = task.expected_seconds / len(task.items) if len(task.items) else 0.0
     attempt = attempts.begin(attempts.Attempt(key, task.run, task.start, task.items, extra, task.item_timeout,
-                                              per_item, task, exact=bool(deaths)))
+                                              per_item, task, exact=bool(deaths), directory=directory))
     try:
         values, errors = attempt.values, attempt.errors
         skip: dict[int, tuple] = {}
@@ -106,7 +109,7 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
             values = _stack_if_arrays(values)
         if directory is not None and errors:
             try:
-                directory.save_failed_chunk(task.start, task.start + len(values), key, values, dict(errors))
+                directory.keep("failed", task.start, task.start + len(values), key, (values, dict(errors)))
             except Exception as error:  # noqa: BLE001 -- only a worker's death would need it
                 logger.warning("hpcbridge: chunk %s..%s of run %s (with failing items) not kept in %s: %s",
                                task.start, task.start + len(values) - 1, task.run, directory.path, error)
