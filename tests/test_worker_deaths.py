@@ -206,3 +206,17 @@ def test_a_chunk_notes_each_item_before_it_runs_and_a_cut_ends_it_after_the_runn
     values, errors, _, _ = run_chunk(ChunkTask("cut", item, list(range(10, 30)), 10, False))
     assert seen == {"slot": (1, 20), "cut": 4} and values == [-10, -11, -12, -13] and not errors
     assert not list(tmp_path.glob("*/*.slot"))  # an attempt that ends removes its slot
+
+
+def test_an_item_counts_as_stuck_after_twenty_times_what_its_items_take_and_never_before_five_seconds(
+        tmp_path, monkeypatch) -> None:
+    from hpcbridge.cluster.attempts import STUCK_UNKNOWN_SECONDS, Attempt, stuck_after
+
+    monkeypatch.setenv("HPCBRIDGE_SLOT_DIRECTORY", str(tmp_path))
+    planned = Attempt("k", "r", 0, range(100), expected_per_item=0.5)
+    assert stuck_after(planned, 3) == 10.0
+    assert stuck_after(Attempt("k", "r", 0, range(100), expected_per_item=0.001), 3) == 5.0
+    unknown = Attempt("k", "r", 0, range(100))  # chunk_size given: nothing measured
+    assert stuck_after(unknown, 1) == STUCK_UNKNOWN_SECONDS  # its first item: nothing to go by
+    unknown.loop_started, unknown.seen = 100.0, (11, 130.0)  # 10 items took 30 s
+    assert stuck_after(unknown, 11) == 60.0

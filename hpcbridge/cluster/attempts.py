@@ -64,7 +64,8 @@ REPORT_WAIT = 10.0  # how long a retry waits for the dead worker's nanny to say 
 ASK_TIMEOUT = 30.0  # the bound on every question a retry asks the nanny or the scheduler
 TICK_SECONDS = 0.5  # how often the watchdog looks at the running attempts
 STUCK_MIN_SECONDS = 5.0  # an item counts as stuck after this long, and
-STUCK_FACTOR = 20.0  # after this many times its chunk's expected time per item
+STUCK_FACTOR = 20.0  # after this many times the time its chunk's items are expected to take (or took),
+STUCK_UNKNOWN_SECONDS = 60.0  # or, when nothing says what they take, after this long
 STALE_SLOT_SECONDS = 24 * 3600  # slots of dead processes older than this are removed
 
 # The slot: a fixed header, then one byte per block of items (per item on a retry), written before
@@ -119,6 +120,8 @@ class Attempt:
         self.dask_worker = _worker()  # found through the task's context: the watchdog's thread has none
         self.worker = getattr(self.dask_worker, "address", None)
         self.seen = (-1, time.monotonic())  # (fetched, since when) as the watchdog last saw it
+        self.loop_started: float | None = None  # when the first tracked item was handed out
+        self.first_taken = 0  # items taken before it (kept from an earlier attempt, or skipped)
         self.seceded = self.stuck_said = False
         self.path: Path | None = None
         self.map: mmap.mmap | None = None
@@ -153,6 +156,8 @@ class Attempt:
         if low:
             data.__setstate__(low)
         self.data = data
+        if self.loop_started is None:
+            self.loop_started, self.first_taken = time.monotonic(), low
         if self.cut_at is not None and self.cut_at < high:
             high = max(low, self.cut_at)
         taken = data if high >= self.n else itertools.islice(data, high - low)
@@ -434,10 +439,21 @@ class Watchdog:
             seconds = now - attempt.seen[1]
             if attempt.item_timeout and seconds > attempt.item_timeout and _has_nanny(attempt.dask_worker):
                 end_for_timeout(attempt, fetched - 1, seconds, attempts)
-            limit = max(STUCK_MIN_SECONDS, STUCK_FACTOR * attempt.expected_per_item)
-            if seconds > limit and not attempt.stuck_said:
+            if seconds > stuck_after(attempt, fetched) and not attempt.stuck_said:
                 attempt.stuck_said = True
                 _stuck(attempt, fetched - 1, seconds)
+
+
+def stuck_after(attempt: Attempt, fetched: int) -> float:
+    """How long the attempt's running item may run before it counts as stuck: :data:`STUCK_FACTOR` times what
+    an item was expected to take (the plan's measure) or, without one, what this attempt's items took."""
+    expected = attempt.expected_per_item
+    done = fetched - 1 - attempt.first_taken
+    if not expected and done > 0 and attempt.loop_started is not None:
+        expected = max(0.0, attempt.seen[1] - attempt.loop_started) / done
+    if not expected:
+        return STUCK_UNKNOWN_SECONDS
+    return max(STUCK_MIN_SECONDS, STUCK_FACTOR * expected)
 
 
 def end_for_timeout(attempt: Attempt, index: int, seconds: float, attempts: list[Attempt]) -> None:
