@@ -19,7 +19,7 @@ import cloudpickle
 import pytest
 
 from hpcbridge.client.arguments import ArgumentError
-from hpcbridge.client.bridge import Bridge
+from hpcbridge.client.bridge import Bridge, connect
 from hpcbridge.client.runs import ItemError
 from hpcbridge.job import submit as jobs
 from tests.conftest import module_bridge, wait_for
@@ -103,6 +103,19 @@ def test_item_timeout_ends_a_hung_item_with_an_error_naming_it_and_the_rest_come
     assert counted(log, "start") == collections.Counter(range(100))  # every item ran once, 37 included
     assert not alive(int((tmp_path / "calls.log.pid").read_text()))
     bridge.release(run)
+
+
+def test_a_client_whose_run_another_client_handed_on_collects_every_result(cluster, tmp_path: Path) -> None:
+    job, bridge = cluster
+    log = tmp_path / "calls.log"
+    run = bridge.map(hangs, range(100), args=(str(log),), progress=False)
+    with connect(job.scheduler_file, n_workers=2, timeout=60) as other:
+        with pytest.raises(TimeoutError):  # it waits, so it hands the rest of the stuck chunk on
+            other.results(run.name, timeout=20, progress=False)
+    assert wait_for(lambda: len(counted(log, "done")) == 99, timeout=30)
+    Path(str(log) + ".never").touch()  # item 37 returns: its chunk comes back with fewer items than this run lists
+    assert bridge.gather(run, timeout=60, progress=False) == list(range(100))
+    assert counted(log, "start") == collections.Counter(range(100))
 
 
 @pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan"), "5", True, [5]])

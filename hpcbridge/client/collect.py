@@ -17,7 +17,7 @@ from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.missing_modules import module_missing
 from hpcbridge.client.planning import remember_estimate
 from hpcbridge.client.progress import Progress
-from hpcbridge.client.runs import Run, item_error_class, refresh_after_reconnect
+from hpcbridge.client.runs import Run, item_error_class, reattach, refresh_after_reconnect
 from hpcbridge.client.stuck import Handoff, describe_running, running_items
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
@@ -66,7 +66,30 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
             break
     if meter and not pending:
         meter.finish()
-    return _assemble(client, run, stack, watch, job)
+    try:
+        return _assemble(client, run, stack, watch, job)
+    except _HandedOff:  # another client handed part of a chunk to new tasks: the record lists them now
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return collect(client, run, stack, left, progress, stream, job, drain_from)
+
+
+class _HandedOff(Exception):
+    """A chunk came back with fewer items than this run object lists for it, and the run's record on the
+    scheduler has other chunks: the run object now has them."""
+
+
+def _adopt_record(client: Client, run: Run) -> bool:
+    """Take the chunks the scheduler's record of ``run`` lists, if they differ from the run's; True if taken."""
+    if client.status != "running":
+        return False
+    try:
+        fresh = reattach(client, run.name)
+    except (KeyError, OSError):
+        return False
+    if fresh.bounds == run.bounds:
+        return False
+    run.bounds, run.futures = fresh.bounds, fresh.futures
+    return True
 
 
 def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: Any) -> Any:
@@ -91,7 +114,9 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         values = values.values() if isinstance(values, Pickled) else values
         if len(values) > high - low:  # computed whole by a retry after a client cut it: the rest is elsewhere
             values = values[:high - low]
-        elif len(values) < high - low:  # cut, but the rest was never handed to another task
+        elif len(values) < high - low:  # cut: the rest went to new tasks, which this run object may not list
+            if _adopt_record(client, run):
+                raise _HandedOff
             continue
         chunks[i], have[i] = values, True
         for index, entry in errors.items():

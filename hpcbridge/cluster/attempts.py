@@ -122,7 +122,7 @@ class Attempt:
         self.seen = (-1, time.monotonic())  # (fetched, since when) as the watchdog last saw it
         self.loop_started: float | None = None  # when the first tracked item was handed out
         self.first_taken = 0  # items taken before it (kept from an earlier attempt, or skipped)
-        self.seceded = self.stuck_said = False
+        self.seceded = self.stuck_said = self.timeout_said = False
         self.path: Path | None = None
         self.map: mmap.mmap | None = None
         try:
@@ -437,8 +437,14 @@ class Watchdog:
             if fetched == 0 or attempt.loop_done:
                 continue
             seconds = now - attempt.seen[1]
-            if attempt.item_timeout and seconds > attempt.item_timeout and _has_nanny(attempt.dask_worker):
-                end_for_timeout(attempt, fetched - 1, seconds, attempts)
+            if attempt.item_timeout and seconds > attempt.item_timeout:
+                if _has_nanny(attempt.dask_worker):
+                    end_for_timeout(attempt, fetched - 1, seconds, attempts)
+                elif not attempt.timeout_said:
+                    attempt.timeout_said = True
+                    logger.warning("hpcbridge: item %s of run %r has run past its item_timeout (%g s), but this worker "
+                                   "has no nanny to start it again: it is not ended", attempt.start + fetched - 1,
+                                   attempt.run, attempt.item_timeout)
             if seconds > stuck_after(attempt, fetched) and not attempt.stuck_said:
                 attempt.stuck_said = True
                 _stuck(attempt, fetched - 1, seconds)
