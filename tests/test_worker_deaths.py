@@ -21,7 +21,7 @@ import pytest
 from hpcbridge.client.bridge import Bridge
 from hpcbridge.client.runs import ItemError
 from hpcbridge.job import submit as jobs
-from tests.conftest import module_bridge
+from tests.conftest import module_bridge, wait_for
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the items below run on the cluster
 
@@ -55,6 +55,16 @@ def killed_outright(x: int, log: str) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.002)
     return -x
+
+
+def slow_fifty(x: int, log: str) -> int:
+    """``x + 1``; item 50 notes its process and takes 3 s."""
+    with open(log, "a") as out:
+        out.write(f"{x}\n")
+    if x == 50:
+        Path(log + ".pid").write_text(str(os.getpid()))
+        time.sleep(3)
+    return x + 1
 
 
 def counted(log: Path) -> collections.Counter:
@@ -128,6 +138,20 @@ def test_an_item_that_kills_its_worker_outright_is_pinned_by_its_retry_and_runs_
     bridge.release(run)
 
 
+def test_a_worker_killed_from_outside_while_an_item_runs_is_not_blamed_on_the_item(cluster, tmp_path: Path) -> None:
+    """SIGTERM to a worker (a cancelled job step, an administrator) is not the item's doing: it runs again."""
+    _, bridge = cluster
+    bridge.wait_for_workers(2, timeout=60)
+    log = tmp_path / "calls.log"
+    run = bridge.map(slow_fifty, range(100), args=(str(log),), chunk_size=25, progress=False)
+    pid_file = Path(str(log) + ".pid")
+    assert wait_for(pid_file.exists, timeout=60)
+    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    assert bridge.gather(run, timeout=120, progress=False) == [x + 1 for x in range(100)]
+    calls = counted(log)
+    assert calls[50] == 2 and {x: n for x, n in calls.items() if x != 50 and n != 1} == {}  # the rest: kept
+
+
 # --- what a retry makes of the deaths it is told about (no cluster: the nanny's reports are given) ---
 
 def slot(key: str, fetched: int | tuple[int, int], **fields: object) -> dict:
@@ -162,6 +186,20 @@ def test_an_item_sharing_its_dead_worker_runs_again_and_is_failed_when_a_second_
     assert not investigate("k", 0, [death()], ask=lambda d: shared).skip  # perhaps the other item's fault
     verdict = investigate("k", 0, [death(11), death(12)], ask=lambda d: shared)
     assert list(verdict.skip) == [4] and "each of the 2 times a worker process died" in verdict.skip[4][0]
+
+
+def test_a_process_killed_from_outside_is_pinned_on_its_item_only_when_it_happens_twice() -> None:
+    """SIGTERM (a cancelled job step, an administrator) or SIGKILL says nothing about the item; a crash does."""
+    from hpcbridge.cluster.attempts import investigate
+
+    def killed(signal_number: int, pid: int = 11) -> dict:
+        return report(slot("k", 5), lines=(f"Worker process {pid} was killed by signal {signal_number}",))
+
+    assert not investigate("k", 0, [death()], ask=lambda d: killed(15)).skip
+    twice = investigate("k", 0, [death(11), death(12)], ask=lambda d: killed(9, d["pid"]))
+    assert list(twice.skip) == [4] and "killed by signal 9 (SIGKILL" in twice.skip[4][0]
+    crashed = investigate("k", 0, [death()], ask=lambda d: killed(11))
+    assert list(crashed.skip) == [4] and "killed by signal 11 (SIGSEGV)" in crashed.skip[4][0]
 
 
 def test_a_timed_out_item_is_named_and_the_other_attempts_of_its_process_are_not_blamed() -> None:

@@ -61,7 +61,8 @@ ITEM_TIMEOUT_EXIT = 124  # the exit status of a worker process ended for an item
 RELEASED_EXIT = 75  # the exit status of a worker process ended because a released run's item would not stop
 ONE_WORKER_LIMIT = 2  # an item running when this many workers died is not run again (1 when it ran alone)
 REPORT_WAIT = 10.0  # how long a retry waits for the dead worker's nanny to say what happened
-ASK_TIMEOUT = 30.0  # the bound on every question a retry asks the nanny or the scheduler
+CONNECT_TIMEOUT = 5.0  # a dead worker's nanny that does not take a connection this fast is not asked (its node is away)
+ASK_TIMEOUT = REPORT_WAIT + 5.0  # the bound on every question a retry asks the nanny or the scheduler
 TICK_SECONDS = 0.5  # how often the watchdog looks at the running attempts
 STUCK_MIN_SECONDS = 5.0  # an item counts as stuck after this long, and
 STUCK_FACTOR = 20.0  # after this many times the time its chunk's items are expected to take (or took),
@@ -656,11 +657,13 @@ async def death_report(pid: int, wait: float = REPORT_WAIT, dask_worker: Any = N
     marker = f"Worker process {pid} "
     while True:
         lines = [message for _, message in nanny.get_logs() if str(pid) in message]
-        if any(marker in line for line in lines) or time.monotonic() >= deadline:
+        process = getattr(getattr(nanny, "process", None), "process", None)
+        restarted = process is not None and getattr(process, "pid", None) not in (None, pid)
+        if any(marker in line for line in lines) or restarted or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.1)
     manager = getattr(nanny, "memory_manager", None)
-    return {"lines": list(reversed(lines)), "memory_limit": getattr(manager, "memory_limit", None),
+    return {"lines": list(reversed(lines)), "restarted": restarted, "memory_limit": getattr(manager, "memory_limit", None),
             "terminate": getattr(manager, "memory_terminate_fraction", None), "slots": read_slots(pid),
             "address": getattr(nanny, "address", None)}
 
@@ -678,8 +681,11 @@ def _ask_about(death: dict[str, Any]) -> dict[str, Any] | None:
     async def ask() -> dict[str, Any] | None:
         report = None
         if death.get("nanny"):
-            answer = await asyncio.wait_for(worker.rpc(death["nanny"]).run(
-                function=pickle.dumps(death_report), args=pickle.dumps((pid,))), ASK_TIMEOUT)
+            from distributed.core import rpc
+
+            async with rpc(death["nanny"], timeout=CONNECT_TIMEOUT, connection_args=worker.connection_args) as nanny:
+                answer = await asyncio.wait_for(nanny.run(function=pickle.dumps(death_report),
+                                                          args=pickle.dumps((pid,))), ASK_TIMEOUT)
             if isinstance(answer, dict) and answer.get("status") == "OK":
                 report = answer["result"]
         if report is None:
@@ -727,6 +733,11 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]], ask: Any = N
     """
     ask = ask or _ask_about
     verdict = Verdict()
+    if deaths and kept is not None:
+        found = kept()  # the last attempt that kept anything went furthest: it resumed from the ones before
+        if found is not None:
+            values, errors = found
+            verdict.kept = (list(values), dict(errors))
     suspects: dict[int, list[str]] = {}
     for death in deaths:
         report = ask(death)
@@ -739,11 +750,6 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]], ask: Any = N
         slot = ours[-1]
         if slot.get("cut") is not None:
             verdict.stop = slot["cut"] if verdict.stop is None else min(verdict.stop, slot["cut"])
-        if slot.get("saved") and kept is not None and verdict.kept is None:
-            found = kept()  # the last attempt that kept anything went furthest: it resumed from the ones before
-            if found is not None:
-                values, errors = found
-                verdict.kept = (list(values), dict(errors))
         timed = slot.get("timed_out")
         if timed is not None:
             limit = slot.get("item_timeout")
@@ -758,22 +764,25 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]], ask: Any = N
             continue  # its process was ended on purpose (another item's timeout, a released run): no blame
         if not _in_item(slot):
             continue  # it died before its first item, between two, or after its last: no item to pin it on
+        cause, points = _cause(death, report)
         low, high = slot["fetched"]
         if low != high:  # a hard kill (SIGKILL, a crash) in a first attempt: somewhere in a block; the
             # retry notes each item (and keeps what it computed before that block) to pin the next death
             verdict.suspect = low - 1 if verdict.suspect is None else min(verdict.suspect, low - 1)
+            for index in range(low - 1, high):
+                suspects.setdefault(index, []).append(cause)
             continue
         index = low - 1
         alone = not any(other is not slot and _in_item(other) for other in slots)
-        suspects.setdefault(index, []).append(_cause(death, report))
-        if alone or len(suspects[index]) >= ONE_WORKER_LIMIT:
-            times = len(suspects[index])
-            why = ("it was the only item running in that process" if alone else
+        suspects.setdefault(index, []).append(cause)
+        times = len(suspects[index])
+        if alone and points or times >= ONE_WORKER_LIMIT:
+            why = ("it was the only item running in that process" if times == 1 else
                    f"it was running each of the {times} times a worker process died")
             allowed = _allowed_failures()
             verdict.skip[index] = (
-                f"WorkerDied: {suspects[index][-1]}. It is not run again: {why} (hpcbridge runs such an item on a "
-                f"second worker only when the death could not be pinned on it alone, and never on a third; "
+                f"WorkerDied: {cause}. It is not run again: {why} (hpcbridge runs an item whose worker process died "
+                f"on a second worker only when the death could not be pinned on it, and never on a third; "
                 f"distributed alone would try it on up to {allowed + 1} workers: allowed-failures={allowed})",
                 "no traceback: the worker process died in this item\n" + "\n".join(report.get("lines") or ()))
             verdict.where[index] = death.get("worker") or "a worker"
@@ -790,8 +799,17 @@ def _in_item(slot: dict[str, Any]) -> bool:
     return low != high or slot.get("saved") is None or slot["saved"] < low
 
 
-def _cause(death: dict[str, Any], report: dict[str, Any]) -> str:
-    """The death in words, as the nanny saw it."""
+# Signals with which a process ends by itself, from its own code (a crash in native code, abort()):
+# the item running alone in it is the cause. SIGTERM, SIGKILL and the like come from outside (a
+# cancelled job step, an administrator, the kernel's out-of-memory killer): an item is blamed for
+# them only when it was running at two deaths.
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGSYS,
+                  signal.SIGTRAP}
+
+
+def _cause(death: dict[str, Any], report: dict[str, Any]) -> tuple[str, bool]:
+    """The death in words, as the nanny saw it, and whether it points at the item running (the nanny ended
+    the process for memory, the process exited by itself, or crashed) rather than at something outside."""
     pid, where = death.get("pid"), death.get("worker")
     lines = report.get("lines") or []
     process = f"the worker process running it (pid {pid} on {where})"
@@ -801,18 +819,21 @@ def _cause(death: dict[str, Any], report: dict[str, Any]) -> str:
         reached_words = f"it reached {_mib(reached)}, over" if reached else "it went over"
         limit_words = f"{fraction * 100:.0f} % of the worker's {_mib(limit)} limit" if limit else "its limit"
         return (f"{process} was ended by its nanny for memory: {reached_words} {limit_words} "
-                "(distributed.worker.memory.terminate)")
+                "(distributed.worker.memory.terminate)"), True
     for line in lines:
         if f"Worker process {pid} exited with status" in line:
-            return f"{process} exited with status {line.rsplit(' ', 1)[-1]}"
+            return f"{process} exited with status {line.rsplit(' ', 1)[-1]}", True
         if f"Worker process {pid} was killed by signal" in line:
             number = line.rsplit(" ", 1)[-1]
-            return f"{process} was killed by signal {number} ({_signal_name(number)})"
+            crash = number.isdigit() and int(number) in {int(s) for s in _CRASH_SIGNALS}
+            return f"{process} was killed by signal {number} ({_signal_name(number)})", crash
         if f"Worker process {pid} was killed by unknown signal" in line:
-            return f"{process} was killed by an unknown signal"
+            return f"{process} was killed by an unknown signal", False
+    if report.get("restarted"):
+        return f"{process} exited with status 0", True
     if report.get("address") is None:
-        return f"{process} ended; no nanny watched it, so nothing says why"
-    return f"{process} ended; its nanny did not say why within {REPORT_WAIT:g} s"
+        return f"{process} ended; no nanny watched it, so nothing says why", False
+    return f"{process} ended; its nanny did not say why within {REPORT_WAIT:g} s", False
 
 
 def _signal_name(number: str) -> str:
