@@ -5,10 +5,11 @@ native code, a signal) takes the chunk's task with it, and distributed runs the 
 another worker (``distributed.scheduler.allowed-failures``, default 3: up to 4 workers), where the
 same item kills that worker too. To tell the retry which item it was, every chunk attempt keeps a
 *slot*: a small file in node-local shared memory (``/dev/shm``), mapped into the worker process,
-with one byte written per item *before* the item runs. The write is a C call in the C loop that
-calls the items (``itertools.compress`` over ``mmap.write``), so it costs tens of nanoseconds an
-item and no Python frame; the file outlives the process, so after a death the number of bytes
-says exactly which item was running.
+that outlives it. A first attempt writes one byte per block of :data:`BLOCK` items as the block
+begins (a C call inside the C loop that calls the items: about 10 ns an item, no Python frame); a
+process that ends by ``os._exit`` or SIGTERM (how a nanny ends a worker over its memory limit)
+first notes exactly how many items it had taken and keeps what it computed in the run directory.
+A retry notes every item, so a second death is always pinned on one.
 
 A retry learns that its task's worker died from the scheduler: :class:`DeathNotes`, a scheduler
 plugin, notes in the task's annotations which worker (its process id, nanny and host) was
@@ -16,16 +17,18 @@ running it when it died; the annotations travel with the task to its next worker
 then asks the dead worker's nanny (:func:`death_report`, run in the nanny over distributed's own
 connection) for the slots of that process and for what the nanny saw (its exit status, the
 signal, or that the nanny ended it for exceeding its memory limit), and (:func:`investigate`)
-skips the item with an error that names it and says the cause, and computes the rest.
+fails the item with an error that names it and says the cause, without running it, when the
+cause points at it (memory, an exit status, a crash signal) and it was the only item running in
+that process, or when it was running at two deaths; it computes the rest, from what was kept.
 
 A thread per worker process (:class:`Watchdog`) looks at the running attempts twice a second:
 it says which item each is on and for how long (:func:`active`), ends an item that runs past its
 ``item_timeout`` by ending the worker process (there is no other way to stop a Python thread;
 the nanny starts a new one), after noting the item and keeping what the attempts in that process
-had computed (:func:`investigate` reads it back), and hands an item that runs far longer than
-its chunk's items were expected to take out of the worker's thread pool (as ``secede`` does), so
-that the tasks queued behind it on that worker run, and tells the scheduler (an event) so a
-client can take the rest of its chunk elsewhere (:func:`cut`).
+had computed, and hands an item that runs far longer than its chunk's items were expected to
+take out of the worker's thread pool (as ``secede`` does), so that the tasks queued behind it on
+that worker run, and tells the scheduler (an event) so a client can take the rest of its chunk
+elsewhere (:func:`cut`).
 """
 
 from __future__ import annotations
