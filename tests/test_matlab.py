@@ -37,6 +37,12 @@ USER_FUNCTIONS = textwrap.dedent("""
             raise ArithmeticError(f"negative input {x}")
         return x
 
+    def hangs_on_three(x):
+        import time
+        if x == 3:
+            time.sleep(300)
+        return x
+
     def ends_its_worker_on_seven(x):
         import os
         if x == 7:
@@ -162,6 +168,18 @@ def test_an_item_that_ends_its_worker_fails_alone_and_partial_returns_every_othe
     assert got["values"].dtype == np.float64 and np.isnan(got["values"][7])
     np.testing.assert_array_equal(np.delete(got["values"], 7), [2.0 * x for x in range(20) if x != 7])
     assert "WorkerDied: the worker process running it" in got["reason"] and "exited with status 3" in got["reason"]
+    matlab.release(cluster, run)
+
+
+def test_an_item_past_its_item_timeout_fails_alone(cluster: str, user_file: Path) -> None:
+    with pytest.raises(ValueError, match="item_timeout: 0.0 is not allowed; expected a positive number of seconds"):
+        matlab.map(cluster, f"{user_file}:hangs_on_three", (1.0, 2.0), (), "", False, 0.0, True, 0.0)
+    run = matlab.map(cluster, f"{user_file}:hangs_on_three", array.array("d", [float(x) for x in range(8)]),
+                     (), "m-hang", False, 2.0, True, 2.0)
+    got = matlab.results(cluster, run, 120.0, False, True)
+    assert got["missing"].tolist() == [4] and np.isnan(got["values"][3])  # 1-based
+    assert "ItemTimeout: it ran longer than item_timeout=2 s" in got["reason"]
+    np.testing.assert_array_equal(np.delete(got["values"], 3), [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0])
     matlab.release(cluster, run)
 
 

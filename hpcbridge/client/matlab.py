@@ -132,7 +132,7 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
 
 
 def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
-        stack: bool = False, chunk_size: int | float = 0, save: bool = True) -> str:
+        stack: bool = False, chunk_size: int | float = 0, save: bool = True, item_timeout: float = math.inf) -> str:
     """Start ``function(item, *broadcast_values)`` for every item; return the run's name at once.
 
     ``function`` is ``"module:function"`` or ``"path/to/file.py:function"``. ``items``: a cell
@@ -140,6 +140,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     broadcast name or a cell of names. Collect with :func:`gather`; follow with :func:`wait`.
     Finished chunks are saved on disk (``save=False``: not); a ``name`` whose run is on disk from
     an earlier cluster resumes it: only the items without a saved result are computed.
+    ``item_timeout`` (seconds; Inf, the default: no limit) ends an item that runs longer, by
+    ending its worker process, and fails it.
     """
     function = arguments.function("function", function)
     values = _items(items)
@@ -149,6 +151,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     handles = [Broadcast.named(n) for n in names if n]
     name, stack = arguments.name("name", name, empty_is_none=True), arguments.flag("stack", stack)
     chunks = _count(chunk_size, "chunk_size") or None
+    limit = None if isinstance(item_timeout, float) and item_timeout == math.inf else item_timeout
+    limit = arguments.positive_seconds("item_timeout", limit)
     bridge = _bridge(cluster)
     name = name or new_run_name()
     if name in bridge.client.list_datasets() or (_cluster_id(cluster), name) in _SUBMITTING:
@@ -160,7 +164,7 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
 
     def start() -> None:
         bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks,
-                   progress=False, save=bool(save))
+                   progress=False, save=bool(save), item_timeout=limit)
 
     if chunks:
         start()  # nothing to measure: every chunk is submitted now
