@@ -19,6 +19,7 @@ import cloudpickle
 import pytest
 
 from hpcbridge.client.bridge import Bridge
+from hpcbridge.client.losses import RunError
 from hpcbridge.client.runs import ItemError
 from hpcbridge.job import submit as jobs
 from tests.conftest import module_bridge, wait_for
@@ -150,6 +151,32 @@ def test_a_worker_killed_from_outside_while_an_item_runs_is_not_blamed_on_the_it
     assert bridge.gather(run, timeout=120, progress=False) == [x + 1 for x in range(100)]
     calls = counted(log)
     assert calls[50] == 2 and {x: n for x, n in calls.items() if x != 50 and n != 1} == {}  # the rest: kept
+
+
+def _allow_failures(count: int, dask_scheduler=None) -> int:
+    before, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, count
+    return before
+
+
+def test_a_chunk_that_distributed_gives_up_on_fails_with_every_other_result(cluster, tmp_path: Path) -> None:
+    """A cluster with allowed-failures=0 fails a task at its worker's first death (KilledWorker), before any
+    retry could pin it on an item: the chunk fails as a whole, and the error still carries the rest."""
+    _, bridge = cluster
+    bridge.wait_for_workers(2, timeout=60)
+    before = bridge.client.run_on_scheduler(_allow_failures, 0)
+    try:
+        log = tmp_path / "calls.log"
+        run = bridge.map(misbehave, range(140, 160), args=(str(log),), chunk_size=5, progress=False)
+        with pytest.raises(RunError) as failed:
+            bridge.gather(run, timeout=120, progress=False)
+    finally:
+        bridge.client.run_on_scheduler(_allow_failures, before)
+    error = failed.value
+    assert "items 10..14 of run" in str(error) and "KilledWorker" in str(error)
+    assert "15 of the run's 20 items have results (in this error's .results" in str(error)
+    assert error.missing == [(10, 15)]
+    assert error.results == [None if 10 <= i < 15 else x * x for i, x in enumerate(range(140, 160))]
+    bridge.release(run)
 
 
 # --- what a retry makes of the deaths it is told about (no cluster: the nanny's reports are given) ---
