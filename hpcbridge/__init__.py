@@ -16,7 +16,8 @@ the job writes a scheduler file, and :func:`connect` attaches a client through t
 
 Errors: :class:`SpecError` (a job option), :class:`ArgumentError` (an argument of connect, map,
 broadcast or gather), :class:`ConnectError` (the cluster could not be reached in time),
-:class:`ItemError` (one item failed), :class:`ModuleMissing` (the cluster lacks a module the
+:class:`ItemError` (one item failed; :class:`ItemKilledWorker` when it ended its worker process,
+:class:`ItemTimedOut` past the map's ``item_timeout``), :class:`ModuleMissing` (the cluster lacks a module the
 function needs) and :class:`RunLost` with its causes.
 """
 
@@ -26,15 +27,25 @@ from typing import TYPE_CHECKING, Any
 
 from hpcbridge._version import __version__
 
-__all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "RunLost",
-           "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
+__all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker",
+           "ItemTimedOut", "RunLost", "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
            "RunMismatchError", "ModuleMissing", "__version__"]
-_BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "RunLost", "WalltimeReached", "JobCancelled",
+_BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker", "ItemTimedOut",
+                 "RunLost", "WalltimeReached", "JobCancelled",
                  "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft", "RunMismatchError")
 
 if TYPE_CHECKING:
     from hpcbridge.client.arguments import ArgumentError
-    from hpcbridge.client.bridge import Bridge, Broadcast, ConnectError, ItemError, Run, connect
+    from hpcbridge.client.bridge import (
+        Bridge,
+        Broadcast,
+        ConnectError,
+        ItemError,
+        ItemKilledWorker,
+        ItemTimedOut,
+        Run,
+        connect,
+    )
     from hpcbridge.client.missing_modules import ModuleMissing
     from hpcbridge.job.spec import JobSpec, SpecError, SpecWarning
 

@@ -156,6 +156,27 @@ class RunDirectory:
     def saved_items(self) -> int:
         return sum(high - low for low, high in self.saved())
 
+    # --- what one task keeps for its own retries: never a saved chunk ----------------------------
+
+    def keep(self, kind: str, low: int, high: int, key: str, kept: Any) -> None:
+        """Keep something for a rerun of task ``key`` (chunk ``low..high-1``) only: ``"failed"``, a finished
+        chunk with failing items (its result would be lost with a worker that died holding it);
+        ``"kept"``, what an attempt computed before its worker process ended. It is no saved chunk:
+        a later start of the run (a resume) runs those items again, results from disk do not count it."""
+        write_private_file(self._kept_path(kind, low, high, key), pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def kept(self, kind: str, low: int, high: int, key: str) -> Any:
+        """What :meth:`keep` kept (None when nothing, or unreadable)."""
+        try:
+            with open(self._kept_path(kind, low, high, key), "rb") as file:
+                return pickle.load(file)
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
+            return None
+
+    def _kept_path(self, kind: str, low: int, high: int, key: str) -> str:
+        tag = hashlib.sha1(key.encode()).hexdigest()[:12]
+        return os.path.join(self.path, f"{kind}-{low}-{high}-{tag}.pkl")
+
 
 def failure_text(error: BaseException) -> str:
     """An error in a few words: an OSError without the file it names (a temporary file's name says nothing

@@ -208,13 +208,15 @@ def local_jobs() -> Iterator[list[jobs.SubmittedJob]]:
 
 
 @contextlib.contextmanager
-def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[jobs.SubmittedJob]:
-    """A local job of ``workers`` one-thread workers for a whole test module; cancelled and checked gone after."""
+def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int,
+                     **spec: object) -> Iterator[jobs.SubmittedJob]:
+    """A local job of ``workers`` one-thread workers for a whole test module (more ``JobSpec`` fields in
+    ``spec``, e.g. ``mem``); cancelled and checked gone after."""
     folder = tmp_path_factory.mktemp("local-job")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
         job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=1, python=sys.executable,
-                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json")))
+                                  scheduler_file=str(folder / "{job_id}" / "scheduler.json"), **spec))
         try:
             yield job
         finally:
@@ -223,11 +225,12 @@ def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int) -> 
 
 
 @contextlib.contextmanager
-def module_bridge(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[tuple[jobs.SubmittedJob, object]]:
+def module_bridge(tmp_path_factory: pytest.TempPathFactory, workers: int,
+                  **spec: object) -> Iterator[tuple[jobs.SubmittedJob, object]]:
     """:func:`module_local_job` with a bridge attached once all its ``workers`` joined: ``(job, bridge)``."""
     from hpcbridge.client.bridge import connect
 
-    with module_local_job(tmp_path_factory, workers) as job, \
+    with module_local_job(tmp_path_factory, workers, **spec) as job, \
             connect(job.scheduler_file, n_workers=workers, timeout=60) as bridge:
         yield job, bridge
 

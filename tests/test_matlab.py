@@ -36,6 +36,18 @@ USER_FUNCTIONS = textwrap.dedent("""
         if x < 0:
             raise ArithmeticError(f"negative input {x}")
         return x
+
+    def hangs_on_three(x):
+        import time
+        if x == 3:
+            time.sleep(300)
+        return x
+
+    def ends_its_worker_on_seven(x):
+        import os
+        if x == 7:
+            os._exit(3)
+        return 2 * x
 """)
 
 
@@ -141,6 +153,33 @@ def test_errors_name_the_item_and_carry_the_remote_traceback(cluster: str, user_
     assert failed.value.item == "-3.0" and failed.value.index == 2
     assert "ArithmeticError: negative input -3.0" in str(failed.value)
     assert "fails_on_negative" in failed.value.remote_traceback
+    matlab.release(cluster, run)
+
+
+def test_an_item_that_ends_its_worker_fails_alone_and_partial_returns_every_other_result(
+        cluster: str, user_file: Path) -> None:
+    run = matlab.map(cluster, f"{user_file}:ends_its_worker_on_seven", array.array("d", [float(x) for x in range(20)]),
+                     (), "m-exit", False, 5.0)
+    with pytest.raises(ItemError, match=r"item 8 \(counting from 1; Python index 7\) of run 'm-exit'") as failed:
+        matlab.gather(cluster, run, 120.0, False)
+    assert "exited with status 3" in str(failed.value) and failed.value.results[8] == 16.0
+    got = matlab.results(cluster, run, 120.0, False, True)
+    assert not got["complete"] and got["missing"].tolist() == [8]  # 1-based
+    assert got["values"].dtype == np.float64 and np.isnan(got["values"][7])
+    np.testing.assert_array_equal(np.delete(got["values"], 7), [2.0 * x for x in range(20) if x != 7])
+    assert "WorkerDied: the worker process running it" in got["reason"] and "exited with status 3" in got["reason"]
+    matlab.release(cluster, run)
+
+
+def test_an_item_past_its_item_timeout_fails_alone(cluster: str, user_file: Path) -> None:
+    with pytest.raises(ValueError, match="item_timeout: 0.0 is not allowed; expected a positive number of seconds"):
+        matlab.map(cluster, f"{user_file}:hangs_on_three", (1.0, 2.0), (), "", False, 0.0, True, 0.0)
+    run = matlab.map(cluster, f"{user_file}:hangs_on_three", array.array("d", [float(x) for x in range(8)]),
+                     (), "m-hang", False, 2.0, True, 2.0)
+    got = matlab.results(cluster, run, 120.0, False, True)
+    assert got["missing"].tolist() == [4] and np.isnan(got["values"][3])  # 1-based
+    assert "ItemTimeout: it ran longer than item_timeout=2 s" in got["reason"]
+    np.testing.assert_array_equal(np.delete(got["values"], 3), [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0])
     matlab.release(cluster, run)
 
 

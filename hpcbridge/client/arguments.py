@@ -86,6 +86,15 @@ def seconds(argument: str, value: Any, none: bool = False, infinite: bool = Fals
     return float(value)
 
 
+def positive_seconds(argument: str, value: Any) -> float | None:
+    """A limit in seconds: a positive, finite number, or ``None`` for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ArgumentError(argument, value, "a positive number of seconds, or None for no limit")
+    return float(value)
+
+
 def name(argument: str, value: Any, empty_is_none: bool = False) -> str | None:
     """A name for a run or a broadcast: ``None`` (one is made up) or printable text on one line."""
     allowed = "None or a name of 1 to 200 printable characters on one line"

@@ -24,7 +24,7 @@ from hpcbridge import scheduler_file as cluster_files
 from hpcbridge.addresses import address_answers
 from hpcbridge.backends import BatchCommandError
 from hpcbridge.backends.job import SubmittedJob
-from hpcbridge.client import arguments, collect, dashboard, latency, runs, saving, watch
+from hpcbridge.client import arguments, collect, dashboard, latency, runs, saving, stuck, watch
 from hpcbridge.client import broadcast as broadcasts
 from hpcbridge.client.attach import (
     FOLLOW_GRACE_SECONDS,
@@ -47,7 +47,7 @@ from hpcbridge.client.losses import (  # noqa: F401
     WorkersLeft,
 )
 from hpcbridge.client.missing_modules import module_missing
-from hpcbridge.client.runs import ItemError, Run  # noqa: F401  (public through hpcbridge)
+from hpcbridge.client.runs import ItemError, ItemKilledWorker, ItemTimedOut, Run  # noqa: F401  (public through hpcbridge)
 from hpcbridge.cluster import drain
 from hpcbridge.cluster.broadcasts import Broadcast
 from hpcbridge.rundir import RunDirectory, RunMismatchError  # noqa: F401  (public through hpcbridge)
@@ -427,7 +427,7 @@ class Bridge:
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], args: Sequence[Any] | Broadcast = (),
             name: str | None = None, stack: bool = False, chunk_size: int | None = None,
-            progress: bool = True, save: bool = True) -> Run:
+            progress: bool = True, save: bool = True, item_timeout: float | None = None) -> Run:
         """Run ``fn(item, *args)`` for every item, in chunks sized from measured durations.
 
         As in ``client.map`` and ``Executor.map``, several iterables are zipped:
@@ -456,8 +456,15 @@ class Bridge:
         ``args`` must pickle (they travel to the workers): what does not is refused by name
         (``items[3]``, ``args[0]``) before anything starts. Ctrl-C while map submits cancels what it
         sent and leaves no run behind.
+
+        An item that ends its worker process (its memory limit, ``os._exit``, a crash) fails with
+        :class:`~hpcbridge.client.runs.ItemKilledWorker`, which says the cause, and is not run again;
+        the rest of the map goes on. ``item_timeout`` (seconds, default None: no limit) ends an
+        item that runs longer, by ending its worker process (distributed's nanny starts a new one),
+        and fails it with :class:`~hpcbridge.client.runs.ItemTimedOut`.
         """
         fn = arguments.function("fn", fn)
+        item_timeout = arguments.positive_seconds("item_timeout", item_timeout)
         if iterables and not isinstance(iterables[0], Broadcast):
             arguments.items("items", iterables[0])
         name = arguments.run_name("name", name)
@@ -474,7 +481,7 @@ class Bridge:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
             self.dashboard_shown = True
         run = runs.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
-                            root=self.run_root if save else None)
+                         root=self.run_root if save else None, item_timeout=item_timeout)
         run.bridge = self
         known = Run(run.name, run.n_items, list(run.bounds), [None] * len(run.bounds), run.function, run.directory)
         known.computed, known.save_errors = run.computed, run.save_errors  # shared: noted in both as they come
@@ -583,6 +590,10 @@ class Bridge:
     def release(self, handle: Run | Broadcast | str) -> bool:
         """Free a run's results or a broadcast's copies on the cluster (by handle or by name).
 
+        A run's chunks still computing stop after their running items; a worker whose item does
+        not end within 2 s is ended (its nanny starts a new one), so a hung item does not keep
+        it busy for good.
+
         Returns True when something was freed. Releasing what the cluster no longer holds
         (released before, a run already collected by :meth:`gather`, or a name it never had) is
         no error: a warning says so, naming what the cluster does hold, and False is returned.
@@ -594,17 +605,22 @@ class Bridge:
         client = self._cluster()
         held = client.list_datasets()
         if isinstance(handle, Run):
+            unfinished = any(future is not None and not future.done() for future in handle.futures)
             client.cancel([future for future in handle.futures if future is not None])
             self._started.pop(handle.name, None)
             if handle.directory:
                 saving.remove_folder(handle.directory, handle.name, stacklevel=2)
             if handle.name in held:
-                runs.release(client, handle.name)
+                unfinished = runs.release(client, handle.name) or unfinished
+            if unfinished:
+                stuck.free_workers(client, handle.name)
+            if handle.name in held:
                 return True
             return self._already_released(f"run {handle.name!r}", held)
         if not isinstance(handle, Broadcast) and handle in held:
             directory = runs.reattach(client, handle).directory
-            runs.release(client, handle)
+            if runs.release(client, handle):
+                stuck.free_workers(client, handle)
             self._started.pop(handle, None)
             if directory:
                 saving.remove_folder(directory, handle, stacklevel=2)

@@ -17,7 +17,8 @@ from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.missing_modules import module_missing
 from hpcbridge.client.planning import remember_estimate
 from hpcbridge.client.progress import Progress
-from hpcbridge.client.runs import ItemError, Run, refresh_after_reconnect
+from hpcbridge.client.runs import Run, item_error_class, reattach, refresh_after_reconnect
+from hpcbridge.client.stuck import Handoff, describe_running, running_items
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
 from hpcbridge.rundir import RunDirectory, missing_ranges
@@ -40,12 +41,17 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
     deadline = None if timeout is None else time.monotonic() + timeout
     meter = Progress(run.name, run.n_items, stream) if progress else None
     watch = ClusterWatch(client, drain_from)
+    handoff = Handoff(client, run)
     pending = [f for f in run.futures if f is not None]
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
+            running = running_items(client, run.name) if client.status == "running" else []
+            still = (f"; still running: {describe_running(running)} (the items before a running item in its chunk "
+                     "are computed and come back with it; map(..., item_timeout=seconds) ends such items)"
+                     if running else "")
             raise TimeoutError(
-                f"run {run.name!r}: {run.done_items()} of {run.n_items} items done after {timeout:g} s; "
+                f"run {run.name!r}: {run.done_items()} of {run.n_items} items done after {timeout:g} s{still}; "
                 f"the results stay on the cluster: collect them later with results({run.name!r})")
         if client.status not in ("closing", "closed"):  # a closed client (it gave up) has no loop to wait in
             wait_for(client, pending, 0.5 if left is None else min(0.5, left), first=True)
@@ -54,12 +60,36 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
         lost = watch.lost(cancelled=any(f.status == "cancelled" for f in run.futures if f is not None))
         if not lost:
             refresh_after_reconnect(client, run)
+            handoff.check()
         pending = [f for f in run.futures if f is not None and not f.done()]
         if lost:
             break
     if meter and not pending:
         meter.finish()
-    return _assemble(client, run, stack, watch, job)
+    try:
+        return _assemble(client, run, stack, watch, job)
+    except _HandedOff:  # another client handed part of a chunk to new tasks: the record lists them now
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return collect(client, run, stack, left, progress, stream, job, drain_from)
+
+
+class _HandedOff(Exception):
+    """A chunk came back with fewer items than this run object lists for it, and the run's record on the
+    scheduler has other chunks: the run object now has them."""
+
+
+def _adopt_record(client: Client, run: Run) -> bool:
+    """Take the chunks the scheduler's record of ``run`` lists, if they differ from the run's; True if taken."""
+    if client.status != "running":
+        return False
+    try:
+        fresh = reattach(client, run.name)
+    except (KeyError, OSError):
+        return False
+    if fresh.bounds == run.bounds:
+        return False
+    run.bounds, run.futures = fresh.bounds, fresh.futures
+    return True
 
 
 def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: Any) -> Any:
@@ -78,18 +108,32 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
             gathered = []
             watch.lost(cancelled=True)
     remember_estimate(client, run.estimate_key, run.bounds, gathered, finished)
-    failed_items: list[tuple[int, int]] = []
+    failed: dict[int, tuple[Any, ...]] = {}  # item index -> (item, error, remote traceback, worker or chunk number)
     for i, (values, errors, _, _) in zip(finished, gathered):
-        if errors:
-            failed_items.append((min(errors), i))
-            chunks[i] = errors
-        else:
-            chunks[i], have[i] = (values.values() if isinstance(values, Pickled) else values), True
-    if failed_items:
-        index, i = min(failed_items)
-        item, error, remote = chunks[i][index]
-        raise ItemError(run.name, index, item, _worker_of(client, run.futures[i]), error, remote)
+        low, high = run.bounds[i]
+        values = values.values() if isinstance(values, Pickled) else values
+        if len(values) > high - low:  # computed whole by a retry after a client cut it: the rest is elsewhere
+            values = values[:high - low]
+        elif len(values) < high - low:  # cut: the rest went to new tasks, which this run object may not list
+            if _adopt_record(client, run):
+                raise _HandedOff
+            continue
+        chunks[i], have[i] = values, True
+        for index, entry in errors.items():
+            if low <= index < high:
+                failed[index] = (*entry[:3], entry[3] if len(entry) > 3 else i)
     _read_saved(directory, run.bounds, chunks, have)
+    if failed:
+        index = min(failed)
+        item, error, remote, where = failed[index]
+        if not isinstance(where, str):
+            where = _worker_of(client, run.futures[where])
+        missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
+        results = _results(run, chunks, have)
+        for failing in failed:
+            results[failing] = None
+        raise item_error_class(error)(run.name, index, item, where, error, remote, results,
+                                      {i: entry[1] for i, entry in sorted(failed.items())}, missing)
     cause = None
     if not all(have) and (watch.connection_lost or watch.workers_gone):
         # Asking the batch system can take seconds, while workers that lost the scheduler still
@@ -105,8 +149,11 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
                                          getattr(client.scheduler, "address", "?"), _erred_on(client, future))
                 if missing is not None:
                     raise missing from error
-                raise RunError(f"items {low}..{high - 1} of run {run.name!r} failed as a chunk: "
-                               f"{type(error).__name__}: {error}") from error
+                failure = RunError(f"items {low}..{high - 1} of run {run.name!r} failed as a chunk: "
+                                   f"{type(error).__name__}: {error}{_rest_words(run, have)}")
+                failure.results = _results(run, chunks, have)
+                failure.missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
+                raise failure from error
     missing = [bounds for bounds, ok in zip(run.bounds, have) if not ok]
     covered = sum(high - low for low, high in run.bounds)
     if covered < run.n_items:  # a run read from disk: chunks that no worker saved
@@ -119,14 +166,26 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         cls, what = RunLost, "its tasks were cancelled on the cluster (a client released the run)"
     else:
         cls, what = RunLost, "the cluster does not hold this run, and its run directory lacks these items"
-    results: list[Any] = [None] * run.n_items
-    for (low, high), values, ok in zip(run.bounds, chunks, have):
-        if ok:
-            results[low:high] = list(values)
+    results = _results(run, chunks, have)
     done = run.n_items - sum(high - low for low, high in missing)
     saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
     raise cls(run.name, what, run.n_items, done, saved, missing, results,
               directory.path if directory else None, getattr(job, "job_id", None))
+
+
+def _results(run: Run, chunks: list[Any], have: list[bool]) -> list[Any]:
+    """One value per item of the run in input order, None where its chunk is not had."""
+    results: list[Any] = [None] * run.n_items
+    for (low, high), values, ok in zip(run.bounds, chunks, have):
+        if ok:
+            results[low:high] = list(values)
+    return results
+
+
+def _rest_words(run: Run, have: list[bool]) -> str:
+    """What the other chunks hold, for an error about one chunk."""
+    done = sum(high - low for (low, high), ok in zip(run.bounds, have) if ok)
+    return f". {done} of the run's {run.n_items} items have results (in this error's .results, None for the others)"
 
 
 def _read_saved(directory: RunDirectory | None, bounds: list[tuple[int, int]], chunks: list[Any],

@@ -24,7 +24,14 @@ JOB_STATE_WAIT = 10.0  # how long to let the batch system catch up with a lost s
 
 
 class RunError(RuntimeError):
-    """A whole chunk of a run failed outside the user function (e.g. its worker died, or unpickling)."""
+    """A whole chunk of a run failed outside the user function (e.g. its worker died, or unpickling).
+
+    ``results`` (when set) holds every result the run has, in input order (``None`` for items
+    without one), and ``missing`` the item ranges without a result.
+    """
+
+    results: list[Any] | None = None
+    missing: list[tuple[int, int]] = []  # noqa: RUF012 -- replaced per instance, never changed in place
 
 
 class RunLost(RunError):

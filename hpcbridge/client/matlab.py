@@ -36,8 +36,9 @@ from hpcbridge.client import arguments
 from hpcbridge.client.bridge import Bridge, ConnectError
 from hpcbridge.client.bridge import connect as _connect
 from hpcbridge.client.futures import wait_for
-from hpcbridge.client.losses import RunLost
+from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.runs import ItemError, new_run_name
+from hpcbridge.client.stuck import Handoff
 from hpcbridge.cluster.broadcasts import Broadcast
 from hpcbridge.rundir import RunDirectoryWarning
 
@@ -133,7 +134,7 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
 
 
 def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
-        stack: bool = False, chunk_size: int | float = 0, save: bool = True) -> str:
+        stack: bool = False, chunk_size: int | float = 0, save: bool = True, item_timeout: float = math.inf) -> str:
     """Start ``function(item, *broadcast_values)`` for every item; return the run's name at once.
 
     ``function`` is ``"module:function"`` or ``"path/to/file.py:function"``. ``items``: a cell
@@ -141,6 +142,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     broadcast name or a cell of names. Collect with :func:`gather`; follow with :func:`wait`.
     Finished chunks are saved on disk (``save=False``: not); a ``name`` whose run is on disk from
     an earlier cluster resumes it: only the items without a saved result are computed.
+    ``item_timeout`` (seconds; Inf, the default: no limit) ends an item that runs longer, by
+    ending its worker process, and fails it.
     """
     function = arguments.function("function", function)
     values = _items(items)
@@ -151,6 +154,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     name, stack = arguments.run_name("name", name, empty_is_none=True), arguments.flag("stack", stack)
     save = arguments.flag("save", save)
     chunks = _count(chunk_size, "chunk_size") or None
+    limit = None if isinstance(item_timeout, float) and item_timeout == math.inf else item_timeout
+    limit = arguments.positive_seconds("item_timeout", limit)
     bridge = _bridge(cluster)
     held = bridge.broadcasts() if handles else []
     for handle in handles:
@@ -168,7 +173,7 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
 
     def start() -> None:
         bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks,
-                   progress=False, save=bool(save))
+                   progress=False, save=bool(save), item_timeout=limit)
 
     if chunks:
         start()  # nothing to measure: every chunk is submitted now
@@ -191,6 +196,7 @@ def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     if not bridge.connected or run not in bridge.client.list_datasets():
         return {"done": 0, "total": 0, "finished": True, "failed": False}
     handle = bridge.run(run)
+    Handoff(bridge.client, handle).check(now=True)  # a stuck item's chunk hands the rest of its items on
     futures = [f for f in handle.futures if f is not None]
     wait_for(bridge.client, futures, seconds)
     done = handle.done_items()
@@ -225,7 +231,7 @@ def _results(cluster: str, run: str, timeout: Any, stack: Any) -> Any:
                 _keep_notices(cluster, run, caught)
     except ItemError as error:
         raise MatlabItemError(error.run, error.index, error.item, error.worker, error.error,
-                              error.remote_traceback) from None
+                              error.remote_traceback, error.results, error.errors, error.missing) from None
 
 
 _NOTICES: dict[tuple[str, str], list[str]] = {}
@@ -254,15 +260,16 @@ def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fal
     ``partial=True`` returns ``{"values", "missing", "complete", "reason"}``: the values in
     input order as :func:`gather` shapes them, numeric ones with NaN where an item has no result
     (other kinds: an empty cell); ``missing``, the 1-based indices of those items (int64, MATLAB's
-    indexing); ``reason``, the error's text ("" when complete).
+    indexing): items lost with the cluster and items that failed (an error in the function, or
+    they ended their worker process); ``reason``, the error's text ("" when complete).
     """
     try:
         values = _results(cluster, run, timeout, stack)
-    except RunLost as lost:
-        if not partial:
+    except (RunLost, ItemError, RunError) as lost:
+        if not partial or getattr(lost, "results", None) is None:
             raise
-        missing = set(lost.missing_items())
-        values = lost.results or [None] * lost.n_items
+        missing = set(_without_result(lost))
+        values = lost.results
         numeric = all(isinstance(v, numbers.Number) for i, v in enumerate(values) if i not in missing)
         filled = [math.nan if i in missing and numeric else v for i, v in enumerate(values)]
         return {"values": to_matlab(filled), "missing": np.array(sorted(missing), dtype=np.int64) + 1,
@@ -270,6 +277,14 @@ def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fal
     if not partial:
         return to_matlab(values)
     return {"values": to_matlab(values), "missing": np.zeros(0, dtype=np.int64), "complete": True, "reason": ""}
+
+
+def _without_result(error: RunError | ItemError) -> list[int]:
+    """The 0-based indices of the items an error says have no result."""
+    if isinstance(error, RunLost):
+        return error.missing_items()
+    failed = error.failed_items() if isinstance(error, ItemError) else []
+    return failed + [index for low, high in error.missing for index in range(low, high)]
 
 
 def runs(cluster: str) -> list[str]:

@@ -28,12 +28,14 @@ from distributed import Client, Future
 
 from hpcbridge.client.planning import TARGET_CHUNK_SECONDS, estimate_key, plan, probe, remembered_estimate
 from hpcbridge.cluster import broadcasts
+from hpcbridge.cluster.attempts import install_death_notes
 from hpcbridge.cluster.chunks import NOT_SAVED_TOPIC, ChunkTask, run_chunk
 from hpcbridge.rundir import (
     RunDirectory,
     RunDirectoryError,
     RunDirectoryWarning,
     RunMismatchError,
+    describe_ranges,
     failure_text,
     function_identity,
     items_digest,
@@ -51,16 +53,66 @@ ABANDON_WAIT_SECONDS = 30.0
 
 
 class ItemError(Exception):
-    """A user function failed on one item; carries the item's index, the item and the remote traceback."""
+    """A user function failed on one item; carries the item's index, the item and the remote traceback.
 
-    def __init__(self, run: str, index: int, item: str, worker: str, error: str, remote_traceback: str) -> None:
+    It is the first failing item (by index) of its run. ``results`` holds every result the run
+    has, in input order (``None`` for the failing items and any without a result), ``errors``
+    every failing item's error by index, ``missing`` the item ranges that have no result for
+    another reason (none, unless the cluster also lost part of the run).
+    """
+
+    def __init__(self, run: str, index: int, item: str, worker: str, error: str, remote_traceback: str,
+                 results: list[Any] | None = None, errors: dict[int, str] | None = None,
+                 missing: Sequence[tuple[int, int]] = ()) -> None:
         super().__init__(run, index, item, worker, error, remote_traceback)
         self.run, self.index, self.item, self.worker = run, index, item, worker
         self.error, self.remote_traceback = error, remote_traceback
+        self.results, self.errors, self.missing = results, dict(errors or {}), list(missing)
+
+    def failed_items(self) -> list[int]:
+        """The indices of the items that failed (this one and any other)."""
+        return sorted(self.errors) or [self.index]
+
+    def _others(self) -> str:
+        if self.results is None:
+            return ""
+        failed = self.failed_items()
+        without = len(failed) + sum(high - low for low, high in self.missing)
+        others = [i for i in failed if i != self.index]
+        more = f"; {len(others)} more failed: {describe_items(others)}" if others else ""
+        lost = f"; no result for {describe_ranges(self.missing)}" if self.missing else ""
+        return (f"\n{len(self.results) - without} of {len(self.results)} items have results (in this error's "
+                f".results, None where an item has none){more}{lost}")
 
     def __str__(self) -> str:
         return (f"item {self.index} of run {self.run!r} failed on {self.worker}: {self.error}\n"
-                f"the item: {self.item}\nremote traceback:\n{self.remote_traceback}")
+                f"the item: {self.item}{self._others()}\nremote traceback:\n{self.remote_traceback}")
+
+
+class ItemKilledWorker(ItemError):
+    """The item's worker process died while it ran (its memory limit, ``os._exit``, a crash, a signal).
+
+    The error says the cause as the worker's nanny saw it; the item is not run again (it ran on
+    one worker when it was the only item running there, on at most two otherwise).
+    """
+
+
+class ItemTimedOut(ItemError):
+    """The item ran longer than the map's ``item_timeout``; its worker process was ended to stop it."""
+
+
+def item_error_class(error: str) -> type[ItemError]:
+    """The :class:`ItemError` subclass for an item's error text (as the chunk reported it)."""
+    if error.startswith("WorkerDied: "):
+        return ItemKilledWorker
+    if error.startswith("ItemTimeout: "):
+        return ItemTimedOut
+    return ItemError
+
+
+def describe_items(indices: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit])
+    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
 
 
 class SaveErrors(list):
@@ -96,6 +148,10 @@ class Run:
     # Why workers could not save chunks of this run, as they told the scheduler (an event each, passed
     # on to this client as they happen): said at gather, and in the error of a run lost since.
     save_errors: SaveErrors = field(default_factory=SaveErrors, repr=False, compare=False)
+    # The id in the run's task keys and the planned seconds per item (set by start): chunks handed
+    # off from a stuck one get keys of the same start (see hpcbridge.client.collect).
+    start_id: str | None = field(default=None, repr=False, compare=False)
+    seconds_per_item: float = field(default=0.0, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.n_items
@@ -165,24 +221,28 @@ def new_run_name() -> str:
 
 def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any] = (),
           name: str | None = None, stack: bool = False, chunk_size: int | None = None,
-          root: str | None = None) -> Run:
+          root: str | None = None, item_timeout: float | None = None) -> Run:
     """Submit ``fn(item, *extra)`` for every item as chunks, and publish the run under ``name``.
 
     With a run directory root (``root``), finished chunks are saved under ``root/name``; when that
     folder already holds a run of the same function and items, only the items it lacks are
     submitted (the run resumes); a different function or items raise :class:`RunMismatchError`.
+    An item that runs longer than ``item_timeout`` seconds is ended (by ending its worker process)
+    and fails with :class:`ItemTimedOut`.
     """
     name = name or new_run_name()
     start_id = _claim(client, name)
     try:
-        return _start_claimed(client, fn, items, extra, name, start_id, stack, chunk_size, root)
+        note_deaths(client)
+        return _start_claimed(client, fn, items, extra, name, start_id, stack, chunk_size, root, item_timeout)
     except BaseException:
         _unclaim(client, name, start_id)
         raise
 
 
 def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any], name: str,
-                   start_id: str, stack: bool, chunk_size: int | None, root: str | None) -> Run:
+                   start_id: str, stack: bool, chunk_size: int | None, root: str | None,
+                   item_timeout: float | None = None) -> Run:
     """:func:`start` once ``name`` is claimed: check the run directory, plan, submit, publish."""
     if not (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
         items = list(items)
@@ -204,7 +264,8 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         each cost the scheduler an update per chunk (263 chunks at 256 threads: ~1 s before the map returned)."""
         if not chunks:
             return []
-        tasks = [ChunkTask(name, fn, items[low:high], low, stack, directory, per_item * (high - low))
+        tasks = [ChunkTask(name, fn, items[low:high], low, stack, directory, per_item * (high - low),
+                           item_timeout)
                  for low, high in chunks]
         first = sent[0]
         keys = [f"{name}-{start_id}-{first + i}" for i in range(len(tasks))]
@@ -239,6 +300,7 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         order = sorted(range(len(run.bounds)), key=lambda i: run.bounds[i])
         run.bounds[:] = [run.bounds[i] for i in order]
         run.futures[:] = [run.futures[i] for i in order]
+        run.start_id, run.seconds_per_item = start_id, per_item
         if directory is not None:
             try:
                 directory.write_manifest({**manifest, "bounds": run.bounds,
@@ -378,6 +440,22 @@ def _remove_folder(path: str, attempts: int = 5) -> None:
         if not os.path.exists(path):
             return
         time.sleep(0.05)
+_NOTED: set[tuple[int, str]] = set()  # (client, scheduler) pairs whose scheduler has the death notes
+
+
+def note_deaths(client: Client) -> None:
+    """Have the scheduler note, in a task's annotations, the workers that died running it (once per
+    client and scheduler): a chunk's retry then learns which item ended its worker
+    (:mod:`hpcbridge.cluster.attempts`). A scheduler that cannot take the plugin runs the map
+    without it: a worker death then fails its chunk as a whole, as distributed does."""
+    scheduler = str(getattr(client, "_scheduler_identity", {}).get("id") or getattr(client.scheduler, "address", ""))
+    if (id(client), scheduler) in _NOTED:
+        return
+    try:
+        client.run_on_scheduler(install_death_notes)
+    except Exception:  # noqa: BLE001 -- an hpcbridge-less or older scheduler
+        return
+    _NOTED.add((id(client), scheduler))
 
 
 def _claim(client: Client, name: str) -> str:
@@ -424,14 +502,17 @@ def _check_same_run(name: str, directory: RunDirectory, manifest: dict[str, Any]
             "name, or delete that folder to start the run afresh")
 
 
-def release(client: Client, name: str) -> None:
-    """Let the cluster forget run ``name`` and its results."""
+def release(client: Client, name: str) -> bool:
+    """Let the cluster forget run ``name`` and its results; True if some of its chunks had not finished."""
     try:
         record = client.get_dataset(name)
     except KeyError:
         raise KeyError(f"no run named {name!r} on this cluster") from None
     client.unpublish_dataset(name)
-    client.cancel(futures_in(record))
+    futures = futures_in(record)
+    unfinished = any(not future.done() for future in futures)
+    client.cancel(futures)
+    return unfinished
 
 
 def futures_in(record: Any) -> list[Future]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcbridge import functions
-from hpcbridge.cluster import broadcasts, drain
+from hpcbridge.cluster import attempts, broadcasts, drain
 from hpcbridge.rundir import RunDirectory, failure_text
 
 logger = logging.getLogger("hpcbridge.client.runs")
@@ -47,55 +47,91 @@ class ChunkTask:
     stack: bool
     directory: RunDirectory | None = None
     expected_seconds: float = 0.0
+    item_timeout: float | None = None  # seconds an item may run before its worker process is ended to stop it
 
 
-def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple[str, str, str]], float, float]:
+def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], float, float]:
     """Worker side: ``fn(item, *extra)`` for each item; broadcast handles become their objects.
 
     Returns the values (one array when stacking worked), the errors by item index (the item's
-    repr, the error, the formatted traceback), the chunk's seconds and its first call's seconds.
+    repr, the error, the formatted traceback, and for an item that ended its worker process the
+    worker it ran on), the chunk's seconds and its first call's seconds.
     A chunk already saved in the run directory (computed before its worker died) is read back,
     not computed again; a finished chunk without errors is saved there before it is returned.
     A worker that would not finish the chunk before its job's walltime hands it back
-    (:func:`hpcbridge.cluster.drain.check`).
+    (:func:`hpcbridge.cluster.drain.check`). A retry after its worker died learns from the dead
+    worker's nanny which item was running (:mod:`hpcbridge.cluster.attempts`) and fails that item
+    instead of running it again; a chunk that a client cut (the rest of its items went to other
+    tasks) returns only the items before the cut.
     """
     missing = functions.unimportable(task.fn)
     if missing is not None:
         raise missing  # the chunk fails as a whole: the client names the module and this worker
     directory = task.directory
-    high = task.start + len(task.items)
+    key = attempts.current_key() or f"{task.run}-{task.start}"
+    deaths = attempts.previous_deaths()
+    verdict = None
+    if deaths:
+        kept = (lambda: directory.kept("kept", task.start, task.start + len(task.items), key)) if directory else None
+        verdict = attempts.investigate(key, task.start, deaths, kept=kept)
+    stop = len(task.items) if verdict is None or verdict.stop is None else verdict.stop
+    high = task.start + stop
     if directory is not None and directory.has_chunk(task.start, high):
         try:
             return directory.load_chunk(task.start, high), {}, 0.0, 0.0
         except (OSError, ValueError, EOFError) as error:
             logger.warning("hpcbridge: computing chunk %s..%s again: its saved copy is unreadable (%s)",
                            task.start, high - 1, error)
+    if directory is not None and (failed := directory.kept("failed", task.start, high, key)) is not None:
+        return failed[0], failed[1], 0.0, 0.0  # computed before, with failing items, by a worker that then died
     drain.check(task.expected_seconds)
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
-    values: list[Any] = []
-    errors: dict[int, tuple[str, str, str]] = {}
-    drain.started()
-    started = time.perf_counter()
-    first = 0.0
+    per_item = task.expected_seconds / len(task.items) if len(task.items) else 0.0
+    attempt = attempts.begin(attempts.Attempt(key, task.run, task.start, task.items, extra, task.item_timeout,
+                                              per_item, task, exact=bool(deaths), directory=directory))
     try:
-        first = _call_each(task, args, values, errors, started)
-        seconds = time.perf_counter() - started
-    finally:
-        drain.record(time.perf_counter() - started)
-    _count_executed(task.run, len(task.items))
-    if task.stack and not errors:
-        values = _stack_if_arrays(values)
-    if directory is not None and not errors:
+        values, errors = attempt.values, attempt.errors
+        skip: dict[int, tuple] = {}
+        if verdict is not None:
+            if verdict.kept is not None:  # computed before its process was ended on purpose
+                kept, kept_errors = verdict.kept
+                values.extend(kept[:stop])
+                errors.update({i: e for i, e in kept_errors.items() if i < high})
+            skip = {i: (_short_repr(task.items[i]), error, details, verdict.where.get(i, "a worker"))
+                    for i, (error, details) in verdict.skip.items() if len(values) <= i < stop}
+        keep_at = verdict.suspect if verdict is not None and verdict.suspect is not None else -1
+        drain.started()
+        started = time.perf_counter()
+        first, called = 0.0, 0
         try:
-            pickled = directory.save_chunk(task.start, high, values)
-        except Exception as error:  # the result still goes back through the cluster
-            logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start, high - 1,
-                           task.run, directory.path, error)
-            _tell_not_saved(task, directory, error)
-        else:
-            if pickled is not None:
-                values = Pickled(pickled)  # pickled once, for the disk and for the trip back
-    return values, errors, seconds, first
+            first, called = _call_each(task, args, attempt, skip, stop, started, keep_at)
+            seconds = time.perf_counter() - started
+        finally:
+            attempt.finish_loop()
+            drain.record(time.perf_counter() - started)
+        _count_executed(task.run, called)
+        if task.stack and not errors:
+            values = _stack_if_arrays(values)
+        if directory is not None and errors:
+            try:
+                directory.keep("failed", task.start, task.start + len(values), key, (values, dict(errors)))
+            except Exception as error:  # noqa: BLE001 -- only a worker's death would need it
+                logger.warning("hpcbridge: chunk %s..%s of run %s (with failing items) not kept in %s: %s",
+                               task.start, task.start + len(values) - 1, task.run, directory.path, error)
+        if directory is not None and not errors:
+            try:
+                pickled = directory.save_chunk(task.start, task.start + len(values), values)
+            except Exception as error:  # the result still goes back through the cluster
+                logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start,
+                               task.start + len(values) - 1, task.run, directory.path, error)
+                _tell_not_saved(task, directory, error)
+            else:
+                if pickled is not None:
+                    values = Pickled(pickled)  # pickled once, for the disk and for the trip back
+        return values, dict(errors), seconds, first
+    finally:
+        attempts.end(attempt)
+        attempts.leave_pool_if_seceded(attempt)
 
 
 @dataclass(frozen=True)
@@ -117,36 +153,72 @@ class Pickled:
         return Pickled, (bytes(self.data),)
 
 
-def _call_each(task: ChunkTask, args: list[Any], values: list[Any], errors: dict[int, tuple[str, str, str]],
-               started: float) -> float:
-    """Append ``fn(item, *args)`` for every item to ``values`` (None and an entry in ``errors`` when it
-    raises); return the first call's seconds.
+def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip: dict[int, tuple], stop: int,
+               started: float, keep_at: int = -1) -> tuple[float, int]:
+    """Append ``fn(item, *args)`` for the items up to ``stop`` (chunk-relative) to ``attempt.values`` (None
+    and an entry in ``attempt.errors`` when it raises); return the first call's seconds and how many
+    items were called.
 
     The items after the first run through ``map`` into ``values.extend`` (C loops, no Python
-    bytecode per item: for tiny items this loop is most of a worker's cost). An item that raises
-    stops ``extend`` with the values before it kept; its error is noted and the loop goes on from
-    the next item, so every item runs exactly once. (A StopIteration from the function would end
-    ``map`` quietly: the count of values shows it.)
+    bytecode per item: for tiny items this loop is most of a worker's cost), taken from the
+    attempt's tracked iterator, which notes each item in the attempt's slot before it runs. An
+    item that raises (``SystemExit`` included: ``sys.exit()`` in an item is its error, not the
+    worker's end) stops ``extend`` with the values before it kept; its error is noted and the loop
+    goes on from the next item, so every item runs exactly once. (A StopIteration from the function
+    would end ``map`` quietly: the slot shows an item taken without a value.) Items in ``skip``
+    (they ended a worker process before) get their error without running; a cut (the rest of the
+    chunk was handed to other tasks) ends the loop early. At ``keep_at`` (a retry reaching the
+    block where a worker was killed outright) the items computed so far are kept beside the slot
+    first, so that another such death does not make them run a third time.
     """
-    fn, items = task.fn, task.items
-    calls = functions.per_item_calls(fn, items, args)
-    first, count = -1.0, len(items)
-    while len(values) < count:
-        try:
-            if first < 0:
-                values.append(next(calls))
-                first = time.perf_counter() - started
-            values.extend(calls)
-            if len(values) < count:  # the function raised StopIteration, which ends map quietly
-                raise RuntimeError("the function raised StopIteration")
-        except Exception as error:
-            index = len(values)
-            errors[task.start + index] = (_short_repr(items[index]), f"{type(error).__name__}: {error}",
-                                          traceback.format_exc())
+    fn, items, values, errors = task.fn, task.items, attempt.values, attempt.errors
+    first, called = -1.0, 0
+    while len(values) < stop:
+        position = len(values)
+        if attempt.cut_at is not None and position >= attempt.cut_at:
+            break
+        if position in skip:
+            errors[task.start + position] = skip[position]
             values.append(None)
-            if first < 0:
-                first = time.perf_counter() - started
-    return max(first, 0.0)
+            continue
+        if position == keep_at:
+            attempt.keep_computed()
+        end = min([i for i in skip if i > position] + ([keep_at] if keep_at > position else []) + [stop])
+        attempt.advance(position)
+        calls = functions.per_item_calls(fn, attempt.tracked(position, end), args)
+        while len(values) < end:
+            try:
+                if first < 0:
+                    values.append(next(calls))
+                    first = time.perf_counter() - started
+                values.extend(calls)
+            except StopIteration:
+                pass  # no item left (a cut), or the function raised StopIteration: told apart below
+            except BaseException as error:  # noqa: BLE001 -- SystemExit and KeyboardInterrupt too: the item's
+                index = len(values)
+                errors[task.start + index] = (_short_repr(items[index]), _error_words(error), traceback.format_exc())
+                values.append(None)
+                if first < 0:
+                    first = time.perf_counter() - started
+                continue
+            if len(values) < end and attempt.fetched() > len(values):  # taken, but no value came back
+                index = len(values)
+                errors[task.start + index] = (_short_repr(items[index]),
+                                              "RuntimeError: the function raised StopIteration", "")
+                values.append(None)
+                continue
+            break
+        called += len(values) - position
+        if len(values) < end:  # cut
+            break
+    return max(first, 0.0), called
+
+
+def _error_words(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return (f"SystemExit: the item called sys.exit({error.code!r}), which fails this item only "
+                "(it would end the worker process)")
+    return f"{type(error).__name__}: {error}"
 
 
 def _count_executed(run: str, count: int) -> None:
@@ -160,9 +232,7 @@ def executed_items() -> dict[str, int]:
     return dict(_EXECUTED)
 
 
-def _short_repr(item: Any, limit: int = 300) -> str:
-    text = repr(item)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+_short_repr = attempts._short_repr
 
 
 def _stack_if_arrays(values: list[Any]) -> Any:

@@ -21,6 +21,9 @@ function run = map(cluster, func, items, varargin)
 %                   and sizes the tasks from it
 %     'Save'      - false to keep finished chunks only in the cluster's
 %                   memory (default true: saved on disk as they finish)
+%     'ItemTimeout' - seconds an item may run (default Inf: no limit); one
+%                   that runs longer is ended (its worker process is ended
+%                   and started again) and fails with an error naming it
 %
 %   The run belongs to the cluster: if MATLAB exits or the connection is
 %   lost, the work goes on and a new session collects it by name. Finished
@@ -45,13 +48,14 @@ addParameter(p, 'Name', '', @(x) ischar(x) || isstring(x));
 addParameter(p, 'Stack', false, @(x) islogical(x) || isnumeric(x));
 addParameter(p, 'ChunkSize', 0, @(x) isnumeric(x) && isscalar(x) && x >= 0 && x == fix(x));
 addParameter(p, 'Save', true, @(x) islogical(x) || isnumeric(x));
+addParameter(p, 'ItemTimeout', Inf, @(x) isnumeric(x) && isscalar(x) && x > 0);
 parse(p, cluster, func, items, varargin{:});
 opts = p.Results;
 
 names = broadcastNames(opts.Broadcast);
 run = char(py.hpcbridge.client.matlab.map(hpcbridge.clusterFile(opts.cluster), char(opts.func), ...
     hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize), ...
-    logical(opts.Save)));
+    logical(opts.Save), double(opts.ItemTimeout)));
 end
 
 function names = broadcastNames(value)

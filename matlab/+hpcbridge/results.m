@@ -9,7 +9,9 @@ function [values, missing, reason] = results(cluster, run, varargin)
 %   [VALUES, MISSING, REASON] = hpcbridge.results(..., 'Partial', true)
 %   returns what there is instead: numeric results with NaN where an item
 %   has none (others: an empty cell), MISSING the indices of those items
-%   (1-based), REASON why they are missing ('' when none is).
+%   (1-based): items lost with the cluster, and items that failed (an error
+%   in the function, or the item ended its worker process), REASON why
+%   they are missing ('' when none is).
 %
 %   Options (name-value pairs): 'Timeout' (seconds, default Inf), 'Stack'
 %   (as for hpcbridge.gather), 'Partial' (default false).

@@ -1,0 +1,137 @@
+"""Items that do not come back: the rest of their chunk goes elsewhere, what runs is said, a release frees them.
+
+A chunk is one task, so an item that hangs (or runs far longer than its neighbours) would keep
+the chunk's other items waiting behind it while other workers sit idle. The worker's watchdog
+(:mod:`hpcbridge.cluster.attempts`) takes such an item's thread out of the worker's pool (so the
+tasks queued behind it there run) and says so in a scheduler event; while a client waits for the
+run (:class:`Handoff`, called from :func:`hpcbridge.client.collect.collect`), it stops that chunk
+after the running item and submits the chunk's remaining items as new chunks, which the record of
+the run (and its run directory's manifest) then lists.
+
+:func:`running_items` says which items of a run are running, where and for how long (for the
+error of a ``gather`` that timed out), and :func:`free_workers` stops a released run's chunks,
+ending a worker process whose item would not stop (its nanny starts a new one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Any
+
+from distributed import Client
+
+from hpcbridge.client.planning import plan
+from hpcbridge.client.runs import Run
+from hpcbridge.cluster import attempts
+from hpcbridge.cluster.chunks import run_chunk
+from hpcbridge.rundir import RunDirectory
+
+CHECK_SECONDS = 2.0  # how often a waiting client looks for stuck items
+FIRST_CHECK_SECONDS = 1.0  # a wait shorter than this never looks (a map of tiny items pays nothing)
+ASK_SECONDS = 10.0  # the bound on asking the workers what runs
+RELEASE_GRACE = 2.0  # a released run's running items get this long to end before their workers are ended
+
+
+class Handoff:
+    """While a client waits for ``run``: the rest of each chunk whose item is stuck is submitted as new chunks."""
+
+    def __init__(self, client: Client, run: Run) -> None:
+        self.client, self.run = client, run
+        self.next_check = time.monotonic() + FIRST_CHECK_SECONDS
+        self.done: set[str] = set()
+
+    def check(self, now: bool = False) -> bool:
+        """Hand off the rest of stuck chunks (at most every :data:`CHECK_SECONDS`, or ``now``); True if any was."""
+        if not now and time.monotonic() < self.next_check or self.client.status != "running":
+            return False
+        self.next_check = time.monotonic() + CHECK_SECONDS
+        pending = {f.key: i for i, f in enumerate(self.run.futures) if f is not None and not f.done()}
+        try:
+            events = self.client.get_events(attempts.STUCK_TOPIC)
+        except Exception:  # noqa: BLE001 -- the scheduler is busy or away: the watch says so
+            return False
+        handed = False
+        for _, event in events or ():
+            key = event.get("key") if isinstance(event, dict) else None
+            if event.get("run") != self.run.name or key not in pending or key in self.done:
+                continue
+            self.done.add(key)
+            handed = self._hand_off(key, event.get("worker")) or handed
+        return handed
+
+    def _hand_off(self, key: str, worker: str | None) -> bool:
+        try:
+            answers = self.client.run(attempts.cut, key, workers=[worker] if worker else None, on_error="return")
+        except Exception:  # noqa: BLE001 -- the worker went away meanwhile: its retry runs the chunk
+            return False
+        rest = next((a for a in answers.values() if isinstance(a, dict)), None)
+        if rest is None or rest.get("task") is None:
+            return False
+        i = next(j for j, f in enumerate(self.run.futures) if f is not None and f.key == key)
+        low, high = self.run.bounds[i]
+        at, task, extra = rest["at"], rest["task"], tuple(rest["extra"])
+        threads = max(1, sum(self.client.nthreads().values()))
+        per_item = self.run.seconds_per_item or task.expected_seconds / max(1, high - at)
+        prefix = f"{self.run.name}-h{secrets.token_hex(3)}"
+        bounds, futures = [], []
+        for number, (a, b) in enumerate(plan(at, high, None, threads, per_item)):
+            chunk = dataclasses.replace(task, items=task.items[a - at:b - at], start=a,
+                                        expected_seconds=per_item * (b - a))
+            futures.append(self.client.submit(run_chunk, chunk, *extra, key=f"{prefix}-{number}", pure=False))
+            bounds.append((a, b))
+        self.run.bounds[i:i + 1] = [(low, at), *bounds]
+        self.run.futures[i:i + 1] = [self.run.futures[i], *futures]
+        self.client.publish_dataset(self.run.record(), name=self.run.name, override=True)
+        if self.run.directory:
+            directory = RunDirectory(self.run.directory)
+            manifest = directory.manifest()
+            if manifest:
+                directory.write_manifest({**manifest, "bounds": self.run.bounds})
+        return True
+
+
+def running_items(client: Client, run: str) -> list[dict[str, Any]]:
+    """The items of ``run`` running now: index, item, worker, seconds on it (longest first); [] if unknown."""
+    try:
+        answers = client.sync(_ask_all, client, attempts.active, run, callback_timeout=ASK_SECONDS)
+    except Exception:  # noqa: BLE001 -- the workers did not answer in time: nothing to say
+        return []
+    found = [a for answer in answers.values() if isinstance(answer, list) for a in answer if a["index"] is not None]
+    return sorted(found, key=lambda a: -a["seconds"])
+
+
+async def _ask_all(client: Client, function: Any, *args: Any) -> dict[str, Any]:
+    return await client._run(function, *args, on_error="return")
+
+
+def describe_running(items: list[dict[str, Any]], limit: int = 5) -> str:
+    """``"item 37 (37) on tls://...:1234 for 21 s, holding items 4..36"``, for the first few."""
+    said = [f"item {a['index']} ({a['item']}) on {a['worker']} for {a['seconds']:.0f} s"
+            + (f", holding items {a['start']}..{a['index'] - 1}" if a["index"] > a["start"] else "")
+            for a in items[:limit]]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(said) + more
+
+
+def free_workers(client: Client, run: str, grace: float = RELEASE_GRACE) -> list[str]:
+    """Stop the chunks of released run ``run`` after their running items; end the worker processes whose item
+    does not end within ``grace`` s (their nannies start new ones). Returns the workers ended."""
+    try:
+        answers = client.run(attempts.stop_run, run, on_error="return")
+    except Exception:  # noqa: BLE001 -- the cluster is away: nothing runs there
+        return []
+    busy = [w for w, answer in answers.items() if isinstance(answer, list) and answer]
+    deadline = time.monotonic() + grace
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.1)
+        still = {a["worker"] for a in running_items(client, run)}
+        busy = [w for w in busy if w in still]
+    if not busy:
+        return []
+    try:
+        ended = client.run(attempts.end_for_release, run, workers=busy, on_error="return")
+    except Exception:  # noqa: BLE001
+        return []
+    return [w for w, answer in ended.items() if answer is True]
