@@ -59,11 +59,13 @@ def matlab_matrix(values: np.ndarray) -> memoryview:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 2-worker local job for this module; yields its scheduler file as MATLAB would hold it."""
-    with module_local_job(tmp_path_factory, 2) as job:
-        try:
-            yield job.scheduler_file
-        finally:
-            matlab.close(job.scheduler_file)
+    with pytest.MonkeyPatch.context() as patch:  # the workers' slots, and those dead processes leave, stay here
+        patch.setenv("HPCBRIDGE_SLOT_DIRECTORY", str(tmp_path_factory.mktemp("slots")))
+        with module_local_job(tmp_path_factory, 2) as job:
+            try:
+                yield job.scheduler_file
+            finally:
+                matlab.close(job.scheduler_file)
 
 
 @pytest.fixture

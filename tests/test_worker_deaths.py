@@ -144,7 +144,7 @@ def test_a_worker_killed_from_outside_while_an_item_runs_is_not_blamed_on_the_it
     _, bridge = cluster
     bridge.wait_for_workers(2, timeout=60)
     log = tmp_path / "calls.log"
-    run = bridge.map(slow_fifty, range(100), args=(str(log),), chunk_size=25, progress=False)
+    run = bridge.map(slow_fifty, range(100), args=(str(log),), chunk_size=20, progress=False)  # 50 in 40..59
     pid_file = Path(str(log) + ".pid")
     assert wait_for(pid_file.exists, timeout=60)
     os.kill(int(pid_file.read_text()), signal.SIGTERM)
