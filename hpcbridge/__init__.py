@@ -29,7 +29,7 @@ from hpcbridge._version import __version__
 
 __all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker",
            "ItemTimedOut", "RunLost", "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
-           "RunMismatchError", "ModuleMissing", "__version__"]
+           "RunMismatchError", "RunDirectoryError", "RunDirectoryWarning", "ModuleMissing", "__version__"]
 _BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker", "ItemTimedOut",
                  "RunLost", "WalltimeReached", "JobCancelled",
                  "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft", "RunMismatchError")
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
     from hpcbridge.client.missing_modules import ModuleMissing
     from hpcbridge.job.spec import JobSpec, SpecError, SpecWarning
+    from hpcbridge.rundir import RunDirectoryError, RunDirectoryWarning
 
 
 def __getattr__(name: str) -> Any:
@@ -60,6 +61,10 @@ def __getattr__(name: str) -> Any:
         from hpcbridge.job import spec
 
         return getattr(spec, name)
+    if name in ("RunDirectoryError", "RunDirectoryWarning"):
+        from hpcbridge import rundir
+
+        return getattr(rundir, name)
     if name == "ModuleMissing":
         from hpcbridge.client.missing_modules import ModuleMissing
 
