@@ -38,6 +38,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.Sub
         yield attached
 
 
+@pytest.fixture(autouse=True)
+def python_ctrl_c() -> Iterator[None]:
+    """Ctrl-C as a Python program gets it (KeyboardInterrupt). Importing dask_jobqueue (other test files in
+    this process do) replaces the handler with one that calls sys.exit()."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def at_gate(x: int, started: str, gate: str) -> int:
     """Says that item ``x`` started (a file in ``started``), then waits until ``gate`` exists."""
     Path(started, str(x)).touch()

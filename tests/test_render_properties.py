@@ -90,6 +90,7 @@ FIELDS = {
     "hosts": st.lists(typed("node1", "me@node2", "10.0.0.5", "-oProxyCommand=x"), max_size=3),
     "hostfile": st.sampled_from([None, None, "/nonexistent/hosts.txt"]),
     "ssh_options": st.one_of(st.lists(typed("-F", "/home/a/ssh config", "-oPort=2222"), max_size=3), typed("-F ~/x")),
+    "dashboard_address": typed("127.0.0.1:0", ":8787", "0.0.0.0:8787", "[::1]:0", "localhost", "a b:1", "1.2.3.4:99999"),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
 NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes",

@@ -49,7 +49,10 @@ class Handoff:
         self.next_check = time.monotonic() + CHECK_SECONDS
         pending = {f.key: i for i, f in enumerate(self.run.futures) if f is not None and not f.done()}
         try:
-            events = self.client.get_events(attempts.STUCK_TOPIC)
+            # Bounded: a scheduler that hangs (stopped, swapping) must not hold the client's wait, which
+            # the watch then ends with the loss's error (get_events would wait for it forever).
+            events = self.client.sync(self.client.scheduler.events, topic=attempts.STUCK_TOPIC,
+                                      callback_timeout=ASK_SECONDS)
         except Exception:  # noqa: BLE001 -- the scheduler is busy or away: the watch says so
             return False
         handed = False
@@ -63,7 +66,8 @@ class Handoff:
 
     def _hand_off(self, key: str, worker: str | None) -> bool:
         try:
-            answers = self.client.run(attempts.cut, key, workers=[worker] if worker else None, on_error="return")
+            answers = self.client.sync(_ask_all, self.client, attempts.cut, key, workers=[worker] if worker else None,
+                                       callback_timeout=ASK_SECONDS)
         except Exception:  # noqa: BLE001 -- the worker went away meanwhile: its retry runs the chunk
             return False
         rest = next((a for a in answers.values() if isinstance(a, dict)), None)
@@ -102,8 +106,9 @@ def running_items(client: Client, run: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda a: -a["seconds"])
 
 
-async def _ask_all(client: Client, function: Any, *args: Any) -> dict[str, Any]:
-    return await client._run(function, *args, on_error="return")
+async def _ask_all(client: Client, function: Any, *args: Any, workers: list[str] | None = None) -> dict[str, Any]:
+    """``client.run`` of ``function`` on ``workers`` (default all), for ``client.sync`` with a ``callback_timeout``."""
+    return await client._run(function, *args, workers=workers, on_error="return")
 
 
 def describe_running(items: list[dict[str, Any]], limit: int = 5) -> str:
@@ -119,7 +124,7 @@ def free_workers(client: Client, run: str, grace: float = RELEASE_GRACE) -> list
     """Stop the chunks of released run ``run`` after their running items; end the worker processes whose item
     does not end within ``grace`` s (their nannies start new ones). Returns the workers ended."""
     try:
-        answers = client.run(attempts.stop_run, run, on_error="return")
+        answers = client.sync(_ask_all, client, attempts.stop_run, run, callback_timeout=ASK_SECONDS)
     except Exception:  # noqa: BLE001 -- the cluster is away: nothing runs there
         return []
     busy = [w for w, answer in answers.items() if isinstance(answer, list) and answer]
@@ -131,7 +136,7 @@ def free_workers(client: Client, run: str, grace: float = RELEASE_GRACE) -> list
     if not busy:
         return []
     try:
-        ended = client.run(attempts.end_for_release, run, workers=busy, on_error="return")
+        ended = client.sync(_ask_all, client, attempts.end_for_release, run, workers=busy, callback_timeout=ASK_SECONDS)
     except Exception:  # noqa: BLE001
         return []
     return [w for w, answer in ended.items() if answer is True]
