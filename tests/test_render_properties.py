@@ -131,6 +131,20 @@ def outside_single_quotes(code: str) -> str:
     return "".join(kept)
 
 
+REMOTE_START = re.compile(r"^.*<<'REMOTE'.*$", re.M)
+
+
+def split_remote(text: str) -> tuple[str, str | None]:
+    """The script without the ssh mode's quoted here-document (the script each host runs), and that
+    script. bash prints a here-document back as it is, comments included, so the apostrophes of its
+    comments would throw the quote count of the outer script off: each is read as a script of its own."""
+    start = REMOTE_START.search(text)
+    if start is None:
+        return text, None
+    end = text.index("\nREMOTE\n", start.end())
+    return text[:start.end()] + text[end:], text[start.end() + 1:end + 1]
+
+
 def bash_reading(script: Path) -> str:
     """How bash parses the script: its text as a function body, printed back by ``declare -f``.
 
@@ -167,8 +181,14 @@ def test_every_accepted_spec_renders_valid_bash_with_no_injected_command_or_dire
         late = [line for line in lines[header:] if DIRECTIVE.match(line)]
         assert late == [], f"a directive after the header in {spec}: {late}"
         assert not any(CANARY in line for line in lines[:header] if DIRECTIVE.match(line)), spec
-        reading = outside_single_quotes(bash_reading(path))
-        assert CANARY not in reading, f"a value escaped its quotes in {spec}:\n{reading}"
+        outer, remote = split_remote(text)  # ssh mode: the hosts' own script travels as a quoted here-document
+        for part, body in (("", outer), (" (the hosts' script)", remote)):
+            if body is None:
+                continue
+            part_path = path.with_suffix(".remote.sh" if part else ".outer.sh")
+            part_path.write_text(body, encoding="utf-8")
+            reading = outside_single_quotes(bash_reading(part_path))
+            assert CANARY not in reading, f"a value escaped its quotes{part} in {spec}:\n{reading}"
     assert shutil.which("shellcheck"), "shellcheck is installed by the test command (make test)"
     checked = subprocess.run(["shellcheck", "--severity=style", *(str(path) for _, path, _ in scripts)],
                              capture_output=True, text=True, timeout=300)
