@@ -19,6 +19,7 @@ import hashlib
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,10 +128,23 @@ def pytest_configure(config: pytest.Config) -> None:
     down (local jobs cancelled, harnesses stopped) and the leftover check runs, instead of the
     process dying with its jobs' schedulers and workers left running."""
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    if not os.environ.get("HPCBRIDGE_SLOT_DIRECTORY"):
+        # The workers' chunk slots (hpcbridge.cluster.attempts) outlive a killed worker by design; the
+        # tests keep theirs in a folder of the session's, removed at its end, not in /dev/shm.
+        slots = tempfile.mkdtemp(prefix="hpcbridge-test-slots-")
+        os.chmod(slots, 0o1777)  # like /tmp: each user's slots are in a 0700 folder of their own inside
+        os.environ["HPCBRIDGE_SLOT_DIRECTORY"] = slots
+        config.stash[_SLOTS] = slots
+
+
+_SLOTS = pytest.StashKey[str]()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
+    slots = session.config.stash.get(_SLOTS, None)
+    if slots is not None:
+        shutil.rmtree(slots, ignore_errors=True)
     if hasattr(session.config, "workerinput"):
         return  # an xdist worker: the controller checks once every worker is done
     left = leftovers()
