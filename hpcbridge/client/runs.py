@@ -440,6 +440,8 @@ def _remove_folder(path: str, attempts: int = 5) -> None:
         if not os.path.exists(path):
             return
         time.sleep(0.05)
+
+
 _NOTED: set[tuple[int, str]] = set()  # (client, scheduler) pairs whose scheduler has the death notes
 
 

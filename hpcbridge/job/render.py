@@ -78,7 +78,6 @@ def render_script(spec: JobSpec, template_dirs: list[Path] | None = None) -> str
                           f"{error.__class__.__name__}: {error}") from None
 
 
-
 def _warn(spec: JobSpec) -> None:
     """Raise what ``spec`` allows but probably does not mean (:meth:`JobSpec.warnings`), once per script."""
     for warning in spec.warnings():

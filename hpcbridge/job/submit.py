@@ -19,7 +19,6 @@ from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSp
 from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
 
-
 def submit(spec: JobSpec) -> SubmittedJob:
     """Render ``spec`` and submit it; the script is complete before anything is submitted.
 
