@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def leftovers() -> list[str]:
             prefix = f"hpcb-{hashlib.sha1(str(Path(name).resolve()).encode()).hexdigest()[:6]}-"
             left += [f"network namespace {line.split()[0]}" for line in namespaces.splitlines()
                      if line.startswith(prefix)]
+        if kind == "client":
+            left.append(f"an open Dask client (closed by the teardown) made by {name}")
         if kind == "user":
             try:
                 pwd.getpwnam(name)
@@ -128,6 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
     down (local jobs cancelled, harnesses stopped) and the leftover check runs, instead of the
     process dying with its jobs' schedulers and workers left running."""
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    _count_new_clients()
     if not os.environ.get("HPCBRIDGE_SLOT_DIRECTORY"):
         # The workers' chunk slots (hpcbridge.cluster.attempts) outlive a killed worker by design; the
         # tests keep theirs in a folder of the session's, removed at its end, not in /dev/shm.
@@ -138,6 +142,52 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _SLOTS = pytest.StashKey[str]()
+
+
+# Clients made while a test's body runs. One left open is closed by the garbage collector,
+# whenever it runs: distributed's Client.__del__ then stops its event loop under a lock that is not
+# reentrant, and a collection that starts while another client holds that lock (starting or
+# stopping its loop) waits forever. A CI run hung that way for 70 minutes. Each test's open
+# clients are closed after its teardown instead, and named as leftovers.
+_CALL_CLIENTS: weakref.WeakSet | None = None
+_CLIENTS = pytest.StashKey[weakref.WeakSet]()
+
+
+def _count_new_clients() -> None:
+    from distributed import Client
+
+    original = Client.__init__
+
+    def counted(self, *args, **kwargs):
+        if _CALL_CLIENTS is not None:
+            _CALL_CLIENTS.add(self)
+        original(self, *args, **kwargs)
+
+    Client.__init__ = counted
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    global _CALL_CLIENTS
+    _CALL_CLIENTS = item.stash[_CLIENTS] = weakref.WeakSet()
+    try:
+        return (yield)
+    finally:
+        _CALL_CLIENTS = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    try:
+        return (yield)
+    finally:
+        left_open = [client for client in item.stash.get(_CLIENTS, ())
+                     if client.status not in ("closed", "newly-created")]
+        for client in left_open:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+        if left_open:
+            register_leftover_check("client", item.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -229,7 +279,8 @@ def module_local_job(tmp_path_factory: pytest.TempPathFactory, workers: int,
     folder = tmp_path_factory.mktemp("local-job")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPCBRIDGE_HOME", str(folder / "home"))
-        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=1, python=sys.executable,
+        spec = {"cpus_per_task": 1, **spec}  # one thread per worker unless the module asks for more
+        job = jobs.submit(JobSpec(scheduler="local", ntasks_per_node=workers, python=sys.executable,
                                   scheduler_file=str(folder / "{job_id}" / "scheduler.json"), **spec))
         try:
             yield job
