@@ -111,8 +111,6 @@ def leftovers() -> list[str]:
             prefix = f"hpcb-{hashlib.sha1(str(Path(name).resolve()).encode()).hexdigest()[:6]}-"
             left += [f"network namespace {line.split()[0]}" for line in namespaces.splitlines()
                      if line.startswith(prefix)]
-        if kind == "client":
-            left.append(f"an open Dask client (closed by the teardown) made by {name}")
         if kind == "user":
             try:
                 pwd.getpwnam(name)
@@ -144,13 +142,15 @@ def pytest_configure(config: pytest.Config) -> None:
 _SLOTS = pytest.StashKey[str]()
 
 
-# Clients made while a test's body runs. One left open is closed by the garbage collector,
+# Clients made while a test's body runs. One left open would be closed by the garbage collector,
 # whenever it runs: distributed's Client.__del__ then stops its event loop under a lock that is not
 # reentrant, and a collection that starts while another client holds that lock (starting or
-# stopping its loop) waits forever. A CI run hung that way for 70 minutes. Each test's open
-# clients are closed after its teardown instead, and named as leftovers.
+# stopping its loop) waits forever: a CI run hung that way for 70 minutes. So a test's clients that
+# are still open after its teardown are kept referenced (never collected) and closed at the end of
+# the session. Some stay open by design: MATLAB's toolbox keeps its client for the next call.
 _CALL_CLIENTS: weakref.WeakSet | None = None
 _CLIENTS = pytest.StashKey[weakref.WeakSet]()
+_KEPT_OPEN: list = []
 
 
 def _count_new_clients() -> None:
@@ -181,17 +181,16 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     try:
         return (yield)
     finally:
-        left_open = [client for client in item.stash.get(_CLIENTS, ())
-                     if client.status not in ("closed", "newly-created")]
-        for client in left_open:
-            with contextlib.suppress(Exception):
-                client.close(timeout=5)
-        if left_open:
-            register_leftover_check("client", item.nodeid)
+        _KEPT_OPEN.extend(client for client in item.stash.get(_CLIENTS, ())
+                          if client.status not in ("closed", "newly-created"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
+    for client in _KEPT_OPEN:
+        with contextlib.suppress(Exception):
+            client.close(timeout=5)
+    _KEPT_OPEN.clear()
     slots = session.config.stash.get(_SLOTS, None)
     if slots is not None:
         shutil.rmtree(slots, ignore_errors=True)

@@ -206,7 +206,9 @@ def test_a_run_whose_folder_failed_then_whose_job_was_cancelled_counts_what_was_
         on_disk = RunDirectory(run.directory).saved_items()
         assert lost.saved == lost.done == on_disk == sum(value is not None for value in lost.results)
         assert (on_disk == 0) if trouble == "deleted" else (0 < on_disk < 160), on_disk  # 8 MB chunks on 20 MB
-        assert ran <= lost.computed <= 400 and lost.computed % 8 == 0, (ran, lost.computed)
+        # Counted as executed once a chunk's items have run, before it is saved and returned: a chunk of each
+        # worker may have been saving when the job was cancelled (its items ran, the chunk never finished).
+        assert ran - 2 * 8 <= lost.computed <= 400 and lost.computed % 8 == 0, (ran, lost.computed)
         message = str(lost)
         assert (f"{lost.computed} of 400 items were computed, {on_disk} saved in {run.directory} (saving there "
                 f"failed: ") in message, message
