@@ -49,6 +49,31 @@ def naive(client, items: list[float], threads: int) -> float:
     return seconds
 
 
+def submit_costs(bridge, tasks: int) -> tuple[float, float, float]:
+    """What a task costs, in ms: the client's to submit one more chunk of ``bridge.map`` (a given chunk
+    size, so no probes: maps of ``tasks`` and of a quarter as many chunks, the difference over the
+    difference, so a run's fixed costs are left out), the client's per task of one ``client.map`` call,
+    and the scheduler's per task (``tasks`` empty tasks, from submitting until the last is done)."""
+    client = bridge.client
+    took: dict[int, list[float]] = {tasks // 4: [], tasks: []}
+    theirs, scheduler = [], []
+    for _ in range(3):  # the best of three of each: a busy machine only adds
+        for count in took:
+            started = time.perf_counter()
+            run = bridge.map(wait, [0.0] * count, chunk_size=1, save=False, progress=False)
+            took[count].append(time.perf_counter() - started)
+            bridge.gather(run, progress=False, release=True)
+            del run
+        started = time.perf_counter()
+        futures = client.map(wait, [0.0] * tasks, pure=False)
+        theirs.append((time.perf_counter() - started) / tasks)
+        client.gather(futures)
+        scheduler.append((time.perf_counter() - started) / tasks)
+        del futures
+    ours = (min(took[tasks]) - min(took[tasks // 4])) / (tasks - tasks // 4)
+    return 1000 * ours, 1000 * min(theirs), 1000 * min(scheduler)
+
+
 def mapped(bridge, items: list[float]) -> tuple[float, int]:
     started = time.perf_counter()
     run = bridge.map(wait, items, progress=False)
@@ -75,6 +100,11 @@ def main(argv: list[str] | None = None) -> None:
                            say=lambda text: None) as (_, bridge):
             print(f"{prefix}_threads: {bridge.total_threads}")
             bridge.gather(bridge.map(wait, [0.0] * threads, progress=False), progress=False)  # imports, workers warm
+            ours, theirs, scheduler = submit_costs(bridge, 4 * threads)
+            print(f"{prefix}_submit_ms_per_chunk: {ours:.4f}")
+            print(f"{prefix}_client_map_ms_per_task: {theirs:.4f}")
+            print(f"{prefix}_submit_over_client_map: {ours / theirs:.2f}")
+            print(f"{prefix}_scheduler_ms_per_task: {scheduler:.3f}")
             for kind in ("even", "uneven"):
                 items = costs(kind, threads * options.items_per_thread, options.cost)
                 ideal = sum(items) / threads

@@ -19,6 +19,7 @@ from hpcbridge.client.planning import remember_estimate
 from hpcbridge.client.progress import Progress
 from hpcbridge.client.runs import Run, item_error_class, reattach, refresh_after_reconnect
 from hpcbridge.client.stuck import Handoff, describe_running, running_items
+from hpcbridge.client.tail import Balancer
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
 from hpcbridge.rundir import RunDirectory, missing_ranges
@@ -42,6 +43,7 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
     meter = Progress(run.name, run.n_items, stream) if progress else None
     watch = ClusterWatch(client, drain_from)
     handoff = Handoff(client, run)
+    balancer = Balancer(client, run)
     pending = [f for f in run.futures if f is not None]
     while pending:
         left = None if deadline is None else deadline - time.monotonic()
@@ -61,6 +63,7 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
         if not lost:
             refresh_after_reconnect(client, run)
             handoff.check()
+            balancer.check()
         pending = [f for f in run.futures if f is not None and not f.done()]
         if lost:
             break

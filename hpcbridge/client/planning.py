@@ -34,6 +34,11 @@ SHORTEST_CHUNK_SECONDS = 0.03  # ten times the ~3 ms of CPU one task costs acros
 # idle between chunks: at 256 threads, 20 ms items planned as 0.03 s chunks made 3,203 tasks for a
 # 0.8 s map and took 9.7 s.
 SCHEDULER_SECONDS_PER_TASK = 0.003
+# The share of a map's time the scheduler may spend handing out its planned chunks. At full share it
+# does nothing else (and a loaded node makes a task cost it several times more): the rest of the
+# work's balance is left to the run's tail (hpcbridge.client.tail), which asks for tasks only for
+# threads that are idle.
+SCHEDULER_SHARE = 0.25
 
 
 CHUNKS_PER_THREAD = 4
@@ -75,9 +80,10 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
     A chunk takes ``remaining / (CHUNKS_PER_THREAD * threads)`` items, but at most
     ``target_seconds`` of work and at least :data:`SHORTEST_CHUNK_SECONDS` of it (and one item):
     a task costs milliseconds, so tiny items go in few large chunks. With many threads the shortest
-    chunk is at least what the scheduler needs to hand every thread one task
-    (``threads * SCHEDULER_SECONDS_PER_TASK``), so the number of tasks grows with the work and the
-    scheduler's pace, not with the threads alone. The shortest chunk is never
+    chunk is long enough for the scheduler to hand every thread one task in a small share of it
+    (``threads * SCHEDULER_SECONDS_PER_TASK / SCHEDULER_SHARE``), so the number of tasks grows with
+    the work and the scheduler's pace, not with the threads alone; items that cost more than
+    planned are balanced at the run's tail (:mod:`hpcbridge.client.tail`). The shortest chunk is never
     more than a thread's fair share of all the items, so even a small map keeps every thread busy.
     A range of at most :data:`FEW_CHUNKS_SECONDS` of work, or of less than two shortest chunks per
     thread, is split evenly, one chunk per thread:
@@ -93,7 +99,7 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
     """
     per_item = max(seconds_per_item, 1e-9)
     fair_share = max(1, math.ceil((stop - start) / max(1, threads)))
-    shortest_seconds = max(SHORTEST_CHUNK_SECONDS, threads * SCHEDULER_SECONDS_PER_TASK)
+    shortest_seconds = max(SHORTEST_CHUNK_SECONDS, threads * SCHEDULER_SECONDS_PER_TASK / SCHEDULER_SHARE)
     shortest = min(max(1, int(shortest_seconds / per_item)), fair_share)
     if per_item * (stop - start) <= FEW_CHUNKS_SECONDS or 2 * shortest > fair_share:
         # Little work, or too little per thread for two chunks each: one chunk per thread. A few

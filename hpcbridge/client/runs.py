@@ -13,6 +13,7 @@ computes only what no chunk file holds.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import secrets
@@ -273,8 +274,7 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         futures = client.map(run_chunk, tasks, *([value] * len(tasks) for value in extra), key=keys, pure=False)
         run.bounds.extend(chunks)
         run.futures.extend(futures)
-        for bounds, future in zip(chunks, futures):
-            _note_when_computed(client, run, future, bounds)
+        note_when_computed(client, run, futures, chunks)
         return futures
 
     try:
@@ -336,17 +336,23 @@ def _prepare_directory(directory: RunDirectory, name: str, identity: str, digest
         raise RunDirectoryError(directory.path, error) from None
 
 
-def _note_when_computed(client: Client, run: Run, future: Future, bounds: tuple[int, int]) -> None:
-    """Add ``bounds`` to ``run.computed`` as soon as the chunk's future finishes (on the client's loop, so
-    it is noted also while nobody gathers, before a lost cluster cancels every future)."""
-    state = future._state
+def note_when_computed(client: Client, run: Run, futures: Sequence[Future], bounds: Sequence[tuple[int, int]]) -> None:
+    """Add each chunk's bounds to ``run.computed`` as soon as its future finishes (on the client's loop, so
+    it is noted also while nobody gathers, before a lost cluster cancels every future).
 
-    async def note() -> None:
+    One callback for them all: handing the loop one per future cost the client a write to its wake-up
+    socket each (0.05 ms a chunk, most of what submitting a chunk cost)."""
+    states = [(future._state, chunk) for future, chunk in zip(futures, bounds)]
+
+    async def note(state: Any, chunk: tuple[int, int]) -> None:
         await state.wait()
         if state.status == "finished":
-            run.computed.add(bounds)
+            run.computed.add(chunk)
 
-    client.loop.add_callback(note)
+    async def note_all() -> None:
+        await asyncio.gather(*(note(state, chunk) for state, chunk in states))
+
+    client.loop.add_callback(note_all)
 
 
 # Per client: where to note the failed saves of its runs, by run name (see _listen_for_failed_saves).

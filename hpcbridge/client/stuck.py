@@ -15,8 +15,6 @@ ending a worker process whose item would not stop (its nanny starts a new one).
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 import time
 from typing import Any
 
@@ -24,9 +22,8 @@ from distributed import Client
 
 from hpcbridge.client.planning import plan
 from hpcbridge.client.runs import Run
+from hpcbridge.client.tail import hand_on
 from hpcbridge.cluster import attempts
-from hpcbridge.cluster.chunks import run_chunk
-from hpcbridge.rundir import RunDirectory
 
 CHECK_SECONDS = 2.0  # how often a waiting client looks for stuck items
 FIRST_CHECK_SECONDS = 1.0  # a wait shorter than this never looks (a map of tiny items pays nothing)
@@ -73,26 +70,11 @@ class Handoff:
         rest = next((a for a in answers.values() if isinstance(a, dict)), None)
         if rest is None or rest.get("task") is None:
             return False
-        i = next(j for j, f in enumerate(self.run.futures) if f is not None and f.key == key)
-        low, high = self.run.bounds[i]
-        at, task, extra = rest["at"], rest["task"], tuple(rest["extra"])
+        at, high = rest["at"], rest["stop"]
+        task = rest["task"]
         threads = max(1, sum(self.client.nthreads().values()))
         per_item = self.run.seconds_per_item or task.expected_seconds / max(1, high - at)
-        prefix = f"{self.run.name}-h{secrets.token_hex(3)}"
-        bounds, futures = [], []
-        for number, (a, b) in enumerate(plan(at, high, None, threads, per_item)):
-            chunk = dataclasses.replace(task, items=task.items[a - at:b - at], start=a,
-                                        expected_seconds=per_item * (b - a))
-            futures.append(self.client.submit(run_chunk, chunk, *extra, key=f"{prefix}-{number}", pure=False))
-            bounds.append((a, b))
-        self.run.bounds[i:i + 1] = [(low, at), *bounds]
-        self.run.futures[i:i + 1] = [self.run.futures[i], *futures]
-        self.client.publish_dataset(self.run.record(), name=self.run.name, override=True)
-        if self.run.directory:
-            directory = RunDirectory(self.run.directory)
-            manifest = directory.manifest()
-            if manifest:
-                directory.write_manifest({**manifest, "bounds": self.run.bounds})
+        hand_on(self.client, self.run, [(key, rest, plan(at, high, None, threads, per_item))])
         return True
 
 

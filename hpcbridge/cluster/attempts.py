@@ -250,15 +250,19 @@ class Attempt:
         self.map = None
 
     def describe(self) -> dict[str, Any]:
-        """What it is doing now: the item it is on and for how long (for :func:`active`)."""
+        """What it is doing now: the item it is on and for how long, and the seconds per item its loop has
+        taken so far (for :func:`active`)."""
         fetched, since = self.seen
         now = self.fetched()
         if now != fetched:
             since = time.monotonic()
         index = self.start + now - 1 if 0 < now and not self.loop_done else None
         item = _short_repr(self.items[now - 1]) if index is not None else None
+        taken = now - self.first_taken  # by this attempt's loop, the running one included
+        per_item = (time.monotonic() - self.loop_started) / taken if self.loop_started is not None and taken > 0 else 0.0
         return {"key": self.key, "run": self.run, "start": self.start, "stop": self.start + self.n,
                 "index": index, "item": item, "seconds": time.monotonic() - since if index is not None else 0.0,
+                "per_item": per_item,
                 "worker": self.worker, "pid": os.getpid(), "cut": None if self.cut_at is None else self.start + self.cut_at}
 
 
@@ -310,6 +314,12 @@ def cut(key: str) -> dict[str, Any] | None:
                                        expected_seconds=attempt.expected_per_item * (attempt.n - at))
         return {"at": attempt.start + at, "stop": attempt.start + attempt.n, "task": rest, "extra": attempt.extra}
     return None
+
+
+def cut_many(keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Worker side (``client.run``): :func:`cut` each of the tasks ``keys`` that runs here; their rests by key."""
+    rests = {key: cut(key) for key in keys}
+    return {key: rest for key, rest in rests.items() if rest is not None}
 
 
 def stop_run(run: str) -> list[dict[str, Any]]:

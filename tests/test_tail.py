@@ -1,0 +1,79 @@
+"""A run's tail on a real local cluster: threads left idle take over the rest of chunks that run long
+(:mod:`hpcbridge.client.tail`), and every item still runs exactly once.
+
+The items wait (``time.sleep``: no CPU), and each logs which process and thread ran it, so the
+test counts executions and sees where the rest of a long chunk went.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from hpcbridge.client.bridge import Bridge
+from hpcbridge.client.tail import split_shares
+from hpcbridge.job import submit as jobs
+from tests.conftest import module_bridge
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the items below run on the cluster
+
+HEAVY = range(600, 700)  # these items take 40 ms; the others 1 ms, as the map's probes measure
+
+
+def uneven(x: int, log: str) -> int:
+    time.sleep(0.04 if x in HEAVY else 0.001)
+    with open(log, "a") as out:
+        out.write(f"{x} {os.getpid()}-{threading.get_ident()}\n")
+    return x * x
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
+    with module_bridge(tmp_path_factory, 2, cpus_per_task=4) as attached:  # 8 threads
+        yield attached
+
+
+def test_idle_threads_take_the_rest_of_chunks_that_run_long_and_each_item_runs_once(cluster, tmp_path: Path) -> None:
+    _, bridge = cluster
+    log = tmp_path / "calls.log"
+    items = list(range(2000))
+    run = bridge.map(uneven, items, args=(str(log),), name="tail", progress=False)
+    planned = list(run.bounds)
+    assert bridge.gather(run, progress=False) == [x * x for x in items]
+    lines = [line.split() for line in log.read_text().splitlines()]
+    runs = collections.Counter(int(x) for x, _ in lines)
+    assert sorted(runs) == items and set(runs.values()) == {1}, "an item ran twice or not at all"
+    # The heavy items were planned as 1 ms ones, so a few chunks hold 4 s of them. Without the
+    # hand-on each such chunk runs on its one thread to the end while the other threads idle.
+    threads_per_chunk = []
+    for low, high in planned:
+        heavy = [x for x in range(low, high) if x in HEAVY]
+        if len(heavy) >= 20:
+            threads_per_chunk.append(len({where for x, where in lines if low <= int(x) < high}))
+    assert threads_per_chunk, f"no planned chunk holds 20 heavy items: {planned}"
+    assert max(threads_per_chunk) >= 3, (
+        f"the rest of a long chunk stayed on its thread: threads per long chunk {threads_per_chunk}")
+    assert len(run.bounds) > len(planned)
+
+
+def test_a_run_s_tail_is_shared_out_by_the_work_left_in_each_chunk() -> None:
+    running = [{"key": "long", "index": 99, "stop": 1100, "per_item": 0.01},   # 10 s left
+               {"key": "short", "index": 0, "stop": 30, "per_item": 0.01},     # 0.29 s left
+               {"key": "done", "index": 49, "stop": 50, "per_item": 0.01}]     # nothing after its running item
+    # Every idle thread goes to the long chunk: seven pieces of 1.4 s, none to 0.15 s pieces of the short one.
+    assert split_shares(running, idle=6) == {"long": 7}
+    running[0]["stop"] = 200  # 1 s left, the other 0.6 s: pieces of about 0.2 s each
+    running[1]["stop"] = 61
+    assert split_shares(running, idle=6) == {"long": 5, "short": 3}
+    assert split_shares(running, idle=0) == {}
+    # The plan's estimate counts when it is higher than what a chunk took so far (a chunk on its first item).
+    assert split_shares([{"key": "k", "index": 0, "stop": 100, "per_item": 0.0}], idle=1, planned_per_item=0.01) == {"k": 2}
+    assert split_shares([{"key": "k", "index": 0, "stop": 100, "per_item": 0.0}], idle=1) == {}
