@@ -383,7 +383,7 @@ def scale(job_id: str, add: int, as_json: bool, spec_values: dict[str, Any], pro
 
     for name in ("ntasks", "ntasks_per_node"):
         if spec_values.get(name) is not None:
-            raise SpecError(name, spec_values[name], "not given with {add}, which is the number of workers "
+            raise SpecError(name, spec_values[name], "not given with --add, which is the number of workers "
                             "(spread them over nodes with {nodes})")
     try:
         cluster = join.cluster_job(job_id, spec_values.get("scheduler"))
