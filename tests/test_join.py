@@ -2,7 +2,7 @@
 system, the one-line refusals, the certificate checks, and a real local cluster that gets a worker.
 
 The Slurm flow (a map on the joined workers, status, cancel, TLS refusing another CA) is in
-tests/cluster/test_join.py.
+tests/cluster/test_scale.py.
 """
 
 from __future__ import annotations

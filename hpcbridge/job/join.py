@@ -49,16 +49,21 @@ def cluster_job(job_id: str, scheduler: str | None = None) -> SubmittedJob:
     job = find(job_id, scheduler)
     if job is None:
         job = SubmittedJob(job_id, scheduler or _default_scheduler(job_id), default_scheduler_file(job_id))
+    check_running(job)
+    return job
+
+
+def check_running(job: SubmittedJob) -> None:
+    """:class:`JoinError` unless ``job`` runs now (a pending cluster has no scheduler to join yet)."""
     running = job.status()
     if running.state == "UNKNOWN":
-        raise JoinError(f"job {job_id}: unknown to {job.scheduler} ({running.reason or 'no such job'}); "
+        raise JoinError(f"job {job.job_id}: unknown to {job.scheduler} ({running.reason or 'no such job'}); "
                         "give the job id of a running cluster (and --scheduler if it is not "
                         f"{job.scheduler})")
     if running.state != "RUNNING":
         why = f": {running.reason}" if running.reason else ""
         hint = "; add workers once it runs" if running.state == "PENDING" else ""
-        raise JoinError(f"job {job_id} is not running ({running.state}{why}){hint}")
-    return job
+        raise JoinError(f"job {job.job_id} is not running ({running.state}{why}){hint}")
 
 
 def _default_scheduler(job_id: str) -> str:
@@ -146,7 +151,7 @@ def render_join_script(cluster: SubmittedJob, spec: JobSpec) -> str:
 
 
 def join(cluster: SubmittedJob | str, spec: JobSpec) -> SubmittedJob:
-    """Submit a job of ``spec``'s workers that join the running ``cluster`` (a job or its id).
+    """Submit a job of ``spec``'s workers that join the running ``cluster`` (a job, or its id as recorded here).
 
     ``spec`` sizes the new job (``spec.workers`` workers: ``nodes`` x ``ntasks_per_node``) and
     sets its walltime, queue, threads, memory and software; the scheduler file, protocol and
@@ -158,7 +163,7 @@ def join(cluster: SubmittedJob | str, spec: JobSpec) -> SubmittedJob:
     if isinstance(cluster, str):
         cluster = cluster_job(cluster, spec.scheduler)
     else:
-        cluster = cluster_job(cluster.job_id, cluster.scheduler)
+        check_running(cluster)
     joining = join_spec(cluster, spec)
     script = render_join_script(cluster, joining)
     job_id = get_backend(joining.scheduler).submit(script)
