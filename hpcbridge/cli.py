@@ -217,6 +217,8 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def build_spec(no_profile_modules: bool, **values: Any) -> Any:
         spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
+        if getattr(command, "builds_its_spec", False):  # it needs something else first (scale: the cluster's batch system)
+            return command(spec_values=spec_values, profile_modules=not no_profile_modules, **values)
         spec = JobSpec.from_config(spec_values, profile_modules=not no_profile_modules)
         return command(spec=spec, **values)
 
@@ -343,6 +345,65 @@ def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: s
         click.echo(f"worker jobs:    hpcbridge status {job.job_id}")
 
 
+_SCALE_EPILOG = """\b
+Examples:
+  hpcbridge scale 4242 --add 4 --time 1h
+  hpcbridge scale 4242 --add 8 --nodes 2 -c 16 --partition bigmem
+  hpcbridge status 4242     # lists the worker jobs that joined
+  hpcbridge cancel 4242     # ends them with the cluster
+
+\b
+Every option of render is accepted here too; the scheduler file, protocol and
+certificates are the cluster's.
+"""
+
+
+def _builds_its_spec(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a command that gets the spec options' values (``spec_values``) and builds the spec itself."""
+    command.builds_its_spec = True  # type: ignore[attr-defined]
+    return command
+
+
+@main.command(cls=_SpecCommand, epilog=_SCALE_EPILOG)
+@click.argument("job_id", metavar="JOB")
+@click.option("--add", type=click.IntRange(min=1), required=True,
+              help="Workers to add: a job of its own with this many, spread over --nodes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new job as JSON, for programs.")
+@spec_options
+@_builds_its_spec
+def scale(job_id: str, add: int, as_json: bool, spec_values: dict[str, Any], profile_modules: bool) -> None:
+    """Add workers to the running cluster JOB: a worker-only job that joins it.
+
+    The job has its own walltime (its workers leave before it), size and options, so the
+    workers may differ from the cluster's (more threads, another partition). They join through
+    the cluster's scheduler file and certificates, end with the cluster, and hpcbridge cancel
+    JOB cancels them too.
+    """
+    from hpcbridge.job import join
+
+    for name in ("ntasks", "ntasks_per_node"):
+        if spec_values.get(name) is not None:
+            raise SpecError(name, spec_values[name], "not given with --add, which is the number of workers "
+                            "(spread them over nodes with {nodes})")
+    try:
+        cluster = join.cluster_job(job_id, spec_values.get("scheduler"))
+        spec_values = {**spec_values, "scheduler": cluster.scheduler}
+        try:
+            spec = JobSpec.from_config({**spec_values, "ntasks": add}, profile_modules=profile_modules)
+        except SpecError as error:
+            if error.field != "ntasks":
+                raise
+            raise SpecError("add", add, error.allowed) from None
+        job = join.join(cluster, spec)
+    except join.JoinError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(job.as_dict()))
+    else:
+        click.echo(f"job id:   {job.job_id} ({spec.workers} worker(s) joining job {cluster.job_id})")
+        click.echo(f"status:   hpcbridge status {cluster.job_id}")
+
+
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:
     if scheduler:
         return scheduler
@@ -366,9 +427,13 @@ _job_scheduler_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for programs.")
 def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     """Show a job's state, why it waits, and where its output goes."""
-    state = get_backend(_submitted_job(job_id, scheduler).scheduler).status(job_id)
+    from hpcbridge.job.join import describe_joined, joined_statuses
+
+    job = _submitted_job(job_id, scheduler)
+    state = get_backend(job.scheduler).status(job_id)
+    joined = joined_statuses(job)
     if as_json:
-        click.echo(json.dumps(state.as_dict()))
+        click.echo(json.dumps({**state.as_dict(), **({"joined": [s.as_dict() for s in joined]} if joined else {})}))
         return
     click.echo(f"{state.job_id}: {state.state}")
     if state.reason:
@@ -389,6 +454,8 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     if report is not None:
         for line in describe_status(report, live=not state.finished):
             click.echo(line)
+    for line in describe_joined(joined):
+        click.echo(line)
 
 
 def _running_warnings(job_id: str, scheduler: str | None, state) -> list[str]:
@@ -450,12 +517,16 @@ def logs(job_id: str, scheduler: str | None, lines: int | None) -> None:
 @click.argument("job_id")
 @_job_scheduler_option
 def cancel(job_id: str, scheduler: str | None) -> None:
-    """Cancel a job, ending its Dask cluster; its scheduler file and certificates are removed.
+    """Cancel a job, ending its Dask cluster; its scheduler file and certificates are removed, and the
+    worker jobs that joined it (hpcbridge scale) are cancelled too.
 
     A job that has already ended is left as it is and said so (exit status 0).
     """
     job = _submitted_job(job_id, scheduler)
+    joined = [worker_job.job_id for worker_job in job.joined()]
     ended = job.cancel()
+    if joined:
+        click.echo(f"cancelled the worker jobs that joined it: {', '.join(joined)} (those still running)")
     if ended is None:
         click.echo(f"cancelled {job_id}")
     else:

@@ -2,27 +2,40 @@
 
 Both sides use it: the login node's submit returns one, and a client that attached through a
 scheduler file asks it whether the job still runs and why it ended.
+
+This module also owns the job's record (``$HPCBRIDGE_HOME/submitted/<scheduler>-<id>.json``,
+owner-only), which lets ``hpcbridge connect JOB`` and ``cancel JOB`` find the scheduler file from
+the job id alone, and the records of the worker jobs that joined a cluster, in a folder beside
+it (``<scheduler>-<id>.joined/``, one file per job, so two joins at once never overwrite each
+other): a cancel of the cluster ends them too.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import BatchCommandError, JobNotFound, JobStatus, get_backend
+from hpcbridge.private_files import make_private_dir, state_home, write_private_file
+
+RECORDS = "submitted"  # the kind of state_home that holds the records
 
 
 @dataclass(frozen=True)
 class SubmittedJob:
     """A submitted job: its id, its batch system, and where its scheduler file will appear.
 
-    A job array (array mode) starts no Dask cluster and has no scheduler file.
+    A job array (array mode) starts no Dask cluster and has no scheduler file; nor has a worker
+    job that joined another job's cluster (``joins`` names that job).
     """
 
     job_id: str
     scheduler: str
     scheduler_file: str | None
+    joins: str | None = None
 
     def status(self) -> JobStatus:
         """The job's state now, in the batch system's words (see :class:`~hpcbridge.backends.JobStatus`).
@@ -42,9 +55,23 @@ class SubmittedJob:
     def cancel(self) -> JobStatus | None:
         """End the job (and with it the Dask cluster); remove its scheduler file and certificates.
 
-        Returns None when the job was cancelled now, or its final status when it had already
-        ended (nothing is sent to the batch system then). Run directories are kept.
+        The worker jobs that joined the cluster (:meth:`joined`) are cancelled first, so none is
+        left waiting for a scheduler that is gone. Returns None when the job was cancelled now,
+        or its final status when it had already ended (nothing is sent to the batch system then).
+        Run directories are kept.
         """
+        failed: BaseException | None = None
+        for worker_job in self.joined():
+            try:
+                worker_job.cancel()
+            except (BatchCommandError, JobNotFound) as error:
+                failed = failed or error  # the cluster is cancelled all the same; said after
+        status = self._cancel_alone()
+        if failed is not None:
+            raise failed
+        return status
+
+    def _cancel_alone(self) -> JobStatus | None:
         running, status = self.alive()
         if running:
             try:
@@ -63,8 +90,55 @@ class SubmittedJob:
         return get_backend(self.scheduler).log_path(self.job_id)
 
     def as_dict(self) -> dict[str, str | None]:
-        """Plain values, for ``--json`` and for MATLAB."""
-        return {"job_id": self.job_id, "scheduler": self.scheduler, "scheduler_file": self.scheduler_file}
+        """Plain values, for ``--json`` and for MATLAB (``joins`` only for a worker job that joined a cluster)."""
+        values = {"job_id": self.job_id, "scheduler": self.scheduler, "scheduler_file": self.scheduler_file}
+        return {**values, "joins": self.joins} if self.joins else values
+
+    def joined(self) -> list[SubmittedJob]:
+        """The worker jobs submitted from this account to join this job's cluster, oldest first."""
+        folder = _joined_folder(self.scheduler, self.job_id)
+        try:
+            paths = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
+        except OSError:
+            return []
+        jobs = [_read(path) for path in paths]
+        return [job for job in jobs if job is not None]
+
+    def record(self) -> None:
+        """Keep this job's record (and, for a worker job that joined a cluster, its place beside the cluster's)."""
+        write_private_file(make_private_dir(state_home(RECORDS)) / f"{_name(self.scheduler, self.job_id)}.json",
+                           json.dumps(self.as_dict()))
+        if self.joins:
+            folder = make_private_dir(_joined_folder(self.scheduler, self.joins))
+            write_private_file(folder / f"{_name(self.scheduler, self.job_id)}.json", json.dumps(self.as_dict()))
+
+
+def find_record(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
+    """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
+    candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
+    for name in candidates:
+        job = _read(state_home(RECORDS) / f"{_name(name, job_id)}.json")
+        if job is not None:
+            return job
+    return None
+
+
+def _read(path: Path) -> SubmittedJob | None:
+    try:
+        values = json.loads(path.read_text())
+        return SubmittedJob(job_id=str(values["job_id"]), scheduler=values["scheduler"],
+                            scheduler_file=values.get("scheduler_file"), joins=values.get("joins"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _joined_folder(scheduler: str, job_id: str) -> Path:
+    return state_home(RECORDS) / f"{_name(scheduler, job_id)}.joined"
+
+
+def _name(scheduler: str, job_id: str) -> str:
+    """A record's file name for a job: ``slurm-42``; characters a file name cannot hold become ``_``."""
+    return f"{scheduler}-" + re.sub(r"[^\w.\[\]-]", "_", str(job_id))
 
 
 def file_owner_running(info: files.ClusterInfo) -> tuple[bool | None, str]:

@@ -7,16 +7,13 @@ from the job id alone.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import get_backend
-from hpcbridge.backends.job import SubmittedJob, file_owner_running
+from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record
 from hpcbridge.job.render import render_script
 from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
-from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
 
 def submit(spec: JobSpec) -> SubmittedJob:
@@ -34,33 +31,15 @@ def submit(spec: JobSpec) -> SubmittedJob:
     job_id = get_backend(spec.scheduler).submit(script)
     scheduler_file = spec.scheduler_file_for(job_id) if has_cluster else None
     job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=scheduler_file)
-    _write_record(job)
+    job.record()
     return job
 
 
 def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
-    candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
-    for name in candidates:
-        record = state_home("submitted") / f"{name}-{_safe(job_id)}.json"
-        try:
-            values = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        return SubmittedJob(job_id=str(values["job_id"]), scheduler=values["scheduler"],
-                            scheduler_file=values.get("scheduler_file"))
-    return None
+    return find_record(job_id, scheduler)
 
 
 def default_scheduler_file(job_id: str) -> str:
     """The scheduler file a job writes when no ``--scheduler-file`` was given."""
     return os.path.expanduser(DEFAULT_SCHEDULER_FILE.replace(JOB_ID_PLACEHOLDER, job_id))
-
-
-def _write_record(job: SubmittedJob) -> None:
-    folder = make_private_dir(state_home("submitted"))
-    write_private_file(folder / f"{job.scheduler}-{_safe(job.job_id)}.json", json.dumps(job.as_dict()))
-
-
-def _safe(job_id: str) -> str:
-    return re.sub(r"[^\w.\[\]-]", "_", job_id)
