@@ -189,8 +189,9 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--no-profile-modules", "no_profile_modules", is_flag=True, default=False,
                      help="Load only the --module given here, not the site profile's modules."),
         click.option("--setup", multiple=True, help="Shell command to run before Dask starts (repeatable)."),
-        click.option("--python", help="Python interpreter on the compute nodes; it needs distributed.  "
-                     "[default: the Python running hpcbridge]"),
+        click.option("--python", help="Python interpreter on the compute nodes; it needs distributed. A path, or a "
+                     "command line that runs one, e.g. 'apptainer exec /scratch/img.sif python3' (split as the shell "
+                     "splits it).  [default: the Python running hpcbridge]"),
         click.option("--client-script", help="With --mode mpi: a Python script that MPI rank 1 runs as the client "
                      "(the cluster ends when it returns); with --mode array: the script each element runs."),
         click.option("--client-arg", "client_args", multiple=True, help="An argument for the client script (repeatable)."),
@@ -212,6 +213,21 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--requeue", is_flag=True, default=None,
                      help="Slurm: shortly before the walltime (or when preempted) the job goes back in the queue "
                      "and its cluster starts again, writing a new scheduler file; runs resume from disk."),
+        click.option("--qos", help="Slurm (and Torque's -l qos): the quality of service to run under."),
+        click.option("--constraint", "-C", "constraint", help="Node features, e.g. ssd or ssd&avx2 (Slurm also "
+                     "takes | [ ] and *N); PBS puts them in the select statement, LSF in select[...]."),
+        click.option("--reservation", help="Run in this reservation (Slurm --reservation, PBS Pro's reservation "
+                     "queue, Torque -l advres, LSF -U)."),
+        click.option("--exclusive", is_flag=True, default=None, help="Whole nodes: no other job shares them."),
+        click.option("--gpus-per-task", help="GPUs per task (worker): Slurm --gpus-per-task, PBS ngpus and LSF "
+                     "-gpu num per node (times the node's tasks). The request only."),
+        click.option("--gpus-per-node", help="GPUs per node: Slurm --gres=gpu:N, PBS ngpus (Torque gpus), "
+                     "LSF -gpu num."),
+        click.option("--directive", "directives", multiple=True, help="A line for the batch system that hpcbridge "
+                     "has no option for, without its prefix, e.g. '--licenses=fluent:2' (repeatable; added to the "
+                     "site profile's). Refused if it sets what an option sets."),
+        click.option("--local-directory", help="The workers' scratch and spill folder.  [default: the node's own "
+                     "disk: $TMPDIR, else $SLURM_TMPDIR, else /tmp, on each node]"),
     ]
 
     @functools.wraps(command)

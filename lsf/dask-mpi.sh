@@ -30,8 +30,8 @@ done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
 
 
 # --- Software environment ------------------------------------------------------
-# shellcheck disable=SC2209  # the interpreter's name (python3 is a command), not its output
-PYTHON=python3
+# The job's Python: an interpreter, or a command line that runs one (a container's, say), as words.
+PYTHON=(python3)
 
 # --- The allocation: hosts and slots come from LSF at run time ---------------------
 # (`bsub -n` with another count overrides the #BSUB lines above; the node count, counted
@@ -117,7 +117,7 @@ export HPCBRIDGE_LIFETIME_MARGIN=300
 # scheduler writes its own file beside the one this job publishes for clients.
 DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
 MPI_PROGRAM=(
-    "$PYTHON" -m hpcbridge.cluster.mpi_job
+    "${PYTHON[@]}" -m hpcbridge.cluster.mpi_job
     --scheduler-file "$DASK_SCHEDULER_FILE"
     --nthreads "$CPUS_PER_TASK"
     --memory-limit "$WORKER_MEMORY"
@@ -128,19 +128,19 @@ MPI_PROGRAM=(
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------
 # The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
-if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
-    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+if ! PYTHON_SAYS=$("${PYTHON[@]}" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python (${PYTHON[*]}) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
     exit 1
 fi
-"$PYTHON" -c 'import dask_mpi, mpi4py, hpcbridge' 2>/dev/null || {
-    echo "hpcbridge: mpi mode needs dask-mpi, mpi4py and hpcbridge in $PYTHON (pip install 'hpcbridge[mpi]')" >&2
+"${PYTHON[@]}" -c 'import dask_mpi, mpi4py, hpcbridge' 2>/dev/null || {
+    echo "hpcbridge: mpi mode needs dask-mpi, mpi4py and hpcbridge in ${PYTHON[*]} (pip install 'hpcbridge[mpi]')" >&2
     exit 1
 }
 
 # A scheduler file left by an earlier job would send clients to a dead address.
 # A scheduler file that a running cluster still uses is not this job's to replace: that
 # cluster would go on running with nobody able to reach it. (A stale file is replaced.)
-if [ -s "$SCHEDULER_FILE" ] && "$PYTHON" - "$SCHEDULER_FILE" <<'CHECK'
+if [ -s "$SCHEDULER_FILE" ] && "${PYTHON[@]}" - "$SCHEDULER_FILE" <<'CHECK'
 import json, socket, sys
 try:
     with open(sys.argv[1]) as stream:
@@ -157,7 +157,7 @@ rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 # This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).
 rm -rf "$TLS_DIR"
-"$PYTHON" -m hpcbridge.tls "$TLS_DIR"
+"${PYTHON[@]}" -m hpcbridge.tls "$TLS_DIR"
 
 # --- While the cluster runs, the files it published must stay ------------------------
 # A scratch purge (or anyone) that removes the scheduler file or the certificates leaves a
@@ -191,7 +191,7 @@ check_published_files() {
 # and publishes it (clients wait for the published file; the ranks find the scheduler through MPI),
 # then checks that it stays.
 (
-    until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
+    until "${PYTHON[@]}" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
         sleep 0.5
     done
 # Dask wrote its file; the job adds who wrote it (the job id, the batch system, a random
@@ -199,7 +199,7 @@ check_published_files() {
 # so that a copy of the file elsewhere still leads to them; the node and address of the
 # dashboard, for the ssh tunnel to it, and the token that opens it) and puts the result in place with one rename, so that
 # nobody reads half a file and a client can tell this cluster from any other that used the same path.
-"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" lsf "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+"${PYTHON[@]}" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" lsf "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
 import json, os, secrets, socket, sys
 dask_file, final, job_id, scheduler, dashboard, *tls = sys.argv[1:]
 with open(dask_file) as stream:

@@ -29,8 +29,8 @@ done < <(xargs -n 2 <<< "$LSB_MCPU_HOSTS")
 
 
 # --- Software environment ------------------------------------------------------
-# shellcheck disable=SC2209  # the interpreter's name (python3 is a command), not its output
-PYTHON=python3
+# The job's Python: an interpreter, or a command line that runs one (a container's, say), as words.
+PYTHON=(python3)
 
 # --- The allocation: hosts and slots come from LSF at run time ---------------------
 # (`bsub -n` with another count overrides the #BSUB lines above; the node count, counted
@@ -125,19 +125,25 @@ WORKER_OPTIONS=(
     --preload hpcbridge.cluster.drain
     --death-timeout 60
 )
+# Workers keep their scratch and spilled data on their node's own disk, never in the job's
+# working directory (often a shared file system): $TMPDIR, else $SLURM_TMPDIR, else /tmp, as
+# each node has it when its workers start (the single quotes keep the $ for that node's shell).
+# shellcheck disable=SC2016
+WORKER_COMMAND=(bash -c 'exec "$@" --local-directory "${TMPDIR:-${SLURM_TMPDIR:-/tmp}}"' hpcbridge-worker
+                "${PYTHON[@]}" -m distributed.cli.dask_worker)
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------
 # The job's Python must have Dask's distributed (a venv's packages are not in PATH's python3).
-if ! PYTHON_SAYS=$("$PYTHON" -c 'import distributed' 2>&1); then
-    echo "hpcbridge: the job's Python ($PYTHON) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
+if ! PYTHON_SAYS=$("${PYTHON[@]}" -c 'import distributed' 2>&1); then
+    echo "hpcbridge: the job's Python (${PYTHON[*]}) cannot import distributed: ${PYTHON_SAYS##*$'\n'}; install hpcbridge (or distributed) there, or pass --python with an interpreter that has it" >&2
     exit 1
 fi
-"$PYTHON" -c 'import hpcbridge.cluster.dashboard_gate' 2>/dev/null || {
-    echo "hpcbridge: the dashboard's gate (it lets in only its owner) runs in the scheduler, with hpcbridge, which $PYTHON cannot import; install hpcbridge there" >&2
+"${PYTHON[@]}" -c 'import hpcbridge.cluster.dashboard_gate' 2>/dev/null || {
+    echo "hpcbridge: the dashboard's gate (it lets in only its owner) runs in the scheduler, with hpcbridge, which ${PYTHON[*]} cannot import; install hpcbridge there" >&2
     exit 1
 }
-"$PYTHON" -c 'import hpcbridge.tls' 2>/dev/null || {
-    echo "hpcbridge: protocol tls (the default) makes this job's certificates with hpcbridge, which $PYTHON cannot import; install hpcbridge there, or pass --tls-ca-file/--tls-cert/--tls-key, or --protocol tcp" >&2
+"${PYTHON[@]}" -c 'import hpcbridge.tls' 2>/dev/null || {
+    echo "hpcbridge: protocol tls (the default) makes this job's certificates with hpcbridge, which ${PYTHON[*]} cannot import; install hpcbridge there, or pass --tls-ca-file/--tls-cert/--tls-key, or --protocol tcp" >&2
     exit 1
 }
 
@@ -145,7 +151,7 @@ fi
 # A scheduler file left by an earlier job would send workers and clients to a dead address.
 # A scheduler file that a running cluster still uses is not this job's to replace: that
 # cluster would go on running with nobody able to reach it. (A stale file is replaced.)
-if [ -s "$SCHEDULER_FILE" ] && "$PYTHON" - "$SCHEDULER_FILE" <<'CHECK'
+if [ -s "$SCHEDULER_FILE" ] && "${PYTHON[@]}" - "$SCHEDULER_FILE" <<'CHECK'
 import json, socket, sys
 try:
     with open(sys.argv[1]) as stream:
@@ -163,8 +169,8 @@ DASK_SCHEDULER_FILE="$SCHEDULER_FILE.dask"
 rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"
 # This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).
 rm -rf "$TLS_DIR"
-"$PYTHON" -m hpcbridge.tls "$TLS_DIR"
-"$PYTHON" -m distributed.cli.dask_scheduler \
+"${PYTHON[@]}" -m hpcbridge.tls "$TLS_DIR"
+"${PYTHON[@]}" -m distributed.cli.dask_scheduler \
     --scheduler-file "$DASK_SCHEDULER_FILE" \
     --protocol tls \
     --port 0 \
@@ -179,7 +185,7 @@ trap 'exit 143' TERM
 
 echo "hpcbridge: waiting for the Dask scheduler to write $DASK_SCHEDULER_FILE"
 deadline=$((SECONDS + 120))
-until "$PYTHON" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
+until "${PYTHON[@]}" -c 'import json, sys; json.load(open(sys.argv[1]))' "$DASK_SCHEDULER_FILE" 2>/dev/null; do
     if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
         echo "hpcbridge: the Dask scheduler exited before writing $DASK_SCHEDULER_FILE (see its messages above)" >&2
         exit 1
@@ -196,7 +202,7 @@ done
 # so that a copy of the file elsewhere still leads to them; the node and address of the
 # dashboard, for the ssh tunnel to it, and the token that opens it) and puts the result in place with one rename, so that
 # nobody reads half a file and a client can tell this cluster from any other that used the same path.
-"$PYTHON" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" lsf "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
+"${PYTHON[@]}" - "$DASK_SCHEDULER_FILE" "$SCHEDULER_FILE" "$JOB_ID" lsf "$DASHBOARD_ADDRESS" "$TLS_CA_FILE" "$TLS_CERT" "$TLS_KEY" <<'PUBLISH'
 import json, os, secrets, socket, sys
 dask_file, final, job_id, scheduler, dashboard, *tls = sys.argv[1:]
 with open(dask_file) as stream:
@@ -244,7 +250,7 @@ check_published_files() {
 
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task: blaunch starts the command once for every host listed.
-blaunch -z "${TASK_HOSTS[*]}" "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &
+blaunch -z "${TASK_HOSTS[*]}" "${WORKER_COMMAND[@]}" "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!
 
 # --- Run until a client shuts the cluster down ---------------------------------

@@ -110,7 +110,7 @@ def test_submit_without_python_uses_the_interpreter_running_hpcbridge(tmp_path: 
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     try:
-        assert f"PYTHON={sys.executable}" in (Path(os.environ["HPCBRIDGE_HOME"]) / "local" / job["job_id"]
+        assert f"PYTHON=({sys.executable})" in (Path(os.environ["HPCBRIDGE_HOME"]) / "local" / job["job_id"]
                                               / "job.sh").read_text()
         attached = hpcbridge("connect", job["scheduler_file"], "--workers", "1", "--timeout", "60")
         assert attached.returncode == 0, attached.stderr + hpcbridge("logs", job["job_id"]).stdout

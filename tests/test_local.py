@@ -198,3 +198,30 @@ def test_workers_that_joined_but_are_paused_for_memory_are_named_as_such(local_j
     with pytest.raises(ConnectError, match=r"only 0 of 2 workers joined .* and run, within \d+ s; 1 of them paused: "
                                            r"its memory use is above Dask's pause threshold \(80 % of its 70 MiB"):
         connect(job.scheduler_file, n_workers=2, timeout=20)  # one worker: paused long before the wait ends
+
+
+def test_a_command_line_python_runs_the_job_and_workers_write_nothing_in_its_working_directory(
+        local_spec, local_jobs, tmp_path, monkeypatch) -> None:
+    """--python as a command line (here env, as a container runtime would be) runs the preflight, the
+    scheduler and the workers; their scratch goes to the node's disk ($SLURM_TMPDIR when there is no
+    $TMPDIR), and the job's working directory stays empty."""
+    work, scratch = tmp_path / "work", tmp_path / "node-scratch"
+    work.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(work)  # the local backend starts the job where it is submitted
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setenv("SLURM_TMPDIR", str(scratch))
+    job = jobs.submit(local_spec(python=f"/usr/bin/env HPCBRIDGE_TEST_RUNTIME=container {sys.executable}",
+                                 ntasks_per_node=2))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=120) as bridge:
+        seen = bridge.client.run(lambda dask_worker: (dask_worker.local_directory,
+                                                      __import__("os").environ.get("HPCBRIDGE_TEST_RUNTIME")))
+        assert len(seen) == 2
+        for folder, runtime in seen.values():
+            assert folder.startswith(str(scratch / "dask-scratch-space")) and runtime == "container", seen
+        assert bridge.gather(bridge.map(operator.neg, range(10))) == [-x for x in range(10)]
+        bridge.shutdown()
+    assert wait_for(lambda: job.status().finished, timeout=60), job.status()
+    assert job.status().state == "COMPLETED", Path(job.status().log).read_text()
+    assert list(work.iterdir()) == []

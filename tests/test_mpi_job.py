@@ -59,3 +59,36 @@ def test_in_mpi_mode_the_workers_leave_before_the_job_ends_and_say_so(tmp_path) 
             os.killpg(program.pid, signal.SIGKILL)
             program.wait(timeout=30)
         log.close()
+
+
+def test_mpi_workers_keep_their_scratch_on_the_node_and_nothing_in_the_working_directory(tmp_path) -> None:
+    """dask-mpi's own default puts dask-scratch-space/ in the working directory (often the shared file
+    system): the workers use $TMPDIR, else $SLURM_TMPDIR, else /tmp instead, and the directory stays empty."""
+    from distributed import Client
+
+    work, scratch = tmp_path / "work", tmp_path / "node-scratch"
+    work.mkdir()
+    scratch.mkdir()
+    scheduler_file = tmp_path / "s.json"
+    environment = {key: value for key, value in os.environ.items() if key != "TMPDIR"}
+    environment.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", SLURM_TMPDIR=str(scratch))
+    log_path = tmp_path / "mpi.log"
+    with log_path.open("w") as log:
+        program = subprocess.Popen(
+            ["mpirun", "--oversubscribe", "-n", "3", sys.executable, "-m", "hpcbridge.cluster.mpi_job",
+             "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--interface", "lo"],
+            stdout=subprocess.DEVNULL, stderr=log, text=True, env=environment, start_new_session=True, cwd=work)
+        try:
+            assert wait_for(lambda: scheduler_file.exists() or program.poll() is not None, timeout=60)
+            assert program.poll() is None, log_path.read_text()[-2000:]
+            with Client(scheduler_file=str(scheduler_file), timeout=30) as client:
+                client.wait_for_workers(2, timeout=60)
+                folders = client.run(lambda dask_worker: dask_worker.local_directory)
+                assert all(folder.startswith(str(scratch)) for folder in folders.values()), folders
+                client.shutdown()
+            program.wait(timeout=60)
+        finally:
+            if program.poll() is None:
+                os.killpg(program.pid, signal.SIGKILL)
+                program.wait(timeout=30)
+    assert list(work.iterdir()) == []

@@ -98,8 +98,7 @@ def _shell_value(script: str, variable: str, environment: str = "JOB_ID=4242; HO
 
 @pytest.mark.parametrize(
     ("field", "value", "variable"),
-    [("python", "/opt/py 3/bin/python", "PYTHON"),
-     ("scheduler_file", "/tmp/a b;touch /tmp/hpcbridge-pwned/f.json", "SCHEDULER_FILE"),
+    [("scheduler_file", "/tmp/a b;touch /tmp/hpcbridge-pwned/f.json", "SCHEDULER_FILE"),
      ("scheduler_file", "/x/|&<>*?!/f.json", "SCHEDULER_FILE"), ("scheduler_file", "/a'b\"c/f.json", "SCHEDULER_FILE"),
      ("scheduler_file", "/f;reboot #x", "SCHEDULER_FILE")],
 )
@@ -109,9 +108,41 @@ def test_values_reach_the_script_literally(field: str, value: str, variable: str
     assert not Path("/tmp/hpcbridge-pwned").exists()
 
 
+def _shell_words(script: str, variable: str, environment: str = "HOME=/home/ada") -> list[str]:
+    """Evaluate the script's assignment of the array ``variable`` in bash and return its words."""
+    line = next(line for line in script.splitlines() if line.startswith(f"{variable}="))
+    done = subprocess.run(["bash", "-c", f'{environment}; {line}; printf "%s\\n" "${{{variable}[@]}}"'],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()
+
+
 def test_a_python_in_the_home_directory_expands_there() -> None:
     script = render_script(JobSpec(scheduler="slurm", python="~/venv/bin/python"))
-    assert _shell_value(script, "PYTHON") == "/home/ada/venv/bin/python"
+    assert _shell_words(script, "PYTHON") == ["/home/ada/venv/bin/python"]
+
+
+@pytest.mark.parametrize(("python", "words"), [
+    ("apptainer exec /scratch/img.sif python3", ["apptainer", "exec", "/scratch/img.sif", "python3"]),
+    ("apptainer exec --bind '/scratch/my data' ~/img.sif python3",
+     ["apptainer", "exec", "--bind", "/scratch/my data", "/home/ada/img.sif", "python3"]),
+    ("'/opt/py 3/bin/python' -X utf8", ["/opt/py 3/bin/python", "-X", "utf8"]),
+    (["/opt/py 3/bin/python"], ["/opt/py 3/bin/python"]),
+    ("/usr/bin/env 'A=x;touch /tmp/hpcbridge-pwned' python3", ["/usr/bin/env", "A=x;touch /tmp/hpcbridge-pwned", "python3"]),
+])
+def test_python_may_be_a_command_line_whose_words_reach_the_script_literally(python, words) -> None:
+    """--python 'apptainer exec IMG python3' runs that command, each word quoted; never a path under the cwd."""
+    script = render_script(JobSpec(scheduler="slurm", python=python))
+    assert _shell_words(script, "PYTHON") == words
+    assert not Path("/tmp/hpcbridge-pwned").exists()
+    assert '"${PYTHON[@]}" -c \'import distributed\'' in script  # the preflight runs the same command
+
+
+def test_a_python_path_with_spaces_that_exists_here_is_one_path(tmp_path: Path) -> None:
+    interpreter = tmp_path / "my py" / "python"
+    interpreter.parent.mkdir()
+    interpreter.write_text("")
+    assert JobSpec(python=str(interpreter)).python == (str(interpreter),)
+    assert JobSpec(python="python3").python == ("python3",)
 
 
 def test_scheduler_file_expands_home_and_job_id_only() -> None:
@@ -177,7 +208,7 @@ def test_lsf_directives() -> None:
 def test_mpi_mode_launches_one_mpi_program(scheduler: str, launcher: str) -> None:
     script = render_script(SPECS[f"{scheduler}-mpi-full"])
     assert launcher in script
-    assert '"$PYTHON" -m hpcbridge.cluster.mpi_job' in script
+    assert '"${PYTHON[@]}" -m hpcbridge.cluster.mpi_job' in script
     assert "distributed.cli.dask_scheduler" not in script
     assert "import dask_mpi, mpi4py, hpcbridge" in script
 
@@ -241,7 +272,7 @@ def test_array_directives_and_the_element_command(name: str, lines: list[str]) -
     script = render_script(SPECS[name])
     for line in lines:
         assert f"\n{line}\n" in script
-    assert script.rstrip().endswith("""exec "$PYTHON" /home/a/chunk.py 'a b'""")
+    assert script.rstrip().endswith("""exec "${PYTHON[@]}" /home/a/chunk.py 'a b'""")
     assert "dask_scheduler" not in script and "dask_worker" not in script
 
 

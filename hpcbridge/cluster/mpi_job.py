@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import runpy
 import sys
 import threading
@@ -38,7 +39,18 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         "they cannot finish (hpcbridge.cluster.drain)")
     parser.add_argument("--client-script", default=None)
     parser.add_argument("--client-arg", action="append", default=[])
+    parser.add_argument("--local-directory", default=None,
+                        help="the workers' scratch and spill folder  [default: node_local_directory()]")
     return parser.parse_args(argv)
+
+
+def node_local_directory() -> str:
+    """This node's own disk for the workers' scratch and spill: $TMPDIR, else $SLURM_TMPDIR, else /tmp.
+
+    Read on each rank's node when it starts. dask-mpi's own default is the working directory
+    (``dask-scratch-space/`` there, usually on the shared file system), never wanted here.
+    """
+    return os.environ.get("TMPDIR") or os.environ.get("SLURM_TMPDIR") or "/tmp"
 
 
 def minimum_world_size(with_client: bool) -> int:
@@ -87,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         protocol=options.protocol,
         nthreads=options.nthreads,
         memory_limit=options.memory_limit,
+        local_directory=options.local_directory or node_local_directory(),
         worker_options=worker_options,
         comm=comm,
     )

@@ -23,7 +23,8 @@ from typing import Any
 
 from distributed.deploy.adaptive import Adaptive
 
-from hpcbridge.job import units
+from hpcbridge.job import requests, units
+from hpcbridge.job.render import directive_lines, shell_path, shell_word
 from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec, SpecError
 from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
@@ -46,11 +47,17 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
     cores = spec.ntasks_per_node * spec.cpus_per_task
     job_memory = spec.mem or spec.mem_per_cpu * cores
     prologue = [f"module load {' '.join(spec.modules)}"] if spec.modules else []
+    # dask-jobqueue writes these into the job's shell command as they are: quoted words, ~/ live;
+    # the workers' scratch on the node's own disk unless the spec names a folder.
+    local_directory = (shell_path(spec.local_directory) if spec.local_directory
+                       else '"${TMPDIR:-${SLURM_TMPDIR:-/tmp}}"')
     options: dict[str, Any] = {
         "cores": cores,
         "processes": spec.ntasks_per_node,
         "memory": f"{job_memory}MiB",
-        "python": spec.python,
+        "python": " ".join(shell_word(word) for word in spec.python),
+        "local_directory": local_directory,
+        "job_extra_directives": directive_lines(spec),
         "job_name": spec.job_name,
         "interface": spec.interface,
         "scheduler_options": {"interface": spec.scheduler_interface, "dashboard_address": spec.dashboard_address},
@@ -65,8 +72,17 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
         options["account"] = spec.account
     elif spec.scheduler == "pbs":
         options["account"] = spec.account
-        options["resource_spec"] = (f"nodes=1:ppn={cores}" if spec.pbs_flavor == "torque"
-                                    else f"select=1:ncpus={cores}:mem={job_memory}mb")
+        gpus = requests.gpus_per_node(spec.gpus_per_task, spec.gpus_per_node, spec.ntasks_per_node)
+        features = requests.features(spec.constraint) if spec.constraint else []
+        if spec.pbs_flavor == "torque":
+            options["resource_spec"] = "".join([f"nodes=1:ppn={cores}", f":gpus={gpus}" if gpus else "",
+                                                *(f":{name}" for name in features)])
+        else:
+            options["resource_spec"] = "".join([f"select=1:ncpus={cores}:mem={job_memory}mb",
+                                                f":ngpus={gpus}" if gpus else "",
+                                                *(f":{name}=True" for name in features)])
+            if spec.exclusive:
+                options["job_extra_directives"].append("-l place=excl")
     elif spec.scheduler == "lsf":
         options.update(project=spec.account, ncpus=cores, mem=job_memory * 2**20, lsf_units="MB", use_stdin=True)
     else:
@@ -252,7 +268,8 @@ def scheduler_job_spec(spec: JobSpec, settings: AdaptiveSettings) -> JobSpec:
     interfaces, scheduler file) except its size: one task, one CPU, ``settings.scheduler_mem``.
     """
     return dataclasses.replace(spec, nodes=1, ntasks_per_node=1, cpus_per_task=1, mem=settings.scheduler_mem,
-                               mem_per_cpu=None, walltime=settings.scheduler_walltime or spec.walltime)
+                               mem_per_cpu=None, walltime=settings.scheduler_walltime or spec.walltime,
+                               gpus_per_task=None, gpus_per_node=None, exclusive=False)
 
 
 def check_adaptive_spec(spec: JobSpec) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from hpcbridge._version import __version__
-from hpcbridge.job import units
+from hpcbridge.job import requests, units
 from hpcbridge.job.spec import JOB_ID_PLACEHOLDER, JobSpec
 
 
@@ -101,6 +101,17 @@ def render_named(template: str, spec: JobSpec, template_dirs: list[Path] | None 
                           f"{error.__class__.__name__}: {error}") from None
 
 
+def directive_lines(spec: JobSpec, template_dirs: list[Path] | None = None) -> list[str]:
+    """The lines of ``<scheduler>/requests.sh.j2`` for ``spec`` without their prefix (``--qos=long``).
+
+    For dask-jobqueue's ``job_extra_directives``: adaptive worker jobs ask for what the job's
+    own script asks for, in the same words.
+    """
+    folders = template_dirs if template_dirs is not None else [*site_template_dirs(), packaged_template_dir()]
+    text = _environment(folders).get_template(f"{spec.scheduler}/requests.sh.j2").render(spec=spec, version=__version__)
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("#") and " " in line]
+
+
 def write_script(spec: JobSpec, path: str | os.PathLike[str]) -> Path:
     """Render ``spec`` and write it to ``path`` atomically, executable; nothing is written on error.
 
@@ -153,6 +164,26 @@ def shell_path(path: str, job_id_variable: str = "JOB_ID") -> ShellCode:
     return ShellCode("".join(pieces))
 
 
+def shell_word(word: str) -> ShellCode:
+    """Quote one word of a command for the script; a leading ``~/`` stays live (the home directory on the node).
+
+    >>> print(shell_word("~/img.sif"), shell_word("my file"))
+    "$HOME"/img.sif 'my file'
+    """
+    if word.startswith("~/"):
+        return ShellCode('"$HOME"/' + shlex.quote(word[2:]) if word[2:] else '"$HOME"/')
+    return ShellCode(shlex.quote(word))
+
+
+def directive_word(value: str) -> ShellCode:
+    """One value in a directive line: bare when every batch system reads it so, else in double quotes.
+
+    sbatch strips double quotes but not single ones, and reads an unquoted ``#`` as a comment, so
+    shell quoting would be wrong here; the spec's checks leave no double quote or backslash inside.
+    """
+    return ShellCode(requests.directive_text(shlex.quote(value)))
+
+
 def _environment(folders: list[Path]) -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.ChoiceLoader([
@@ -169,6 +200,9 @@ def _environment(folders: list[Path]) -> jinja2.Environment:
     )
     environment.filters.update(
         verbatim=ShellCode,
+        shell_word=shell_word,
+        directive=lambda line: ShellCode(requests.directive_text(line)),
+        directive_word=directive_word,
         shell_path=shell_path,
         slurm_memory=units.slurm_memory,
         slurm_walltime=units.slurm_walltime,

@@ -20,6 +20,7 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 from hpcbridge.addresses import is_loopback
+from hpcbridge.job import requests
 from hpcbridge.job.units import (
     DURATION_HELP,
     MAX_MEMORY_MIB,
@@ -157,6 +158,19 @@ class JobSpec:
     node of ``ntasks_per_node`` workers. ``ssh_options`` go on every ssh command line
     (``-F ~/.ssh/cluster``, ``-i key``); ssh runs in batch mode, with the user's keys.
 
+    What else the job asks of its batch system (Slurm, PBS, LSF; refused with local and ssh,
+    which have none): ``qos``, node features (``constraint``), a ``reservation``, whole nodes
+    (``exclusive``), GPUs (``gpus_per_task`` or ``gpus_per_node``; the request only), and
+    ``directives``, lines hpcbridge has no option for (``--licenses=fluent:2``), written without
+    their prefix; a directive may not set what an option sets (see :mod:`hpcbridge.job.requests`).
+
+    ``python`` is the interpreter (``python3``, ``~/venv/bin/python``) or a command line that
+    runs one (``apptainer exec /scratch/img.sif python3``, split as the shell splits it, so a
+    path with spaces is quoted in it or given as a list of words); once built it is a tuple of
+    words. Workers keep their scratch and spilled data in ``local_directory``, by default the
+    node's own disk (``$TMPDIR``, else ``$SLURM_TMPDIR``, else ``/tmp``, read on each node when
+    its workers start), never the job's working directory.
+
     Fields accept text as users type it (``nodes="2"``, ``mem_per_cpu="4G"``,
     ``walltime="2h30m"``, ``lifetime_margin="30s"``) or numbers in the field's unit; once built,
     counts are ``int``, memory is ``int`` MiB and times are ``int`` seconds. ``ntasks`` (not a
@@ -185,7 +199,7 @@ class JobSpec:
     scheduler_file: str = DEFAULT_SCHEDULER_FILE
     modules: tuple[str, ...] | list[str] | str = ()
     setup: tuple[str, ...] | list[str] | str = ()
-    python: str = dataclasses.field(default_factory=lambda: default_python())
+    python: str | tuple[str, ...] | list[str] = dataclasses.field(default_factory=lambda: (default_python(),))
     client_script: str | None = None
     client_args: tuple[str, ...] | list[str] | str = ()
     array: str | None = None
@@ -199,6 +213,14 @@ class JobSpec:
     hosts: tuple[str, ...] | list[str] | str = ()
     hostfile: str | None = None
     ssh_options: tuple[str, ...] | list[str] | str = ()
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
+    exclusive: bool | str = False
+    gpus_per_task: int | str | None = None
+    gpus_per_node: int | str | None = None
+    directives: tuple[str, ...] | list[str] | str = ()
+    local_directory: str | None = None
     ntasks: InitVar[int | str | None] = None
 
     def __post_init__(self, ntasks: int | str | None) -> None:
@@ -271,11 +293,17 @@ class JobSpec:
                 raise
             mine = [module for module in _as_items(given["modules"]) if module not in site]
             given = {**given, "modules": (*site, *mine)}
+        site_directives: tuple[object, ...] = ()
+        if "directives" in given and merged.get("directives"):  # a site's required lines stay, the user's follow
+            site_directives = _as_items(merged["directives"])
+            mine = [line for line in _as_items(given["directives"]) if line not in site_directives]
+            given = {**given, "directives": (*site_directives, *mine)}
         merged.update(given, scheduler=scheduler)
         try:
             return cls.from_dict(merged)
         except SpecError as error:
-            if error.field in from_profile and error.field not in given and error.source is None:
+            from_site = error.field == "directives" and error.value in site_directives
+            if (error.field in from_profile and (error.field not in given or from_site)) and error.source is None:
                 error.source = profile.describe(from_profile[error.field])
             raise
 
@@ -415,6 +443,7 @@ class JobSpec:
         if self.requeue and (self.scheduler != "slurm" or self.mode != "scheduler-file"):
             raise SpecError("requeue", given["requeue"], "false unless {scheduler} is slurm and {mode} is "
                             "scheduler-file (the job requeues itself with scontrol requeue)")
+        self._check_requests(given)
         tls_files = ("tls_ca_file", "tls_cert", "tls_key")
         if self.protocol == "tls":
             given_files = [name for name in tls_files if getattr(self, name) is not None]
@@ -426,6 +455,40 @@ class JobSpec:
             for name in tls_files:
                 if getattr(self, name) is not None:
                     raise SpecError(name, given[name], "no TLS files unless {protocol} is tls")
+
+
+    def _check_requests(self, given: Mapping[str, Any]) -> None:
+        """What the job asks of its batch system: only where there is one, and each in a form it can say."""
+        asked = [name for name in requests.REQUEST_FIELDS if getattr(self, name)]
+        if self.scheduler not in requests.BATCH_SCHEDULERS:
+            for name in asked:
+                raise SpecError(name, self.directives[0] if name == "directives" else given[name], f"no {{{name}}} unless {{scheduler}} is slurm, pbs or lsf "
+                                f"({self.scheduler} starts its workers itself: there is no batch system to ask)")
+            return
+        if self.gpus_per_task and self.gpus_per_node:
+            raise SpecError("gpus_per_node", given["gpus_per_node"], "either {gpus_per_task} or {gpus_per_node}, not "
+                            f"both; {{gpus_per_task}} is {given['gpus_per_task']!r}")
+        if self.qos and (self.scheduler == "lsf" or (self.scheduler == "pbs" and self.pbs_flavor == "pbspro")):
+            system = "LSF" if self.scheduler == "lsf" else "PBS Pro"
+            raise SpecError("qos", given["qos"], f"no {{qos}} with {system}, which has no QOS (a queue, or a "
+                            "{directives} line your site documents, such as LSF's '-sla NAME', does that job)")
+        if self.reservation and self.scheduler == "pbs" and self.pbs_flavor == "pbspro" and self.queue:
+            raise SpecError("reservation", given["reservation"], "a PBS Pro reservation is a queue (the job is "
+                            f"submitted with -q RESERVATION): give one of {{reservation}} and {{queue}} (it is "
+                            f"{given['queue']!r}, from the options or the site profile)")
+        if self.constraint is not None:
+            try:
+                requests.check_constraint(self.scheduler, self.constraint)
+            except ValueError as error:
+                raise SpecError("constraint", given["constraint"], str(error)) from None
+        for line in self.directives:
+            for owner in requests.directive_owners(self.scheduler, line):
+                if owner.always:
+                    raise SpecError("directives", line, f"no directive for what hpcbridge sets from {{{owner.field}}} "
+                                    f"(it writes that {self.scheduler} option itself): use {{{owner.field}}}")
+                if getattr(self, owner.field):
+                    raise SpecError("directives", line, f"a directive that does not set what {{{owner.field}}} "
+                                    f"({given[owner.field]!r}) sets: give one of them")
 
 
 def _as_items(value: object) -> tuple[object, ...]:
@@ -598,20 +661,61 @@ def _dashboard_address(name: str, value: object) -> str:
     return value
 
 
-def _python(name: str, value: object) -> str:
-    """An interpreter: a command name found on PATH (python3) or a path to one, never shell syntax."""
-    allowed = ("an interpreter's name such as python3 or its path such as ~/venv/bin/python or /opt/py/bin/python "
-               "(letters, digits, spaces and _ . / + - @ % = , :)")
-    text = _one_line(name, value)
-    if text.startswith("~"):
-        _optional_path(name, text)  # another user's ~name, or ~/.. out of the home
-    if "/" not in text:
-        if not _PYTHON_NAME.fullmatch(text):
-            raise SpecError(name, value, allowed)
-        return text
-    if not _PYTHON_PATH.fullmatch(text) or text.endswith("/") or text != text.strip():
-        raise SpecError(name, value, allowed)
-    return _optional_path(name, text)
+_PYTHON_HELP = ("an interpreter's name such as python3 or its path such as ~/venv/bin/python or /opt/py/bin/python "
+                "(letters, digits, spaces and _ . / + - @ % = , :), or a command line that runs one, such as "
+                "'apptainer exec /scratch/img.sif python3' (a path with spaces in it quoted; no $ or `)")
+
+
+def _python(name: str, value: object) -> tuple[str, ...]:
+    """The interpreter as words: a name found on PATH (python3), a path, or a command line that runs one.
+
+    Text is one word when it has no space or quote, or when it names a file here (a path with
+    spaces); otherwise it is split as the shell splits it. A list or tuple is the words already.
+    The first word is the program (a relative path is resolved here, as every path is); the
+    others go to it as they are, each quoted in the script, never shell syntax.
+    """
+    if isinstance(value, str):
+        text = _one_line(name, value)
+        if not re.search(r"[\s'\"\\]", text) or (text == text.strip() and "/" in text and
+                                                  os.path.isfile(os.path.expanduser(text))):
+            words = [text]
+        else:
+            try:
+                words = shlex.split(text)
+            except ValueError:
+                raise SpecError(name, value, _PYTHON_HELP) from None
+    elif isinstance(value, (list, tuple)) and all(isinstance(word, str) for word in value):
+        words = list(value)
+    else:
+        raise SpecError(name, value, _PYTHON_HELP)
+    if not words:
+        raise SpecError(name, value, _PYTHON_HELP)
+    program = words[0]
+    if program.startswith("~"):
+        _optional_path(name, program)  # another user's ~name, or ~/.. out of the home
+    if "/" not in program:
+        if not _PYTHON_NAME.fullmatch(program) or program in _SHELL_WORDS:
+            raise SpecError(name, value, _PYTHON_HELP)
+    elif not _PYTHON_PATH.fullmatch(program) or program.endswith("/") or program != program.strip():
+        raise SpecError(name, value, _PYTHON_HELP)
+    else:
+        program = _optional_path(name, program)
+    for word in words[1:]:
+        if not word or not word.isprintable() or "$" in word or "`" in word:
+            raise SpecError(name, value, _PYTHON_HELP)
+    return (program, *words[1:])
+
+
+def _constraint_text(name: str, value: object) -> str | None:
+    """Node features, checked as text here; :func:`hpcbridge.job.requests.check_constraint` knows each system's syntax."""
+    return None if value is None else _one_line(name, value).strip()
+
+
+def _directive(name: str, value: object) -> str:
+    try:
+        return requests.check_directive(value)
+    except ValueError as error:
+        raise SpecError(name, value, str(error)) from None
 
 
 def _flag(name: str, value: object) -> bool:
@@ -677,6 +781,14 @@ _CHECKS = {
     "hosts": _lines(_pattern(_HOST, _HOST_HELP, optional=False)),
     "hostfile": _optional_path,
     "ssh_options": _ssh_options,
+    "qos": _pattern(_NAME, _NAME_HELP),
+    "constraint": _constraint_text,
+    "reservation": _pattern(_NAME, _NAME_HELP),
+    "exclusive": _flag,
+    "gpus_per_task": _optional_count(1, 1024),
+    "gpus_per_node": _optional_count(1, 1024),
+    "directives": _lines(_directive),
+    "local_directory": _optional_path,
 }
 
 
