@@ -68,7 +68,7 @@ def test_pbs_and_lsf_worker_jobs_ask_for_their_own_allocation() -> None:
     lsf = _joining("lsf")
     assert [line for line in lsf.splitlines() if line.startswith("#BSUB") and line.split()[1] in ("-n", "-W", "-q")] \
         == ["#BSUB -n 24", "#BSUB -W 02:00", "#BSUB -q bigmem"]
-    assert 'blaunch -z "${TASK_HOSTS[*]}" "$PYTHON" -m distributed.cli.dask_worker "${WORKER_OPTIONS[@]}" &' in lsf
+    assert 'blaunch -z "${TASK_HOSTS[*]}" "${WORKER_COMMAND[@]}" "${WORKER_OPTIONS[@]}" &' in lsf
 
 
 @pytest.fixture
