@@ -38,11 +38,11 @@ def costs(kind: str, n: int, cost: float) -> list[float]:
     return [cost * min(50.0, draw.paretovariate(1.2)) for _ in range(n)]
 
 
-def naive(client, items: list[float], threads: int) -> float:
-    """One contiguous chunk per thread in one client.map: the static split."""
+def naive(client, items: list[float], threads: int, chunk_fn=wait_all) -> float:
+    """One contiguous chunk per thread in one client.map: the static split (``chunk_fn`` waits a chunk's items)."""
     share = -(-len(items) // threads)
     started = time.perf_counter()
-    futures = client.map(wait_all, [items[i:i + share] for i in range(0, len(items), share)], pure=False)
+    futures = client.map(chunk_fn, [items[i:i + share] for i in range(0, len(items), share)], pure=False)
     joined = [value for chunk in client.gather(futures) for value in chunk]
     seconds = time.perf_counter() - started
     assert joined == items
@@ -52,21 +52,22 @@ def naive(client, items: list[float], threads: int) -> float:
 def submit_costs(bridge, tasks: int) -> tuple[float, float, float]:
     """What a task costs, in ms: the client's to submit one more chunk of ``bridge.map`` (a given chunk
     size, so no probes: maps of ``tasks`` and of a quarter as many chunks, the difference over the
-    difference, so a run's fixed costs are left out), the client's per task of one ``client.map`` call,
-    and the scheduler's per task (``tasks`` empty tasks, from submitting until the last is done)."""
+    difference, so a run's fixed costs are left out), the client's per task of one ``client.map`` call
+    (both in the calling thread's CPU time), and the scheduler's per task (``tasks`` empty tasks, from
+    submitting until the last is done, wall time)."""
     client = bridge.client
     took: dict[int, list[float]] = {tasks // 4: [], tasks: []}
     theirs, scheduler = [], []
     for _ in range(3):  # the best of three of each: a busy machine only adds
-        for count in took:
-            started = time.perf_counter()
+        for count in took:  # the calling thread's CPU time: what the client pays, not what others took meanwhile
+            started = time.thread_time()
             run = bridge.map(wait, [0.0] * count, chunk_size=1, save=False, progress=False)
-            took[count].append(time.perf_counter() - started)
+            took[count].append(time.thread_time() - started)
             bridge.gather(run, progress=False, release=True)
             del run
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         futures = client.map(wait, [0.0] * tasks, pure=False)
-        theirs.append((time.perf_counter() - started) / tasks)
+        theirs.append((time.thread_time() - cpu) / tasks)
         client.gather(futures)
         scheduler.append((time.perf_counter() - started) / tasks)
         del futures
@@ -74,22 +75,52 @@ def submit_costs(bridge, tasks: int) -> tuple[float, float, float]:
     return 1000 * ours, 1000 * min(theirs), 1000 * min(scheduler)
 
 
-def mapped(bridge, items: list[float]) -> tuple[float, int]:
+def mapped(bridge, items: list[float], fn=wait) -> tuple[float, int]:
+    """``bridge.map`` of ``fn`` (it waits its item) with the default settings: seconds, and the chunks it ran."""
     started = time.perf_counter()
-    run = bridge.map(wait, items, progress=False)
+    run = bridge.map(fn, items, progress=False)
     values = bridge.gather(run, progress=False)
     seconds = time.perf_counter() - started
     assert values == items
     return seconds, len(run.bounds)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sizes", default="4x64,8x128", help="WORKERSxTHREADS, comma-separated")
+def compare(bridge, prefix: str, threads: int, options: argparse.Namespace, fn=wait, chunk_fn=wait_all) -> None:
+    """Even and heavy-tailed items: ``bridge.map`` against the static split, ``options.repeats`` pairs
+    taken in turn; prints the medians, their ratios and the efficiency against the ideal."""
+    for kind in ("even", "uneven"):
+        items = costs(kind, threads * options.items_per_thread, options.cost)
+        ideal = sum(items) / threads
+        ours, theirs, chunks = [], [], []
+        for repeat in range(options.repeats):
+            if repeat % 2:
+                theirs.append(naive(bridge.client, items, threads, chunk_fn))
+            seconds, count = mapped(bridge, items, fn)
+            ours.append(seconds)
+            chunks.append(count)
+            if not repeat % 2:
+                theirs.append(naive(bridge.client, items, threads, chunk_fn))
+        bridge_seconds, naive_seconds = statistics.median(ours), statistics.median(theirs)
+        print(f"{prefix}_{kind}_ideal_seconds: {ideal:.3f}")
+        print(f"{prefix}_{kind}_naive_seconds: {naive_seconds:.3f}")
+        print(f"{prefix}_{kind}_bridge_seconds: {bridge_seconds:.3f}")
+        print(f"{prefix}_{kind}_bridge_over_naive: {bridge_seconds / naive_seconds:.3f}")
+        print(f"{prefix}_{kind}_speedup_vs_naive: {naive_seconds / bridge_seconds:.3f}")
+        print(f"{prefix}_{kind}_efficiency: {ideal / bridge_seconds:.3f}")
+        print(f"{prefix}_{kind}_chunks: {statistics.median(chunks):.0f}", flush=True)
+
+
+def options_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--items-per-thread", type=int, default=40, help="items per thread (even: 0.8 s of waits)")
     parser.add_argument("--cost", type=float, default=0.02, help="seconds each even item waits")
     parser.add_argument("--repeats", type=int, default=3, help="pairs taken in turn; the medians are printed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = options_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="4x64,8x128", help="WORKERSxTHREADS, comma-separated")
     options = parser.parse_args(argv)
     for size in options.sizes.split(","):
         workers, threads_per_worker = (int(part) for part in size.split("x"))
@@ -105,27 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{prefix}_client_map_ms_per_task: {theirs:.4f}")
             print(f"{prefix}_submit_over_client_map: {ours / theirs:.2f}")
             print(f"{prefix}_scheduler_ms_per_task: {scheduler:.3f}")
-            for kind in ("even", "uneven"):
-                items = costs(kind, threads * options.items_per_thread, options.cost)
-                ideal = sum(items) / threads
-                ours, theirs, chunks = [], [], []
-                for repeat in range(options.repeats):
-                    if repeat % 2:
-                        theirs.append(naive(bridge.client, items, threads))
-                    seconds, count = mapped(bridge, items)
-                    ours.append(seconds)
-                    chunks.append(count)
-                    if not repeat % 2:
-                        theirs.append(naive(bridge.client, items, threads))
-                bridge_seconds, naive_seconds = statistics.median(ours), statistics.median(theirs)
-                print(f"{prefix}_{kind}_ideal_seconds: {ideal:.3f}")
-                print(f"{prefix}_{kind}_naive_seconds: {naive_seconds:.3f}")
-                print(f"{prefix}_{kind}_bridge_seconds: {bridge_seconds:.3f}")
-                print(f"{prefix}_{kind}_bridge_over_naive: {bridge_seconds / naive_seconds:.3f}")
-                print(f"{prefix}_{kind}_speedup_vs_naive: {naive_seconds / bridge_seconds:.3f}")
-                print(f"{prefix}_{kind}_efficiency: {ideal / bridge_seconds:.3f}")
-                print(f"{prefix}_{kind}_chunks: {statistics.median(chunks):.0f}")
-
+            compare(bridge, prefix, threads, options)
 
 if __name__ == "__main__":
     main()

@@ -33,8 +33,8 @@ from hpcbridge.cluster import attempts
 from hpcbridge.cluster.chunks import run_chunk
 from hpcbridge.rundir import RunDirectory
 
-CHECK_SECONDS = 0.25  # at most this often a waiting client looks at its run's tail
-FIRST_CHECK_SECONDS = 0.25  # a run collected sooner than this is never looked at (small maps pay nothing)
+CHECK_SECONDS = 0.1  # at most this often a waiting client looks at its run's tail
+FIRST_CHECK_SECONDS = 0.1  # a run collected sooner than this is never looked at (small maps pay nothing)
 ASK_SECONDS = 5.0  # the bound on asking the workers
 # A new chunk holds at least this much of the estimated work: a task costs the scheduler ~3 ms and a
 # round of asking and cutting ~20 ms, so splitting less than this would cost more than it saves.
