@@ -24,13 +24,40 @@ from hpcbridge.job.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpe
 _RAW_ARGS = "hpcbridge.raw_args"
 
 
-class _Group(click.Group):
-    """Turn the errors users cause into one-line messages instead of tracebacks."""
+def _nearest_option(error: click.NoSuchOption) -> None:
+    """Keep only the nearest of click's suggestions for a mistyped option.
+
+    click offers every option within a loose likeness, so ``--ntask`` got "--ntasks, --tls-key";
+    the one most like what was typed is the one meant.
+    """
+    import difflib
+
+    if error.possibilities and len(error.possibilities) > 1:
+        error.possibilities = difflib.get_close_matches(error.option_name, list(error.possibilities), n=1,
+                                                        cutoff=0) or error.possibilities[:1]
+
+
+class _Command(click.Command):
+    """A command whose mistyped option is answered with the one nearest option."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as error:
+            _nearest_option(error)
+            raise
+
+
+class _Group(click.Group):
+    """Turn the errors users cause into one-line messages instead of tracebacks."""
+
+    command_class = _Command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            _nearest_option(error)
             error.message += _misplaced_option_hint(self, error.option_name, args)
             raise
 
@@ -60,7 +87,7 @@ def _misplaced_option_hint(group: click.Group, option: str, args: list[str]) -> 
     return f" (for the options of {command}: hpcbridge {command} --help)"
 
 
-class _SpecCommand(click.Command):
+class _SpecCommand(_Command):
     """A command whose options build a spec: errors name each option as the user spelled it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -244,7 +271,7 @@ hpcbridge --scheduler slurm submit. hpcbridge COMMAND --help lists them.
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_MAIN_EPILOG)
-@click.version_option(__version__, prog_name="hpcbridge")
+@click.version_option(__version__, "-V", "--version", prog_name="hpcbridge")
 def main() -> None:
     """Run a Dask cluster on a Slurm, PBS or LSF batch system (or this machine, or a host list over ssh) and send work to it.
 

@@ -147,3 +147,19 @@ def test_every_command_help_shows_examples_of_itself() -> None:
         examples = shown.output.split("Examples:\n", 1)
         assert len(examples) == 2, f"hpcbridge {name} --help has no examples"
         assert f"hpcbridge {name}".strip() in examples[1], name
+
+
+def test_a_mistyped_option_suggests_the_nearest_one_only() -> None:
+    done = hpcbridge("render", "--ntask", "2")
+    assert done.returncode == 2
+    assert "Did you mean '--ntasks'?" in done.stderr
+    assert "--tls-key" not in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version_answers_to_both_spellings(flag: str) -> None:
+    from hpcbridge import __version__
+
+    done = hpcbridge(flag)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(__version__)

@@ -89,6 +89,19 @@ class SpecError(ValueError):
         return self.describe()
 
 
+class UnknownFieldError(SpecError):
+    """A key that is no spec field (a typo in a site profile, say): named as unknown, with the nearest field."""
+
+    def describe(self, name: Callable[[str], str] = str) -> str:
+        """One line: the unknown key (and where it was set), the field it probably meant, every known field."""
+        import difflib
+
+        known = sorted(set(spec_fields()) | {"ntasks"})
+        nearest = difflib.get_close_matches(str(self.field).replace("-", "_"), known, n=1)
+        guess = f" did you mean {nearest[0]!r}?" if nearest else ""
+        return f"unknown key {self.source or self.field}:{guess} known keys: {', '.join(known)}"
+
+
 TCP_WARNING = ("protocol tcp: the cluster is not encrypted, and anyone who can reach the scheduler's "
                "port can run code as you")
 
@@ -231,7 +244,7 @@ class JobSpec:
         known = set(spec_fields()) | {"ntasks"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SpecError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
+            raise UnknownFieldError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
         return cls(**{key: value for key, value in values.items() if value is not None})
 
     @classmethod
