@@ -371,19 +371,34 @@ def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: s
 
 
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:
+    """The batch system to ask about ``job_id``: as given, as its record says, by its id's prefix, or as configured.
+
+    With none of these nothing is assumed: a guess (Slurm, once) asked the wrong batch system
+    and printed its errors instead of saying that no such job is known.
+    """
     if scheduler:
         return scheduler
     if job_id.startswith(("local-", "ssh-")):
         return job_id.split("-", 1)[0]
     import dask.config
 
-    return dask.config.get("hpcbridge.scheduler", None) or "slurm"
+    from hpcbridge.job import submit as jobs
+
+    found = jobs.find(job_id)
+    if found is not None:
+        return found.scheduler
+    configured = dask.config.get("hpcbridge.scheduler", None)
+    if configured:
+        return str(configured)
+    raise click.ClickException(
+        f"no job {job_id} known: no job of that id was submitted from this account (its record would be in "
+        f"{jobs.records_folder()}); for a job submitted otherwise, name its batch system: --scheduler slurm, pbs or lsf")
 
 
 _job_scheduler_option = click.option(
     "--scheduler", type=click.Choice(SCHEDULERS), default=None,
-    help="The job's batch system.  [default: local or ssh for local-* or ssh-* ids, else hpcbridge.scheduler in Dask's config, "
-         "else slurm]")
+    help="The job's batch system.  [default: the one it was submitted to from here (its record says), local or ssh "
+         "for local-* or ssh-* ids, else hpcbridge.scheduler in Dask's config]")
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge status 4242\n  hpcbridge status 4242 --scheduler pbs --json\n"

@@ -163,3 +163,23 @@ def test_version_answers_to_both_spellings(flag: str) -> None:
     done = hpcbridge(flag)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(__version__)
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "cancel"])
+def test_a_job_id_no_record_and_no_batch_system_know_is_one_line(command: str) -> None:
+    """Without a record of the job (which says its batch system) and without --scheduler, nothing is assumed."""
+    done = hpcbridge(command, "99999")
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: no job 99999 known:"), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "scontrol" not in done.stderr
+
+
+def test_status_and_logs_ask_the_batch_system_a_jobs_record_names(hpcbridge_home: Path) -> None:
+    """A record under the state home says which batch system a job went to; status and logs ask that one."""
+    (hpcbridge_home / "submitted").mkdir(mode=0o700, parents=True)
+    (hpcbridge_home / "submitted" / "local-99998.json").write_text(
+        json.dumps({"job_id": "99998", "scheduler": "local", "scheduler_file": None}))
+    done = hpcbridge("status", "99998")
+    assert done.stderr.startswith("Error: no local job '99998'"), done.stderr
+    done = hpcbridge("logs", "99998")
+    assert done.stderr.startswith("Error: no local job '99998'"), done.stderr

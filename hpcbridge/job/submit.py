@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import get_backend
@@ -42,7 +43,7 @@ def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
     candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
     for name in candidates:
-        record = state_home("submitted") / f"{name}-{_safe(job_id)}.json"
+        record = records_folder() / f"{name}-{_safe(job_id)}.json"
         try:
             values = json.loads(record.read_text())
         except (OSError, ValueError):
@@ -52,13 +53,18 @@ def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     return None
 
 
+def records_folder() -> Path:
+    """The folder that holds a record of every job submitted from this account."""
+    return state_home("submitted")
+
+
 def default_scheduler_file(job_id: str) -> str:
     """The scheduler file a job writes when no ``--scheduler-file`` was given."""
     return os.path.expanduser(DEFAULT_SCHEDULER_FILE.replace(JOB_ID_PLACEHOLDER, job_id))
 
 
 def _write_record(job: SubmittedJob) -> None:
-    folder = make_private_dir(state_home("submitted"))
+    folder = make_private_dir(records_folder())
     write_private_file(folder / f"{job.scheduler}-{_safe(job.job_id)}.json", json.dumps(job.as_dict()))
 
 
