@@ -177,12 +177,24 @@ Every option of render is accepted here too (hpcbridge render --help).
 """
 
 
-def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that describe a job, shared by ``render`` and ``submit``; they build a spec."""
+ADAPTIVE_SCHEDULERS = ("slurm", "pbs", "lsf")
+_NOT_ADAPTIVE = {"mode", "nodes", "client_script", "client_args", "array", "array_throttle", "hostfile", "ssh_options"}
+
+
+def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = False) -> Callable[..., Any]:
+    """The options that describe a job, shared by ``render`` and ``submit``; they build a spec.
+
+    With ``adaptive`` (``up``) only what an adaptive cluster accepts is offered: a batch system
+    (it submits worker jobs), one node per worker job, no MPI, array or ssh options (hidden,
+    and refused with the reason when given); and a missing batch system is said as such
+    instead of refusing the default, local.
+    """
+    if command is None:
+        return functools.partial(spec_options, adaptive=adaptive)
     options = [
-        click.option("--scheduler", type=click.Choice(SCHEDULERS),
+        click.option("--scheduler", type=click.Choice(ADAPTIVE_SCHEDULERS if adaptive else SCHEDULERS),
                      help="The batch system the script is for.  [default: hpcbridge.scheduler in Dask's config, "
-                     "else local]"),
+                     + ("else none: one must be given]" if adaptive else "else local]")),
         click.option("--mode", type=click.Choice(MODES),
                      help="scheduler-file: a scheduler and separately started workers; mpi: one MPI program "
                      "(dask-mpi); array: independent elements, no cluster.  [default: scheduler-file]"),
@@ -201,7 +213,7 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--interface", help="Network interface for the workers, e.g. ib0 for InfiniBand."),
         click.option("--scheduler-interface", help="Network interface the scheduler listens on, if clients "
                      "cannot reach the workers' one.  [default: --interface]"),
-        click.option("--protocol", type=click.Choice(PROTOCOLS), help="Dask's communication protocol; tcp lets anyone who reaches the scheduler in.  [default: tls, with certificates the job makes]"),
+        click.option("--protocol", type=click.Choice([p for p in PROTOCOLS if not adaptive or p != "ucx"]), help="Dask's communication protocol; tcp lets anyone who reaches the scheduler in.  [default: tls, with certificates the job makes]"),
         click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM).  [default: the job makes its own]"),
         click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
@@ -244,12 +256,25 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def build_spec(no_profile_modules: bool, **values: Any) -> Any:
         spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
+        if adaptive:
+            _require_batch_system(spec_values.get("scheduler"))
         spec = JobSpec.from_config(spec_values, profile_modules=not no_profile_modules)
         return command(spec=spec, **values)
 
     for option in reversed(options):
         build_spec = option(build_spec)
+    for param in build_spec.__click_params__ if adaptive else ():
+        param.hidden = param.name in _NOT_ADAPTIVE  # still parsed, so a value given is refused with the reason
     return build_spec
+
+
+def _require_batch_system(scheduler: str | None) -> None:
+    """An adaptive cluster needs a batch system given or configured: say which to pass, not that local is refused."""
+    import dask.config
+
+    if not scheduler and not dask.config.get("hpcbridge.scheduler", None):
+        raise SpecError("scheduler", None, "slurm, pbs or lsf: the adaptive cluster submits its worker jobs to a batch "
+                        "system (hpcbridge.scheduler in Dask's config sets one for every command)")
 
 
 _SPEC_OPTION_NAMES = {*spec_fields(), "ntasks"}
@@ -324,9 +349,10 @@ Examples:
 
 
 @main.command(cls=_SpecCommand, epilog=_UP_EPILOG)
-@spec_options
+@spec_options(adaptive=True)
 @click.option("--adapt", "adapt_range", required=True, metavar="MIN:MAX",
-              help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers), as the work needs.")
+              help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers, with --mem or "
+              "--mem-per-cpu), as the work needs.")
 @click.option("--max-pending", help="At most this many worker jobs waiting in the queue at once.  [default: no cap]")
 @click.option("--idle-timeout", help="End the cluster after this long without tasks, e.g. 30m.  [default: 30m]")
 @click.option("--adapt-interval", help="How often the cluster decides to add or cancel worker jobs.  [default: 10s]")

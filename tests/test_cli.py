@@ -183,3 +183,29 @@ def test_status_and_logs_ask_the_batch_system_a_jobs_record_names(hpcbridge_home
     assert done.stderr.startswith("Error: no local job '99998'"), done.stderr
     done = hpcbridge("logs", "99998")
     assert done.stderr.startswith("Error: no local job '99998'"), done.stderr
+
+
+def test_up_on_its_defaults_says_which_batch_system_to_name() -> None:
+    """The adaptive cluster submits worker jobs: with no batch system given or configured, one line says what to pass."""
+    done = hpcbridge("up", "--adapt", "0:2")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [errors[0]] and errors[0].startswith("Error: --scheduler is missing: slurm, pbs or lsf"), done.stderr
+    assert "'local' is not allowed" not in done.stderr
+
+
+def test_up_help_offers_only_what_up_accepts() -> None:
+    shown = hpcbridge("up", "--help").stdout
+    assert "[slurm|pbs|lsf]" in shown and "local|ssh" not in shown
+    assert "[tcp|tls]" in shown and "ucx" not in shown
+    offered = set()
+    for line in shown.splitlines():
+        for word in line.split() if line.startswith("  -") else []:
+            if not word.startswith("-"):
+                break
+            offered.add(word.rstrip(","))
+    assert "--adapt" in offered and "--ntasks-per-node" in offered
+    for refused in ("--mode", "--array", "--client-script", "--hostfile", "--ssh-options", "--nodes"):
+        assert refused not in offered, refused
+    refused = hpcbridge("up", "--scheduler", "local", "--adapt", "0:2")
+    assert refused.returncode == 2 and "'local' is not one of 'slurm', 'pbs', 'lsf'" in refused.stderr
