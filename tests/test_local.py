@@ -61,6 +61,23 @@ def test_job_runs_until_the_client_shuts_it_down(local_spec, local_jobs) -> None
     assert "gone while the job runs" not in Path(job.status().log).read_text()  # shutdown removes it: no alarm
 
 
+def test_a_cluster_its_client_shuts_down_leaves_a_clean_log(local_spec, local_jobs) -> None:
+    """A planned end reads clean: no traceback, no ERROR line, no warning that computed results are lost."""
+    job = jobs.submit(local_spec(ntasks_per_node=2, cpus_per_task=1))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+        held = bridge.client.map(operator.neg, range(50))  # results held in the workers' memory at the end
+        assert bridge.client.gather(held) == [-i for i in range(50)]
+        bridge.gather(bridge.map(operator.neg, range(100), progress=False), progress=False, release=False)
+        bridge.shutdown()
+    assert wait_for(lambda: job.status().finished, timeout=30)
+    assert (job.status().state, job.status().exit_code) == ("COMPLETED", 0)
+    assert wait_for(lambda: not job_processes(job.job_id), timeout=15)
+    log = Path(job.status().log).read_text()
+    assert "Traceback" not in log and "Error" not in log, log
+    assert " - ERROR - " not in log and " - WARNING - " not in log, log
+
+
 def profiling(bridge) -> set:
     """Whether Dask's statistical profiler samples the workers (their config, from each)."""
     return {str(value) for value in bridge.client.run(dask.config.get, "distributed.worker.profile.enabled").values()}
