@@ -53,6 +53,18 @@ def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     return None
 
 
+def forget(job: SubmittedJob) -> None:
+    """Remove what hpcbridge kept of an ended job: its record, its scheduler file's folder when empty,
+    and for a local job its folder (script, output, exit code). For throwaway clusters that ended
+    well (the demo, the examples, the benchmarks), whose records and logs otherwise pile up."""
+    (records_folder() / f"{job.scheduler}-{_safe(job.job_id)}.json").unlink(missing_ok=True)
+    if job.scheduler_file:
+        files.remove(job.scheduler_file, job_id=job.job_id)
+    backend = get_backend(job.scheduler)
+    if hasattr(backend, "forget"):
+        backend.forget(job.job_id)
+
+
 def records_folder() -> Path:
     """The folder that holds a record of every job submitted from this account."""
     return state_home("submitted")
