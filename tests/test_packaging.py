@@ -42,3 +42,12 @@ def test_help_on_the_package_lists_its_public_names() -> None:
                  "class ModuleMissing", "class Run"):
         assert name in text, name
     assert issubclass(hpcbridge.ConnectError, TimeoutError)
+
+
+def test_make_demo_installs_only_what_the_demo_needs() -> None:
+    """``make demo`` installs hpcbridge alone; ``make test`` adds the tests' and the examples' extras."""
+    demo = subprocess.run(["make", "-n", "demo"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    installs = [line for line in demo.splitlines() if " pip install " in line]
+    assert len(installs) == 1 and installs[0].endswith("--editable ."), demo
+    test = subprocess.run(["make", "-n", "test"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "--editable '.[test,examples]'" in test
