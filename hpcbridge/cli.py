@@ -663,6 +663,33 @@ def tls_certificates(folder: str, days: int, force: bool) -> None:
         click.echo(f"export {variable}={shlex.quote(value)}")
 
 
+@main.command("matlab-path", epilog="\b\nExamples:\n  hpcbridge matlab-path\n"
+              "  hpcbridge matlab-path --copy-to ~/matlab/hpcbridge\n"
+              "  matlab -batch \"addpath('$(hpcbridge matlab-path)'); c = hpcbridge.connect(...)\"")
+@click.option("--copy-to", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
+              help="Copy the toolbox into FOLDER (created; it must not exist yet) and print FOLDER instead.")
+def matlab_path(copy_to: str | None) -> None:
+    """Print the folder of hpcbridge's MATLAB toolbox, for MATLAB's addpath.
+
+    The toolbox (the +hpcbridge package and its examples) is installed with hpcbridge; with a
+    clone it is the clone's matlab/ folder.
+    """
+    import shutil
+    from pathlib import Path
+
+    from hpcbridge.client.matlab_toolbox import toolbox_folder
+
+    folder = toolbox_folder()
+    if copy_to is not None:
+        target = Path(copy_to).expanduser()
+        if target.exists():
+            raise click.BadParameter(f"{copy_to!r} exists already; expected a new folder (nothing is overwritten)",
+                                     param_hint="--copy-to")
+        shutil.copytree(folder, target)
+        folder = target.resolve()
+    click.echo(str(folder))
+
+
 @main.command(epilog="\b\nExamples:\n  hpcbridge demo\n  hpcbridge demo --upper 10000000 --workers 2")
 @click.option("--upper", type=click.IntRange(min=3), default=1_000_000, show_default=True,
               help="Sum the distinct prime factors of every integer in [2, UPPER).")

@@ -209,3 +209,14 @@ def test_up_help_offers_only_what_up_accepts() -> None:
         assert refused not in offered, refused
     refused = hpcbridge("up", "--scheduler", "local", "--adapt", "0:2")
     assert refused.returncode == 2 and "'local' is not one of 'slurm', 'pbs', 'lsf'" in refused.stderr
+
+
+def test_matlab_path_prints_the_toolbox_folder_or_copies_it(tmp_path: Path) -> None:
+    shown = hpcbridge("matlab-path")
+    assert shown.returncode == 0, shown.stderr
+    assert (Path(shown.stdout.strip()) / "+hpcbridge" / "connect.m").is_file()
+    copied = hpcbridge("matlab-path", "--copy-to", str(tmp_path / "toolbox"))
+    assert copied.returncode == 0 and copied.stdout.strip() == str(tmp_path / "toolbox")
+    assert (tmp_path / "toolbox" / "+hpcbridge" / "connect.m").is_file()
+    again = hpcbridge("matlab-path", "--copy-to", str(tmp_path / "toolbox"))
+    assert again.returncode == 2 and "exists already" in again.stderr
