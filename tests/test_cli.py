@@ -220,3 +220,15 @@ def test_matlab_path_prints_the_toolbox_folder_or_copies_it(tmp_path: Path) -> N
     assert (tmp_path / "toolbox" / "+hpcbridge" / "connect.m").is_file()
     again = hpcbridge("matlab-path", "--copy-to", str(tmp_path / "toolbox"))
     assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_setup_that_activates_an_environment_the_job_does_not_run_is_warned_of() -> None:
+    """The job runs PYTHON (the Python running hpcbridge unless --python): an activated venv's Python is not used."""
+    warned = hpcbridge("render", "--scheduler", "slurm", "--setup", "source ~/venvs/dask/bin/activate")
+    assert warned.returncode == 0, warned.stderr
+    assert ("Warning: --setup 'source ~/venvs/dask/bin/activate' activates an environment, but the job runs --python "
+            f"{sys.executable}") in warned.stderr
+    assert "pass --python with its interpreter, e.g. ~/venvs/dask/bin/python" in warned.stderr
+    named = hpcbridge("render", "--scheduler", "slurm", "--setup", "source ~/venvs/dask/bin/activate",
+                      "--python", "/usr/bin/python3")
+    assert named.returncode == 0 and "activates an environment" not in named.stderr

@@ -339,6 +339,9 @@ class JobSpec:
         if self.mode != "array" and not self.dashboard_loopback:
             found.append(SpecWarning("dashboard_address", self.dashboard_address,
                                      f"{{dashboard_address}} {self.dashboard_address}: " + DASHBOARD_WARNING))
+        activated = setup_activation_warning(self)
+        if activated is not None:
+            found.append(activated)
         return found
 
     @property
@@ -714,6 +717,32 @@ def _read_hostfile(path: str) -> tuple[str, ...]:
     if not hosts:
         raise SpecError("hostfile", path, "a file with at least one host (one per line; # starts a comment)")
     return tuple(hosts)
+
+
+_ACTIVATION = re.compile(r"(?:^|[;&|]\s*)(?:source|\.)\s+(\S+)/bin/activate\b|\b(?:conda|mamba|micromamba)\s+activate\b")
+
+
+def setup_activation_warning(spec: JobSpec) -> SpecWarning | None:
+    """A warning when ``setup`` activates a Python environment that the job will not run.
+
+    The job runs ``PYTHON``, by default the interpreter running hpcbridge; a ``source
+    .../bin/activate`` (or ``conda activate``) in ``setup`` changes PATH but not ``PYTHON``, so the
+    environment it activates is never used unless ``python`` names its interpreter.
+    """
+    if spec.python != default_python():
+        return None
+    for line in spec.setup:
+        match = _ACTIVATION.search(line)
+        if match is None:
+            continue
+        venv = match.group(1)
+        if venv and os.path.realpath(os.path.expanduser(venv)) == os.path.realpath(sys.prefix):
+            continue  # activates the environment the job runs anyway
+        return SpecWarning("setup", line, (
+            f"{{setup}} {line!r} activates an environment, but the job runs {{python}} {spec.python} (the Python "
+            "running hpcbridge), so that environment's Python is never used; pass {python} with its interpreter"
+            + (f", e.g. {venv}/bin/python" if venv else "")))
+    return None
 
 
 def default_python() -> str:
