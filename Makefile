@@ -1,14 +1,17 @@
 # The two commands of the README's quick start, on a fresh Debian machine (as root for `test`):
-#   make demo   install hpcbridge into .venv and run `hpcbridge demo` on a local cluster
-#   make test   install the system packages the tests need (Slurm, Open MPI, Octave), then run every test
+#   make demo   install hpcbridge alone into .venv and run `hpcbridge demo` on a local cluster
+#   make test   install the system packages the tests need (Slurm, Open MPI, Octave) and the tests' and
+#               examples' extras, then run every test
 #   make bench  every benchmark beside its baseline, one table of ratios (not part of the tests)
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/python -m pip
+PIP_INSTALL := $(PIP) install --quiet --disable-pip-version-check --editable
 
-.PHONY: demo test bench install system-packages
+.PHONY: demo test bench install venv system-packages
 
-demo: install
+demo: venv
+	$(PIP_INSTALL) .
 	$(VENV)/bin/hpcbridge demo
 
 test: system-packages install
@@ -17,9 +20,11 @@ test: system-packages install
 bench: install
 	$(VENV)/bin/python benchmarks/compare.py
 
-install:
+install: venv
+	$(PIP_INSTALL) '.[test,examples]'
+
+venv:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --disable-pip-version-check --editable '.[test,examples]'
 
 system-packages:
 	tests/cluster/slurm-cluster install

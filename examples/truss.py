@@ -82,7 +82,7 @@ def output_names(args: argparse.Namespace, model) -> list[tuple[str, str]]:
     if args.output_nodes:
         return [(f"node {number}", f"_{number}") for number in args.output_nodes]
     if args.model:
-        return [(f"DOF {dof}", f"_{dof}") for dof in model.outputs]
+        return [(f"DOF {model.dof_name(dof)}", f"_{model.dof_name(dof)}") for dof in model.outputs]
     return [("the load", "")]
 
 

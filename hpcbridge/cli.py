@@ -24,13 +24,40 @@ from hpcbridge.job.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpe
 _RAW_ARGS = "hpcbridge.raw_args"
 
 
-class _Group(click.Group):
-    """Turn the errors users cause into one-line messages instead of tracebacks."""
+def _nearest_option(error: click.NoSuchOption) -> None:
+    """Keep only the nearest of click's suggestions for a mistyped option.
+
+    click offers every option within a loose likeness, so ``--ntask`` got "--ntasks, --tls-key";
+    the one most like what was typed is the one meant.
+    """
+    import difflib
+
+    if error.possibilities and len(error.possibilities) > 1:
+        error.possibilities = difflib.get_close_matches(error.option_name, list(error.possibilities), n=1,
+                                                        cutoff=0) or error.possibilities[:1]
+
+
+class _Command(click.Command):
+    """A command whose mistyped option is answered with the one nearest option."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as error:
+            _nearest_option(error)
+            raise
+
+
+class _Group(click.Group):
+    """Turn the errors users cause into one-line messages instead of tracebacks."""
+
+    command_class = _Command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            _nearest_option(error)
             error.message += _misplaced_option_hint(self, error.option_name, args)
             raise
 
@@ -60,7 +87,7 @@ def _misplaced_option_hint(group: click.Group, option: str, args: list[str]) -> 
     return f" (for the options of {command}: hpcbridge {command} --help)"
 
 
-class _SpecCommand(click.Command):
+class _SpecCommand(_Command):
     """A command whose options build a spec: errors name each option as the user spelled it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -150,12 +177,24 @@ Every option of render is accepted here too (hpcbridge render --help).
 """
 
 
-def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that describe a job, shared by ``render`` and ``submit``; they build a spec."""
+ADAPTIVE_SCHEDULERS = ("slurm", "pbs", "lsf")
+_NOT_ADAPTIVE = {"mode", "nodes", "client_script", "client_args", "array", "array_throttle", "hostfile", "ssh_options"}
+
+
+def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = False) -> Callable[..., Any]:
+    """The options that describe a job, shared by ``render`` and ``submit``; they build a spec.
+
+    With ``adaptive`` (``up``) only what an adaptive cluster accepts is offered: a batch system
+    (it submits worker jobs), one node per worker job, no MPI, array or ssh options (hidden,
+    and refused with the reason when given); and a missing batch system is said as such
+    instead of refusing the default, local.
+    """
+    if command is None:
+        return functools.partial(spec_options, adaptive=adaptive)
     options = [
-        click.option("--scheduler", type=click.Choice(SCHEDULERS),
+        click.option("--scheduler", type=click.Choice(ADAPTIVE_SCHEDULERS if adaptive else SCHEDULERS),
                      help="The batch system the script is for.  [default: hpcbridge.scheduler in Dask's config, "
-                     "else local]"),
+                     + ("else none: one must be given]" if adaptive else "else local]")),
         click.option("--mode", type=click.Choice(MODES),
                      help="scheduler-file: a scheduler and separately started workers; mpi: one MPI program "
                      "(dask-mpi); array: independent elements, no cluster.  [default: scheduler-file]"),
@@ -174,7 +213,7 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--interface", help="Network interface for the workers, e.g. ib0 for InfiniBand."),
         click.option("--scheduler-interface", help="Network interface the scheduler listens on, if clients "
                      "cannot reach the workers' one.  [default: --interface]"),
-        click.option("--protocol", type=click.Choice(PROTOCOLS), help="Dask's communication protocol; tcp lets anyone who reaches the scheduler in.  [default: tls, with certificates the job makes]"),
+        click.option("--protocol", type=click.Choice([p for p in PROTOCOLS if not adaptive or p != "ucx"]), help="Dask's communication protocol; tcp lets anyone who reaches the scheduler in.  [default: tls, with certificates the job makes]"),
         click.option("--tls-ca-file", help="With --protocol tls: the CA certificate (PEM).  [default: the job makes its own]"),
         click.option("--tls-cert", help="With --protocol tls: the certificate the cluster presents (PEM)."),
         click.option("--tls-key", help="With --protocol tls: the certificate's private key (PEM)."),
@@ -235,12 +274,25 @@ def spec_options(command: Callable[..., Any]) -> Callable[..., Any]:
         spec_values = {name: values.pop(name) for name in list(values) if name in _SPEC_OPTION_NAMES}
         if getattr(command, "builds_its_spec", False):  # it needs something else first (scale: the cluster's batch system)
             return command(spec_values=spec_values, profile_modules=not no_profile_modules, **values)
+        if adaptive:
+            _require_batch_system(spec_values.get("scheduler"))
         spec = JobSpec.from_config(spec_values, profile_modules=not no_profile_modules)
         return command(spec=spec, **values)
 
     for option in reversed(options):
         build_spec = option(build_spec)
+    for param in build_spec.__click_params__ if adaptive else ():
+        param.hidden = param.name in _NOT_ADAPTIVE  # still parsed, so a value given is refused with the reason
     return build_spec
+
+
+def _require_batch_system(scheduler: str | None) -> None:
+    """An adaptive cluster needs a batch system given or configured: say which to pass, not that local is refused."""
+    import dask.config
+
+    if not scheduler and not dask.config.get("hpcbridge.scheduler", None):
+        raise SpecError("scheduler", None, "slurm, pbs or lsf: the adaptive cluster submits its worker jobs to a batch "
+                        "system (hpcbridge.scheduler in Dask's config sets one for every command)")
 
 
 _SPEC_OPTION_NAMES = {*spec_fields(), "ntasks"}
@@ -262,7 +314,7 @@ hpcbridge --scheduler slurm submit. hpcbridge COMMAND --help lists them.
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_MAIN_EPILOG)
-@click.version_option(__version__, prog_name="hpcbridge")
+@click.version_option(__version__, "-V", "--version", prog_name="hpcbridge")
 def main() -> None:
     """Run a Dask cluster on a Slurm, PBS or LSF batch system (or this machine, or a host list over ssh) and send work to it.
 
@@ -315,9 +367,10 @@ Examples:
 
 
 @main.command(cls=_SpecCommand, epilog=_UP_EPILOG)
-@spec_options
+@spec_options(adaptive=True)
 @click.option("--adapt", "adapt_range", required=True, metavar="MIN:MAX",
-              help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers), as the work needs.")
+              help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers, with --mem or "
+              "--mem-per-cpu), as the work needs.")
 @click.option("--max-pending", help="At most this many worker jobs waiting in the queue at once.  [default: no cap]")
 @click.option("--idle-timeout", help="End the cluster after this long without tasks, e.g. 30m.  [default: 30m]")
 @click.option("--adapt-interval", help="How often the cluster decides to add or cancel worker jobs.  [default: 10s]")
@@ -421,19 +474,34 @@ def scale(job_id: str, add: int, as_json: bool, spec_values: dict[str, Any], pro
 
 
 def _scheduler_for(job_id: str, scheduler: str | None) -> str:
+    """The batch system to ask about ``job_id``: as given, as its record says, by its id's prefix, or as configured.
+
+    With none of these nothing is assumed: a guess (Slurm, once) asked the wrong batch system
+    and printed its errors instead of saying that no such job is known.
+    """
     if scheduler:
         return scheduler
     if job_id.startswith(("local-", "ssh-")):
         return job_id.split("-", 1)[0]
     import dask.config
 
-    return dask.config.get("hpcbridge.scheduler", None) or "slurm"
+    from hpcbridge.job import submit as jobs
+
+    found = jobs.find(job_id)
+    if found is not None:
+        return found.scheduler
+    configured = dask.config.get("hpcbridge.scheduler", None)
+    if configured:
+        return str(configured)
+    raise click.ClickException(
+        f"no job {job_id} known: no job of that id was submitted from this account (its record would be in "
+        f"{jobs.records_folder()}); for a job submitted otherwise, name its batch system: --scheduler slurm, pbs or lsf")
 
 
 _job_scheduler_option = click.option(
     "--scheduler", type=click.Choice(SCHEDULERS), default=None,
-    help="The job's batch system.  [default: local or ssh for local-* or ssh-* ids, else hpcbridge.scheduler in Dask's config, "
-         "else slurm]")
+    help="The job's batch system.  [default: the one it was submitted to from here (its record says), local or ssh "
+         "for local-* or ssh-* ids, else hpcbridge.scheduler in Dask's config]")
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge status 4242\n  hpcbridge status 4242 --scheduler pbs --json\n"
@@ -680,6 +748,33 @@ def tls_certificates(folder: str, days: int, force: bool) -> None:
     click.echo(f"--protocol tls --tls-ca-file {made.ca_file} --tls-cert {made.cert} --tls-key {made.key}")
     for variable, value in made.client_environment().items():
         click.echo(f"export {variable}={shlex.quote(value)}")
+
+
+@main.command("matlab-path", epilog="\b\nExamples:\n  hpcbridge matlab-path\n"
+              "  hpcbridge matlab-path --copy-to ~/matlab/hpcbridge\n"
+              "  matlab -batch \"addpath('$(hpcbridge matlab-path)'); c = hpcbridge.connect(...)\"")
+@click.option("--copy-to", type=click.Path(file_okay=False), default=None, metavar="FOLDER",
+              help="Copy the toolbox into FOLDER (created; it must not exist yet) and print FOLDER instead.")
+def matlab_path(copy_to: str | None) -> None:
+    """Print the folder of hpcbridge's MATLAB toolbox, for MATLAB's addpath.
+
+    The toolbox (the +hpcbridge package and its examples) is installed with hpcbridge; with a
+    clone it is the clone's matlab/ folder.
+    """
+    import shutil
+    from pathlib import Path
+
+    from hpcbridge.client.matlab_toolbox import toolbox_folder
+
+    folder = toolbox_folder()
+    if copy_to is not None:
+        target = Path(copy_to).expanduser()
+        if target.exists():
+            raise click.BadParameter(f"{copy_to!r} exists already; expected a new folder (nothing is overwritten)",
+                                     param_hint="--copy-to")
+        shutil.copytree(folder, target)
+        folder = target.resolve()
+    click.echo(str(folder))
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge demo\n  hpcbridge demo --upper 10000000 --workers 2")

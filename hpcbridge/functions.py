@@ -16,10 +16,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import itertools
+import marshal
 import os
 import sys
 import sysconfig
+import types
+from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -49,11 +53,39 @@ class ShippedFunction:
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         if self._payload is None:
-            self._payload = cloudpickle.dumps(self.fn)
+            self._payload = dumps_keeping_files(self.fn)
         return _unship, (self._payload,)
 
     def __repr__(self) -> str:
         return f"<shipped {self.__qualname__}>"
+
+
+def _code_from_marshal(data: bytes) -> types.CodeType:
+    return marshal.loads(data)
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, tuple[bytes]]:
+    """A code object as ``marshal`` writes it (as a .pyc holds it): its file name and lines kept."""
+    return _code_from_marshal, (marshal.dumps(code),)
+
+
+class _KeepingFilesPickler(cloudpickle.Pickler):
+    """cloudpickle, except that a function's code keeps the name of the file it was written in.
+
+    cloudpickle 3 names every code it copies ``<dynamic-code>`` (for payloads that do not depend
+    on where a function was defined), so a traceback from the cluster said ``File
+    "<dynamic-code>", line 3, in bad`` instead of the user's file. The workers run the same
+    Python as the client (a code object is tied to its Python version either way).
+    """
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
+def dumps_keeping_files(fn: Any) -> bytes:
+    """``cloudpickle.dumps(fn)``, its code still naming the user's file and lines for tracebacks."""
+    buffer = io.BytesIO()
+    _KeepingFilesPickler(buffer, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(fn)
+    return buffer.getvalue()
 
 
 class SpreadItems:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from hpcbridge.private_files import state_home
+from hpcbridge.private_files import scheduler_files_home
 
 if TYPE_CHECKING:
     from hpcbridge.backends.job import SubmittedJob
@@ -34,7 +34,9 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
     ``spec_values`` are further job options (e.g. ``mem_per_cpu="20M"`` for workers of many threads).
 
     On exit the cluster is shut down through the client, and the job cancelled if it is still
-    running 30 s later (or if the body raised before the shutdown). SIGTERM and SIGHUP end the
+    running 30 s later (or if the body raised before the shutdown). A job that ended well leaves
+    nothing behind (no record, log or folder: one set per run piled up); a job that did not keeps
+    its log, and its id says where (``hpcbridge logs JOB``). SIGTERM and SIGHUP end the
     run the way Ctrl-C does, cleanup included: the job's processes run in a session of their own,
     so nothing else would stop them when a terminal closes or a batch system ends this process.
     """
@@ -44,7 +46,7 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
 
     spec = JobSpec(scheduler="local", ntasks_per_node=workers, cpus_per_task=threads_per_worker,
                    python=sys.executable, job_name=job_name,
-                   scheduler_file=str(state_home("local") / "{job_id}" / "scheduler.json"), **spec_values)
+                   scheduler_file=str(scheduler_files_home() / "{job_id}" / "scheduler.json"), **spec_values)
     job = jobs.submit(spec)
     say(f"started local job {job.job_id}; waiting for {workers} worker(s) at {job.scheduler_file}")
     previous = _exit_on_termination()
@@ -54,7 +56,8 @@ def local_cluster(workers: int, timeout: float = 120.0, say: Callable[[str], Non
             bridge.dashboard_shown = True  # said here: map does not say it again
             yield job, bridge
             bridge.shutdown()
-        wait_until_finished(job, timeout=30)
+        if wait_until_finished(job, timeout=30) and job.status().state == "COMPLETED":
+            jobs.forget(job)
     finally:
         if not job.status().finished:
             job.cancel()

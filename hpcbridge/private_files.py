@@ -23,6 +23,15 @@ def state_home(kind: str) -> Path:
     return Path(os.environ.get("HPCBRIDGE_HOME", DEFAULT_HOME)).expanduser() / kind
 
 
+def scheduler_files_home() -> Path:
+    """Where scheduler files go by default, one folder per job: ``$HPCBRIDGE_HOME/jobs``.
+
+    The one place for them: a submitted job's (``~/.hpcbridge/jobs/{job_id}/scheduler.json``, as its
+    script spells it) and a local cluster's for the demo, examples and benchmarks alike.
+    """
+    return state_home("jobs")
+
+
 def make_private_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` and any missing parents as 0700 folders; make ``path`` itself 0700.
 

@@ -21,6 +21,7 @@ older files with paths relative to their folder are read as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,6 +189,10 @@ def remove(path: str | os.PathLike[str], job_id: str | None = None) -> bool:
     if folder.is_dir():
         shutil.rmtree(folder, ignore_errors=True)
         removed = True
+    owner = job_id if job_id is not None else (info.job_id if info is not None else None)
+    if owner is not None and path.parent.name == str(owner):
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # the job's own folder ({job_id}/scheduler.json), once nothing else is in it
     return removed
 
 

@@ -118,7 +118,7 @@ def test_compare_prints_one_table_of_ratios_with_the_load(cluster: str) -> None:
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0][0] == "| figure" and len(rows) == 3, done.stdout
     for row in rows[1:]:
-        assert float(row[3]) > 0 and row[5].strip(" |") in ("yes", "no"), row
+        assert float(row[3]) > 0 and row[5].strip(" |") in ("yes", "no", "-"), row  # "-": shown, no goal
     assert "load average before:" in done.stdout
 
 
@@ -136,15 +136,38 @@ def test_benchmark_options_say_what_they_do_and_their_defaults(script: str) -> N
         assert "(default:" in entry, f"{script} {name} has no default shown"
 
 
-def test_a_goal_set_for_one_size_is_judged_at_that_size_only() -> None:
-    """``make bench --quick`` renders a 400x400 image: the 35000^2-in-30-s row must not say "yes" then."""
+def _compare():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import compare
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    figure = next(figure for figure in compare.FIGURES if figure.size)
-    lines = {"size": "400x400", figure.ours: "0.2", figure.baseline: "0.3", figure.ratio: "0.2"}
+    return compare
+
+
+def test_a_goal_set_for_one_size_is_judged_at_that_size_only() -> None:
+    """``make bench --quick`` renders a 400x400 image: the 35000^2-in-30-s row must not say "yes" then."""
+    figure = next(figure for figure in _compare().FIGURES if figure.size)
+    lines = {"size": "400x400", figure.ours: "20.0", figure.baseline: "25.0"}
     assert figure.row(lines)[-1] == f"(at {figure.size} only)"
     assert figure.row({**lines, "size": figure.size})[-1] == "yes"
-    assert figure.row({**lines, "size": figure.size, figure.ratio: "31.0"})[-1] == "no"
+    assert figure.row({**lines, "size": figure.size, figure.ours: "31.0"})[-1] == "no"
+
+
+def test_the_ratio_column_holds_ratios_and_rows_without_a_goal_are_not_met() -> None:
+    """A row without a baseline has no ratio (it printed its value three times); a row only shown meets nothing."""
+    figures = {figure.label.split(",")[0]: figure for figure in _compare().FIGURES}
+    alone = figures["fixed cost of a run"]
+    row = alone.row({alone.ours: "4.2"})
+    assert row[1:] == ["4.2", "-", "-", "< 50 ms", "yes"], row
+    assert alone.row({alone.ours: "60"})[-1] == "no"
+    shown = figures["assembly into one array by gathering the blocks (TLS)"]
+    row = shown.row({shown.ours: "0.959", shown.baseline: "19.5"})
+    assert row[3] == "0.0492" and row[-1] == "-", row  # ours / baseline, and no goal to meet
+    efficiency = figures["Mandelbrot gathered into one array"]
+    row = efficiency.row({efficiency.ours: "18.28", efficiency.baseline: "28.50", "efficiency": "0.120"})
+    assert row[3] == "0.120" and row[-1] == "-", row
+    for figure in _compare().FIGURES:
+        if figure.meets is None:
+            continue
+        assert figure.goal[0] in "≤≥<>", figure.goal

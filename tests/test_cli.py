@@ -147,3 +147,88 @@ def test_every_command_help_shows_examples_of_itself() -> None:
         examples = shown.output.split("Examples:\n", 1)
         assert len(examples) == 2, f"hpcbridge {name} --help has no examples"
         assert f"hpcbridge {name}".strip() in examples[1], name
+
+
+def test_a_mistyped_option_suggests_the_nearest_one_only() -> None:
+    done = hpcbridge("render", "--ntask", "2")
+    assert done.returncode == 2
+    assert "Did you mean '--ntasks'?" in done.stderr
+    assert "--tls-key" not in done.stderr
+
+
+@pytest.mark.parametrize("flag", ["-V", "--version"])
+def test_version_answers_to_both_spellings(flag: str) -> None:
+    from hpcbridge import __version__
+
+    done = hpcbridge(flag)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(__version__)
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "cancel"])
+def test_a_job_id_no_record_and_no_batch_system_know_is_one_line(command: str) -> None:
+    """Without a record of the job (which says its batch system) and without --scheduler, nothing is assumed."""
+    done = hpcbridge(command, "99999")
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: no job 99999 known:"), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "scontrol" not in done.stderr
+
+
+def test_status_and_logs_ask_the_batch_system_a_jobs_record_names(hpcbridge_home: Path) -> None:
+    """A record under the state home says which batch system a job went to; status and logs ask that one."""
+    (hpcbridge_home / "submitted").mkdir(mode=0o700, parents=True)
+    (hpcbridge_home / "submitted" / "local-99998.json").write_text(
+        json.dumps({"job_id": "99998", "scheduler": "local", "scheduler_file": None}))
+    done = hpcbridge("status", "99998")
+    assert done.stderr.startswith("Error: no local job '99998'"), done.stderr
+    done = hpcbridge("logs", "99998")
+    assert done.stderr.startswith("Error: no local job '99998'"), done.stderr
+
+
+def test_up_on_its_defaults_says_which_batch_system_to_name() -> None:
+    """The adaptive cluster submits worker jobs: with no batch system given or configured, one line says what to pass."""
+    done = hpcbridge("up", "--adapt", "0:2")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [errors[0]] and errors[0].startswith("Error: --scheduler is missing: slurm, pbs or lsf"), done.stderr
+    assert "'local' is not allowed" not in done.stderr
+
+
+def test_up_help_offers_only_what_up_accepts() -> None:
+    shown = hpcbridge("up", "--help").stdout
+    assert "[slurm|pbs|lsf]" in shown and "local|ssh" not in shown
+    assert "[tcp|tls]" in shown and "ucx" not in shown
+    offered = set()
+    for line in shown.splitlines():
+        for word in line.split() if line.startswith("  -") else []:
+            if not word.startswith("-"):
+                break
+            offered.add(word.rstrip(","))
+    assert "--adapt" in offered and "--ntasks-per-node" in offered
+    for refused in ("--mode", "--array", "--client-script", "--hostfile", "--ssh-options", "--nodes"):
+        assert refused not in offered, refused
+    refused = hpcbridge("up", "--scheduler", "local", "--adapt", "0:2")
+    assert refused.returncode == 2 and "'local' is not one of 'slurm', 'pbs', 'lsf'" in refused.stderr
+
+
+def test_matlab_path_prints_the_toolbox_folder_or_copies_it(tmp_path: Path) -> None:
+    shown = hpcbridge("matlab-path")
+    assert shown.returncode == 0, shown.stderr
+    assert (Path(shown.stdout.strip()) / "+hpcbridge" / "connect.m").is_file()
+    copied = hpcbridge("matlab-path", "--copy-to", str(tmp_path / "toolbox"))
+    assert copied.returncode == 0 and copied.stdout.strip() == str(tmp_path / "toolbox")
+    assert (tmp_path / "toolbox" / "+hpcbridge" / "connect.m").is_file()
+    again = hpcbridge("matlab-path", "--copy-to", str(tmp_path / "toolbox"))
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_setup_that_activates_an_environment_the_job_does_not_run_is_warned_of() -> None:
+    """The job runs PYTHON (the Python running hpcbridge unless --python): an activated venv's Python is not used."""
+    warned = hpcbridge("render", "--scheduler", "slurm", "--setup", "source ~/venvs/dask/bin/activate")
+    assert warned.returncode == 0, warned.stderr
+    assert ("Warning: --setup 'source ~/venvs/dask/bin/activate' activates an environment, but the job runs --python "
+            f"{sys.executable}") in warned.stderr
+    assert "pass --python with its interpreter, e.g. ~/venvs/dask/bin/python" in warned.stderr
+    named = hpcbridge("render", "--scheduler", "slurm", "--setup", "source ~/venvs/dask/bin/activate",
+                      "--python", "/usr/bin/python3")
+    assert named.returncode == 0 and "activates an environment" not in named.stderr

@@ -155,6 +155,8 @@ def test_errors_name_the_item_and_carry_the_remote_traceback(cluster: str, user_
     assert failed.value.item == "-3.0" and failed.value.index == 2
     assert "ArithmeticError: negative input -3.0" in str(failed.value)
     assert "fails_on_negative" in failed.value.remote_traceback
+    # the user's own file and line, not cloudpickle's "<dynamic-code>"
+    assert f'File "{user_file.resolve()}", line 14, in fails_on_negative' in failed.value.remote_traceback
     matlab.release(cluster, run)
 
 

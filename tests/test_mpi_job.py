@@ -92,3 +92,30 @@ def test_mpi_workers_keep_their_scratch_on_the_node_and_nothing_in_the_working_d
                 os.killpg(program.pid, signal.SIGKILL)
                 program.wait(timeout=30)
     assert list(work.iterdir()) == []
+
+
+def test_a_client_script_that_returns_ends_the_mpi_cluster_with_a_clean_log(tmp_path) -> None:
+    """The workers leave before the scheduler closes: no traceback, no ERROR, no lost-results warning."""
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import operator, sys\n"
+        "from distributed import Client\n"
+        "client = Client(scheduler_file=sys.argv[1], timeout=30)\n"
+        "client.wait_for_workers(2, timeout=60)\n"
+        "held = client.map(operator.neg, range(50))  # results held in the workers' memory at the end\n"
+        "assert client.gather(held) == [-i for i in range(50)]\n"
+        "print('client done', flush=True)\n")
+    environment = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                   "HPCBRIDGE_DASHBOARD_TOKEN": "t" * 32}  # the job script exports it for the dashboard's gate
+    scheduler_file = tmp_path / "s.json"
+    try:
+        done = subprocess.run(
+            ["mpirun", "--oversubscribe", "-n", "4", sys.executable, "-m", "hpcbridge.cluster.mpi_job",
+             "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--interface", "lo",
+             "--client-script", str(script), "--client-arg", str(scheduler_file)],
+            capture_output=True, text=True, env=environment, timeout=120, cwd=tmp_path, start_new_session=True)
+    except subprocess.TimeoutExpired as expired:
+        raise AssertionError(f"the MPI job did not end: {expired.stderr}") from None
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "client done" in log, log
+    assert "Traceback" not in log and " - ERROR - " not in log and " - WARNING - " not in log, log

@@ -64,8 +64,18 @@ def test_a_typo_in_the_profile_names_the_key_and_the_known_ones(tmp_path) -> Non
     done = hpcbridge("render", "--scheduler", "slurm", environment={"DASK_CONFIG": str(tmp_path)})
     assert done.returncode == 2
     error = done.stderr.splitlines()[-1]
-    assert error.startswith(f"Error: hpcbridge.slurm.acount in {tmp_path / 'hpcbridge.yaml'}: 'proj42'")
-    assert "account" in error and "--acount" not in error and "Traceback" not in done.stderr
+    assert error.startswith(f"Error: unknown key hpcbridge.slurm.acount in {tmp_path / 'hpcbridge.yaml'}: "
+                            "did you mean 'account'?")
+    assert "is not allowed" not in error and "--acount" not in error and "Traceback" not in done.stderr
+    assert "known keys: account, array" in error
+
+
+def test_a_typo_in_a_profile_variable_is_an_unknown_key_with_a_suggestion() -> None:
+    done = hpcbridge("render", "--scheduler", "slurm", environment={"DASK_HPCBRIDGE__SLURM__ACOUNT": "proj42"})
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith(
+        "Error: unknown key hpcbridge.slurm.acount (from the environment variable DASK_HPCBRIDGE__SLURM__ACOUNT): "
+        "did you mean 'account'?")
 
 
 def test_a_site_template_overrides_and_extends_a_packaged_one(tmp_path) -> None:

@@ -106,6 +106,7 @@ def test_unknown_keys_list_every_known_field() -> None:
         JobSpec.from_dict({"scheduler": "slurm", "nodse": 2})
     assert caught.value.field == "nodse"
     assert "nodes" in caught.value.allowed and "walltime" in caught.value.allowed
+    assert str(caught.value).startswith("unknown key nodse: did you mean 'nodes'?")
 
 
 def test_from_dict_ignores_unset_values() -> None:

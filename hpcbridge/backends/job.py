@@ -104,6 +104,13 @@ class SubmittedJob:
         jobs = [_read(path) for path in paths]
         return [job for job in jobs if job is not None]
 
+    def forget_record(self) -> None:
+        """Remove this job's record (and its place beside the cluster it joined)."""
+        (state_home(RECORDS) / f"{_name(self.scheduler, self.job_id)}.json").unlink(missing_ok=True)
+        if self.joins:
+            (_joined_folder(self.scheduler, self.joins) / f"{_name(self.scheduler, self.job_id)}.json").unlink(
+                missing_ok=True)
+
     def record(self) -> None:
         """Keep this job's record (and, for a worker job that joined a cluster, its place beside the cluster's)."""
         write_private_file(make_private_dir(state_home(RECORDS)) / f"{_name(self.scheduler, self.job_id)}.json",
@@ -111,6 +118,11 @@ class SubmittedJob:
         if self.joins:
             folder = make_private_dir(_joined_folder(self.scheduler, self.joins))
             write_private_file(folder / f"{_name(self.scheduler, self.job_id)}.json", json.dumps(self.as_dict()))
+
+
+def records_home() -> Path:
+    """The folder that holds a record of every job submitted from this account."""
+    return state_home(RECORDS)
 
 
 def find_record(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from hpcbridge.backends.base import JobNotFound, JobStatus
 from hpcbridge.private_files import make_private_dir, open_private_log, state_home, write_private_file
 
+FORGET_WAIT = 5.0  # seconds an ended job's wrapper may take to exit before its folder is removed
 _WRAPPER = 'bash "$1"; echo $? > "$2"'
 
 
@@ -68,6 +71,23 @@ class LocalBackend:
         (folder / "cancelled").touch()
         pid = int((folder / "pid").read_text().split()[0])
         os.killpg(pid, signal.SIGTERM)
+
+    def forget(self, job_id: str) -> bool:
+        """Remove an ended job's folder (its script, output and exit code); a running job's is kept.
+
+        Returns True when the folder was removed.
+        """
+        try:
+            folder = self._folder(job_id)
+        except JobNotFound:
+            return False
+        deadline = time.monotonic() + FORGET_WAIT
+        while self._alive(folder):  # the wrapper exits a moment after it wrote the exit code
+            if not (folder / "exitcode").exists() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
 
     def log_path(self, job_id: str) -> Path | None:
         return self._folder(job_id) / "output.log"

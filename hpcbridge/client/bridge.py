@@ -7,6 +7,7 @@ gathers (:mod:`hpcbridge.client.collect`), follows a requeued job and attaches a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -667,7 +668,14 @@ class Bridge:
         """End the cluster: the scheduler and its workers exit, and so does the batch job.
 
         The scheduler file and the job's certificates are removed (run directories are kept).
+        The workers leave first, then the scheduler, so that the job's log of a planned end
+        holds no error (:mod:`hpcbridge.cluster.ending`).
         """
+        from hpcbridge.cluster.ending import WAIT_SECONDS, close_workers_first
+
+        with contextlib.suppress(Exception):  # a scheduler gone, hung or refusing: the shutdown below still ends it
+            # run_on_scheduler hands callback_timeout to Client.sync: the question is bounded, as every other
+            self.client.run_on_scheduler(close_workers_first, callback_timeout=WAIT_SECONDS + 10)
         self.client.shutdown()
         if self.scheduler_file is not None:
             cluster_files.remove(self.scheduler_file, job_id=self.job.job_id if self.job else None)

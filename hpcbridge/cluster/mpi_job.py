@@ -7,13 +7,16 @@ script the cluster runs until an outside client shuts it down.
 
 Three things dask-mpi leaves to its caller are done here: the world size is checked first, with
 the minimum stated; a client script that raises still closes the cluster and makes the job
-fail, instead of leaving every rank waiting until the walltime; and the workers' connection to
-the closing scheduler is not logged as a traceback on every rank at each normal shutdown.
+fail, instead of leaving every rank waiting until the walltime; and when the script ends, the
+workers leave before dask-mpi closes the scheduler (:mod:`hpcbridge.cluster.ending`), so a
+normal end logs no traceback (a worker's heartbeat to the closed scheduler timed out, now and
+then, and logged one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import runpy
@@ -127,7 +130,25 @@ class _ClientOutcome:
             traceback.print_exc()
             print(f"hpcbridge: the client script {script} failed; closing the cluster", file=sys.stderr)
         finally:
+            close_workers_before_the_scheduler()
             self.finished.set()
+
+
+def close_workers_before_the_scheduler() -> None:
+    """Have the workers leave first; dask-mpi then closes the scheduler alone (its address is in Dask's config).
+
+    A client the script left open is closed first: it would try to reconnect to the closed
+    scheduler and log an error. Nothing here may keep the cluster from ending: failures are ignored.
+    """
+    from distributed import Client
+
+    from hpcbridge.cluster.ending import WAIT_SECONDS, close_workers_first
+
+    for left_open in list(Client._instances):
+        with contextlib.suppress(Exception):
+            left_open.close(timeout=10)
+    with contextlib.suppress(Exception), Client(timeout=30) as client:
+        client.run_on_scheduler(close_workers_first, callback_timeout=WAIT_SECONDS + 10)  # Client.sync's bound
 
 
 if __name__ == "__main__":

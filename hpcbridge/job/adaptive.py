@@ -43,7 +43,7 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
     if spec.nodes != 1:
         raise SpecError("nodes", spec.nodes, "1 in adaptive mode (each batch job is one node; scale adds jobs)")
     if spec.mem is None and spec.mem_per_cpu is None:
-        raise SpecError("mem", None, "a memory size (mem or mem_per_cpu): dask-jobqueue needs each job's memory")
+        raise SpecError("mem", None, "a memory size ({mem} or {mem_per_cpu}): dask-jobqueue needs each job's memory")
     cores = spec.ntasks_per_node * spec.cpus_per_task
     job_memory = spec.mem or spec.mem_per_cpu * cores
     prologue = [f"module load {' '.join(spec.modules)}"] if spec.modules else []

@@ -90,6 +90,19 @@ class SpecError(ValueError):
         return self.describe()
 
 
+class UnknownFieldError(SpecError):
+    """A key that is no spec field (a typo in a site profile, say): named as unknown, with the nearest field."""
+
+    def describe(self, name: Callable[[str], str] = str) -> str:
+        """One line: the unknown key (and where it was set), the field it probably meant, every known field."""
+        import difflib
+
+        known = sorted(set(spec_fields()) | {"ntasks"})
+        nearest = difflib.get_close_matches(str(self.field).replace("-", "_"), known, n=1)
+        guess = f" did you mean {nearest[0]!r}?" if nearest else ""
+        return f"unknown key {self.source or self.field}:{guess} known keys: {', '.join(known)}"
+
+
 TCP_WARNING = ("protocol tcp: the cluster is not encrypted, and anyone who can reach the scheduler's "
                "port can run code as you")
 
@@ -253,7 +266,7 @@ class JobSpec:
         known = set(spec_fields()) | {"ntasks"}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SpecError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
+            raise UnknownFieldError(unknown[0], values[unknown[0]], "one of the fields " + ", ".join(sorted(known)))
         return cls(**{key: value for key, value in values.items() if value is not None})
 
     @classmethod
@@ -354,6 +367,9 @@ class JobSpec:
         if self.mode != "array" and not self.dashboard_loopback:
             found.append(SpecWarning("dashboard_address", self.dashboard_address,
                                      f"{{dashboard_address}} {self.dashboard_address}: " + DASHBOARD_WARNING))
+        activated = setup_activation_warning(self)
+        if activated is not None:
+            found.append(activated)
         return found
 
     @property
@@ -813,6 +829,32 @@ def _read_hostfile(path: str) -> tuple[str, ...]:
     if not hosts:
         raise SpecError("hostfile", path, "a file with at least one host (one per line; # starts a comment)")
     return tuple(hosts)
+
+
+_ACTIVATION = re.compile(r"(?:^|[;&|]\s*)(?:source|\.)\s+(\S+)/bin/activate\b|\b(?:conda|mamba|micromamba)\s+activate\b")
+
+
+def setup_activation_warning(spec: JobSpec) -> SpecWarning | None:
+    """A warning when ``setup`` activates a Python environment that the job will not run.
+
+    The job runs ``PYTHON``, by default the interpreter running hpcbridge; a ``source
+    .../bin/activate`` (or ``conda activate``) in ``setup`` changes PATH but not ``PYTHON``, so the
+    environment it activates is never used unless ``python`` names its interpreter.
+    """
+    if tuple(spec.python) != (default_python(),):  # a Python of its own (a path, or a command line)
+        return None
+    for line in spec.setup:
+        match = _ACTIVATION.search(line)
+        if match is None:
+            continue
+        venv = match.group(1)
+        if venv and os.path.realpath(os.path.expanduser(venv)) == os.path.realpath(sys.prefix):
+            continue  # activates the environment the job runs anyway
+        return SpecWarning("setup", line, (
+            f"{{setup}} {line!r} activates an environment, but the job runs {{python}} {spec.python[0]} (the Python "
+            "running hpcbridge), so that environment's Python is never used; pass {python} with its interpreter"
+            + (f", e.g. {venv}/bin/python" if venv else "")))
+    return None
 
 
 def default_python() -> str:

@@ -8,10 +8,11 @@ from the job id alone.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import get_backend
-from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record
+from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, records_home
 from hpcbridge.job.render import render_script
 from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
 
@@ -38,6 +39,23 @@ def submit(spec: JobSpec) -> SubmittedJob:
 def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
     return find_record(job_id, scheduler)
+
+
+def forget(job: SubmittedJob) -> None:
+    """Remove what hpcbridge kept of an ended job: its record, its scheduler file's folder when empty,
+    and for a local job its folder (script, output, exit code). For throwaway clusters that ended
+    well (the demo, the examples, the benchmarks), whose records and logs otherwise pile up."""
+    job.forget_record()
+    if job.scheduler_file:
+        files.remove(job.scheduler_file, job_id=job.job_id)
+    backend = get_backend(job.scheduler)
+    if hasattr(backend, "forget"):
+        backend.forget(job.job_id)
+
+
+def records_folder() -> Path:
+    """The folder that holds a record of every job submitted from this account."""
+    return records_home()
 
 
 def default_scheduler_file(job_id: str) -> str:

@@ -232,6 +232,11 @@ class Model:
     b: np.ndarray
     outputs: np.ndarray
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    first_dof: int = 0  # how the model's file numbers DOFs (1 in MATLAB's .mat): outputs are named so
+
+    def dof_name(self, index: int) -> int:
+        """The number of the DOF at 0-based ``index``, as the user's model file counts."""
+        return int(index) + self.first_dof
 
     @property
     def size(self) -> int:
@@ -758,4 +763,4 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Model, TabulatedLoad | Non
             raise MeshError(f"model file {path}: P_omega (ascending, at least 2) and P need one length")
         load = TabulatedLoad(omegas, values)
     K.sort_indices()
-    return Model(K=K, C=C, M=sp.csr_matrix(M), b=b, outputs=outputs), load
+    return Model(K=K, C=C, M=sp.csr_matrix(M), b=b, outputs=outputs, first_dof=first), load

@@ -309,8 +309,11 @@ def test_bad_adaptive_settings_name_the_setting(values, field) -> None:
 
 def test_up_refuses_what_an_adaptive_cluster_cannot_run() -> None:
     runner = CliRunner()
-    for arguments, words in ((["--adapt", "4"], "--adapt"), (["--adapt", "1:2", "--scheduler", "local"], "--scheduler"),
-                             (["--adapt", "1:2", "--scheduler", "slurm", "--mem", "1G", "--nodes", "2"], "--nodes"),
-                             (["--adapt", "1:2", "--scheduler", "slurm"], "--mem")):
+    for arguments, words in ((["--adapt", "4", "--scheduler", "slurm"], "--adapt"),
+                             (["--adapt", "1:2", "--scheduler", "local"], "Invalid value for '--scheduler'"),
+                             (["--adapt", "1:2", "--scheduler", "slurm", "--mem", "1G", "--nodes", "2"],
+                              "--nodes: 2 is not allowed; expected 1"),
+                             (["--adapt", "1:2", "--scheduler", "slurm"], "--mem is missing: a memory size (--mem or "
+                              "--mem-per-cpu)")):
         result = runner.invoke(cli, ["up", *arguments])
         assert result.exit_code == 2 and f"Error: {words}" in result.output, result.output
