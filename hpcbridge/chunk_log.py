@@ -151,7 +151,11 @@ def append(folder: str, kind: int, low: int, high: int, tag: bytes, parts: Seque
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:  # the first record, or the folder was removed (and perhaps made again)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:  # another file took the name meanwhile: never write into it
+                _forget_log(folder, name)
+                raise
             created = True
         written = [0]
         try:
