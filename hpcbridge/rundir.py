@@ -138,9 +138,10 @@ class RunDirectory:
 
     def load_chunk(self, low: int, high: int) -> Any:
         """A saved chunk's values, or raise ``FileNotFoundError`` (``ValueError`` when its record is damaged)."""
-        if not self.has_chunk(low, high):
+        chunks = self.index().chunks
+        if (low, high) not in chunks:
             raise FileNotFoundError(f"no chunk of items {low}..{high - 1} is saved in {self.path}")
-        found = self.load_chunks([(low, high)])
+        found = self._read_each(chunks, [(low, high)], _load)
         if (low, high) not in found:
             raise ValueError(f"the saved chunk of items {low}..{high - 1} in {self.path} is damaged")
         return found[(low, high)]
