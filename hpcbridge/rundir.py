@@ -1,22 +1,31 @@
 """A run's finished chunks on disk, so that computed results outlive the cluster that computed them.
 
 The worker that finishes a chunk writes it here at once (the client may be dead by then; on an
-HPC system the workers and the client share this filesystem), one file per chunk, named by the
-chunk's items: ``chunk-<first>-<end>.npy`` for a NumPy array (stacked runs), ``.pkl`` for
-anything else. Each file is written under a temporary name and renamed, so a file that exists is
-complete, and the set of chunk files *is* the record of which chunks are saved: there is no
-shared index for several workers to race on. The client writes ``manifest.json`` once per run,
-before any chunk is submitted: the function's identity, a digest of the items (and of the plain
-extra arguments), the number of items and, once planned, the chunk bounds. Everything is owner-only
-(directories 0700, files 0600): results are the user's data.
+HPC system the workers and the client share this filesystem). Shared filesystems (Lustre, GPFS)
+suffer from many small files, so a run's folder holds a few files per worker process, not one per
+chunk: each worker process appends the chunks it finishes to a log of its own for that run
+(``<host>-<pid>-<token>.chunks``; :mod:`hpcbridge.chunk_log` holds the record format). No file is
+written by two processes, so there is no shared index to race on: the records of the logs *are*
+the record of which chunks are saved. A record's header and its values carry checksums and its
+length, so a record cut short (its process died while writing it) or damaged (a node crash) is
+never read as values: its chunk counts as not saved and is computed again. A chunk saved twice
+(a retry) is read once. Folders of an earlier version (one ``chunk-<first>-<end>.npy``/``.pkl``
+file per chunk) are read too.
+
+The client writes ``manifest.json`` once per run, before any chunk is submitted: the function's
+identity, a digest of the items (and of the plain extra arguments), the number of items and, once
+planned, the chunk bounds. Everything is owner-only (directories 0700, files 0600): results are
+the user's data.
 
 ``map(fn, items, name=N)`` on a later cluster finds ``N``'s manifest, checks that the function
-and the items are the same, and submits only the items no chunk file covers.
+and the items are the same, and submits only the items no saved chunk covers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -26,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbridge import chunk_log
 from hpcbridge.private_files import write_private_file
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 1: a file per chunk (still read); 2: a log per worker process (hpcbridge.chunk_log)
 _CHUNK_PREFIX = "chunk-"
 
 
@@ -107,54 +117,112 @@ class RunDirectory:
     # --- chunks: written by workers, read by clients -----------------------------------
 
     def save_chunk(self, low: int, high: int, values: Any) -> bytes | None:
-        """Write one finished chunk's values: ``.npy`` for a NumPy array of plain values, else pickled.
+        """Append one finished chunk's values to this process's log: ``.npy`` bytes for a NumPy array of
+        plain values, else pickled.
 
-        Returns the pickle it wrote (``None`` for ``.npy``), so that the worker can send those
+        Returns the pickle it wrote (``None`` for an array), so that the worker can send those
         bytes back instead of having its values pickled a second time for the trip.
         """
         import numpy as np
 
-        base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
         if isinstance(values, np.ndarray) and values.dtype != object:
-            write_private_file(base + ".npy", lambda file: np.save(file, values, allow_pickle=False))
+            array = np.ascontiguousarray(values)
+            header = io.BytesIO()
+            np.lib.format.write_array_header_2_0(header, np.lib.format.header_data_from_array_1_0(array))
+            chunk_log.append(self.path, chunk_log.CHUNK_NPY, low, high, b"",
+                             [header.getbuffer(), memoryview(array).cast("B") if array.size else b""])
             return None
         pickled = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-        write_private_file(base + ".pkl", pickled)
+        chunk_log.append(self.path, chunk_log.CHUNK_PICKLE, low, high, b"", [pickled])
         return pickled
 
     def load_chunk(self, low: int, high: int) -> Any:
-        """A saved chunk's values, or raise ``FileNotFoundError``."""
-        import numpy as np
+        """A saved chunk's values, or raise ``FileNotFoundError`` (``ValueError`` when its record is damaged)."""
+        chunks = self.index().chunks
+        if (low, high) not in chunks:
+            raise FileNotFoundError(f"no chunk of items {low}..{high - 1} is saved in {self.path}")
+        found = self._read_each(chunks, [(low, high)], _load)
+        if (low, high) not in found:
+            raise ValueError(f"the saved chunk of items {low}..{high - 1} in {self.path} is damaged")
+        return found[(low, high)]
 
-        base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
-        try:
-            return np.load(base + ".npy", allow_pickle=False)
-        except FileNotFoundError:
-            with open(base + ".pkl", "rb") as file:
-                return pickle.load(file)
+    def load_chunks(self, bounds: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+        """The values of every saved chunk among ``bounds`` that can be read (damaged ones are left out),
+        each log opened once."""
+        return self._read_each(self.index().chunks, bounds, _load)
+
+    @staticmethod
+    def _read_each(chunks: dict[tuple[int, int], list[Any]], bounds: Sequence[tuple[int, int]],
+                   read: Any) -> dict[tuple[int, int], Any]:
+        """``read(location, open log)`` for each of ``bounds`` saved in ``chunks``: log by log in file order
+        (each opened once), then, for those whose record fails, from their other copies (a retry's)."""
+        by_file: dict[str, list[tuple[tuple[int, int], Any]]] = {}
+        for wanted in bounds:
+            key = (wanted[0], wanted[1])
+            if chunks.get(key):
+                location = chunks[key][0]
+                by_file.setdefault(getattr(location, "path", location), []).append((key, location))
+        found: dict[tuple[int, int], Any] = {}
+        for path, here in by_file.items():
+            try:
+                with open(path, "rb") as file:
+                    for key, location in sorted(here, key=lambda pair: getattr(pair[1], "offset", 0)):
+                        with contextlib.suppress(OSError, ValueError, EOFError, pickle.UnpicklingError):
+                            found[key] = read(location, file)
+            except OSError:
+                pass
+        for here in by_file.values():
+            for key, _ in here:
+                for location in chunks[key][1:] if key not in found else ():
+                    try:
+                        with open(getattr(location, "path", location), "rb") as file:
+                            found[key] = read(location, file)
+                        break
+                    except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+                        continue
+        return found
 
     def has_chunk(self, low: int, high: int) -> bool:
-        base = os.path.join(self.path, f"{_CHUNK_PREFIX}{low}-{high}")
-        return os.path.exists(base + ".npy") or os.path.exists(base + ".pkl")
+        return (low, high) in self.index().chunks
 
-    def saved(self) -> list[tuple[int, int]]:
-        """The (first, end) bounds of every saved chunk, sorted."""
-        found = []
-        try:
-            entries = os.listdir(self.path)
-        except FileNotFoundError:
-            return []
-        for entry in entries:
-            stem, dot, extension = entry.rpartition(".")
-            if not dot or extension not in ("npy", "pkl") or not stem.startswith(_CHUNK_PREFIX):
-                continue
-            low, _, high = stem[len(_CHUNK_PREFIX):].partition("-")
-            if low.isdigit() and high.isdigit():
-                found.append((int(low), int(high)))
-        return sorted(set(found))
+    def saved(self, verify: bool = False) -> list[tuple[int, int]]:
+        """The (first, end) bounds of every saved chunk, sorted. Records are known whole by their headers;
+        ``verify`` also reads every payload and checks it (a resume, which will not compute them again)."""
+        chunks = self.index().chunks
+        if verify:
+            return sorted(self._read_each(chunks, list(chunks), _check))
+        return sorted(chunks)
 
     def saved_items(self) -> int:
         return sum(high - low for low, high in self.saved())
+
+    def files(self) -> list[str]:
+        """The names of the files in the folder (the logs, the manifest), sorted; [] when it is gone."""
+        try:
+            return sorted(os.listdir(self.path))
+        except FileNotFoundError:
+            return []
+
+    def index(self) -> Index:
+        """Where each saved chunk (and what :meth:`keep` kept) is, read from the logs' headers now."""
+        index = Index({}, {})
+        for entry in self.files():
+            path = os.path.join(self.path, entry)
+            if entry.endswith(chunk_log.SUFFIX):
+                try:
+                    for record in chunk_log.read_records(path):
+                        bounds = (record.low, record.high)
+                        if record.kind in (chunk_log.CHUNK_PICKLE, chunk_log.CHUNK_NPY):
+                            index.chunks.setdefault(bounds, []).append(record)  # saved twice (a retry): read once
+                        elif record.kind in (chunk_log.FAILED, chunk_log.KEPT):
+                            key = (record.kind, *bounds, record.tag)
+                            if key not in index.kept or index.kept[key].time_ns <= record.time_ns:
+                                index.kept[key] = record  # the latest attempt's
+                except OSError:
+                    continue  # removed meanwhile, or unreadable: its chunks count as not saved
+            elif (bounds := _legacy_chunk(entry)) is not None:
+                index.chunks.setdefault(bounds, []).append(path)
+        return index
 
     # --- what one task keeps for its own retries: never a saved chunk ----------------------------
 
@@ -162,20 +230,67 @@ class RunDirectory:
         """Keep something for a rerun of task ``key`` (chunk ``low..high-1``) only: ``"failed"``, a finished
         chunk with failing items (its result would be lost with a worker that died holding it);
         ``"kept"``, what an attempt computed before its worker process ended. It is no saved chunk:
-        a later start of the run (a resume) runs those items again, results from disk do not count it."""
-        write_private_file(self._kept_path(kind, low, high, key), pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
+        a later start of the run (a resume) runs those items again, results from disk do not count it.
+        A later keep of the same task replaces it."""
+        chunk_log.append(self.path, _KEPT_KINDS[kind], low, high, _tag(key),
+                         [pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)])
 
     def kept(self, kind: str, low: int, high: int, key: str) -> Any:
-        """What :meth:`keep` kept (None when nothing, or unreadable)."""
+        """What :meth:`keep` kept last (None when nothing, or unreadable)."""
+        record = self.index().kept.get((_KEPT_KINDS[kind], low, high, _tag(key)))
+        if record is None:
+            return None
         try:
-            with open(self._kept_path(kind, low, high, key), "rb") as file:
-                return pickle.load(file)
+            return pickle.loads(record.payload())
         except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, ImportError):
             return None
 
-    def _kept_path(self, kind: str, low: int, high: int, key: str) -> str:
-        tag = hashlib.sha1(key.encode()).hexdigest()[:12]
-        return os.path.join(self.path, f"{kind}-{low}-{high}-{tag}.pkl")
+
+@dataclass
+class Index:
+    """A run folder's saved chunks by bounds (each copy: a log's record, or an earlier version's file by
+    path; the first that reads well counts), and what was kept for retries by (kind, first, end, task tag)."""
+
+    chunks: dict[tuple[int, int], list[chunk_log.Record | str]]
+    kept: dict[tuple[int, int, int, bytes], chunk_log.Record]
+
+
+_KEPT_KINDS = {"failed": chunk_log.FAILED, "kept": chunk_log.KEPT}
+
+
+def _tag(key: str) -> bytes:
+    return hashlib.sha1(key.encode()).digest()[:8]
+
+
+def _legacy_chunk(entry: str) -> tuple[int, int] | None:
+    """The bounds of an earlier version's chunk file (``chunk-<first>-<end>.npy`` or ``.pkl``), else None."""
+    stem, dot, extension = entry.rpartition(".")
+    if not dot or extension not in ("npy", "pkl") or not stem.startswith(_CHUNK_PREFIX):
+        return None
+    low, _, high = stem[len(_CHUNK_PREFIX):].partition("-")
+    return (int(low), int(high)) if low.isdigit() and high.isdigit() else None
+
+
+def _check(location: chunk_log.Record | str, file: Any) -> bool:
+    """True when a chunk's record checks out (an earlier version's file: when it is there)."""
+    if not isinstance(location, str):
+        location.payload(file)
+    return True
+
+
+def _load(location: chunk_log.Record | str, file: Any = None) -> Any:
+    """A chunk's values from its record (checked), or from an earlier version's file."""
+    import numpy as np
+
+    if isinstance(location, str):
+        if location.endswith(".npy"):
+            return np.load(location, allow_pickle=False)
+        with open(location, "rb") as legacy:
+            return pickle.load(legacy)
+    payload = location.payload(file)
+    if location.kind == chunk_log.CHUNK_NPY:
+        return np.lib.format.read_array(io.BytesIO(payload), allow_pickle=False)
+    return pickle.loads(payload)
 
 
 def failure_text(error: BaseException) -> str:

@@ -20,6 +20,7 @@ import pytest
 from hpcbridge.client import losses, matlab, planning, runs
 from hpcbridge.client.runs import ItemError
 from tests.conftest import module_local_job
+from tests.test_rundir import drop_saved
 
 USER_FUNCTIONS = textwrap.dedent("""
     def scale(x, settings):
@@ -217,7 +218,7 @@ def test_results_from_disk_say_what_is_missing_and_map_by_name_resumes(cluster: 
     bridge = matlab.bridge_for(cluster)
     directory = Path(bridge.run(run).directory)
     runs.release(bridge.client, run)  # the cluster forgets it, as one that ended would
-    (directory / "chunk-100-150.pkl").unlink()
+    drop_saved(str(directory), [(100, 150)])  # that chunk lost from disk
     got = matlab.results(cluster, run, math.inf, False, True)
     assert not got["complete"] and got["missing"].tolist() == list(range(101, 151))  # 1-based
     assert got["values"].dtype == np.float64 and np.isnan(got["values"][100:150]).all()

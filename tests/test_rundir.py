@@ -6,6 +6,7 @@ from __future__ import annotations
 import operator
 import os
 import pickle
+import signal
 import stat
 import sys
 from collections.abc import Iterator
@@ -15,13 +16,14 @@ import cloudpickle
 import numpy as np
 import pytest
 
+from hpcbridge import chunk_log
 from hpcbridge.client import runs
 from hpcbridge.client.bridge import Bridge, connect
 from hpcbridge.client.losses import RunLost
 from hpcbridge.cluster import chunks
 from hpcbridge.job import submit as jobs
 from hpcbridge.rundir import RunDirectory, RunMismatchError, missing_ranges
-from tests.conftest import module_local_job
+from tests.conftest import module_local_job, wait_for
 from tests.test_bridge_map import cluster, executed  # noqa: F401 (the module's 2-worker job, counted runs)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the helpers below run on the cluster
@@ -42,6 +44,20 @@ def row_of(x: int) -> np.ndarray:
 def forget_on_cluster(bridge: Bridge, name: str) -> None:
     """What a cluster that ended does to a run: it no longer holds it (the folder stays)."""
     runs.release(bridge.client, name)
+
+
+def logs(directory: str) -> list[Path]:
+    """The workers' logs of saved chunks in a run folder."""
+    return sorted(Path(directory).glob(f"*{chunk_log.SUFFIX}"))
+
+
+def drop_saved(directory: str, lost: list[tuple[int, int]]) -> None:
+    """What losing chunks from disk looks like: their records taken out of the workers' logs."""
+    for path in logs(directory):
+        data = path.read_bytes()
+        path.write_bytes(b"".join(data[record.offset - chunk_log.HEADER:record.offset + record.length]
+                                  for record in chunk_log.read_records(str(path))
+                                  if (record.low, record.high) not in lost))
 
 
 def test_chunks_are_saved_as_they_finish_owner_only_beside_the_scheduler_files(cluster) -> None:
@@ -76,8 +92,7 @@ def test_a_run_the_cluster_no_longer_holds_resumes_computing_only_the_missing_ch
     bridge.gather(run, progress=False, release=False)
     forget_on_cluster(bridge, "resumed")
     lost = run.bounds[1:4] + run.bounds[-2:]
-    for low, high in lost:
-        next(Path(run.directory).glob(f"chunk-{low}-{high}.*")).unlink()
+    drop_saved(run.directory, lost)
     n_lost = sum(high - low for low, high in lost)
     with pytest.raises(RunLost) as missing:  # results from disk alone: says what is missing, keeps the rest
         bridge.results("resumed", progress=False)
@@ -111,8 +126,9 @@ def test_stacked_runs_are_saved_as_npy_and_read_back_as_one_array(cluster) -> No
     _, bridge = cluster
     run = bridge.map(row_of, range(300), name="stacked", stack=True, chunk_size=100, progress=False)
     bridge.gather(run, stack=True, progress=False, release=False)
-    assert sorted(p.name for p in Path(run.directory).glob("chunk-*")) == [
-        "chunk-0-100.npy", "chunk-100-200.npy", "chunk-200-300.npy"]
+    folder = RunDirectory(run.directory)
+    assert folder.saved() == [(0, 100), (100, 200), (200, 300)]
+    assert {copies[0].kind for copies in folder.index().chunks.values()} == {chunk_log.CHUNK_NPY}
     forget_on_cluster(bridge, "stacked")
     values = bridge.results("stacked", stack=True, progress=False)
     np.testing.assert_array_equal(values, np.repeat(np.arange(300)[:, None], 3, axis=1))
@@ -177,7 +193,7 @@ def test_a_saved_chunk_comes_back_as_the_pickle_on_disk_sent_as_its_own_frame(cl
     folder = RunDirectory(run.directory)
     for (low, high), (values, errors, _, _) in zip(run.bounds, raw):
         assert isinstance(values, chunks.Pickled) and not errors
-        assert bytes(values.data) == Path(run.directory, f"chunk-{low}-{high}.pkl").read_bytes()
+        assert bytes(values.data) == folder.index().chunks[(low, high)][0].payload()
         buffers: list = []
         header = pickle.dumps(values, protocol=5, buffer_callback=buffers.append)
         assert len(buffers) == 1 and len(header) < 200  # the pickle went beside the message, not in it
@@ -187,3 +203,88 @@ def test_a_saved_chunk_comes_back_as_the_pickle_on_disk_sent_as_its_own_frame(cl
     results = bridge.gather(run, progress=False)
     assert [int(block[0][0, 0]) for block in results] == [0, 1, 2, 3]
     assert all(block[0].shape == (200, 500) for block in results)
+
+
+def test_a_map_of_many_chunks_writes_a_few_files_per_worker_process_not_one_per_chunk(cluster) -> None:
+    """Shared filesystems (Lustre, GPFS) suffer from many small files: 400 chunks on 2 worker processes
+    leave the manifest and one log per worker process in the run's folder."""
+    _, bridge = cluster
+    run = bridge.map(square, range(20_000), name="few-files", chunk_size=50, progress=False)
+    assert bridge.gather(run, progress=False, release=False) == [x * x for x in range(20_000)]
+    assert len(run.bounds) == 400
+    names = RunDirectory(run.directory).files()
+    assert len(names) <= 1 + bridge.n_workers, names
+    assert "manifest.json" in names and 1 <= len(logs(run.directory)) <= bridge.n_workers, names
+    assert RunDirectory(run.directory).saved() == run.bounds
+    bridge.release("few-files")
+    assert not os.path.exists(run.directory)
+
+
+@pytest.mark.parametrize("cut", ["header", "values"])
+def test_a_torn_last_record_is_computed_again_and_every_other_chunk_is_read_back_once(cluster, cut: str) -> None:
+    """A worker process that died while writing leaves its log's last record torn: that chunk counts as
+    not saved and a resume computes it again; every other chunk is read back, none twice."""
+    _, bridge = cluster
+    name = f"torn-{cut}"
+    run = bridge.map(square, range(4000), name=name, chunk_size=100, progress=False)
+    expected = [x * x for x in range(4000)]
+    assert bridge.gather(run, progress=False, release=False) == expected
+    assert executed(bridge, name) == 4000
+    forget_on_cluster(bridge, name)
+    log = max(logs(run.directory), key=lambda path: path.stat().st_size)
+    last = list(chunk_log.read_records(str(log)))[-1]
+    os.truncate(log, last.offset - chunk_log.HEADER // 2 if cut == "header" else last.offset + last.length // 2)
+    torn = (last.low, last.high)
+    bridge.client.restart()  # the process that wrote it is gone (only the process that writes a log changes it)
+    assert torn not in RunDirectory(run.directory).saved()
+    with pytest.raises(RunLost) as missing:  # results from disk: the torn chunk is missing, not garbage
+        bridge.results(name, progress=False)
+    assert missing.value.missing == [torn]
+
+    before = executed(bridge, name)
+    again = bridge.map(square, range(4000), name=name, progress=False)
+    submitted = [bounds for bounds, future in zip(again.bounds, again.futures) if future is not None]
+    assert missing_ranges(4000, [b for b in again.bounds if b not in submitted]) == [torn]  # only it is submitted
+    assert bridge.gather(again, progress=False, release=False) == expected
+    assert executed(bridge, name) - before == torn[1] - torn[0]  # the torn chunk only, once
+    assert missing_ranges(4000, RunDirectory(run.directory).saved()) == []
+    bridge.release(name)
+
+
+def test_a_saved_chunk_whose_values_are_damaged_is_computed_again_on_resume(cluster) -> None:
+    """A record whose header is whole but whose values are not (a node crash before the data reached
+    the disk) is never read as values: its checksum fails, and a resume computes that chunk again."""
+    _, bridge = cluster
+    run = bridge.map(square, range(1000), name="damaged", chunk_size=100, progress=False)
+    bridge.gather(run, progress=False, release=False)
+    forget_on_cluster(bridge, "damaged")
+    log = logs(run.directory)[0]
+    record = list(chunk_log.read_records(str(log)))[0]
+    with open(log, "r+b") as file:
+        file.seek(record.offset)
+        file.write(bytes(record.length))  # zeros, as a crashed node can leave
+    with pytest.raises(ValueError, match="damaged"):
+        RunDirectory(run.directory).load_chunk(record.low, record.high)
+    before = executed(bridge, "damaged")
+    again = bridge.map(square, range(1000), name="damaged", progress=False)
+    assert bridge.gather(again, progress=False) == [x * x for x in range(1000)]
+    assert executed(bridge, "damaged") - before == record.high - record.low
+
+
+def test_chunks_held_by_a_worker_that_died_are_read_back_from_its_log_not_computed_again(cluster) -> None:
+    """A worker killed after it finished (and saved) chunks takes their results out of the cluster's
+    memory: distributed runs those tasks again elsewhere, and they read the dead worker's log."""
+    _, bridge = cluster
+    run = bridge.map(square, range(4000), name="held", chunk_size=100, progress=False)
+    assert wait_for(lambda: all(future.status == "finished" for future in run.futures), 60, 0.05)
+    holders = bridge.client.who_has(run.futures)
+    victim = next(iter(holders[run.futures[0].key]))
+    held = sum(high - low for (low, high), future in zip(run.bounds, run.futures) if victim in holders[future.key])
+    survivor = sum(counts.get("held", 0) for address, counts in bridge.client.run(chunks.executed_items).items()
+                   if address != victim)
+    pid = bridge.client.run(os.getpid, workers=[victim])[victim]
+    os.kill(pid, signal.SIGKILL)
+    assert held > 0 and wait_for(lambda: victim not in bridge.client.scheduler_info()["workers"], 60, 0.1)
+    assert bridge.gather(run, progress=False) == [x * x for x in range(4000)]
+    assert executed(bridge, "held") == survivor  # nothing of the dead worker's chunks ran again
+    bridge.client.wait_for_workers(2, timeout=60)

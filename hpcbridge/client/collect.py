@@ -194,13 +194,12 @@ def _rest_words(run: Run, have: list[bool]) -> str:
 def _read_saved(directory: RunDirectory | None, bounds: list[tuple[int, int]], chunks: list[Any],
                 have: list[bool]) -> None:
     """Fill in, from the run directory, the chunks not had yet that a worker saved there."""
+    if directory is None or all(have):
+        return
+    found = directory.load_chunks([bounds[i] for i, ok in enumerate(have) if not ok])
     for i, (low, high) in enumerate(bounds):
-        if have[i] or directory is None or not directory.has_chunk(low, high):
-            continue
-        try:
-            chunks[i], have[i] = directory.load_chunk(low, high), True
-        except (OSError, ValueError, EOFError):
-            pass
+        if not have[i] and (low, high) in found:
+            chunks[i], have[i] = found[(low, high)], True
 
 
 def _erred_on(client: Client, future: Future) -> str | None:

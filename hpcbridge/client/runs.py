@@ -331,7 +331,7 @@ def _prepare_directory(directory: RunDirectory, name: str, identity: str, digest
             return manifest, []
         _check_same_run(name, directory, manifest, identity, digest, n)
         directory.write_manifest(manifest)  # as it is: a resumed run's folder must take its chunks too
-        return manifest, [bounds for bounds in directory.saved() if bounds[1] <= n]
+        return manifest, [bounds for bounds in directory.saved(verify=True) if bounds[1] <= n]  # not run again
     except OSError as error:
         raise RunDirectoryError(directory.path, error) from None
 

@@ -57,6 +57,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 logger = logging.getLogger("hpcbridge.cluster.attempts")
 
 ANNOTATION = "hpcbridge-died"  # the task annotation DeathNotes writes: the workers that died running it
+LOST_ANNOTATION = "hpcbridge-lost"  # and this one on a task whose result was lost with the worker that held it
 PLUGIN_NAME = "hpcbridge-death-notes"
 STUCK_TOPIC = "hpcbridge-stuck"  # scheduler events: an item that has run far longer than expected
 
@@ -557,7 +558,10 @@ class DeathNotes(SchedulerPlugin):
     worker, but that worker is not told. Annotations travel with the task, so the note reaches it:
     the dead worker's address, process id, nanny and host. The scheduler says which worker it is
     removing, and which tasks it was running, in its ``remove-worker`` event, just before it sends
-    those tasks elsewhere (a task a worker stole is told apart this way too).
+    those tasks elsewhere (a task a worker stole is told apart this way too). A task whose result
+    was lost with the worker that held it (distributed computes it again) gets a note too
+    (:data:`LOST_ANNOTATION`): its chunk was saved when it finished, and its next run reads it back
+    (:mod:`hpcbridge.cluster.chunks`) instead of computing it again.
     """
 
     name = PLUGIN_NAME
@@ -583,6 +587,11 @@ class DeathNotes(SchedulerPlugin):
                 and not msg.get("expected"):
             for key in msg.get("processing-tasks") or ():
                 self.dying[key] = msg.get("worker")
+        if topic == "all" and isinstance(msg, dict) and msg.get("action") == "remove-worker":
+            for key in msg.get("lost-computed-tasks") or ():  # logged before they are sent to compute again
+                ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+                if ts is not None:
+                    ts.annotations = {**(ts.annotations or {}), LOST_ANNOTATION: msg.get("worker")}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if start != "processing" or key not in self.dying:
@@ -599,15 +608,25 @@ class DeathNotes(SchedulerPlugin):
 
 def previous_deaths() -> list[dict[str, Any]]:
     """In a task: the workers that died while running this task before (its annotation), oldest first."""
+    return list(_annotation(ANNOTATION) or ())
+
+
+def result_was_lost() -> bool:
+    """In a task: True when it ran to its end before, and its result was lost with the worker that held it."""
+    return bool(_annotation(LOST_ANNOTATION))
+
+
+def _annotation(name: str) -> Any:
+    """The current task's annotation ``name`` (None when not in a task or not annotated)."""
     worker = _worker()
     if worker is None:
-        return []
+        return None
     try:
         key = worker.get_current_task()
         state = worker.state.tasks.get(key)
-        return list((getattr(state, "annotations", None) or {}).get(ANNOTATION, ()))
+        return (getattr(state, "annotations", None) or {}).get(name)
     except Exception:  # noqa: BLE001 -- not in a task
-        return []
+        return None
 
 
 def current_key() -> str | None:

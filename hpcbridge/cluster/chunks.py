@@ -56,8 +56,9 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
     Returns the values (one array when stacking worked), the errors by item index (the item's
     repr, the error, the formatted traceback, and for an item that ended its worker process the
     worker it ran on), the chunk's seconds and its first call's seconds.
-    A chunk already saved in the run directory (computed before its worker died) is read back,
-    not computed again; a finished chunk without errors is saved there before it is returned.
+    A retry of a chunk already saved in the run directory (computed before its worker died, the
+    task's annotations say: :mod:`hpcbridge.cluster.attempts`) reads it back instead of computing it
+    again; a finished chunk without errors is saved there before it is returned.
     A worker that would not finish the chunk before its job's walltime hands it back
     (:func:`hpcbridge.cluster.drain.check`). A retry after its worker died learns from the dead
     worker's nanny which item was running (:mod:`hpcbridge.cluster.attempts`) and fails that item
@@ -76,14 +77,18 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
         verdict = attempts.investigate(key, task.start, deaths, kept=kept)
     stop = len(task.items) if verdict is None or verdict.stop is None else verdict.stop
     high = task.start + stop
-    if directory is not None and directory.has_chunk(task.start, high):
+    if directory is not None and (deaths or attempts.result_was_lost()):
+        # This task ran before on a worker that died: what it saved (or kept) there is read back. A
+        # first run does not look (that would read every log of the run for every chunk).
         try:
             return directory.load_chunk(task.start, high), {}, 0.0, 0.0
-        except (OSError, ValueError, EOFError) as error:
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
             logger.warning("hpcbridge: computing chunk %s..%s again: its saved copy is unreadable (%s)",
                            task.start, high - 1, error)
-    if directory is not None and (failed := directory.kept("failed", task.start, high, key)) is not None:
-        return failed[0], failed[1], 0.0, 0.0  # computed before, with failing items, by a worker that then died
+        if (failed := directory.kept("failed", task.start, high, key)) is not None:
+            return failed[0], failed[1], 0.0, 0.0  # computed before, with failing items, by a worker that then died
     drain.check(task.expected_seconds)
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
     per_item = task.expected_seconds / len(task.items) if len(task.items) else 0.0
