@@ -19,7 +19,18 @@ import click
 
 from hpcbridge._version import __version__
 from hpcbridge.backends import BatchCommandError, JobNotFound, get_backend
-from hpcbridge.job.spec import MODES, PBS_FLAVORS, PROTOCOLS, SCHEDULERS, JobSpec, SpecError, SpecWarning, spec_fields
+from hpcbridge.job.spec import (
+    CONTAINER_GPUS,
+    CONTAINER_RUNTIMES,
+    MODES,
+    PBS_FLAVORS,
+    PROTOCOLS,
+    SCHEDULERS,
+    JobSpec,
+    SpecError,
+    SpecWarning,
+    spec_fields,
+)
 
 _RAW_ARGS = "hpcbridge.raw_args"
 
@@ -267,6 +278,17 @@ def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = 
                      "site profile's). Refused if it sets what an option sets."),
         click.option("--local-directory", help="The workers' scratch and spill folder.  [default: the node's own "
                      "disk: $TMPDIR, else $SLURM_TMPDIR, else /tmp, on each node]"),
+        click.option("--worker-class", help="The Dask worker class, e.g. dask_cuda.CUDAWorker (checked at the "
+                     "job's start).  [default: Dask's]"),
+        click.option("--container", help="Run the scheduler, the workers and the checks in this image (a .sif "
+                     "file, an image folder, or a name the runtime knows); your home, the scheduler file's folder, "
+                     "the run directory and the workers' scratch are bound in."),
+        click.option("--container-runtime", type=click.Choice(CONTAINER_RUNTIMES),
+                     help="What runs --container.  [default: the site profile's]"),
+        click.option("--container-bind", "container_binds", multiple=True, help="Another folder to bind into the "
+                     "container at the same path (repeatable)."),
+        click.option("--container-gpu", type=click.Choice(CONTAINER_GPUS), help="With GPUs, apptainer and "
+                     "singularity get --nv (nvidia) or --rocm (amd).  [default: nvidia]"),
     ]
 
     @functools.wraps(command)

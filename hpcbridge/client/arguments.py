@@ -127,6 +127,25 @@ def directory(argument: str, value: Any) -> str | None:
     return text
 
 
+def resources(argument: str, value: Any) -> dict[str, float] | None:
+    """Dask resources a task needs, such as ``{"GPU": 1}``: names with positive amounts (None or empty: none).
+
+    MATLAB passes a struct as a dict of floats, which is what Dask compares amounts as.
+    """
+    if value is None:
+        return None
+    allowed = 'a mapping of resource names to positive amounts, such as {"GPU": 1} (the workers\' --resources)'
+    if not isinstance(value, dict):
+        raise ArgumentError(argument, value, allowed)
+    found: dict[str, float] = {}
+    for key, amount in value.items():
+        if (not isinstance(key, str) or not key.isidentifier() or isinstance(amount, bool)
+                or not isinstance(amount, numbers.Real) or not math.isfinite(amount) or amount <= 0):
+            raise ArgumentError(argument, value, allowed)
+        found[key] = float(amount)
+    return found or None
+
+
 def flag(argument: str, value: Any) -> bool:
     """True or False (MATLAB's logical arrives as bool; 0 and 1 count too)."""
     if isinstance(value, bool):

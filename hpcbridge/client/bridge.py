@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -428,7 +428,8 @@ class Bridge:
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], args: Sequence[Any] | Broadcast = (),
             name: str | None = None, stack: bool = False, chunk_size: int | None = None,
-            progress: bool = True, save: bool = True, item_timeout: float | None = None) -> Run:
+            progress: bool = True, save: bool = True, item_timeout: float | None = None,
+            resources: Mapping[str, float] | None = None) -> Run:
         """Run ``fn(item, *args)`` for every item, in chunks sized from measured durations.
 
         As in ``client.map`` and ``Executor.map``, several iterables are zipped:
@@ -463,8 +464,13 @@ class Bridge:
         the rest of the map goes on. ``item_timeout`` (seconds, default None: no limit) ends an
         item that runs longer, by ending its worker process (distributed's nanny starts a new one),
         and fails it with :class:`~hpcbridge.client.runs.ItemTimedOut`.
+
+        ``resources`` (e.g. ``{"GPU": 1}``) sends every chunk only to workers that offer them
+        (workers of a job with ``--gpus-per-task`` offer ``GPU``), also the chunks the tail balancer
+        hands on; a map asking for what no worker offers is an :class:`~hpcbridge.client.arguments.ArgumentError`.
         """
         fn = arguments.function("fn", fn)
+        resources = arguments.resources("resources", resources)
         item_timeout = arguments.positive_seconds("item_timeout", item_timeout)
         if iterables and not isinstance(iterables[0], Broadcast):
             arguments.items("items", iterables[0])
@@ -482,7 +488,7 @@ class Bridge:
             print(f"hpcbridge: dashboard {self.dashboard_link}", file=sys.stderr)
             self.dashboard_shown = True
         run = runs.start(client, function, items, extra, name=name, stack=stack, chunk_size=chunk_size,
-                         root=self.run_root if save else None, item_timeout=item_timeout)
+                         root=self.run_root if save else None, item_timeout=item_timeout, resources=resources)
         run.bridge = self
         known = Run(run.name, run.n_items, list(run.bounds), [None] * len(run.bounds), run.function, run.directory)
         known.computed, known.save_errors = run.computed, run.save_errors  # shared: noted in both as they come

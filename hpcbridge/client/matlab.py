@@ -28,6 +28,7 @@ import numbers
 import threading
 import warnings
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from hpcbridge.client.bridge import Bridge, ConnectError
 from hpcbridge.client.bridge import connect as _connect
 from hpcbridge.client.futures import wait_for
 from hpcbridge.client.losses import RunError, RunLost
-from hpcbridge.client.runs import ItemError, new_run_name
+from hpcbridge.client.runs import ItemError, new_run_name, threads_offering
 from hpcbridge.client.stuck import Handoff
 from hpcbridge.cluster.broadcasts import Broadcast
 from hpcbridge.rundir import RunDirectoryWarning
@@ -134,7 +135,8 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
 
 
 def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
-        stack: bool = False, chunk_size: int | float = 0, save: bool = True, item_timeout: float = math.inf) -> str:
+        stack: bool = False, chunk_size: int | float = 0, save: bool = True, item_timeout: float = math.inf,
+        resources: Any = None) -> str:
     """Start ``function(item, *broadcast_values)`` for every item; return the run's name at once.
 
     ``function`` is ``"module:function"`` or ``"path/to/file.py:function"``. ``items``: a cell
@@ -143,9 +145,11 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     Finished chunks are saved on disk (``save=False``: not); a ``name`` whose run is on disk from
     an earlier cluster resumes it: only the items without a saved result are computed.
     ``item_timeout`` (seconds; Inf, the default: no limit) ends an item that runs longer, by
-    ending its worker process, and fails it.
+    ending its worker process, and fails it. ``resources`` (a struct such as ``struct('GPU', 1)``,
+    a dict here) sends the chunks only to workers that offer them (GPU workers offer ``GPU``).
     """
     function = arguments.function("function", function)
+    resources = arguments.resources("resources", dict(resources) if isinstance(resources, Mapping) else resources)
     values = _items(items)
     names = [broadcasts] if isinstance(broadcasts, str) else broadcasts
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
@@ -157,6 +161,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     limit = None if isinstance(item_timeout, float) and item_timeout == math.inf else item_timeout
     limit = arguments.positive_seconds("item_timeout", limit)
     bridge = _bridge(cluster)
+    if resources:
+        threads_offering(bridge.client, resources)  # refused now, not on the thread that submits
     held = bridge.broadcasts() if handles else []
     for handle in handles:
         if handle.name not in held:  # refused now, not on the thread that submits: gather would say it
@@ -173,7 +179,7 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
 
     def start() -> None:
         bridge.map(resolved, values, args=tuple(handles), name=name, stack=bool(stack), chunk_size=chunks,
-                   progress=False, save=bool(save), item_timeout=limit)
+                   progress=False, save=bool(save), item_timeout=limit, resources=resources)
 
     if chunks:
         start()  # nothing to measure: every chunk is submitted now

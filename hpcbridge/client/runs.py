@@ -27,6 +27,7 @@ from typing import Any
 
 from distributed import Client, Future
 
+from hpcbridge.client import arguments
 from hpcbridge.client.planning import TARGET_CHUNK_SECONDS, estimate_key, plan, probe, remembered_estimate
 from hpcbridge.cluster import broadcasts
 from hpcbridge.cluster.attempts import install_death_notes
@@ -153,6 +154,8 @@ class Run:
     # off from a stuck one get keys of the same start (see hpcbridge.client.collect).
     start_id: str | None = field(default=None, repr=False, compare=False)
     seconds_per_item: float = field(default=0.0, repr=False, compare=False)
+    # The Dask resources every chunk of the run needs ({"GPU": 1}): chunks handed on keep them.
+    resources: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.n_items
@@ -191,7 +194,7 @@ class Run:
     def record(self) -> dict[str, Any]:
         """What the scheduler keeps under the run's name (the futures keep the results alive)."""
         return {RUN_MARKER: 1, "n_items": self.n_items, "bounds": self.bounds, "futures": self.futures,
-                "function": self.function, "directory": self.directory}
+                "function": self.function, "directory": self.directory, "resources": self.resources}
 
     @classmethod
     def from_record(cls, name: str, record: Any) -> Run:
@@ -200,8 +203,10 @@ class Run:
         if CLAIM in record:
             raise KeyError(f"run {name!r} is being started by a client and has no chunks yet; try again "
                            "once its map has returned")
-        return cls(name, record["n_items"], [tuple(b) for b in record["bounds"]], list(record["futures"]),
-                   record.get("function", ""), record.get("directory"))
+        run = cls(name, record["n_items"], [tuple(b) for b in record["bounds"]], list(record["futures"]),
+                  record.get("function", ""), record.get("directory"))
+        run.resources = record.get("resources")
+        return run
 
     @classmethod
     def from_disk(cls, directory: RunDirectory) -> Run:
@@ -222,20 +227,25 @@ def new_run_name() -> str:
 
 def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any] = (),
           name: str | None = None, stack: bool = False, chunk_size: int | None = None,
-          root: str | None = None, item_timeout: float | None = None) -> Run:
+          root: str | None = None, item_timeout: float | None = None,
+          resources: dict[str, float] | None = None) -> Run:
     """Submit ``fn(item, *extra)`` for every item as chunks, and publish the run under ``name``.
 
     With a run directory root (``root``), finished chunks are saved under ``root/name``; when that
     folder already holds a run of the same function and items, only the items it lacks are
     submitted (the run resumes); a different function or items raise :class:`RunMismatchError`.
     An item that runs longer than ``item_timeout`` seconds is ended (by ending its worker process)
-    and fails with :class:`ItemTimedOut`.
+    and fails with :class:`ItemTimedOut`. With ``resources`` (``{"GPU": 1}``) every chunk runs only on
+    workers that offer them, and the chunks are planned for those workers' threads;
+    :class:`~hpcbridge.client.arguments.ArgumentError` when no worker offers them (a map that would wait for ever).
     """
     name = name or new_run_name()
+    threads_by_worker = threads_offering(client, resources)
     start_id = _claim(client, name)
     try:
         note_deaths(client)
-        return _start_claimed(client, fn, items, extra, name, start_id, stack, chunk_size, root, item_timeout)
+        return _start_claimed(client, fn, items, extra, name, start_id, stack, chunk_size, root, item_timeout,
+                              resources, threads_by_worker)
     except BaseException:
         _unclaim(client, name, start_id)
         raise
@@ -243,17 +253,19 @@ def start(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: S
 
 def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any], extra: Sequence[Any], name: str,
                    start_id: str, stack: bool, chunk_size: int | None, root: str | None,
-                   item_timeout: float | None = None) -> Run:
+                   item_timeout: float | None = None, resources: dict[str, float] | None = None,
+                   nthreads: dict[str, int] | None = None) -> Run:
     """:func:`start` once ``name`` is claimed: check the run directory, plan, submit, publish."""
     if not (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
         items = list(items)
     n = len(items)
-    nthreads = client.nthreads()
+    nthreads = client.nthreads() if nthreads is None else nthreads
     threads, workers = max(1, sum(nthreads.values())), max(1, len(nthreads))
     extra = tuple(extra)
     directory = RunDirectory.under(root, name) if root else None
     made = directory is not None and not os.path.exists(directory.path)  # removed again if this start fails
     run = Run(name, n, [], [], getattr(fn, "__qualname__", repr(fn)), directory.path if directory else None)
+    run.resources = resources
     manifest: dict[str, Any] = {}
     saved: list[tuple[int, int]] = []
     identity = function_identity(fn)
@@ -271,7 +283,8 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         first = sent[0]
         keys = [f"{name}-{start_id}-{first + i}" for i in range(len(tasks))]
         sent[0] += len(tasks)  # counted before sending: Ctrl-C inside client.map can land after the graph left
-        futures = client.map(run_chunk, tasks, *([value] * len(tasks) for value in extra), key=keys, pure=False)
+        futures = client.map(run_chunk, tasks, *([value] * len(tasks) for value in extra), key=keys, pure=False,
+                             resources=resources)
         run.bounds.extend(chunks)
         run.futures.extend(futures)
         note_when_computed(client, run, futures, chunks)
@@ -315,6 +328,26 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
         _abandon(client, name, start_id, sent[0], directory if made else None)
         raise
     return run
+
+
+def threads_offering(client: Client, resources: dict[str, float] | None) -> dict[str, int] | None:
+    """The threads of each worker that offers ``resources`` (None without them: every worker counts).
+
+    :class:`~hpcbridge.client.arguments.ArgumentError` when none offers them: Dask would hold the
+    run's tasks until such a worker came, which for a cluster of other workers is never.
+    """
+    if not resources:
+        return None
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    offering = {address: info["nthreads"] for address, info in workers.items()
+                if all(info.get("resources", {}).get(name, 0) >= amount for name, amount in resources.items())}
+    if not offering:
+        offered = sorted({f"{name}={amount:g}" for info in workers.values()
+                          for name, amount in info.get("resources", {}).items()})
+        raise arguments.ArgumentError("resources", resources, f"resources some worker of the cluster offers; its "
+                                      f"{len(workers)} workers offer {', '.join(offered) or 'none'} (GPU workers "
+                                      "offer GPU: submit or join a job with --gpus-per-task)")
+    return offering
 
 
 def _prepare_directory(directory: RunDirectory, name: str, identity: str, digest: str, n: int,

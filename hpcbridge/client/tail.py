@@ -170,7 +170,8 @@ def hand_on(client: Client, run: Run, rests: list[tuple[str, dict[str, Any], lis
     # message and one update on the scheduler, where a client.submit each cost ~13 ms under load.
     extra = tuple(rests[0][1]["extra"])
     futures = iter(client.map(run_chunk, chunks, *([value] * len(chunks) for value in extra),
-                              key=[f"{prefix}-{number}" for number in range(len(chunks))], pure=False))
+                              key=[f"{prefix}-{number}" for number in range(len(chunks))], pure=False,
+                              resources=run.resources))
     index = {f.key: i for i, f in enumerate(run.futures) if f is not None}
     for key, at, bounds in places:
         new = [next(futures) for _ in bounds]

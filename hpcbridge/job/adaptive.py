@@ -44,6 +44,10 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
         raise SpecError("nodes", spec.nodes, "1 in adaptive mode (each batch job is one node; scale adds jobs)")
     if spec.mem is None and spec.mem_per_cpu is None:
         raise SpecError("mem", None, "a memory size ({mem} or {mem_per_cpu}): dask-jobqueue needs each job's memory")
+    if spec.container:
+        raise SpecError("container", spec.container, "no {container} in adaptive mode yet (dask-jobqueue writes the "
+                        "worker jobs' command): give {python} a command line that runs the container, or use "
+                        "hpcbridge submit")
     cores = spec.ntasks_per_node * spec.cpus_per_task
     job_memory = spec.mem or spec.mem_per_cpu * cores
     prologue = [f"module load {' '.join(spec.modules)}"] if spec.modules else []
@@ -61,7 +65,9 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
         "job_name": spec.job_name,
         "interface": spec.interface,
         "scheduler_options": {"interface": spec.scheduler_interface, "dashboard_address": spec.dashboard_address},
-        "worker_extra_args": ["--no-dashboard", "--dashboard-address", spec.worker_dashboard_address],
+        "worker_extra_args": ["--no-dashboard", "--dashboard-address", spec.worker_dashboard_address,
+                              *(["--resources", f"GPU={spec.gpus_per_worker}"] if spec.gpus_per_worker else []),
+                              *(["--worker-class", spec.worker_class] if spec.worker_class else [])],
         "job_script_prologue": prologue + list(spec.setup),
         "queue": spec.queue,
     }

@@ -36,6 +36,8 @@ SCHEDULERS = ("slurm", "pbs", "lsf", "local", "ssh")
 MODES = ("scheduler-file", "mpi", "array")
 PROTOCOLS = ("tcp", "tls", "ucx")
 PBS_FLAVORS = ("pbspro", "torque")
+CONTAINER_RUNTIMES = ("apptainer", "singularity", "charliecloud", "podman")
+CONTAINER_GPUS = ("nvidia", "amd")
 JOB_ID_PLACEHOLDER = "{job_id}"
 DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"
@@ -48,6 +50,7 @@ _INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}", re.ASCII)
 _MODULE = re.compile(r"(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_][A-Za-z0-9_.+/@:-]{0,127}", re.ASCII)
 _PYTHON_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}", re.ASCII)
 _PYTHON_PATH = re.compile(r"(~/)?[A-Za-z0-9_./+@%=,: -]{1,4095}", re.ASCII)
+_WORKER_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", re.ASCII)
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 _ARRAY = re.compile(r"[0-9]{1,7}-[0-9]{1,7}(:[1-9][0-9]{0,6})?", re.ASCII)
 _COUNT = re.compile(r"\s*\+?[0-9]{1,12}\s*", re.ASCII)
@@ -184,6 +187,20 @@ class JobSpec:
     node's own disk (``$TMPDIR``, else ``$SLURM_TMPDIR``, else ``/tmp``, read on each node when
     its workers start), never the job's working directory.
 
+    GPU workers: with ``gpus_per_task`` (or ``gpus_per_node``, split evenly among the node's
+    workers) in scheduler-file mode, each worker sees only its own GPUs (Slurm binds them
+    through srun; on PBS and LSF the job sets ``CUDA_VISIBLE_DEVICES`` per worker from the GPUs
+    the node gave it) and offers them as the Dask resource ``GPU``, which
+    ``bridge.map(..., resources={"GPU": 1})`` asks for. ``worker_class`` is the Dask worker
+    class (``dask_cuda.CUDAWorker``), checked at the job's start.
+
+    Containers: with ``container`` (an image: a file, a folder or a name the runtime knows),
+    the job's Python runs inside it through ``container_runtime`` (apptainer, singularity,
+    charliecloud or podman): the scheduler, the workers and every check. The home folder, the
+    scheduler file's folder (with the job's certificates), the run directory, the workers'
+    scratch and ``container_binds`` are bound in at the same paths; with GPUs, apptainer and
+    singularity get ``--nv`` (``container_gpu`` nvidia) or ``--rocm`` (amd).
+
     Fields accept text as users type it (``nodes="2"``, ``mem_per_cpu="4G"``,
     ``walltime="2h30m"``, ``lifetime_margin="30s"``) or numbers in the field's unit; once built,
     counts are ``int``, memory is ``int`` MiB and times are ``int`` seconds. ``ntasks`` (not a
@@ -234,6 +251,11 @@ class JobSpec:
     gpus_per_node: int | str | None = None
     directives: tuple[str, ...] | list[str] | str = ()
     local_directory: str | None = None
+    worker_class: str | None = None
+    container: str | None = None
+    container_runtime: str | None = None
+    container_binds: tuple[str, ...] | list[str] | str = ()
+    container_gpu: str = "nvidia"
     ntasks: InitVar[int | str | None] = None
 
     def __post_init__(self, ntasks: int | str | None) -> None:
@@ -256,6 +278,7 @@ class JobSpec:
         if self.scheduler_interface is None:
             object.__setattr__(self, "scheduler_interface", self.interface)
         self._check_combinations(given)
+        self._check_workers_and_container(given)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> JobSpec:
@@ -336,6 +359,33 @@ class JobSpec:
     def mpi_reserved_ranks(self) -> int:
         """MPI ranks that are not workers: the scheduler, and the client when there is a script."""
         return 2 if self.client_script else 1
+
+    @property
+    def gpus_per_worker(self) -> int | None:
+        """GPUs each worker is bound to and offers as the Dask resource ``GPU`` (scheduler-file mode only).
+
+        ``gpus_per_task``, or ``gpus_per_node`` split evenly among the node's workers; None without
+        GPUs, and in mpi and array modes (their GPUs are the job's request only).
+        """
+        if self.mode != "scheduler-file":
+            return None
+        if self.gpus_per_task:
+            return self.gpus_per_task
+        if self.gpus_per_node:
+            return self.gpus_per_node // self.ntasks_per_node
+        return None
+
+    @property
+    def container_folders(self) -> tuple[str, ...]:
+        """hpcbridge's own folders a container gets bound in (made before it starts): the scheduler
+        file's, the run directory and the workers' scratch when named; TLS files' folders when given."""
+        folders = [os.path.dirname(self.scheduler_file)] if self.mode != "array" else []
+        if self.save_runs and self.mode != "array":
+            folders.append(self.runs_directory)
+        if self.local_directory:
+            folders.append(self.local_directory)
+        folders += [os.path.dirname(path) for path in (self.tls_ca_file, self.tls_cert, self.tls_key) if path]
+        return tuple(dict.fromkeys(folders))
 
     @property
     def array_indices(self) -> range:
@@ -472,6 +522,26 @@ class JobSpec:
                 if getattr(self, name) is not None:
                     raise SpecError(name, given[name], "no TLS files unless {protocol} is tls")
 
+
+    def _check_workers_and_container(self, given: Mapping[str, Any]) -> None:
+        """GPU workers, the worker class and the container: where hpcbridge can start them."""
+        if self.gpus_per_node and self.mode == "scheduler-file" and self.gpus_per_node % self.ntasks_per_node:
+            raise SpecError("gpus_per_node", given["gpus_per_node"], f"a multiple of {{ntasks_per_node}} "
+                            f"({self.ntasks_per_node}): each worker is bound to GPUs of its own; or {{gpus_per_task}}")
+        if self.worker_class and self.mode != "scheduler-file":
+            raise SpecError("worker_class", given["worker_class"], "no {worker_class} unless {mode} is "
+                            "scheduler-file (dask-mpi and job arrays start their workers themselves)")
+        if not self.container:
+            for name in ("container_runtime", "container_binds"):
+                if getattr(self, name):
+                    raise SpecError(name, given[name], "no {%s} without {container} (the image to run in)" % name)
+            return
+        if self.scheduler == "ssh":
+            raise SpecError("container", given["container"], "no {container} with {scheduler} ssh (its hosts run "
+                            "the workers with {python}: give a command line that runs the container there)")
+        if self.container_runtime is None:
+            raise SpecError("container_runtime", None, "the runtime that runs {container}: one of "
+                            + ", ".join(CONTAINER_RUNTIMES) + " (a site profile may set it)")
 
     def _check_requests(self, given: Mapping[str, Any]) -> None:
         """What the job asks of its batch system: only where there is one, and each in a form it can say."""
@@ -722,6 +792,39 @@ def _python(name: str, value: object) -> tuple[str, ...]:
     return (program, *words[1:])
 
 
+def _worker_class(name: str, value: object) -> str | None:
+    """A Dask worker class by its dotted name (``dask_cuda.CUDAWorker``); the job checks it imports."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _WORKER_CLASS.fullmatch(value.strip()):
+        raise SpecError(name, value, "a worker class by its module and name, such as dask_cuda.CUDAWorker or "
+                        "distributed.Nanny (letters, digits and _ with dots)")
+    return value.strip()
+
+
+def _container(name: str, value: object) -> str | None:
+    """An image: a path (resolved here when it exists here, ~/ kept), or a name or URI the runtime knows."""
+    if value is None:
+        return None
+    text = _literal(name, value).strip()
+    if text.startswith("-") or any(character.isspace() for character in text):
+        raise SpecError(name, value, "an image: a file or folder such as /scratch/img.sif or ~/images/py, or a "
+                        "name the runtime knows such as docker://python:3.12 (no spaces, not starting with -)")
+    if text.startswith("~") or text.startswith("/"):
+        return _optional_path(name, text)
+    if "://" not in text and os.path.exists(text):
+        return os.path.abspath(text)
+    return text
+
+
+def _container_bind(name: str, value: object) -> str:
+    """A folder bound into the container at the same path: absolute or ~/ (relative ones resolve here)."""
+    path = _optional_path(name, value)
+    if path is None or ":" in path or "," in path:
+        raise SpecError(name, value, "a folder's path (bound at the same path inside; no : or ,)")
+    return path
+
+
 def _constraint_text(name: str, value: object) -> str | None:
     """Node features, checked as text here; :func:`hpcbridge.job.requests.check_constraint` knows each system's syntax."""
     return None if value is None else _one_line(name, value).strip()
@@ -805,6 +908,11 @@ _CHECKS = {
     "gpus_per_node": _optional_count(1, 1024),
     "directives": _lines(_directive),
     "local_directory": _optional_path,
+    "worker_class": _worker_class,
+    "container": _container,
+    "container_runtime": lambda name, value: None if value is None else _choice(CONTAINER_RUNTIMES)(name, value),
+    "container_binds": _lines(_container_bind),
+    "container_gpu": _choice(CONTAINER_GPUS),
 }
 
 

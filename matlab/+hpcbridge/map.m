@@ -49,13 +49,14 @@ addParameter(p, 'Stack', false, @(x) islogical(x) || isnumeric(x));
 addParameter(p, 'ChunkSize', 0, @(x) isnumeric(x) && isscalar(x) && x >= 0 && x == fix(x));
 addParameter(p, 'Save', true, @(x) islogical(x) || isnumeric(x));
 addParameter(p, 'ItemTimeout', Inf, @(x) isnumeric(x) && isscalar(x) && x > 0);
+addParameter(p, 'Resources', struct(), @(x) isstruct(x) && isscalar(x));
 parse(p, cluster, func, items, varargin{:});
 opts = p.Results;
 
 names = broadcastNames(opts.Broadcast);
 run = char(py.hpcbridge.client.matlab.map(hpcbridge.clusterFile(opts.cluster), char(opts.func), ...
     hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize), ...
-    logical(opts.Save), double(opts.ItemTimeout)));
+    logical(opts.Save), double(opts.ItemTimeout), resourcesDict(opts.Resources)));
 end
 
 function names = broadcastNames(value)
@@ -73,4 +74,17 @@ for k = 1:numel(value)
     end
 end
 names = py.tuple(names);
+end
+
+function resources = resourcesDict(value)
+% A struct of resource amounts as a Python dict of floats (Dask's amounts), or None when empty.
+names = fieldnames(value);
+if isempty(names)
+    resources = py.None;
+    return
+end
+resources = py.dict();
+for k = 1:numel(names)
+    py.operator.setitem(resources, names{k}, double(value.(names{k})));
+end
 end
