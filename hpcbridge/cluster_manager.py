@@ -159,10 +159,15 @@ class Cluster(DaskCluster):
             if submitted_here:
                 await asyncio.to_thread(self._submit)
             info = await asyncio.to_thread(self._wait_for_scheduler)
-        except BaseException:
+        except BaseException as error:
             self.status = Status.failed
-            if submitted_here and self.job is not None:
-                await asyncio.to_thread(_cancel_quietly, self.job, self._jobs)
+            if not submitted_here or self.job is None:
+                raise
+            running = (await asyncio.to_thread(self.job.alive))[0]
+            await asyncio.to_thread(_cancel_quietly, self.job, self._jobs)
+            if running and isinstance(error, Exception):
+                raise type(error)(f"{error}; hpcbridge cancelled job {self.job.job_id}, which this Cluster started") \
+                    from None
             raise
         self._info = info
         self.scheduler_comm = rpc(info.address, connection_args=self._connection_args())
