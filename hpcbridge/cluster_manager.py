@@ -129,6 +129,7 @@ class Cluster(DaskCluster):
         self._bridges: weakref.WeakSet[Bridge] = weakref.WeakSet()
         self._finalizer: weakref.finalize | None = None
         self._found_own_workers = 0
+        self._seen_jobs: set[str] = set()  # the jobs whose workers were seen to join
 
     def _begin(self) -> None:
         """Start now, unless the caller awaits the cluster (``await Cluster(..., asynchronous=True)``)."""
@@ -313,21 +314,22 @@ class Cluster(DaskCluster):
             replies = await self.scheduler_comm.broadcast(msg=message, on_error="return")
         except Exception:
             return {}
-        return {address: reply.get("result") for address, reply in replies.items()
-                if isinstance(reply, dict) and reply.get("status") == "OK"}
+        owners = {address: reply.get("result") for address, reply in replies.items()
+                  if isinstance(reply, dict) and reply.get("status") == "OK"}
+        self._seen_jobs.update(owner for owner in owners.values() if owner)
+        return owners
 
     async def scale_down(self, workers: list[str]) -> None:
         """Adaptive's end of a scale-down, after it retired ``workers`` (names): cancel the worker jobs
-        none of whose workers remain, and jobs still to come when placeholders are named."""
+        whose workers joined and none remain, and jobs still to come when placeholders are named."""
         async with self._lock:
             pending = sum(1 for name in workers if str(name).startswith("pending-"))
             owners = await self._worker_jobs()
             names = {address: info.get("name", address) for address, info in self.scheduler_info["workers"].items()}
             closing = set(map(str, workers))
             remaining = {owner for address, owner in owners.items() if str(names.get(address, address)) not in closing}
-            present = set(owners.values())
-            done = [job for job in self._jobs if job.job_id in present and job.job_id not in remaining]
-            waiting = [job for job in self._jobs if job.job_id not in present]
+            done = [job for job in self._jobs if job.job_id in self._seen_jobs and job.job_id not in remaining]
+            waiting = [job for job in self._jobs if job.job_id not in self._seen_jobs]
             done += waiting[len(waiting) - min(len(waiting), math.ceil(pending / self.worker_job_spec.workers)):]
             for job in reversed(done):
                 await asyncio.to_thread(_cancel_quietly, job, [])
@@ -411,16 +413,18 @@ class Cluster(DaskCluster):
 
 
 class _KeepOwnWorkers(Adaptive):
-    """Dask's Adaptive, except that it never retires the cluster job's own workers: their job would
-    end with them, and the cluster with it."""
+    """Dask's Adaptive, except for which workers go: those of the most recent worker jobs first, never the
+    cluster job's own (their job would end with them, and the cluster with it)."""
 
     async def workers_to_close(self, target: int) -> list[str]:
-        names = await super().workers_to_close(target)
         cluster: Cluster = self.cluster
         owners = await cluster._worker_jobs()
-        own = {str(info.get("name", address)) for address, info in cluster.scheduler_info["workers"].items()
-               if owners.get(address) == str(cluster.job.job_id)}
-        return [name for name in names if str(name) not in own]
+        order = {job.job_id: index for index, job in enumerate(cluster.worker_jobs)}
+        joined = sorted((address for address, owner in owners.items() if owner in order),
+                        key=lambda address: -order[owners[address]])
+        names = {address: str(info.get("name", address)) for address, info in cluster.scheduler_info["workers"].items()}
+        surplus = max(0, len(self.plan) - target)
+        return [names.get(address, address) for address in joined[:surplus]]
 
 
 def _worker_spec(spec: JobSpec, workers_per_job: int | None, options: Mapping[str, Any] | None) -> JobSpec:

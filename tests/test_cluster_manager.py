@@ -6,6 +6,7 @@ The real-Slurm test of the same object is ``tests/cluster/test_cluster_manager_s
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,28 @@ def test_a_cluster_scales_by_joined_jobs_serves_a_tls_client_and_close_cancels_e
             assert cluster.job.status().state == "RUNNING"
         assert all(wait_for(lambda job=job: _ended(job), timeout=30) for job in started), \
             [(job.job_id, job.status().state, job_processes(job.job_id)) for job in started]
+    finally:
+        for job in started:
+            if not job.status().finished:
+                job.cancel()
+
+
+def test_adapt_adds_worker_jobs_for_a_backlog_and_cancels_them_when_idle_keeping_the_own_worker(tmp_path) -> None:
+    started: list[SubmittedJob] = []
+    try:
+        with hpcbridge.Cluster(**_options(tmp_path), quiet=True) as cluster, Client(cluster) as client:
+            started.append(cluster.job)
+            cluster.adapt(minimum=0, maximum=3, interval="500ms", wait_count=2, target_duration="1s")
+            futures = client.map(time.sleep, [0.5] * 40, pure=False)
+            assert wait_for(lambda: len(cluster.worker_jobs) == 2, timeout=60), cluster.worker_jobs
+            started.extend(cluster.worker_jobs)
+            client.wait_for_workers(3, timeout=90)
+            client.gather(futures)
+            del futures
+            assert wait_for(lambda: not cluster.worker_jobs, timeout=60), cluster.worker_jobs
+            assert all(wait_for(lambda job=job: _ended(job), timeout=30) for job in started[1:])
+            assert len(cluster.scheduler_info["workers"]) == 1  # minimum=0, but the job's own worker stays
+            assert cluster.job.status().state == "RUNNING"
     finally:
         for job in started:
             if not job.status().finished:
