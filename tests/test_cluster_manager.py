@@ -99,6 +99,43 @@ def test_adapt_adds_worker_jobs_for_a_backlog_and_cancels_them_when_idle_keeping
                 job.cancel()
 
 
+def test_the_readme_labextension_factory_starts_a_cluster_as_dask_labextension_does(tmp_path) -> None:
+    """dask-labextension 7 starts a cluster with ``await factory(*args, **kwargs, asynchronous=True)`` and
+    then calls ``scale`` without awaiting it. The package is not installable here, so these are its
+    steps, reproduced on the README's configuration (on the local backend instead of Slurm)."""
+    import asyncio
+    import importlib
+    import re
+
+    import dask.config
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(labextension:.*?)```", readme, re.S).group(1)
+    factory = yaml.safe_load(block)["labextension"]["factory"]
+    overrides = {"scheduler": "local", "python": sys.executable, "scheduler_file": str(tmp_path / "{job_id}" / "s.json")}
+    with dask.config.set({"labextension.factory": {**factory, "kwargs": {**factory["kwargs"], **overrides}}}):
+        settings = dask.config.get("labextension.factory")
+    made = getattr(importlib.import_module(settings["module"]), settings["class"])
+    assert made is hpcbridge.Cluster
+
+    async def as_the_extension_does() -> tuple[SubmittedJob, list[SubmittedJob], int, str]:
+        cluster = await made(*settings["args"], **settings["kwargs"], asynchronous=True)
+        try:
+            cluster.scale(cluster.own_workers + 1)  # not awaited, as the extension calls it
+            for _ in range(600):
+                if len(cluster.scheduler_info["workers"]) == cluster.own_workers + 1:
+                    break
+                await asyncio.sleep(0.2)
+            return cluster.job, cluster.worker_jobs, len(cluster.scheduler_info["workers"]), cluster.dashboard_link
+        finally:
+            await cluster.close()
+
+    job, joined, workers, link = asyncio.run(as_the_extension_does())
+    assert workers == 4 + 1 and len(joined) == 1 and "token=" in link  # ntasks_per_node: 4 in the README
+    assert all(wait_for(lambda each=each: _ended(each), timeout=30) for each in [job, *joined])
+
+
 def test_a_bad_option_is_one_line_naming_it_and_submits_nothing(tmp_path, hpcbridge_home) -> None:
     with pytest.raises(SpecError, match="nodes"):
         hpcbridge.Cluster(**_options(tmp_path, nodes="two"))
