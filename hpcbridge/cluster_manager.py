@@ -38,6 +38,7 @@ from distributed.protocol.pickle import dumps
 from distributed.utils import Log, Logs
 
 from hpcbridge.backends.job import SubmittedJob
+from hpcbridge.client.arguments import ArgumentError
 from hpcbridge.cluster import job_identity
 from hpcbridge.job.spec import JobSpec, SpecError
 
@@ -116,7 +117,7 @@ class Cluster(DaskCluster):
                worker_options: Mapping[str, Any] | None, timeout: float, shutdown_on_close: bool) -> None:
         """The state both constructors share (set before Dask's own, which may call back into it)."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-            raise ValueError(f"timeout={timeout!r} is not allowed; expected seconds, a positive number")
+            raise ArgumentError("timeout", timeout, "seconds, a positive number")
         self.spec = spec
         self.job = job
         self.timeout = float(timeout)
@@ -161,11 +162,11 @@ class Cluster(DaskCluster):
                 await asyncio.to_thread(self._submit)
             info = await asyncio.to_thread(self._wait_for_scheduler)
         except BaseException as error:
-            self.status = Status.failed
+            self.status = Status.closed  # nothing of it is left to close
             if not submitted_here or self.job is None:
                 raise
             running = (await asyncio.to_thread(self.job.alive))[0]
-            await asyncio.to_thread(_cancel_quietly, self.job, self._jobs)
+            await self._cancel_after_failed_start()
             if running and isinstance(error, Exception):
                 raise type(error)(f"{error}; hpcbridge cancelled job {self.job.job_id}, which this Cluster started") \
                     from None
@@ -175,14 +176,20 @@ class Cluster(DaskCluster):
         try:
             await super()._start()
         except BaseException:
-            self.status = Status.failed
+            await self.scheduler_comm.close_rpc()
+            self.status = Status.closed
             if submitted_here:
-                await asyncio.to_thread(_cancel_quietly, self.job, self._jobs)
+                await self._cancel_after_failed_start()
             raise
         if self.spec is None:
             owners = await self._worker_jobs()
             self._found_own_workers = sum(1 for owner in owners.values() if owner == str(self.job.job_id))
         self._log(f"hpcbridge: job {self.job.job_id}'s scheduler is at {info.address}")
+
+    async def _cancel_after_failed_start(self) -> None:
+        await asyncio.to_thread(_cancel_quietly, self.job, self._jobs)
+        if self._finalizer is not None:
+            self._finalizer.detach()
 
     def _submit(self) -> None:
         from hpcbridge.job import submit as jobs
@@ -267,7 +274,7 @@ class Cluster(DaskCluster):
         job's worth more than ``n``; it never goes below the cluster job's own workers.
         """
         if isinstance(n, bool) or not isinstance(n, int) and not (isinstance(n, float) and n.is_integer()) or n < 0:
-            raise ValueError(f"n={n!r} is not allowed; expected a number of workers, a whole number >= 0")
+            raise ArgumentError("n", n, "a number of workers, a whole number >= 0")
         if self.asynchronous:
             return asyncio.ensure_future(self._scale(int(n)))
         return self.sync(self._scale, int(n))

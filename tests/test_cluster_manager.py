@@ -39,6 +39,8 @@ def test_a_cluster_scales_by_joined_jobs_serves_a_tls_client_and_close_cancels_e
             with Client(cluster) as client:  # security from the job's certificates, as for hpcbridge.connect
                 assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
 
+                with pytest.raises(hpcbridge.ArgumentError, match="n"):
+                    cluster.scale(-1)
                 cluster.scale(3)  # the job's own worker and two worker jobs of one worker each
                 started.extend(cluster.worker_jobs)
                 assert len(cluster.worker_jobs) == 2
@@ -141,6 +143,8 @@ def test_a_bad_option_is_one_line_naming_it_and_submits_nothing(tmp_path, hpcbri
         hpcbridge.Cluster(**_options(tmp_path, nodes="two"))
     with pytest.raises(SpecError, match="workers_per_job"):
         hpcbridge.Cluster(**_options(tmp_path), workers_per_job=0)
+    with pytest.raises(hpcbridge.ArgumentError, match="timeout"):
+        hpcbridge.Cluster(**_options(tmp_path), timeout=-1)
     with pytest.raises(SpecError, match="mode"):
         hpcbridge.Cluster(**_options(tmp_path, mode="array", client_script="x.py", array="1-2"))
     assert not (hpcbridge_home / "submitted").exists()
