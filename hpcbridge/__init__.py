@@ -14,6 +14,10 @@ the job writes a scheduler file, and :func:`connect` attaches a client through t
     spec = hpcbridge.JobSpec(scheduler="slurm", nodes=2, ntasks_per_node=4, walltime="2h30m")
     print(render_script(spec))                           # or: hpcbridge render --help
 
+    with hpcbridge.Cluster(scheduler="slurm", nodes=2, walltime="1h") as cluster:  # Dask's cluster manager
+        client = distributed.Client(cluster)             # TLS with the job's certificates
+        cluster.scale(16)                                # worker jobs that join it
+
 Errors: :class:`SpecError` (a job option), :class:`ArgumentError` (an argument of connect, map,
 broadcast or gather), :class:`ConnectError` (the cluster could not be reached in time),
 :class:`ItemError` (one item failed; :class:`ItemKilledWorker` when it ended its worker process,
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcbridge._version import __version__
 
-__all__ = ["JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker",
+__all__ = ["Cluster", "security", "JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker",
            "ItemTimedOut", "RunLost", "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
            "RunMismatchError", "RunDirectoryError", "RunDirectoryWarning", "ModuleMissing", "__version__"]
 _BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker", "ItemTimedOut",
@@ -46,7 +50,9 @@ if TYPE_CHECKING:
         Run,
         connect,
     )
+    from hpcbridge.client.credentials import security
     from hpcbridge.client.missing_modules import ModuleMissing
+    from hpcbridge.cluster_manager import Cluster
     from hpcbridge.job.spec import JobSpec, SpecError, SpecWarning
     from hpcbridge.rundir import RunDirectoryError, RunDirectoryWarning
 
@@ -65,6 +71,14 @@ def __getattr__(name: str) -> Any:
         from hpcbridge import rundir
 
         return getattr(rundir, name)
+    if name == "Cluster":
+        from hpcbridge.cluster_manager import Cluster
+
+        return Cluster
+    if name == "security":
+        from hpcbridge.client.credentials import security
+
+        return security
     if name == "ModuleMissing":
         from hpcbridge.client.missing_modules import ModuleMissing
 

@@ -699,6 +699,33 @@ class Bridge:
         return (f"<Bridge {address}{job}: {len(threads)} workers, {sum(threads.values())} threads, "
                 f"dashboard {self.dashboard_link}>")
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: the scheduler, the job, workers, threads, memory and the dashboard link."""
+        from html import escape
+
+        from dask.utils import format_bytes
+
+        address = getattr(self.client.scheduler, "address", None) or "?"
+        rows = [("Scheduler", escape(address))]
+        if self.job is not None:
+            rows.append(("Job", escape(f"{self.job.job_id} ({self.job.scheduler})")))
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"].values() if self.connected else None
+        except Exception:  # the scheduler went away just now
+            workers = None
+        if workers is None:
+            rows.append(("State", escape(f"not attached ({self.client.status})")))
+        else:
+            link = self.dashboard_link
+            url = link.split(" ", 1)[0]
+            rows += [("Workers", str(len(workers))), ("Threads", str(sum(w.get("nthreads", 0) for w in workers))),
+                     ("Memory", format_bytes(sum(w.get("memory_limit") or 0 for w in workers))),
+                     ("Dashboard", f'<a href="{escape(url)}" target="_blank">{escape(url)}</a>'
+                                   + (escape(link[len(url):]) if link != url else ""))]
+        cells = "".join(f'<tr><th style="text-align: left;">{name}</th><td style="text-align: left;">{value}</td></tr>'
+                        for name, value in rows)
+        return f"<div><strong>hpcbridge Bridge</strong><table>{cells}</table></div>"
+
     def __enter__(self) -> Bridge:
         return self
 

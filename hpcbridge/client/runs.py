@@ -171,6 +171,21 @@ class Run:
         return (f"<Run {self.name!r}: {self.function or 'a function'} over {self.n_items} items in "
                 f"{len(self.bounds)} chunks, {self.done_items()} done>")
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: the name, the function, items done of n (a bar), chunks done, where it is saved."""
+        from html import escape
+
+        done = self.done_items()
+        chunks = sum(1 for future in self.futures if future is None or future.done())
+        rows = [("Function", escape(self.function or "a function")),
+                ("Items", f'{done} of {self.n_items} done <progress value="{done}" max="{max(self.n_items, 1)}">'
+                          "</progress>"),
+                ("Chunks", f"{chunks} of {len(self.bounds)} done"),
+                ("Saved in", escape(self.directory) if self.directory else "memory only")]
+        cells = "".join(f'<tr><th style="text-align: left;">{name}</th><td style="text-align: left;">{value}</td></tr>'
+                        for name, value in rows)
+        return f"<div><strong>Run</strong> <code>{escape(self.name)}</code><table>{cells}</table></div>"
+
     def result(self, timeout: float | None = None, stack: bool = False) -> Any:
         """Wait for the run and return its results in input order: ``bridge.gather(run)``, kept once collected.
 

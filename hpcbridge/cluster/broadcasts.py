@@ -76,6 +76,20 @@ class Broadcast:
     def __str__(self) -> str:
         return self.name
 
+    def _repr_html_(self) -> str:
+        """A notebook's view: the name, the size that left the client, the workers that held it, how it left."""
+        from html import escape
+
+        from dask.utils import format_bytes
+
+        known = self.n_workers or self.nbytes
+        rows = [("Size", format_bytes(self.nbytes) if known else "unknown (named, sent by another client)"),
+                ("Workers", str(self.n_workers) if known else "unknown"),
+                ("Sent", f"via {self.via} in {self.seconds:.2f} s" if known else "unknown")]
+        cells = "".join(f'<tr><th style="text-align: left;">{name}</th><td style="text-align: left;">{escape(value)}'
+                        "</td></tr>" for name, value in rows)
+        return f"<div><strong>Broadcast</strong> <code>{escape(self.name)}</code><table>{cells}</table></div>"
+
     @classmethod
     def named(cls, name: str) -> Broadcast:
         """A handle to a broadcast that another client sent, known by its name."""
