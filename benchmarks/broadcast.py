@@ -72,13 +72,15 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--megabytes", type=int, default=400, help="size of the NumPy array broadcast")
     parser.add_argument("--workers", type=int, default=4, help="local Dask workers that must each receive it")
+    parser.add_argument("--no-scatter", action="store_true",
+                        help="leave scatter(broadcast=True) out (at 32 workers it did not finish in 10 minutes)")
     options = parser.parse_args(argv)
     data = np.random.default_rng(0).random(options.megabytes * 2**20 // 8)
-    with local_cluster(options.workers, say=lambda line: None, job_name="hpcbridge-bench") as (_, bridge):
-        measure(bridge, data)
+    with local_cluster(options.workers, say=lambda line: None, job_name="hpcbridge-bench", timeout=600) as (_, bridge):
+        measure(bridge, data, scatter=not options.no_scatter)
 
 
-def measure(bridge, data: np.ndarray) -> None:
+def measure(bridge, data: np.ndarray, scatter: bool = True) -> None:
     client = bridge.client
     interval = client.run_on_scheduler(amm_interval)
     print(f"workers: {bridge.n_workers}")
@@ -88,6 +90,13 @@ def measure(bridge, data: np.ndarray) -> None:
     hpcbridge_seconds = broadcast_once(bridge, data, interval, "hpcbridge", shared=True)
     private_seconds = broadcast_once(bridge, data, interval, "hpcbridge_private", shared=False)
 
+    bandwidth = loopback_bytes_per_second()
+    limit = data.nbytes * bridge.n_workers / bandwidth
+    print(f"loopback_gb_per_s: {bandwidth / 1e9:.2f}")
+    print(f"loopback_limit_seconds: {limit:.3f}")
+    print(f"hpcbridge_private_over_loopback_limit: {private_seconds / limit:.2f}")
+    if not scatter:
+        return
     peak = client.run_on_scheduler(peak_rss_bytes)
     started = time.perf_counter()
     [future] = client.scatter([data], broadcast=True, hash=False)
@@ -97,9 +106,6 @@ def measure(bridge, data: np.ndarray) -> None:
     time.sleep(2 * interval + 1)
     print(f"scatter_workers_holding_after_amm: {len(client.who_has([future])[future.key])}")
     client.cancel([future])
-    bandwidth = loopback_bytes_per_second()
-    print(f"loopback_gb_per_s: {bandwidth / 1e9:.2f}")
-    print(f"loopback_limit_seconds: {data.nbytes * bridge.n_workers / bandwidth:.3f}")
     print(f"hpcbridge_over_scatter_ratio: {hpcbridge_seconds / scatter_seconds:.2f}")
     print(f"hpcbridge_private_over_scatter_ratio: {private_seconds / scatter_seconds:.2f}")
 
