@@ -100,6 +100,7 @@ FIELDS = {
     "directives": st.lists(typed("--licenses=fluent:2", "-l software=abaqus", '--comment "a b"', "-R 'order[r15s]'",
                                  "--qos=x", "-W depend=afterok:1"), max_size=3),
     "local_directory": typed("/local/scratch", "~/scratch", "scratch dir"),
+    "idle_timeout": st.one_of(st.sampled_from(["0", "20s", "30m", "600", "2h", "-5", "soon"]), st.integers(-1, 4000)),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
 NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes",

@@ -155,15 +155,18 @@ def file_owner_running(info: files.ClusterInfo) -> tuple[bool | None, str]:
 STARTING_LINE = "hpcbridge: waiting for the Dask scheduler"
 READY_LINE = "hpcbridge: scheduler file ready"
 WARNING_PREFIX = "hpcbridge: warning: "
+ENDED_PREFIX = "hpcbridge: ended after "  # the scheduler ended itself (hpcbridge.cluster.idle_end): why, in words
 
 
 @dataclass(frozen=True)
 class JobSaid:
     """What a job's output says about its latest start: whether it published its scheduler file,
-    and what it warned of since (each warning without the ``hpcbridge: warning: `` prefix)."""
+    what it warned of since (each warning without the ``hpcbridge: warning: `` prefix), and why
+    its cluster ended itself, when it did (``ended after 30 min idle ...``)."""
 
     published: bool
     warnings: tuple[str, ...] = ()
+    ended: str | None = None
 
 
 def read_job_output(log: str | Path | None) -> JobSaid | None:
@@ -174,18 +177,20 @@ def read_job_output(log: str | Path | None) -> JobSaid | None:
     """
     if not log:
         return None
-    published, warnings = False, []
+    published, warnings, ended = False, [], None
     try:
         with open(log, errors="replace") as stream:
             for line in stream:
                 if not line.startswith("hpcbridge: "):
                     continue
                 if line.startswith(STARTING_LINE):
-                    published, warnings = False, []
+                    published, warnings, ended = False, [], None
+                elif line.startswith(ENDED_PREFIX):
+                    ended = line[len("hpcbridge: "):].rstrip("\n")
                 elif line.startswith(READY_LINE):
                     published, warnings = True, []
                 elif published and line.startswith(WARNING_PREFIX):
                     warnings.append(line[len(WARNING_PREFIX):].rstrip("\n"))
     except OSError:
         return None
-    return JobSaid(published, tuple(warnings))
+    return JobSaid(published, tuple(warnings), ended)
