@@ -523,17 +523,53 @@ def _last_job_message(log: str | None) -> str | None:
     return said[-1][len("hpcbridge: "):] if said else None
 
 
-@main.command(epilog="\b\nExamples:\n  hpcbridge logs 4242 --tail 50\n  hpcbridge logs 4242 --scheduler lsf")
+@main.command("list", epilog="\b\nExamples:\n  hpcbridge list\n  hpcbridge list --json")
+@click.option("--json", "as_json", is_flag=True, help="Print the clusters as JSON, for programs.")
+def list_command(as_json: bool) -> None:
+    """List my clusters on every batch system this machine submitted to: state, workers, walltime left, core-hours.
+
+    Workers are asked of each running scheduler (briefly; '-' when it does not answer); core-hours
+    are the job's cores times the time since its scheduler started. A finished cluster is listed for
+    7 days after it ended, with why it ended; then its record is removed (its runs stay on disk).
+    """
+    from hpcbridge.job.listing import list_clusters, table
+
+    entries = list_clusters()
+    if as_json:
+        click.echo(json.dumps([entry.as_dict() for entry in entries]))
+    elif not entries:
+        click.echo("no clusters (none submitted from this account in the last 7 days)")
+    else:
+        for line in table(entries):
+            click.echo(line)
+
+
+@main.command(epilog="\b\nExamples:\n  hpcbridge logs 4242 --tail 50\n  hpcbridge logs 4242 --follow\n"
+              "  hpcbridge logs 4242 --scheduler lsf")
 @click.argument("job_id")
 @_job_scheduler_option
 @click.option("--tail", "lines", type=click.IntRange(min=1), default=None, help="Only the last N lines.")
-def logs(job_id: str, scheduler: str | None, lines: int | None) -> None:
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what the job writes, as tail -f does, until the "
+              "job ends (Ctrl-C stops following; the job runs on).")
+def logs(job_id: str, scheduler: str | None, lines: int | None, follow: bool) -> None:
     """Print a job's output (the scheduler's and workers' messages)."""
-    path = get_backend(_scheduler_for(job_id, scheduler)).log_path(job_id)
-    if path is None or not path.exists():
-        raise click.ClickException(f"no output for job {job_id} yet{f' at {path}' if path else ''}")
-    text = path.read_text(errors="replace").splitlines(keepends=True)
-    click.echo("".join(text[-lines:] if lines else text), nl=False)
+    from hpcbridge.job.follow import follow_output, output_path
+
+    job = _submitted_job(job_id, scheduler)
+    path = output_path(job)
+    if not follow:
+        if path is None or not path.exists():
+            raise click.ClickException(f"no output for job {job_id} yet{f' at {path}' if path else ''}")
+        text = path.read_text(errors="replace").splitlines(keepends=True)
+        click.echo("".join(text[-lines:] if lines else text), nl=False)
+        return
+    try:
+        for chunk in follow_output(job, lines):
+            click.echo(chunk, nl=False)
+    except KeyboardInterrupt:
+        sys.exit(130)  # stopped following: quietly, as tail -f
+    state = job.status()
+    click.echo(f"hpcbridge: job {job_id} ended: {state.state}", err=True)
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge cancel 4242\n  hpcbridge cancel 4242 --scheduler pbs")

@@ -48,7 +48,7 @@ def describe_seconds(seconds: float) -> str:
 
 def ended_line(timeout: float) -> str:
     """The line the job's output gets when its cluster ends idle."""
-    return f"{ENDED_PREFIX}{describe_seconds(timeout)} idle (no client and no task for that long)"
+    return f"{ENDED_PREFIX}{describe_seconds(timeout)} idle: no client and no task for that long"
 
 
 class IdleWatch:
