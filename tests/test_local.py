@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import re
 import shutil
 import signal
@@ -225,3 +226,24 @@ def test_a_command_line_python_runs_the_job_and_workers_write_nothing_in_its_wor
     assert wait_for(lambda: job.status().finished, timeout=60), job.status()
     assert job.status().state == "COMPLETED", Path(job.status().log).read_text()
     assert list(work.iterdir()) == []
+
+
+def test_a_job_submitted_under_a_blocked_signal_mask_can_still_be_cancelled(local_spec, local_jobs) -> None:
+    """Octave blocks SIGTERM, SIGHUP and SIGINT in its main thread, and its children inherit the mask;
+    a job started from there must still end on cancel."""
+    blocked = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        job = jobs.submit(local_spec(ntasks_per_node=1))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    local_jobs.append(job)
+    try:
+        wait_for_scheduler_file(job.scheduler_file, timeout=60)
+        assert job_processes(job.job_id)
+        job.cancel()
+        assert wait_for(lambda: not job_processes(job.job_id), timeout=30), job_processes(job.job_id)
+        assert job.status().state == "CANCELLED"
+    finally:
+        for pid in job_processes(job.job_id):  # the failure this test is for: they ignore SIGTERM
+            os.kill(pid, signal.SIGKILL)
