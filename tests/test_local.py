@@ -247,3 +247,18 @@ def test_a_job_submitted_under_a_blocked_signal_mask_can_still_be_cancelled(loca
     finally:
         for pid in job_processes(job.job_id):  # the failure this test is for: they ignore SIGTERM
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("ended_by", ["shutdown", "cancel"])
+def test_a_call_after_shutdown_or_cancel_says_the_cluster_ended(ended_by, local_spec, local_jobs) -> None:
+    """Not a wait for a scheduler file that 'may still be queued', nor Dask's raw CommClosedError."""
+    job = jobs.submit(local_spec(ntasks_per_node=1))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
+        bridge.shutdown() if ended_by == "shutdown" else job.cancel()
+        if ended_by == "cancel":
+            assert wait_for(lambda: job.status().finished, timeout=30)
+        expected = "shutdown\\(\\) ended it" if ended_by == "shutdown" else f"job {job.job_id} is CANCELLED"
+        for call in (bridge.runs, lambda: bridge.map(abs, [1, 2], progress=False)):
+            with pytest.raises(ConnectionError, match=expected):
+                call()
