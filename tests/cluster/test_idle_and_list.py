@@ -45,3 +45,14 @@ def test_an_idle_slurm_cluster_ends_itself_and_status_and_list_say_why(slurm_clu
     assert slurm_entry["state"] == "COMPLETED" and slurm_entry["ended"].startswith(f"ended after {IDLE} s idle")
     assert slurm_entry["core_hours"] > 0
     assert next(entry for entry in listed if entry["job_id"] == local.job_id)["state"] == "CANCELLED"
+
+
+def test_an_idle_dask_mpi_cluster_ends_itself_too(slurm_cluster, batch_spec, batch_jobs) -> None:
+    job = jobs.submit(batch_spec(slurm_cluster, "slurm", mode="mpi", ntasks_per_node=2, cpus_per_task=1,
+                                 mem="600M", idle_timeout=f"{IDLE}s"))
+    batch_jobs.append(job)
+    with connect(job=job, n_workers=1, timeout=120) as bridge:
+        assert bridge.gather(bridge.map(abs, [-1, -2])) == [1, 2]
+    assert wait_for(lambda: job.status().finished, timeout=IDLE + 60)
+    shown = CliRunner().invoke(main, ["status", job.job_id, "--scheduler", "slurm"])
+    assert f"COMPLETED (ended after {IDLE} s idle" in shown.output.splitlines()[0], shown.output
