@@ -22,7 +22,8 @@ Errors: :class:`SpecError` (a job option), :class:`ArgumentError` (an argument o
 broadcast or gather), :class:`ConnectError` (the cluster could not be reached in time),
 :class:`ItemError` (one item failed; :class:`ItemKilledWorker` when it ended its worker process,
 :class:`ItemTimedOut` past the map's ``item_timeout``), :class:`ModuleMissing` (the cluster lacks a module the
-function needs) and :class:`RunLost` with its causes.
+function needs) and :class:`RunLost` with its causes. :func:`list_clusters` lists my clusters on every batch
+system (``hpcbridge list``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hpcbridge._version import __version__
 
 __all__ = ["Cluster", "security", "JobSpec", "SpecError", "SpecWarning", "ArgumentError", "ConnectError", "connect", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker",
            "ItemTimedOut", "RunLost", "WalltimeReached", "JobCancelled", "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft",
-           "RunMismatchError", "RunDirectoryError", "RunDirectoryWarning", "ModuleMissing", "__version__"]
+           "RunMismatchError", "RunDirectoryError", "RunDirectoryWarning", "ModuleMissing", "list_clusters", "__version__"]
 _BRIDGE_NAMES = ("connect", "ConnectError", "Bridge", "Broadcast", "Run", "ItemError", "ItemKilledWorker", "ItemTimedOut",
                  "RunLost", "WalltimeReached", "JobCancelled",
                  "NodeFailed", "SchedulerLost", "SchedulerUnreachable", "WorkersLeft", "RunMismatchError")
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from hpcbridge.client.credentials import security
     from hpcbridge.client.missing_modules import ModuleMissing
     from hpcbridge.cluster_manager import Cluster
+    from hpcbridge.job.listing import list_clusters
     from hpcbridge.job.spec import JobSpec, SpecError, SpecWarning
     from hpcbridge.rundir import RunDirectoryError, RunDirectoryWarning
 
@@ -83,6 +85,10 @@ def __getattr__(name: str) -> Any:
         from hpcbridge.client.missing_modules import ModuleMissing
 
         return ModuleMissing
+    if name == "list_clusters":
+        from hpcbridge.job.listing import list_clusters
+
+        return list_clusters
     if name == "ArgumentError":
         from hpcbridge.client.arguments import ArgumentError
 

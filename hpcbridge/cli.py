@@ -276,6 +276,9 @@ def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = 
         click.option("--directive", "directives", multiple=True, help="A line for the batch system that hpcbridge "
                      "has no option for, without its prefix, e.g. '--licenses=fluent:2' (repeatable; added to the "
                      "site profile's). Refused if it sets what an option sets."),
+        click.option("--idle-timeout", help="End the cluster after this long with no client connected and no "
+                     "task: 30m, 2h, 90s, 600 (seconds); 0 for never. Its runs stay on disk; hpcbridge status says "
+                     "why it ended.  [default: 30m]"),
         click.option("--local-directory", help="The workers' scratch and spill folder.  [default: the node's own "
                      "disk: $TMPDIR, else $SLURM_TMPDIR, else /tmp, on each node]"),
         click.option("--worker-class", help="The Dask worker class, e.g. dask_cuda.CUDAWorker (checked at the "
@@ -394,7 +397,6 @@ Examples:
               help="Between MIN and MAX worker jobs (each one node of --ntasks-per-node workers, with --mem or "
               "--mem-per-cpu), as the work needs.")
 @click.option("--max-pending", help="At most this many worker jobs waiting in the queue at once.  [default: no cap]")
-@click.option("--idle-timeout", help="End the cluster after this long without tasks, e.g. 30m.  [default: 30m]")
 @click.option("--adapt-interval", help="How often the cluster decides to add or cancel worker jobs.  [default: 10s]")
 @click.option("--wait-count", help="Decisions a worker must stay idle before its job is cancelled.  [default: 6]")
 @click.option("--min-job-age", help="No worker job is cancelled younger than this.  [default: 5m]")
@@ -404,7 +406,7 @@ Examples:
 @click.option("--scheduler-mem", help="The scheduler job's memory.  [default: 2G]")
 @click.option("--worker-setup", multiple=True, help="A shell command for the worker jobs only, after --setup (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON, for programs.")
-def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: str | None, adapt_interval: str | None,
+def up(spec: JobSpec, adapt_range: str, max_pending: str | None, adapt_interval: str | None,
        wait_count: str | None, min_job_age: str | None, failure_limit: str | None, replace_lead: str | None,
        scheduler_walltime: str | None, scheduler_mem: str | None, worker_setup: tuple[str, ...], as_json: bool) -> None:
     """Start an adaptive cluster: one small job runs the scheduler and submits worker jobs as work comes.
@@ -416,7 +418,7 @@ def up(spec: JobSpec, adapt_range: str, max_pending: str | None, idle_timeout: s
     from hpcbridge.job import adaptive
 
     minimum, maximum = adaptive.parse_adapt_range(adapt_range)
-    given = {"max_pending": max_pending, "idle_timeout": idle_timeout, "interval": adapt_interval,
+    given = {"max_pending": max_pending, "idle_timeout": spec.idle_timeout, "interval": adapt_interval,
              "wait_count": wait_count, "min_job_age": min_job_age, "failure_limit": failure_limit,
              "replace_lead": replace_lead, "scheduler_walltime": scheduler_walltime, "scheduler_mem": scheduler_mem}
     settings: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
@@ -535,13 +537,18 @@ def status(job_id: str, scheduler: str | None, as_json: bool) -> None:
     """Show a job's state, why it waits, and where its output goes."""
     from hpcbridge.job.join import describe_joined, joined_statuses
 
+    from hpcbridge.backends.job import read_job_output
+
     job = _submitted_job(job_id, scheduler)
     state = get_backend(job.scheduler).status(job_id)
     joined = joined_statuses(job)
+    said = read_job_output(state.log) if state.finished else None
+    ended = said.ended if said is not None else None
     if as_json:
-        click.echo(json.dumps({**state.as_dict(), **({"joined": [s.as_dict() for s in joined]} if joined else {})}))
+        click.echo(json.dumps({**state.as_dict(), **({"ended": ended} if ended else {}),
+                               **({"joined": [s.as_dict() for s in joined]} if joined else {})}))
         return
-    click.echo(f"{state.job_id}: {state.state}")
+    click.echo(f"{state.job_id}: {state.state}" + (f" ({ended})" if ended else ""))
     if state.reason:
         click.echo(f"  reason: {state.reason}")
     if state.exit_code is not None:
@@ -606,17 +613,53 @@ def _last_job_message(log: str | None) -> str | None:
     return said[-1][len("hpcbridge: "):] if said else None
 
 
-@main.command(epilog="\b\nExamples:\n  hpcbridge logs 4242 --tail 50\n  hpcbridge logs 4242 --scheduler lsf")
+@main.command("list", epilog="\b\nExamples:\n  hpcbridge list\n  hpcbridge list --json")
+@click.option("--json", "as_json", is_flag=True, help="Print the clusters as JSON, for programs.")
+def list_command(as_json: bool) -> None:
+    """List my clusters on every batch system this machine submitted to: state, workers, walltime left, core-hours.
+
+    Workers are asked of each running scheduler (briefly; '-' when it does not answer); core-hours
+    are the job's cores times the time since its scheduler started. A finished cluster is listed for
+    7 days after it ended, with why it ended; then its record is removed (its runs stay on disk).
+    """
+    from hpcbridge.job.listing import list_clusters, table
+
+    entries = list_clusters()
+    if as_json:
+        click.echo(json.dumps([entry.as_dict() for entry in entries]))
+    elif not entries:
+        click.echo("no clusters (none submitted from this account in the last 7 days)")
+    else:
+        for line in table(entries):
+            click.echo(line)
+
+
+@main.command(epilog="\b\nExamples:\n  hpcbridge logs 4242 --tail 50\n  hpcbridge logs 4242 --follow\n"
+              "  hpcbridge logs 4242 --scheduler lsf")
 @click.argument("job_id")
 @_job_scheduler_option
 @click.option("--tail", "lines", type=click.IntRange(min=1), default=None, help="Only the last N lines.")
-def logs(job_id: str, scheduler: str | None, lines: int | None) -> None:
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what the job writes, as tail -f does, until the "
+              "job ends (Ctrl-C stops following; the job runs on).")
+def logs(job_id: str, scheduler: str | None, lines: int | None, follow: bool) -> None:
     """Print a job's output (the scheduler's and workers' messages)."""
-    path = get_backend(_scheduler_for(job_id, scheduler)).log_path(job_id)
-    if path is None or not path.exists():
-        raise click.ClickException(f"no output for job {job_id} yet{f' at {path}' if path else ''}")
-    text = path.read_text(errors="replace").splitlines(keepends=True)
-    click.echo("".join(text[-lines:] if lines else text), nl=False)
+    from hpcbridge.job.follow import follow_output, output_path
+
+    job = _submitted_job(job_id, scheduler)
+    path = output_path(job)
+    if not follow:
+        if path is None or not path.exists():
+            raise click.ClickException(f"no output for job {job_id} yet{f' at {path}' if path else ''}")
+        text = path.read_text(errors="replace").splitlines(keepends=True)
+        click.echo("".join(text[-lines:] if lines else text), nl=False)
+        return
+    try:
+        for chunk in follow_output(job, lines):
+            click.echo(chunk, nl=False)
+    except KeyboardInterrupt:
+        sys.exit(130)  # stopped following: quietly, as tail -f
+    state = job.status()
+    click.echo(f"hpcbridge: job {job_id} ended: {state.state}", err=True)
 
 
 @main.command(epilog="\b\nExamples:\n  hpcbridge cancel 4242\n  hpcbridge cancel 4242 --scheduler pbs")

@@ -118,6 +118,7 @@ MPI_PROGRAM=(
     --dashboard-address "$DASHBOARD_ADDRESS"
     --protocol tls
     --drain
+    --idle-timeout 1800
 )
 
 # --- Preflight: fail now, with a reason, rather than later with a timeout ------

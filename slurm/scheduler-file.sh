@@ -163,11 +163,16 @@ rm -f "$SCHEDULER_FILE" "$DASK_SCHEDULER_FILE"
 # This job's own CA, certificate and key (made by hpcbridge.tls with the cryptography package).
 rm -rf "$TLS_DIR"
 "${PYTHON[@]}" -m hpcbridge.tls "$TLS_DIR"
+# With no client connected and no task to run for 1800 s, the scheduler ends itself
+# (hpcbridge.cluster.idle_end), and so the job: a cluster left behind is not charged until its
+# walltime. Its runs stay on disk; the job's output says why it ended.
+export HPCBRIDGE_IDLE_TIMEOUT=1800
 "${PYTHON[@]}" -m distributed.cli.dask_scheduler \
     --scheduler-file "$DASK_SCHEDULER_FILE" \
     --protocol tls \
     --port 0 \
     --dashboard-address "$DASHBOARD_ADDRESS" \
+    --preload hpcbridge.cluster.idle_end \
     --preload hpcbridge.cluster.dashboard_gate &
 SCHEDULER_PID=$!
 # However this script ends (also by scancel/qdel/bkill), the scheduler does not outlive it, and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import re
 import shutil
 import signal
@@ -259,3 +260,39 @@ def test_a_command_line_python_runs_the_job_and_workers_write_nothing_in_its_wor
     assert wait_for(lambda: job.status().finished, timeout=60), job.status()
     assert job.status().state == "COMPLETED", Path(job.status().log).read_text()
     assert list(work.iterdir()) == []
+
+
+def test_a_job_submitted_under_a_blocked_signal_mask_can_still_be_cancelled(local_spec, local_jobs) -> None:
+    """Octave blocks SIGTERM, SIGHUP and SIGINT in its main thread, and its children inherit the mask;
+    a job started from there must still end on cancel."""
+    blocked = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        job = jobs.submit(local_spec(ntasks_per_node=1))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    local_jobs.append(job)
+    try:
+        wait_for_scheduler_file(job.scheduler_file, timeout=60)
+        assert job_processes(job.job_id)
+        job.cancel()
+        assert wait_for(lambda: not job_processes(job.job_id), timeout=30), job_processes(job.job_id)
+        assert job.status().state == "CANCELLED"
+    finally:
+        for pid in job_processes(job.job_id):  # the failure this test is for: they ignore SIGTERM
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("ended_by", ["shutdown", "cancel"])
+def test_a_call_after_shutdown_or_cancel_says_the_cluster_ended(ended_by, local_spec, local_jobs) -> None:
+    """Not a wait for a scheduler file that 'may still be queued', nor Dask's raw CommClosedError."""
+    job = jobs.submit(local_spec(ntasks_per_node=1))
+    local_jobs.append(job)
+    with connect(job.scheduler_file, n_workers=1, timeout=60) as bridge:
+        bridge.shutdown() if ended_by == "shutdown" else job.cancel()
+        if ended_by == "cancel":
+            assert wait_for(lambda: job.status().finished, timeout=30)
+        expected = "shutdown\\(\\) ended it" if ended_by == "shutdown" else f"job {job.job_id} is CANCELLED"
+        for call in (bridge.runs, lambda: bridge.map(abs, [1, 2], progress=False)):
+            with pytest.raises(ConnectionError, match=expected):
+                call()

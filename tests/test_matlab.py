@@ -223,8 +223,8 @@ def test_results_from_disk_say_what_is_missing_and_map_by_name_resumes(cluster: 
     assert not got["complete"] and got["missing"].tolist() == list(range(101, 151))  # 1-based
     assert got["values"].dtype == np.float64 and np.isnan(got["values"][100:150]).all()
     np.testing.assert_array_equal(got["values"][:100], -np.arange(100.0))
-    assert "50 have no result (items 100..149)" in got["reason"]
-    with pytest.raises(losses.RunLost, match="items 100..149"):
+    assert "50 have no result (items 101..150, counting from 1)" in got["reason"]  # MATLAB's numbers
+    with pytest.raises(losses.RunLost, match=r"items 101\.\.150, counting from 1"):
         matlab.gather(cluster, run)
     again = matlab.map(cluster, "operator:neg", array.array("d", [float(x) for x in range(400)]),
                        (), "m-resume", False, 50.0)

@@ -82,3 +82,30 @@ def test_gather_and_results_show_what_collecting_noticed_as_matlab_warnings(tmp_
                  "y = hpcbridge.results('c.json', 'run-x'); disp(y); [~, id] = lastwarn(); disp(id);")
     assert out.count(f"warning: {notice}") == 2, out
     assert out.split().count("hpcbridge:runDirectory") == 2 and "42" in out and "43" in out, out
+
+
+def test_a_function_handle_is_told_to_name_a_python_function() -> None:
+    out = octave("try, hpcbridge.map('c.json', @(x) x.^2, {1}); catch e, disp(e.identifier); disp(e.message); end")
+    assert "hpcbridge:map:functionHandle" in out
+    assert "name a Python function as text, 'module:function' (e.g. 'numpy:sqrt')" in out
+
+
+def test_connect_with_job_options_submits_them_and_shows_python_warnings(tmp_path: Path) -> None:
+    """hpcbridge.connect given job options, against a stand-in for MATLAB's ``py``."""
+    (tmp_path / "py.m").write_text(
+        "function p = py()\n"
+        "p.hpcbridge.matlab.connect = @(options, workers, timeout) shown(options, workers, timeout);\n"
+        "p.hpcbridge.client.matlab.warnings_said = @() {'SpecWarning: protocol tcp: not encrypted'};\n"
+        "end\n"
+        "function s = shown(options, workers, timeout)\n"
+        "printf('%s=%s;', 'names', strjoin(fieldnames(options)', ','));\n"
+        "printf('nodes=%g;workers=%g;timeout=%g;module=%s\\n', options.Nodes, workers, timeout, options.Module{1});\n"
+        "s = struct('cluster', '/x/scheduler.json', 'job_id', '42');\n"
+        "end\n")
+    out = octave(f"addpath('{tmp_path}'); c = hpcbridge.connect('Scheduler', 'slurm', 'Nodes', 2, "
+                 "'ntasks-per-node', 4, 'Workers', 8, 'Module', {'gcc/12'}); disp(c.job_id);"
+                 "try, hpcbridge.submit('Nodes'); catch e, disp(e.message); end")
+    assert "names=Scheduler,Nodes,ntasks_per_node,Module;nodes=2;workers=8;timeout=300;module=gcc/12" in out
+    assert "warning: SpecWarning: protocol tcp: not encrypted" in out
+    assert "\n42\n" in out
+    assert "hpcbridge.submit: options come in name-value pairs" in out

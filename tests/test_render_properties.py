@@ -105,6 +105,7 @@ FIELDS = {
     "container_runtime": st.sampled_from([None, "apptainer", "singularity", "charliecloud", "podman", "docker"]),
     "container_binds": st.lists(typed("/software", "~/data", "/a:/b", "rel dir"), max_size=2),
     "container_gpu": st.sampled_from(["nvidia", "amd", "intel"]),
+    "idle_timeout": st.one_of(st.sampled_from(["0", "20s", "30m", "600", "2h", "-5", "soon"]), st.integers(-1, 4000)),
 }
 assert set(FIELDS) == {*spec_fields(), "ntasks"}, "every spec field has a strategy"
 NEEDS_OTHERS = ("mode", "protocol", "ntasks", "ntasks_per_node", "client_script", "client_args", "nodes",

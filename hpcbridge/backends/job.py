@@ -125,6 +125,59 @@ def records_home() -> Path:
     return state_home(RECORDS)
 
 
+def recorded_jobs() -> list[tuple[SubmittedJob, dict[str, object]]]:
+    """Every cluster job submitted from this account that still has a record, with what its record
+    notes beside the job (:func:`note`), oldest first. Worker jobs that joined a cluster are not listed."""
+    folder = state_home(RECORDS)
+    try:
+        paths = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
+    except OSError:
+        return []
+    found = []
+    for path in paths:
+        job = _read(path)
+        if job is not None:
+            found.append((job, _notes(path)))
+    return found
+
+
+def note(job: SubmittedJob, **values: object) -> None:
+    """Add ``values`` to the job's record (when it was submitted, its walltime and cores, when it was seen
+    to start or end, ...): facts that ``hpcbridge list`` shows after the batch system has forgotten the job."""
+    path = state_home(RECORDS) / f"{_name(job.scheduler, job.job_id)}.json"
+    try:
+        values = {**json.loads(path.read_text()), **values}
+    except (OSError, ValueError):
+        return
+    write_private_file(path, json.dumps(values))
+
+
+def recorded_notes(job: SubmittedJob) -> dict[str, object]:
+    """What the job's record notes beside the job (empty when it has no record)."""
+    return _notes(state_home(RECORDS) / f"{_name(job.scheduler, job.job_id)}.json")
+
+
+def forget(job: SubmittedJob) -> None:
+    """Remove the job's record and the records of the worker jobs that joined it."""
+    job.forget_record()
+    folder = _joined_folder(job.scheduler, job.job_id)
+    for path in folder.glob("*.json"):
+        path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _notes(path: Path) -> dict[str, object]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: value for key, value in values.items() if key not in ("job_id", "scheduler", "scheduler_file", "joins")} \
+        if isinstance(values, dict) else {}
+
+
 def find_record(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
     candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
@@ -167,15 +220,18 @@ def file_owner_running(info: files.ClusterInfo) -> tuple[bool | None, str]:
 STARTING_LINE = "hpcbridge: waiting for the Dask scheduler"
 READY_LINE = "hpcbridge: scheduler file ready"
 WARNING_PREFIX = "hpcbridge: warning: "
+ENDED_PREFIX = "hpcbridge: ended after "  # the scheduler ended itself (hpcbridge.cluster.idle_end): why, in words
 
 
 @dataclass(frozen=True)
 class JobSaid:
     """What a job's output says about its latest start: whether it published its scheduler file,
-    and what it warned of since (each warning without the ``hpcbridge: warning: `` prefix)."""
+    what it warned of since (each warning without the ``hpcbridge: warning: `` prefix), and why
+    its cluster ended itself, when it did (``ended after 30 min idle ...``)."""
 
     published: bool
     warnings: tuple[str, ...] = ()
+    ended: str | None = None
 
 
 def read_job_output(log: str | Path | None) -> JobSaid | None:
@@ -186,18 +242,20 @@ def read_job_output(log: str | Path | None) -> JobSaid | None:
     """
     if not log:
         return None
-    published, warnings = False, []
+    published, warnings, ended = False, [], None
     try:
         with open(log, errors="replace") as stream:
             for line in stream:
                 if not line.startswith("hpcbridge: "):
                     continue
                 if line.startswith(STARTING_LINE):
-                    published, warnings = False, []
+                    published, warnings, ended = False, [], None
+                elif line.startswith(ENDED_PREFIX):
+                    ended = line[len("hpcbridge: "):].rstrip("\n")
                 elif line.startswith(READY_LINE):
                     published, warnings = True, []
                 elif published and line.startswith(WARNING_PREFIX):
                     warnings.append(line[len(WARNING_PREFIX):].rstrip("\n"))
     except OSError:
         return None
-    return JobSaid(published, tuple(warnings))
+    return JobSaid(published, tuple(warnings), ended)

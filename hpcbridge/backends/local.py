@@ -3,7 +3,7 @@
 Each job gets a folder (owner-only, like everything hpcbridge writes) under ``$HPCBRIDGE_HOME/local`` (default ``~/.hpcbridge/local``) with its
 script, its output and, once it ends, its exit code, written by the job's own wrapper so that
 status works after the job is gone. The job runs in its own session, so cancelling it signals
-exactly the processes it started.
+exactly the processes it started, with no signal blocked (whatever the submitting program blocked).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class LocalBackend:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_default_signals,
             )
         write_private_file(folder / "pid", f"{process.pid} {_start_time(process.pid)}\n")
         return job_id
@@ -103,6 +104,17 @@ class LocalBackend:
         """True while the job's wrapper process runs (checked against its start time, not just its pid)."""
         pid_text, started = (folder / "pid").read_text().split()
         return _start_time(int(pid_text)) == started
+
+
+def _default_signals() -> None:
+    """In the job's first process, before it runs: no signal blocked, SIGTERM's default action.
+
+    A process started from a program that blocks signals (Octave blocks SIGTERM, SIGHUP, SIGINT
+    and others in its main thread) passes the mask on to every process it starts; a job started
+    from there would ignore ``cancel``'s SIGTERM and run on.
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _start_time(pid: int) -> str:

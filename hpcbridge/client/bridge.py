@@ -141,6 +141,7 @@ class Bridge:
         self._started: dict[str, Run] = {}
         # The addresses of the cluster this bridge was attached to, as the client and the file say them.
         self._old_addresses = {getattr(client.scheduler, "address", None), self._file_address()}
+        self._ended: str | None = None  # how this session ended the cluster (shutdown), said at once after
         # Where the dashboard listens, as the file said when this bridge attached.
         self._dashboard_info = self._file_info()
         # How often the batch system had requeued the job when this bridge attached: a higher count
@@ -198,17 +199,29 @@ class Bridge:
         back under the same job id and rewrites the scheduler file: the bridge follows it
         (:meth:`follow`) instead of failing, so ``map(fn, items, name=N)`` resumes the run.
         """
+        if self._ended is not None:
+            raise ConnectionError(f"the cluster has ended ({self._ended}); runs saved on disk can still be read with "
+                                  "results(name)")
         if not self.connected:
             self.follow()
         if self.connected and self._unreleased:
             self._release_collected()
         if not self.connected:
             address = getattr(self.client.scheduler, "address", None) or "?"
+            state = self._job_state()
             raise ConnectionError(
-                f"this bridge lost its scheduler ({address}); runs saved on disk can still be read with "
+                f"this bridge lost its scheduler ({address}{state}); runs saved on disk can still be read with "
                 f"results(name); connect again through {self.scheduler_file or 'the scheduler file'} once a "
                 "cluster runs")
         return self.client
+
+    def _job_state(self) -> str:
+        """``: job 42 is CANCELLED`` when the cluster's job has ended, else ``""``."""
+        try:
+            status = self.job.status() if self.job is not None else None
+        except Exception:  # noqa: BLE001 (the batch system did not answer: nothing to add)
+            return ""
+        return f": job {self.job.job_id} is {status.state}" if status is not None and status.finished else ""
 
     def _file_info(self) -> ClusterInfo | None:
         """What the scheduler file holds now, or None (no file, or half written)."""
@@ -588,7 +601,13 @@ class Bridge:
 
     def runs(self) -> list[str]:
         """Names of the runs (and other published datasets) the cluster holds."""
-        return list(self._cluster().list_datasets())
+        client = self._cluster()
+        try:
+            return list(client.list_datasets())
+        except OSError:  # the connection broke in the call (the job was cancelled): said as any lost scheduler
+            if self.connected and not self._job_state():
+                raise
+            return list(self._cluster().list_datasets())
 
     def broadcasts(self) -> list[str]:
         """Names of the broadcasts the cluster holds."""
@@ -683,6 +702,7 @@ class Bridge:
             # run_on_scheduler hands callback_timeout to Client.sync: the question is bounded, as every other
             self.client.run_on_scheduler(close_workers_first, callback_timeout=WAIT_SECONDS + 10)
         self.client.shutdown()
+        self._ended = "shutdown() ended it"
         if self.scheduler_file is not None:
             cluster_files.remove(self.scheduler_file, job_id=self.job.job_id if self.job else None)
 

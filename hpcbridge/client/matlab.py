@@ -23,10 +23,13 @@ Item numbers in errors count from 1, as MATLAB does.
 from __future__ import annotations
 
 import array
+import functools
 import math
 import numbers
+import re
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -44,8 +47,105 @@ from hpcbridge.cluster.broadcasts import Broadcast
 from hpcbridge.rundir import RunDirectoryWarning
 
 _BRIDGES: dict[str, Bridge] = {}
+_ENDED: dict[str, str] = {}  # cluster handle -> how it ended, for clusters ended from this session
+_LOST: dict[str, Bridge] = {}  # cluster handle -> its bridge once it ended
 RECONNECT_TIMEOUT = 60.0
 SUBMIT_TIMEOUT = 600.0
+
+
+class ClusterEnded(ConnectError):
+    """The cluster has ended (shut down, cancelled, idle, walltime): said at once, with what is left to do."""
+
+
+def cluster_ended(cluster: str, how: str) -> None:
+    """Note that the cluster behind ``cluster`` was ended (``how``, in words): the next call on it says so at once."""
+    key = _cluster_id(cluster)
+    _ENDED[key] = how
+    bridge = _BRIDGES.pop(key, None)
+    if bridge is not None:
+        _LOST[key] = bridge  # closed, it still reads the cluster's runs on disk
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                bridge.close()
+            except Exception:  # noqa: BLE001 (its scheduler is gone: nothing to close cleanly)
+                pass
+
+
+def _ended_error(key: str, how: str) -> ClusterEnded:
+    return ClusterEnded(f"the cluster of {key} has ended ({how}); runs saved on disk can still be read with "
+                        "hpcbridge.results(CLUSTER, RUN, 'Partial', true), and hpcbridge.connect with job options "
+                        "(or hpcbridge.submit) starts a new one")
+
+
+def _job_ended(key: str, bridge: Bridge | None) -> str | None:
+    """How the job behind cluster ``key`` ended, when it has (asked of its batch system), else None."""
+    job = bridge.job if bridge is not None else None
+    if job is None:
+        from hpcbridge.backends.job import recorded_jobs
+
+        job = next((found for found, _ in recorded_jobs() if found.scheduler_file
+                    and str(Path(found.scheduler_file).expanduser().resolve()) == key), None)
+    if job is None:
+        return None
+    try:
+        status = job.status()
+    except Exception:  # noqa: BLE001 (the batch system did not answer: not known to have ended)
+        return None
+    if not status.finished:
+        return None
+    from hpcbridge.backends.job import read_job_output
+
+    said = read_job_output(status.log)
+    why = said.ended if said is not None and said.ended else status.reason
+    return f"job {job.job_id} is {status.state}" + (f": {why}" if why else "")
+
+
+def _says_ended(call: Callable[..., Any]) -> Callable[..., Any]:
+    """A call on a cluster whose connection breaks because its job ended raises :class:`ClusterEnded`
+    (how it ended, what is left to do) instead of Dask's ``CommClosedError``."""
+
+    @functools.wraps(call)
+    def checked(cluster: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(cluster, *args, **kwargs)
+        except ClusterEnded:
+            raise
+        except OSError as error:  # CommClosedError, ConnectionError, ... from the comm
+            key = _cluster_id(cluster)
+            how = _ENDED.get(key) or _job_ended(key, _BRIDGES.get(key) or _LOST.get(key))
+            if how is None:
+                raise
+            cluster_ended(key, how)
+            raise _ended_error(key, how) from error
+
+    return checked
+
+
+_WARNINGS: list[str] = []  # said by Python during the last calls, for MATLAB's warning()
+
+
+def matlab_warnings(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep the Python warnings a call raises for :func:`warnings_said` (the toolbox shows each with MATLAB's
+    ``warning``) instead of letting Python print them into the MATLAB session."""
+
+    @functools.wraps(call)
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                return call(*args, **kwargs)
+            finally:
+                _WARNINGS.extend(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+
+    return keeping
+
+
+def warnings_said() -> list[str]:
+    """The Python warnings kept since the last call of this function, once each."""
+    said = list(dict.fromkeys(_WARNINGS))
+    _WARNINGS.clear()
+    return said
 
 
 class MatlabItemError(ItemError):
@@ -107,6 +207,7 @@ def _all_submitted(cluster: str) -> None:
         _submitted(pending_cluster, run)
 
 
+@matlab_warnings
 def connect(scheduler_file: str, n_workers: int | float = 1, timeout: float = 300.0) -> dict[str, Any]:
     """Attach to the cluster behind ``scheduler_file``; wait up to ``timeout`` s for ``n_workers``.
 
@@ -114,6 +215,8 @@ def connect(scheduler_file: str, n_workers: int | float = 1, timeout: float = 30
     "workers": ..., "threads": ..., "dashboard": ...}``.
     """
     cluster = _cluster_id(arguments.scheduler_file("scheduler_file", scheduler_file))
+    _ENDED.pop(cluster, None)
+    _LOST.pop(cluster, None)  # connect waits for a cluster to come (a new job may write the same file)
     bridge = _BRIDGES.get(cluster)
     if bridge is None or bridge.client.status != "running":
         bridge = _BRIDGES[cluster] = _connect(cluster, n_workers=_count(n_workers, "n_workers"),
@@ -124,6 +227,8 @@ def connect(scheduler_file: str, n_workers: int | float = 1, timeout: float = 30
             "dashboard": bridge.dashboard_link}
 
 
+@matlab_warnings
+@_says_ended
 def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
     """Send ``value`` to every worker once; returns ``{"name", "nbytes", "seconds", "workers"}``.
 
@@ -134,6 +239,8 @@ def broadcast(cluster: str, value: Any, name: str = "") -> dict[str, Any]:
     return {"name": handle.name, "nbytes": handle.nbytes, "seconds": handle.seconds, "workers": handle.n_workers}
 
 
+@matlab_warnings
+@_says_ended
 def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str = "",  # noqa: A001
         stack: bool = False, chunk_size: int | float = 0, save: bool = True, item_timeout: float = math.inf,
         resources: Any = None) -> str:
@@ -188,6 +295,8 @@ def map(cluster: str, function: str, items: Any, broadcasts: Any = (), name: str
     return name
 
 
+@matlab_warnings
+@_says_ended
 def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
     """Wait up to ``timeout`` s for run ``run``; returns ``{"done", "total", "finished", "failed"}``.
 
@@ -211,6 +320,7 @@ def wait(cluster: str, run: str, timeout: float = 0.0) -> dict[str, Any]:
             "finished": all(f.done() for f in futures) or not bridge.connected, "failed": bool(failed)}
 
 
+@matlab_warnings
 def gather(cluster: str, run: str, timeout: float = math.inf, stack: bool = False) -> Any:
     """The results of run ``run`` in input order, and the cluster forgets the run.
 
@@ -238,6 +348,8 @@ def _results(cluster: str, run: str, timeout: Any, stack: Any) -> Any:
     except ItemError as error:
         raise MatlabItemError(error.run, error.index, error.item, error.worker, error.error,
                               error.remote_traceback, error.results, error.errors, error.missing) from None
+    except (RunLost, RunError) as error:
+        raise _counted_from_one(error) from None
 
 
 _NOTICES: dict[tuple[str, str], list[str]] = {}
@@ -259,6 +371,7 @@ def notices(cluster: str, run: str) -> list[str]:
     return _NOTICES.pop((_cluster_id(cluster), _run_name(run)), [])
 
 
+@matlab_warnings
 def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = False,
             partial: bool = False) -> Any:
     """Like :func:`gather`; with ``partial`` it returns what there is instead of raising for missing items.
@@ -285,6 +398,39 @@ def results(cluster: str, run: str, timeout: float = math.inf, stack: bool = Fal
     return {"values": to_matlab(values), "missing": np.zeros(0, dtype=np.int64), "complete": True, "reason": ""}
 
 
+def _counted_from_one(error: RunError) -> RunError:
+    """The same error (its class, its values) whose text counts items from 1, as MATLAB does."""
+    text = one_based(str(error), getattr(error, "missing", None))
+    kind = type(error)
+    error.__class__ = type(kind.__name__, (kind,), {"__str__": lambda self: text, "__module__": kind.__module__,
+                                                    "__qualname__": kind.__qualname__})
+    return error
+
+
+def one_based(text: str, missing: Any = None) -> str:
+    """An error's text with its item numbers counted from 1, as MATLAB counts (``items 20..59`` → ``items 21..60``).
+
+    >>> one_based("run 'r': 40 have no result (items 20..59). The results saved ...", [(20, 60)])
+    "run 'r': 40 have no result (items 21..60, counting from 1). The results saved ..."
+    >>> one_based("items 0..4 of run 'r' failed as a chunk")
+    "items 1..5 (counting from 1) of run 'r' failed as a chunk"
+    """
+    from hpcbridge.rundir import describe_ranges
+
+    if missing:
+        ranges = [(int(low), int(high)) for low, high in missing]
+        described = describe_ranges(ranges)
+        if described in text:
+            shifted = describe_ranges([(low + 1, high + 1) for low, high in ranges])
+            return text.replace(described, f"{shifted}, counting from 1", 1)
+
+    def shift(match: re.Match[str]) -> str:
+        low, high = int(match[1]) + 1, int(match[2]) + 1
+        return f"items {low}..{high} (counting from 1)"
+
+    return re.sub(r"\bitems (\d+)\.\.(\d+)", shift, text)
+
+
 def _without_result(error: RunError | ItemError) -> list[int]:
     """The 0-based indices of the items an error says have no result."""
     if isinstance(error, RunLost):
@@ -293,17 +439,23 @@ def _without_result(error: RunError | ItemError) -> list[int]:
     return failed + [index for low, high in error.missing for index in range(low, high)]
 
 
+@matlab_warnings
+@_says_ended
 def runs(cluster: str) -> list[str]:
     """Names of the runs the cluster holds (results not yet gathered)."""
     _all_submitted(cluster)
     return _bridge(cluster).runs()
 
 
+@matlab_warnings
+@_says_ended
 def broadcasts(cluster: str) -> list[str]:
     """Names of the broadcasts the cluster holds."""
     return _bridge(cluster).broadcasts()
 
 
+@matlab_warnings
+@_says_ended
 def release(cluster: str, handle: str) -> None:
     """Free a run's results or a broadcast's copies on the cluster (``handle``: the run's or broadcast's name)."""
     _cluster_id(cluster)
@@ -314,6 +466,7 @@ def release(cluster: str, handle: str) -> None:
     _bridge(cluster).release(handle)
 
 
+@matlab_warnings
 def close(cluster: str) -> None:
     """Detach from the cluster; it keeps running with its broadcasts and runs (submitted in full first)."""
     _all_submitted(cluster)
@@ -322,10 +475,11 @@ def close(cluster: str) -> None:
         bridge.close()
 
 
+@matlab_warnings
 def shutdown(cluster: str) -> None:
-    """End the cluster (and its batch job)."""
+    """End the cluster (and its batch job); the next call on it says at once that it ended."""
     _bridge(cluster).shutdown()
-    close(cluster)
+    cluster_ended(cluster, "you shut it down with hpcbridge.shutdown")
 
 
 def to_python(value: Any) -> Any:
@@ -394,11 +548,16 @@ def bridge_for(cluster: str) -> Bridge:
 def _bridge(cluster: str) -> Bridge:
     """The cached bridge for ``cluster``, attached again if its connection was lost."""
     key = _cluster_id(cluster)
+    if key in _ENDED:
+        raise _ended_error(key, _ENDED[key])
     bridge = _BRIDGES.get(key)
     if bridge is None or bridge.client.status != "running":
+        how = _job_ended(key, bridge)
         if bridge is not None:
-            bridge.close()
-            del _BRIDGES[key]
+            cluster_ended(key, how) if how else bridge.close()
+            _BRIDGES.pop(key, None)
+        if how:
+            raise _ended_error(key, how)
         bridge = _BRIDGES[key] = _connect(key, n_workers=0, timeout=RECONNECT_TIMEOUT)
     return bridge
 
@@ -412,9 +571,11 @@ def _bridge_or_lost(cluster: str) -> Bridge:
     try:
         return _bridge(cluster)
     except (ConnectError, OSError):
+        old = old or _LOST.get(key)
         if old is None:
             raise
-        _BRIDGES[key] = old
+        if key not in _ENDED:
+            _BRIDGES[key] = old
         return old
 
 

@@ -40,6 +40,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--drain", action="store_true",
                         help="workers leave before the job's end (HPCBRIDGE_JOB_END), handing back what "
                         "they cannot finish (hpcbridge.cluster.drain)")
+    parser.add_argument("--idle-timeout", type=int, default=0,
+                        help="seconds without a client and a task before the scheduler ends the cluster (0: never)")
     parser.add_argument("--client-script", default=None)
     parser.add_argument("--client-arg", action="append", default=[])
     parser.add_argument("--local-directory", default=None,
@@ -87,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     worker_options.update(dashboard=False, dashboard_address=options.dashboard_address.rpartition(":")[0] + ":0")
     import dask.config
 
-    dask.config.set({"distributed.scheduler.preload": ["hpcbridge.cluster.dashboard_gate"]})
+    preloads = ["hpcbridge.cluster.dashboard_gate"]
+    if options.idle_timeout > 0:
+        from hpcbridge.cluster import idle_end
+
+        os.environ[idle_end.TIMEOUT_VARIABLE] = str(options.idle_timeout)
+        preloads.append("hpcbridge.cluster.idle_end")
+    dask.config.set({"distributed.scheduler.preload": preloads})
     if options.scheduler_interface and comm.Get_rank() == 0:
         interface = options.scheduler_interface
     else:

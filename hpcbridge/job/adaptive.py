@@ -315,7 +315,7 @@ def start(spec: JobSpec, minimum: int = 0, maximum: int = 1, **settings: Any):
     """
     from hpcbridge import scheduler_file
     from hpcbridge.backends import get_backend
-    from hpcbridge.backends.job import SubmittedJob, file_owner_running
+    from hpcbridge.backends.job import SubmittedJob, file_owner_running, note
 
     adapt = AdaptiveSettings(minimum=minimum, maximum=maximum, **settings)
     script = render_adaptive_script(spec, adapt)
@@ -324,6 +324,8 @@ def start(spec: JobSpec, minimum: int = 0, maximum: int = 1, **settings: Any):
     job_id = get_backend(spec.scheduler).submit(script)
     job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file_for(job_id))
     _write_record(job)
+    job.record()  # hpcbridge list, connect and cancel find it by its id like any cluster
+    note(job, submitted=time.time(), name=spec.job_name, mode="adaptive", walltime=adapt.scheduler_walltime or spec.walltime)
     return job
 
 

@@ -62,6 +62,7 @@ _HOST_HELP = "host names or addresses such as node1, 10.0.0.5 or me@node1 (not s
 _DASHBOARD = re.compile(r"(?P<host>|[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})",
                         re.ASCII)
 MIN_LIFETIME_MARGIN = 30
+DEFAULT_IDLE_TIMEOUT = 1800  # seconds without a client or a task before a cluster ends itself
 
 
 class SpecError(ValueError):
@@ -256,6 +257,7 @@ class JobSpec:
     container_runtime: str | None = None
     container_binds: tuple[str, ...] | list[str] | str = ()
     container_gpu: str = "nvidia"
+    idle_timeout: int | str = DEFAULT_IDLE_TIMEOUT  # seconds once built; 0: never
     ntasks: InitVar[int | str | None] = None
 
     def __post_init__(self, ntasks: int | str | None) -> None:
@@ -663,6 +665,23 @@ def _lifetime_margin(name: str, value: object) -> int:
     return seconds
 
 
+def _idle_timeout(name: str, value: object) -> int:
+    """Seconds a cluster may sit without a client or a task before it ends itself; 0 is never."""
+    allowed = f"{DURATION_HELP}, or 0 for never"
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            seconds = value
+        elif isinstance(value, str):
+            seconds = 0 if value.strip() == "0" else parse_duration_seconds(value)
+        else:
+            raise ValueError
+    except ValueError:
+        raise SpecError(name, value, allowed) from None
+    if not 0 <= seconds <= MAX_WALLTIME_SECONDS:
+        raise SpecError(name, value, allowed)
+    return seconds
+
+
 _SHELL_WORDS = frozenset("if then else elif fi case esac for select while until do done in function time coproc".split())
 
 
@@ -913,6 +932,7 @@ _CHECKS = {
     "container_runtime": lambda name, value: None if value is None else _choice(CONTAINER_RUNTIMES)(name, value),
     "container_binds": _lines(_container_bind),
     "container_gpu": _choice(CONTAINER_GPUS),
+    "idle_timeout": _idle_timeout,
 }
 
 

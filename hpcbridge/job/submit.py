@@ -8,11 +8,12 @@ from the job id alone.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import get_backend
-from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, records_home
+from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, note, records_home
 from hpcbridge.job.render import render_script
 from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
 
@@ -33,6 +34,8 @@ def submit(spec: JobSpec) -> SubmittedJob:
     scheduler_file = spec.scheduler_file_for(job_id) if has_cluster else None
     job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=scheduler_file)
     job.record()
+    note(job, submitted=time.time(), name=spec.job_name, mode=spec.mode, walltime=spec.walltime,
+         cores=spec.tasks * spec.cpus_per_task, workers=spec.workers if has_cluster else None)
     return job
 
 

@@ -38,6 +38,11 @@ function run = map(cluster, func, items, varargin)
 %
 %   See also hpcbridge.gather, hpcbridge.broadcast, hpcbridge.release.
 
+if isa(func, 'function_handle')
+    error('hpcbridge:map:functionHandle', ['hpcbridge.map: FUNC is a MATLAB function handle (%s), but the ' ...
+        'workers run Python: name a Python function as text, ''module:function'' (e.g. ''numpy:sqrt'') or ' ...
+        '''path/to/file.py:function'' for a function in your own file'], func2str(func));
+end
 p = inputParser;
 p.FunctionName = 'hpcbridge.map';
 addRequired(p, 'cluster');
@@ -57,6 +62,7 @@ names = broadcastNames(opts.Broadcast);
 run = char(py.hpcbridge.client.matlab.map(hpcbridge.clusterFile(opts.cluster), char(opts.func), ...
     hpcbridge.toPython(opts.items), names, char(opts.Name), logical(opts.Stack), int64(opts.ChunkSize), ...
     logical(opts.Save), double(opts.ItemTimeout), resourcesDict(opts.Resources)));
+hpcbridge.pythonWarnings();
 end
 
 function names = broadcastNames(value)
