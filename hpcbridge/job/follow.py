@@ -20,11 +20,15 @@ CHECK = 2.0  # seconds between questions to the batch system
 
 
 def output_path(job: SubmittedJob) -> Path | None:
-    """Where the job's output is: as its batch system says, else as its record noted (a job it forgot)."""
+    """Where the job's output is: as its batch system says, else as its record noted (a job it forgot);
+    the batch system's error when it knows nothing of the job and the record noted no output."""
     try:
         path = job.log_path()
     except (JobNotFound, BatchCommandError):
-        path = None
+        noted = recorded_notes(job).get("log")
+        if not noted:
+            raise  # nothing noted either: the batch system's words say why
+        return Path(str(noted))
     if path is None:
         noted = recorded_notes(job).get("log")
         path = Path(str(noted)) if noted else None
@@ -44,7 +48,10 @@ def follow_output(job: SubmittedJob, lines: int | None = None, poll: float = POL
         if now >= next_check:
             finished, next_check = job.status().finished, now + check
         if path is None or not path.exists():
-            path = output_path(job)
+            try:
+                path = output_path(job)
+            except (JobNotFound, BatchCommandError):
+                path = None  # not known yet (or any more): the job's state decides when to stop
         if path is not None and path.exists():
             with open(path, "rb") as stream:
                 stream.seek(position)

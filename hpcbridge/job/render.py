@@ -140,7 +140,21 @@ def write_script(spec: JobSpec, path: str | os.PathLike[str]) -> Path:
 def _quote(value: object) -> str:
     if isinstance(value, ShellCode):
         return value
-    return shlex.quote(str(value))
+    return shell_literal(str(value))
+
+
+def shell_literal(text: str) -> str:
+    r"""``text`` quoted as one literal shell word; a backslash stands outside the single quotes, escaped.
+
+    Inside single quotes a backslash is already literal, but one before the closing quote reads
+    to a reader (and to shellcheck) like an escaped quote.
+
+    >>> print(shell_literal("a b"), shell_literal("my dir\\"), shell_literal("a\\b c"))
+    'a b' 'my dir'\\ a\\'b c'
+    """
+    if "\\" not in text:
+        return shlex.quote(text)
+    return "\\\\".join(shlex.quote(piece) if piece else "" for piece in text.split("\\"))
 
 
 def shell_path(path: str, job_id_variable: str = "JOB_ID") -> ShellCode:
@@ -160,7 +174,7 @@ def shell_path(path: str, job_id_variable: str = "JOB_ID") -> ShellCode:
         if index:
             pieces.append(f'"${job_id_variable}"')
         if literal:
-            pieces.append(shlex.quote(literal))
+            pieces.append(shell_literal(literal))
     return ShellCode("".join(pieces))
 
 
@@ -171,8 +185,8 @@ def shell_word(word: str) -> ShellCode:
     "$HOME"/img.sif 'my file'
     """
     if word.startswith("~/"):
-        return ShellCode('"$HOME"/' + shlex.quote(word[2:]) if word[2:] else '"$HOME"/')
-    return ShellCode(shlex.quote(word))
+        return ShellCode('"$HOME"/' + shell_literal(word[2:]) if word[2:] else '"$HOME"/')
+    return ShellCode(shell_literal(word))
 
 
 def directive_word(value: str) -> ShellCode:
