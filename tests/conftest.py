@@ -147,7 +147,8 @@ _SLOTS = pytest.StashKey[str]()
 # reentrant, and a collection that starts while another client holds that lock (starting or
 # stopping its loop) waits forever: a CI run hung that way for 70 minutes. So a test's clients that
 # are still open after its teardown are kept referenced (never collected) and closed at the end of
-# the session. Some stay open by design: MATLAB's toolbox keeps its client for the next call.
+# the module (a client left open would also stay Dask's default client for the next modules). Some
+# stay open by design: MATLAB's toolbox keeps its client for the next call, within a module.
 _CALL_CLIENTS: weakref.WeakSet | None = None
 _CLIENTS = pytest.StashKey[weakref.WeakSet]()
 _KEPT_OPEN: list = []
@@ -183,14 +184,21 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     finally:
         _KEPT_OPEN.extend(client for client in item.stash.get(_CLIENTS, ())
                           if client.status not in ("closed", "newly-created"))
+        if nextitem is None or nextitem.path != item.path:  # the module is done, its fixtures too
+            _close_kept_open()
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
+def _close_kept_open() -> None:
+    """Close the clients the tests left open (here, not in a garbage collection: see above)."""
     for client in _KEPT_OPEN:
         with contextlib.suppress(Exception):
             client.close(timeout=5)
     _KEPT_OPEN.clear()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when anything of ours remains; end leftover processes (ours, by PID)."""
+    _close_kept_open()
     slots = session.config.stash.get(_SLOTS, None)
     if slots is not None:
         shutil.rmtree(slots, ignore_errors=True)
