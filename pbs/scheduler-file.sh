@@ -21,6 +21,19 @@ fi
 # mpiexec (Open MPI) places processes on the job's nodes from the node file. The array is
 # expanded as ${HOSTFILE_OPTION[@]+...} because bash before 4.4 calls an empty array unbound.
 HOSTFILE_OPTION=(${PBS_NODEFILE:+--hostfile "$PBS_NODEFILE"})
+# Open MPI's mpiexec gives the processes it starts on other nodes none of this script's variables
+# unless each is named with -x (PBS Pro's tm launch included): forward_environment names those the
+# workers and ranks read (hpcbridge's, Dask's and TLS's, UCX's, the Python environment's).
+forward_environment() {
+    local name
+    ENV_OPTIONS=()
+    for name in $(compgen -e); do
+        case $name in
+            HPCBRIDGE_*|DASK_*|UCX_*|PYTHONPATH|PYTHONHOME|VIRTUAL_ENV|CONDA_PREFIX|LD_LIBRARY_PATH|CUDA_VISIBLE_DEVICES|OMP_NUM_THREADS)
+                ENV_OPTIONS+=(-x "$name") ;;
+        esac
+    done
+}
 
 
 # --- Software environment ------------------------------------------------------
@@ -256,7 +269,8 @@ check_published_files() {
 
 # --- Dask workers ----------------------------------------------------------------
 # One worker per task, TASKS_PER_NODE per node; mpiexec only starts them (they do not use MPI).
-mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} -n "$((NODES * TASKS_PER_NODE))" --map-by "ppr:$TASKS_PER_NODE:node" --bind-to none \
+forward_environment
+mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} ${ENV_OPTIONS[@]+"${ENV_OPTIONS[@]}"} -n "$((NODES * TASKS_PER_NODE))" --map-by "ppr:$TASKS_PER_NODE:node" --bind-to none \
     "${WORKER_COMMAND[@]}" "${WORKER_OPTIONS[@]}" &
 WORKERS_PID=$!
 

@@ -27,9 +27,15 @@ _STATES = {
 # PBS Pro's negative exit statuses for jobs the server or MOM ended (pbs_job.h, "JOB_EXEC_*").
 EXIT_STATUSES = {
     -29: ("TIMEOUT", "JOB_EXEC_KILL_WALLTIME: the job exceeded its walltime"),
+    -28: ("FAILED", "JOB_EXEC_KILL_CPUT: the job exceeded its CPU time"),
     -27: ("FAILED", "JOB_EXEC_KILL_MEM: the job exceeded its memory"),
-    -25: ("FAILED", "JOB_EXEC_KILL_CPUT: the job exceeded its CPU time"),
+    -26: ("FAILED", "JOB_EXEC_KILL_VMEM: the job exceeded its virtual memory"),
+    -25: ("FAILED", "JOB_EXEC_KILL_NCPUS_SUM: the job used more CPUs than it asked for"),
+    -24: ("FAILED", "JOB_EXEC_KILL_NCPUS_BURST: the job used more CPUs than it asked for (burst)"),
 }
+# PBS Pro's substate of a job deleted with qdel, queued or running (JOB_SUBSTATE_TERMINATED); its
+# job_state is F like a job that ran to its end, with no Exit_status when it never ran.
+_SUBSTATE_DELETED = "91"
 _PBS_KILLED = re.compile(r"=>> PBS: job killed: (?P<what>.*)")
 _SLURM_ENDED = re.compile(r"\*\*\* JOB \d+ ON \S+ CANCELLED AT \S+(?: DUE TO (?P<cause>[A-Z ]+?))?(?:, SEE [^*]*)? \*\*\*")
 _CAUSES = {"TIME LIMIT": "TIMEOUT", "NODE FAILURE": "FAILED", "PREEMPTION": "CANCELLED", None: "CANCELLED"}
@@ -94,7 +100,9 @@ class PBSBackend:
         token = secrets.token_hex(4)
         script_path = write_private_file(self.home / f"job-{token}.sh", script)
         output = Path.cwd() / f"pbs-{token}.out"
-        job_id = parse_job_id(run_command(["qsub", "-o", str(output), "-e", str(output), str(script_path)]))
+        # One file for both streams with -j oe: PBS Pro, given `-e` to the same path as `-o` for a script
+        # without `#PBS -j oe`, copied the empty error file over the output at the job's end.
+        job_id = parse_job_id(run_command(["qsub", "-j", "oe", "-o", str(output), str(script_path)]))
         write_private_file(self.home / f"{_safe(job_id)}.json", json.dumps({"script": str(script_path), "log": str(output)}))
         return job_id
 
@@ -105,12 +113,15 @@ class PBSBackend:
         the job's output (``=>> PBS: job killed: walltime 65 exceeded limit 60``), and so does
         Slurm under the Torque wrappers (``*** JOB 7 ON node1 CANCELLED AT ... DUE TO TIME
         LIMIT ***``): the last such line decides TIMEOUT, CANCELLED or a node failure (FAILED).
+        A job deleted with qdel is CANCELLED by its PBS Pro substate (91), queued or running.
         """
         attributes = self._show(job_id)
         state = _STATES.get(attributes.get("job_state", ""), "UNKNOWN")
         exit_code = int(attributes["Exit_status"]) if attributes.get("Exit_status", "").lstrip("-").isdigit() else None
         if state == "COMPLETED" and exit_code not in (None, 0):
             state = "FAILED"
+        if attributes.get("job_state") == "F" and attributes.get("substate") == _SUBSTATE_DELETED:
+            state = "CANCELLED"
         log = self.log_path(job_id)
         reason = attributes.get("comment")
         restarts = int(attributes["run_count"]) - 1 if attributes.get("run_count", "").isdigit() else 0
@@ -144,7 +155,13 @@ class PBSBackend:
         """The jobs among ``job_ids`` that wait or run, from one ``qstat -f`` of them all (see
         :func:`~hpcbridge.backends.base.statuses`); a job that has ended is left out for :meth:`status`."""
         found = {}
-        for block in re.split(r"^Job Id:[ \t]*", run_command(["qstat", "-f", *job_ids]), flags=re.M)[1:]:
+        try:
+            listed = run_command(["qstat", "-f", *job_ids])
+        except BatchCommandError as error:
+            if not _finished_refusal(error):
+                raise
+            listed = error.stdout  # PBS Pro lists the others and refuses the ended ones (exit 35)
+        for block in re.split(r"^Job Id:[ \t]*", listed, flags=re.M)[1:]:
             job_id = block.split("\n", 1)[0].strip()
             attributes = parse_qstat_full(block)
             state = _STATES.get(attributes.get("job_state", ""), "UNKNOWN")
@@ -154,12 +171,27 @@ class PBSBackend:
 
     @staticmethod
     def _show(job_id: str) -> dict[str, str]:
+        """``qstat -f``; for a job that has ended, PBS Pro's history, ``qstat -x -f``.
+
+        PBS Pro answers ``qstat -f`` of an ended job with exit 35 ("Job has finished, use -x or
+        -H"); Torque's ``-x`` means XML, so it is asked only then.
+        """
         try:
-            return parse_qstat_full(run_command(["qstat", "-f", job_id]))
+            try:
+                return parse_qstat_full(run_command(["qstat", "-f", job_id]))
+            except BatchCommandError as error:
+                if not _finished_refusal(error):
+                    raise
+            return parse_qstat_full(run_command(["qstat", "-x", "-f", job_id]))
         except BatchCommandError as error:
             if error.returncode == 153 or "Unknown Job" in error.stderr:
                 raise JobNotFound(f"PBS does not know job {job_id}") from None
             raise
+
+
+def _finished_refusal(error: BatchCommandError) -> bool:
+    """Whether ``qstat`` refused a job because it has ended and history needs ``-x`` (PBS Pro)."""
+    return error.returncode == 35 or "use -x or -H" in error.stderr
 
 
 def _safe(job_id: str) -> str:

@@ -239,3 +239,63 @@ def batch_jobs() -> Iterator[list]:
         while not job.status().finished:
             assert time.monotonic() < deadline, f"job {job.job_id} did not end"
             time.sleep(0.2)
+
+
+# --- OpenPBS (tests/cluster/pbs-cluster) ------------------------------------------------------
+
+PBS_SCRIPT = Path(__file__).with_name("pbs-cluster")
+
+
+@dataclasses.dataclass(frozen=True)
+class PBSCluster:
+    """A running OpenPBS cluster: node1 runs the server, scheduler and a mom; every node a mom.
+
+    env: the env file's variables (PATH with the harness's qsub/qstat/qdel first, HPCB_PBS_*);
+    they are also in os.environ while the fixture is active.
+    """
+
+    dir: Path
+    env: dict[str, str]
+    nodes: list[str]
+    node_addresses: list[str]
+    interface: str
+    host_address: str
+
+    def run(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a command (qstat, pbsnodes, ...) with the cluster's environment; text output."""
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env})
+
+
+@contextlib.contextmanager
+def running_pbs_cluster(nodes: int = 3) -> Iterator[PBSCluster]:
+    """Bring an OpenPBS cluster up in a fresh directory, yield it, and always bring it down again."""
+    directory = Path(tempfile.mkdtemp(prefix="hpcb-pbs-", dir="/tmp"))
+    directory.chmod(0o755)
+    register_leftover_check("cluster", directory)
+
+    def command(*argv: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run([str(PBS_SCRIPT), *argv], capture_output=True, text=True, timeout=timeout)
+
+    try:
+        up = command("up", "--dir", str(directory), "--nodes", str(nodes), timeout=UP_TIMEOUT)
+        if up.returncode != 0:
+            pytest.fail(f"pbs-cluster up failed (logs in {directory}):\n{up.stderr}{up.stdout}", pytrace=False)
+        env = read_env_file(Path(up.stdout.strip().splitlines()[-1]))
+        cluster = PBSCluster(dir=directory, env=env, nodes=env["HPCB_PBS_NODES"].split(","),
+                             node_addresses=env["HPCB_PBS_NODE_ADDRESSES"].split(","),
+                             interface=env["HPCB_PBS_INTERFACE"], host_address=env["HPCB_PBS_HOST_ADDRESS"])
+        with exported(env):
+            yield cluster
+    finally:
+        down = command("down", "--dir", str(directory), timeout=DOWN_TIMEOUT)
+        if down.returncode != 0:
+            pytest.fail(f"pbs-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pbs_cluster() -> Iterator[PBSCluster]:
+    """Three OpenPBS nodes (`node1`..`node3`, 2 ncpus each) in network namespaces on `ib0`."""
+    with running_pbs_cluster(3) as cluster:
+        yield cluster
