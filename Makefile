@@ -28,5 +28,6 @@ venv:
 
 system-packages:
 	tests/cluster/slurm-cluster install
+	tests/cluster/pbs-cluster install
 	command -v octave-cli >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends octave; }

@@ -108,9 +108,10 @@ def leftovers() -> list[str]:
         if kind in ("dir", "cluster") and Path(name).exists():
             left.append(f"folder {name}")
         if kind == "cluster":
-            prefix = f"hpcb-{hashlib.sha1(str(Path(name).resolve()).encode()).hexdigest()[:6]}-"
+            short = hashlib.sha1(str(Path(name).resolve()).encode()).hexdigest()[:6]
+            prefixes = (f"hpcb-{short}-", f"hpcp-{short}-")  # slurm-cluster's, pbs-cluster's
             left += [f"network namespace {line.split()[0]}" for line in namespaces.splitlines()
-                     if line.startswith(prefix)]
+                     if line.startswith(prefixes)]
         if kind == "user":
             try:
                 pwd.getpwnam(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,19 @@ from tests.conftest import CLIENT_SCRIPT, wait_for
 
 def _finish(job: jobs.SubmittedJob, timeout: float = 60) -> None:
     assert wait_for(lambda: job.status().finished, timeout=timeout), job.status()
+
+
+def test_pbs_lives_in_the_nodes_namespaces_only(pbs_cluster) -> None:
+    """The harness's overlays: each node has its own /etc/pbs.conf and PBS_HOME, the host none."""
+    for path in ("/etc/pbs.conf", "/var/spool/pbs", "/opt/pbs"):
+        assert not Path(path).exists(), path
+    holder = (pbs_cluster.dir / "run" / "node2.hostpid").read_text().strip()
+    inside = subprocess.run(["nsenter", "-t", holder, "-m", "-u", "sh", "-c", "hostname; cat /etc/pbs.conf"],
+                            capture_output=True, text=True, timeout=30)
+    assert inside.stdout.splitlines()[0] == "node2"
+    assert "PBS_SERVER=node1" in inside.stdout and "PBS_START_SERVER=0" in inside.stdout
+    nodes = pbs_cluster.run("pbsnodes", "-a").stdout
+    assert [line.strip() for line in nodes.splitlines() if "state = " in line] == ["state = free"] * 3, nodes
 
 
 def test_scheduler_file_cluster_over_three_moms(pbs_cluster, batch_spec, batch_jobs) -> None:
