@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,27 @@ def test_walltime_kill_is_a_timeout(pbs_cluster, batch_jobs, tmp_path, monkeypat
     ended = backend.status(job_id)
     assert (ended.state, ended.exit_code) == ("TIMEOUT", -29), ended
     assert "JOB_EXEC_KILL_WALLTIME" in ended.reason
+
+
+def test_array_with_a_throttle_runs_every_element(pbs_cluster, batch_jobs, tmp_path, monkeypatch) -> None:
+    """`#PBS -J 1-4` and `-W max_run_subjobs=2`: each subjob gets its PBS_ARRAY_INDEX, never more
+    than two run at once, and the array's history says it completed."""
+    from hpcbridge.job.spec import JobSpec
+    from tests.cluster.test_arrays import ELEMENT_SCRIPT, most_at_once
+
+    monkeypatch.chdir(tmp_path)
+    script, results = tmp_path / "element.py", tmp_path / "results"
+    script.write_text(ELEMENT_SCRIPT)
+    results.mkdir()
+    spec = JobSpec(scheduler="pbs", mode="array", array="1-4", array_throttle=2, mem_per_cpu="100M",
+                   walltime="10m", python=sys.executable, client_script=str(script), client_args=(str(results), "x y"))
+    job = jobs.submit(spec)
+    batch_jobs.append(job)
+    assert job.job_id.endswith("[].node1"), job.job_id
+    assert wait_for(lambda: len(list(results.glob("element-*.json"))) == 4, timeout=90)
+    _finish(job)
+    assert job.status().state == "COMPLETED", job.status()
+    records = [json.loads(path.read_text()) for path in results.glob("element-*.json")]
+    assert sorted(r["index"] for r in records) == [1, 2, 3, 4]
+    assert all(r["argv"] == ["x y"] for r in records)
+    assert most_at_once(records) <= 2
