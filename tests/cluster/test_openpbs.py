@@ -166,3 +166,31 @@ def test_array_with_a_throttle_runs_every_element(pbs_cluster, batch_jobs, tmp_p
     assert sorted(r["index"] for r in records) == [1, 2, 3, 4]
     assert all(r["argv"] == ["x y"] for r in records)
     assert most_at_once(records) <= 2
+
+
+def test_many_jobs_are_asked_about_in_one_qstat_also_when_one_has_ended(pbs_cluster, batch_jobs, tmp_path,
+                                                                          monkeypatch) -> None:
+    """PBS Pro's `qstat -f a b c` lists the waiting and running jobs but exits 35 for one that has
+    ended: those listed still count, and only the ended one is asked again (with -x). The commands
+    run for real; a wrapper around run_command counts them."""
+    from hpcbridge.backends import base
+    from hpcbridge.backends import pbs as pbs_backend
+
+    monkeypatch.chdir(tmp_path)
+    backend = get_backend("pbs")
+    quick = backend.submit("#!/bin/bash\ntrue\n")
+    sleepers = [backend.submit("#!/bin/bash\nsleep 120\n") for _ in range(2)]
+    batch_jobs.extend(jobs.SubmittedJob(job_id, "pbs", None) for job_id in [quick, *sleepers])
+    assert wait_for(lambda: backend.status(quick).finished, timeout=60)
+    asked: list[list[str]] = []
+
+    def counted(command, *args, **kwargs):
+        asked.append(list(command))
+        return base.run_command(command, *args, **kwargs)
+
+    monkeypatch.setattr(pbs_backend, "run_command", counted)
+    found = base.statuses(backend, [quick, *sleepers])
+    assert [command for command in asked if any(job_id in command for job_id in sleepers)] == [
+        ["qstat", "-f", quick, *sleepers]], asked
+    assert found[quick].state == "COMPLETED"
+    assert {found[job_id].state for job_id in sleepers} <= {"PENDING", "RUNNING"}
