@@ -2,18 +2,20 @@
 
 What runs for real here: ``bsub < script`` reading the rendered ``#BSUB`` lines, ``bjobs`` (its
 ``-l`` form: OpenLava has no ``bjobs -o``, so hpcbridge falls back to it, as on any LSF before
-9.1), ``bkill``, the job's output file, and ``blaunch -z`` starting the workers on the one host.
-What OpenLava cannot show stays in tests/test_lsf_emulated.py and tests/test_batch_status.py:
+9.1), ``bkill``, the job's output file, ``blaunch -z`` starting the workers on the one host, and
+arrays. What OpenLava cannot show stays in tests/test_lsf_emulated.py and tests/test_batch_status.py:
 blaunch over several hosts (broken in OpenLava), ``bjobs -o`` and its TERM_* reasons, and the
-memory requests with units (``-M 300MB``, ``rusage[mem=300MB]``: LSF 9.1 and later), which
+memory requests with units (``-M 300MB``, ``rusage[mem=300MB]``: LSF 10.1.0.2 and later), which
 OpenLava refuses; the jobs here therefore ask for no memory.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from click.testing import CliRunner
 
@@ -25,11 +27,24 @@ from hpcbridge.client.bridge import connect
 from hpcbridge.job import submit as jobs
 from tests.conftest import wait_for
 
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # worker_facts runs on the workers
+
 
 def bjobs_long(cluster, job_id: str) -> str:
     """``bjobs -l`` with its 80-column wrapping undone (continuation lines are indented by 21 spaces)."""
     text = cluster.run("bjobs", "-l", job_id).stdout
     return re.sub(r"\n {21}", "", text)
+
+
+def worker_facts() -> tuple[str | None, list[str]]:
+    """On a worker: its LSB_JOBID and the programs of its ancestors, nearest first."""
+    import os
+
+    ancestors, pid = [], os.getppid()
+    while pid > 1:
+        ancestors.append(open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode())
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    return os.environ.get("LSB_JOBID"), ancestors
 
 
 def test_openlava_scheduler_file_job_runs_its_workers_with_blaunch(openlava_cluster, batch_spec, batch_jobs) -> None:
@@ -42,8 +57,13 @@ def test_openlava_scheduler_file_job_runs_its_workers_with_blaunch(openlava_clus
         assert "Job Name <ol-dask>" in shown
         assert "2 Processors Requested" in shown and "Requested Resources <span[ptile=2]>" in shown
         assert re.search(r"RUNLIMIT\s+10\.0 min", shown), shown
-        # Both workers came from blaunch: their parent chain goes through OpenLava's res, not the job script.
+        # Both workers came from blaunch: the job's tasks, started by OpenLava's res, not children of the script.
         assert bridge.n_workers == 2
+        facts = list(bridge.client.run(worker_facts).values())
+        assert [job_id for job_id, _ in facts] == [job.job_id] * 2
+        for _, ancestors in facts:
+            assert any(name.endswith("/res") for name in ancestors), ancestors
+            assert not any(name.endswith("/sbatchd") for name in ancestors), ancestors
         assert bridge.gather(bridge.map(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
         bridge.shutdown()
     assert wait_for(lambda: job.status().finished, timeout=60)
@@ -53,27 +73,6 @@ def test_openlava_scheduler_file_job_runs_its_workers_with_blaunch(openlava_clus
     logs = CliRunner().invoke(cli, ["logs", job.job_id, "--scheduler", "lsf"])
     assert logs.exit_code == 0, logs.output
     assert "hpcbridge: the scheduler exited (status 0)" in logs.output
-
-
-def test_openlava_blaunch_workers_are_tasks_of_the_job(openlava_cluster, batch_spec, batch_jobs) -> None:
-    """The workers run under OpenLava's res as the job's tasks, with the job's LSB_JOBID, not as children of the script."""
-    job = jobs.submit(batch_spec(openlava_cluster, "lsf", ntasks_per_node=1, job_name="ol-one"))
-    batch_jobs.append(job)
-    with connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
-        def worker_facts():
-            import os
-            ancestors, pid = [], os.getppid()
-            while pid > 1:
-                ancestors.append(open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode())
-                pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-            return os.environ.get("LSB_JOBID"), ancestors
-
-        job_id, ancestors = next(iter(bridge.client.run(worker_facts).values()))
-        assert job_id == job.job_id
-        assert any(name.endswith("/res") for name in ancestors), ancestors
-        assert not any(name.endswith("/sbatchd") for name in ancestors), ancestors
-        bridge.shutdown()
-    assert wait_for(lambda: job.status().finished, timeout=60)
 
 
 def test_openlava_exit_code_output_file_and_unknown_jobs(openlava_cluster, tmp_path, monkeypatch) -> None:
@@ -106,3 +105,18 @@ def test_openlava_refuses_memory_units_with_bsubs_own_words(openlava_cluster, ba
     spec = batch_spec(openlava_cluster, "lsf", mem_per_cpu="300M")
     with pytest.raises(BatchCommandError, match="MEMLIMT value should be a positive integer"):
         jobs.submit(spec)
+
+
+def test_openlava_array_runs_every_element_with_its_index(openlava_cluster, batch_spec, batch_jobs, tmp_path) -> None:
+    script = tmp_path / "element.py"
+    script.write_text("import os\nprint('index', os.environ['HPCBRIDGE_ARRAY_INDEX'])\n")
+    job = jobs.submit(batch_spec(openlava_cluster, "lsf", mode="array", array="1-3", array_throttle=2,
+                                 client_script=str(script), job_name="ol-array"))
+    batch_jobs.append(job)
+    outputs = [tmp_path / f"ol-array-{job.job_id}_{index}.out" for index in (1, 2, 3)]
+    assert wait_for(lambda: all(path.exists() and "index" in path.read_text() for path in outputs), timeout=60)
+    assert [f"index {index}" in path.read_text() for index, path in enumerate(outputs, 1)] == [True] * 3
+    shown = bjobs_long(openlava_cluster, job.job_id)  # bsub read -J "ol-array[1-3]%2": three elements
+    assert sorted(re.findall(r"Job Name <(ol-array\[\d\])>", shown)) == ["ol-array[1]", "ol-array[2]", "ol-array[3]"], shown
+    assert wait_for(lambda: job.status().finished, timeout=30)
+    assert job.status().state == "COMPLETED"
