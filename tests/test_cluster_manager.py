@@ -125,8 +125,8 @@ def test_the_readme_labextension_factory_starts_a_cluster_as_dask_labextension_d
         cluster = await made(*settings["args"], **settings["kwargs"], asynchronous=True)
         try:
             cluster.scale(cluster.own_workers + 1)  # not awaited, as the extension calls it
-            for _ in range(600):
-                if len(cluster.scheduler_info["workers"]) == cluster.own_workers + 1:
+            for _ in range(600):  # one worker job comes, of a node's workers (ntasks_per_node)
+                if len(cluster.scheduler_info["workers"]) == cluster.own_workers + cluster.worker_job_spec.workers:
                     break
                 await asyncio.sleep(0.2)
             return cluster.job, cluster.worker_jobs, len(cluster.scheduler_info["workers"]), cluster.dashboard_link
@@ -134,7 +134,7 @@ def test_the_readme_labextension_factory_starts_a_cluster_as_dask_labextension_d
             await cluster.close()
 
     job, joined, workers, link = asyncio.run(as_the_extension_does())
-    assert workers == 4 + 1 and len(joined) == 1 and "token=" in link  # ntasks_per_node: 4 in the README
+    assert workers == 4 + 4 and len(joined) == 1 and "token=" in link  # ntasks_per_node: 4 in the README
     assert all(wait_for(lambda each=each: _ended(each), timeout=30) for each in [job, *joined])
 
 

@@ -1,4 +1,8 @@
-"""LSF scripts, checked without an LSF: no LSF exists for these machines.
+"""LSF scripts, checked without an LSF: what the real OpenLava (tests/cluster/test_openlava.py) cannot show.
+
+OpenLava runs bsub, bjobs, bkill and blaunch on one host; these tests cover the rest: blaunch
+over several hosts (broken in OpenLava), the LSF-aware mpirun of dask-mpi jobs, and the syntax of
+today's LSF (memory with units, which OpenLava refuses).
 
 What is real here: the rendered ``#BSUB`` lines are parsed by a parser that follows LSF's
 documented embedded-option syntax (``bsub`` reads ``#BSUB`` lines before the first command,

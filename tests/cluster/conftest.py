@@ -299,3 +299,48 @@ def pbs_cluster() -> Iterator[PBSCluster]:
     """Three OpenPBS nodes (`node1`..`node3`, 2 ncpus each) in network namespaces on `ib0`."""
     with running_pbs_cluster(3) as cluster:
         yield cluster
+
+
+OPENLAVA_SCRIPT = Path(__file__).with_name("openlava-cluster")
+OPENLAVA_UP_TIMEOUT = 600.0  # includes building OpenLava (~90 s) on a fresh machine
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenLavaCluster:
+    """A running one-host OpenLava (LSF's commands), as the tests see it.
+
+    env: the variables of its env file (LSF_ENVDIR, PATH with OpenLava's bin first,
+      HPCB_OPENLAVA_*); they are also in os.environ while the fixture is active.
+    host: the one host (this machine's hostname, on loopback); interface: "lo".
+    """
+
+    dir: Path
+    env: dict[str, str]
+    host: str
+    interface: str = "lo"
+
+    def run(self, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run an OpenLava command (bsub, bjobs -l, ...) with the cluster's environment; text output."""
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env})
+
+
+@pytest.fixture(scope="module")
+def openlava_cluster() -> Iterator[OpenLavaCluster]:
+    """One OpenLava host started by tests/cluster/openlava-cluster, always brought down afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="hpcb-openlava-", dir="/tmp"))
+    directory.chmod(0o755)
+    register_leftover_check("cluster", directory)
+    try:
+        up = subprocess.run([str(OPENLAVA_SCRIPT), "up", "--dir", str(directory)], capture_output=True, text=True,
+                            timeout=OPENLAVA_UP_TIMEOUT)
+        if up.returncode != 0:
+            pytest.fail(f"openlava-cluster up failed (logs in {directory}):\n{up.stderr}{up.stdout}", pytrace=False)
+        env = read_env_file(Path(up.stdout.strip().splitlines()[-1]))
+        with exported(env):
+            yield OpenLavaCluster(dir=directory, env=env, host=env["HPCB_OPENLAVA_HOST"])
+    finally:
+        down = subprocess.run([str(OPENLAVA_SCRIPT), "down", "--dir", str(directory)], capture_output=True, text=True,
+                              timeout=DOWN_TIMEOUT)
+        if down.returncode != 0:
+            pytest.fail(f"openlava-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
+    shutil.rmtree(directory, ignore_errors=True)
