@@ -62,7 +62,7 @@ def test_pbs_and_lsf_worker_jobs_ask_for_their_own_allocation() -> None:
     assert [line for line in pbs.splitlines() if line.startswith("#PBS -l")] == [
         "#PBS -l select=2:ncpus=12:mpiprocs=3:mem=12288mb", "#PBS -l place=scatter", "#PBS -l walltime=02:00:00"]
     assert "#PBS -q bigmem" in pbs
-    assert 'mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} -n "$((NODES * TASKS_PER_NODE))"' in pbs
+    assert 'mpiexec ${HOSTFILE_OPTION[@]+"${HOSTFILE_OPTION[@]}"} ${ENV_OPTIONS[@]+"${ENV_OPTIONS[@]}"} -n "$((NODES * TASKS_PER_NODE))"' in pbs
     torque = _joining("pbs", pbs_flavor="torque")
     assert "#PBS -l nodes=2:ppn=12" in torque
     lsf = _joining("lsf")

@@ -67,6 +67,8 @@ def test_a_cluster_cancelled_elsewhere_is_said_ended_not_a_dask_error(tmp_path, 
     cluster = matlab.connect(job["scheduler_file"], 2.0, 60.0)["cluster"]
     jobs.find(job["job_id"]).cancel()  # hpcbridge cancel in a terminal
     assert wait_for(lambda: jobs.find(job["job_id"]).status().finished, timeout=30)
+    # The job reads as ended a moment before its scheduler's process is gone (and still answers).
+    assert wait_for(lambda: not job_processes(job["job_id"]), timeout=30)
     with pytest.raises(matlab.ClusterEnded, match=f"job {job['job_id']} is CANCELLED"):
         matlab.runs(cluster)
 
