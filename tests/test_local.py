@@ -292,6 +292,8 @@ def test_a_call_after_shutdown_or_cancel_says_the_cluster_ended(ended_by, local_
         bridge.shutdown() if ended_by == "shutdown" else job.cancel()
         if ended_by == "cancel":
             assert wait_for(lambda: job.status().finished, timeout=30)
+            # The job reads as ended a moment before its scheduler's process is gone (and still answers).
+            assert wait_for(lambda: not job_processes(job.job_id), timeout=30)
         expected = "shutdown\\(\\) ended it" if ended_by == "shutdown" else f"job {job.job_id} is CANCELLED"
         for call in (bridge.runs, lambda: bridge.map(abs, [1, 2], progress=False)):
             with pytest.raises(ConnectionError, match=expected):

@@ -207,13 +207,16 @@ class Bridge:
         if self.connected and self._unreleased:
             self._release_collected()
         if not self.connected:
-            address = getattr(self.client.scheduler, "address", None) or "?"
-            state = self._job_state()
-            raise ConnectionError(
-                f"this bridge lost its scheduler ({address}{state}); runs saved on disk can still be read with "
-                f"results(name); connect again through {self.scheduler_file or 'the scheduler file'} once a "
-                "cluster runs")
+            raise self._lost(self._job_state())
         return self.client
+
+    def _lost(self, state: str) -> ConnectionError:
+        """The error for a scheduler this bridge lost (``state``: the job's end, from :meth:`_job_state`)."""
+        address = getattr(self.client.scheduler, "address", None) or "?"
+        return ConnectionError(
+            f"this bridge lost its scheduler ({address}{state}); runs saved on disk can still be read with "
+            f"results(name); connect again through {self.scheduler_file or 'the scheduler file'} once a "
+            "cluster runs")
 
     def _job_state(self) -> str:
         """``: job 42 is CANCELLED`` when the cluster's job has ended, else ``""``."""
@@ -604,8 +607,11 @@ class Bridge:
         client = self._cluster()
         try:
             return list(client.list_datasets())
-        except OSError:  # the connection broke in the call (the job was cancelled): said as any lost scheduler
-            if self.connected and not self._job_state():
+        except OSError as error:  # the connection broke in the call (the job was cancelled): said as any lost scheduler
+            state = self._job_state()
+            if state:  # the job has ended: said now, also while the client has not yet noticed its scheduler left
+                raise self._lost(state) from error
+            if self.connected:
                 raise
             return list(self._cluster().list_datasets())
 
