@@ -69,3 +69,10 @@ def reaches_workers(client: Client) -> bool:
         reached = False
     _REACHES[client] = reached
     return reached
+
+
+async def run_on_workers(client: Client, function: Any, *args: Any, workers: list[str] | None = None) -> dict[str, Any]:
+    """``client.run`` of ``function`` on ``workers`` (default all), each answer or its error, for
+    ``client.sync(..., callback_timeout=...)``: ``client.run`` itself has no bound, and a worker or
+    scheduler that hangs would hold the caller forever."""
+    return await client._run(function, *args, workers=workers, on_error="return")

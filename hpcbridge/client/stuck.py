@@ -20,6 +20,7 @@ from typing import Any
 
 from distributed import Client
 
+from hpcbridge.client.futures import run_on_workers
 from hpcbridge.client.planning import plan
 from hpcbridge.client.runs import Run
 from hpcbridge.client.tail import hand_on
@@ -63,7 +64,7 @@ class Handoff:
 
     def _hand_off(self, key: str, worker: str | None) -> bool:
         try:
-            answers = self.client.sync(_ask_all, self.client, attempts.cut, key, workers=[worker] if worker else None,
+            answers = self.client.sync(run_on_workers, self.client, attempts.cut, key, workers=[worker] if worker else None,
                                        callback_timeout=ASK_SECONDS)
         except Exception:  # noqa: BLE001 -- the worker went away meanwhile: its retry runs the chunk
             return False
@@ -81,16 +82,11 @@ class Handoff:
 def running_items(client: Client, run: str) -> list[dict[str, Any]]:
     """The items of ``run`` running now: index, item, worker, seconds on it (longest first); [] if unknown."""
     try:
-        answers = client.sync(_ask_all, client, attempts.active, run, callback_timeout=ASK_SECONDS)
+        answers = client.sync(run_on_workers, client, attempts.active, run, callback_timeout=ASK_SECONDS)
     except Exception:  # noqa: BLE001 -- the workers did not answer in time: nothing to say
         return []
     found = [a for answer in answers.values() if isinstance(answer, list) for a in answer if a["index"] is not None]
     return sorted(found, key=lambda a: -a["seconds"])
-
-
-async def _ask_all(client: Client, function: Any, *args: Any, workers: list[str] | None = None) -> dict[str, Any]:
-    """``client.run`` of ``function`` on ``workers`` (default all), for ``client.sync`` with a ``callback_timeout``."""
-    return await client._run(function, *args, workers=workers, on_error="return")
 
 
 def describe_running(items: list[dict[str, Any]], limit: int = 5) -> str:
@@ -106,7 +102,7 @@ def free_workers(client: Client, run: str, grace: float = RELEASE_GRACE) -> list
     """Stop the chunks of released run ``run`` after their running items; end the worker processes whose item
     does not end within ``grace`` s (their nannies start new ones). Returns the workers ended."""
     try:
-        answers = client.sync(_ask_all, client, attempts.stop_run, run, callback_timeout=ASK_SECONDS)
+        answers = client.sync(run_on_workers, client, attempts.stop_run, run, callback_timeout=ASK_SECONDS)
     except Exception:  # noqa: BLE001 -- the cluster is away: nothing runs there
         return []
     busy = [w for w, answer in answers.items() if isinstance(answer, list) and answer]
@@ -118,7 +114,7 @@ def free_workers(client: Client, run: str, grace: float = RELEASE_GRACE) -> list
     if not busy:
         return []
     try:
-        ended = client.sync(_ask_all, client, attempts.end_for_release, run, workers=busy, callback_timeout=ASK_SECONDS)
+        ended = client.sync(run_on_workers, client, attempts.end_for_release, run, workers=busy, callback_timeout=ASK_SECONDS)
     except Exception:  # noqa: BLE001
         return []
     return [w for w, answer in ended.items() if answer is True]

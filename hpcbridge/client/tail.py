@@ -28,6 +28,7 @@ from typing import Any
 
 from distributed import Client
 
+from hpcbridge.client.futures import run_on_workers
 from hpcbridge.client.runs import Run, note_when_computed
 from hpcbridge.cluster import attempts
 from hpcbridge.cluster.chunks import run_chunk
@@ -69,7 +70,7 @@ class Balancer:
         if idle < 1:
             return False
         try:
-            answers = self.client.sync(_ask, self.client, attempts.active, self.run.name, callback_timeout=ASK_SECONDS)
+            answers = self.client.sync(run_on_workers, self.client, attempts.active, self.run.name, callback_timeout=ASK_SECONDS)
         except Exception:  # noqa: BLE001 -- the workers are busy or away: the watch says so if it matters
             return False
         keys = {key for key, _ in pending}
@@ -189,12 +190,8 @@ def hand_on(client: Client, run: Run, rests: list[tuple[str, dict[str, Any], lis
             directory.write_manifest({**manifest, "bounds": run.bounds})
 
 
-async def _ask(client: Client, function: Any, *args: Any) -> dict[str, Any]:
-    return await client._run(function, *args, on_error="return")
-
-
 async def _cut(client: Client, by_worker: dict[str, list[str]]) -> dict[str, Any]:
     """Cut the chunks ``by_worker`` lists, on those workers at once: their rests by task key."""
     keys = [key for listed in by_worker.values() for key in listed]
-    answer = await client._run(attempts.cut_many, keys, workers=list(by_worker), on_error="return")
+    answer = await run_on_workers(client, attempts.cut_many, keys, workers=list(by_worker))
     return {key: rest for rests in answer.values() if isinstance(rests, dict) for key, rest in rests.items()}
