@@ -510,6 +510,7 @@ def _scheduler_for(job_id: str, scheduler: str | None) -> str:
     import dask.config
 
     from hpcbridge.job import submit as jobs
+    from hpcbridge.backends.job import records_home
 
     found = jobs.find(job_id)
     if found is not None:
@@ -519,7 +520,7 @@ def _scheduler_for(job_id: str, scheduler: str | None) -> str:
         return str(configured)
     raise click.ClickException(
         f"no job {job_id} known: no job of that id was submitted from this account (its record would be in "
-        f"{jobs.records_folder()}); for a job submitted otherwise, name its batch system: --scheduler slurm, pbs or lsf")
+        f"{records_home()}); for a job submitted otherwise, name its batch system: --scheduler slurm, pbs or lsf")
 
 
 _job_scheduler_option = click.option(

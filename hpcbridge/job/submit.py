@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import get_backend
-from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, note, records_home
+from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, note
 from hpcbridge.job.render import render_script
 from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
 
@@ -54,11 +53,6 @@ def forget(job: SubmittedJob) -> None:
     backend = get_backend(job.scheduler)
     if hasattr(backend, "forget"):
         backend.forget(job.job_id)
-
-
-def records_folder() -> Path:
-    """The folder that holds a record of every job submitted from this account."""
-    return records_home()
 
 
 def default_scheduler_file(job_id: str) -> str:
