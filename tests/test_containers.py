@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import hpcbridge
 from hpcbridge.client.bridge import connect
 from hpcbridge.job import submit as jobs
 from hpcbridge.job.render import render_script
@@ -24,11 +25,16 @@ from hpcbridge.job.spec import JobSpec, SpecError
 from tests.conftest import job_processes, wait_for
 
 
-def image_folder(root: Path) -> Path:
-    """An image folder: an empty root whose /bin, /lib... lead to /usr, which the job binds in."""
+def image_folder(root: Path, binds: list[str]) -> Path:
+    """An image folder: an empty root whose /bin, /lib... lead to /usr, which the job binds in.
+
+    ``ch-run`` mounts the image read-only, so every folder bound in must already exist in it: the
+    usual ones and the ``binds`` (CI's checkout lives under a top folder of its own).
+    """
     image = root / "image"
-    for name in ("usr", "etc", "proc", "sys", "dev", "tmp", "home", "root", "var", "run", "mnt", "opt", "work"):
-        (image / name).mkdir(parents=True)
+    for name in {"usr", "etc", "proc", "sys", "dev", "tmp", "home", "root", "var", "run", "mnt", "opt",
+                 *(bind.strip("/") for bind in binds)}:
+        (image / name).mkdir(parents=True, exist_ok=True)
     for name in ("bin", "lib", "lib64", "sbin"):
         os.symlink(f"usr/{name}", image / name)
     for name in ("passwd", "group", "hosts", "resolv.conf"):
@@ -46,16 +52,18 @@ def top_folder(path: str) -> str:
 def test_a_local_cluster_runs_its_scheduler_and_workers_under_charliecloud(local_spec, local_jobs, tmp_path,
                                                                           monkeypatch) -> None:
     monkeypatch.delenv("USER", raising=False)  # the job sets it for ch-run, which refuses to start without
-    python_folders = {top_folder(sys.prefix), top_folder(os.path.realpath(sys.executable))} - {"/usr", "/tmp"}
-    job = jobs.submit(local_spec(ntasks_per_node=2, mem="2G", container=str(image_folder(tmp_path)),
-                                 container_runtime="charliecloud", container_binds=["/usr", *sorted(python_folders)]))
+    python_folders = {top_folder(sys.prefix), top_folder(os.path.realpath(sys.executable)),
+                      top_folder(hpcbridge.__file__)} - {"/usr", "/tmp"}
+    binds = ["/usr", *sorted(python_folders)]
+    job = jobs.submit(local_spec(ntasks_per_node=2, mem="2G", container=str(image_folder(tmp_path, binds)),
+                                 container_runtime="charliecloud", container_binds=binds))
     local_jobs.append(job)
 
     def where_am_i() -> tuple[str | None, str]:  # nested: it travels by value (the workers cannot import tests)
         """Charliecloud's marker and this process's mount namespace."""
         return os.environ.get("CH_RUNNING"), os.readlink("/proc/self/ns/mnt")
 
-    with connect(job.scheduler_file, n_workers=2, timeout=60) as bridge:
+    with connect(job=job, n_workers=2, timeout=60) as bridge:  # a job that fails says why at once
         here = where_am_i()
         workers = bridge.client.run(where_am_i)
         scheduler = bridge.client.run_on_scheduler(where_am_i)
