@@ -35,6 +35,13 @@ def uneven(x: int, log: str) -> int:
     return x * x
 
 
+def slow_first(x: int, log: str) -> int:
+    time.sleep(3.0 if x == 0 else 0.01)
+    with open(log, "a") as out:
+        out.write(f"{x} {os.getpid()}-{threading.get_ident()}\n")
+    return -x
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[jobs.SubmittedJob, Bridge]]:
     with module_bridge(tmp_path_factory, 2, cpus_per_task=4) as attached:  # 8 threads
@@ -64,16 +71,33 @@ def test_idle_threads_take_the_rest_of_chunks_that_run_long_and_each_item_runs_o
     assert len(run.bounds) > len(planned)
 
 
+def test_an_item_queued_behind_a_long_one_is_taken_by_an_idle_thread(cluster, tmp_path: Path) -> None:
+    _, bridge = cluster
+    log = tmp_path / "calls.log"
+    run = bridge.map(slow_first, range(8), args=(str(log),), chunk_size=2, name="behind", progress=False)
+    assert bridge.gather(run, progress=False) == [-x for x in range(8)]
+    lines = [line.split() for line in log.read_text().splitlines()]
+    done = [int(x) for x, _ in lines]
+    assert sorted(done) == list(range(8)), "an item ran twice or not at all"
+    where = dict((int(x), thread) for x, thread in lines)
+    # Item 1 shares item 0's chunk. Left there, it would run on item 0's thread once that 3 s item ends.
+    assert done.index(1) < done.index(0) and where[1] != where[0], f"item 1 waited behind item 0: {lines}"
+
+
 def test_a_run_s_tail_is_shared_out_by_the_work_left_in_each_chunk() -> None:
     running = [{"key": "long", "index": 99, "stop": 1100, "per_item": 0.01},   # 10 s left
                {"key": "short", "index": 0, "stop": 30, "per_item": 0.01},     # 0.29 s left
                {"key": "done", "index": 49, "stop": 50, "per_item": 0.01}]     # nothing after its running item
-    # Every idle thread goes to the long chunk: seven pieces of 1.4 s, none to 0.15 s pieces of the short one.
-    assert split_shares(running, idle=6) == {"long": 7}
-    running[0]["stop"] = 200  # 1 s left, the other 0.6 s: pieces of about 0.2 s each
+    # Every idle thread goes to the long chunk: six pieces of 1.7 s, none to pieces of the short one.
+    assert split_shares(running, idle=6) == {"long": 6}
+    running[0]["stop"] = 200  # 1 s left, the other 0.6 s: the pieces end about together
     running[1]["stop"] = 61
-    assert split_shares(running, idle=6) == {"long": 5, "short": 3}
+    assert split_shares(running, idle=6) == {"long": 4, "short": 2}
     assert split_shares(running, idle=0) == {}
     # The plan's estimate counts when it is higher than what a chunk took so far (a chunk on its first item).
-    assert split_shares([{"key": "k", "index": 0, "stop": 100, "per_item": 0.0}], idle=1, planned_per_item=0.01) == {"k": 2}
-    assert split_shares([{"key": "k", "index": 0, "stop": 100, "per_item": 0.0}], idle=1) == {}
+    assert split_shares([{"key": "k", "index": 0, "stop": 100, "per_item": 0.0}], idle=2, planned_per_item=0.01) == {"k": 2}
+    assert split_shares([{"key": "k", "index": 0, "stop": 100, "per_item": 0.0}], idle=2) == {}
+    # One item behind one that has run for a second: it moves to an idle thread (it would wait a second or more).
+    behind = [{"key": "k", "index": 5, "stop": 7, "per_item": 0.01, "seconds": 1.0}]
+    assert split_shares(behind, idle=1) == {"k": 1}
+    assert split_shares([{**behind[0], "seconds": 0.0}], idle=1) == {}  # behind a short one: it stays

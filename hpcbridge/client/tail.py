@@ -37,9 +37,11 @@ from hpcbridge.rundir import RunDirectory
 CHECK_SECONDS = 0.1  # at most this often a waiting client looks at its run's tail
 FIRST_CHECK_SECONDS = 0.1  # a run collected sooner than this is never looked at (small maps pay nothing)
 ASK_SECONDS = 5.0  # the bound on asking the workers
-# A new chunk holds at least this much of the estimated work: a task costs the scheduler ~3 ms and a
-# round of asking and cutting ~20 ms, so splitting less than this would cost more than it saves.
-SHORTEST_PIECE_SECONDS = 0.1
+# Splitting a chunk's rest must bring its projected end this much nearer: a task costs the scheduler
+# ~3 ms and a round of asking and cutting 20-200 ms, so a smaller gain would cost more than it saves.
+SHORTEST_GAIN_SECONDS = 0.05
+# How long after a round a new chunk starts on an idle thread (the cut, the submission, the scheduler).
+HAND_ON_SECONDS = 0.05
 
 
 class Balancer:
@@ -104,33 +106,47 @@ class Balancer:
 def split_shares(running: list[dict[str, Any]], idle: int, planned_per_item: float = 0.0) -> dict[str, int]:
     """Into how many new chunks to split the rest of each running chunk (by task key), for ``idle`` free threads.
 
-    A chunk's rest is the items after the one it is running; it goes to new chunks (its own
-    thread is free again after that item), so each chunk split takes one piece more than the
-    idle threads it is given. A rest's work is its items times the seconds per item its chunk has
-    taken so far (``per_item``), or the map's plan said (``planned_per_item``), whichever is more:
-    items that cost more than planned are what leaves threads idle. Pieces go one by one to the
-    chunk whose pieces would be longest, while a piece holds at least
-    :data:`SHORTEST_PIECE_SECONDS` of work.
+    A chunk's rest is the items after the one it is running; when it is split, all of it goes to new
+    chunks, each taking an idle thread. Each chunk has a projected end: unsplit, what its running
+    item has left plus its rest's work; split into ``p`` new chunks, :data:`HAND_ON_SECONDS` plus
+    the work of the largest piece. A rest's work is its items times the seconds per item its chunk
+    has taken so far (``per_item``) or the map's plan said (``planned_per_item``), whichever is
+    more. What the running item has left is not known: as long as it has run (``seconds``), or
+    what an item should take, whichever is more: an item that runs long tends to run longer
+    (heavy-tailed costs), and the items queued behind it are what keeps threads idle at the end.
+    Idle threads go one by one to the chunk whose projected end is latest, while that brings it at
+    least :data:`SHORTEST_GAIN_SECONDS` nearer; a chunk that cannot gain more is left as it is.
 
-    >>> running = [{"key": "a", "index": 10, "stop": 100, "per_item": 0.01},
-    ...            {"key": "b", "index": 10, "stop": 20, "per_item": 0.01}]
-    >>> split_shares(running, idle=3)
-    {'a': 4}
+    >>> running = [{"key": "a", "index": 10, "stop": 100, "per_item": 0.01, "seconds": 0.0},
+    ...            {"key": "b", "index": 10, "stop": 20, "per_item": 0.01, "seconds": 0.0},
+    ...            {"key": "c", "index": 18, "stop": 20, "per_item": 0.01, "seconds": 0.9}]
+    >>> split_shares(running, idle=4)
+    {'c': 1, 'a': 3}
     """
-    per_item = {a["key"]: max(a.get("per_item") or 0.0, planned_per_item) for a in running}
-    left = {a["key"]: a["stop"] - a["index"] - 1 for a in running}
-    heap = [(-items * per_item[key] / 2, key, 0) for key, items in left.items() if items >= 2 and per_item[key] > 0]
+    def end(items: int, per_item: float, pieces: int, running_left: float) -> float:
+        if pieces == 0:
+            return running_left + items * per_item
+        return HAND_ON_SECONDS + -(-items // pieces) * per_item
+
+    heap = []  # (minus its projected end, key, pieces so far, items left, seconds per item, its running item's rest)
+    for a in running:
+        items = a["stop"] - a["index"] - 1
+        per_item = max(a.get("per_item") or 0.0, planned_per_item)
+        if items >= 1 and per_item > 0:
+            running_left = max(a.get("seconds") or 0.0, per_item - (a.get("seconds") or 0.0))
+            heap.append((-end(items, per_item, 0, running_left), a["key"], 0, items, per_item, running_left))
     heapq.heapify(heap)
     shares: dict[str, int] = {}
     free = idle
     while heap and free > 0:
-        _, key, pieces = heapq.heappop(heap)
-        wanted = pieces + 1 if pieces else 2  # a first split makes two pieces: one for the chunk's own thread
-        if left[key] < wanted or left[key] * per_item[key] / wanted < SHORTEST_PIECE_SECONDS:
+        minus_end, key, pieces, items, per_item, running_left = heapq.heappop(heap)
+        best = min(range(pieces + 1, min(items, pieces + 2, pieces + free) + 1),
+                   key=lambda more: (end(items, per_item, more, running_left), more), default=None)
+        if best is None or -minus_end - end(items, per_item, best, running_left) < SHORTEST_GAIN_SECONDS:
             continue
-        free -= 1  # each piece beyond the chunk's own takes one idle thread
-        shares[key] = wanted
-        heapq.heappush(heap, (-left[key] * per_item[key] / (wanted + 1), key, wanted))
+        free -= best - pieces
+        shares[key] = best
+        heapq.heappush(heap, (-end(items, per_item, best, running_left), key, best, items, per_item, running_left))
     return shares
 
 
