@@ -109,7 +109,8 @@ class HeadlessChromium:
                 self.console.append(" ".join(str(arg.get("value", arg.get("description", "")))
                                              for arg in answer["params"]["args"]))
             elif answer.get("method") == "Runtime.exceptionThrown":
-                self.console.append(f"exception: {answer['params']['exceptionDetails'].get('text')}")
+                details = answer["params"]["exceptionDetails"]
+                self.console.append(f"{details.get('text')} {details.get('exception', {}).get('description', '')}")
 
     def _receive(self, deadline: float, method: str) -> dict[str, Any]:
         while b"\0" not in self._buffer:
