@@ -24,8 +24,8 @@ from hpcbridge.job import submit as jobs
 from tests.headless_browser import HeadlessChromium, find_chromium
 
 CHROMIUM = find_chromium()
-# Where a copy of the last screenshot goes, for a person to look at.
-SCREENSHOT = Path(os.environ.get("HPCBRIDGE_DASHBOARD_SCREENSHOT", "/tmp/dashboard-status.png"))
+# Where a copy of the screenshot goes for a person to look at, if set (else it stays in the test's temporary folder).
+KEEP_SCREENSHOT = os.environ.get("HPCBRIDGE_DASHBOARD_SCREENSHOT")
 
 # Bokeh 3 draws each plot in canvases inside shadow roots: walk them all.
 CANVASES = """(() => {
@@ -70,8 +70,8 @@ def sleep_a_little(seconds: float) -> float:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (make system-packages installs "
                                                "chromium-headless-shell)")
-def test_the_owners_link_shows_the_status_plots_drawn_in_a_real_browser(local_spec, local_jobs,
-                                                                         monkeypatch) -> None:
+def test_the_owners_link_shows_the_status_plots_drawn_in_a_real_browser(local_spec, local_jobs, monkeypatch,
+                                                                         tmp_path) -> None:
     # The owner's environment asks bokeh for its CDN, and this machine is offline like many compute
     # nodes: the dashboard serves its JavaScript itself all the same.
     monkeypatch.setenv("BOKEH_RESOURCES", "cdn")
@@ -92,9 +92,10 @@ def test_the_owners_link_shows_the_status_plots_drawn_in_a_real_browser(local_sp
             console = list(browser.console)
             canvases = browser.evaluate(CANVASES)
             elsewhere = browser.evaluate(ELSEWHERE)
-    SCREENSHOT.write_bytes(png)
+    screenshot = Path(KEEP_SCREENSHOT or tmp_path / "dashboard-status.png")
+    screenshot.write_bytes(png)
     assert elsewhere == [], elsewhere
     assert any(RENDERED in line for line in console), console
     assert len([size for size in canvases if size[0] > 50 and size[1] > 50]) >= 5, canvases
     drawn, coloured = shares(png, top=50)
-    assert drawn > 0.005 and coloured > 0.005, f"plots {drawn:.2%} drawn, {coloured:.2%} in colour: {SCREENSHOT}"
+    assert drawn > 0.005 and coloured > 0.005, f"plots {drawn:.2%} drawn, {coloured:.2%} in colour: {screenshot}"
