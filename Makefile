@@ -33,3 +33,6 @@ system-packages:
 	tests/cluster/openlava-cluster install
 	command -v octave-cli >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends octave; }
+	# A real browser for the dashboard's test (tests/test_dashboard_browser.py)
+	command -v chromium-headless-shell >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium-headless-shell; }

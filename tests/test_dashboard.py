@@ -174,3 +174,24 @@ def test_another_user_on_the_same_machine_gets_nothing_and_the_owners_link_opens
     with opener.open(f"http://127.0.0.1:{recorded.port}/info/main/workers.html", timeout=30) as answer:
         assert answer.status == 200
     assert fetch(f"http://127.0.0.1:{recorded.port}/status?token=wrong")[0] == 403
+
+
+def test_the_dashboard_serves_its_own_javascript_whatever_bokeh_setting_the_user_has(local_spec, local_jobs,
+                                                                                     monkeypatch) -> None:
+    """Compute nodes are often offline: a page that loads BokehJS from a CDN draws no plot there (the
+    user's ``BOKEH_RESOURCES=cdn``, e.g. set for notebooks, reaches the job's environment)."""
+    monkeypatch.setenv("BOKEH_RESOURCES", "cdn")
+    job = jobs.submit(local_spec(ntasks_per_node=1))
+    local_jobs.append(job)
+    with connect(job=job, n_workers=1, timeout=60) as bridge:
+        recorded = scheduler_file.read(job.scheduler_file).dashboard
+        status, page = fetch(bridge.dashboard_link)
+        assert status == 200, page[:300]
+        scripts = re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", page)
+        assert scripts and not [src for src in scripts if "//" in src], scripts  # relative: from the dashboard itself
+        for src in scripts:
+            assert fetch(f"http://127.0.0.1:{recorded.port}/{src}")[0] == 403  # behind the gate, like every page
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        opener.open(bridge.dashboard_link, timeout=30).close()
+        with opener.open(f"http://127.0.0.1:{recorded.port}/{scripts[0]}", timeout=30) as answer:
+            assert answer.status == 200 and b"Bokeh" in answer.read(200_000)

@@ -13,8 +13,10 @@ runs this module as a scheduler preload (``--preload hpcbridge.cluster.dashboard
 - any other gets ``403`` and a line saying where the link is.
 
 Every route of the scheduler's HTTP server goes through the gate (pages, ``/metrics``, the JSON
-routes). The workers serve no pages (``--no-dashboard``), only counts (``/metrics``, ``/health``)
-on their node's 127.0.0.1.
+routes, bokeh's JavaScript). The workers serve no pages (``--no-dashboard``), only counts
+(``/metrics``, ``/health``) on their node's 127.0.0.1. The preload also has the dashboard serve
+BokehJS itself, whatever ``BOKEH_RESOURCES`` its owner's environment brings
+(:func:`serve_own_javascript`): a compute node may have no internet access.
 """
 
 from __future__ import annotations
@@ -45,8 +47,25 @@ def dask_setup(scheduler: Any) -> None:
     if not token:
         raise RuntimeError(f"hpcbridge.cluster.dashboard_gate: {TOKEN_VARIABLE} is not set; the dashboard would be "
                            "open to every user of this node")
+    serve_own_javascript()
     if getattr(scheduler, "http_application", None) is not None:
         guard(scheduler.http_application, token, scheduler.http_server.port)
+
+
+def serve_own_javascript() -> None:
+    """Have this process's bokeh server pages load BokehJS from the dashboard itself, never from a CDN.
+
+    Bokeh reads ``BOKEH_RESOURCES`` from the environment, which a job inherits from its owner's
+    (``cdn`` is a common choice for notebooks); its pages then load BokehJS from cdn.bokeh.org, and
+    on a compute node without internet access (many sites) the dashboard shows its frame and no plot.
+    A value set through bokeh's settings outranks the environment; it is read at each page.
+    Without bokeh there is nothing to set (Dask's pages then only say that it needs bokeh).
+    """
+    try:
+        from bokeh.settings import settings
+    except ImportError:
+        return
+    settings.resources.set_value("server")
 
 
 def guard(application: web.Application, token: str, port: int) -> None:
