@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from distributed import Client, Future
 
+from hpcbridge.client import run_records
 from hpcbridge.client.futures import gather_results, wait_for
 from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.missing_modules import module_missing
@@ -69,6 +70,7 @@ def collect(client: Client, run: Run, stack: bool = False, timeout: float | None
             break
     if meter and not pending:
         meter.finish()
+    run_records.flush(client, run.name)  # the balanced tail's last record is on the scheduler before we return
     try:
         return _assemble(client, run, stack, watch, job)
     except _HandedOff:  # another client handed part of a chunk to new tasks: the record lists them now

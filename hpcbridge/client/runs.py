@@ -27,7 +27,7 @@ from typing import Any
 
 from distributed import Client, Future
 
-from hpcbridge.client import arguments
+from hpcbridge.client import arguments, run_records
 from hpcbridge.client.planning import TARGET_CHUNK_SECONDS, estimate_key, plan, probe, remembered_estimate
 from hpcbridge.cluster import broadcasts
 from hpcbridge.cluster.attempts import install_death_notes
@@ -560,6 +560,7 @@ def _check_same_run(name: str, directory: RunDirectory, manifest: dict[str, Any]
 
 def release(client: Client, name: str) -> bool:
     """Let the cluster forget run ``name`` and its results; True if some of its chunks had not finished."""
+    run_records.flush(client, name)  # a record still being sent would bring the run back after this
     try:
         record = client.get_dataset(name)
     except KeyError:

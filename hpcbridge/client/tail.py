@@ -28,6 +28,7 @@ from typing import Any
 
 from distributed import Client
 
+from hpcbridge.client import run_records
 from hpcbridge.client.futures import run_on_workers
 from hpcbridge.client.runs import Run, note_when_computed
 from hpcbridge.cluster import attempts
@@ -172,8 +173,9 @@ def hand_on(client: Client, run: Run, rests: list[tuple[str, dict[str, Any], lis
     ``rests`` holds, per cut chunk: its task key, what :func:`hpcbridge.cluster.attempts.cut` handed
     back (``at``: its first item not computed; ``task``: the chunk task of the rest; ``extra``) and
     the new chunks' bounds, which cover ``[at, end of the chunk)``. The run's record on the
-    scheduler (for other clients and ``results(name)``) and its run directory's manifest are
-    written once for all of them.
+    scheduler (for other clients and ``results(name)``; sent in the background,
+    :mod:`hpcbridge.client.run_records`) and its run directory's manifest are written once for
+    all of them.
     """
     prefix = f"{run.name}-h{secrets.token_hex(3)}"
     chunks, places = [], []  # the new chunk tasks; per cut chunk, its key and how many new chunks follow it
@@ -198,7 +200,8 @@ def hand_on(client: Client, run: Run, rests: list[tuple[str, dict[str, Any], lis
         run.bounds[i:i + 1] = [(low, at), *bounds]
         run.futures[i:i + 1] = [run.futures[i], *new]
         index = {f.key: j for j, f in enumerate(run.futures) if f is not None}
-    client.publish_dataset(run.record(), name=run.name, override=True)
+    record = {**run.record(), "bounds": list(run.bounds), "futures": list(run.futures)}  # later rounds change the lists
+    run_records.publish_soon(client, run.name, record)
     if run.directory:
         directory = RunDirectory(run.directory)
         manifest = directory.manifest()
