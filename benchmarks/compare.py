@@ -113,6 +113,15 @@ FIGURES = [
     Figure("scale", "map at 1,024 threads, heavy-tailed items, speed-up (vs one chunk per thread)",
            "t1024_uneven_bridge_seconds", "t1024_uneven_naive_seconds", "t1024_uneven_speedup_vs_naive", "≥ 1.5",
            lambda r: r >= 1.5),
+    Figure("scale", "heavy-tailed items: the best a scheduler that learns costs by running can do, speed-up "
+           "(items one by one to the first free thread, at no cost; 1,024 threads)", "t1024_uneven_best_dynamic_seconds",
+           "t1024_uneven_naive_seconds", "t1024_uneven_best_dynamic_speedup_vs_naive", "(shown: the bound)", None),
+    Figure("scale", "map at 256 threads, rising items (0 to 40 ms in order), speed-up (vs one chunk per thread)",
+           "t256_rising_bridge_seconds", "t256_rising_naive_seconds", "t256_rising_speedup_vs_naive", "≥ 1.5",
+           lambda r: r >= 1.5),
+    Figure("scale", "map at 1,024 threads, rising items, speed-up (vs one chunk per thread)",
+           "t1024_rising_bridge_seconds", "t1024_rising_naive_seconds", "t1024_rising_speedup_vs_naive", "≥ 1.5",
+           lambda r: r >= 1.5),
 ]
 
 FULL = {

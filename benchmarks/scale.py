@@ -6,7 +6,11 @@ run, for each size: the ideal (the items' total wait over the threads), the naiv
 contiguous chunk per thread, one ``client.map``: the best simple alternative) and ``bridge.map``
 (default settings, its run saved to the run directory), each the median of ``--repeats`` pairs
 taken in turn. Even items all wait ``--cost`` s; uneven ones wait a heavy-tailed multiple of it
-(Pareto, shape 1.2, capped at 50x, a fixed seed), where a static split leaves threads idle.
+(Pareto, shape 1.2, capped at 50x, a fixed seed); rising ones wait from nothing to twice ``--cost``
+in the order given (items sorted by size: a sweep whose later cases are larger, a triangular
+loop), where a static split gives the last threads twice the average. For uneven items the
+best any scheduler that does not know the costs in advance can do is printed too: the items
+handed out one by one in order, each to the thread that frees first, at no cost at all.
 
     .venv/bin/python benchmarks/scale.py --sizes 4x64,8x128
 """
@@ -14,6 +18,7 @@ taken in turn. Even items all wait ``--cost`` s; uneven ones wait a heavy-tailed
 from __future__ import annotations
 
 import argparse
+import heapq
 import random
 import statistics
 import time
@@ -31,11 +36,23 @@ def wait_all(chunk: list[float]) -> list[float]:
 
 
 def costs(kind: str, n: int, cost: float) -> list[float]:
-    """Each item's wait: ``cost`` for even items, a heavy-tailed multiple of it for uneven ones."""
+    """Each item's wait: ``cost`` for even items, a heavy-tailed multiple of it for uneven ones, from
+    nothing to twice it for rising ones."""
     if kind == "even":
         return [cost] * n
+    if kind == "rising":
+        return [2 * cost * (i + 0.5) / n for i in range(n)]
     draw = random.Random(25)
     return [cost * min(50.0, draw.paretovariate(1.2)) for _ in range(n)]
+
+
+def best_dynamic(items: list[float], threads: int) -> float:
+    """When the last item ends if each is given, in order, to the thread that frees first, at no cost:
+    what no scheduler that learns the costs only by running the items can beat by much."""
+    free = [0.0] * threads
+    for seconds in items:
+        heapq.heapreplace(free, free[0] + seconds)
+    return max(free)
 
 
 def naive(client, items: list[float], threads: int, chunk_fn=wait_all) -> float:
@@ -88,7 +105,7 @@ def mapped(bridge, items: list[float], fn=wait) -> tuple[float, int]:
 def compare(bridge, prefix: str, threads: int, options: argparse.Namespace, fn=wait, chunk_fn=wait_all) -> None:
     """Even and heavy-tailed items: ``bridge.map`` against the static split, ``options.repeats`` pairs
     taken in turn; prints the medians, their ratios and the efficiency against the ideal."""
-    for kind in ("even", "uneven"):
+    for kind in ("even", "uneven", "rising"):
         items = costs(kind, threads * options.items_per_thread, options.cost)
         ideal = sum(items) / threads
         ours, theirs, chunks = [], [], []
@@ -107,6 +124,10 @@ def compare(bridge, prefix: str, threads: int, options: argparse.Namespace, fn=w
         print(f"{prefix}_{kind}_bridge_over_naive: {bridge_seconds / naive_seconds:.3f}")
         print(f"{prefix}_{kind}_speedup_vs_naive: {naive_seconds / bridge_seconds:.3f}")
         print(f"{prefix}_{kind}_efficiency: {ideal / bridge_seconds:.3f}")
+        if kind != "even":
+            bound = best_dynamic(items, threads)
+            print(f"{prefix}_{kind}_best_dynamic_seconds: {bound:.3f}")
+            print(f"{prefix}_{kind}_best_dynamic_speedup_vs_naive: {naive_seconds / bound:.3f}")
         print(f"{prefix}_{kind}_chunks: {statistics.median(chunks):.0f}", flush=True)
 
 

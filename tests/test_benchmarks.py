@@ -105,10 +105,12 @@ def test_scale_benchmark() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert lines["t8_threads"] == "8"
-    for kind in ("even", "uneven"):
+    for kind in ("even", "uneven", "rising"):
         positive(lines, *(f"t8_{kind}_{name}" for name in ("ideal_seconds", "naive_seconds", "bridge_seconds",
                                                            "bridge_over_naive", "speedup_vs_naive", "efficiency",
                                                            "chunks")))
+    for kind in ("uneven", "rising"):  # the bound no scheduler can beat, beside them: at least the ideal
+        assert float(lines[f"t8_{kind}_best_dynamic_seconds"]) >= float(lines[f"t8_{kind}_ideal_seconds"]) - 0.0005
 
 
 def test_compare_prints_one_table_of_ratios_with_the_load(cluster: str) -> None:
