@@ -57,9 +57,8 @@ def test_compose_cluster_runs_a_map_on_both_nodes() -> None:
                 _wait(debootstrap, 300, scratch / "debootstrap.log")
                 _wait(wheels, 300, scratch / "pip.log")
                 shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-                subprocess.run(["tar", "-C", str(rootfs), "-cf", str(scratch / "rootfs.tar"), "."], check=True, timeout=120)
+                _import(engine, rootfs, BASE_IMAGE)
                 shutil.rmtree(rootfs)
-                engine.docker("import", str(scratch / "rootfs.tar"), BASE_IMAGE)
                 wheel_url = engine.serve(scratch / "wheels", WHEEL_PORT)
                 print(f"engine and base image ready: {time.monotonic() - started:.0f} s")
                 _run_compose_cluster(engine, wheel_url, started)
@@ -97,11 +96,13 @@ def _run_compose_cluster(engine: DockerEngine, wheel_url: str, started: float) -
         submitted = login("hpcbridge", "submit", "-N", "2", "--time", "10")
         job_id = submitted.split("job id:", 1)[1].split()[0]
         try:
+            described = login("hpcbridge", "connect", job_id, "--workers", "2", "--timeout", "120", timeout=180)
             result = json.loads(login("python3", "/usr/local/share/hpcbridge/sum_primes.py", job_id, str(UPPER),
                                       timeout=180).strip().splitlines()[-1])
         except (AssertionError, json.JSONDecodeError):
             print(login("hpcbridge", "logs", job_id, "--tail", "40"))
             raise
+        assert f"job:       {job_id} (slurm)" in described and "workers:   2 (2 threads)" in described, described
         assert result == {"upper": UPPER, "sum": sum_prime_factors((2, UPPER)), "nodes": ["node1", "node2"]}
         assert login("hpcbridge", "cancel", job_id).strip() == f"cancelled {job_id}"
         deadline = time.monotonic() + 60
@@ -110,9 +111,22 @@ def _run_compose_cluster(engine: DockerEngine, wheel_url: str, started: float) -
             time.sleep(0.5)
         print(f"map on both nodes done: {time.monotonic() - started:.0f} s")
     finally:
-        compose("down", "--volumes", "--rmi", "all", "--timeout", "5")
+        compose("down", "--volumes", "--timeout", "5")  # the images go with the engine's data root
     assert not engine.docker("ps", "--all", "--quiet").stdout.strip()
     assert not engine.docker("volume", "ls", "--quiet").stdout.strip()
+
+
+def _import(engine: DockerEngine, rootfs: Path, image: str) -> None:
+    """``tar -C rootfs -c . | docker import - image``: the folder debootstrap made, as an image."""
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        imported = subprocess.run(["docker", "import", "-", image], stdin=tar.stdout, env=engine.env,
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        assert tar.stdout is not None
+        tar.stdout.close()
+        tar.wait(30)
+    assert (tar.returncode, imported.returncode) == (0, 0), f"tar | docker import: {imported.stderr[-2000:]}"
 
 
 def _wait(process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
