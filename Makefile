@@ -1,6 +1,6 @@
 # The two commands of the README's quick start, on a fresh Debian machine (as root for `test`):
 #   make demo   install hpcbridge alone into .venv and run `hpcbridge demo` on a local cluster
-#   make test   install the system packages the tests need (Slurm, Open MPI, Octave) and the tests' and
+#   make test   install the system packages the tests need (Slurm, Open MPI, Octave, Docker) and the tests' and
 #               examples' extras, then run every test
 #   make bench  every benchmark beside its baseline, one table of ratios (not part of the tests)
 PYTHON ?= python3
@@ -36,3 +36,13 @@ system-packages:
 	# A real browser for the dashboard's test (tests/test_dashboard_browser.py)
 	command -v chromium-headless-shell >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium-headless-shell; }
+	# Docker, docker-compose, debootstrap and slirp4netns for the compose cluster's test, which starts a
+	# dockerd of its own in namespaces of its own: a policy-rc.d keeps the install from starting the
+	# machine's dockerd, whose iptables rules would cut the Slurm harness's bridges
+	command -v dockerd >/dev/null && command -v docker-compose >/dev/null && command -v debootstrap >/dev/null && \
+	command -v slirp4netns >/dev/null || { apt-get update -qq && \
+		{ test -e /usr/sbin/policy-rc.d || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && \
+		chmod +x /usr/sbin/policy-rc.d && touch /tmp/hpcbridge-policy-rc.d; }; } && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io docker-compose \
+		debootstrap slirp4netns; status=$$?; \
+		test ! -e /tmp/hpcbridge-policy-rc.d || rm -f /usr/sbin/policy-rc.d /tmp/hpcbridge-policy-rc.d; exit $$status; }
