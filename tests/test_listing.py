@@ -12,7 +12,7 @@ import time
 from click.testing import CliRunner
 
 import hpcbridge
-from hpcbridge.backends.job import note, recorded_notes
+from hpcbridge.backends.job import SubmittedJob, note, recorded_jobs, recorded_notes, records_home
 from hpcbridge.cli import main
 from hpcbridge.client.attach import wait_for_scheduler_file
 from hpcbridge.client.bridge import connect
@@ -87,3 +87,14 @@ def test_logs_follow_prints_as_the_job_writes_and_ends_with_the_job(local_spec, 
     assert follower.returncode == 0, err
     assert "hpcbridge: scheduler file ready" in out and "End worker" in out
     assert f"job {job.job_id} ended: COMPLETED" in err
+
+
+def test_forgetting_a_throwaway_cluster_forgets_the_worker_jobs_that_joined_it(tmp_path) -> None:
+    cluster = SubmittedJob("local-c0ffee", "local", str(tmp_path / "scheduler.json"))
+    joined = SubmittedJob("local-beef", "local", str(tmp_path / "scheduler.json"), joins=cluster.job_id)
+    cluster.record()
+    joined.record()
+    assert {job.job_id for job, _ in recorded_jobs()} >= {"local-c0ffee", "local-beef"}
+    jobs.forget(cluster)  # what the demo, the examples and the benchmarks do with their cluster
+    assert not {job.job_id for job, _ in recorded_jobs()} & {"local-c0ffee", "local-beef"}
+    assert not list(records_home().glob("*.joined"))

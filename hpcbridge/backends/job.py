@@ -162,6 +162,7 @@ def forget(job: SubmittedJob) -> None:
     job.forget_record()
     folder = _joined_folder(job.scheduler, job.job_id)
     for path in folder.glob("*.json"):
+        (folder.parent / path.name).unlink(missing_ok=True)  # the worker job's own record: the same name
         path.unlink(missing_ok=True)
     try:
         folder.rmdir()

@@ -13,6 +13,7 @@ import time
 from hpcbridge import scheduler_file as files
 from hpcbridge.backends import get_backend
 from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, note
+from hpcbridge.backends.job import forget as forget_records
 from hpcbridge.job.render import render_script
 from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
 
@@ -44,10 +45,11 @@ def find(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
 
 
 def forget(job: SubmittedJob) -> None:
-    """Remove what hpcbridge kept of an ended job: its record, its scheduler file's folder when empty,
-    and for a local job its folder (script, output, exit code). For throwaway clusters that ended
-    well (the demo, the examples, the benchmarks), whose records and logs otherwise pile up."""
-    job.forget_record()
+    """Remove what hpcbridge kept of an ended job: its record and those of the worker jobs that joined
+    it, its scheduler file's folder when empty, and for a local job its folder (script, output, exit
+    code). For throwaway clusters that ended well (the demo, the examples, the benchmarks), whose
+    records and logs otherwise pile up."""
+    forget_records(job)
     if job.scheduler_file:
         files.remove(job.scheduler_file, job_id=job.job_id)
     backend = get_backend(job.scheduler)
