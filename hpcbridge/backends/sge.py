@@ -64,7 +64,7 @@ def parse_qstat_jobs(text: str) -> dict[str, list[str]]:
 def parse_qacct(text: str) -> list[dict[str, str]]:
     """The records of ``qacct -j``, in the order qacct prints them (its accounting file's order).
 
-    >>> parse_qacct("====\\nhostname     node1\\nfailed       0    \\nexit_status  7\\n")
+    >>> parse_qacct("=====\\nhostname     node1\\nfailed       0    \\nexit_status  7\\n")
     [{'hostname': 'node1', 'failed': '0', 'exit_status': '7'}]
     """
     records: list[dict[str, str]] = []

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 
 from hpcbridge.backends import JobNotFound, get_backend
 from hpcbridge.cli import main as cli
-from hpcbridge.client.attach import wait_for_scheduler_file
 from hpcbridge.client.bridge import connect
 from hpcbridge.job import submit as jobs
 from hpcbridge.workloads.primes import split_range, sum_prime_factors
@@ -66,32 +65,39 @@ def test_scheduler_file_cluster_over_both_hosts(sge_cluster, batch_spec, batch_j
     assert "hpcbridge: the scheduler exited (status 0)" in logs.output
 
 
-def test_exit_codes_come_from_qacct(sge_cluster, batch_jobs, tmp_path, monkeypatch) -> None:
-    """A job Grid Engine no longer lists is read from its accounting: exit 7 is FAILED with exit code 7."""
+def test_exit_codes_and_walltime_kills_come_from_qacct(sge_cluster, batch_jobs, tmp_path, monkeypatch) -> None:
+    """A job Grid Engine no longer lists is read from its accounting: exit 7 is FAILED with exit code 7,
+    and a job killed past its h_rt (qacct's failed 37) is TIMEOUT, in Grid Engine's words."""
     monkeypatch.chdir(tmp_path)
     backend = get_backend("sge")
     failing = backend.submit("#!/bin/bash\n#$ -S /bin/bash\necho about to fail\nexit 7\n")
     passing = backend.submit("#!/bin/bash\n#$ -S /bin/bash\ntrue\n")
-    batch_jobs.extend(jobs.SubmittedJob(job_id, "sge", None) for job_id in (failing, passing))
-    assert wait_for(lambda: backend.status(failing).finished and backend.status(passing).finished, timeout=60)
+    too_long = backend.submit("#!/bin/bash\n#$ -S /bin/bash\n#$ -l h_rt=0:0:2\nsleep 120\n")
+    submitted = [failing, passing, too_long]
+    batch_jobs.extend(jobs.SubmittedJob(job_id, "sge", None) for job_id in submitted)
+    assert wait_for(lambda: all(backend.status(job_id).finished for job_id in submitted), timeout=60)
     failed = backend.status(failing)
     assert (failed.state, failed.exit_code) == ("FAILED", 7), failed
     assert "qacct exit_status 7" in failed.reason
     assert "about to fail" in Path(failed.log).read_text()
     assert (backend.status(passing).state, backend.status(passing).exit_code) == ("COMPLETED", 0)
+    ended = backend.status(too_long)
+    assert ended.state == "TIMEOUT", ended
+    assert "qacct failed 37" in ended.reason and "h_rt" in ended.reason
     with pytest.raises(JobNotFound):
         backend.status("99999")
 
 
 def test_a_waiting_job_says_why_and_cancel_ends_both(sge_cluster, batch_spec, batch_jobs) -> None:
-    """Every slot taken: the second job waits with Grid Engine's scheduling info as its reason;
+    """Every slot taken: the Dask job waits with Grid Engine's scheduling info as its reason;
     `cancel` of a waiting and of a running job both end as CANCELLED."""
-    first = jobs.submit(batch_spec(sge_cluster, "sge", nodes=2, ntasks_per_node=1, cpus_per_task=2, pe="mpi",
-                                   mem_per_cpu="200M", job_name="fills"))
+    backend = get_backend("sge")
+    filler = backend.submit("#!/bin/bash\n#$ -S /bin/bash\n#$ -pe mpi 4\nsleep 300\n")
+    first = jobs.SubmittedJob(filler, "sge", None)
     batch_jobs.append(first)
+    assert wait_for(lambda: first.status().state == "RUNNING", timeout=30), first.status()
     second = jobs.submit(batch_spec(sge_cluster, "sge", mem_per_cpu="200M", job_name="waits"))
     batch_jobs.append(second)
-    wait_for_scheduler_file(first.scheduler_file, timeout=60)
     assert wait_for(lambda: second.status().reason is not None, timeout=30), second.status()
     waiting = second.status()
     assert waiting.state == "PENDING"
@@ -106,18 +112,6 @@ def test_a_waiting_job_says_why_and_cancel_ends_both(sge_cluster, batch_spec, ba
     assert wait_for(lambda: first.status().finished, timeout=60)
     ended = first.status()
     assert ended.state == "CANCELLED" and "qacct failed 100" in ended.reason, ended
-
-
-def test_walltime_kill_is_a_timeout(sge_cluster, batch_jobs, tmp_path, monkeypatch) -> None:
-    """Past its h_rt the job is killed: qacct's failed 37 is TIMEOUT, in Grid Engine's words."""
-    monkeypatch.chdir(tmp_path)
-    backend = get_backend("sge")
-    job_id = backend.submit("#!/bin/bash\n#$ -S /bin/bash\n#$ -l h_rt=0:0:2\nsleep 120\n")
-    batch_jobs.append(jobs.SubmittedJob(job_id, "sge", None))
-    assert wait_for(lambda: backend.status(job_id).finished, timeout=60), backend.status(job_id)
-    ended = backend.status(job_id)
-    assert ended.state == "TIMEOUT", ended
-    assert "qacct failed 37" in ended.reason and "h_rt" in ended.reason
 
 
 def test_dask_mpi_over_both_hosts_runs_the_client_script(sge_cluster, batch_spec, batch_jobs, tmp_path) -> None:
