@@ -133,7 +133,8 @@ class SGEBackend:
         A waiting job's reason is ``qstat -j``'s "scheduling info" (where the site keeps
         ``schedd_job_info`` on) or its error reason (state E). A job hpcbridge cancelled is
         CANCELLED; one that left the queue without an accounting record is COMPLETING until the
-        accounting is written, and CANCELLED (deleted before it ran) after :data:`ACCOUNTING_GRACE`.
+        accounting is written, and CANCELLED after :data:`ACCOUNTING_GRACE` (deleted before it ran, or
+        the site keeps no accounting).
         """
         log = self.log_path(job_id)
         log_text = str(log) if log else None
@@ -146,7 +147,8 @@ class SGEBackend:
         try:
             records = parse_qacct(run_command(["qacct", "-j", job_id]))
         except BatchCommandError as error:
-            if "not found" not in (error.stderr + error.stdout):
+            said = error.stderr + error.stdout
+            if "not found" not in said and "No such file" not in said:  # no accounting file before any job ended
                 raise
             records = []
         if records:
@@ -156,7 +158,7 @@ class SGEBackend:
             return JobStatus(job_id, state, reason=reason, exit_code=exit_code, log=log_text)
         if not record:
             raise JobNotFound(f"Grid Engine does not know job {job_id} (qstat and qacct)")
-        if record.get("cancelled"):
+        if record.get("cancelled") == "PENDING":
             return JobStatus(job_id, "CANCELLED", reason="cancelled with qdel before it ran", log=log_text)
         gone_since = record.setdefault("gone_since", time.time())
         self._write_record(job_id, record)
@@ -168,11 +170,12 @@ class SGEBackend:
 
     def cancel(self, job_id: str) -> None:
         record = self._read_record(job_id)
-        if job_id not in self.queued([job_id]):
+        listed = self.queued([job_id]).get(job_id)
+        if listed is None:
             self.status(job_id)  # JobNotFound for an id Grid Engine never had
             return
-        if record:
-            self._write_record(job_id, {**record, "cancelled": True})
+        if record:  # whether it ran: a job that ran is accounted (qacct), one that waited is not
+            self._write_record(job_id, {**record, "cancelled": listed.state})
         run_command(["qdel", job_id])
 
     def log_path(self, job_id: str) -> Path | None:
