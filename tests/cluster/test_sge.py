@@ -154,3 +154,25 @@ def test_array_with_a_throttle_runs_every_element(sge_cluster, batch_jobs, tmp_p
     assert all(r["argv"] == ["x y"] for r in records)
     assert most_at_once(records) <= 2
     assert len(list(tmp_path.glob("sge-*.out"))) == 4  # one output file per task ($TASK_ID in -o)
+
+
+def test_an_adaptive_cluster_submits_its_worker_job_through_qsub(sge_cluster, batch_spec, batch_jobs) -> None:
+    """hpcbridge up --adapt on Grid Engine: the scheduler job goes through qsub, dask-jobqueue's SGECluster
+    submits a worker job (`-pe smp 2`, mem_free per slot) from inside it, asked about with one qstat; a map runs."""
+    import hpcbridge
+    from hpcbridge.job import adaptive
+
+    spec = batch_spec(sge_cluster, "sge", protocol="tcp", ntasks_per_node=1, cpus_per_task=2, pe="smp",
+                      mem_per_cpu="350M", job_name="hpcb-sge-adapt")
+    job = adaptive.start(spec, 1, 1, interval=1, wait_count=3, min_job_age=20, scheduler_mem="1G", idle_timeout="10m")
+    batch_jobs.append(job)
+    with hpcbridge.connect(job.scheduler_file, n_workers=1, timeout=120) as bridge:
+        assert bridge.gather(bridge.map(abs, range(-5, 0), progress=False)) == [5, 4, 3, 2, 1]
+        listed = sge_cluster.run("qstat", "-u", "*").stdout
+        worker_jobs = [line.split()[0] for line in listed.splitlines() if " hpcb-sge-a" in line and line.split()[0] != job.job_id]
+        assert len(worker_jobs) == 1, listed
+        parsed = sge_cluster.run("qstat", "-j", worker_jobs[0]).stdout
+        assert "parallel environment:  smp range: 2" in parsed and "mem_free=350M" in parsed, parsed
+        bridge.shutdown()
+    _finish(job)
+    assert wait_for(lambda: " hpcb-sge-a" not in sge_cluster.run("qstat", "-u", "*").stdout, timeout=60)
