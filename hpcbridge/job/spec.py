@@ -175,7 +175,11 @@ class JobSpec:
     node of ``ntasks_per_node`` workers. ``ssh_options`` go on every ssh command line
     (``-F ~/.ssh/cluster``, ``-i key``); ssh runs in batch mode, with the user's keys.
 
-    What else the job asks of its batch system (Slurm, PBS, LSF; refused with local and ssh,
+    With ``scheduler="sge"`` (Grid Engine) the job asks for a slot per CPU from the parallel environment
+    ``pe`` (a site's name, such as ``mpi``; needed for more than one slot) and its workers start on the
+    hosts Grid Engine lists in ``$PE_HOSTFILE``.
+
+    What else the job asks of its batch system (Slurm, PBS, LSF, Grid Engine; refused with local and ssh,
     which have none): ``qos``, node features (``constraint``), a ``reservation``, whole nodes
     (``exclusive``), GPUs (``gpus_per_task`` or ``gpus_per_node``; the request only), and
     ``directives``, lines hpcbridge has no option for (``--licenses=fluent:2``), written without
