@@ -31,6 +31,8 @@ system-packages:
 	tests/cluster/pbs-cluster install
 	# OpenLava from the vendored source: ~90 s to build once, 0.3 s when /opt/openlava holds it
 	tests/cluster/openlava-cluster install
+	# Grid Engine: Debian's packages unpacked into a cache (never installed: they conflict with slurm-wlm-torque)
+	tests/cluster/sge-cluster install
 	command -v octave-cli >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends octave; }
 	# A real browser for the dashboard's test (tests/test_dashboard_browser.py)

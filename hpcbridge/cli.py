@@ -188,7 +188,7 @@ Every option of render is accepted here too (hpcbridge render --help).
 """
 
 
-ADAPTIVE_SCHEDULERS = ("slurm", "pbs", "lsf")
+ADAPTIVE_SCHEDULERS = ("slurm", "pbs", "lsf", "sge")
 _NOT_ADAPTIVE = {"mode", "nodes", "client_script", "client_args", "array", "array_throttle", "hostfile", "ssh_options"}
 
 
@@ -250,6 +250,9 @@ def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = 
         click.option("--pbs-flavor", type=click.Choice(PBS_FLAVORS), default=None,
                      help="PBS resource syntax: select=... (pbspro, also OpenPBS) or nodes=...:ppn=... (torque).  "
                      "[default: pbspro]"),
+        click.option("--pe", help="Grid Engine (--scheduler sge): the parallel environment that gives the job its "
+                     "slots, a slot per CPU (qconf -spl lists them); needed for more than one slot.  [default: the site "
+                     "profile's hpcbridge.sge.pe]"),
         click.option("--lifetime-margin", help="Workers retire this long before the walltime: 30s, 5m, 300 "
                      "(plain numbers are seconds), at least 30 s.  [default: 5m]"),
         click.option("--run-directory", help="Where finished chunks of every map are saved, so results outlive "
@@ -267,7 +270,7 @@ def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = 
         click.option("--constraint", "-C", "constraint", help="Node features, e.g. ssd or ssd&avx2 (Slurm also "
                      "takes | [ ] and *N); PBS puts them in the select statement, LSF in select[...]."),
         click.option("--reservation", help="Run in this reservation (Slurm --reservation, PBS Pro's reservation "
-                     "queue, Torque -l advres, LSF -U)."),
+                     "queue, Torque -l advres, LSF -U, Grid Engine -ar)."),
         click.option("--exclusive", is_flag=True, default=None, help="Whole nodes: no other job shares them."),
         click.option("--gpus-per-task", help="GPUs per task (worker): Slurm --gpus-per-task, PBS ngpus and LSF "
                      "-gpu num per node (times the node's tasks). The request only."),
@@ -316,7 +319,7 @@ def _require_batch_system(scheduler: str | None) -> None:
     import dask.config
 
     if not scheduler and not dask.config.get("hpcbridge.scheduler", None):
-        raise SpecError("scheduler", None, "slurm, pbs or lsf: the adaptive cluster submits its worker jobs to a batch "
+        raise SpecError("scheduler", None, "slurm, pbs, lsf or sge: the adaptive cluster submits its worker jobs to a batch "
                         "system (hpcbridge.scheduler in Dask's config sets one for every command)")
 
 
@@ -520,7 +523,7 @@ def _scheduler_for(job_id: str, scheduler: str | None) -> str:
         return str(configured)
     raise click.ClickException(
         f"no job {job_id} known: no job of that id was submitted from this account (its record would be in "
-        f"{records_home()}); for a job submitted otherwise, name its batch system: --scheduler slurm, pbs or lsf")
+        f"{records_home()}); for a job submitted otherwise, name its batch system: --scheduler slurm, pbs, lsf or sge")
 
 
 _job_scheduler_option = click.option(

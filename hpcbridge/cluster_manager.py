@@ -440,7 +440,7 @@ def _worker_spec(spec: JobSpec, workers_per_job: int | None, options: Mapping[st
     from hpcbridge.job.join import JOIN_SCHEDULERS
 
     if spec.scheduler not in JOIN_SCHEDULERS:
-        raise SpecError("scheduler", spec.scheduler, "slurm, pbs, lsf or local for a Cluster (worker jobs join it)")
+        raise SpecError("scheduler", spec.scheduler, "slurm, pbs, lsf, sge or local for a Cluster (worker jobs join it)")
     if workers_per_job is not None and (isinstance(workers_per_job, bool) or not isinstance(workers_per_job, int)
                                         or workers_per_job < 1):
         raise SpecError("workers_per_job", workers_per_job, "a whole number >= 1")

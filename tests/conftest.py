@@ -109,7 +109,7 @@ def leftovers() -> list[str]:
             left.append(f"folder {name}")
         if kind == "cluster":
             short = hashlib.sha1(str(Path(name).resolve()).encode()).hexdigest()[:6]
-            prefixes = (f"hpcb-{short}-", f"hpcp-{short}-")  # slurm-cluster's, pbs-cluster's
+            prefixes = (f"hpcb-{short}-", f"hpcp-{short}-", f"hpcg-{short}-")  # slurm-, pbs- and sge-cluster's
             left += [f"network namespace {line.split()[0]}" for line in namespaces.splitlines()
                      if line.startswith(prefixes)]
         if kind == "user":

@@ -32,7 +32,7 @@ def hpcbridge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
         (["--module", "gcc 12"], "--module", "'gcc 12'"),
         (["--scheduler-file", "/tmp/{user}.json"], "--scheduler-file", "'/tmp/{user}.json'"),
         (["--protocol", "http"], "--protocol", "'http'"),
-        (["--scheduler", "sge"], "--scheduler", "'sge'"),
+        (["--scheduler", "condor"], "--scheduler", "'condor'"),
     ],
 )
 def test_bad_values_get_one_line_naming_the_option_and_write_nothing(
@@ -190,13 +190,13 @@ def test_up_on_its_defaults_says_which_batch_system_to_name() -> None:
     done = hpcbridge("up", "--adapt", "0:2")
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [errors[0]] and errors[0].startswith("Error: --scheduler is missing: slurm, pbs or lsf"), done.stderr
+    assert errors == [errors[0]] and errors[0].startswith("Error: --scheduler is missing: slurm, pbs, lsf or sge"), done.stderr
     assert "'local' is not allowed" not in done.stderr
 
 
 def test_up_help_offers_only_what_up_accepts() -> None:
     shown = hpcbridge("up", "--help").stdout
-    assert "[slurm|pbs|lsf]" in shown and "local|ssh" not in shown
+    assert "[slurm|pbs|lsf|sge]" in shown and "local|ssh" not in shown
     assert "[tcp|tls]" in shown and "ucx" not in shown
     offered = set()
     for line in shown.splitlines():
@@ -208,7 +208,7 @@ def test_up_help_offers_only_what_up_accepts() -> None:
     for refused in ("--mode", "--array", "--client-script", "--hostfile", "--ssh-options", "--nodes"):
         assert refused not in offered, refused
     refused = hpcbridge("up", "--scheduler", "local", "--adapt", "0:2")
-    assert refused.returncode == 2 and "'local' is not one of 'slurm', 'pbs', 'lsf'" in refused.stderr
+    assert refused.returncode == 2 and "'local' is not one of 'slurm', 'pbs', 'lsf', 'sge'" in refused.stderr
 
 
 def test_matlab_path_prints_the_toolbox_folder_or_copies_it(tmp_path: Path) -> None:

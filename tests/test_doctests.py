@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["hpcbridge.job.units", "hpcbridge.job.render", "hpcbridge.backends.slurm", "hpcbridge.backends.pbs",
-           "hpcbridge.backends.lsf", "hpcbridge.workloads.primes"]
+           "hpcbridge.backends.lsf", "hpcbridge.backends.sge", "hpcbridge.workloads.primes"]
 
 
 @pytest.mark.parametrize("name", MODULES)

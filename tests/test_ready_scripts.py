@@ -1,4 +1,4 @@
-"""The ready-to-use scripts in slurm/, pbs/ and lsf/ are exactly what the templates render."""
+"""The ready-to-use scripts in slurm/, pbs/, lsf/ and sge/ are exactly what the templates render."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_ready_scripts_match_the_templates() -> None:
 
 
 def test_every_scheduler_has_the_common_cases() -> None:
-    for scheduler in ("slurm", "pbs", "lsf"):
+    for scheduler in ("slurm", "pbs", "lsf", "sge"):
         names = {path.name for path in (ROOT / scheduler).glob("*.sh")}
         assert names == {"scheduler-file.sh", "dask-mpi.sh", "infiniband-2node.sh"}
 

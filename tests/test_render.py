@@ -46,6 +46,10 @@ _ARRAY = dict(mode="array", array="1-20", array_throttle=4, client_script="/home
               mem_per_cpu="1G", walltime="1h")
 for _scheduler, _flavor in (("slurm", "pbspro"), ("pbs", "pbspro"), ("pbs", "torque"), ("lsf", "pbspro")):
     SPECS[f"{_scheduler}-{_flavor}-array"] = JobSpec(scheduler=_scheduler, pbs_flavor=_flavor, **_ARRAY)
+for _mode in ("scheduler-file", "mpi"):
+    SPECS[f"sge-{_mode}-full"] = JobSpec(scheduler="sge", mode=_mode, pe="mpi", **_FULL)
+    SPECS[f"sge-{_mode}-minimal"] = JobSpec(scheduler="sge", mode=_mode, ntasks_per_node=2, pe="smp")
+SPECS["sge-array"] = JobSpec(scheduler="sge", **_ARRAY)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -81,6 +81,7 @@ FIELDS = {
     "array": st.one_of(st.sampled_from(["1-20", "0-99:3", "5-1", "1-4\n"]), typed("1-8")),
     "array_throttle": counts(0, 5),
     "pbs_flavor": st.sampled_from(PBS_FLAVORS),
+    "pe": typed("smp", "mpi"),
     "lifetime_margin": st.one_of(st.sampled_from(["30s", "5m", "300", "10s", "1h"]), st.integers(0, 4000)),
     "scheduler_timeout": counts(1, 600),
     "ntasks": counts(1, 8),

@@ -111,7 +111,7 @@ def test_local_and_ssh_refuse_what_only_a_batch_system_can_give() -> None:
     for scheduler in ("local", "ssh"):
         extra = {"hosts": ("node1",)} if scheduler == "ssh" else {}
         for field, value in (("qos", "long"), ("gpus_per_node", 1), ("exclusive", True), ("directives", ("--x",))):
-            with pytest.raises(SpecError, match=f"no {field} unless scheduler is slurm, pbs or lsf"):
+            with pytest.raises(SpecError, match=f"no {field} unless scheduler is slurm, pbs, lsf or sge"):
                 JobSpec(scheduler=scheduler, **{field: value}, **extra)
 
 

@@ -21,7 +21,7 @@ def test_text_values_are_parsed_into_units() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("scheduler", "sge", "one of slurm, pbs, lsf, local"),
+        ("scheduler", "condor", "one of slurm, pbs, lsf, sge, local"),
         ("nodes", "0", "a whole number from 1"),
         ("nodes", "two", "a whole number from 1"),
         ("ntasks_per_node", -1, "a whole number from 1"),

@@ -6,17 +6,18 @@ from hpcbridge.backends.base import Backend, BatchCommandError, JobNotFound, Job
 from hpcbridge.backends.local import LocalBackend
 from hpcbridge.backends.lsf import LSFBackend
 from hpcbridge.backends.pbs import PBSBackend
+from hpcbridge.backends.sge import SGEBackend
 from hpcbridge.backends.slurm import SlurmBackend
 from hpcbridge.backends.ssh import SSHBackend
 
-BACKENDS: dict[str, type] = {"slurm": SlurmBackend, "pbs": PBSBackend, "lsf": LSFBackend, "local": LocalBackend,
-                             "ssh": SSHBackend}
+BACKENDS: dict[str, type] = {"slurm": SlurmBackend, "pbs": PBSBackend, "lsf": LSFBackend, "sge": SGEBackend,
+                             "local": LocalBackend, "ssh": SSHBackend}
 
 __all__ = ["Backend", "BatchCommandError", "JobNotFound", "JobStatus", "get_backend", "BACKENDS"]
 
 
 def get_backend(scheduler: str) -> Backend:
-    """The backend for a scheduler name as the spec spells it (``slurm``, ``pbs``, ``lsf``, ``local``, ``ssh``)."""
+    """The backend for a scheduler name as the spec spells it (``slurm``, ``pbs``, ``lsf``, ``sge``, ``local``, ``ssh``)."""
     try:
         return BACKENDS[scheduler]()
     except KeyError:

@@ -181,7 +181,7 @@ def _notes(path: Path) -> dict[str, object]:
 
 def find_record(job_id: str, scheduler: str | None = None) -> SubmittedJob | None:
     """The job submitted from this account under ``job_id`` (on ``scheduler`` when given), if recorded."""
-    candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf"]
+    candidates = [scheduler] if scheduler else ["local", "ssh", "slurm", "pbs", "lsf", "sge"]
     for name in candidates:
         job = _read(state_home(RECORDS) / f"{_name(name, job_id)}.json")
         if job is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 # The variable each batch system (and the local backend) sets in its jobs' processes.
-JOB_ID_VARIABLES = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "lsf": "LSB_JOBID", "local": "HPCBRIDGE_JOB_ID",
+JOB_ID_VARIABLES = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "lsf": "LSB_JOBID", "sge": "JOB_ID", "local": "HPCBRIDGE_JOB_ID",
                     "ssh": "HPCBRIDGE_JOB_ID"}
 
 

@@ -91,8 +91,15 @@ def worker_job_options(spec: JobSpec) -> dict[str, Any]:
                 options["job_extra_directives"].append("-l place=excl")
     elif spec.scheduler == "lsf":
         options.update(project=spec.account, ncpus=cores, mem=job_memory * 2**20, lsf_units="MB", use_stdin=True)
+    elif spec.scheduler == "sge":
+        # dask-jobqueue's SGECluster asks for no slots or memory itself: the job's CPUs come from the
+        # parallel environment and memory per slot as mem_free, as hpcbridge's own Grid Engine jobs ask.
+        slot_memory = -(-job_memory // cores)
+        options.update(project=spec.account, resource_spec=f"mem_free={units.sge_memory(slot_memory)}")
+        options["job_extra_directives"] = ["-S /bin/bash", *([f"-pe {spec.pe} {cores}"] if spec.pe else []),
+                                           *options["job_extra_directives"]]
     else:
-        raise SpecError("scheduler", spec.scheduler, "slurm, pbs or lsf in adaptive mode")
+        raise SpecError("scheduler", spec.scheduler, "slurm, pbs, lsf or sge in adaptive mode")
     return options
 
 
@@ -105,7 +112,7 @@ def jobqueue_cluster(spec: JobSpec, **overrides: Any):
     import dask_jobqueue
 
     cluster_class = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
-                     "lsf": dask_jobqueue.LSFCluster}
+                     "lsf": dask_jobqueue.LSFCluster, "sge": dask_jobqueue.SGECluster}
     options = jobqueue_options(spec)
     return _patient(cluster_class[spec.scheduler])(**{**options, **overrides})
 
@@ -282,8 +289,9 @@ def check_adaptive_spec(spec: JobSpec) -> None:
     """Refuse what the adaptive cluster cannot run, before anything is rendered or submitted."""
     if spec.mode != "scheduler-file":
         raise SpecError("mode", spec.mode, "scheduler-file with --adapt (the adaptive cluster has its own job)")
-    if spec.scheduler not in ("slurm", "pbs", "lsf"):
-        raise SpecError("scheduler", spec.scheduler, "slurm, pbs or lsf with --adapt (worker jobs need a batch system)")
+    if spec.scheduler not in ("slurm", "pbs", "lsf", "sge"):
+        raise SpecError("scheduler", spec.scheduler, "slurm, pbs, lsf or sge with --adapt (worker jobs need a batch "
+                        "system)")
     if spec.protocol == "ucx":
         raise SpecError("protocol", spec.protocol, "tls or tcp with --adapt")
     worker_job_options(spec)

@@ -290,7 +290,7 @@ async def run(job_id: str, scheduler: str, scheduler_file: Path, spec: JobSpec, 
     for key in [key for key in os.environ if key.startswith("SLURM_") and key != "SLURM_CONF"]:
         del os.environ[key]  # sbatch inside this job would take this job's settings for the worker jobs
     cluster_class = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster,
-                     "lsf": dask_jobqueue.LSFCluster}[scheduler]
+                     "lsf": dask_jobqueue.LSFCluster, "sge": dask_jobqueue.SGECluster}[scheduler]
     ledger = JobLedger(settings, job_id, scheduler, status_file_for(scheduler_file))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -420,7 +420,7 @@ def _last_line(log: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpcbridge.job.adaptive_scheduler", description=__doc__.splitlines()[0])
     parser.add_argument("--job-id", required=True, help="this batch job's id")
-    parser.add_argument("--scheduler", required=True, choices=("slurm", "pbs", "lsf"))
+    parser.add_argument("--scheduler", required=True, choices=("slurm", "pbs", "lsf", "sge"))
     parser.add_argument("--scheduler-file", required=True, type=Path)
     parser.add_argument("--worker-spec", required=True, help="the worker jobs' JobSpec as JSON")
     parser.add_argument("--settings", required=True, help="AdaptiveSettings as JSON")

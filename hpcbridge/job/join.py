@@ -36,7 +36,7 @@ from hpcbridge.backends.job import SubmittedJob
 from hpcbridge.job.spec import JobSpec, SpecError
 from hpcbridge.job.submit import default_scheduler_file, find
 
-JOIN_SCHEDULERS = ("slurm", "pbs", "lsf", "local")
+JOIN_SCHEDULERS = ("slurm", "pbs", "lsf", "sge", "local")
 
 
 class JoinError(ValueError):
@@ -78,7 +78,7 @@ def join_spec(cluster: SubmittedJob, spec: JobSpec) -> JobSpec:
     """``spec`` made to join ``cluster``: its scheduler file, its protocol and (unless ``spec``
     names its own) its certificates. Refuses what cannot join, naming the field or the file."""
     if spec.scheduler not in JOIN_SCHEDULERS:
-        raise SpecError("scheduler", spec.scheduler, "slurm, pbs, lsf or local for workers that join a cluster")
+        raise SpecError("scheduler", spec.scheduler, "slurm, pbs, lsf, sge or local for workers that join a cluster")
     if spec.scheduler != cluster.scheduler:
         raise SpecError("scheduler", spec.scheduler, f"{cluster.scheduler}, the batch system of job {cluster.job_id} "
                         "(the workers join it from its own batch system)")

@@ -1,4 +1,4 @@
-"""The ready-to-use scripts in ``slurm/``, ``pbs/`` and ``lsf/``: the common cases, rendered.
+"""The ready-to-use scripts in ``slurm/``, ``pbs/``, ``lsf/`` and ``sge/``: the common cases, rendered.
 
 They are rendered from the templates like any other script, so they cannot drift from them
 unnoticed: a test renders them again and compares. After changing a template, regenerate with
@@ -24,10 +24,13 @@ _INFINIBAND = dict(python="python3", nodes=2, ntasks_per_node=8, cpus_per_task=4
 def ready_scripts() -> dict[str, JobSpec]:
     """Each ready-to-use script's path (relative to the repository) and the spec it renders."""
     scripts = {}
-    for scheduler in ("slurm", "pbs", "lsf"):
-        scripts[f"{scheduler}/scheduler-file.sh"] = JobSpec(scheduler=scheduler, job_name="dask", **_ONE_NODE)
-        scripts[f"{scheduler}/dask-mpi.sh"] = JobSpec(scheduler=scheduler, job_name="dask-mpi", **_DASK_MPI)
-        scripts[f"{scheduler}/infiniband-2node.sh"] = JobSpec(scheduler=scheduler, job_name="dask-ib", **_INFINIBAND)
+    for scheduler in ("slurm", "pbs", "lsf", "sge"):
+        # Grid Engine's parallel environments are named by each site (qconf -spl): smp and mpi are common names.
+        one_node, several = ({"pe": "smp"}, {"pe": "mpi"}) if scheduler == "sge" else ({}, {})
+        scripts[f"{scheduler}/scheduler-file.sh"] = JobSpec(scheduler=scheduler, job_name="dask", **_ONE_NODE, **one_node)
+        scripts[f"{scheduler}/dask-mpi.sh"] = JobSpec(scheduler=scheduler, job_name="dask-mpi", **_DASK_MPI, **several)
+        scripts[f"{scheduler}/infiniband-2node.sh"] = JobSpec(scheduler=scheduler, job_name="dask-ib", **_INFINIBAND,
+                                                              **several)
     return scripts
 
 

@@ -224,5 +224,6 @@ def _environment(folders: list[Path]) -> jinja2.Environment:
         pbs_memory=units.pbs_memory,
         lsf_memory=units.lsf_memory,
         lsf_walltime=units.lsf_walltime,
+        sge_memory=units.sge_memory,
     )
     return environment

@@ -14,9 +14,12 @@ import re
 import shlex
 from dataclasses import dataclass
 
-BATCH_SCHEDULERS = ("slurm", "pbs", "lsf")
+BATCH_SCHEDULERS = ("slurm", "pbs", "lsf", "sge")
 # The options of this module, as spec fields; local and ssh have no batch system to ask.
 REQUEST_FIELDS = ("qos", "constraint", "reservation", "exclusive", "gpus_per_task", "gpus_per_node", "directives")
+# What Grid Engine has no request of its own for: node features, whole hosts and GPUs are complexes
+# each site defines (`-l NAME=VALUE` in a directive), and it has no QOS.
+SGE_WITHOUT = ("qos", "constraint", "exclusive", "gpus_per_task", "gpus_per_node")
 
 # A word of a directive that the batch systems read the same way bare: anything else is
 # written in double quotes, which sbatch, qsub and bsub all strip (sbatch ignores single quotes).
@@ -25,7 +28,7 @@ _FEATURE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)
 # Slurm's --constraint: features with & (and), | (or), [..|..] (one of, for all nodes), (..), *N (count).
 _SLURM_CONSTRAINT = re.compile(r"[A-Za-z0-9_.:+&|\[\]()*-]{1,1024}", re.ASCII)
 
-DIRECTIVE_HELP = ("one directive line without its prefix (#SBATCH, #PBS, #BSUB), such as '--licenses=fluent:2' or "
+DIRECTIVE_HELP = ("one directive line without its prefix (#SBATCH, #PBS, #BSUB, #$), such as '--licenses=fluent:2' or "
                   "'-l software=abaqus'; no quotes, backslashes, $ or ` inside its words; nothing hpcbridge sets "
                   "(use the option instead)")
 
@@ -138,6 +141,13 @@ _LSF = {
     "-o": ("job_name", _ALWAYS), "-oo": ("job_name", _ALWAYS),
     "-x": ("exclusive", _GIVEN), "-U": ("reservation", _GIVEN), "-gpu": ("gpus_per_node", _GIVEN),
 }
+_SGE = {
+    "-N": ("job_name", _ALWAYS), "-o": ("job_name", _ALWAYS), "-e": ("job_name", _ALWAYS), "-j": ("job_name", _ALWAYS),
+    "-pe": ("nodes", _ALWAYS), "-P": ("account", _ALWAYS), "-q": ("queue", _ALWAYS),
+    "-t": ("array", _ALWAYS), "-tc": ("array", _ALWAYS), "-ar": ("reservation", _GIVEN),
+}
+# Grid Engine resources (-l NAME=...) hpcbridge requests itself.
+_SGE_RESOURCES = {"h_rt": ("walltime", _ALWAYS), "s_rt": ("walltime", _ALWAYS), "mem_free": ("mem", _ALWAYS)}
 # Sections of an LSF resource requirement (-R "..."): which hpcbridge sets.
 _LSF_SECTIONS = {"span": ("nodes", _ALWAYS), "rusage": ("mem", _ALWAYS), "select": ("constraint", _GIVEN)}
 
@@ -156,6 +166,8 @@ def directive_owners(scheduler: str, line: str) -> list[Owner]:
             found += _pbs_owners(word, following)
         elif scheduler == "lsf":
             found += _lsf_owners(word, following)
+        elif scheduler == "sge":
+            found += _sge_owners(word, following)
     unique = dict.fromkeys(found)
     return [Owner(field, always) for field, always in unique]
 
@@ -185,6 +197,13 @@ def _lsf_owners(word: str, following: str) -> list[tuple[str, bool]]:
         return [_LSF_SECTIONS[name] for name in re.findall(r"([a-z]+)\s*\[", requirement) if name in _LSF_SECTIONS]
     name = word if word in _LSF else word[:2]
     return [_LSF[name]] if name in _LSF else []
+
+
+def _sge_owners(word: str, following: str) -> list[tuple[str, bool]]:
+    if word == "-l":
+        names = re.findall(r"(?:^|,)\s*([A-Za-z_][A-Za-z0-9_]*)\s*=", following)
+        return [_SGE_RESOURCES[name] for name in names if name in _SGE_RESOURCES]
+    return [_SGE[word]] if word in _SGE else []
 
 
 def gpus_per_node(gpus_per_task: int | None, gpus_per_node_: int | None, tasks_per_node: int) -> int | None:

@@ -32,7 +32,7 @@ from hpcbridge.job.units import (
     parse_walltime_seconds,
 )
 
-SCHEDULERS = ("slurm", "pbs", "lsf", "local", "ssh")
+SCHEDULERS = ("slurm", "pbs", "lsf", "sge", "local", "ssh")
 MODES = ("scheduler-file", "mpi", "array")
 PROTOCOLS = ("tcp", "tls", "ucx")
 PBS_FLAVORS = ("pbspro", "torque")
@@ -175,7 +175,11 @@ class JobSpec:
     node of ``ntasks_per_node`` workers. ``ssh_options`` go on every ssh command line
     (``-F ~/.ssh/cluster``, ``-i key``); ssh runs in batch mode, with the user's keys.
 
-    What else the job asks of its batch system (Slurm, PBS, LSF; refused with local and ssh,
+    With ``scheduler="sge"`` (Grid Engine) the job asks for a slot per CPU from the parallel environment
+    ``pe`` (a site's name, such as ``mpi``; needed for more than one slot) and its workers start on the
+    hosts Grid Engine lists in ``$PE_HOSTFILE``.
+
+    What else the job asks of its batch system (Slurm, PBS, LSF, Grid Engine; refused with local and ssh,
     which have none): ``qos``, node features (``constraint``), a ``reservation``, whole nodes
     (``exclusive``), GPUs (``gpus_per_task`` or ``gpus_per_node``; the request only), and
     ``directives``, lines hpcbridge has no option for (``--licenses=fluent:2``), written without
@@ -236,6 +240,7 @@ class JobSpec:
     array: str | None = None
     array_throttle: int | str | None = None
     pbs_flavor: str = "pbspro"
+    pe: str | None = None
     lifetime_margin: int | str = 300  # seconds once built
     scheduler_timeout: int | str = 120  # seconds
     run_directory: str | None = None
@@ -511,6 +516,7 @@ class JobSpec:
         if self.requeue and (self.scheduler != "slurm" or self.mode != "scheduler-file"):
             raise SpecError("requeue", given["requeue"], "false unless {scheduler} is slurm and {mode} is "
                             "scheduler-file (the job requeues itself with scontrol requeue)")
+        self._check_parallel_environment(given)
         self._check_requests(given)
         tls_files = ("tls_ca_file", "tls_cert", "tls_key")
         if self.protocol == "tls":
@@ -545,12 +551,32 @@ class JobSpec:
             raise SpecError("container_runtime", None, "the runtime that runs {container}: one of "
                             + ", ".join(CONTAINER_RUNTIMES) + " (a site profile may set it)")
 
+    def _check_parallel_environment(self, given: Mapping[str, Any]) -> None:
+        """Grid Engine's slots come from a parallel environment the site names: asked for once a job
+        needs more than one slot, refused elsewhere (no other batch system has one)."""
+        if self.scheduler != "sge":
+            if self.pe is not None:
+                raise SpecError("pe", given["pe"], "no {pe} unless {scheduler} is sge (a Grid Engine parallel "
+                                "environment)")
+            return
+        slots = self.sge_slots
+        if self.pe is None and slots > 1:
+            raise SpecError("pe", None, f"the Grid Engine parallel environment that gives the job its {slots} "
+                            "slots (qconf -spl lists them; a site profile sets it as hpcbridge.sge.pe)")
+
+    @property
+    def sge_slots(self) -> int:
+        """Grid Engine slots the job asks for: a slot per CPU ({nodes} x {ntasks_per_node} x {cpus_per_task};
+        one element's in array mode)."""
+        nodes = 1 if self.mode == "array" else self.nodes
+        return nodes * self.ntasks_per_node * self.cpus_per_task
+
     def _check_requests(self, given: Mapping[str, Any]) -> None:
         """What the job asks of its batch system: only where there is one, and each in a form it can say."""
         asked = [name for name in requests.REQUEST_FIELDS if getattr(self, name)]
         if self.scheduler not in requests.BATCH_SCHEDULERS:
             for name in asked:
-                raise SpecError(name, self.directives[0] if name == "directives" else given[name], f"no {{{name}}} unless {{scheduler}} is slurm, pbs or lsf "
+                raise SpecError(name, self.directives[0] if name == "directives" else given[name], f"no {{{name}}} unless {{scheduler}} is slurm, pbs, lsf or sge "
                                 f"({self.scheduler} starts its workers itself: there is no batch system to ask)")
             return
         if self.gpus_per_task and self.gpus_per_node:
@@ -560,6 +586,11 @@ class JobSpec:
             system = "LSF" if self.scheduler == "lsf" else "PBS Pro"
             raise SpecError("qos", given["qos"], f"no {{qos}} with {system}, which has no QOS (a queue, or a "
                             "{directives} line your site documents, such as LSF's '-sla NAME', does that job)")
+        if self.scheduler == "sge":
+            for name in requests.SGE_WITHOUT:
+                if getattr(self, name):
+                    raise SpecError(name, given[name], f"no {{{name}}} with Grid Engine, which has no such request of "
+                                    "its own (your site's complexes do that: a {directives} line such as '-l NAME=VALUE')")
         if self.reservation and self.scheduler == "pbs" and self.pbs_flavor == "pbspro" and self.queue:
             raise SpecError("reservation", given["reservation"], "a PBS Pro reservation is a queue (the job is "
                             f"submitted with -q RESERVATION): give one of {{reservation}} and {{queue}} (it is "
@@ -911,6 +942,7 @@ _CHECKS = {
     "array": _pattern(_ARRAY, "a range of indices such as 1-100 or 0-99:2"),
     "array_throttle": _optional_count(1, 100_000),
     "pbs_flavor": _choice(PBS_FLAVORS),
+    "pe": _pattern(_NAME, _NAME_HELP),
     "lifetime_margin": _lifetime_margin,
     "scheduler_timeout": _count(5, 86_400),
     "run_directory": _optional_path,

@@ -174,6 +174,15 @@ def lsf_memory(mib: int) -> str:
     return f"{mib}MB"
 
 
+def sge_memory(mib: int) -> str:
+    """Format MiB for a Grid Engine memory request (``-l mem_free=``): its ``M`` is MiB (``m`` would be 10^6 bytes).
+
+    >>> sge_memory(2048)
+    '2048M'
+    """
+    return f"{mib}M"
+
+
 def lsf_walltime(seconds: int) -> str:
     """Format seconds for ``#BSUB -W`` as ``HH:MM``, rounding up to whole minutes.
 

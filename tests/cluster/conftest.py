@@ -344,3 +344,57 @@ def openlava_cluster() -> Iterator[OpenLavaCluster]:
         if down.returncode != 0:
             pytest.fail(f"openlava-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- Son of Grid Engine (tests/cluster/sge-cluster) ------------------------------------------
+
+SGE_SCRIPT = Path(__file__).with_name("sge-cluster")
+
+
+@dataclasses.dataclass(frozen=True)
+class SGECluster:
+    """A running Grid Engine cluster: node1 runs the qmaster and an execd, every other node an execd.
+
+    env: the env file's variables (PATH with the harness's qsub/qstat/qacct/qdel first, HPCB_SGE_*);
+    they are also in os.environ while the fixture is active.
+    """
+
+    dir: Path
+    env: dict[str, str]
+    nodes: list[str]
+    node_addresses: list[str]
+    interface: str
+    host_address: str
+
+    def run(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run a command (qstat -j, qacct, qconf, ...) with the cluster's environment; text output."""
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **self.env})
+
+
+@pytest.fixture(scope="module")
+def sge_cluster() -> Iterator[SGECluster]:
+    """Two Grid Engine nodes (`node1`, `node2`, 2 slots each) in network namespaces on `ib0`;
+    parallel environments mpi ($fill_up), rr ($round_robin) and smp ($pe_slots)."""
+    directory = Path(tempfile.mkdtemp(prefix="hpcb-sge-", dir="/tmp"))
+    directory.chmod(0o755)
+    register_leftover_check("cluster", directory)
+
+    def command(*argv: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run([str(SGE_SCRIPT), *argv], capture_output=True, text=True, timeout=timeout)
+
+    try:
+        up = command("up", "--dir", str(directory), "--nodes", "2", timeout=UP_TIMEOUT)
+        if up.returncode != 0:
+            pytest.fail(f"sge-cluster up failed (logs in {directory}):\n{up.stderr}{up.stdout}", pytrace=False)
+        env = read_env_file(Path(up.stdout.strip().splitlines()[-1]))
+        cluster = SGECluster(dir=directory, env=env, nodes=env["HPCB_SGE_NODES"].split(","),
+                             node_addresses=env["HPCB_SGE_NODE_ADDRESSES"].split(","),
+                             interface=env["HPCB_SGE_INTERFACE"], host_address=env["HPCB_SGE_HOST_ADDRESS"])
+        with exported(env):
+            yield cluster
+    finally:
+        down = command("down", "--dir", str(directory), timeout=DOWN_TIMEOUT)
+        if down.returncode != 0:
+            pytest.fail(f"sge-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
+    shutil.rmtree(directory, ignore_errors=True)
