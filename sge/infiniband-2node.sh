@@ -165,7 +165,7 @@ fi
     exit 1
 }
 # The workers' interface, checked on every host.
-for host in "${JOB_HOSTS[@]}"; do
+for host in ${JOB_HOSTS[@]+"${JOB_HOSTS[@]}"}; do  # bash before 4.4 calls an empty array unbound
     on_host "$host" bash -c "$INTERFACE_CHECK" check ib0
 done
 

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -125,11 +126,34 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
 
 
+# This machine's root shell runs `pyenv init -` (~/.bashrc), which rehashes pyenv's shims under a lock
+# file. A login shell killed by SIGKILL in that moment (a cancelled job's shell on a PBS mom, a
+# harness's nodes torn down, an ssh session) leaves the lock behind, and every later login shell
+# (PBS jobs, Grid Engine's qrsh, sshd's commands) then waits 60 s for it: jobs that "never start"
+# in every later test. A rehash takes milliseconds, so a lock older than this is stale.
+_STALE_PYENV_LOCK_SECONDS = 20.0
+
+
+def _clear_stale_pyenv_locks(lock: Path) -> None:
+    """Remove ``lock`` (pyenv's rehash lock) whenever it is older than a rehash can take; runs for the session."""
+    while True:
+        try:
+            if time.time() - lock.stat().st_mtime > _STALE_PYENV_LOCK_SECONDS:
+                lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        time.sleep(2.0)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A SIGTERM (``timeout``, a cancelled CI run) stops the session like Ctrl-C does: fixtures are torn
     down (local jobs cancelled, harnesses stopped) and the leftover check runs, instead of the
     process dying with its jobs' schedulers and workers left running."""
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    shims = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "shims"
+    if shims.is_dir():
+        threading.Thread(target=_clear_stale_pyenv_locks, args=(shims / ".pyenv-shim",), daemon=True,
+                         name="stale pyenv lock").start()
     _count_new_clients()
     if not os.environ.get("HPCBRIDGE_SLOT_DIRECTORY"):
         # The workers' chunk slots (hpcbridge.cluster.attempts) outlive a killed worker by design; the
