@@ -30,6 +30,7 @@ from distributed import Client
 
 from hpcbridge.client import run_records
 from hpcbridge.client.futures import run_on_workers
+from hpcbridge.client.planning import SCHEDULER_SECONDS_PER_TASK
 from hpcbridge.client.runs import Run, note_when_computed
 from hpcbridge.cluster import attempts
 from hpcbridge.cluster.chunks import run_chunk
@@ -117,6 +118,10 @@ def split_shares(running: list[dict[str, Any]], idle: int, planned_per_item: flo
     (heavy-tailed costs), and the items queued behind it are what keeps threads idle at the end.
     Idle threads go one by one to the chunk whose projected end is latest, while that brings it at
     least :data:`SHORTEST_GAIN_SECONDS` nearer; a chunk that cannot gain more is left as it is.
+    The scheduler hands out a round's new chunks one after another (the planner's
+    ``SCHEDULER_SECONDS_PER_TASK`` each), so a piece's projected end also counts the pieces handed
+    out before it in the round: at a thousand idle threads, splitting stops where a new task would
+    start later than the work it takes over.
 
     >>> running = [{"key": "a", "index": 10, "stop": 100, "per_item": 0.01, "seconds": 0.0},
     ...            {"key": "b", "index": 10, "stop": 20, "per_item": 0.01, "seconds": 0.0},
@@ -124,10 +129,10 @@ def split_shares(running: list[dict[str, Any]], idle: int, planned_per_item: flo
     >>> split_shares(running, idle=4)
     {'c': 1, 'a': 3}
     """
-    def end(items: int, per_item: float, pieces: int, running_left: float) -> float:
+    def end(items: int, per_item: float, pieces: int, running_left: float, queued: int = 0) -> float:
         if pieces == 0:
             return running_left + items * per_item
-        return HAND_ON_SECONDS + -(-items // pieces) * per_item
+        return HAND_ON_SECONDS + queued * SCHEDULER_SECONDS_PER_TASK + -(-items // pieces) * per_item
 
     heap = []  # (minus its projected end, key, pieces so far, items left, seconds per item, its running item's rest)
     for a in running:
@@ -141,13 +146,16 @@ def split_shares(running: list[dict[str, Any]], idle: int, planned_per_item: flo
     free = idle
     while heap and free > 0:
         minus_end, key, pieces, items, per_item, running_left = heapq.heappop(heap)
+        queued = idle - free  # the pieces handed out before in this round: the scheduler sends them first
         best = min(range(pieces + 1, min(items, pieces + 2, pieces + free) + 1),
-                   key=lambda more: (end(items, per_item, more, running_left), more), default=None)
-        if best is None or -minus_end - end(items, per_item, best, running_left) < SHORTEST_GAIN_SECONDS:
+                   key=lambda more: (end(items, per_item, more, running_left, queued + more - pieces), more),
+                   default=None)
+        if best is None or -minus_end - end(items, per_item, best, running_left, queued + best - pieces) < SHORTEST_GAIN_SECONDS:
             continue
         free -= best - pieces
         shares[key] = best
-        heapq.heappush(heap, (-end(items, per_item, best, running_left), key, best, items, per_item, running_left))
+        heapq.heappush(heap, (-end(items, per_item, best, running_left, queued + best - pieces), key, best, items, per_item,
+                              running_left))
     return shares
 
 
