@@ -247,10 +247,11 @@ PBS_SCRIPT = Path(__file__).with_name("pbs-cluster")
 
 
 @dataclasses.dataclass(frozen=True)
-class PBSCluster:
-    """A running OpenPBS cluster: node1 runs the server, scheduler and a mom; every node a mom.
+class NodesCluster:
+    """A running batch system on namespace nodes, started by a harness script of this folder
+    (pbs-cluster, sge-cluster): its nodes, their addresses on ``interface`` and the host's.
 
-    env: the env file's variables (PATH with the harness's qsub/qstat/qdel first, HPCB_PBS_*);
+    env: the env file's variables (PATH with the batch system's commands first, HPCB_<SYSTEM>_*);
     they are also in os.environ while the fixture is active.
     """
 
@@ -262,42 +263,45 @@ class PBSCluster:
     host_address: str
 
     def run(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run a command (qstat, pbsnodes, ...) with the cluster's environment; text output."""
+        """Run a command (qstat, pbsnodes, qacct, qconf, ...) with the cluster's environment; text output."""
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **self.env})
 
 
 @contextlib.contextmanager
-def running_pbs_cluster(nodes: int = 3) -> Iterator[PBSCluster]:
-    """Bring an OpenPBS cluster up in a fresh directory, yield it, and always bring it down again."""
-    directory = Path(tempfile.mkdtemp(prefix="hpcb-pbs-", dir="/tmp"))
+def running_nodes_cluster(script: Path, system: str, nodes: int) -> Iterator[NodesCluster]:
+    """Bring the cluster of harness ``script`` up with ``nodes`` nodes in a fresh directory, yield it,
+    and always bring it down again (``system``: pbs or sge, as in its HPCB_<SYSTEM>_* variables)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"hpcb-{system}-", dir="/tmp"))
     directory.chmod(0o755)
     register_leftover_check("cluster", directory)
 
     def command(*argv: str, timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run([str(PBS_SCRIPT), *argv], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=timeout)
 
     try:
         up = command("up", "--dir", str(directory), "--nodes", str(nodes), timeout=UP_TIMEOUT)
         if up.returncode != 0:
-            pytest.fail(f"pbs-cluster up failed (logs in {directory}):\n{up.stderr}{up.stdout}", pytrace=False)
+            pytest.fail(f"{script.name} up failed (logs in {directory}):\n{up.stderr}{up.stdout}", pytrace=False)
         env = read_env_file(Path(up.stdout.strip().splitlines()[-1]))
-        cluster = PBSCluster(dir=directory, env=env, nodes=env["HPCB_PBS_NODES"].split(","),
-                             node_addresses=env["HPCB_PBS_NODE_ADDRESSES"].split(","),
-                             interface=env["HPCB_PBS_INTERFACE"], host_address=env["HPCB_PBS_HOST_ADDRESS"])
+        prefix = f"HPCB_{system.upper()}_"
+        cluster = NodesCluster(dir=directory, env=env, nodes=env[f"{prefix}NODES"].split(","),
+                               node_addresses=env[f"{prefix}NODE_ADDRESSES"].split(","),
+                               interface=env[f"{prefix}INTERFACE"], host_address=env[f"{prefix}HOST_ADDRESS"])
         with exported(env):
             yield cluster
     finally:
         down = command("down", "--dir", str(directory), timeout=DOWN_TIMEOUT)
         if down.returncode != 0:
-            pytest.fail(f"pbs-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
+            pytest.fail(f"{script.name} down failed:\n{down.stderr}{down.stdout}", pytrace=False)
     shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def pbs_cluster() -> Iterator[PBSCluster]:
-    """Three OpenPBS nodes (`node1`..`node3`, 2 ncpus each) in network namespaces on `ib0`."""
-    with running_pbs_cluster(3) as cluster:
+def pbs_cluster() -> Iterator[NodesCluster]:
+    """Three OpenPBS nodes (`node1`..`node3`, 2 ncpus each) in network namespaces on `ib0`: node1 runs the
+    server, scheduler and a mom; every node a mom."""
+    with running_nodes_cluster(PBS_SCRIPT, "pbs", 3) as cluster:
         yield cluster
 
 
@@ -351,50 +355,10 @@ def openlava_cluster() -> Iterator[OpenLavaCluster]:
 SGE_SCRIPT = Path(__file__).with_name("sge-cluster")
 
 
-@dataclasses.dataclass(frozen=True)
-class SGECluster:
-    """A running Grid Engine cluster: node1 runs the qmaster and an execd, every other node an execd.
-
-    env: the env file's variables (PATH with the harness's qsub/qstat/qacct/qdel first, HPCB_SGE_*);
-    they are also in os.environ while the fixture is active.
-    """
-
-    dir: Path
-    env: dict[str, str]
-    nodes: list[str]
-    node_addresses: list[str]
-    interface: str
-    host_address: str
-
-    def run(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        """Run a command (qstat -j, qacct, qconf, ...) with the cluster's environment; text output."""
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **self.env})
-
-
 @pytest.fixture(scope="module")
-def sge_cluster() -> Iterator[SGECluster]:
-    """Two Grid Engine nodes (`node1`, `node2`, 2 slots each) in network namespaces on `ib0`;
-    parallel environments mpi ($fill_up), rr ($round_robin) and smp ($pe_slots)."""
-    directory = Path(tempfile.mkdtemp(prefix="hpcb-sge-", dir="/tmp"))
-    directory.chmod(0o755)
-    register_leftover_check("cluster", directory)
-
-    def command(*argv: str, timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run([str(SGE_SCRIPT), *argv], capture_output=True, text=True, timeout=timeout)
-
-    try:
-        up = command("up", "--dir", str(directory), "--nodes", "2", timeout=UP_TIMEOUT)
-        if up.returncode != 0:
-            pytest.fail(f"sge-cluster up failed (logs in {directory}):\n{up.stderr}{up.stdout}", pytrace=False)
-        env = read_env_file(Path(up.stdout.strip().splitlines()[-1]))
-        cluster = SGECluster(dir=directory, env=env, nodes=env["HPCB_SGE_NODES"].split(","),
-                             node_addresses=env["HPCB_SGE_NODE_ADDRESSES"].split(","),
-                             interface=env["HPCB_SGE_INTERFACE"], host_address=env["HPCB_SGE_HOST_ADDRESS"])
-        with exported(env):
-            yield cluster
-    finally:
-        down = command("down", "--dir", str(directory), timeout=DOWN_TIMEOUT)
-        if down.returncode != 0:
-            pytest.fail(f"sge-cluster down failed:\n{down.stderr}{down.stdout}", pytrace=False)
-    shutil.rmtree(directory, ignore_errors=True)
+def sge_cluster() -> Iterator[NodesCluster]:
+    """Two Grid Engine nodes (`node1`, `node2`, 2 slots each) in network namespaces on `ib0`: node1 runs the
+    qmaster and an execd, node2 an execd; parallel environments mpi ($fill_up), rr ($round_robin) and
+    smp ($pe_slots)."""
+    with running_nodes_cluster(SGE_SCRIPT, "sge", 2) as cluster:
+        yield cluster
