@@ -123,6 +123,7 @@ WORKER_OPTIONS=(
     --dashboard-address 127.0.0.1:0
     --interface ib0
     --protocol tls
+    --preload hpcbridge.cluster.quiet_exit
     --preload hpcbridge.cluster.drain
     --death-timeout 60
 )

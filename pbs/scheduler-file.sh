@@ -136,6 +136,7 @@ WORKER_OPTIONS=(
     --no-dashboard
     --dashboard-address 127.0.0.1:0
     --protocol tls
+    --preload hpcbridge.cluster.quiet_exit
     --preload hpcbridge.cluster.drain
     --death-timeout 60
 )

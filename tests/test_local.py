@@ -298,3 +298,26 @@ def test_a_call_after_shutdown_or_cancel_says_the_cluster_ended(ended_by, local_
         for call in (bridge.runs, lambda: bridge.map(abs, [1, 2], progress=False)):
             with pytest.raises(ConnectionError, match=expected):
                 call()
+
+
+def test_a_worker_closing_as_asked_does_not_log_that_it_died_unexpectedly() -> None:
+    """distributed's stop-queue thread can report "died unexpectedly" while its worker closes as asked (a race
+    seen in a clean end's log); the worker preload drops that record then, and only then."""
+    import logging
+    import types
+
+    from distributed.core import Status
+
+    from hpcbridge.cluster.quiet_exit import ClosingWorkerFilter
+
+    worker = types.SimpleNamespace(status=Status.running)  # stands in for the worker: only its status is read
+    quiet = ClosingWorkerFilter(worker)
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.nanny", logging.ERROR, __file__, 1, message, None, None)
+
+    assert quiet.filter(record("Worker process died unexpectedly"))  # while running: a real death, kept
+    for closing in (Status.closing, Status.closing_gracefully, Status.closed):
+        worker.status = closing
+        assert not quiet.filter(record("Worker process died unexpectedly"))
+        assert quiet.filter(record("Restarting worker"))  # anything else is kept
