@@ -8,8 +8,10 @@ it writes that copy itself and nothing crosses the network, as for a client insi
 allocation) and private (``shared=False``: every worker its own copy over the network, as on
 nodes with one worker each and a client on a login node). Beside them, the loopback limit: the
 object's bytes times the copies a private broadcast makes (one per worker), over the
-single-stream bandwidth of a plain TCP socket on 127.0.0.1 measured in the same run. Prints
-``name: value`` lines.
+single-stream bandwidth of a plain TCP socket on 127.0.0.1 measured in the same run, and the
+same limit through the cluster's own comm (TLS, received into fresh memory as a broadcast's copy
+is): the copies times the best of three single worker-to-worker copies, one at a time, while
+nothing else is sent. Prints ``name: value`` lines.
 
     .venv/bin/python benchmarks/broadcast.py --megabytes 400 --workers 4
 """
@@ -88,13 +90,17 @@ def measure(bridge, data: np.ndarray, scatter: bool = True) -> None:
     print(f"amm_interval_seconds: {interval:g}")
 
     hpcbridge_seconds = broadcast_once(bridge, data, interval, "hpcbridge", shared=True)
-    private_seconds = broadcast_once(bridge, data, interval, "hpcbridge_private", shared=False)
+    private_seconds, one_copy = broadcast_once(bridge, data, interval, "hpcbridge_private", shared=False)
 
     bandwidth = loopback_bytes_per_second()
     limit = data.nbytes * bridge.n_workers / bandwidth
     print(f"loopback_gb_per_s: {bandwidth / 1e9:.2f}")
     print(f"loopback_limit_seconds: {limit:.3f}")
     print(f"hpcbridge_private_over_loopback_limit: {private_seconds / limit:.2f}")
+    comm_limit = one_copy * bridge.n_workers
+    print(f"comm_copy_seconds: {one_copy:.3f}")
+    print(f"comm_limit_seconds: {comm_limit:.3f}")
+    print(f"hpcbridge_private_over_comm_limit: {private_seconds / comm_limit:.2f}")
     if not scatter:
         return
     peak = client.run_on_scheduler(peak_rss_bytes)
@@ -110,10 +116,11 @@ def measure(bridge, data: np.ndarray, scatter: bool = True) -> None:
     print(f"hpcbridge_private_over_scatter_ratio: {private_seconds / scatter_seconds:.2f}")
 
 
-def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared: bool) -> float:
+def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared: bool) -> float | tuple[float, float]:
     """One broadcast: its seconds, the bytes that left the client, the scheduler's growth, how the
     copies arrived (network or mapped from a shared copy on the machine), and who holds one
-    after the Active Memory Manager had two intervals to act."""
+    after the Active Memory Manager had two intervals to act. Private copies also give the
+    seconds of one worker-to-worker copy alone (:func:`one_copy_seconds`)."""
     client = bridge.client
     peak = client.run_on_scheduler(peak_rss_bytes)
     handle = bridge.broadcast(data, shared=shared)
@@ -127,8 +134,23 @@ def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared
     time.sleep(2 * interval + 1)
     held = sum(stats.get(handle.name, {}).get("held", False) for stats in client.run(broadcast.worker_stats).values())
     print(f"{label}_workers_holding_after_amm: {held}")
+    one_copy = one_copy_seconds(client, handle.name) if not shared else None
     bridge.release(handle)
-    return handle.seconds
+    return handle.seconds if one_copy is None else (handle.seconds, one_copy)
+
+
+def one_copy_seconds(client, name: str) -> float:
+    """Seconds of one copy of broadcast ``name`` from one worker to another through the cluster's
+    comm (the request a broadcast's copy makes), while nothing else is sent: the best of three."""
+    holder, receiver = list(client.scheduler_info(n_workers=-1)["workers"])[:2]
+
+    async def copy(dask_worker) -> float:
+        started = time.perf_counter()
+        reply = await dask_worker.rpc(holder).hpcbridge_broadcast_get(name=name)
+        assert reply["status"] == "OK", reply["status"]
+        return time.perf_counter() - started
+
+    return min(client.run(copy, workers=[receiver])[receiver] for _ in range(3))
 
 
 if __name__ == "__main__":

@@ -57,3 +57,8 @@ def test_broadcast_benchmark_compares_with_scatter() -> None:
     # the limit is the bytes of every copy over one stream's bandwidth
     assert abs(found["loopback_limit_seconds"] - 2 * 16 * 2**20 / (found["loopback_gb_per_s"] * 1e9)) < 0.01 + \
         0.02 * found["loopback_limit_seconds"]
+    # and through the cluster's own comm (TLS): the copies times one worker-to-worker copy alone
+    assert found["comm_copy_seconds"] > 0
+    assert abs(found["comm_limit_seconds"] - 2 * found["comm_copy_seconds"]) < 0.002 + 0.01 * found["comm_limit_seconds"]
+    assert abs(found["hpcbridge_private_over_comm_limit"]
+               - found["hpcbridge_private_seconds"] / found["comm_limit_seconds"]) < 0.01 + 0.05 * found["hpcbridge_private_over_comm_limit"]

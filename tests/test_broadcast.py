@@ -172,3 +172,19 @@ def test_a_broadcast_name_in_use_is_refused_at_once_and_the_first_copy_stays_usa
     again = bridge.broadcast(np.array([5.0]), name="dup-python")  # free again once released
     assert bridge.gather(bridge.map(total, [np.ones(2)], args=again, progress=False), progress=False) == [10.0]
     bridge.release(again)
+
+
+def test_private_copies_spread_as_a_tree_each_worker_asks_its_parent_once(cluster) -> None:
+    """shared=False: the worker the client sent the copy to sends it on, one copy at a time; every
+    other worker asks only its parent in the plan (nobody polls peers that do not hold it yet)."""
+    _, bridge = cluster
+    data = np.arange(4_000_000, dtype=np.float64)  # 32 MB: each copy takes long enough to overlap
+    handle = bridge.broadcast(data, shared=False)
+    copies = {worker: stats[handle.name] for worker, stats in bridge.client.run(broadcast.worker_stats).items()}
+    (root,) = [worker for worker, copy in copies.items() if copy["source"] == "client"]
+    others = set(copies) - {root}
+    for worker in others:  # three workers: the plan's ranks 1 and 2 both ask rank 0
+        assert (copies[worker]["source"], copies[worker]["asked"], copies[worker]["fetches"]) == (root, 1, 1), copies
+    assert copies[root]["sent"] == len(others) and copies[root]["most_at_once"] == 1, copies
+    np.testing.assert_array_equal(bridge.client.submit(broadcast.value, handle.name, pure=False).result(), data)
+    bridge.release(handle)

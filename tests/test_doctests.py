@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["hpcbridge.job.units", "hpcbridge.job.render", "hpcbridge.backends.slurm", "hpcbridge.backends.pbs",
-           "hpcbridge.backends.lsf", "hpcbridge.backends.sge", "hpcbridge.workloads.primes"]
+           "hpcbridge.backends.lsf", "hpcbridge.backends.sge", "hpcbridge.workloads.primes", "hpcbridge.client.tail",
+           "hpcbridge.cluster.broadcasts"]
 
 
 @pytest.mark.parametrize("name", MODULES)

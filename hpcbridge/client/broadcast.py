@@ -2,7 +2,8 @@
 
 The client sends the object once, to one worker (or writes the machine's shared copy itself),
 then registers the :class:`~hpcbridge.cluster.broadcasts.BroadcastCopy` plugin that copies it
-worker to worker.
+worker to worker; for private copies (``shared=False``) with the plan of who copies from whom
+(:func:`~hpcbridge.cluster.broadcasts.tree`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from distributed import Client
 from distributed.protocol import Serialized, serialize
 
 from hpcbridge.cluster import machine_copy
-from hpcbridge.cluster.broadcasts import PLUGIN_PREFIX, Broadcast, BroadcastCopy, BroadcastService, nbytes_of
+from hpcbridge.cluster.broadcasts import PLUGIN_PREFIX, Broadcast, BroadcastCopy, BroadcastService, nbytes_of, tree
 
 
 def send(client: Client, obj: Any, name: str | None = None, shared: bool = True) -> Broadcast:
@@ -36,16 +37,17 @@ def send(client: Client, obj: Any, name: str | None = None, shared: bool = True)
     if not workers:
         raise RuntimeError("no workers to broadcast to: wait for workers first")
     client.register_plugin(BroadcastService())
-    nbytes, via = _put(client, workers, name, obj, shared)
-    responses = client.register_plugin(BroadcastCopy(name, shared), name=PLUGIN_PREFIX + name)
+    nbytes, via, first = _put(client, workers, name, obj, shared)
+    plan = None if shared else tree(first, [worker for worker in workers if worker != first])
+    responses = client.register_plugin(BroadcastCopy(name, shared, plan), name=PLUGIN_PREFIX + name)
     failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
     if failed:
         raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")
     return Broadcast(name, nbytes, time.perf_counter() - started, len(responses or {}), via)
 
 
-def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool) -> tuple[int, str]:
-    """Give the first worker its copy; return the bytes that left the client and how.
+def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool) -> tuple[int, str, str]:
+    """Give the first worker its copy; return the bytes that left the client, how, and that worker.
 
     A client on the machine of some worker (a local cluster, a client inside the allocation)
     writes the shared copy itself and that worker maps it: nothing crosses the network. Else,
@@ -59,18 +61,19 @@ def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool) 
     beside = [address for address, machine in machines.items() if machine == here]
     copy = machine_copy.publish(obj, f"hpcbridge-broadcast-{name}") if beside else None
     if copy is not None:
+        first = random.choice(beside)
         try:
-            reply = client.sync(put, random.choice(beside), where=asdict(copy.where()), shared=True)
+            reply = client.sync(put, first, where=asdict(copy.where()), shared=True)
         finally:
             copy.close()  # the worker holds its own descriptor now; the memory lives while it does
         if reply == {"status": "OK"}:
-            return copy.payload_bytes, "shared memory"
+            return copy.payload_bytes, "shared memory", first
     header, frames = serialize(obj)
     first = random.choice(workers)
     reply = client.sync(put, first, data=Serialized(header, frames), shared=shared)
     if reply != {"status": "OK"}:
         raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
-    return sum(memoryview(frame).nbytes for frame in frames), "network"
+    return sum(memoryview(frame).nbytes for frame in frames), "network", first
 
 
 def release(client: Client, name: str) -> None:

@@ -12,9 +12,12 @@ How it works instead:
    writes the machine's shared copy itself instead (see 3.), and that worker maps it.
 2. A :class:`BroadcastCopy` worker plugin named after the broadcast is registered. The scheduler
    keeps only the plugin (a few hundred bytes) and runs its ``setup`` on every worker, now and on
-   every worker that joins later. ``setup`` fetches the object from a peer that holds it; each
-   holder serves at most :data:`MAX_SENDS_PER_HOLDER` copies at a time and turns the rest away,
-   so the copies spread as a tree instead of every worker pulling from the first one.
+   every worker that joins later. ``setup`` fetches the object from a peer that holds it. The
+   plugin carries a plan for the workers the client saw (:func:`tree`): each asks one parent,
+   which answers once it holds the object and sends one copy at a time, its children in order,
+   so the copies double each round (a binomial tree: 32 workers in 5 rounds) and nobody polls.
+   A worker that joins later (or whose parent left) asks peers in random order instead; a holder
+   serves at most :data:`MAX_SENDS_PER_HOLDER` such copies at a time and turns the rest away.
 3. Workers on one machine share one copy (``shared=True``, the default): the first worker there
    to hold the object writes it into a sealed shared-memory file (:mod:`hpcbridge.cluster.machine_copy`)
    and its peers on that machine map it read-only instead of receiving it over the network. So
@@ -47,6 +50,7 @@ from hpcbridge.cluster import machine_copy
 PLUGIN_PREFIX = "hpcbridge-broadcast-"
 MAX_SENDS_PER_HOLDER = 2
 FETCH_TIMEOUT = 600.0
+SERVE_POLL_SECONDS = 0.005  # how often a parent looks whether it holds the object, or whose turn it is
 _GET = "hpcbridge_broadcast_get"
 _PUT = "hpcbridge_broadcast_put"
 
@@ -55,6 +59,18 @@ _HELD: dict[str, Any] = {}
 _STATS: dict[str, dict[str, Any]] = {}
 _SENDING: dict[str, int] = {}
 _SHARED: dict[str, machine_copy.MachineCopy] = {}
+
+
+@dataclass
+class _Queue:
+    """The planned children waiting for a holder's copy of one broadcast (their ranks), and
+    whether it was released here meanwhile (they are then told it is missing)."""
+
+    ranks: list[int]
+    gone: bool = False
+
+
+_QUEUES: dict[str, _Queue] = {}  # per broadcast, its planned children waiting for their copy on this worker
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,9 @@ def value(name: str) -> Any:
 
 
 def worker_stats() -> dict[str, dict[str, Any]]:
-    """Per broadcast held on this worker: where the copy came from, how often it was fetched, bytes.
+    """Per broadcast held on this worker: where the copy came from, how often it was fetched, bytes,
+    how many peers it asked for it (``asked``), and the copies it sent on (``sent``, and the most
+    at once: ``most_at_once``).
 
     Run it on every worker with ``client.run(worker_stats)``; ``fetches`` stays 1 for a copy that
     was never lost (0 on the worker the client sent it to).
@@ -130,9 +148,22 @@ def _install(worker: Any) -> None:
     worker.handlers.setdefault(_PUT, _receive)
 
 
-async def _serve(comm: Any, name: str, machine: str = "") -> Status:
+async def _serve(comm: Any, name: str, machine: str = "", rank: int | None = None, wait: float = 0.0) -> Status:
     """Give the asking peer ``name``: where to map our shared copy when it runs on our machine,
-    else the data itself, unless we are already sending enough copies."""
+    else the data itself, unless we are already sending enough copies.
+
+    A planned child (``rank``: its place in the plan, :func:`tree`) waits up to ``wait`` seconds
+    until we hold the object and it is its turn: one copy at a time, the lowest rank first (it has
+    the most children of its own to serve next).
+    """
+    if rank is not None:
+        queue = await _wait_for_turn(name, rank, wait)
+        if queue is not None:
+            try:
+                await _send(comm, name)
+            finally:
+                _leave(name, queue, rank)
+            return Status.dont_reply
     shared = _SHARED.get(name)
     if name not in _HELD:
         await comm.write({"status": "missing"})
@@ -141,12 +172,55 @@ async def _serve(comm: Any, name: str, machine: str = "") -> Status:
     elif _SENDING.get(name, 0) >= MAX_SENDS_PER_HOLDER:
         await comm.write({"status": "busy"})
     else:
-        _SENDING[name] = _SENDING.get(name, 0) + 1
-        try:
-            await comm.write({"status": "OK", "data": to_serialize(_HELD[name])})
-        finally:
-            _SENDING[name] -= 1
+        await _send(comm, name)
     return Status.dont_reply
+
+
+async def _send(comm: Any, name: str) -> None:
+    """Send our copy of ``name`` to a peer; count it, and the most copies we sent at once."""
+    _SENDING[name] = _SENDING.get(name, 0) + 1
+    stats = _STATS.setdefault(name, {"fetches": 0, "asked": 0})
+    stats["sent"] = stats.get("sent", 0) + 1
+    stats["most_at_once"] = max(stats.get("most_at_once", 0), _SENDING[name])
+    try:
+        await comm.write({"status": "OK", "data": to_serialize(_HELD[name])})
+    finally:
+        _SENDING[name] -= 1
+
+
+async def _wait_for_turn(name: str, rank: int, wait: float) -> _Queue | None:
+    """Wait until we hold ``name``, no copy of it is being sent and ``rank`` is the lowest rank
+    waiting: then the queue, where ``rank`` stays listed until :func:`_leave`. None after ``wait``
+    seconds, or when the broadcast was released here meanwhile."""
+    queue = _QUEUES.setdefault(name, _Queue([]))
+    queue.ranks.append(rank)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not queue.gone:
+        if name in _HELD and not _SENDING.get(name) and min(queue.ranks) == rank:
+            return queue
+        await asyncio.sleep(SERVE_POLL_SECONDS)
+    _leave(name, queue, rank)
+    return None
+
+
+def _leave(name: str, queue: _Queue, rank: int) -> None:
+    queue.ranks.remove(rank)
+    if not queue.ranks and _QUEUES.get(name) is queue:
+        del _QUEUES[name]
+
+
+def tree(first: str, others: list[str]) -> dict[str, tuple[str, int]]:
+    """The plan of a broadcast that starts at ``first``: per other worker, the peer it asks and its rank.
+
+    A binomial tree: ranks follow the list (``first`` is 0) and rank ``i`` asks rank ``i`` minus its
+    highest power of two. Each holder sends one copy at a time, lowest rank first, so the holders
+    double each round: rank 0 sends to 1, then 0 and 1 send to 2 and 3, then 0-3 to 4-7, and so on.
+
+    >>> tree("a", ["b", "c", "d", "e"])
+    {'b': ('a', 1), 'c': ('a', 2), 'd': ('b', 3), 'e': ('a', 4)}
+    """
+    order = [first, *others]
+    return {worker: (order[rank - (1 << (rank.bit_length() - 1))], rank) for rank, worker in enumerate(order) if rank}
 
 
 def _receive(name: str, nbytes: int, data: Any = None, where: dict | None = None,
@@ -160,7 +234,7 @@ def _receive(name: str, nbytes: int, data: Any = None, where: dict | None = None
         _keep_shared(name, copy)
     else:
         _hold(name, data, shared)
-    _STATS[name] = {"source": "client", "fetches": 0, "nbytes": nbytes, "seconds": 0.0,
+    _STATS[name] = {"source": "client", "fetches": 0, "asked": 0, "nbytes": nbytes, "seconds": 0.0,
                     "via": "network" if where is None else "shared memory", "shared": name in _SHARED}
     return {"status": "OK"}
 
@@ -180,6 +254,27 @@ def _keep_shared(name: str, copy: machine_copy.MachineCopy) -> None:
     _HELD[name] = copy.load()
 
 
+async def _fetch_from_parent(worker: Any, name: str, parent: str, rank: int, timeout: float, shared: bool) -> bool:
+    """Copy ``name`` from our ``parent`` in the broadcast's plan, waiting for our turn; False when
+    the parent could not send it (it left, or did not get it in time: the caller asks others)."""
+    started = time.monotonic()
+    _asked(name)
+    try:
+        reply = await worker.rpc(parent).hpcbridge_broadcast_get(name=name, rank=rank, wait=timeout)
+    except (OSError, KeyError):
+        return False
+    if not isinstance(reply, dict) or reply.get("status") != "OK":
+        return False
+    _hold(name, reply["data"], shared)
+    _record_fetch(name, parent, "network", nbytes_of(reply["data"]), started)
+    return True
+
+
+def _asked(name: str) -> None:
+    stats = _STATS.setdefault(name, {"fetches": 0, "asked": 0})
+    stats["asked"] = stats.get("asked", 0) + 1
+
+
 async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) -> None:
     """Copy ``name`` from a peer that holds it: ask peers in random order, those on our host
     first, until one sends it; a peer on our machine with a shared copy lets us map it instead."""
@@ -192,6 +287,7 @@ async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) ->
         random.shuffle(peers)
         peers.sort(key=lambda address: get_address_host(address) != worker.ip)
         for peer in peers:
+            _asked(name)
             try:
                 reply = await worker.rpc(peer).hpcbridge_broadcast_get(name=name, machine=here)
             except (OSError, KeyError):
@@ -216,7 +312,7 @@ async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) ->
 
 
 def _record_fetch(name: str, peer: str, via: str, nbytes: int, started: float) -> None:
-    stats = _STATS.setdefault(name, {"fetches": 0})
+    stats = _STATS.setdefault(name, {"fetches": 0, "asked": 0})
     stats.update(source=peer, via=via, nbytes=nbytes, seconds=time.monotonic() - started,
                  shared=name in _SHARED)
     stats["fetches"] += 1
@@ -237,18 +333,31 @@ class BroadcastService(WorkerPlugin):
 
 
 class BroadcastCopy(WorkerPlugin):
-    """Holds one broadcast on a worker: fetched from a peer at setup, dropped at teardown."""
+    """Holds one broadcast on a worker: fetched from a peer at setup, dropped at teardown.
 
-    def __init__(self, name: str, shared: bool = True) -> None:
+    ``plan``: per worker the client saw, the parent it asks and its rank (:func:`tree`).
+    """
+
+    def __init__(self, name: str, shared: bool = True, plan: dict[str, tuple[str, int]] | None = None) -> None:
         self.broadcast_name = name
         self.shared = shared
+        self.plan = plan or {}
 
     async def setup(self, worker: Any) -> None:
         _install(worker)
-        if self.broadcast_name not in _HELD:
-            await _fetch(worker, self.broadcast_name, FETCH_TIMEOUT, self.shared)
+        if self.broadcast_name in _HELD:
+            return
+        planned = self.plan.get(worker.address)
+        if planned is not None:
+            parent, rank = planned
+            if await _fetch_from_parent(worker, self.broadcast_name, parent, rank, FETCH_TIMEOUT, self.shared):
+                return
+        await _fetch(worker, self.broadcast_name, FETCH_TIMEOUT, self.shared)
 
     def teardown(self, worker: Any) -> None:
+        queue = _QUEUES.pop(self.broadcast_name, None)
+        if queue is not None:
+            queue.gone = True
         _HELD.pop(self.broadcast_name, None)
         _STATS.pop(self.broadcast_name, None)
         shared = _SHARED.pop(self.broadcast_name, None)
