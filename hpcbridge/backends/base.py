@@ -7,10 +7,13 @@ where its output goes. Backends never render: they take the script text the rend
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
+
+from hpcbridge.private_files import make_private_dir, write_private_file
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,18 @@ def run_command(command: Sequence[str], stdin: str | None = None, timeout: float
     if done.returncode != 0:
         raise BatchCommandError(command, done.returncode, done.stdout, done.stderr)
     return done.stdout
+
+
+def keep_script(home: Path, script: str) -> tuple[str, Path]:
+    """Keep a job's script as an owner-only file in the backend's folder ``home`` before it is
+    submitted; return the fresh token that names it (and the job's output) and its path.
+
+    Batch systems that read the script from a file (PBS, Grid Engine) get this path, and the job's
+    record keeps it, so what ran can be read again after the job.
+    """
+    make_private_dir(home)
+    token = secrets.token_hex(4)
+    return token, write_private_file(home / f"job-{token}.sh", script)
 
 
 def read_tail(path: str | Path, nbytes: int = 65536) -> str | None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, read_tail, run_command
-from hpcbridge.private_files import make_private_dir, state_home, write_private_file
+from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, keep_script, read_tail, run_command
+from hpcbridge.private_files import state_home, write_private_file
 
 _JOB_ID = re.compile(r"^\s*(\d+(?:\[\d*\])?(?:\.[\w.-]+)?)\s*$")
 _ATTRIBUTE = re.compile(r"^\s+([\w.]+) = (.*)$")
@@ -96,9 +95,7 @@ class PBSBackend:
         self.home = home or state_home("pbs")
 
     def submit(self, script: str) -> str:
-        make_private_dir(self.home)
-        token = secrets.token_hex(4)
-        script_path = write_private_file(self.home / f"job-{token}.sh", script)
+        token, script_path = keep_script(self.home, script)
         output = Path.cwd() / f"pbs-{token}.out"
         # One file for both streams with -j oe: PBS Pro, given `-e` to the same path as `-o` for a script
         # without `#PBS -j oe`, copied the empty error file over the output at the job's end.

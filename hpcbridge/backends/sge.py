@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, run_command
+from hpcbridge.backends.base import BatchCommandError, JobNotFound, JobStatus, keep_script, run_command
 from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
 _JOB_ID = re.compile(r"^\s*(\d+)(?:\.\d+-\d+:\d+)?\s*$")
@@ -117,9 +116,7 @@ class SGEBackend:
         self.home = home or state_home("sge")
 
     def submit(self, script: str) -> str:
-        make_private_dir(self.home)
-        token = secrets.token_hex(4)
-        script_path = write_private_file(self.home / f"job-{token}.sh", script)
+        token, script_path = keep_script(self.home, script)
         # Grid Engine expands $TASK_ID in -o: each array task its own file.
         suffix = ".$TASK_ID" if _ARRAY_DIRECTIVE.search(script) else ""
         output = Path.cwd() / f"sge-{token}{suffix}.out"
