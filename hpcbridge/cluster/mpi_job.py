@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     import dask.config
 
     preloads = ["hpcbridge.cluster.dashboard_gate"]
+    if options.drain and not options.client_script:
+        preloads.append("hpcbridge.cluster.drained_end")  # the allocation is not held idle until the walltime
     if options.idle_timeout > 0:
         from hpcbridge.cluster import idle_end
 

@@ -103,7 +103,8 @@ def test_the_walltime_loses_nothing_and_a_new_job_resumes_only_the_rest(submit_3
 def test_in_mpi_mode_the_workers_drain_before_the_walltime_and_every_result_is_saved(submit_3nodes,
                                                                                     tmp_path: Path) -> None:
     """dask-mpi mode (rank 0 the scheduler, ranks 1-2 workers) with a 1-minute walltime: the workers
-    leave in time, every chunk they finished is on disk, none ran twice, the error names the walltime."""
+    leave in time, every chunk they finished is on disk, none ran twice, the error names the walltime,
+    and the job ends by itself once they are gone (COMPLETED, saying why), not at the walltime."""
     marks = tmp_path / "marks"
     marks.mkdir()
     items = list(range(150))  # 75 worker-seconds; 2 workers do at most 59 before they leave (WORK_BOUND)
@@ -115,9 +116,12 @@ def test_in_mpi_mode_the_workers_drain_before_the_walltime_and_every_result_is_s
     # Both workers left for it (their lines reach the log through srun: a bounded wait).
     assert wait_for(lambda: log.read_text().count("hpcbridge-drain-before-walltime") >= 2, timeout=30), \
         log.read_text()[-3000:]
-    # The job itself (rank 0's scheduler) runs on until Slurm ends it at the walltime, which slurmctld
-    # checks every 30 s: waiting for that (up to ~30 s past the end) would test Slurm, not the drain.
-    # The fixture cancels it.
+    # With no worker left the scheduler (rank 0) ends the job itself, long before the walltime: the
+    # allocation is not held idle until Slurm kills it (it ended TIMEOUT ~28 s past its end before).
+    assert wait_for(lambda: job.status().finished, timeout=30), job.status()
+    ended = job.status()
+    assert ended.state == "COMPLETED", ended
+    assert "hpcbridge: ended after every worker left before the walltime" in log.read_text(), log.read_text()[-3000:]
 
 
 def test_a_cancelled_job_is_named_and_a_new_job_computes_only_the_rest(submit_3nodes, tmp_path: Path) -> None:

@@ -1,0 +1,66 @@
+"""A cluster whose workers all left before the walltime ends itself: a scheduler preload (mpi mode).
+
+Before the walltime every worker drains and leaves (:mod:`hpcbridge.cluster.drain`). In
+scheduler-file mode the job script then stops the scheduler and the job ends at once. In mpi
+mode the scheduler is rank 0 of one MPI program, which holds every node of the allocation until
+it ends: without this preload it ran on, idle, until the batch system killed the job at its
+walltime (the margin, 5 minutes by default, of every node charged for nothing) and the job
+ended as TIMEOUT. With it, once the scheduler has no worker left and at least one left for the
+walltime (an ``hpcbridge-drain`` event), it writes one line to the job's output
+(:data:`~hpcbridge.backends.job.ENDED_PREFIX`, which ``hpcbridge status`` reads) and closes:
+dask-mpi's rank 0 returns and the job ends. Clients have the workers' events by then (they are
+logged before each worker closes) and say that the walltime ended the run.
+
+The job's mpi program adds this preload when workers drain (``--drain``) and no client script
+runs in the job: a script in the job ends the cluster itself when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+from tornado.ioloop import PeriodicCallback
+
+from hpcbridge.backends.job import ENDED_PREFIX
+from hpcbridge.cluster.drain import job_end
+from hpcbridge.leaving import EVENT_TOPIC
+
+CALLBACK = "hpcbridge-drained-end"
+CHECK_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
+
+
+def ended_line(before_end: float) -> str:
+    """The line the job's output gets when its cluster ends because every worker left for the walltime."""
+    return (f"{ENDED_PREFIX}every worker left before the walltime ({before_end:.0f} s before it); "
+            "finished chunks are saved: map the same run name in a new job to compute only the rest")
+
+
+class DrainedWatch:
+    """Closes the scheduler once no worker is left and a worker left for the walltime."""
+
+    def __init__(self, scheduler: Any, end: float) -> None:
+        self.scheduler, self.end = scheduler, end
+        self.closing: asyncio.Future | None = None
+
+    def check(self) -> None:
+        if self.closing is not None or self.scheduler.workers or not self.scheduler.get_events(EVENT_TOPIC):
+            return
+        line = ended_line(self.end - time.time())
+        print(line, file=sys.stderr, flush=True)
+        logger.info("hpcbridge: %s", line[len("hpcbridge: "):])
+        self.closing = asyncio.ensure_future(self.scheduler.close(reason="hpcbridge-drain-before-walltime"))
+
+
+def dask_setup(scheduler: Any) -> None:
+    """The preload's hook: watch ``scheduler`` when its job has a known end (``HPCBRIDGE_JOB_END``)."""
+    end = job_end()
+    if end is None:
+        return
+    watch = DrainedWatch(scheduler, end)
+    scheduler.periodic_callbacks[CALLBACK] = PeriodicCallback(watch.check, CHECK_SECONDS * 1000)
