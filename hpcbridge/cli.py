@@ -233,7 +233,8 @@ def spec_options(command: Callable[..., Any] | None = None, *, adaptive: bool = 
                      "over the network unencrypted (a warning). hpcbridge dashboard JOB prints the ssh tunnel to it.  "
                      "[default: 127.0.0.1:0, the scheduler's node only, any free port]"),
         click.option("--scheduler-file", help="Where the job writes the scheduler's address; "
-                     "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json]"),
+                     "{job_id} is replaced by the job id.  [default: ~/.hpcbridge/jobs/{job_id}/scheduler.json, "
+                     "or $HPCBRIDGE_HOME/jobs/{job_id}/scheduler.json when that is set]"),
         click.option("--module", "modules", multiple=True, help="Environment module to load (repeatable); loaded "
                      "after the site profile's modules."),
         click.option("--no-profile-modules", "no_profile_modules", is_flag=True, default=False,

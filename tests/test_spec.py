@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from hpcbridge.job.render import render_script
 from hpcbridge.job.spec import JobSpec, SpecError
 
 
@@ -118,8 +119,22 @@ def test_scheduler_file_resolves_relative_paths_and_the_job_id(tmp_path, monkeyp
     spec = JobSpec(scheduler="slurm", scheduler_file="run/{job_id}.json")
     assert spec.scheduler_file == str(tmp_path / "run/{job_id}.json")
     assert spec.scheduler_file_for("77") == str(tmp_path / "run/77.json")
+    monkeypatch.delenv("HPCBRIDGE_HOME")
     home_spec = JobSpec(scheduler="slurm")
+    assert home_spec.scheduler_file == "~/.hpcbridge/jobs/{job_id}/scheduler.json"  # ~: the node's home
     assert home_spec.scheduler_file_for("5") == os.path.expanduser("~/.hpcbridge/jobs/5/scheduler.json")
+
+
+def test_a_moved_state_home_holds_the_default_scheduler_file_and_runs_too(tmp_path, monkeypatch) -> None:
+    """$HPCBRIDGE_HOME on scratch (a home directory full, slow or read-only on the nodes): the default
+    scheduler file, its certificates and the runs go there, not to ~/.hpcbridge."""
+    monkeypatch.setenv("HPCBRIDGE_HOME", str(tmp_path / "state"))
+    spec = JobSpec(scheduler="slurm")
+    assert spec.scheduler_file == str(tmp_path / "state" / "jobs" / "{job_id}" / "scheduler.json")
+    assert spec.runs_directory == str(tmp_path / "state" / "jobs" / "runs")
+    script = render_script(spec)
+    assert f'SCHEDULER_FILE={tmp_path}/state/jobs/"$JOB_ID"/scheduler.json' in script, script
+    assert ".hpcbridge" not in script
 
 
 def test_single_strings_for_repeatable_fields_become_one_item() -> None:

@@ -25,7 +25,7 @@ from distributed.deploy.adaptive import Adaptive
 
 from hpcbridge.job import requests, units
 from hpcbridge.job.render import directive_lines, shell_path, shell_word
-from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec, SpecError
+from hpcbridge.job.spec import JOB_ID_PLACEHOLDER, JobSpec, SpecError, default_scheduler_file
 from hpcbridge.private_files import make_private_dir, state_home, write_private_file
 
 
@@ -328,7 +328,7 @@ def start(spec: JobSpec, minimum: int = 0, maximum: int = 1, **settings: Any):
     adapt = AdaptiveSettings(minimum=minimum, maximum=maximum, **settings)
     script = render_adaptive_script(spec, adapt)
     if JOB_ID_PLACEHOLDER not in spec.scheduler_file:
-        scheduler_file.claim(spec.scheduler_file, file_owner_running, DEFAULT_SCHEDULER_FILE)
+        scheduler_file.claim(spec.scheduler_file, file_owner_running, default_scheduler_file())
     job_id = get_backend(spec.scheduler).submit(script)
     job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file_for(job_id))
     _write_record(job)
@@ -368,7 +368,7 @@ def read_status(job_id: str, scheduler: str) -> dict[str, Any] | None:
         candidates.append(status_file_for(record["scheduler_file"]))
     except (OSError, ValueError, KeyError):
         pass
-    candidates.append(status_file_for(DEFAULT_SCHEDULER_FILE.replace(JOB_ID_PLACEHOLDER, str(job_id))))
+    candidates.append(status_file_for(default_scheduler_file().replace(JOB_ID_PLACEHOLDER, str(job_id))))
     for path in candidates:
         try:
             report = json.loads(path.read_text())

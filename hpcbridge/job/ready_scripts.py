@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hpcbridge.job.render import packaged_template_dir, render_script
-from hpcbridge.job.spec import JobSpec
+from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JobSpec
 
 # The ready scripts are for any site, so they name no venv: python3 after the --setup lines.
 _ONE_NODE = dict(python="python3", nodes=1, ntasks_per_node=4, cpus_per_task=2, mem_per_cpu="2G", walltime="01:00:00")
@@ -27,6 +27,8 @@ def ready_scripts() -> dict[str, JobSpec]:
     for scheduler in ("slurm", "pbs", "lsf", "sge"):
         # Grid Engine's parallel environments are named by each site (qconf -spl): smp and mpi are common names.
         one_node, several = ({"pe": "smp"}, {"pe": "mpi"}) if scheduler == "sge" else ({}, {})
+        # Spelled for any user (~/.hpcbridge/jobs/...), whatever $HPCBRIDGE_HOME the renderer has.
+        one_node, several = {**one_node, "scheduler_file": DEFAULT_SCHEDULER_FILE}, {**several, "scheduler_file": DEFAULT_SCHEDULER_FILE}
         scripts[f"{scheduler}/scheduler-file.sh"] = JobSpec(scheduler=scheduler, job_name="dask", **_ONE_NODE, **one_node)
         scripts[f"{scheduler}/dask-mpi.sh"] = JobSpec(scheduler=scheduler, job_name="dask-mpi", **_DASK_MPI, **several)
         scripts[f"{scheduler}/infiniband-2node.sh"] = JobSpec(scheduler=scheduler, job_name="dask-ib", **_INFINIBAND,

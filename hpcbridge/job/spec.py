@@ -17,9 +17,11 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import InitVar, dataclass
+from pathlib import Path
 from typing import Any
 
 from hpcbridge.addresses import is_loopback
+from hpcbridge.private_files import scheduler_files_home
 from hpcbridge.job import requests
 from hpcbridge.job.units import (
     DURATION_HELP,
@@ -39,7 +41,21 @@ PBS_FLAVORS = ("pbspro", "torque")
 CONTAINER_RUNTIMES = ("apptainer", "singularity", "charliecloud", "podman")
 CONTAINER_GPUS = ("nvidia", "amd")
 JOB_ID_PLACEHOLDER = "{job_id}"
-DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"
+DEFAULT_SCHEDULER_FILE = "~/.hpcbridge/jobs/{job_id}/scheduler.json"  # as scripts spell it: the node's home
+
+
+def default_scheduler_file() -> str:
+    """Where a job writes its scheduler file when none is given: under the state home's ``jobs/``.
+
+    That is :data:`DEFAULT_SCHEDULER_FILE` (``~`` stays for the node's home), or the absolute path
+    under ``$HPCBRIDGE_HOME/jobs/`` when the state home was moved (a home directory that is full,
+    slow or read-only on the nodes): the scheduler file, its certificates and, by default, the runs
+    (:attr:`JobSpec.runs_directory`) then go there too, with the rest of what hpcbridge keeps.
+    """
+    folder = scheduler_files_home()
+    if folder == Path(os.path.expanduser(os.path.dirname(os.path.dirname(DEFAULT_SCHEDULER_FILE)))):
+        return DEFAULT_SCHEDULER_FILE
+    return str(folder / JOB_ID_PLACEHOLDER / "scheduler.json")
 DEFAULT_DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 # Every pattern is matched whole (re.fullmatch: "$" alone would let a trailing newline through)
@@ -231,7 +247,7 @@ class JobSpec:
     tls_cert: str | None = None
     tls_key: str | None = None
     dashboard_address: str = DEFAULT_DASHBOARD_ADDRESS
-    scheduler_file: str = DEFAULT_SCHEDULER_FILE
+    scheduler_file: str = dataclasses.field(default_factory=default_scheduler_file)
     modules: tuple[str, ...] | list[str] | str = ()
     setup: tuple[str, ...] | list[str] | str = ()
     python: str | tuple[str, ...] | list[str] = dataclasses.field(default_factory=lambda: (default_python(),))

@@ -15,7 +15,8 @@ from hpcbridge.backends import get_backend
 from hpcbridge.backends.job import SubmittedJob, file_owner_running, find_record, note
 from hpcbridge.backends.job import forget as forget_records
 from hpcbridge.job.render import render_script
-from hpcbridge.job.spec import DEFAULT_SCHEDULER_FILE, JOB_ID_PLACEHOLDER, JobSpec
+from hpcbridge.job import spec as specs
+from hpcbridge.job.spec import JOB_ID_PLACEHOLDER, JobSpec
 
 
 def submit(spec: JobSpec) -> SubmittedJob:
@@ -29,7 +30,7 @@ def submit(spec: JobSpec) -> SubmittedJob:
     script = render_script(spec)
     has_cluster = spec.mode != "array"
     if has_cluster and JOB_ID_PLACEHOLDER not in spec.scheduler_file:
-        files.claim(spec.scheduler_file, file_owner_running, DEFAULT_SCHEDULER_FILE)
+        files.claim(spec.scheduler_file, file_owner_running, specs.default_scheduler_file())
     job_id = get_backend(spec.scheduler).submit(script)
     scheduler_file = spec.scheduler_file_for(job_id) if has_cluster else None
     job = SubmittedJob(job_id=job_id, scheduler=spec.scheduler, scheduler_file=scheduler_file)
@@ -58,5 +59,5 @@ def forget(job: SubmittedJob) -> None:
 
 
 def default_scheduler_file(job_id: str) -> str:
-    """The scheduler file a job writes when no ``--scheduler-file`` was given."""
-    return os.path.expanduser(DEFAULT_SCHEDULER_FILE.replace(JOB_ID_PLACEHOLDER, job_id))
+    """The scheduler file a job writes when no ``--scheduler-file`` was given (from this state home)."""
+    return os.path.expanduser(specs.default_scheduler_file().replace(JOB_ID_PLACEHOLDER, job_id))
