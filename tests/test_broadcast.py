@@ -188,3 +188,36 @@ def test_private_copies_spread_as_a_tree_each_worker_asks_its_parent_once(cluste
     assert copies[root]["sent"] == len(others) and copies[root]["most_at_once"] == 1, copies
     np.testing.assert_array_equal(bridge.client.submit(broadcast.value, handle.name, pure=False).result(), data)
     bridge.release(handle)
+
+
+def set_parent_wait(seconds: float) -> None:
+    broadcast.PARENT_WAIT = seconds
+
+
+def test_a_worker_whose_parent_never_gets_the_copy_asks_the_others(cluster) -> None:
+    """A plan whose parents cannot serve (here two workers each other's parent: neither ever holds
+    it first) costs a bounded wait, then the copy comes from a peer that holds it."""
+    from hpcbridge.client import broadcast as sending
+
+    _, bridge = cluster
+    client = bridge.client
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    data = np.arange(1_000_000, dtype=np.int64)
+    name = "cycle-plan"
+    client.run(set_parent_wait, 1.0)
+    try:
+        client.register_plugin(broadcast.BroadcastService())
+        _, _, first = sending._put(client, workers, name, data, shared=False)
+        b, c = [worker for worker in workers if worker != first]
+        replies = client.register_plugin(broadcast.BroadcastCopy(name, False, {b: (c, 1), c: (b, 2)}),
+                                         name=broadcast.PLUGIN_PREFIX + name)
+        assert {reply["status"] for reply in replies.values()} == {"OK"}, replies
+        copies = {worker: stats[name] for worker, stats in client.run(broadcast.worker_stats).items()}
+        assert copies[first]["source"] == "client"
+        for worker in (b, c):
+            assert copies[worker]["held"] and copies[worker]["asked"] >= 2, copies  # its parent, then others
+        for worker in workers:
+            np.testing.assert_array_equal(client.submit(broadcast.value, name, workers=[worker], pure=False).result(), data)
+    finally:
+        client.run(set_parent_wait, broadcast.PARENT_WAIT)
+        bridge.release(broadcast.Broadcast.named(name))

@@ -50,6 +50,9 @@ from hpcbridge.cluster import machine_copy
 PLUGIN_PREFIX = "hpcbridge-broadcast-"
 MAX_SENDS_PER_HOLDER = 2
 FETCH_TIMEOUT = 600.0
+# How long a planned child waits for its parent to hold the copy and serve it before it asks other
+# peers (its parent is slow, paused or stuck): rounds of a tree of 32 take seconds for 100 MB here.
+PARENT_WAIT = 120.0
 SERVE_POLL_SECONDS = 0.005  # how often a parent looks whether it holds the object, or whose turn it is
 _GET = "hpcbridge_broadcast_get"
 _PUT = "hpcbridge_broadcast_put"
@@ -350,7 +353,7 @@ class BroadcastCopy(WorkerPlugin):
         planned = self.plan.get(worker.address)
         if planned is not None:
             parent, rank = planned
-            if await _fetch_from_parent(worker, self.broadcast_name, parent, rank, FETCH_TIMEOUT, self.shared):
+            if await _fetch_from_parent(worker, self.broadcast_name, parent, rank, PARENT_WAIT, self.shared):
                 return
         await _fetch(worker, self.broadcast_name, FETCH_TIMEOUT, self.shared)
 
