@@ -129,34 +129,47 @@ def split_shares(running: list[dict[str, Any]], idle: int, planned_per_item: flo
     >>> split_shares(running, idle=4)
     {'c': 1, 'a': 3}
     """
-    def end(items: int, per_item: float, pieces: int, running_left: float, queued: int = 0) -> float:
-        if pieces == 0:
-            return running_left + items * per_item
-        return HAND_ON_SECONDS + queued * SCHEDULER_SECONDS_PER_TASK + -(-items // pieces) * per_item
-
-    heap = []  # (minus its projected end, key, pieces so far, items left, seconds per item, its running item's rest)
-    for a in running:
+    heap = []  # (minus its projected end, its place, the rest): the latest end first
+    for place, a in enumerate(running):
         items = a["stop"] - a["index"] - 1
         per_item = max(a.get("per_item") or 0.0, planned_per_item)
         if items >= 1 and per_item > 0:
             running_left = max(a.get("seconds") or 0.0, per_item - (a.get("seconds") or 0.0))
-            heap.append((-end(items, per_item, 0, running_left), a["key"], 0, items, per_item, running_left))
+            rest = _Rest(a["key"], items, per_item, running_left)
+            heap.append((-rest.end(0), place, rest))
     heapq.heapify(heap)
     shares: dict[str, int] = {}
     free = idle
     while heap and free > 0:
-        minus_end, key, pieces, items, per_item, running_left = heapq.heappop(heap)
+        minus_end, place, rest = heapq.heappop(heap)
         queued = idle - free  # the pieces handed out before in this round: the scheduler sends them first
-        best = min(range(pieces + 1, min(items, pieces + 2, pieces + free) + 1),
-                   key=lambda more: (end(items, per_item, more, running_left, queued + more - pieces), more),
-                   default=None)
-        if best is None or -minus_end - end(items, per_item, best, running_left, queued + best - pieces) < SHORTEST_GAIN_SECONDS:
+        best = min(range(rest.pieces + 1, min(rest.items, rest.pieces + 2, rest.pieces + free) + 1),
+                   key=lambda more: (rest.end(more, queued + more - rest.pieces), more), default=None)
+        if best is None or -minus_end - rest.end(best, queued + best - rest.pieces) < SHORTEST_GAIN_SECONDS:
             continue
-        free -= best - pieces
-        shares[key] = best
-        heapq.heappush(heap, (-end(items, per_item, best, running_left, queued + best - pieces), key, best, items, per_item,
-                              running_left))
+        free -= best - rest.pieces
+        ended = rest.end(best, queued + best - rest.pieces)
+        rest.pieces = shares[rest.key] = best
+        heapq.heappush(heap, (-ended, place, rest))
     return shares
+
+
+@dataclasses.dataclass
+class _Rest:
+    """A running chunk's items after the one it runs, as :func:`split_shares` weighs splitting them."""
+
+    key: str
+    items: int
+    per_item: float  # seconds
+    running_left: float  # seconds its running item has left, as guessed
+    pieces: int = 0  # the new chunks it is split into so far (0: not split)
+
+    def end(self, pieces: int, queued: int = 0) -> float:
+        """Its projected end (seconds from now) when split into ``pieces`` new chunks (0: left as it
+        is), the ``queued`` pieces of this round handed out before them."""
+        if pieces == 0:
+            return self.running_left + self.items * self.per_item
+        return HAND_ON_SECONDS + queued * SCHEDULER_SECONDS_PER_TASK + -(-self.items // pieces) * self.per_item
 
 
 def even_bounds(low: int, high: int, pieces: int) -> list[tuple[int, int]]:
