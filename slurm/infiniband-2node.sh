@@ -284,6 +284,9 @@ if ! kill -0 "$SCHEDULER_PID" 2>/dev/null; then
 fi
 wait "$WORKERS_PID"
 STATUS=$?
+if [ "$STATUS" -eq 0 ]; then
+    sleep 5  # a waiting client looks every 2 s: it reads every worker's leaving before the scheduler goes
+fi
 kill "$SCHEDULER_PID"
 wait "$SCHEDULER_PID"
 if [ "$STATUS" -eq 0 ]; then

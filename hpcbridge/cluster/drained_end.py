@@ -5,11 +5,12 @@ scheduler-file mode the job script then stops the scheduler and the job ends at 
 mode the scheduler is rank 0 of one MPI program, which holds every node of the allocation until
 it ends: without this preload it ran on, idle, until the batch system killed the job at its
 walltime (the margin, 5 minutes by default, of every node charged for nothing) and the job
-ended as TIMEOUT. With it, once the scheduler has no worker left and at least one left for the
-walltime (an ``hpcbridge-drain`` event), it writes one line to the job's output
-(:data:`~hpcbridge.backends.job.ENDED_PREFIX`, which ``hpcbridge status`` reads) and closes:
-dask-mpi's rank 0 returns and the job ends. Clients have the workers' events by then (they are
-logged before each worker closes) and say that the walltime ended the run.
+ended as TIMEOUT. With it, once the scheduler has had no worker for :data:`GRACE_SECONDS` and at
+least one left for the walltime (an ``hpcbridge-drain`` event), it writes one line to the job's
+output (:data:`~hpcbridge.backends.job.ENDED_PREFIX`, which ``hpcbridge status`` reads) and
+closes: dask-mpi's rank 0 returns and the job ends. The grace lets a waiting client read every
+worker's event first (it looks every 2 s, :mod:`hpcbridge.client.watch`), so that it says how
+many workers left for the walltime.
 
 The job's mpi program adds this preload when workers drain (``--drain``) and no client script
 runs in the job: a script in the job ends the cluster itself when it returns.
@@ -31,6 +32,7 @@ from hpcbridge.leaving import EVENT_TOPIC
 
 CALLBACK = "hpcbridge-drained-end"
 CHECK_SECONDS = 1.0
+GRACE_SECONDS = 5.0  # without workers this long before closing: clients read the drain events first
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,16 @@ class DrainedWatch:
     def __init__(self, scheduler: Any, end: float) -> None:
         self.scheduler, self.end = scheduler, end
         self.closing: asyncio.Future | None = None
+        self.drained_since: float | None = None  # when it was first seen without workers, after a drain
 
     def check(self) -> None:
-        if self.closing is not None or self.scheduler.workers or not self.scheduler.get_events(EVENT_TOPIC):
+        if self.closing is not None:
+            return
+        if self.scheduler.workers or not self.scheduler.get_events(EVENT_TOPIC):
+            self.drained_since = None
+            return
+        self.drained_since = self.drained_since or time.monotonic()
+        if time.monotonic() - self.drained_since < GRACE_SECONDS:
             return
         line = ended_line(self.end - time.time())
         print(line, file=sys.stderr, flush=True)
