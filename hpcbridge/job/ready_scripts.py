@@ -28,7 +28,8 @@ def ready_scripts() -> dict[str, JobSpec]:
         # Grid Engine's parallel environments are named by each site (qconf -spl): smp and mpi are common names.
         one_node, several = ({"pe": "smp"}, {"pe": "mpi"}) if scheduler == "sge" else ({}, {})
         # Spelled for any user (~/.hpcbridge/jobs/...), whatever $HPCBRIDGE_HOME the renderer has.
-        one_node, several = {**one_node, "scheduler_file": DEFAULT_SCHEDULER_FILE}, {**several, "scheduler_file": DEFAULT_SCHEDULER_FILE}
+        spelled = {"scheduler_file": DEFAULT_SCHEDULER_FILE}
+        one_node, several = {**one_node, **spelled}, {**several, **spelled}
         scripts[f"{scheduler}/scheduler-file.sh"] = JobSpec(scheduler=scheduler, job_name="dask", **_ONE_NODE, **one_node)
         scripts[f"{scheduler}/dask-mpi.sh"] = JobSpec(scheduler=scheduler, job_name="dask-mpi", **_DASK_MPI, **several)
         scripts[f"{scheduler}/infiniband-2node.sh"] = JobSpec(scheduler=scheduler, job_name="dask-ib", **_INFINIBAND,

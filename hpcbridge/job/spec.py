@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from hpcbridge.addresses import is_loopback
-from hpcbridge.private_files import scheduler_files_home
 from hpcbridge.job import requests
 from hpcbridge.job.units import (
     DURATION_HELP,
@@ -33,6 +32,7 @@ from hpcbridge.job.units import (
     parse_memory_mib,
     parse_walltime_seconds,
 )
+from hpcbridge.private_files import scheduler_files_home
 
 SCHEDULERS = ("slurm", "pbs", "lsf", "sge", "local", "ssh")
 MODES = ("scheduler-file", "mpi", "array")
