@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbridge.backends import lsf, pbs, slurm
+from hpcbridge.backends import pbs, slurm
 from hpcbridge.backends.lsf import LSFBackend
 from hpcbridge.backends.slurm import SlurmBackend
 

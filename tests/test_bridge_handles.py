@@ -117,7 +117,7 @@ def test_a_module_only_the_scheduler_has_is_named_with_the_worker_that_lacks_it(
             bridge.gather(run, progress=False)
         assert raised.value.module == helper
         assert raised.value.where.removeprefix("worker ") in workers, raised.value.where  # that worker, by address
-        assert f"is not installed on the cluster (worker tls://127.0.0.1:" in str(raised.value)
+        assert "is not installed on the cluster (worker tls://127.0.0.1:" in str(raised.value)
         assert set(bridge.client.nthreads()) == workers  # the worker lived through it
         with pytest.raises(ModuleMissing, match=f"module {helper!r} is not installed on the cluster \\(a worker"):
             bridge.gather([bridge.submit(times5, 2)])

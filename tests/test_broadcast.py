@@ -14,7 +14,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.bridge import Bridge
 from hpcbridge.cluster import broadcasts as broadcast
 from hpcbridge.cluster import machine_copy
 from hpcbridge.job import submit as jobs

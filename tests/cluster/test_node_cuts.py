@@ -25,7 +25,7 @@ import cloudpickle
 import dask
 import pytest
 
-from hpcbridge.client.bridge import Bridge, connect
+from hpcbridge.client.bridge import connect
 from hpcbridge.client.losses import SchedulerLost, SchedulerUnreachable
 from hpcbridge.job import submit as jobs
 from tests.conftest import wait_for
@@ -131,7 +131,7 @@ def test_the_schedulers_node_cut_off_loses_nothing_and_the_run_is_collected_afte
         else:
             assert isinstance(lost, SchedulerUnreachable), lost
             assert f"cannot be reached while job {job.job_id} is still RUNNING (its node is cut off" in str(lost)
-            assert f"once the scheduler answers again (the network to its node is back, its process runs again), results('cutsched')" \
+            assert "once the scheduler answers again (the network to its node is back, its process runs again), results('cutsched')" \
                 in str(lost)
             # Every chunk a worker finished is saved before it is returned; workers go on saving meanwhile.
             assert lost.saved >= lost.done >= 60 and lost.n_missing == n_items - lost.done
