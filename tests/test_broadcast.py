@@ -214,8 +214,12 @@ def test_a_worker_whose_parent_never_gets_the_copy_asks_the_others(cluster) -> N
         assert {reply["status"] for reply in replies.values()} == {"OK"}, replies
         copies = {worker: stats[name] for worker, stats in client.run(broadcast.worker_stats).items()}
         assert copies[first]["source"] == "client"
-        for worker in (b, c):
-            assert copies[worker]["held"] and copies[worker]["asked"] >= 2, copies  # its parent, then others
+        # The first to give up on its parent asks the others; the other one may then be served by its
+        # parent (which holds the copy by then) before its own wait ends.
+        assert max(copies[b]["asked"], copies[c]["asked"]) >= 2, copies
+        for worker, parent in ((b, c), (c, b)):
+            assert copies[worker]["held"], copies
+            assert copies[worker]["asked"] >= 2 or copies[worker]["source"] == parent, copies
         for worker in workers:
             np.testing.assert_array_equal(client.submit(broadcast.value, name, workers=[worker], pure=False).result(), data)
     finally:
