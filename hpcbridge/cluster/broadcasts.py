@@ -182,7 +182,7 @@ async def _serve(comm: Any, name: str, machine: str = "", rank: int | None = Non
 async def _send(comm: Any, name: str) -> None:
     """Send our copy of ``name`` to a peer; count it, and the most copies we sent at once."""
     _SENDING[name] = _SENDING.get(name, 0) + 1
-    stats = _STATS.setdefault(name, {"fetches": 0, "asked": 0})
+    stats = _stats(name)
     stats["sent"] = stats.get("sent", 0) + 1
     stats["most_at_once"] = max(stats.get("most_at_once", 0), _SENDING[name])
     try:
@@ -273,8 +273,13 @@ async def _fetch_from_parent(worker: Any, name: str, parent: str, rank: int, tim
     return True
 
 
+def _stats(name: str) -> dict[str, Any]:
+    """This worker's figures of broadcast ``name`` (:func:`worker_stats`), made on first use."""
+    return _STATS.setdefault(name, {"fetches": 0, "asked": 0})
+
+
 def _asked(name: str) -> None:
-    stats = _STATS.setdefault(name, {"fetches": 0, "asked": 0})
+    stats = _stats(name)
     stats["asked"] = stats.get("asked", 0) + 1
 
 
@@ -315,7 +320,7 @@ async def _fetch(worker: Any, name: str, timeout: float, shared: bool = True) ->
 
 
 def _record_fetch(name: str, peer: str, via: str, nbytes: int, started: float) -> None:
-    stats = _STATS.setdefault(name, {"fetches": 0, "asked": 0})
+    stats = _stats(name)
     stats.update(source=peer, via=via, nbytes=nbytes, seconds=time.monotonic() - started,
                  shared=name in _SHARED)
     stats["fetches"] += 1
