@@ -14,7 +14,7 @@ def test_the_count_of_executed_items_keeps_the_latest_runs_only() -> None:
     kept = chunks.EXECUTED_RUNS_KEPT
     names = [f"count-{i}" for i in range(kept + 500)]
     for name in names:
-        values, errors, _, _ = run_chunk(ChunkTask(name, operator.neg, [1, 2, 3], 0, False))
+        values, errors, *_ = run_chunk(ChunkTask(name, operator.neg, [1, 2, 3], 0, False))
         assert values == [-1, -2, -3] and errors == {}
     run_chunk(ChunkTask(names[600], operator.neg, [4], 3, False))  # a run that goes on is kept as the latest
     counts = chunks.executed_items()

@@ -113,7 +113,7 @@ def test_the_worker_loop_runs_each_item_once_and_goes_on_after_errors() -> None:
             raise StopIteration  # would end map() quietly
         return item + offset
 
-    values, errors, _, _ = run_chunk(ChunkTask("loop", fn, list(range(8)), 10, False), 100)
+    values, errors, *_ = run_chunk(ChunkTask("loop", fn, list(range(8)), 10, False), 100)
     assert calls == list(range(8))
     assert values == [None, 101, 102, None, 104, None, 106, 107]
     assert sorted(errors) == [10, 13, 15]
@@ -134,7 +134,7 @@ def test_the_worker_loop_calls_the_users_function_itself_not_a_wrapper_per_item(
     shipped = functions.ShippedFunction(operator.sub)
     assert list(functions.per_item_calls(shipped, [5, 6], [1])) == [4, 5]
     assert list(functions.per_item_calls(functions.SpreadItems(shipped), [(5, 1), (9, 2)], [])) == [4, 7]
-    values, errors, _, _ = run_chunk(ChunkTask("direct", functions.ShippedFunction(operator.neg), range(3), 0, False))
+    values, errors, *_ = run_chunk(ChunkTask("direct", functions.ShippedFunction(operator.neg), range(3), 0, False))
     assert (values, errors) == ([0, -1, -2], {})
 
 

@@ -7,6 +7,7 @@ test counts executions and sees where the rest of a long chunk went.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import sys
@@ -69,6 +70,31 @@ def test_idle_threads_take_the_rest_of_chunks_that_run_long_and_each_item_runs_o
     assert max(threads_per_chunk) >= 3, (
         f"the rest of a long chunk stayed on its thread: threads per long chunk {threads_per_chunk}")
     assert len(run.bounds) > len(planned)
+
+
+def test_a_cut_whose_answer_never_reaches_the_client_still_has_its_rest_computed_once(
+        cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers cut the long chunks, but their answer (the rests) is lost on the way: too late for the
+    client's bound on asking (a loaded machine), or the client interrupted meanwhile. Each cut chunk
+    then comes back short, and its rest must still be computed, once."""
+    from hpcbridge.client import tail
+
+    _, bridge = cluster
+    cut = tail._cut
+    lost: list[str] = []
+
+    async def cut_and_lose_the_answer(client, by_worker):
+        lost.extend(await cut(client, by_worker))
+        raise asyncio.TimeoutError("the workers answered after the client's bound")  # what client.sync raises then
+
+    monkeypatch.setattr(tail, "_cut", cut_and_lose_the_answer)
+    log = tmp_path / "calls.log"
+    items = list(range(2000))
+    run = bridge.map(uneven, items, args=(str(log),), name="tail-answer-lost", progress=False)
+    assert bridge.gather(run, progress=False) == [x * x for x in items]
+    assert lost, "no chunk was cut: the test shows nothing"
+    runs = collections.Counter(int(line.split()[0]) for line in log.read_text().splitlines())
+    assert sorted(runs) == items and set(runs.values()) == {1}, "an item ran twice or not at all"
 
 
 def test_an_item_queued_behind_a_long_one_is_taken_by_an_idle_thread(cluster, tmp_path: Path) -> None:

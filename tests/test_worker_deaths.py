@@ -268,8 +268,10 @@ def test_a_chunk_notes_each_item_before_it_runs_and_a_cut_ends_it_after_the_runn
             seen["cut"] = attempt.cut()
         return -x
 
-    values, errors, _, _ = run_chunk(ChunkTask("cut", item, list(range(10, 30)), 10, False))
+    values, errors, _, _, rest = run_chunk(ChunkTask("cut", item, list(range(10, 30)), 10, False))
     assert seen == {"slot": (1, 20), "cut": 4} and values == [-10, -11, -12, -13] and not errors
+    # The result hands the rest back too, for a client that never got the cut's own answer.
+    assert (rest["at"], rest["stop"], rest["task"].start, list(rest["task"].items)) == (14, 30, 14, list(range(14, 30)))
     assert not list(tmp_path.glob("*/*.slot"))  # an attempt that ends removes its slot
 
 

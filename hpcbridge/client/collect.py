@@ -16,11 +16,11 @@ from hpcbridge.client import run_records
 from hpcbridge.client.futures import gather_results, wait_for
 from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.missing_modules import module_missing
-from hpcbridge.client.planning import remember_estimate
+from hpcbridge.client.planning import plan, remember_estimate
 from hpcbridge.client.progress import Progress
 from hpcbridge.client.runs import Run, item_error_class, reattach, refresh_after_reconnect
 from hpcbridge.client.stuck import Handoff, describe_running, running_items
-from hpcbridge.client.tail import Balancer
+from hpcbridge.client.tail import Balancer, hand_on
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
 from hpcbridge.rundir import RunDirectory, missing_ranges
@@ -114,7 +114,8 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
             watch.lost(cancelled=True)
     remember_estimate(client, run.estimate_key, run.bounds, gathered, finished)
     failed: dict[int, tuple[Any, ...]] = {}  # item index -> (item, error, remote traceback, worker or chunk number)
-    for i, (values, errors, _, _) in zip(finished, gathered):
+    rests = []  # the rests of cut chunks that no task computes yet
+    for i, (values, errors, *_, rest) in zip(finished, gathered):
         low, high = run.bounds[i]
         values = values.values() if isinstance(values, Pickled) else values
         if len(values) > high - low:  # computed whole by a retry after a client cut it: the rest is elsewhere
@@ -122,11 +123,16 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
         elif len(values) < high - low:  # cut: the rest went to new tasks, which this run object may not list
             if _adopt_record(client, run):
                 raise _HandedOff
+            if rest is not None and rest["task"] is not None and (rest["at"], rest["stop"]) == (low + len(values), high):
+                rests.append((run.futures[i].key, rest))  # the cut's answer never reached a client
             continue
         chunks[i], have[i] = values, True
         for index, entry in errors.items():
             if low <= index < high:
                 failed[index] = (*entry[:3], entry[3] if len(entry) > 3 else i)
+    if rests and client.status == "running":
+        _hand_on_rests(client, run, rests)
+        raise _HandedOff
     _read_saved(directory, run.bounds, chunks, have)
     if failed:
         index = min(failed)
@@ -176,6 +182,18 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
     saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
     raise cls(run.name, what, run.n_items, done, saved, missing, results,
               directory.path if directory else None, getattr(job, "job_id", None))
+
+
+def _hand_on_rests(client: Client, run: Run, rests: list[tuple[str, dict[str, Any]]]) -> None:
+    """Submit the rest of each chunk that came back cut while no task computes that rest (by task key, what
+    its result handed back): a cut whose answer was lost on its way to the client that asked for it."""
+    threads = max(1, sum(client.nthreads().values()))
+    planned = []
+    for key, rest in rests:
+        at, stop = rest["at"], rest["stop"]
+        per_item = run.seconds_per_item or rest["task"].expected_seconds / max(1, stop - at)
+        planned.append((key, rest, plan(at, stop, None, threads, per_item)))
+    hand_on(client, run, planned)
 
 
 def _results(run: Run, chunks: list[Any], have: list[bool]) -> list[Any]:

@@ -176,7 +176,7 @@ def _probe_size(per_item: float, remaining: int, threads: int) -> int:
 
 def _timing(chunk_result: tuple, count: int) -> tuple[float, float]:
     """(seconds per item, seconds measured) of a finished chunk, leaving out its first call."""
-    _, _, seconds, first = chunk_result
+    seconds, first = chunk_result[2], chunk_result[3]
     if count < 2:
         return seconds, seconds
     return (seconds - first) / (count - 1), seconds - first
@@ -211,7 +211,7 @@ def remember_estimate(client: Client, key: str | None, bounds: list[tuple[int, i
     if key is None:
         return
     seconds, count = 0.0, 0
-    for i, (_, errors, chunk_seconds, first) in zip(finished, gathered):
+    for i, (_, errors, chunk_seconds, first, *_) in zip(finished, gathered):
         low, high = bounds[i]
         if chunk_seconds > 0 and not errors and high - low >= 2:  # 0 s: read back from disk, not computed
             # Each chunk's first call is left out, as the probe does: on a fresh worker it pays

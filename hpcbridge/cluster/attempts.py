@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -307,14 +308,27 @@ def cut(key: str) -> dict[str, Any] | None:
         at = attempt.cut()
         if at is None:
             return None
-        rest = None
-        if attempt.task is not None:
-            import dataclasses
-
-            rest = dataclasses.replace(attempt.task, items=attempt.items[at:], start=attempt.start + at,
-                                       expected_seconds=attempt.expected_per_item * (attempt.n - at))
-        return {"at": attempt.start + at, "stop": attempt.start + attempt.n, "task": rest, "extra": attempt.extra}
+        if attempt.task is None:
+            return {"at": attempt.start + at, "stop": attempt.start + attempt.n, "task": None, "extra": attempt.extra}
+        return rest_of(attempt.task, attempt.extra, at)
     return None
+
+
+def rest_of(task: Any, extra: tuple[Any, ...], done: int) -> dict[str, Any] | None:
+    """What a chunk task (:class:`hpcbridge.cluster.chunks.ChunkTask`) that computed only its first ``done``
+    items hands back for the rest: ``at`` (its first item not computed), ``stop``, ``task`` (the chunk
+    task of the rest) and the run's ``extra`` arguments; None when it computed them all.
+
+    A cut (:func:`cut`) answers the client that asked with this; the chunk's result carries it too,
+    because that answer can be lost (it came after the client's bound on asking, or the client was
+    interrupted or died meanwhile) while the chunk still stops at the cut.
+    """
+    n = len(task.items)
+    if done >= n:
+        return None
+    per_item = task.expected_seconds / n if n else 0.0
+    rest = dataclasses.replace(task, items=task.items[done:], start=task.start + done, expected_seconds=per_item * (n - done))
+    return {"at": task.start + done, "stop": task.start + n, "task": rest, "extra": tuple(extra)}
 
 
 def cut_many(keys: list[str]) -> dict[str, dict[str, Any]]:

@@ -50,12 +50,14 @@ class ChunkTask:
     item_timeout: float | None = None  # seconds an item may run before its worker process is ended to stop it
 
 
-def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], float, float]:
+def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], float, float, dict[str, Any] | None]:
     """Worker side: ``fn(item, *extra)`` for each item; broadcast handles become their objects.
 
     Returns the values (one array when stacking worked), the errors by item index (the item's
     repr, the error, the formatted traceback, and for an item that ended its worker process the
-    worker it ran on), the chunk's seconds and its first call's seconds.
+    worker it ran on), the chunk's seconds, its first call's seconds, and, for a chunk that returns
+    fewer values than it has items (a client cut it), the rest it did not compute (:func:`hpcbridge.cluster.attempts.rest_of`):
+    any client that finds the rest in no other task submits it from there.
     A retry of a chunk already saved in the run directory (computed before its worker died, the
     task's annotations say: :mod:`hpcbridge.cluster.attempts`) reads it back instead of computing it
     again; a finished chunk without errors is saved there before it is returned.
@@ -81,14 +83,14 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
         # This task ran before on a worker that died: what it saved (or kept) there is read back. A
         # first run does not look (that would read every log of the run for every chunk).
         try:
-            return directory.load_chunk(task.start, high), {}, 0.0, 0.0
+            return directory.load_chunk(task.start, high), {}, 0.0, 0.0, attempts.rest_of(task, extra, stop)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
             logger.warning("hpcbridge: computing chunk %s..%s again: its saved copy is unreadable (%s)",
                            task.start, high - 1, error)
         if (failed := directory.kept("failed", task.start, high, key)) is not None:
-            return failed[0], failed[1], 0.0, 0.0  # computed before, with failing items, by a worker that then died
+            return failed[0], failed[1], 0.0, 0.0, attempts.rest_of(task, extra, stop)  # computed before, with failing items, by a worker that then died
     drain.check(task.expected_seconds)
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
     per_item = task.expected_seconds / len(task.items) if len(task.items) else 0.0
@@ -115,6 +117,7 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
             attempt.finish_loop()
             drain.record(time.perf_counter() - started)
         _count_executed(task.run, called)
+        rest = attempts.rest_of(task, extra, len(values))
         if task.stack and not errors:
             values = _stack_if_arrays(values)
         if directory is not None and errors:
@@ -133,7 +136,7 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
             else:
                 if pickled is not None:
                     values = Pickled(pickled)  # pickled once, for the disk and for the trip back
-        return values, dict(errors), seconds, first
+        return values, dict(errors), seconds, first, rest
     finally:
         attempts.end(attempt)
         attempts.leave_pool_if_seceded(attempt)
