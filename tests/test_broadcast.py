@@ -44,9 +44,9 @@ def test_broadcast_is_sent_once_copied_by_workers_and_survives_the_memory_manage
     scheduler_peak = bridge.client.run_on_scheduler(peak_rss_bytes)
     data = np.random.default_rng(1).random(25_000_000)  # 200 MB
 
-    handle = bridge.broadcast(data, shared=False)  # every copy over the network (shared: the test below)
+    handle = bridge.broadcast(data, shared=False)  # every worker its own copy (shared: the test below)
 
-    assert handle.nbytes == data.nbytes  # left the client once, not once per worker
+    assert data.nbytes <= handle.nbytes < data.nbytes + 4096  # left the client once, not once per worker
     assert handle.n_workers == 3
     assert handle.name in bridge.broadcasts()
     time.sleep(2 * interval + 1)
@@ -72,28 +72,62 @@ def describe_broadcast(name: str) -> tuple[bool, str]:
     return bool(values.flags.writeable), hashlib.sha256(values).hexdigest()
 
 
-@pytest.mark.parametrize("case", ["client on the machine", "client elsewhere", "not shared"])
+def sources_open() -> list[str]:
+    """The private broadcasts whose machine copy this worker still holds open (test only: module state)."""
+    return sorted(broadcast._SOURCES)
+
+
+@pytest.mark.parametrize("case", ["client on the machine", "client elsewhere", "not shared",
+                                  "not shared, client elsewhere"])
 def test_workers_on_one_machine_map_one_shared_read_only_copy(cluster, case: str, monkeypatch) -> None:
     """Shared (the default): one copy per machine, mapped read-only by its workers; written by the
     client itself when it is on that machine, else sent to one worker over the network. Not
-    shared: every worker receives its own writable copy over the network."""
+    shared: every worker its own writable copy, taken from one machine copy the same way (no TLS
+    stream per worker), which is closed once they all hold theirs."""
     _, bridge = cluster
-    if case == "client elsewhere":  # as a login node's client sees it: no worker shares its machine
+    if case.endswith("client elsewhere"):  # as a login node's client sees it: no worker shares its machine
         monkeypatch.setattr(machine_copy, "machine", lambda: "another-boot/1")
     data = np.random.default_rng(2).random(5_000_000)
-    handle = bridge.broadcast(data, shared=case != "not shared")
+    handle = bridge.broadcast(data, shared=not case.startswith("not shared"))
     copies = {address: stats[handle.name] for address, stats in bridge.client.run(broadcast.worker_stats).items()}
     first = [copy for copy in copies.values() if copy["source"] == "client"]
     others = [copy for copy in copies.values() if copy["source"] != "client"]
     assert len(first) == 1 and len(others) == 2 and all(copy["source"] in copies for copy in others), copies
     expected = {"client on the machine": ("shared memory", "shared memory"), "client elsewhere": ("network", "shared memory"),
-                "not shared": ("network", "network")}[case]
+                "not shared": ("shared memory", "shared memory"),
+                "not shared, client elsewhere": ("network", "shared memory")}[case]
     assert (handle.via, first[0]["via"]) == (expected[0], expected[0])
     assert {copy["via"] for copy in others} == {expected[1]}
     assert data.nbytes <= handle.nbytes < data.nbytes + 4096  # left the client once
     seen = set(bridge.client.run(describe_broadcast, handle.name).values())  # what tasks get, per worker
-    assert seen == {(case == "not shared", hashlib.sha256(data).hexdigest())}
+    assert seen == {(case.startswith("not shared"), hashlib.sha256(data).hexdigest())}
+    assert set(map(tuple, bridge.client.run(sources_open).values())) == {()}
     bridge.release(handle)
+
+
+def scale_in_place(name: str, factor: float) -> float:
+    values = broadcast.value(name)
+    values *= factor
+    return float(values[1])
+
+
+def test_private_copies_on_one_machine_stay_private(cluster) -> None:
+    """shared=False on one machine: each worker's copy is its own, taken from one machine copy, so a
+    task that changes it in place changes no other worker's."""
+    _, bridge = cluster
+    data = np.arange(1_000_000, dtype=np.float64)
+    handle = bridge.broadcast(data, shared=False)
+    workers = list(bridge.client.scheduler_info(n_workers=-1)["workers"])
+    changed = bridge.client.run(scale_in_place, handle.name, 3.0, workers=workers[:1])
+    others = bridge.client.run(scale_in_place, handle.name, 1.0, workers=workers[1:])
+    assert list(changed.values()) == [3.0] and list(others.values()) == [1.0, 1.0]
+    bridge.release(handle)
+
+
+def own_machine(on: bool) -> None:
+    """Test only: this worker process says it is a machine of its own (as on nodes with one worker each)."""
+    real = vars(machine_copy).setdefault("_real_machine", machine_copy.machine)
+    machine_copy.machine = (lambda: f"emulated-{os.getpid()}") if on else real
 
 
 def test_a_worker_that_joins_later_copies_the_broadcast_from_a_peer(cluster) -> None:
@@ -175,11 +209,16 @@ def test_a_broadcast_name_in_use_is_refused_at_once_and_the_first_copy_stays_usa
 
 
 def test_private_copies_spread_as_a_tree_each_worker_asks_its_parent_once(cluster) -> None:
-    """shared=False: the worker the client sent the copy to sends it on, one copy at a time; every
-    other worker asks only its parent in the plan (nobody polls peers that do not hold it yet)."""
+    """shared=False, every worker on a machine of its own (emulated: each says so): the worker the
+    client sent the copy to sends it on, one copy at a time; every other worker asks only its parent
+    in the plan (nobody polls peers that do not hold it yet)."""
     _, bridge = cluster
     data = np.arange(4_000_000, dtype=np.float64)  # 32 MB: each copy takes long enough to overlap
-    handle = bridge.broadcast(data, shared=False)
+    bridge.client.run(own_machine, True)
+    try:
+        handle = bridge.broadcast(data, shared=False)
+    finally:
+        bridge.client.run(own_machine, False)
     copies = {worker: stats[handle.name] for worker, stats in bridge.client.run(broadcast.worker_stats).items()}
     (root,) = [worker for worker, copy in copies.items() if copy["source"] == "client"]
     others = set(copies) - {root}
@@ -207,7 +246,8 @@ def test_a_worker_whose_parent_never_gets_the_copy_asks_the_others(cluster) -> N
     client.run(set_parent_wait, 1.0)
     try:
         client.register_plugin(broadcast.BroadcastService())
-        _, _, first = sending._put(client, workers, name, data, shared=False)
+        _, _, first = sending._put(client, workers, name, data, shared=False,
+                                   machines=client.run(machine_copy.machine))
         b, c = [worker for worker in workers if worker != first]
         replies = client.register_plugin(broadcast.BroadcastCopy(name, False, {b: (c, 1), c: (b, 2)}),
                                          name=broadcast.PLUGIN_PREFIX + name)

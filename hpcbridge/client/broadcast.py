@@ -3,7 +3,7 @@
 The client sends the object once, to one worker (or writes the machine's shared copy itself),
 then registers the :class:`~hpcbridge.cluster.broadcasts.BroadcastCopy` plugin that copies it
 worker to worker; for private copies (``shared=False``) with the plan of who copies from whom
-(:func:`~hpcbridge.cluster.broadcasts.tree`).
+(:func:`~hpcbridge.cluster.broadcasts.plan`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from distributed import Client
 from distributed.protocol import Serialized, serialize
 
 from hpcbridge.cluster import machine_copy
-from hpcbridge.cluster.broadcasts import PLUGIN_PREFIX, Broadcast, BroadcastCopy, BroadcastService, nbytes_of, tree
+from hpcbridge.cluster.broadcasts import (
+    PLUGIN_PREFIX,
+    Broadcast,
+    BroadcastCopy,
+    BroadcastService,
+    drop_source,
+    nbytes_of,
+    plan,
+)
 
 
 def send(client: Client, obj: Any, name: str | None = None, shared: bool = True) -> Broadcast:
@@ -37,40 +45,46 @@ def send(client: Client, obj: Any, name: str | None = None, shared: bool = True)
     if not workers:
         raise RuntimeError("no workers to broadcast to: wait for workers first")
     client.register_plugin(BroadcastService())
-    nbytes, via, first = _put(client, workers, name, obj, shared)
-    plan = None if shared else tree(first, [worker for worker in workers if worker != first])
-    responses = client.register_plugin(BroadcastCopy(name, shared, plan), name=PLUGIN_PREFIX + name)
+    machines = client.run(machine_copy.machine)
+    nbytes, via, first = _put(client, workers, name, obj, shared, machines)
+    planned = None if shared else plan(first, [worker for worker in workers if worker != first], machines)
+    responses = client.register_plugin(BroadcastCopy(name, shared, planned), name=PLUGIN_PREFIX + name)
+    if not shared:
+        client.run(drop_source, name)  # every worker holds its own copy: the machine copies it came from go
     failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
     if failed:
         raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")
     return Broadcast(name, nbytes, time.perf_counter() - started, len(responses or {}), via)
 
 
-def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool) -> tuple[int, str, str]:
+def _put(client: Client, workers: list[str], name: str, obj: Any, shared: bool,
+         machines: dict[str, str]) -> tuple[int, str, str]:
     """Give the first worker its copy; return the bytes that left the client, how, and that worker.
 
     A client on the machine of some worker (a local cluster, a client inside the allocation)
-    writes the shared copy itself and that worker maps it: nothing crosses the network. Else,
-    or when the worker cannot map it, the serialized object goes to one worker over the comm.
+    writes the machine's copy itself and that worker maps it (or, ``shared`` False, copies its own
+    from it, as its peers there will): nothing crosses the network. Else, or when the worker
+    cannot map it, the serialized object goes to one worker over the comm. ``machines``: each
+    worker's :func:`~hpcbridge.cluster.machine_copy.machine`.
     """
     async def put(worker: str, **message: Any) -> Any:
         return await client.rpc(worker).hpcbridge_broadcast_put(name=name, nbytes=nbytes_of(obj), **message)
 
-    here = machine_copy.machine() if shared else ""
-    machines = client.run(machine_copy.machine) if here else {}
-    beside = [address for address, machine in machines.items() if machine == here]
+    here = machine_copy.machine()
+    beside = [address for address, machine in machines.items() if here and machine == here]
     copy = machine_copy.publish(obj, f"hpcbridge-broadcast-{name}") if beside else None
     if copy is not None:
         first = random.choice(beside)
         try:
-            reply = client.sync(put, first, where=asdict(copy.where()), shared=True)
+            reply = client.sync(put, first, where=asdict(copy.where()), shared=shared)
         finally:
             copy.close()  # the worker holds its own descriptor now; the memory lives while it does
         if reply == {"status": "OK"}:
             return copy.payload_bytes, "shared memory", first
     header, frames = serialize(obj)
     first = random.choice(workers)
-    reply = client.sync(put, first, data=Serialized(header, frames), shared=shared)
+    peers_there = sum(machines.get(worker) == machines.get(first) for worker in workers) > 1 and bool(machines.get(first))
+    reply = client.sync(put, first, data=Serialized(header, frames), shared=shared, source=not shared and peers_there)
     if reply != {"status": "OK"}:
         raise RuntimeError(f"worker {first} did not take broadcast {name!r}: {reply}")
     return sum(memoryview(frame).nbytes for frame in frames), "network", first

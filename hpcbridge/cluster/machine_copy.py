@@ -27,6 +27,7 @@ callers keep private copies.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -99,6 +100,23 @@ class MachineCopy:
         (start, length), *buffers = self._regions()
         return pickle.loads(view[start:start + length],
                             buffers=[view[offset:offset + size] for offset, size in buffers])
+
+    def load_private(self) -> Any:
+        """The object as a private, writable copy: its buffers copied out of the shared copy (one memory
+        copy each, no decoding), which this leaves as it is."""
+        (start, length), *buffers = self._regions()
+        view = memoryview(self._map)
+        try:
+            copies = [bytearray(view[offset:offset + size]) for offset, size in buffers]
+            return pickle.loads(view[start:start + length], buffers=copies)
+        finally:
+            view.release()
+
+    def release(self) -> None:
+        """Close the descriptor and unmap the copy: for a process that took a private copy and keeps none."""
+        self.close()
+        with contextlib.suppress(BufferError):  # an object still maps it: the mapping goes with that object
+            self._map.close()
 
     def close(self) -> None:
         """Close the descriptor (others can no longer attach through us); loaded objects stay valid."""
