@@ -194,7 +194,7 @@ class RunDirectory:
         return sorted(chunks)
 
     def saved_items(self) -> int:
-        return sum(high - low for low, high in self.saved())
+        return sum(high - low for low, high in covering(self.saved()))
 
     def files(self) -> list[str]:
         """The names of the files in the folder (the logs, the manifest), sorted; [] when it is gone."""
@@ -299,6 +299,28 @@ def failure_text(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"[Errno {error.errno}] {error.strerror}" if error.errno else error.strerror
     return f"{type(error).__name__}: {error}"
+
+
+def covering(saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The saved chunks that hold each item once: from the first item up, the longest chunk saved
+    from each place on; a chunk that overlaps one taken already is left out.
+
+    Saved chunks overlap when a retry computed a whole chunk (its worker died, and no nanny could
+    say where) whose rest a client had cut off and handed to new chunks, which saved theirs too.
+    Read as chunks, both copies of those items would come back.
+
+    >>> covering([(0, 10), (4, 7), (7, 10), (10, 12)])
+    [(0, 10), (10, 12)]
+    >>> covering([(0, 4), (4, 7), (7, 10), (0, 10)])
+    [(0, 10)]
+    >>> covering([(0, 3), (5, 7)])
+    [(0, 3), (5, 7)]
+    """
+    kept: list[tuple[int, int]] = []
+    for low, high in sorted(saved, key=lambda bounds: (bounds[0], -bounds[1])):
+        if not kept or low >= kept[-1][1]:
+            kept.append((low, high))
+    return kept
 
 
 def missing_ranges(n_items: int, saved: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

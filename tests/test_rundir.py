@@ -111,6 +111,29 @@ def test_a_run_the_cluster_no_longer_holds_resumes_computing_only_the_missing_ch
     assert not os.path.exists(run.directory)  # gathered and released: the folder is gone
 
 
+def test_a_chunk_saved_whole_beside_the_pieces_of_its_rest_is_read_back_once(cluster) -> None:
+    """A client cut chunk 0..999 at 400 and handed 400..999 on as two new chunks, but the worker running
+    it died and its retry (no nanny left to say where it was) computed and saved it whole: the folder
+    holds 0..999 and also 400..699 and 700..999. Read from disk, and resumed, every item comes back
+    once, in its place (reading every record as a chunk gave 600 items twice)."""
+    _, bridge = cluster
+    run = bridge.map(square, range(5000), name="overlapping", chunk_size=1000, progress=False)
+    bridge.gather(run, progress=False, release=False)
+    forget_on_cluster(bridge, "overlapping")
+    directory = RunDirectory(run.directory)
+    for low, high in ((400, 700), (700, 1000)):
+        directory.save_chunk(low, high, [square(x) for x in range(low, high)])
+    directory.write_manifest({**directory.manifest(), "bounds": [(0, 400), (400, 700), (700, 1000),
+                                                                 *run.bounds[1:]]})
+    expected = [square(x) for x in range(5000)]
+    assert bridge.results("overlapping", progress=False, release=False) == expected
+    drop_saved(run.directory, [(4000, 5000)])
+    before = executed(bridge, "overlapping")
+    again = bridge.map(square, range(5000), name="overlapping", progress=False)
+    assert bridge.gather(again, progress=False) == expected
+    assert executed(bridge, "overlapping") - before == 1000  # only the missing chunk ran
+
+
 def test_the_same_name_for_another_function_or_other_items_is_refused(cluster) -> None:
     _, bridge = cluster
     bridge.gather(bridge.map(square, range(50), name="taken", progress=False), progress=False, release=False)
@@ -191,7 +214,7 @@ def test_a_saved_chunk_comes_back_as_the_pickle_on_disk_sent_as_its_own_frame(cl
     run = bridge.map(list_of_blocks, range(4), chunk_size=2, name="pickled-once", progress=False)
     raw = bridge.client.gather(run.futures)  # the chunks as the workers returned them
     folder = RunDirectory(run.directory)
-    for (low, high), (values, errors, _, _) in zip(run.bounds, raw):
+    for (low, high), (values, errors, *_) in zip(run.bounds, raw):
         assert isinstance(values, chunks.Pickled) and not errors
         assert bytes(values.data) == folder.index().chunks[(low, high)][0].payload()
         buffers: list = []

@@ -37,6 +37,7 @@ from hpcbridge.rundir import (
     RunDirectoryError,
     RunDirectoryWarning,
     RunMismatchError,
+    covering,
     describe_ranges,
     failure_text,
     function_identity,
@@ -230,7 +231,7 @@ class Run:
         saved = directory.saved()
         n_items = int(manifest.get("n_items", saved[-1][1] if saved else 0))
         planned = [(int(low), int(high)) for low, high in manifest.get("bounds") or ()]
-        bounds = planned if planned and set(saved) <= set(planned) else saved
+        bounds = planned if planned and set(saved) <= set(planned) else covering(saved)
         return cls(directory.name, n_items, bounds, [None] * len(bounds), str(manifest.get("function", "")),
                    directory.path)
 
@@ -379,7 +380,7 @@ def _prepare_directory(directory: RunDirectory, name: str, identity: str, digest
             return manifest, []
         _check_same_run(name, directory, manifest, identity, digest, n)
         directory.write_manifest(manifest)  # as it is: a resumed run's folder must take its chunks too
-        return manifest, [bounds for bounds in directory.saved(verify=True) if bounds[1] <= n]  # not run again
+        return manifest, [bounds for bounds in covering(directory.saved(verify=True)) if bounds[1] <= n]  # not run again
     except OSError as error:
         raise RunDirectoryError(directory.path, error) from None
 

@@ -27,11 +27,15 @@ from hpcbridge.rundir import RunDirectory, RunDirectoryWarning, failure_text
 
 
 def not_saved(run: Run) -> list[tuple[int, int]]:
-    """The chunks of ``run`` collected from the cluster (not read from disk) that have no file in its folder."""
+    """The chunks of ``run`` collected from the cluster (not read from disk) that no saved chunk holds: the
+    same bounds, or a longer one from the same item (a retry that computed a cut chunk whole saved that)."""
     if not run.directory:
         return []
-    on_disk = set(RunDirectory(run.directory).saved())
-    return [bounds for bounds, future in zip(run.bounds, run.futures) if future is not None and bounds not in on_disk]
+    ends: dict[int, int] = {}
+    for low, high in RunDirectory(run.directory).saved():
+        ends[low] = max(high, ends.get(low, high))
+    return [(low, high) for (low, high), future in zip(run.bounds, run.futures)
+            if future is not None and ends.get(low, low) < high]
 
 
 def reason(client: Client, run: Run) -> str:
