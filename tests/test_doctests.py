@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["hpcbridge.job.units", "hpcbridge.job.render", "hpcbridge.backends.slurm", "hpcbridge.backends.pbs",
            "hpcbridge.backends.lsf", "hpcbridge.backends.sge", "hpcbridge.workloads.primes", "hpcbridge.client.tail",
-           "hpcbridge.cluster.broadcasts"]
+           "hpcbridge.cluster.broadcasts", "hpcbridge.rundir", "hpcbridge.client.planning"]
 
 
 @pytest.mark.parametrize("name", MODULES)
