@@ -11,6 +11,10 @@ hour. A run therefore groups items into *chunks*, one task each:
   capped at :data:`TARGET_CHUNK_SECONDS` of work, so chunks shrink towards the end and the last
   ones are short. The scheduler hands chunks to workers as threads free up, largest first, so
   every worker stays busy until the end, whatever the items cost.
+- Workers of many threads (:data:`SPREAD_MIN_THREADS` or more) get a few *spread* chunks each
+  instead (:func:`plan_spread`), whose items the worker's threads share among themselves
+  (:mod:`hpcbridge.cluster.spread`): the scheduler hands out tasks one at a time, and at a
+  thousand threads one task per thread already costs it seconds.
 """
 
 from __future__ import annotations
@@ -113,6 +117,41 @@ def plan_chunks(start: int, stop: int, threads: int, seconds_per_item: float,
         bounds.append((low, low + size))
         low += size
     return bounds
+
+
+# Workers with at least this many threads each get spread chunks (hpcbridge.cluster.spread): a few tasks per
+# worker, whose items the worker's threads share, instead of a task per thread (or more).
+SPREAD_MIN_THREADS = 16
+# Spread chunks per worker, interleaved over the items (chunk i on worker i % workers): items whose cost
+# rises or falls along the list even out over a worker's chunks, which its threads take one after another.
+SPREAD_CHUNKS_PER_WORKER = 4
+# Items shorter than this are not spread: a spread chunk's threads call each item from Python (~1 us each
+# with its notes), where a chunk's one thread calls them in a C loop (~0.1 us); and threads gain nothing for
+# items that hold the GIL throughout.
+SPREAD_MIN_ITEM_SECONDS = 1e-4
+
+
+def plan_spread(low: int, high: int, nthreads: dict[str, int], per_item: float) -> list[tuple[int, int]] | None:
+    """Items ``[low, high)`` as spread chunks (:mod:`hpcbridge.cluster.spread`), :data:`SPREAD_CHUNKS_PER_WORKER`
+    per worker; None when workers have too few threads for it to pay (:data:`SPREAD_MIN_THREADS`), the items
+    are too short (:data:`SPREAD_MIN_ITEM_SECONDS` each, by the estimate ``per_item``) or there are fewer
+    items than threads.
+
+    The chunks are not bound to workers: the scheduler gives each to the worker with the fewest tasks per
+    thread, so consecutive chunks go to different workers and no worker holds only the items at one end
+    (and a chunk whose worker died goes to another).
+
+    >>> plan_spread(0, 1000, {"a": 16, "b": 16}, 0.01)[:3]
+    [(0, 125), (125, 250), (250, 375)]
+    >>> plan_spread(0, 1000, {"a": 4, "b": 16}, 0.01), plan_spread(0, 1000, {"a": 16, "b": 16}, 1e-6)
+    (None, None)
+    """
+    if (not nthreads or min(nthreads.values()) < SPREAD_MIN_THREADS or high - low < sum(nthreads.values())
+            or per_item < SPREAD_MIN_ITEM_SECONDS):
+        return None
+    pieces = SPREAD_CHUNKS_PER_WORKER * len(nthreads)
+    edges = [low + round((high - low) * number / pieces) for number in range(pieces + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def plan(low: int, high: int, chunk_size: int | None, threads: int, per_item: float) -> list[tuple[int, int]]:

@@ -28,7 +28,14 @@ from typing import Any
 from distributed import Client, Future
 
 from hpcbridge.client import arguments, run_records
-from hpcbridge.client.planning import TARGET_CHUNK_SECONDS, estimate_key, plan, probe, remembered_estimate
+from hpcbridge.client.planning import (
+    TARGET_CHUNK_SECONDS,
+    estimate_key,
+    plan,
+    plan_spread,
+    probe,
+    remembered_estimate,
+)
 from hpcbridge.cluster import broadcasts
 from hpcbridge.cluster.attempts import install_death_notes
 from hpcbridge.cluster.chunks import NOT_SAVED_TOPIC, ChunkTask, run_chunk
@@ -288,13 +295,14 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
     sent = [0]  # chunks whose sending began: one interrupted inside client.map may have left without futures here
     per_item = 0.0
 
-    def submit(chunks: list[tuple[int, int]]) -> list[Future]:
+    def submit(chunks: list[tuple[int, int]], threads: int = 1) -> list[Future]:
         """Submit ``chunks`` as one graph: one message, one update on the scheduler. One ``client.submit``
-        each cost the scheduler an update per chunk (263 chunks at 256 threads: ~1 s before the map returned)."""
+        each cost the scheduler an update per chunk (263 chunks at 256 threads: ~1 s before the map returned).
+        ``threads``: how many threads of its worker each chunk may use (spread chunks)."""
         if not chunks:
             return []
         tasks = [ChunkTask(name, fn, items[low:high], low, stack, directory, per_item * (high - low),
-                           item_timeout)
+                           item_timeout, threads)
                  for low, high in chunks]
         first = sent[0]
         keys = [f"{name}-{start_id}-{first + i}" for i in range(len(tasks))]
@@ -325,7 +333,11 @@ def _start_claimed(client: Client, fn: Callable[..., Any], items: Sequence[Any],
             position = 0
             if not chunk_size:  # measured by an earlier run of this function (no warm-up), or probed now
                 position, per_item = (0, remembered) if remembered else probe(client, submit, n, threads, workers)
-            submit(plan(position, n, chunk_size, threads, per_item))
+            spread = None if chunk_size or resources else plan_spread(position, n, nthreads, per_item)
+            if spread:
+                submit(spread, max(nthreads.values()))
+            else:
+                submit(plan(position, n, chunk_size, threads, per_item))
         order = sorted(range(len(run.bounds)), key=lambda i: run.bounds[i])
         run.bounds[:] = [run.bounds[i] for i in order]
         run.futures[:] = [run.futures[i] for i in order]

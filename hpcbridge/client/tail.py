@@ -79,7 +79,7 @@ class Balancer:
             return False
         keys = {key for key, _ in pending}
         running = [a for answer in answers.values() if isinstance(answer, list) for a in answer
-                   if a["key"] in keys and a["index"] is not None and a["cut"] is None]
+                   if a["key"] in keys and a["index"] is not None and a["cut"] is None and not a.get("spread")]
         shares = split_shares(running, idle, self.run.seconds_per_item)
         if not shares:
             return False

@@ -87,6 +87,40 @@ RUNNING, LOOP_DONE = 0, 1
 _ONE = (b"\x01",)
 
 
+def _new_slot(size: int) -> tuple[Path, mmap.mmap]:
+    """A new slot file of ``size`` bytes for this process, mapped."""
+    path = slot_directory() / f"{os.getpid()}.{secrets.token_hex(6)}.slot"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        return path, mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+class _ThreadSlot:
+    """A thread's slot for the spread chunks it takes part in, one after another; removed when the thread ends."""
+
+    def __init__(self) -> None:
+        self.path, self.map = _new_slot(HEADER)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.map.close()
+        with contextlib.suppress(Exception):
+            self.path.unlink()
+
+
+_THREADS = threading.local()
+
+
+def _thread_slot() -> _ThreadSlot:
+    slot = getattr(_THREADS, "slot", None)
+    if slot is None:
+        slot = _THREADS.slot = _ThreadSlot()
+    return slot
+
+
 def slot_directory() -> Path:
     """The node-local folder of this user's slots (``/dev/shm`` when there is one), private to its owner."""
     base = Path(os.environ.get("HPCBRIDGE_SLOT_DIRECTORY") or
@@ -111,7 +145,7 @@ class Attempt:
 
     def __init__(self, key: str, run: str, start: int, items: Sequence[Any], extra: tuple[Any, ...] = (),
                  item_timeout: float | None = None, expected_per_item: float = 0.0, task: Any = None,
-                 exact: bool = False, directory: Any = None) -> None:
+                 exact: bool = False, directory: Any = None, dask_worker: Any = None, spread: bool = False) -> None:
         self.key, self.run, self.start, self.items, self.extra = key, run, start, items, extra
         self.directory = directory  # the run directory (a RunDirectory), where computed items are kept
         self.item_timeout, self.expected_per_item, self.task = item_timeout, expected_per_item, task
@@ -123,12 +157,19 @@ class Attempt:
         self.cut_at: int | None = None
         self.loop_done = False
         self.thread = threading.current_thread()
-        self.dask_worker = _worker()  # found through the task's context: the watchdog's thread has none
+        # found through the task's context (the watchdog's thread has none), or given by a thread of a
+        # spread chunk (hpcbridge.cluster.spread), which has none either
+        self.dask_worker = dask_worker if dask_worker is not None else current_worker()
         self.worker = getattr(self.dask_worker, "address", None)
         self.seen = (-1, time.monotonic())  # (fetched, since when) as the watchdog last saw it
         self.loop_started: float | None = None  # when the first tracked item was handed out
         self.first_taken = 0  # items taken before it (kept from an earlier attempt, or skipped)
         self.seceded = self.stuck_said = self.timeout_said = False
+        # A thread of a spread chunk (hpcbridge.cluster.spread): its items are not a run from the chunk's
+        # start, so it notes in its slot the item it runs and the last it finished (note_item), keeps no values
+        # for a retry, and its retry reads only which item it was in.
+        self.spread = spread
+        self.skip: dict[int, tuple] = {}  # items the chunk fails without running, by item index (a retry's verdict)
         self.path: Path | None = None
         self.map: mmap.mmap | None = None
         try:
@@ -139,20 +180,16 @@ class Attempt:
             self.path, self.map = None, None
 
     def _open(self) -> None:
-        path = slot_directory() / f"{os.getpid()}.{secrets.token_hex(6)}.slot"
-        size = HEADER + max(1, -(-self.n // self.granule))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self.path = path
+        if self.spread:  # a thread of a spread chunk reuses its thread's slot: a file costs ~0.1 ms, x threads x chunks
+            self.path, self.map = _thread_slot().path, _thread_slot().map
+        else:
+            self.path, self.map = _new_slot(HEADER + max(1, -(-self.n // self.granule)))
         header = json.dumps({"key": self.key, "run": self.run, "start": self.start, "n": self.n,
                              "pid": os.getpid(), "worker": self.worker, "started": time.time(),
                              "item_timeout": self.item_timeout}).encode()[:HEADER - _JSON_AT]
         self.map[0:8] = _MAGIC
-        struct.pack_into(_FIELDS, self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header), 0, self.granule, -1)
+        struct.pack_into(_FIELDS, self.map, 8, RUNNING, -1, -1, 0.0, -1, len(header), 0, self.granule,
+                         0 if self.spread else -1)  # a spread thread notes each item's place: none yet
         self.map[_JSON_AT:_JSON_AT + len(header)] = header
 
     def tracked(self, low: int, high: int) -> Iterator[Any]:
@@ -167,7 +204,7 @@ class Attempt:
         if self.cut_at is not None and self.cut_at < high:
             high = max(low, self.cut_at)
         taken = data if high >= self.n else itertools.islice(data, high - low)
-        if self.map is None:
+        if self.map is None or self.spread:  # a spread thread notes its items itself (note_item)
             return iter(taken)
         self.map.seek(HEADER + low // self.granule)
         if self.granule == 1:
@@ -220,11 +257,17 @@ class Attempt:
         if self.map is not None:
             struct.pack_into("qd", self.map, _TIMED_OUT, index, seconds)
 
+    def note_item(self, position: int, running: bool) -> None:
+        """A spread chunk's thread: the item at ``position`` (chunk-relative) begins (``running``) or ended."""
+        if self.map is not None:
+            struct.pack_into("q", self.map, _TAKEN if running else _SAVED, position + 1)
+
     def keep_computed(self) -> None:
         """Note exactly how many items this attempt had taken, and keep what it computed so far in the run
         directory for its retry (done when the process is about to end, and before a block where a
-        worker was killed outright). Without a run directory (``save=False``) only the count is noted."""
-        if self.map is None:
+        worker was killed outright). Without a run directory (``save=False``) only the count is noted.
+        A spread chunk's thread has noted its item as it went (:meth:`note_item`) and keeps nothing."""
+        if self.map is None or self.spread:
             return
         taken = self.fetched() if not self.loop_done else -1
         done = -1
@@ -242,7 +285,11 @@ class Attempt:
         struct.pack_into("q", self.map, _SAVED, done)
 
     def close(self) -> None:
-        """The attempt is over (the process goes on): remove its slot."""
+        """The attempt is over (the process goes on): remove its slot (a spread thread's stays for its thread's
+        next attempt, its loop noted done)."""
+        if self.spread:
+            self.map = None
+            return
         with contextlib.suppress(Exception):
             if self.map is not None:
                 self.map.close()
@@ -265,13 +312,27 @@ class Attempt:
         return {"key": self.key, "run": self.run, "start": self.start, "stop": self.start + self.n,
                 "index": index, "item": item, "seconds": time.monotonic() - since if index is not None else 0.0,
                 "per_item": per_item,
-                "worker": self.worker, "pid": os.getpid(), "cut": None if self.cut_at is None else self.start + self.cut_at}
+                "worker": self.worker, "pid": os.getpid(), "cut": None if self.cut_at is None else self.start + self.cut_at,
+                "spread": self.spread}
 
 
 # ---------------------------------------------------------------- the attempts running in this process
 
 _ACTIVE: dict[int, Attempt] = {}
 _LOCK = threading.Lock()
+# The spread chunks running in this process (hpcbridge.cluster.spread), by task key: a released run's
+# stop their handing out of blocks (each has ``run`` and ``stop()``).
+_SPREADS: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def spreading(key: str, spread: Any) -> Iterator[None]:
+    """While a spread chunk runs in this process: :func:`stop_run` of its run stops its handing out of blocks."""
+    _SPREADS[key] = spread
+    try:
+        yield
+    finally:
+        _SPREADS.pop(key, None)
 
 
 def begin(attempt: Attempt) -> Attempt:
@@ -303,21 +364,22 @@ def cut(key: str) -> dict[str, Any] | None:
     rest of its chunk: ``{"at": first item not computed here, "task": the chunk task of the rest, "extra": ...}``
     (None when it is not running here or has nothing left to hand back)."""
     for attempt in running():
-        if attempt.key != key:
+        if attempt.key != key or attempt.spread:  # a thread of a spread chunk: its items are not the chunk's rest
             continue
         at = attempt.cut()
         if at is None:
             return None
         if attempt.task is None:
             return {"at": attempt.start + at, "stop": attempt.start + attempt.n, "task": None, "extra": attempt.extra}
-        return rest_of(attempt.task, attempt.extra, at)
+        return rest_of(attempt.task, attempt.extra, at, attempt.skip)
     return None
 
 
-def rest_of(task: Any, extra: tuple[Any, ...], done: int) -> dict[str, Any] | None:
+def rest_of(task: Any, extra: tuple[Any, ...], done: int, skip: dict[int, tuple] | None = None) -> dict[str, Any] | None:
     """What a chunk task (:class:`hpcbridge.cluster.chunks.ChunkTask`) that computed only its first ``done``
     items hands back for the rest: ``at`` (its first item not computed), ``stop``, ``task`` (the chunk
-    task of the rest) and the run's ``extra`` arguments; None when it computed them all.
+    task of the rest) and the run's ``extra`` arguments; None when it computed them all. The rest's task
+    carries on the items in ``skip`` (by item index) that it holds: they fail again without running.
 
     A cut (:func:`cut`) answers the client that asked with this; the chunk's result carries it too,
     because that answer can be lost (it came after the client's bound on asking, or the client was
@@ -327,7 +389,12 @@ def rest_of(task: Any, extra: tuple[Any, ...], done: int) -> dict[str, Any] | No
     if done >= n:
         return None
     per_item = task.expected_seconds / n if n else 0.0
-    rest = dataclasses.replace(task, items=task.items[done:], start=task.start + done, expected_seconds=per_item * (n - done))
+    changes: dict[str, Any] = {}
+    if hasattr(task, "threads"):
+        changes["threads"] = 1  # new tasks, each on one thread
+        changes["skip"] = {i: entry for i, entry in (skip or task.skip or {}).items() if i >= task.start + done} or None
+    rest = dataclasses.replace(task, items=task.items[done:], start=task.start + done,
+                               expected_seconds=per_item * (n - done), **changes)
     return {"at": task.start + done, "stop": task.start + n, "task": rest, "extra": tuple(extra)}
 
 
@@ -340,6 +407,9 @@ def cut_many(keys: list[str]) -> dict[str, dict[str, Any]]:
 def stop_run(run: str) -> list[dict[str, Any]]:
     """Worker side (``client.run``): take no further item in the attempts of a released run; return those
     still in an item."""
+    for other in list(_SPREADS.values()):
+        if other.run == run:
+            other.stop()
     left = []
     for attempt in running():
         if attempt.run == run:
@@ -379,7 +449,7 @@ def _hook_exits() -> None:
 
     _exit.__wrapped__ = real_exit  # type: ignore[attr-defined]
     os._exit = _exit
-    worker = _worker()
+    worker = current_worker()
     if worker is not None:
         with contextlib.suppress(Exception):
             worker.loop.add_callback(_hook_sigterm)  # signal handlers are set in the main thread: the loop's
@@ -507,7 +577,13 @@ def end_for_timeout(attempt: Attempt, index: int, seconds: float, attempts: list
 
 
 def _stuck(attempt: Attempt, index: int, seconds: float) -> None:
-    """An item runs far longer than expected: free its thread's place in the worker's pool, and say so."""
+    """An item runs far longer than expected: free its thread's place in the worker's pool, and say so.
+
+    Not for a thread of a spread chunk: the chunk's other threads take its other items anyway, and a
+    client handing off "the rest" of the chunk (the items after the one its retry is on, should the
+    worker have died meanwhile) would hand the stuck item on too."""
+    if attempt.spread:
+        return
     attempt.seceded = _secede(attempt)
     worker = attempt.dask_worker
     if worker is not None:
@@ -632,7 +708,7 @@ def result_was_lost() -> bool:
 
 def _annotation(name: str) -> Any:
     """The current task's annotation ``name`` (None when not in a task or not annotated)."""
-    worker = _worker()
+    worker = current_worker()
     if worker is None:
         return None
     try:
@@ -644,7 +720,7 @@ def _annotation(name: str) -> Any:
 
 
 def current_key() -> str | None:
-    worker = _worker()
+    worker = current_worker()
     if worker is None:
         return None
     with contextlib.suppress(Exception):
@@ -717,7 +793,7 @@ async def death_report(pid: int, wait: float = REPORT_WAIT, dask_worker: Any = N
 def _ask_about(death: dict[str, Any]) -> dict[str, Any] | None:
     """In a task: the dead worker's nanny's :func:`death_report` (None when it cannot be asked), with the
     memory it saw when it ended the process for memory (the scheduler's ``worker-restart-memory`` event)."""
-    worker = _worker()
+    worker = current_worker()
     if worker is None:
         return None
     from distributed.utils import sync
@@ -790,48 +866,47 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]], ask: Any = N
         if report is None:
             continue
         slots = report.get("slots") or []
+        # One slot per attempt of ours that the process ran: a chunk's, or each thread's of a spread chunk.
         ours = [s for s in slots if s.get("key") == key]
-        if not ours:
-            continue
-        slot = ours[-1]
-        if slot.get("cut") is not None:
-            verdict.stop = slot["cut"] if verdict.stop is None else min(verdict.stop, slot["cut"])
-        timed = slot.get("timed_out")
-        if timed is not None:
-            limit = slot.get("item_timeout")
-            verdict.skip[timed] = (
-                f"ItemTimeout: it ran longer than item_timeout={limit:g} s on {death.get('worker')} (it was stopped "
-                f"after {slot.get('timed_seconds', 0):.1f} s): hpcbridge ended that worker process "
-                f"(pid {death.get('pid')}) to stop it, and its nanny started a new one",
-                "no traceback: the item was stopped by ending its worker process")
-            verdict.where[timed] = death.get("worker") or "a worker"
-            continue
+        for slot in ours:
+            if slot.get("cut") is not None:
+                verdict.stop = slot["cut"] if verdict.stop is None else min(verdict.stop, slot["cut"])
+            timed = slot.get("timed_out")
+            if timed is not None:
+                limit = slot.get("item_timeout")
+                verdict.skip[timed] = (
+                    f"ItemTimeout: it ran longer than item_timeout={limit:g} s on {death.get('worker')} (it was stopped "
+                    f"after {slot.get('timed_seconds', 0):.1f} s): hpcbridge ended that worker process "
+                    f"(pid {death.get('pid')}) to stop it, and its nanny started a new one",
+                    "no traceback: the item was stopped by ending its worker process")
+                verdict.where[timed] = death.get("worker") or "a worker"
         if any(s.get("timed_out") is not None or s.get("ended") for s in slots):
-            continue  # its process was ended on purpose (another item's timeout, a released run): no blame
-        if not _in_item(slot):
-            continue  # it died before its first item, between two, or after its last: no item to pin it on
-        cause, points = _cause(death, report)
-        low, high = slot["fetched"]
-        if low != high:  # a hard kill (SIGKILL, a crash) in a first attempt: somewhere in a block; the
-            # retry notes each item (and keeps what it computed before that block) to pin the next death
-            verdict.suspect = low - 1 if verdict.suspect is None else min(verdict.suspect, low - 1)
-            for index in range(low - 1, high):
-                suspects.setdefault(index, []).append(cause)
-            continue
-        index = low - 1
-        alone = not any(other is not slot and _in_item(other) for other in slots)
-        suspects.setdefault(index, []).append(cause)
-        times = len(suspects[index])
-        if alone and points or times >= ONE_WORKER_LIMIT:
-            why = ("it was the only item running in that process" if times == 1 else
-                   f"it was running each of the {times} times a worker process died")
-            allowed = _allowed_failures()
-            verdict.skip[index] = (
-                f"WorkerDied: {cause}. It is not run again: {why} (hpcbridge runs an item whose worker process died "
-                f"on a second worker only when the death could not be pinned on it, and never on a third; "
-                f"distributed alone would try it on up to {allowed + 1} workers: allowed-failures={allowed})",
-                "no traceback: the worker process died in this item\n" + "\n".join(report.get("lines") or ()))
-            verdict.where[index] = death.get("worker") or "a worker"
+            continue  # its process was ended on purpose (an item's timeout, a released run): no other blame
+        for slot in ours:
+            if not _in_item(slot):
+                continue  # it died before its first item, between two, or after its last: no item to pin it on
+            cause, points = _cause(death, report)
+            low, high = slot["fetched"]
+            if low != high:  # a hard kill (SIGKILL, a crash) in a first attempt: somewhere in a block; the
+                # retry notes each item (and keeps what it computed before that block) to pin the next death
+                verdict.suspect = low - 1 if verdict.suspect is None else min(verdict.suspect, low - 1)
+                for index in range(low - 1, high):
+                    suspects.setdefault(index, []).append(cause)
+                continue
+            index = low - 1
+            alone = not any(other is not slot and _in_item(other) for other in slots)
+            suspects.setdefault(index, []).append(cause)
+            times = len(suspects[index])
+            if alone and points or times >= ONE_WORKER_LIMIT:
+                why = ("it was the only item running in that process" if times == 1 else
+                       f"it was running each of the {times} times a worker process died")
+                allowed = _allowed_failures()
+                verdict.skip[index] = (
+                    f"WorkerDied: {cause}. It is not run again: {why} (hpcbridge runs an item whose worker process died "
+                    f"on a second worker only when the death could not be pinned on it, and never on a third; "
+                    f"distributed alone would try it on up to {allowed + 1} workers: allowed-failures={allowed})",
+                    "no traceback: the worker process died in this item\n" + "\n".join(report.get("lines") or ()))
+                verdict.where[index] = death.get("worker") or "a worker"
     if verdict.stop is not None:
         verdict.skip = {i: e for i, e in verdict.skip.items() if i < verdict.stop}
     return verdict
@@ -907,7 +982,8 @@ def _allowed_failures() -> int:
 
 # ---------------------------------------------------------------- small helpers
 
-def _worker() -> Any:
+def current_worker() -> Any:
+    """The Dask worker of the task this thread runs (None outside one)."""
     try:
         from distributed import get_worker
 
@@ -923,12 +999,12 @@ def _has_nanny(worker: Any) -> bool:
 
 
 def _worker_address() -> str | None:
-    worker = _worker()
+    worker = current_worker()
     return getattr(worker, "address", None) if worker is not None else None
 
 
 def _host() -> str | None:
-    worker = _worker()
+    worker = current_worker()
     if worker is None:
         return None
     try:

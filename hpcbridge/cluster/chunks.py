@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpcbridge import functions
-from hpcbridge.cluster import attempts, broadcasts, drain
+from hpcbridge.cluster import attempts, broadcasts, drain, spread
 from hpcbridge.rundir import RunDirectory, failure_text
 
 logger = logging.getLogger("hpcbridge.client.runs")
@@ -48,6 +48,11 @@ class ChunkTask:
     directory: RunDirectory | None = None
     expected_seconds: float = 0.0
     item_timeout: float | None = None  # seconds an item may run before its worker process is ended to stop it
+    threads: int = 1  # how many threads of its worker the chunk's items may use (hpcbridge.cluster.spread)
+    # Items known to fail without running (by item index: the item's repr, the error, the details, where it
+    # died): a rest handed on from a chunk whose retry had found them (an item past its timeout, one that
+    # ended its worker), so that the new tasks do not run them again.
+    skip: dict[int, tuple] | None = None
 
 
 def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], float, float, dict[str, Any] | None]:
@@ -91,8 +96,16 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
                            task.start, high - 1, error)
         if (failed := directory.kept("failed", task.start, high, key)) is not None:
             return failed[0], failed[1], 0.0, 0.0, attempts.rest_of(task, extra, stop)  # computed before, with failing items, by a worker that then died
-    drain.check(task.expected_seconds)
+    drain.check(task.expected_seconds / max(1, task.threads))
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
+    if task.threads > 1 and not deaths and not task.skip:  # a retry runs on one thread, exact: it pins a death
+        drain.started()
+        started = time.perf_counter()
+        try:
+            values, errors, seconds, first, called = spread.compute(task, key, args, extra, _short_repr, _error_words)
+        finally:
+            drain.record(time.perf_counter() - started)
+        return _finish(task, key, extra, values, errors, seconds, first, called)
     per_item = task.expected_seconds / len(task.items) if len(task.items) else 0.0
     attempt = attempts.begin(attempts.Attempt(key, task.run, task.start, task.items, extra, task.item_timeout,
                                               per_item, task, exact=bool(deaths), directory=directory))
@@ -106,6 +119,9 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
                 errors.update({i: e for i, e in kept_errors.items() if i < high})
             skip = {i: (_short_repr(task.items[i]), error, details, verdict.where.get(i, "a worker"))
                     for i, (error, details) in verdict.skip.items() if len(values) <= i < stop}
+        skip = {**{i - task.start: entry for i, entry in (task.skip or {}).items()
+                   if task.start + len(values) <= i < task.start + stop}, **skip}
+        attempt.skip = {task.start + i: entry for i, entry in skip.items()}  # a cut's rest carries them on
         keep_at = verdict.suspect if verdict is not None and verdict.suspect is not None else -1
         drain.started()
         started = time.perf_counter()
@@ -116,30 +132,39 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
         finally:
             attempt.finish_loop()
             drain.record(time.perf_counter() - started)
-        _count_executed(task.run, called)
-        rest = attempts.rest_of(task, extra, len(values))
-        if task.stack and not errors:
-            values = _stack_if_arrays(values)
-        if directory is not None and errors:
-            try:
-                directory.keep("failed", task.start, task.start + len(values), key, (values, dict(errors)))
-            except Exception as error:  # noqa: BLE001 -- only a worker's death would need it
-                logger.warning("hpcbridge: chunk %s..%s of run %s (with failing items) not kept in %s: %s",
-                               task.start, task.start + len(values) - 1, task.run, directory.path, error)
-        if directory is not None and not errors:
-            try:
-                pickled = directory.save_chunk(task.start, task.start + len(values), values)
-            except Exception as error:  # the result still goes back through the cluster
-                logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start,
-                               task.start + len(values) - 1, task.run, directory.path, error)
-                _tell_not_saved(task, directory, error)
-            else:
-                if pickled is not None:
-                    values = Pickled(pickled)  # pickled once, for the disk and for the trip back
-        return values, dict(errors), seconds, first, rest
+        return _finish(task, key, extra, values, errors, seconds, first, called, attempt.skip)
     finally:
         attempts.end(attempt)
         attempts.leave_pool_if_seceded(attempt)
+
+
+def _finish(task: ChunkTask, key: str, extra: tuple[Any, ...], values: list[Any], errors: dict[int, tuple],
+            seconds: float, first: float, called: int, skip: dict[int, tuple] | None = None
+            ) -> tuple[Any, dict[int, tuple], float, float, dict[str, Any] | None]:
+    """A computed chunk's result: counted, stacked, kept (with failing items) or saved, and its rest if it was
+    cut (with the items in ``skip`` it holds)."""
+    directory = task.directory
+    _count_executed(task.run, called)
+    rest = attempts.rest_of(task, extra, len(values), skip)
+    if task.stack and not errors:
+        values = _stack_if_arrays(values)
+    if directory is not None and errors:
+        try:
+            directory.keep("failed", task.start, task.start + len(values), key, (values, dict(errors)))
+        except Exception as error:  # noqa: BLE001 -- only a worker's death would need it
+            logger.warning("hpcbridge: chunk %s..%s of run %s (with failing items) not kept in %s: %s",
+                           task.start, task.start + len(values) - 1, task.run, directory.path, error)
+    if directory is not None and not errors:
+        try:
+            pickled = directory.save_chunk(task.start, task.start + len(values), values)
+        except Exception as error:  # the result still goes back through the cluster
+            logger.warning("hpcbridge: chunk %s..%s of run %s not saved in %s: %s", task.start,
+                           task.start + len(values) - 1, task.run, directory.path, error)
+            _tell_not_saved(task, directory, error)
+        else:
+            if pickled is not None:
+                values = Pickled(pickled)  # pickled once, for the disk and for the trip back
+    return values, dict(errors), seconds, first, rest
 
 
 @dataclass(frozen=True)

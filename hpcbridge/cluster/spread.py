@@ -1,0 +1,184 @@
+"""A chunk spread over its worker's threads: one task whose items that worker's threads pull block by block.
+
+Why: the scheduler hands out tasks one after another, 0.4-3 ms each here, so with a thousand
+threads a map of one task per thread spends seconds there before the last thread starts (the
+static split's 1,024 tasks took 1.4 s more than their 0.8 s of work), and balancing uneven items
+with more tasks costs more of the same. A chunk whose task carries ``threads`` > 1
+(:class:`hpcbridge.cluster.chunks.ChunkTask`) costs the scheduler one task, and the worker's
+threads balance its items among themselves as they free up, at no cost to the scheduler. The
+planner makes a few such chunks per worker when workers have many threads
+(:func:`hpcbridge.client.planning.plan_spread`).
+
+How: the task's own thread and ``threads - 1`` threads of a pool per worker process (as many
+threads as the worker has, shared by the spread chunks running there, first come first served)
+take blocks of items in order, each block a guided share of what is left, and call the items one
+by one. Each pulling thread runs as an attempt of the chunk's task
+(:class:`hpcbridge.cluster.attempts.Attempt`, ``spread=True``) whose slot says which item it is in,
+so the watchdog ends an item past ``item_timeout`` by ending the worker process, and the retry
+fails that item without running it (the slot says which); an item that ends its worker is named
+after a second death (the first left many items running in that process). Blocks are handed out
+in order, so the items before the first block not handed out are all computed once the running
+blocks end: a released run stops handing out blocks, and the chunk returns the items up to the
+first gap.
+
+What a spread chunk does not do: after its worker died, its retry runs on one thread (exact, as
+every retry does) and computes again the items the dead process had finished. Its tail is not cut
+by a waiting client (:mod:`hpcbridge.client.tail`), and a stuck item does not hand the chunk's
+rest to other tasks: its other threads go on with it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from hpcbridge import functions
+from hpcbridge.cluster import attempts
+
+BLOCK_SECONDS = 0.02  # the least work a thread takes at once (a block costs a lock and a little bookkeeping)
+GUIDED_SHARE = 4  # a block is at most 1/GUIDED_SHARE of a thread's share of what is left: smaller towards the end
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+class Spread:
+    """One spread chunk on this worker: its items, the next block to hand out, what each block computed."""
+
+    def __init__(self, key: str, run: str, n: int, threads: int, per_item: float) -> None:
+        self.key, self.run, self.n, self.threads = key, run, n, max(1, threads)
+        self.smallest = max(1, int(BLOCK_SECONDS / per_item)) if per_item > 0 else 1
+        self.next = 0  # the first item not handed out yet
+        self.stopped = False
+        self.blocks: dict[int, tuple[int, list[Any], dict[int, tuple]]] = {}  # first item -> (end, values, errors)
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[int, int] | None:
+        """The next block (chunk-relative first item and end), None when none is left or handing out stopped."""
+        with self.lock:
+            if self.stopped or self.next >= self.n:
+                return None
+            left = self.n - self.next
+            size = min(left, max(self.smallest, math.ceil(left / (GUIDED_SHARE * self.threads))))
+            low = self.next
+            self.next += size
+            return low, low + size
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+
+    def values(self) -> tuple[list[Any], dict[int, tuple]]:
+        """The values and errors of the items up to the first that no finished block holds."""
+        values: list[Any] = []
+        errors: dict[int, tuple] = {}
+        at = 0
+        while at in self.blocks:
+            end, block_values, block_errors = self.blocks[at]
+            values.extend(block_values)
+            errors.update(block_errors)
+            if len(block_values) < end - at:
+                break
+            at = end
+        return values, errors
+
+
+def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...],
+            short_repr: Callable[[Any], str], error_words: Callable[[BaseException], str]) -> tuple[list, dict, float, float, int]:
+    """Run ``task`` (a spread chunk) on up to ``task.threads`` threads of this worker; return its values, errors,
+    the items' seconds added up (what one thread would have taken: the planner's measure of an item), the
+    first call's seconds, and how many items were called."""
+    n = len(task.items)
+    per_item = task.expected_seconds / n if n else 0.0
+    worker = attempts.current_worker()
+    spread = Spread(key, task.run, n, min(task.threads, _threads_of(worker)), per_item)
+    seconds = [0.0]
+    first = [-1.0]
+    called = [0]
+    tally = threading.Lock()
+
+    def pull(number: int) -> None:
+        attempt: attempts.Attempt | None = None
+        try:
+            while (block := spread.take()) is not None:
+                low, high = block
+                if attempt is None:
+                    attempt = attempts.begin(attempts.Attempt(key, task.run, task.start, task.items, extra,
+                                                              task.item_timeout, per_item, None, dask_worker=worker,
+                                                              spread=True))
+                started = time.perf_counter()
+                values, errors, first_call = _call_block(task, args, attempt, low, high, short_repr, error_words)
+                took = time.perf_counter() - started
+                with tally:
+                    spread.blocks[low] = (high, values, errors)
+                    seconds[0] += took
+                    called[0] += len(values)
+                    if first[0] < 0 <= first_call:
+                        first[0] = first_call
+        finally:
+            if attempt is not None:
+                attempt.finish_loop()
+                attempts.end(attempt)
+
+    with attempts.spreading(key, spread):  # a released run stops it (attempts.stop_run)
+        helpers = [_pool(worker).submit(pull, number) for number in range(1, min(spread.threads, n))]
+        pull(0)
+        for helper in helpers:  # nothing is left to hand out: helpers still queued behind other chunks' need not run
+            if not helper.cancel():
+                helper.result()
+    values, errors = spread.values()
+    return values, errors, seconds[0], max(first[0], 0.0), called[0]
+
+
+def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int, high: int,
+                short_repr: Callable[[Any], str], error_words: Callable[[BaseException], str]
+                ) -> tuple[list[Any], dict[int, tuple], float]:
+    """Call the items ``low..high-1`` (chunk-relative) one by one, through the attempt's tracked iterator (so
+    the watchdog sees each); an item that raises gets its error and None. Returns the values, the errors by
+    item index, and the first call's seconds (-1 when none was called)."""
+    values: list[Any] = []
+    errors: dict[int, tuple] = {}
+    first = -1.0
+    calls = functions.per_item_calls(task.fn, attempt.tracked(low, high), args)
+    while True:
+        started = time.perf_counter()
+        position = low + len(values)
+        attempt.note_item(position, running=True)
+        try:
+            value = next(calls)
+        except StopIteration:
+            if attempt.fetched() <= low + len(values):
+                attempt.note_item(position, running=False)  # it did not begin: no item left
+                break
+            value = None  # the item was taken and the function raised StopIteration
+            errors[task.start + low + len(values)] = (short_repr(task.items[low + len(values)]),
+                                                      "RuntimeError: the function raised StopIteration", "")
+        except BaseException as error:  # noqa: BLE001 -- SystemExit too: the item's error, as in a chunk
+            value = None
+            errors[task.start + low + len(values)] = (short_repr(task.items[low + len(values)]), error_words(error),
+                                                      traceback.format_exc())
+        values.append(value)
+        attempt.note_item(position, running=False)
+        if first < 0:
+            first = time.perf_counter() - started
+    return values, errors, first
+
+
+def _threads_of(worker: Any) -> int:
+    """The worker's threads (1 outside a worker: a test calling a chunk directly)."""
+    return int(getattr(getattr(worker, "state", None), "nthreads", 0) or getattr(worker, "nthreads", 0) or 1)
+
+
+def _pool(worker: Any) -> concurrent.futures.ThreadPoolExecutor:
+    """This process's pool of helper threads for spread chunks: as many as the worker has threads."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=_threads_of(worker),
+                                                          thread_name_prefix="hpcbridge-spread")
+        return _POOL
