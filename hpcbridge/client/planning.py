@@ -19,6 +19,7 @@ hour. A run therefore groups items into *chunks*, one task each:
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from collections.abc import Callable, Sequence
@@ -151,7 +152,7 @@ def plan_spread(low: int, high: int, nthreads: dict[str, int], per_item: float) 
         return None
     pieces = SPREAD_CHUNKS_PER_WORKER * len(nthreads)
     edges = [low + round((high - low) * number / pieces) for number in range(pieces + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def plan(low: int, high: int, chunk_size: int | None, threads: int, per_item: float) -> list[tuple[int, int]]:

@@ -21,6 +21,11 @@ fails the item with an error that names it and says the cause, without running i
 cause points at it (memory, an exit status, a crash signal) and it was the only item running in
 that process, or when it was running at two deaths; it computes the rest, from what was kept.
 
+A chunk spread over its worker's threads (:mod:`hpcbridge.cluster.spread`) runs each thread as an
+attempt of the chunk's task (``spread=True``), with a slot of that thread (reused from chunk to
+chunk) in which it notes the item it is in before calling it and after; a retry reads every slot
+of its task.
+
 A thread per worker process (:class:`Watchdog`) looks at the running attempts twice a second:
 it says which item each is on and for how long (:func:`active`), ends an item that runs past its
 ``item_timeout`` by ending the worker process (there is no other way to stop a Python thread;

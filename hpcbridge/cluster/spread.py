@@ -50,8 +50,8 @@ _POOL_LOCK = threading.Lock()
 class Spread:
     """One spread chunk on this worker: its items, the next block to hand out, what each block computed."""
 
-    def __init__(self, key: str, run: str, n: int, threads: int, per_item: float) -> None:
-        self.key, self.run, self.n, self.threads = key, run, n, max(1, threads)
+    def __init__(self, run: str, n: int, threads: int, per_item: float) -> None:
+        self.run, self.n, self.threads = run, n, max(1, threads)
         self.smallest = max(1, int(BLOCK_SECONDS / per_item)) if per_item > 0 else 1
         self.next = 0  # the first item not handed out yet
         self.stopped = False
@@ -96,7 +96,7 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...],
     n = len(task.items)
     per_item = task.expected_seconds / n if n else 0.0
     worker = attempts.current_worker()
-    spread = Spread(key, task.run, n, min(task.threads, _threads_of(worker)), per_item)
+    spread = Spread(task.run, n, min(task.threads, _threads_of(worker)), per_item)
     seconds = [0.0]
     first = [-1.0]
     called = [0]
