@@ -130,11 +130,16 @@ SPREAD_CHUNKS_PER_WORKER = 4
 # with its notes), where a chunk's one thread calls them in a C loop (~0.1 us); and threads gain nothing for
 # items that hold the GIL throughout.
 SPREAD_MIN_ITEM_SECONDS = 1e-4
+# The longest a spread chunk runs on its worker's threads, by the estimate: a chunk is saved when it ends, so a
+# worker that the walltime (or a failure) ends loses at most this much of its threads' work, and a draining
+# worker does not start a chunk it cannot finish (hpcbridge.cluster.drain): longer maps get more chunks.
+SPREAD_CHUNK_SECONDS = 10.0
 
 
 def plan_spread(low: int, high: int, nthreads: dict[str, int], per_item: float) -> list[tuple[int, int]] | None:
     """Items ``[low, high)`` as spread chunks (:mod:`hpcbridge.cluster.spread`), :data:`SPREAD_CHUNKS_PER_WORKER`
-    per worker; None when workers have too few threads for it to pay (:data:`SPREAD_MIN_THREADS`), the items
+    per worker, or more, so that none runs longer than :data:`SPREAD_CHUNK_SECONDS` on the fewest threads a
+    worker has; None when workers have too few threads for it to pay (:data:`SPREAD_MIN_THREADS`), the items
     are too short (:data:`SPREAD_MIN_ITEM_SECONDS` each, by the estimate ``per_item``) or there are fewer
     items than threads.
 
@@ -146,11 +151,14 @@ def plan_spread(low: int, high: int, nthreads: dict[str, int], per_item: float) 
     [(0, 125), (125, 250), (250, 375)]
     >>> plan_spread(0, 1000, {"a": 4, "b": 16}, 0.01), plan_spread(0, 1000, {"a": 16, "b": 16}, 1e-6)
     (None, None)
+    >>> len(plan_spread(0, 100_000, {"a": 16, "b": 16}, 0.1))  # 625 s per thread: chunks of 10 s
+    63
     """
     if (not nthreads or min(nthreads.values()) < SPREAD_MIN_THREADS or high - low < sum(nthreads.values())
             or per_item < SPREAD_MIN_ITEM_SECONDS):
         return None
-    pieces = SPREAD_CHUNKS_PER_WORKER * len(nthreads)
+    longest = SPREAD_CHUNK_SECONDS * min(nthreads.values()) / per_item  # items
+    pieces = max(SPREAD_CHUNKS_PER_WORKER * len(nthreads), math.ceil((high - low) / longest))
     edges = [low + round((high - low) * number / pieces) for number in range(pieces + 1)]
     return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
