@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         spec = JobSpec(scheduler="slurm", nodes=options.nodes, ntasks_per_node=1, cpus_per_task=options.threads,
                        interface=env["HPCB_SLURM_INTERFACE"], python=sys.executable, walltime="20m",
                        scheduler_file=str(folder / "{job_id}" / "scheduler.json"), job_name="scale")
+        os.chdir(folder)  # the job's output file (scale-<id>.out) goes where it is submitted from: not the clone
         job = jobs.submit(spec)
         with connect(job.scheduler_file, n_workers=options.nodes, timeout=180, job=job) as bridge:
             threads = bridge.total_threads
