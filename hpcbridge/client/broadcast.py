@@ -50,7 +50,8 @@ def send(client: Client, obj: Any, name: str | None = None, shared: bool = True)
     planned = None if shared else plan(first, [worker for worker in workers if worker != first], machines)
     responses = client.register_plugin(BroadcastCopy(name, shared, planned), name=PLUGIN_PREFIX + name)
     if not shared:
-        client.run(drop_source, name)  # every worker holds its own copy: the machine copies it came from go
+        # Every worker holds its own copy: the machine copies it came from go (a worker gone meanwhile took its own).
+        client.run(drop_source, name, on_error="ignore")
     failed = {address: reply for address, reply in (responses or {}).items() if reply.get("status") != "OK"}
     if failed:
         raise RuntimeError(f"broadcast {name!r} did not reach {len(failed)} worker(s): {failed}")
