@@ -16,11 +16,11 @@ from hpcbridge.client import run_records
 from hpcbridge.client.futures import gather_results, wait_for
 from hpcbridge.client.losses import RunError, RunLost
 from hpcbridge.client.missing_modules import module_missing
-from hpcbridge.client.planning import plan, remember_estimate
+from hpcbridge.client.planning import remember_estimate
 from hpcbridge.client.progress import Progress
 from hpcbridge.client.runs import Run, item_error_class, reattach, refresh_after_reconnect
 from hpcbridge.client.stuck import Handoff, describe_running, running_items
-from hpcbridge.client.tail import Balancer, hand_on
+from hpcbridge.client.tail import Balancer, hand_on_planned
 from hpcbridge.client.watch import ClusterWatch
 from hpcbridge.cluster.chunks import Pickled
 from hpcbridge.rundir import RunDirectory, missing_ranges
@@ -131,7 +131,7 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
             if low <= index < high:
                 failed[index] = (*entry[:3], entry[3] if len(entry) > 3 else i)
     if rests and client.status == "running":
-        _hand_on_rests(client, run, rests)
+        hand_on_planned(client, run, rests)  # the cuts' answers never reached a client
         raise _HandedOff
     _read_saved(directory, run.bounds, chunks, have)
     if failed:
@@ -182,18 +182,6 @@ def _assemble(client: Client, run: Run, stack: bool, watch: ClusterWatch, job: A
     saved = min(run.n_items, directory.saved_items()) if directory is not None else 0
     raise cls(run.name, what, run.n_items, done, saved, missing, results,
               directory.path if directory else None, getattr(job, "job_id", None))
-
-
-def _hand_on_rests(client: Client, run: Run, rests: list[tuple[str, dict[str, Any]]]) -> None:
-    """Submit the rest of each chunk that came back cut while no task computes that rest (by task key, what
-    its result handed back): a cut whose answer was lost on its way to the client that asked for it."""
-    threads = max(1, sum(client.nthreads().values()))
-    planned = []
-    for key, rest in rests:
-        at, stop = rest["at"], rest["stop"]
-        per_item = run.seconds_per_item or rest["task"].expected_seconds / max(1, stop - at)
-        planned.append((key, rest, plan(at, stop, None, threads, per_item)))
-    hand_on(client, run, planned)
 
 
 def _results(run: Run, chunks: list[Any], have: list[bool]) -> list[Any]:

@@ -21,9 +21,8 @@ from typing import Any
 from distributed import Client
 
 from hpcbridge.client.futures import run_on_workers
-from hpcbridge.client.planning import plan
 from hpcbridge.client.runs import Run
-from hpcbridge.client.tail import hand_on
+from hpcbridge.client.tail import hand_on_planned
 from hpcbridge.cluster import attempts
 
 CHECK_SECONDS = 2.0  # how often a waiting client looks for stuck items
@@ -71,11 +70,7 @@ class Handoff:
         rest = next((a for a in answers.values() if isinstance(a, dict)), None)
         if rest is None or rest.get("task") is None:
             return False
-        at, high = rest["at"], rest["stop"]
-        task = rest["task"]
-        threads = max(1, sum(self.client.nthreads().values()))
-        per_item = self.run.seconds_per_item or task.expected_seconds / max(1, high - at)
-        hand_on(self.client, self.run, [(key, rest, plan(at, high, None, threads, per_item))])
+        hand_on_planned(self.client, self.run, [(key, rest)])
         return True
 
 

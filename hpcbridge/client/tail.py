@@ -30,7 +30,7 @@ from distributed import Client
 
 from hpcbridge.client import run_records
 from hpcbridge.client.futures import run_on_workers
-from hpcbridge.client.planning import SCHEDULER_SECONDS_PER_TASK
+from hpcbridge.client.planning import SCHEDULER_SECONDS_PER_TASK, plan
 from hpcbridge.client.runs import Run, note_when_computed
 from hpcbridge.cluster import attempts
 from hpcbridge.cluster.chunks import run_chunk
@@ -228,6 +228,19 @@ def hand_on(client: Client, run: Run, rests: list[tuple[str, dict[str, Any], lis
         manifest = directory.manifest()
         if manifest:
             directory.write_manifest({**manifest, "bounds": run.bounds})
+
+
+def hand_on_planned(client: Client, run: Run, rests: list[tuple[str, dict[str, Any]]]) -> None:
+    """:func:`hand_on` each cut chunk's rest (by task key, what its cut handed back) as chunks planned over the
+    cluster's threads: a stuck item's chunk (:mod:`hpcbridge.client.stuck`), or a cut whose answer was lost
+    (:mod:`hpcbridge.client.collect`)."""
+    threads = max(1, sum(client.nthreads().values()))
+    planned = []
+    for key, rest in rests:
+        at, stop = rest["at"], rest["stop"]
+        per_item = run.seconds_per_item or rest["task"].expected_seconds / max(1, stop - at)
+        planned.append((key, rest, plan(at, stop, None, threads, per_item)))
+    hand_on(client, run, planned)
 
 
 async def _cut(client: Client, by_worker: dict[str, list[str]]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ import struct
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -317,8 +318,8 @@ class Attempt:
         return {"key": self.key, "run": self.run, "start": self.start, "stop": self.start + self.n,
                 "index": index, "item": item, "seconds": time.monotonic() - since if index is not None else 0.0,
                 "per_item": per_item,
-                "worker": self.worker, "pid": os.getpid(), "cut": None if self.cut_at is None else self.start + self.cut_at,
-                "spread": self.spread}
+                "worker": self.worker, "pid": os.getpid(),
+                "cut": None if self.cut_at is None else self.start + self.cut_at, "spread": self.spread}
 
 
 # ---------------------------------------------------------------- the attempts running in this process
@@ -380,7 +381,8 @@ def cut(key: str) -> dict[str, Any] | None:
     return None
 
 
-def rest_of(task: Any, extra: tuple[Any, ...], done: int, skip: dict[int, tuple] | None = None) -> dict[str, Any] | None:
+def rest_of(task: Any, extra: tuple[Any, ...], done: int,
+            skip: dict[int, tuple] | None = None) -> dict[str, Any] | None:
     """What a chunk task (:class:`hpcbridge.cluster.chunks.ChunkTask`) that computed only its first ``done``
     items hands back for the rest: ``at`` (its first item not computed), ``stop``, ``task`` (the chunk
     task of the rest) and the run's ``extra`` arguments; None when it computed them all. The rest's task
@@ -394,12 +396,9 @@ def rest_of(task: Any, extra: tuple[Any, ...], done: int, skip: dict[int, tuple]
     if done >= n:
         return None
     per_item = task.expected_seconds / n if n else 0.0
-    changes: dict[str, Any] = {}
-    if hasattr(task, "threads"):
-        changes["threads"] = 1  # new tasks, each on one thread
-        changes["skip"] = {i: entry for i, entry in (skip or task.skip or {}).items() if i >= task.start + done} or None
-    rest = dataclasses.replace(task, items=task.items[done:], start=task.start + done,
-                               expected_seconds=per_item * (n - done), **changes)
+    skip = {i: entry for i, entry in (skip or task.skip or {}).items() if i >= task.start + done} or None
+    rest = dataclasses.replace(task, items=task.items[done:], start=task.start + done,  # new tasks, one thread each
+                               expected_seconds=per_item * (n - done), threads=1, skip=skip)
     return {"at": task.start + done, "stop": task.start + n, "task": rest, "extra": tuple(extra)}
 
 
@@ -1023,6 +1022,19 @@ def _host() -> str | None:
 def _short_repr(item: Any, limit: int = 300) -> str:
     text = repr(item)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def item_error(item: Any, error: BaseException | None) -> tuple[str, str, str]:
+    """A failing item's entry in a chunk's errors: the item's repr, the error in words, the traceback (call it in
+    the ``except`` clause). ``error`` None: the function raised StopIteration, which ends a ``map`` quietly."""
+    if error is None:
+        return _short_repr(item), "RuntimeError: the function raised StopIteration", ""
+    if isinstance(error, SystemExit):
+        words = (f"SystemExit: the item called sys.exit({error.code!r}), which fails this item only "
+                 "(it would end the worker process)")
+    else:
+        words = f"{type(error).__name__}: {error}"
+    return _short_repr(item), words, traceback.format_exc()
 
 
 def remove_stale_slots(older_than: float = STALE_SLOT_SECONDS) -> None:

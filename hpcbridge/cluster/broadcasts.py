@@ -172,7 +172,7 @@ async def _serve(comm: Any, name: str, machine: str = "", rank: int | None = Non
         queue = await _wait_for_turn(name, rank, wait, in_turn=not mapped)
         if queue is not None:
             try:
-                source = _SHARED.get(name) or _SOURCES.get(name) if mapped else None
+                source = _machine_copy(name) if mapped else None
                 if source is not None:
                     await comm.write({"status": "same machine", "where": asdict(source.where())})
                 else:
@@ -180,7 +180,7 @@ async def _serve(comm: Any, name: str, machine: str = "", rank: int | None = Non
             finally:
                 _leave(name, queue, rank)
             return Status.dont_reply
-    source = _SHARED.get(name) or _SOURCES.get(name)
+    source = _machine_copy(name)
     if name not in _HELD:
         await comm.write({"status": "missing"})
     elif source is not None and machine and machine == machine_copy.machine():
@@ -190,6 +190,11 @@ async def _serve(comm: Any, name: str, machine: str = "", rank: int | None = Non
     else:
         await _send(comm, name)
     return Status.dont_reply
+
+
+def _machine_copy(name: str) -> machine_copy.MachineCopy | None:
+    """This machine's copy of ``name`` that we hold: the shared object itself, or a private broadcast's source."""
+    return _SHARED.get(name) or _SOURCES.get(name)
 
 
 async def _send(comm: Any, name: str) -> None:

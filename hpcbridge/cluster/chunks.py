@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +60,9 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
     Returns the values (one array when stacking worked), the errors by item index (the item's
     repr, the error, the formatted traceback, and for an item that ended its worker process the
     worker it ran on), the chunk's seconds, its first call's seconds, and, for a chunk that returns
-    fewer values than it has items (a client cut it), the rest it did not compute (:func:`hpcbridge.cluster.attempts.rest_of`):
-    any client that finds the rest in no other task submits it from there.
+    fewer values than it has items (a client cut it), the rest it did not compute
+    (:func:`hpcbridge.cluster.attempts.rest_of`): any client that finds the rest in no other task
+    submits it from there.
     A retry of a chunk already saved in the run directory (computed before its worker died, the
     task's annotations say: :mod:`hpcbridge.cluster.attempts`) reads it back instead of computing it
     again; a finished chunk without errors is saved there before it is returned.
@@ -95,14 +95,15 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
             logger.warning("hpcbridge: computing chunk %s..%s again: its saved copy is unreadable (%s)",
                            task.start, high - 1, error)
         if (failed := directory.kept("failed", task.start, high, key)) is not None:
-            return failed[0], failed[1], 0.0, 0.0, attempts.rest_of(task, extra, stop)  # computed before, with failing items, by a worker that then died
+            # computed before, with failing items, by a worker that then died
+            return failed[0], failed[1], 0.0, 0.0, attempts.rest_of(task, extra, stop)
     drain.check(task.expected_seconds / max(1, task.threads))
     args = [broadcasts.value(arg.name) if isinstance(arg, broadcasts.Broadcast) else arg for arg in extra]
     if task.threads > 1 and not deaths and not task.skip:  # a retry runs on one thread, exact: it pins a death
         drain.started()
         started = time.perf_counter()
         try:
-            values, errors, seconds, first, called = spread.compute(task, key, args, extra, _short_repr, _error_words)
+            values, errors, seconds, first, called = spread.compute(task, key, args, extra)
         finally:
             drain.record(time.perf_counter() - started)
         return _finish(task, key, extra, values, errors, seconds, first, called)
@@ -229,15 +230,14 @@ def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip
                 pass  # no item left (a cut), or the function raised StopIteration: told apart below
             except BaseException as error:  # noqa: BLE001 -- SystemExit and KeyboardInterrupt too: the item's
                 index = len(values)
-                errors[task.start + index] = (_short_repr(items[index]), _error_words(error), traceback.format_exc())
+                errors[task.start + index] = attempts.item_error(items[index], error)
                 values.append(None)
                 if first < 0:
                     first = time.perf_counter() - started
                 continue
             if len(values) < end and attempt.fetched() > len(values):  # taken, but no value came back
                 index = len(values)
-                errors[task.start + index] = (_short_repr(items[index]),
-                                              "RuntimeError: the function raised StopIteration", "")
+                errors[task.start + index] = attempts.item_error(items[index], None)
                 values.append(None)
                 continue
             break
@@ -245,13 +245,6 @@ def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip
         if len(values) < end:  # cut
             break
     return max(first, 0.0), called
-
-
-def _error_words(error: BaseException) -> str:
-    if isinstance(error, SystemExit):
-        return (f"SystemExit: the item called sys.exit({error.code!r}), which fails this item only "
-                "(it would end the worker process)")
-    return f"{type(error).__name__}: {error}"
 
 
 def _count_executed(run: str, count: int) -> None:

@@ -19,8 +19,6 @@ runs in the job: a script in the job ends the cluster itself when it returns.
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 import time
 from typing import Any
 
@@ -28,13 +26,12 @@ from tornado.ioloop import PeriodicCallback
 
 from hpcbridge.backends.job import ENDED_PREFIX
 from hpcbridge.cluster.drain import job_end
+from hpcbridge.cluster.idle_end import end_saying
 from hpcbridge.leaving import EVENT_TOPIC
 
 CALLBACK = "hpcbridge-drained-end"
 CHECK_SECONDS = 1.0
 GRACE_SECONDS = 5.0  # without workers this long before closing: clients read the drain events first
-
-logger = logging.getLogger(__name__)
 
 
 def ended_line(before_end: float) -> str:
@@ -60,10 +57,8 @@ class DrainedWatch:
         self.drained_since = self.drained_since or time.monotonic()
         if time.monotonic() - self.drained_since < GRACE_SECONDS:
             return
-        line = ended_line(self.end - time.time())
-        print(line, file=sys.stderr, flush=True)
-        logger.info("hpcbridge: %s", line[len("hpcbridge: "):])
-        self.closing = asyncio.ensure_future(self.scheduler.close(reason="hpcbridge-drain-before-walltime"))
+        self.closing = end_saying(self.scheduler, ended_line(self.end - time.time()),
+                                  "hpcbridge-drain-before-walltime")
 
 
 def dask_setup(scheduler: Any) -> None:

@@ -51,6 +51,14 @@ def ended_line(timeout: float) -> str:
     return f"{ENDED_PREFIX}{describe_seconds(timeout)} idle: no client and no task for that long"
 
 
+def end_saying(scheduler: Any, line: str, reason: str) -> asyncio.Future[Any]:
+    """How a cluster ends itself: ``line`` (an :data:`ENDED_PREFIX` line, which ``hpcbridge status`` reads)
+    goes to the job's output and the log, and ``scheduler`` closes (``reason``: distributed's word for it)."""
+    print(line, file=sys.stderr, flush=True)
+    logger.info("%s", line)
+    return asyncio.ensure_future(scheduler.close(reason=reason))
+
+
 class IdleWatch:
     """Ends the scheduler once it has had neither a connected client nor a task for ``timeout`` seconds."""
 
@@ -82,10 +90,7 @@ class IdleWatch:
         if now - self.idle_since < self.timeout:
             return
         self.ended = True
-        print(ended_line(self.timeout), file=sys.stderr, flush=True)
-        logger.info("hpcbridge: the scheduler closes after %s without a client or a task",
-                    describe_seconds(self.timeout))
-        self.closing = asyncio.ensure_future(self.scheduler.close(reason="hpcbridge-idle-timeout"))
+        self.closing = end_saying(self.scheduler, ended_line(self.timeout), "hpcbridge-idle-timeout")
 
 
 def dask_setup(scheduler: Any) -> None:

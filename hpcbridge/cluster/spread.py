@@ -33,8 +33,6 @@ import concurrent.futures
 import math
 import threading
 import time
-import traceback
-from collections.abc import Callable
 from typing import Any
 
 from hpcbridge import functions
@@ -88,8 +86,7 @@ class Spread:
         return values, errors
 
 
-def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...],
-            short_repr: Callable[[Any], str], error_words: Callable[[BaseException], str]) -> tuple[list, dict, float, float, int]:
+def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...]) -> tuple[list, dict, float, float, int]:
     """Run ``task`` (a spread chunk) on up to ``task.threads`` threads of this worker; return its values, errors,
     the items' seconds added up (what one thread would have taken: the planner's measure of an item), the
     first call's seconds, and how many items were called."""
@@ -112,7 +109,7 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...],
                                                               task.item_timeout, per_item, None, dask_worker=worker,
                                                               spread=True))
                 started = time.perf_counter()
-                values, errors, first_call = _call_block(task, args, attempt, low, high, short_repr, error_words)
+                values, errors, first_call = _call_block(task, args, attempt, low, high)
                 took = time.perf_counter() - started
                 with tally:
                     spread.blocks[low] = (high, values, errors)
@@ -135,9 +132,8 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...],
     return values, errors, seconds[0], max(first[0], 0.0), called[0]
 
 
-def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int, high: int,
-                short_repr: Callable[[Any], str], error_words: Callable[[BaseException], str]
-                ) -> tuple[list[Any], dict[int, tuple], float]:
+def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
+                high: int) -> tuple[list[Any], dict[int, tuple], float]:
     """Call the items ``low..high-1`` (chunk-relative) one by one, through the attempt's tracked iterator (so
     the watchdog sees each); an item that raises gets its error and None. Returns the values, the errors by
     item index, and the first call's seconds (-1 when none was called)."""
@@ -156,12 +152,10 @@ def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
                 attempt.note_item(position, running=False)  # it did not begin: no item left
                 break
             value = None  # the item was taken and the function raised StopIteration
-            errors[task.start + low + len(values)] = (short_repr(task.items[low + len(values)]),
-                                                      "RuntimeError: the function raised StopIteration", "")
+            errors[task.start + position] = attempts.item_error(task.items[position], None)
         except BaseException as error:  # noqa: BLE001 -- SystemExit too: the item's error, as in a chunk
             value = None
-            errors[task.start + low + len(values)] = (short_repr(task.items[low + len(values)]), error_words(error),
-                                                      traceback.format_exc())
+            errors[task.start + position] = attempts.item_error(task.items[position], error)
         values.append(value)
         attempt.note_item(position, running=False)
         if first < 0:
