@@ -9,6 +9,7 @@ both (:class:`Pickled`). The client side of a map is :mod:`hpcbridge.client.runs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import time
@@ -124,15 +125,17 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
                    if task.start + len(values) <= i < task.start + stop}, **skip}
         attempt.skip = {task.start + i: entry for i, entry in skip.items()}  # a cut's rest carries them on
         keep_at = verdict.suspect if verdict is not None and verdict.suspect is not None else -1
-        drain.started()
-        started = time.perf_counter()
-        first, called = 0.0, 0
-        try:
-            first, called = _call_each(task, args, attempt, skip, stop, started, keep_at)
-            seconds = time.perf_counter() - started
-        finally:
-            attempt.finish_loop()
-            drain.record(time.perf_counter() - started)
+        suspects = verdict is not None and any(len(values) <= i < stop for i in verdict.suspects)
+        with attempts.apart(attempt) if suspects else contextlib.nullcontext():
+            drain.started()
+            started = time.perf_counter()
+            first, called = 0.0, 0
+            try:
+                first, called = _call_each(task, args, attempt, skip, stop, started, keep_at)
+                seconds = time.perf_counter() - started
+            finally:
+                attempt.finish_loop()
+                drain.record(time.perf_counter() - started)
         return _finish(task, key, extra, values, errors, seconds, first, called, attempt.skip)
     finally:
         attempts.end(attempt)
