@@ -146,6 +146,17 @@ class RunDirectory:
             raise ValueError(f"the saved chunk of items {low}..{high - 1} in {self.path} is damaged")
         return found[(low, high)]
 
+    def load_from(self, low: int, high: int) -> tuple[int, Any]:
+        """The longest saved chunk that begins at item ``low`` and ends by ``high``: its end and values (a chunk's
+        task saved less than its items when a client cut it, the rest going to other tasks). Raises
+        ``FileNotFoundError`` when none reads well."""
+        chunks = self.index().chunks
+        for end in sorted((end for start, end in chunks if start == low and low < end <= high), reverse=True):
+            found = self._read_each(chunks, [(low, end)], _load)
+            if (low, end) in found:
+                return end, found[(low, end)]
+        raise FileNotFoundError(f"no chunk from item {low} to at most {high - 1} is saved in {self.path}")
+
     def load_chunks(self, bounds: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
         """The values of every saved chunk among ``bounds`` that can be read (damaged ones are left out),
         each log opened once."""

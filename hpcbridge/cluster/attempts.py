@@ -180,6 +180,9 @@ class Attempt:
         self.spread = spread
         self.skip: dict[int, tuple] = {}  # items the chunk fails without running, by item index (a retry's verdict)
         self.apart = False  # a retry running its suspects apart from other retries (see apart()): not cut
+        # a retry of a spread chunk: runs of items its threads computed, by first item (chunk-relative), not reached
+        # yet (the loop takes them as they are); kept again with the values should this process end
+        self.known: dict[int, tuple[list[Any], dict[int, tuple]]] = {}
         self.path: Path | None = None
         self.map: mmap.mmap | None = None
         try:
@@ -284,8 +287,9 @@ class Attempt:
         if self.directory is not None:
             values = list(self.values)  # one C call: a consistent copy while the loop may still append
             errors = {i: e for i, e in list(self.errors.items()) if i - self.start < len(values)}
+            later = [(low, *known) for low, known in sorted(dict(self.known).items()) if low >= len(values)]
             try:
-                self.directory.keep("kept", self.start, self.start + self.n, self.key, (values, errors))
+                self.directory.keep("kept", self.start, self.start + self.n, self.key, (values, errors, later))
                 done = len(values)
             except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
                 logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", self.key, error)
@@ -453,10 +457,28 @@ def stop_run(run: str) -> list[dict[str, Any]]:
     return left
 
 
-def keep_all() -> None:
-    """Keep what every running attempt has computed (the process is about to end)."""
-    for attempt in running():
+_ENDING = threading.Event()  # set when this process keeps what it computed because it is about to end
+
+
+def hold_if_ending() -> None:
+    """Between two items of a spread chunk's thread: when this process is about to end, take no further item
+    (wait for the end), so that what is kept holds every item that ended and only the running ones run again."""
+    if _ENDING.is_set():
+        threading.Event().wait()
+
+
+def keep_all(attempts: Sequence[Attempt] | None = None) -> None:
+    """Keep what every running attempt (or those given) and every spread chunk running here has computed (the
+    process is about to end: spread chunks' threads take no further item)."""
+    _ENDING.set()
+    for attempt in running() if attempts is None else attempts:
         attempt.keep_computed()
+    for spread in list(_SPREADS.values()):
+        try:
+            spread.keep()
+        except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
+            logger.warning("hpcbridge: could not keep spread chunk %s's computed items for its retry: %s",
+                           spread.key, error)
 
 
 _HOOKED = False
@@ -598,8 +620,7 @@ def end_for_timeout(attempt: Attempt, index: int, seconds: float, attempts: list
     """End this worker process: its item ran past the item timeout (the nanny starts a new one; the
     task's retry reads the slot and fails the item with a timeout error)."""
     attempt.note_timeout(index, seconds)
-    for other in attempts:
-        other.keep_computed()
+    keep_all(attempts)
     logger.error("hpcbridge: item %s of run %r ran %.1f s, past its item_timeout of %g s: ending this worker "
                  "process (pid %s) to stop it", attempt.start + index, attempt.run, seconds, attempt.item_timeout,
                  os.getpid())
@@ -873,6 +894,9 @@ class Verdict:
         self.where: dict[int, str] = {}  # chunk-relative index -> the worker it died on
         self.stop: int | None = None  # chunk-relative: the chunk was cut there (the rest went elsewhere)
         self.kept: tuple[list[Any], dict[int, tuple]] | None = None  # values and errors computed before a timeout
+        # chunk-relative first item -> the values and errors of a run of items computed after the kept ones (a
+        # spread chunk's threads computed them before the first gap was filled)
+        self.known: dict[int, tuple[list[Any], dict[int, tuple]]] = {}
         self.suspect: int | None = None  # chunk-relative: a hard kill happened in the block from here
         # chunk-relative: items running at a death that was not pinned on them (another item may have caused it)
         self.suspects: set[int] = set()
@@ -893,8 +917,9 @@ def investigate(key: str, start: int, deaths: list[dict[str, Any]], ask: Any = N
     if deaths and kept is not None:
         found = kept()  # the last attempt that kept anything went furthest: it resumed from the ones before
         if found is not None:
-            values, errors = found
+            values, errors, *later = found  # a spread chunk's also has the runs computed after its first gap
             verdict.kept = (list(values), dict(errors))
+            verdict.known = {low: (list(vals), dict(errs)) for low, vals, errs in (later[0] if later else ())}
     suspects: dict[int, list[str]] = {}
     for death in deaths:
         report = ask(death)

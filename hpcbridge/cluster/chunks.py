@@ -87,9 +87,12 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
     high = task.start + stop
     if directory is not None and (deaths or attempts.result_was_lost()):
         # This task ran before on a worker that died: what it saved (or kept) there is read back. A
-        # first run does not look (that would read every log of the run for every chunk).
+        # first run does not look (that would read every log of the run for every chunk). What it saved
+        # may end short of its items: a client cut it, and the rest went to other tasks (or goes with
+        # this result, should that client never have heard of the cut).
         try:
-            return directory.load_chunk(task.start, high), {}, 0.0, 0.0, attempts.rest_of(task, extra, stop)
+            end, values = directory.load_from(task.start, high)
+            return values, {}, 0.0, 0.0, attempts.rest_of(task, extra, end - task.start)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
@@ -126,6 +129,8 @@ def run_chunk(task: ChunkTask, *extra: Any) -> tuple[Any, dict[int, tuple], floa
         attempt.skip = {task.start + i: entry for i, entry in skip.items()}  # a cut's rest carries them on
         keep_at = verdict.suspect if verdict is not None and verdict.suspect is not None else -1
         suspects = verdict is not None and any(len(values) <= i < stop for i in verdict.suspects)
+        if verdict is not None:  # kept again, with what this attempt computes, should its process end too
+            attempt.known = {i: k for i, k in verdict.known.items() if len(values) <= i < stop}
         with attempts.apart(attempt) if suspects else contextlib.nullcontext():
             drain.started()
             started = time.perf_counter()
@@ -206,9 +211,11 @@ def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip
     (they ended a worker process before) get their error without running; a cut (the rest of the
     chunk was handed to other tasks) ends the loop early. At ``keep_at`` (a retry reaching the
     block where a worker was killed outright) the items computed so far are kept beside the slot
-    first, so that another such death does not make them run a third time.
+    first, so that another such death does not make them run a third time. The runs of items in
+    ``attempt.known`` (by first item: their values and errors), computed by the threads of the spread
+    chunk this retries before its process ended, are taken as they are.
     """
-    fn, items, values, errors = task.fn, task.items, attempt.values, attempt.errors
+    fn, items, values, errors, known = task.fn, task.items, attempt.values, attempt.errors, attempt.known
     first, called = -1.0, 0
     while len(values) < stop:
         position = len(values)
@@ -218,9 +225,15 @@ def _call_each(task: ChunkTask, args: list[Any], attempt: attempts.Attempt, skip
             errors[task.start + position] = skip[position]
             values.append(None)
             continue
+        if position in known:  # computed before the process died, by a thread of the spread chunk this retries
+            known_values, known_errors = known.pop(position)
+            known_values = known_values[:stop - position]
+            values.extend(known_values)
+            errors.update({i: e for i, e in known_errors.items() if i < task.start + position + len(known_values)})
+            continue
         if position == keep_at:
             attempt.keep_computed()
-        end = min([i for i in skip if i > position] + ([keep_at] if keep_at > position else []) + [stop])
+        end = min([i for i in [*skip, *known] if i > position] + ([keep_at] if keep_at > position else []) + [stop])
         attempt.advance(position)
         calls = functions.per_item_calls(fn, attempt.tracked(position, end), args)
         while len(values) < end:

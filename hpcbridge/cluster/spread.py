@@ -21,8 +21,13 @@ in order, so the items before the first block not handed out are all computed on
 blocks end: a released run stops handing out blocks, and the chunk returns the items up to the
 first gap.
 
-What a spread chunk does not do: after its worker died, its retry runs on one thread (exact, as
-every retry does) and computes again the items the dead process had finished. Its tail is not cut
+After its worker process died, a spread chunk's retry runs on one thread (exact, as every retry
+does). When the process ended by ``os._exit``, SIGTERM (how a nanny ends a worker over its memory
+limit), an item's timeout or a released run, the threads' computed items were kept as it ended
+(:meth:`Spread.keep`, from :func:`hpcbridge.cluster.attempts.keep_all`) and the retry computes only
+the others; after a SIGKILL or a crash nothing was kept, and it computes them again.
+
+What a spread chunk does not do: its tail is not cut
 by a waiting client (:mod:`hpcbridge.client.tail`), and a stuck item does not hand the chunk's
 rest to other tasks: its other threads go on with it.
 """
@@ -46,14 +51,15 @@ _POOL_LOCK = threading.Lock()
 
 
 class Spread:
-    """One spread chunk on this worker: its items, the next block to hand out, what each block computed."""
+    """One spread chunk on this worker: its items, the next block to hand out, what each block has computed."""
 
-    def __init__(self, run: str, n: int, threads: int, per_item: float) -> None:
-        self.run, self.n, self.threads = run, n, max(1, threads)
+    def __init__(self, task: Any, key: str, threads: int, per_item: float) -> None:
+        self.task, self.key, self.run, self.n, self.threads = task, key, task.run, len(task.items), max(1, threads)
         self.smallest = max(1, int(BLOCK_SECONDS / per_item)) if per_item > 0 else 1
         self.next = 0  # the first item not handed out yet
         self.stopped = False
-        self.blocks: dict[int, tuple[int, list[Any], dict[int, tuple]]] = {}  # first item -> (end, values, errors)
+        # first item -> (end, values, errors): a block's lists grow as its thread computes its items
+        self.blocks: dict[int, tuple[int, list[Any], dict[int, tuple]]] = {}
         self.lock = threading.Lock()
 
     def take(self) -> tuple[int, int] | None:
@@ -65,6 +71,7 @@ class Spread:
             size = min(left, max(self.smallest, math.ceil(left / (GUIDED_SHARE * self.threads))))
             low = self.next
             self.next += size
+            self.blocks[low] = (low + size, [], {})
             return low, low + size
 
     def stop(self) -> None:
@@ -72,18 +79,37 @@ class Spread:
             self.stopped = True
 
     def values(self) -> tuple[list[Any], dict[int, tuple]]:
-        """The values and errors of the items up to the first that no finished block holds."""
+        """The values and errors of the items up to the first that no block has computed."""
         values: list[Any] = []
         errors: dict[int, tuple] = {}
         at = 0
         while at in self.blocks:
             end, block_values, block_errors = self.blocks[at]
-            values.extend(block_values)
-            errors.update(block_errors)
-            if len(block_values) < end - at:
+            taken = list(block_values)  # one C call: a consistent copy while its thread may still append
+            values.extend(taken)
+            errors.update({i: e for i, e in dict(block_errors).items() if i < self.task.start + at + len(taken)})
+            if len(taken) < end - at:
                 break
             at = end
         return values, errors
+
+    def keep(self) -> None:
+        """Keep what the chunk's threads have computed (this process is about to end) beside the run, for its
+        retry: the values up to the first item not computed, and the runs of items computed after it, by
+        their first item (chunk-relative). The retry computes only the others (see
+        :func:`hpcbridge.cluster.attempts.investigate`)."""
+        directory = self.task.directory
+        if directory is None:
+            return
+        values, errors = self.values()
+        later = []
+        for low, (_, block_values, block_errors) in sorted(dict(self.blocks).items()):
+            taken = list(block_values)
+            if low > len(values) and taken:
+                later.append((low, taken, {i: e for i, e in dict(block_errors).items()
+                                           if i < self.task.start + low + len(taken)}))
+        start = self.task.start
+        directory.keep("kept", start, start + self.n, self.key, (values, errors, later))
 
 
 def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...]) -> tuple[list, dict, float, float, int]:
@@ -93,7 +119,7 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...]) -> tup
     n = len(task.items)
     per_item = task.expected_seconds / n if n else 0.0
     worker = attempts.current_worker()
-    spread = Spread(task.run, n, min(task.threads, _threads_of(worker)), per_item)
+    spread = Spread(task, key, min(task.threads, _threads_of(worker)), per_item)
     seconds = [0.0]
     first = [-1.0]
     called = [0]
@@ -109,10 +135,10 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...]) -> tup
                                                               task.item_timeout, per_item, None, dask_worker=worker,
                                                               spread=True))
                 started = time.perf_counter()
-                values, errors, first_call = _call_block(task, args, attempt, low, high)
+                _, values, errors = spread.blocks[low]
+                first_call = _call_block(task, args, attempt, low, high, values, errors)
                 took = time.perf_counter() - started
                 with tally:
-                    spread.blocks[low] = (high, values, errors)
                     seconds[0] += took
                     called[0] += len(values)
                     if first[0] < 0 <= first_call:
@@ -132,16 +158,16 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...]) -> tup
     return values, errors, seconds[0], max(first[0], 0.0), called[0]
 
 
-def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
-                high: int) -> tuple[list[Any], dict[int, tuple], float]:
-    """Call the items ``low..high-1`` (chunk-relative) one by one, through the attempt's tracked iterator (so
-    the watchdog sees each); an item that raises gets its error and None. Returns the values, the errors by
-    item index, and the first call's seconds (-1 when none was called)."""
-    values: list[Any] = []
-    errors: dict[int, tuple] = {}
+def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int, high: int, values: list[Any],
+                errors: dict[int, tuple]) -> float:
+    """Call the items ``low..high-1`` (chunk-relative) one by one,
+    through the attempt's tracked iterator (so the watchdog sees each), appending each value to ``values``
+    as it comes (what :meth:`Spread.keep` keeps should the process end); an item that raises gets its error
+    in ``errors`` and None. Returns the first call's seconds (-1 when none was called)."""
     first = -1.0
     calls = functions.per_item_calls(task.fn, attempt.tracked(low, high), args)
     while True:
+        attempts.hold_if_ending()
         started = time.perf_counter()
         position = low + len(values)
         attempt.note_item(position, running=True)
@@ -160,7 +186,7 @@ def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
         attempt.note_item(position, running=False)
         if first < 0:
             first = time.perf_counter() - started
-    return values, errors, first
+    return first
 
 
 def _threads_of(worker: Any) -> int:
