@@ -25,10 +25,12 @@ import argparse
 import os
 import resource
 import socket
+import statistics
 import threading
 import time
 
 import numpy as np
+from distributed.comm import get_address_host
 
 from hpcbridge.cluster import broadcasts as broadcast
 from hpcbridge.local_cluster import local_cluster
@@ -94,26 +96,17 @@ def measure(bridge, data: np.ndarray, scatter: bool = True) -> None:
     print(f"amm_interval_seconds: {interval:g}")
 
     hpcbridge_seconds, _ = broadcast_once(bridge, data, interval, "hpcbridge", shared=True)
-    first_private(bridge, data, "hpcbridge_private")
+    first_broadcast(bridge, data, "hpcbridge_private")
     private_seconds, _ = broadcast_once(bridge, data, interval, "hpcbridge_private", shared=False)
     client.run(own_machine, True)
     try:
-        first_private(bridge, data, "hpcbridge_private_network")
+        first_broadcast(bridge, data, "hpcbridge_private_network")
         network_seconds, one_copy = broadcast_once(bridge, data, interval, "hpcbridge_private_network", shared=False)
     finally:
         client.run(own_machine, False)
 
-    bandwidth = loopback_bytes_per_second()
-    limit = data.nbytes * bridge.n_workers / bandwidth
-    print(f"loopback_gb_per_s: {bandwidth / 1e9:.2f}")
-    print(f"loopback_limit_seconds: {limit:.3f}")
-    print(f"hpcbridge_private_over_loopback_limit: {private_seconds / limit:.2f}")
-    print(f"hpcbridge_private_network_over_loopback_limit: {network_seconds / limit:.2f}")
-    comm_limit = one_copy * bridge.n_workers
-    print(f"comm_copy_seconds: {one_copy:.3f}")
-    print(f"comm_limit_seconds: {comm_limit:.3f}")
-    print(f"hpcbridge_private_over_comm_limit: {private_seconds / comm_limit:.2f}")
-    print(f"hpcbridge_private_network_over_comm_limit: {network_seconds / comm_limit:.2f}")
+    print_limits(data.nbytes, bridge.n_workers, one_copy,
+                 {"hpcbridge_private": private_seconds, "hpcbridge_private_network": network_seconds})
     if not scatter:
         return
     peak = client.run_on_scheduler(peak_rss_bytes)
@@ -129,34 +122,66 @@ def measure(bridge, data: np.ndarray, scatter: bool = True) -> None:
     print(f"hpcbridge_private_over_scatter_ratio: {private_seconds / scatter_seconds:.2f}")
 
 
-def own_machine(on: bool) -> None:
+def print_limits(nbytes: int, copies: int, one_copy: float, seconds: dict[str, float], prefix: str = "") -> None:
+    """Print the loopback limit (``nbytes`` times ``copies`` over the bandwidth of one plain TCP stream on
+    127.0.0.1, measured now) and the comm limit (``copies`` times ``one_copy``, the seconds of one
+    worker-to-worker copy alone), each with every figure of ``seconds`` (by label) over it."""
+    bandwidth = loopback_bytes_per_second()
+    limit = nbytes * copies / bandwidth
+    print(f"{prefix}loopback_gb_per_s: {bandwidth / 1e9:.2f}")
+    print(f"{prefix}loopback_limit_seconds: {limit:.3f}")
+    for label, value in seconds.items():
+        print(f"{label}_over_loopback_limit: {value / limit:.2f}")
+    comm_limit = one_copy * copies
+    print(f"{prefix}comm_copy_seconds: {one_copy:.3f}")
+    print(f"{prefix}comm_limit_seconds: {comm_limit:.3f}")
+    for label, value in seconds.items():
+        print(f"{label}_over_comm_limit: {value / comm_limit:.2f}")
+
+
+def own_machine(on: bool, per: str = "process") -> None:
     """Emulation, in a worker process: say it is a machine of its own (``on``), as each worker on a node
-    of its own would, so that broadcasts copy worker to worker through the comm; else its real one."""
+    of its own would, so that broadcasts copy worker to worker through the comm; else its real one.
+    ``per="node"``: a machine per network namespace instead, shared by the workers in it (the nodes of
+    the Slurm test harness share one kernel and one PID namespace, so they are really one machine)."""
     from hpcbridge.cluster import machine_copy
 
     real = vars(machine_copy).setdefault("_real_machine", machine_copy.machine)
-    machine_copy.machine = (lambda: f"emulated-{os.getpid()}") if on else real
+    emulated = f"emulated-{os.getpid()}" if per == "process" else f"emulated-net-{os.stat('/proc/self/ns/net').st_ino}"
+    machine_copy.machine = (lambda: emulated) if on else real
 
 
-def first_private(bridge, data: np.ndarray, label: str) -> None:
-    """A private broadcast's seconds the first time: each worker's copy lands in memory its process never
-    had (and here, on a VM, memory the guest never touched: 5.2 s against 1.5 s the second time for 32
-    copies of 100 MB on one machine). The figures compared with the limits are the next broadcast's,
-    as every broadcast after a worker's first is, and as the limits' own copies reuse their memory."""
-    handle = bridge.broadcast(data, shared=False)
+def first_broadcast(bridge, data: np.ndarray, label: str, shared: bool = False) -> None:
+    """A broadcast's seconds the first time: for private copies (``shared`` False), each worker's copy
+    lands in memory its process never had (and here, on a VM, memory the guest never touched: 5.2 s
+    against 1.5 s the second time for 32 copies of 100 MB on one machine). The figures compared with the
+    limits are the next broadcast's, as every broadcast after a worker's first is, and as the limits'
+    own copies reuse their memory."""
+    handle = bridge.broadcast(data, shared=shared)
     print(f"{label}_first_seconds: {handle.seconds:.3f}")
     bridge.release(handle)
 
 
-def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared: bool) -> tuple[float, float | None]:
+def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared: bool,
+                   repeats: int = 1) -> tuple[float, float | None]:
     """One broadcast: its seconds, the bytes that left the client, the scheduler's growth, how the
     copies arrived (network or from a copy on the machine), and who holds one after the Active
     Memory Manager had two intervals to act. Returns its seconds and, for private copies, the
-    seconds of one worker-to-worker copy alone (:func:`one_copy_seconds`)."""
+    seconds of one worker-to-worker copy alone (:func:`one_copy_seconds`). With ``repeats`` above 1,
+    as many broadcasts are taken in turn: the seconds printed (each, and as ``_seconds`` their median)
+    and returned are theirs, the rest is of the last one."""
     client = bridge.client
+    each = []
+    for _ in range(repeats - 1):
+        handle = bridge.broadcast(data, shared=shared)
+        each.append(handle.seconds)
+        bridge.release(handle)
     peak = client.run_on_scheduler(peak_rss_bytes)
     handle = bridge.broadcast(data, shared=shared)
-    print(f"{label}_seconds: {handle.seconds:.3f}")
+    each.append(handle.seconds)
+    if repeats > 1:
+        print(f"{label}_seconds_each: {' '.join(f'{seconds:.3f}' for seconds in each)}")
+    print(f"{label}_seconds: {statistics.median(each):.3f}")
     print(f"{label}_bytes_from_client: {handle.nbytes}")
     print(f"{label}_left_the_client_by: {handle.via}")
     print(f"{label}_scheduler_peak_growth_mb: {(client.run_on_scheduler(peak_rss_bytes) - peak) / 2**20:.0f}")
@@ -168,13 +193,15 @@ def broadcast_once(bridge, data: np.ndarray, interval: float, label: str, shared
     print(f"{label}_workers_holding_after_amm: {held}")
     one_copy = one_copy_seconds(client, handle.name) if not shared else None
     bridge.release(handle)
-    return handle.seconds, one_copy
+    return statistics.median(each), one_copy
 
 
 def one_copy_seconds(client, name: str) -> float:
     """Seconds of one copy of broadcast ``name`` from one worker to another through the cluster's
-    comm (the request a broadcast's copy makes), while nothing else is sent: the best of three."""
-    holder, receiver = list(client.scheduler_info(n_workers=-1)["workers"])[:2]
+    comm (the request a broadcast's copy makes), while nothing else is sent: the best of three. The
+    receiver is on another host than the holder where there is one (across the network)."""
+    holder, *others = list(client.scheduler_info(n_workers=-1)["workers"])
+    receiver = next((other for other in others if get_address_host(other) != get_address_host(holder)), others[0])
 
     async def copy(dask_worker) -> float:
         started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 The client sends the object once, to one worker (or writes the machine's shared copy itself),
 then registers the :class:`~hpcbridge.cluster.broadcasts.BroadcastCopy` plugin that copies it
-worker to worker; for private copies (``shared=False``) with the plan of who copies from whom
-(:func:`~hpcbridge.cluster.broadcasts.plan`).
+worker to worker, with the plan of who copies from whom (:func:`~hpcbridge.cluster.broadcasts.plan`):
+one copy per machine crosses the network, along a tree; the other workers of a machine map its copy
+(``shared``) or copy theirs from it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def send(client: Client, obj: Any, name: str | None = None, shared: bool = True)
     client.register_plugin(BroadcastService())
     machines = client.run(machine_copy.machine)
     nbytes, via, first = _put(client, workers, name, obj, shared, machines)
-    planned = None if shared else plan(first, [worker for worker in workers if worker != first], machines)
+    planned = plan(first, [worker for worker in workers if worker != first], machines)
     responses = client.register_plugin(BroadcastCopy(name, shared, planned), name=PLUGIN_PREFIX + name)
     if not shared:
         # Every worker holds its own copy: the machine copies it came from go (a worker gone meanwhile took its own).

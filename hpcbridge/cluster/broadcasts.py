@@ -13,9 +13,10 @@ How it works instead:
 2. A :class:`BroadcastCopy` worker plugin named after the broadcast is registered. The scheduler
    keeps only the plugin (a few hundred bytes) and runs its ``setup`` on every worker, now and on
    every worker that joins later. ``setup`` fetches the object from a peer that holds it. The
-   plugin carries a plan for the workers the client saw (:func:`tree`): each asks one parent,
-   which answers once it holds the object and sends one copy at a time, its children in order,
-   so the copies double each round (a binomial tree: 32 workers in 5 rounds) and nobody polls.
+   plugin carries a plan for the workers the client saw (:func:`plan`): one worker per machine
+   asks one parent (a binomial tree over machines, :func:`tree`), which answers once it holds the
+   object and sends one copy at a time, its children in order, so the copies double each round
+   (32 machines in 5 rounds) and nobody polls; the other workers of a machine ask its first.
    A worker that joins later (or whose parent left) asks peers in random order instead; a holder
    serves at most :data:`MAX_SENDS_PER_HOLDER` such copies at a time and turns the rest away.
 3. Workers on one machine share one copy (``shared=True``, the default): the first worker there
@@ -23,8 +24,8 @@ How it works instead:
    and its peers on that machine map it read-only instead of receiving it over the network. So
    one copy crosses the network per machine and one lives in its memory; the objects the tasks
    see are read-only (a NumPy array has ``flags.writeable == False``). ``shared=False`` gives
-   every worker its own writable copy: one worker per machine receives it as above (the plan's
-   tree runs over machines) and writes the machine's copy, from which the others there copy their
+   every worker its own writable copy: one worker per machine receives it as above and writes
+   the machine's copy, from which the others there copy their
    own (a memory copy instead of a TLS stream each); that machine copy is closed once every
    worker holds its own.
 4. The object lives in this module's :data:`_HELD` on each worker, outside Dask's key store, so
@@ -231,13 +232,16 @@ def _leave(name: str, queue: _Queue, rank: int) -> None:
 
 
 def plan(first: str, others: list[str], machines: dict[str, str]) -> dict[str, tuple[str, int, bool]]:
-    """Who a private broadcast's workers copy it from: per worker but ``first``, its parent, its rank,
-    and whether the parent is on its machine (``machines``: each worker's :func:`machine_copy.machine`).
+    """Who a broadcast's workers copy it from: per worker but ``first``, its parent, its rank, and whether
+    the parent is on its machine (``machines``: each worker's :func:`machine_copy.machine`).
 
     One worker per machine (``first`` on its own; elsewhere the first listed) gets its copy over the
     network, along a binomial tree (:func:`tree`). It also writes the machine's copy, and the other
-    workers there take their own copies from that memory: one copy per machine crosses the network,
-    and a copy costs its machine a memory copy, not a TLS stream (0.1-0.3 CPU-s per 100 MB here).
+    workers there map it (a shared broadcast) or take their own copies from that memory (a private
+    one): one copy per machine crosses the network, and a worker's copy costs its machine nothing or a
+    memory copy, not a TLS stream (0.1-0.3 CPU-s per 100 MB here). Without a plan, the workers of a
+    node asked peers at random and most got theirs over the network before a peer there held it (25
+    of 32 on the Slurm harness's 4 nodes of 8).
 
     >>> plan("a", ["b", "c", "d"], {"a": "m1", "b": "m1", "c": "m2", "d": "m2"})
     {'c': ('a', 1, False), 'b': ('a', 2, True), 'd': ('c', 3, True)}
