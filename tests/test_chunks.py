@@ -46,3 +46,45 @@ def test_a_cut_chunk_whose_result_was_lost_reads_back_what_it_saved_and_hands_on
     values, errors, _, _, rest = run_chunk(ChunkTask("lost-cut", neg, list(range(750, 1125)), 750, False, directory))
     assert list(values) == [-x for x in range(750, 763)] and errors == {} and called == []
     assert (rest["at"], rest["stop"]) == (763, 1125) and list(rest["task"].items) == list(range(763, 1125))
+
+
+def test_a_retry_is_not_cut_while_it_has_items_its_spread_chunk_computed_or_suspects_to_run(tmp_path) -> None:
+    """A client's balancer cuts a chunk's attempt and hands its rest to new tasks. Those do not have the runs
+    of items a spread chunk's threads computed before its process ended (they computed them again: 126
+    items twice in a map), nor the death's suspects (they ran them as first attempts, where a killer is
+    not named): such a retry keeps its rest."""
+    from hpcbridge.cluster import attempts
+
+    task = ChunkTask("uncut", operator.neg, list(range(100)), 0, False)
+    for known, apart in (({50: ([-50], {})}, False), ({}, True), ({}, False)):
+        attempt = attempts.begin(attempts.Attempt("uncut-0", "uncut", 0, task.items, (), task=task, exact=True))
+        try:
+            attempt.known, attempt.apart = known, apart
+            list(attempt.tracked(0, 10))  # ten items taken
+            rest = attempts.cut("uncut-0")
+            assert (rest is None) == bool(known or apart), (known, apart, rest)
+        finally:
+            attempts.end(attempt)
+
+
+def test_a_dying_process_keeps_every_attempt_even_when_one_fails_to_keep(tmp_path) -> None:
+    """As a worker process ends (os._exit, SIGTERM), keep_all keeps what each running attempt computed. One
+    whose slot is closed under it (it ended meanwhile) failed, and the attempts after it were not kept: every
+    chunk running in that process was computed again (hundreds of items twice in a map of 16-thread workers)."""
+    from hpcbridge.cluster import attempts
+    from hpcbridge.rundir import RunDirectory
+
+    directory = RunDirectory(str(tmp_path / "run"))
+    directory.create({"bounds": [(0, 10), (10, 20)]})
+    ending, kept = [attempts.begin(attempts.Attempt(f"keep-{start}", "keep", start, list(range(start, start + 10)),
+                                                    directory=directory)) for start in (0, 10)]
+    try:
+        kept.values.extend([-x for x in range(10, 14)])
+        ending.map.close()  # as Attempt.close does when its chunk ends
+        attempts.keep_all()
+        assert directory.kept("kept", 10, 20, "keep-10")[0] == [-10, -11, -12, -13]
+    finally:
+        attempts._ENDING.clear()  # this process goes on
+        ending.map = None
+        for attempt in (ending, kept):
+            attempts.end(attempt)

@@ -403,8 +403,8 @@ def cut(key: str) -> dict[str, Any] | None:
     for attempt in running():
         if attempt.key != key or attempt.spread:  # a thread of a spread chunk: its items are not the chunk's rest
             continue
-        if attempt.apart:  # a retry that must run its suspects itself: a rest would run them as first attempts
-            return None
+        if attempt.apart or attempt.known:  # a retry that must run its suspects itself (a rest would run them as
+            return None  # first attempts), or takes items its spread chunk's threads computed (a rest would compute them)
         at = attempt.cut()
         if at is None:
             return None
@@ -471,14 +471,13 @@ def keep_all(attempts: Sequence[Attempt] | None = None) -> None:
     """Keep what every running attempt (or those given) and every spread chunk running here has computed (the
     process is about to end: spread chunks' threads take no further item)."""
     _ENDING.set()
-    for attempt in running() if attempts is None else attempts:
-        attempt.keep_computed()
-    for spread in list(_SPREADS.values()):
+    # Each on its own: one that fails (an attempt that ends meanwhile has its slot closed under it) must not
+    # leave the others unkept (every chunk running in the process was computed again when that happened).
+    for kept in [*(running() if attempts is None else attempts), *_SPREADS.values()]:
         try:
-            spread.keep()
+            kept.keep_computed() if isinstance(kept, Attempt) else kept.keep()
         except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
-            logger.warning("hpcbridge: could not keep spread chunk %s's computed items for its retry: %s",
-                           spread.key, error)
+            logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", kept.key, error)
 
 
 _HOOKED = False
