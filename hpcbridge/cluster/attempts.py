@@ -335,7 +335,8 @@ class Attempt:
 _ACTIVE: dict[int, Attempt] = {}
 _LOCK = threading.Lock()
 # The spread chunks running in this process (hpcbridge.cluster.spread), by task key: a released run's
-# stop their handing out of blocks (each has ``run`` and ``stop()``).
+# stop their handing out of blocks, a process that ends keeps what they computed (each has ``key``, ``run``,
+# ``stop()`` and ``keep_computed()``).
 _SPREADS: dict[str, Any] = {}
 
 
@@ -475,7 +476,7 @@ def keep_all(attempts: Sequence[Attempt] | None = None) -> None:
     # leave the others unkept (every chunk running in the process was computed again when that happened).
     for kept in [*(running() if attempts is None else attempts), *_SPREADS.values()]:
         try:
-            kept.keep_computed() if isinstance(kept, Attempt) else kept.keep()
+            kept.keep_computed()
         except Exception as error:  # noqa: BLE001 -- not kept: the retry computes them again
             logger.warning("hpcbridge: could not keep chunk %s's computed items for its retry: %s", kept.key, error)
 

@@ -24,12 +24,12 @@ first gap.
 After its worker process died, a spread chunk's retry runs on one thread (exact, as every retry
 does). When the process ended by ``os._exit``, SIGTERM (how a nanny ends a worker over its memory
 limit), an item's timeout or a released run, the threads' computed items were kept as it ended
-(:meth:`Spread.keep`, from :func:`hpcbridge.cluster.attempts.keep_all`) and the retry computes only
+(:meth:`Spread.keep_computed`, from :func:`hpcbridge.cluster.attempts.keep_all`) and the retry computes only
 the others; after a SIGKILL or a crash nothing was kept, and it computes them again.
 
-What a spread chunk does not do: its tail is not cut
-by a waiting client (:mod:`hpcbridge.client.tail`), and a stuck item does not hand the chunk's
-rest to other tasks: its other threads go on with it.
+What a spread chunk does not do: its tail is not cut by a waiting client
+(:mod:`hpcbridge.client.tail`), and a stuck item does not hand the chunk's rest to other tasks:
+its other threads go on with it.
 """
 
 from __future__ import annotations
@@ -84,16 +84,23 @@ class Spread:
         errors: dict[int, tuple] = {}
         at = 0
         while at in self.blocks:
-            end, block_values, block_errors = self.blocks[at]
-            taken = list(block_values)  # one C call: a consistent copy while its thread may still append
+            end = self.blocks[at][0]
+            taken, taken_errors = self._computed(at)
             values.extend(taken)
-            errors.update({i: e for i, e in dict(block_errors).items() if i < self.task.start + at + len(taken)})
+            errors.update(taken_errors)
             if len(taken) < end - at:
                 break
             at = end
         return values, errors
 
-    def keep(self) -> None:
+    def _computed(self, low: int) -> tuple[list[Any], dict[int, tuple]]:
+        """What the block from ``low`` has computed so far: a consistent copy of its values and their errors
+        while its thread may still append (each copy is one C call)."""
+        _, block_values, block_errors = self.blocks[low]
+        taken = list(block_values)
+        return taken, {i: e for i, e in dict(block_errors).items() if i < self.task.start + low + len(taken)}
+
+    def keep_computed(self) -> None:
         """Keep what the chunk's threads have computed (this process is about to end) beside the run, for its
         retry: the values up to the first item not computed, and the runs of items computed after it, by
         their first item (chunk-relative). The retry computes only the others (see
@@ -102,12 +109,8 @@ class Spread:
         if directory is None:
             return
         values, errors = self.values()
-        later = []
-        for low, (_, block_values, block_errors) in sorted(dict(self.blocks).items()):
-            taken = list(block_values)
-            if low > len(values) and taken:
-                later.append((low, taken, {i: e for i, e in dict(block_errors).items()
-                                           if i < self.task.start + low + len(taken)}))
+        later = [(low, *computed) for low in sorted(dict(self.blocks)) if low > len(values)
+                 and (computed := self._computed(low))[0]]
         start = self.task.start
         directory.keep("kept", start, start + self.n, self.key, (values, errors, later))
 
@@ -162,7 +165,7 @@ def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
                 errors: dict[int, tuple]) -> float:
     """Call the items ``low..high-1`` (chunk-relative) one by one,
     through the attempt's tracked iterator (so the watchdog sees each), appending each value to ``values``
-    as it comes (what :meth:`Spread.keep` keeps should the process end); an item that raises gets its error
+    as it comes (what :meth:`Spread.keep_computed` keeps should the process end); an item that raises gets its error
     in ``errors`` and None. Returns the first call's seconds (-1 when none was called)."""
     first = -1.0
     calls = functions.per_item_calls(task.fn, attempt.tracked(low, high), args)
