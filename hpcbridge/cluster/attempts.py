@@ -462,8 +462,10 @@ _ENDING = threading.Event()  # set when this process keeps what it computed beca
 
 
 def hold_if_ending() -> None:
-    """Between two items of a spread chunk's thread: when this process is about to end, take no further item
-    (wait for the end), so that what is kept holds every item that ended and only the running ones run again."""
+    """In a spread chunk's thread, before an item and after it: when this process is about to end, wait for
+    the end (take no further item; leave an item that ended since as running, its value not kept), so that
+    what is kept and the slots say what ran as the end began: the retry runs only the items running then,
+    and they count as running at that death (none alone just because the others were stopped)."""
     if _ENDING.is_set():
         threading.Event().wait()
 

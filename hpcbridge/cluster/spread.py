@@ -163,10 +163,16 @@ def compute(task: Any, key: str, args: list[Any], extra: tuple[Any, ...]) -> tup
 
 def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int, high: int, values: list[Any],
                 errors: dict[int, tuple]) -> float:
-    """Call the items ``low..high-1`` (chunk-relative) one by one,
-    through the attempt's tracked iterator (so the watchdog sees each), appending each value to ``values``
-    as it comes (what :meth:`Spread.keep_computed` keeps should the process end); an item that raises gets its error
-    in ``errors`` and None. Returns the first call's seconds (-1 when none was called)."""
+    """Call the items ``low..high-1`` (chunk-relative) one by one, through the attempt's tracked iterator (so
+    the watchdog sees each), appending each value to ``values`` as it comes (what
+    :meth:`Spread.keep_computed` keeps should the process end); an item that raises gets its error in
+    ``errors`` and None. Returns the first call's seconds (-1 when none was called).
+
+    Once the process has begun to end (:func:`hpcbridge.cluster.attempts.hold_if_ending`), the thread
+    takes no further item, and an item that ends after that is left as it was then: running, its
+    value not kept (the retry runs it again, and a death is not pinned on an item just because the
+    others stopped).
+    """
     first = -1.0
     calls = functions.per_item_calls(task.fn, attempt.tracked(low, high), args)
     while True:
@@ -174,6 +180,7 @@ def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
         started = time.perf_counter()
         position = low + len(values)
         attempt.note_item(position, running=True)
+        error: tuple | None = None
         try:
             value = next(calls)
         except StopIteration:
@@ -181,10 +188,13 @@ def _call_block(task: Any, args: list[Any], attempt: attempts.Attempt, low: int,
                 attempt.note_item(position, running=False)  # it did not begin: no item left
                 break
             value = None  # the item was taken and the function raised StopIteration
-            errors[task.start + position] = attempts.item_error(task.items[position], None)
-        except BaseException as error:  # noqa: BLE001 -- SystemExit too: the item's error, as in a chunk
+            error = attempts.item_error(task.items[position], None)
+        except BaseException as raised:  # noqa: BLE001 -- SystemExit too: the item's error, as in a chunk
             value = None
-            errors[task.start + position] = attempts.item_error(task.items[position], error)
+            error = attempts.item_error(task.items[position], raised)
+        attempts.hold_if_ending()
+        if error is not None:
+            errors[task.start + position] = error
         values.append(value)
         attempt.note_item(position, running=False)
         if first < 0:
