@@ -88,3 +88,32 @@ def test_a_dying_process_keeps_every_attempt_even_when_one_fails_to_keep(tmp_pat
         ending.map = None
         for attempt in (ending, kept):
             attempts.end(attempt)
+
+
+def test_a_retry_that_takes_most_items_from_what_was_kept_reports_the_seconds_of_all_at_the_rate_of_those_it_ran(
+        tmp_path, monkeypatch) -> None:
+    """The client's planner divides a chunk's seconds by its items. A retry whose dead process had kept 90 of its
+    100 items (here by hand: its worker died, the scheduler's annotation says, and the nanny cannot be asked)
+    runs 10 of 10 ms: it reported 0.1 s for 100 items (1 ms each), and the function's next map was planned
+    for items ten times too short."""
+    import time
+
+    from hpcbridge.cluster import attempts
+    from hpcbridge.rundir import RunDirectory
+
+    directory = RunDirectory(str(tmp_path / "run"))
+    directory.create({"bounds": [(0, 100)]})
+    directory.keep("kept", 0, 100, "rate-0", ([-x for x in range(90)], {}))
+    monkeypatch.setattr(attempts, "previous_deaths", lambda: [{"worker": "tls://gone:1", "pid": 1}])
+    monkeypatch.setattr(attempts, "current_key", lambda: "rate-0")
+    called = []
+
+    def slow_neg(x: int) -> int:
+        called.append(x)
+        time.sleep(0.01)
+        return -x
+
+    values, errors, seconds, _, rest = run_chunk(ChunkTask("rate", slow_neg, list(range(100)), 0, False, directory))
+    assert list(values.values()) == [-x for x in range(100)] and errors == {} and rest is None  # saved: pickled once
+    assert called == list(range(90, 100))
+    assert seconds >= 100 * 0.01  # at least what 100 items of 10 ms take: it was 0.1 s
