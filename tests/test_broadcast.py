@@ -124,10 +124,15 @@ def test_private_copies_on_one_machine_stay_private(cluster) -> None:
     bridge.release(handle)
 
 
+def say_machine(name: str) -> None:
+    """Test only: this worker process says it runs on machine ``name`` (empty: its real one)."""
+    real = vars(machine_copy).setdefault("_real_machine", machine_copy.machine)
+    machine_copy.machine = (lambda: name) if name else real
+
+
 def own_machine(on: bool) -> None:
     """Test only: this worker process says it is a machine of its own (as on nodes with one worker each)."""
-    real = vars(machine_copy).setdefault("_real_machine", machine_copy.machine)
-    machine_copy.machine = (lambda: f"emulated-{os.getpid()}") if on else real
+    say_machine(f"emulated-{os.getpid()}" if on else "")
 
 
 def test_a_worker_that_joins_later_copies_the_broadcast_from_a_peer(cluster) -> None:
@@ -227,12 +232,6 @@ def test_private_copies_spread_as_a_tree_each_worker_asks_its_parent_once(cluste
     assert copies[root]["sent"] == len(others) and copies[root]["most_at_once"] == 1, copies
     np.testing.assert_array_equal(bridge.client.submit(broadcast.value, handle.name, pure=False).result(), data)
     bridge.release(handle)
-
-
-def say_machine(name: str) -> None:
-    """Test only: this worker process says it runs on machine ``name`` (None: its real one)."""
-    real = vars(machine_copy).setdefault("_real_machine", machine_copy.machine)
-    machine_copy.machine = (lambda: name) if name else real
 
 
 def test_a_shared_broadcast_crosses_the_network_once_per_machine_and_the_others_map_that_copy(cluster) -> None:

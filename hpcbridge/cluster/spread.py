@@ -109,8 +109,11 @@ class Spread:
         if directory is None:
             return
         values, errors = self.values()
-        later = [(low, *computed) for low in sorted(dict(self.blocks)) if low > len(values)
-                 and (computed := self._computed(low))[0]]
+        later = []
+        for low in sorted(dict(self.blocks)):
+            taken, taken_errors = self._computed(low) if low > len(values) else ([], {})
+            if taken:
+                later.append((low, taken, taken_errors))
         start = self.task.start
         directory.keep("kept", start, start + self.n, self.key, (values, errors, later))
 
